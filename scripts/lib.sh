@@ -1,0 +1,91 @@
+# Shared helpers for the demo, CI and benchmark scripts: install what is missing, start a
+# throwaway MariaDB with a row binlog and a tansu Kafka broker on free 127.0.0.1 ports.
+# Never touches the machine's own server on 3306.
+
+TANSU_VERSION=0.6.0
+TANSU_BIN=${TANSU_BIN:-$HOME/.cache/cdc-enricher/tansu-$TANSU_VERSION/bin/tansu}
+export TANSU_BIN
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+need_mariadb() {
+  if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
+    log "installing MariaDB from Debian"
+    apt-get update -qq
+    # The package's own service is not wanted: tests start their own server.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server mariadb-client >/dev/null
+    rm -f /usr/sbin/policy-rc.d
+  fi
+  export PATH="$PATH:/usr/sbin"
+}
+
+need_tansu() {
+  if [ ! -x "$TANSU_BIN" ]; then
+    log "building the tansu Kafka broker $TANSU_VERSION (once; cached in $(dirname "$(dirname "$TANSU_BIN")"))"
+    CARGO_PROFILE_DEV_DEBUG=0 cargo install tansu --version "$TANSU_VERSION" --locked --debug \
+      --features dynostore --root "$(dirname "$(dirname "$TANSU_BIN")")" >&2
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# start_mariadb DIR PORT: a server with log_bin, ROW format, FULL image and metadata;
+# users admin/adminpw (all) and cdc/cdc-secret (replication + SELECT).
+start_mariadb() {
+  local dir=$1 port=$2
+  mkdir -p "$dir"
+  cat > "$dir/init.sql" <<SQL
+CREATE USER IF NOT EXISTS 'admin'@'127.0.0.1' IDENTIFIED BY 'adminpw';
+GRANT ALL ON *.* TO 'admin'@'127.0.0.1' WITH GRANT OPTION;
+CREATE USER IF NOT EXISTS 'cdc'@'127.0.0.1' IDENTIFIED BY 'cdc-secret';
+GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.* TO 'cdc'@'127.0.0.1';
+SQL
+  if [ ! -d "$dir/data/mysql" ]; then
+    mariadb-install-db --no-defaults --datadir="$dir/data" --user=root --skip-test-db \
+      --auth-root-authentication-method=normal >"$dir/install.log" 2>&1 || { cat "$dir/install.log" >&2; return 1; }
+  fi
+  mariadbd --no-defaults --user=root --datadir="$dir/data" --port="$port" --bind-address=127.0.0.1 \
+    --socket="$dir/mysqld.sock" --pid-file="$dir/mysqld.pid" --log-error="$dir/error.log" \
+    --log-bin="$dir/data/binlog" --binlog-format=ROW --binlog-row-image=FULL --binlog-row-metadata=FULL \
+    --server-id=1 --skip-name-resolve --init-file="$dir/init.sql" --innodb-buffer-pool-size=128M \
+    --max-allowed-packet=64M --character-set-server=utf8mb4 >/dev/null 2>&1 &
+  echo $! > "$dir/server.pid"
+  for _ in $(seq 1 100); do
+    if mariadb --no-defaults -h127.0.0.1 -P"$port" -uadmin -padminpw -e 'SELECT 1' >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "MariaDB did not start; see $dir/error.log" >&2
+  tail -20 "$dir/error.log" >&2
+  return 1
+}
+
+# sql DIR PORT "statements"
+sql() {
+  mariadb --no-defaults --default-character-set=utf8mb4 -h127.0.0.1 -P"$2" -uadmin -padminpw -e "$3"
+}
+
+# start_tansu DIR PORT
+start_tansu() {
+  local dir=$1 port=$2
+  mkdir -p "$dir"
+  "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+    --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
+  echo $! > "$dir/tansu.pid"
+  for _ in $(seq 1 100); do
+    if python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "tansu did not start; see $dir/tansu.log" >&2
+  return 1
+}
+
+stop_pidfile() {
+  [ -f "$1" ] && kill "$(cat "$1")" 2>/dev/null; rm -f "$1"
+}

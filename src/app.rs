@@ -1,0 +1,292 @@
+//! Wires the stages: binlog source → pipeline router → sinks, with the checkpoint writer
+//! beside them. Stages talk only through typed records on channels.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::check;
+use crate::checkpoint::{AckTracker, CheckpointError, Store};
+use crate::config::{Config, ConfigError, SinkConfig, StartFrom};
+use crate::pipeline::{RouteError, Router};
+use crate::sink::jsonl::JsonlSink;
+use crate::sink::kafka::{self, KafkaSink};
+use crate::sink::{Sink, SinkError};
+use crate::source::mysql::stream::{self, MysqlSource, SourceError};
+use crate::source::{Position, SourceEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("preflight check failed ({0} problems, listed above)")]
+    Preflight(usize),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+impl AppError {
+    /// 2 for problems found before anything ran (config, preflight), 1 for the rest.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Config(_) | AppError::Preflight(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Loads config and pipelines, then runs the preflight checks and prints the report.
+pub async fn check(config: &Path) -> Result<(), AppError> {
+    let cfg = Config::load(config)?;
+    let pipelines = cfg.load_pipelines()?;
+    let mut store = Store::from_config(&cfg);
+    let cp = store.load().await?;
+    let report = check::run(&cfg, &pipelines, cp.as_ref()).await?;
+    report_failures(&report.failures)?;
+    println!(
+        "ok: {} ({}), {} pipelines, checkpoint {}",
+        stream::addr(&cfg.source),
+        report.server_version,
+        pipelines.len(),
+        cp.map(|p| p.to_string())
+            .unwrap_or_else(|| "none yet".into())
+    );
+    Ok(())
+}
+
+fn report_failures(f: &[check::Failure]) -> Result<(), AppError> {
+    if f.is_empty() {
+        return Ok(());
+    }
+    for x in f {
+        eprintln!("error: {x}");
+    }
+    Err(AppError::Preflight(f.len()))
+}
+
+/// Runs the daemon until SIGTERM / SIGINT (exit 0 after a flush and a checkpoint) or an error.
+pub async fn run(config: &Path) -> Result<(), AppError> {
+    let cfg = Config::load(config)?;
+    let pipelines = cfg.load_pipelines()?;
+    let mut store = Store::from_config(&cfg);
+    let saved = store.load().await?;
+    let report = check::run(&cfg, &pipelines, saved.as_ref()).await?;
+    report_failures(&report.failures)?;
+
+    let start = match &saved {
+        Some(p) => p.clone(),
+        None => {
+            let mut conn = stream::connect(&cfg.source).await?;
+            let p = match cfg.source.start {
+                StartFrom::Latest => stream::current_position(&mut conn).await?,
+                StartFrom::Earliest => {
+                    let logs = stream::binary_logs(&mut conn).await?;
+                    Position::new(logs.first().map(|l| l.0.clone()).unwrap_or_default(), 4)
+                }
+            };
+            let _ = conn.disconnect().await;
+            p
+        }
+    };
+    tracing::info!(position = %start, from_checkpoint = saved.is_some(), store = %store.describe(),
+        pipelines = pipelines.len(), "starting");
+
+    let tracker = AckTracker::new(saved.clone());
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let mut route_to = vec![usize::MAX; pipelines.len()];
+    let kafka_topics: Vec<Option<(String, bool)>> = pipelines
+        .iter()
+        .map(|p| match &p.sink {
+            SinkConfig::Kafka(k) => p.topic().map(|t| (t, k.tombstones)),
+            SinkConfig::Jsonl(_) => None,
+        })
+        .collect();
+    if let Some(kcfg) = &cfg.kafka {
+        if kafka_topics.iter().any(Option::is_some) {
+            if kcfg.create_topics {
+                let names: Vec<String> =
+                    kafka_topics.iter().flatten().map(|t| t.0.clone()).collect();
+                kafka::create_topics(kcfg, &names).await?;
+            }
+            for (i, t) in kafka_topics.iter().enumerate() {
+                if t.is_some() {
+                    route_to[i] = sinks.len();
+                }
+            }
+            sinks.push(Box::new(KafkaSink::new(
+                kcfg,
+                kafka_topics.clone(),
+                tracker.clone(),
+            )?));
+        }
+    }
+    for (i, p) in pipelines.iter().enumerate() {
+        if let SinkConfig::Jsonl(j) = &p.sink {
+            let path = if j.path == "-" {
+                j.path.clone()
+            } else {
+                cfg.resolve(Path::new(&j.path)).display().to_string()
+            };
+            route_to[i] = sinks.len();
+            sinks.push(Box::new(JsonlSink::open(&path, tracker.clone())?));
+        }
+    }
+
+    let router = Router::new(pipelines);
+    let wanted: std::collections::HashSet<(String, String)> = router.tables().into_iter().collect();
+    let source = MysqlSource {
+        cfg: cfg.source.clone(),
+        tables: router.tables(),
+        filter: Some(Arc::new(move |db: &str, t: &str| {
+            wanted.contains(&(db.to_string(), t.to_string()))
+        })),
+    };
+    let (tx, rx) = mpsc::channel::<Vec<SourceEvent>>(64);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut source_task = tokio::spawn(source.run(start, tx, stop_rx.clone()));
+    let proc_tracker = tracker.clone();
+    let mut process_task =
+        tokio::task::spawn_blocking(move || process(rx, router, sinks, route_to, proc_tracker));
+
+    // Checkpoint writer.
+    let cp_tracker = tracker.clone();
+    let interval = Duration::from_millis(cfg.checkpoint.interval_ms.max(10));
+    let mut cp_stop = stop_rx.clone();
+    let cp_task = tokio::spawn(async move {
+        let mut last = saved;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = cp_stop.changed() => break,
+            }
+            let now = cp_tracker.committed();
+            if now.is_some() && now != last {
+                if let Some(p) = &now {
+                    if let Err(e) = store.save(p).await {
+                        tracing::error!(error = %e, "cannot write the checkpoint; will retry");
+                        continue;
+                    }
+                    tracing::debug!(position = %p, "checkpoint");
+                }
+                last = now;
+            }
+        }
+        (store, last)
+    });
+
+    let mut source_done = None;
+    let mut process_done = None;
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutdown requested; stopping the binlog reader and flushing"),
+        r = &mut source_task => source_done = Some(r),
+        r = &mut process_task => process_done = Some(r),
+    }
+    let _ = stop_tx.send(true);
+    let source_result = match source_done {
+        Some(r) => r,
+        None => source_task.await,
+    };
+    let process_result = match process_done {
+        Some(r) => r,
+        None => process_task.await,
+    };
+    let (mut store, last) = cp_task
+        .await
+        .map_err(|e| SinkError::Kafka(format!("checkpoint task: {e}")))?;
+    let final_pos = tracker.committed();
+    if final_pos.is_some() && final_pos != last {
+        if let Some(p) = &final_pos {
+            store.save(p).await?;
+        }
+    }
+    tracing::info!(position = %final_pos.as_ref().map(|p| p.to_string()).unwrap_or_default(), "checkpoint saved; stopped");
+    match source_result {
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => return Err(SinkError::Kafka(format!("source task panicked: {e}")).into()),
+        Ok(Ok(())) => {}
+    }
+    match process_result {
+        Ok(r) => r,
+        Err(e) => Err(SinkError::Kafka(format!("pipeline task panicked: {e}")).into()),
+    }
+}
+
+/// The pipeline stage: drains the source channel, routes rows, sends records to sinks.
+fn process(
+    mut rx: mpsc::Receiver<Vec<SourceEvent>>,
+    mut router: Router,
+    mut sinks: Vec<Box<dyn Sink>>,
+    route_to: Vec<usize>,
+    tracker: AckTracker,
+) -> Result<(), AppError> {
+    let mut recs = Vec::new();
+    let result = (|| -> Result<(), AppError> {
+        while let Some(batch) = rx.blocking_recv() {
+            for ev in batch {
+                match ev {
+                    SourceEvent::Row(row) => {
+                        recs.clear();
+                        router.route(&row, &mut recs)?;
+                        let pending: u32 = recs
+                            .iter()
+                            .map(|r| sinks[route_to[r.pipeline]].acks_for(r))
+                            .sum();
+                        let seq = tracker.push(row.resume_after(), pending);
+                        for r in &recs {
+                            sinks[route_to[r.pipeline]].send(r, seq)?;
+                        }
+                    }
+                    SourceEvent::Progress(p) => {
+                        tracker.push(p, 0);
+                    }
+                    SourceEvent::Ddl { db, query, resume } => {
+                        tracing::info!(%db, query = %query.chars().take(200).collect::<String>(), "DDL");
+                        tracker.push(resume, 0);
+                    }
+                }
+            }
+            for s in sinks.iter_mut() {
+                s.poll()?;
+            }
+        }
+        Ok(())
+    })();
+    // Deliver what was sent, whatever stopped the loop, so the checkpoint gets as far as it can.
+    for s in sinks.iter_mut() {
+        if let Err(e) = s.flush(Duration::from_secs(30)) {
+            tracing::error!(error = %e, "flush at shutdown");
+            if result.is_ok() {
+                return Err(e.into());
+            }
+        }
+    }
+    result
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,216 @@
+//! Preflight: everything verified before the first event is read. Each failure says what is
+//! wrong and the statement or setting that fixes it.
+
+use mysql_async::prelude::Queryable;
+
+use crate::config::{Config, PipelineConfig};
+use crate::source::mysql::schema::{self, Schemas};
+use crate::source::mysql::stream::{self, SourceError};
+use crate::source::Position;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub problem: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n    fix: {}", self.problem, self.fix)
+    }
+}
+
+pub struct Report {
+    pub failures: Vec<Failure>,
+    pub schemas: Schemas,
+    pub server_version: String,
+}
+
+fn fail(out: &mut Vec<Failure>, problem: impl Into<String>, fix: impl Into<String>) {
+    out.push(Failure {
+        problem: problem.into(),
+        fix: fix.into(),
+    });
+}
+
+/// Runs every check. `Err` only when the server cannot be reached at all.
+pub async fn run(
+    cfg: &Config,
+    pipelines: &[PipelineConfig],
+    checkpoint: Option<&Position>,
+) -> Result<Report, SourceError> {
+    let mut conn = stream::connect(&cfg.source).await?;
+    let mut f = Vec::new();
+    let q = |what: &'static str| move |source| SourceError::Query { what, source };
+
+    let version: String = conn
+        .query_first("SELECT VERSION()")
+        .await
+        .map_err(q("SELECT VERSION()"))?
+        .unwrap_or_default();
+    let is_maria = version.to_ascii_lowercase().contains("mariadb");
+
+    // Server settings.
+    let mut settings = std::collections::HashMap::new();
+    let row: Option<(String, String, String)> = conn
+        .query_first(
+            "SELECT CAST(@@GLOBAL.log_bin AS CHAR), CAST(@@GLOBAL.binlog_format AS CHAR), \
+             CAST(@@GLOBAL.binlog_row_image AS CHAR)",
+        )
+        .await
+        .map_err(q("@@GLOBAL.log_bin"))?;
+    if let Some((a, b, c)) = row {
+        settings.insert("LOG_BIN", a.to_ascii_uppercase());
+        settings.insert("BINLOG_FORMAT", b.to_ascii_uppercase());
+        settings.insert("BINLOG_ROW_IMAGE", c.to_ascii_uppercase());
+    }
+    // binlog_row_metadata exists from MySQL 8.0.1 and MariaDB 10.5.
+    if let Ok(Some(m)) = conn
+        .query_first::<String, _>("SELECT CAST(@@GLOBAL.binlog_row_metadata AS CHAR)")
+        .await
+    {
+        settings.insert("BINLOG_ROW_METADATA", m.to_ascii_uppercase());
+    }
+    let cnf = if is_maria { "[mariadbd]" } else { "[mysqld]" };
+    let get = |k: &str| settings.get(k).cloned().unwrap_or_default();
+    if !matches!(get("LOG_BIN").as_str(), "ON" | "1") {
+        fail(
+            &mut f,
+            "binary logging is off (log_bin = OFF)",
+            format!(
+                "start the server with --log-bin (in {cnf}: log_bin = mysql-bin) and restart it"
+            ),
+        );
+    }
+    if get("BINLOG_FORMAT") != "ROW" {
+        fail(
+            &mut f,
+            format!("binlog_format is {}, not ROW", get("BINLOG_FORMAT")),
+            format!("SET GLOBAL binlog_format = 'ROW'; and binlog_format = ROW in {cnf}"),
+        );
+    }
+    if get("BINLOG_ROW_IMAGE") != "FULL" {
+        fail(
+            &mut f,
+            format!(
+                "binlog_row_image is {}, not FULL: before images would lack columns",
+                get("BINLOG_ROW_IMAGE")
+            ),
+            format!("SET GLOBAL binlog_row_image = 'FULL'; and binlog_row_image = FULL in {cnf}"),
+        );
+    }
+    let meta = get("BINLOG_ROW_METADATA");
+    if !meta.is_empty() && meta != "FULL" {
+        tracing::warn!(binlog_row_metadata = %meta, "column names will come from information_schema; \
+            SET GLOBAL binlog_row_metadata = 'FULL' makes every event describe its own columns");
+    }
+
+    // Grants.
+    let privs: Vec<String> = conn
+        .query(
+            "SELECT UPPER(PRIVILEGE_TYPE) FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = \
+             CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')",
+        )
+        .await
+        .map_err(q("information_schema.USER_PRIVILEGES"))?;
+    let user: String = conn
+        .query_first("SELECT CURRENT_USER()")
+        .await
+        .map_err(q("CURRENT_USER()"))?
+        .unwrap_or_default();
+    let grantee = match user.split_once('@') {
+        Some((u, h)) => format!("'{u}'@'{h}'"),
+        None => user.clone(),
+    };
+    let has = |p: &str| privs.iter().any(|x| x == p || x == "SUPER");
+    if !has("REPLICATION SLAVE") {
+        fail(
+            &mut f,
+            format!(
+                "{grantee} lacks the REPLICATION SLAVE privilege (needed to stream the binlog)"
+            ),
+            format!("GRANT REPLICATION SLAVE ON *.* TO {grantee};"),
+        );
+    }
+    if !(has("REPLICATION CLIENT") || has("BINLOG MONITOR")) {
+        let p = if is_maria {
+            "BINLOG MONITOR"
+        } else {
+            "REPLICATION CLIENT"
+        };
+        fail(
+            &mut f,
+            format!("{grantee} lacks {p} (needed for SHOW BINARY LOGS / SHOW MASTER STATUS)"),
+            format!("GRANT {p} ON *.* TO {grantee};"),
+        );
+    }
+
+    // Tables and columns.
+    let mut tables: Vec<(String, String)> = pipelines.iter().map(|p| p.db_table()).collect();
+    tables.sort();
+    tables.dedup();
+    let schemas = schema::load(&mut conn, &tables)
+        .await
+        .map_err(q("information_schema.COLUMNS"))?;
+    for p in pipelines {
+        let (db, t) = p.db_table();
+        let Some(s) = schemas.get(&(db.clone(), t.clone())) else {
+            fail(&mut f, format!("pipeline `{}` ({}): table `{db}`.`{t}` does not exist (or {grantee} cannot see it)", p.name, p.file),
+                format!("create the table, fix `table:` in {}, or GRANT SELECT ON `{db}`.`{t}` TO {grantee};", p.file));
+            continue;
+        };
+        let mut named: Vec<(&str, String)> = Vec::new();
+        for c in p.columns.iter().flatten() {
+            named.push(("columns", c.clone()));
+        }
+        for c in p.key.iter().flatten() {
+            named.push(("key", c.clone()));
+        }
+        if let Some(e) = &p.filter_expr {
+            for c in e.columns() {
+                named.push(("filter", c));
+            }
+        }
+        for (what, c) in named {
+            if s.column(&c).is_none() {
+                let have: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
+                fail(&mut f, format!("pipeline `{}` ({}): {what} names column `{c}`, which `{db}`.`{t}` does not have", p.name, p.file),
+                    format!("use one of: {}", have.join(", ")));
+            }
+        }
+        if p.key.is_none() && s.primary_key.is_empty() {
+            fail(&mut f, format!("pipeline `{}` ({}): `{db}`.`{t}` has no primary key, and the pipeline sets no `key:`", p.name, p.file),
+                format!("add `key: [column, …]` to {} or ALTER TABLE `{db}`.`{t}` ADD PRIMARY KEY (…);", p.file));
+        }
+        let sel = format!(
+            "SELECT 1 FROM `{}`.`{}` LIMIT 0",
+            db.replace('`', "``"),
+            t.replace('`', "``")
+        );
+        if let Err(e) = conn.query_drop(sel).await {
+            fail(
+                &mut f,
+                format!(
+                    "pipeline `{}`: cannot SELECT from `{db}`.`{t}`: {e}",
+                    p.name
+                ),
+                format!("GRANT SELECT ON `{db}`.`{t}` TO {grantee};"),
+            );
+        }
+    }
+
+    // The checkpoint is still on the server.
+    if let Some(cp) = checkpoint {
+        if let Err(e) = stream::check_position(&mut conn, cp).await {
+            fail(&mut f, format!("the saved checkpoint cannot be resumed: {e}"),
+                "restore the purged binlog files, or move the checkpoint away to start at the current end \
+                 (rows changed in between are then not emitted)");
+        }
+    }
+    let _ = conn.disconnect().await;
+    Ok(Report {
+        failures: f,
+        schemas,
+        server_version: version,
+    })
+}

@@ -1,0 +1,80 @@
+//! Checkpoints: which positions are safe to resume from (all records before them were
+//! acknowledged by their sinks), and the stores that keep that position across restarts.
+
+mod file;
+mod mysql;
+mod tracker;
+
+pub use file::FileStore;
+pub use mysql::MysqlStore;
+pub use tracker::AckTracker;
+
+use crate::config::{CheckpointStoreConfig, Config};
+use crate::source::Position;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "checkpoint file {path} is not a valid checkpoint ({reason}); move it away to start afresh"
+    )]
+    Corrupt { path: String, reason: String },
+    #[error("checkpoint table {table}: {source}")]
+    Mysql {
+        table: String,
+        source: mysql_async::Error,
+    },
+}
+
+/// The configured store.
+pub enum Store {
+    File(FileStore),
+    Mysql(MysqlStore),
+}
+
+impl Store {
+    pub fn from_config(cfg: &Config) -> Store {
+        match &cfg.checkpoint.store {
+            CheckpointStoreConfig::File { path } => Store::File(FileStore::new(cfg.resolve(path))),
+            CheckpointStoreConfig::Mysql { table, name } => {
+                Store::Mysql(MysqlStore::new(&cfg.source, table.clone(), name.clone()))
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Store::File(f) => format!("file {}", f.path().display()),
+            Store::Mysql(m) => format!("table {}", m.table()),
+        }
+    }
+
+    pub async fn load(&mut self) -> Result<Option<Position>, CheckpointError> {
+        match self {
+            Store::File(f) => f.load(),
+            Store::Mysql(m) => m.load().await,
+        }
+    }
+
+    pub async fn save(&mut self, p: &Position) -> Result<(), CheckpointError> {
+        match self {
+            Store::File(f) => {
+                let f2 = f.clone();
+                let p = p.clone();
+                tokio::task::spawn_blocking(move || f2.save(&p))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(CheckpointError::Io {
+                            path: f.path().display().to_string(),
+                            source: std::io::Error::other(e),
+                        })
+                    })
+            }
+            Store::Mysql(m) => m.save(p).await,
+        }
+    }
+}

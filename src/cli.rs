@@ -1,0 +1,197 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "cdc-enricher",
+    version,
+    about = "Tails the MySQL/MariaDB row binlog, routes rows through YAML pipelines and delivers JSON change records"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon (runs `check` first).
+    Run {
+        #[arg(long, short, default_value = "cdc-enricher.yaml")]
+        config: PathBuf,
+    },
+    /// Verify the server settings, grants, tables, columns and checkpoint; exit 2 on a problem.
+    Check {
+        #[arg(long, short, default_value = "cdc-enricher.yaml")]
+        config: PathBuf,
+    },
+    /// Decode binlog files and print their rows as JSON lines.
+    DecodeFile { files: Vec<PathBuf> },
+    /// Print a Kafka topic's records as JSON lines (key, value, partition, offset).
+    Tail {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        topic: String,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop when no record came for this long.
+        #[arg(long, default_value_t = 5000)]
+        idle_ms: u64,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.cmd {
+        Cmd::Run { config } => finish(rt.block_on(crate::app::run(&config))),
+        Cmd::Check { config } => finish(rt.block_on(crate::app::check(&config))),
+        Cmd::DecodeFile { files } => decode_files(&files),
+        Cmd::Tail {
+            brokers,
+            topic,
+            count,
+            idle_ms,
+        } => tail(&brokers, &topic, count, Duration::from_millis(idle_ms)),
+    }
+}
+
+fn finish(r: Result<(), crate::app::AppError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn decode_files(files: &[PathBuf]) -> ExitCode {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut code = ExitCode::SUCCESS;
+    for f in files {
+        let path = f.display().to_string();
+        let r = crate::source::mysql::file::decode_file(&path, Arc::default(), |ev| {
+            if let crate::source::SourceEvent::Row(r) = ev {
+                let names: Arc<[String]> = r.table.columns.iter().map(|c| c.name.clone()).collect();
+                let img = |v: Option<Vec<serde_json::Value>>| {
+                    v.map(|values| crate::pipeline::Image {
+                        names: names.clone(),
+                        values,
+                    })
+                };
+                let line = serde_json::json!({
+                    "op": r.op.code(),
+                    "db": r.table.db,
+                    "table": r.table.table,
+                    "gtid": r.gtid.as_deref(),
+                    "file": &*r.txn_file,
+                    "pos": r.txn_pos,
+                    "row": r.row,
+                    "before": img(r.before),
+                    "after": img(r.after),
+                });
+                let _ = writeln!(out, "{line}");
+            }
+        });
+        if let Err(e) = r {
+            let _ = out.flush();
+            eprintln!("error: {e}");
+            code = ExitCode::from(1);
+        }
+    }
+    let _ = out.flush();
+    code
+}
+
+fn tail(brokers: &str, topic: &str, count: Option<usize>, idle: Duration) -> ExitCode {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let consumer: BaseConsumer = match rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("cdc-enricher-tail-{}", std::process::id()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot create a Kafka consumer for {brokers}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = consumer.subscribe(&[topic]) {
+        eprintln!("error: cannot subscribe to {topic}: {e}");
+        return ExitCode::from(1);
+    }
+    let mut n = 0;
+    let mut last = std::time::Instant::now();
+    while count.is_none_or(|c| n < c) && last.elapsed() < idle {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Err(e)) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+            Some(Ok(m)) => {
+                last = std::time::Instant::now();
+                n += 1;
+                let as_json = |b: Option<&[u8]>| -> serde_json::Value {
+                    match b {
+                        None => serde_json::Value::Null,
+                        Some(b) => serde_json::from_slice(b).unwrap_or_else(|_| {
+                            serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+                        }),
+                    }
+                };
+                println!(
+                    "{}",
+                    serde_json::json!({"partition": m.partition(), "offset": m.offset(), "key": as_json(m.key()), "value": as_json(m.payload())})
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

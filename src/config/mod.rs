@@ -1,0 +1,305 @@
+//! Typed configuration: the daemon file (`cdc-enricher.yaml`) and one pipeline per file in
+//! `pipelines/`. Unknown keys are rejected; every error names the file, line and column.
+
+mod env;
+pub mod pipeline;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use pipeline::{Operation, PipelineConfig, SinkConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    At {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+    #[error("pipeline `{pipeline}` ({file}): {message}")]
+    Pipeline {
+        pipeline: String,
+        file: String,
+        message: String,
+    },
+}
+
+/// The daemon config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The MySQL / MariaDB server to replicate from.
+    pub source: SourceConfig,
+    /// Kafka producer settings (required when a pipeline has a Kafka sink).
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
+    /// Where acknowledged positions are stored.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// The folder of pipeline files, relative to this file. Default: `pipelines`.
+    #[serde(default = "default_pipelines_dir")]
+    pub pipelines_dir: PathBuf,
+    /// Set by the loader: the file this config came from.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+fn default_pipelines_dir() -> PathBuf {
+    PathBuf::from("pipelines")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub user: String,
+    /// The password, usually as `${ENV_VAR}`. Mutually exclusive with `password_file`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A file whose content (trailing newline removed) is the password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The replica server id this daemon registers with; unique among the server's replicas.
+    pub server_id: u32,
+    /// Heartbeat period asked of the server; a read waits at most twice this long.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Where to start when there is no checkpoint: `latest` (the current end) or `earliest`.
+    #[serde(default)]
+    pub start: StartFrom,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+fn default_port() -> u16 {
+    3306
+}
+fn default_heartbeat_ms() -> u64 {
+    5000
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    #[default]
+    Latest,
+    Earliest,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM file of the CA that signed the server's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    #[default]
+    Disabled,
+    /// Encrypt, accept any certificate.
+    Required,
+    /// Encrypt and check the certificate chain, not the host name.
+    VerifyCa,
+    /// Encrypt and check chain and host name.
+    VerifyIdentity,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`
+    pub brokers: String,
+    /// Any librdkafka producer property (`linger.ms`, `compression.type`, `security.protocol`…).
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+    /// Create missing topics at start-up. Default: true.
+    #[serde(default = "default_true")]
+    pub create_topics: bool,
+    /// Partitions of topics it creates. Default: 1.
+    #[serde(default = "default_partitions")]
+    pub topic_partitions: i32,
+    /// Replication factor of topics it creates. Default: 1.
+    #[serde(default = "default_partitions")]
+    pub topic_replication: i32,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_partitions() -> i32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// The store: a local file (default `./cdc-enricher.checkpoint.json`) or a MySQL table.
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    pub store: CheckpointStoreConfig,
+    /// How often the acknowledged position is written. Default: 1000 ms.
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval_ms: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            store: CheckpointStoreConfig::default(),
+            interval_ms: default_checkpoint_interval(),
+        }
+    }
+}
+
+fn default_checkpoint_interval() -> u64 {
+    1000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CheckpointStoreConfig {
+    /// `file: {path: …}`: JSON written with fsync and an atomic rename.
+    File { path: PathBuf },
+    /// `mysql: {table: db.table, name: …}`: a row in a table of the source server.
+    Mysql {
+        table: String,
+        #[serde(default = "default_checkpoint_name")]
+        name: String,
+    },
+}
+
+fn default_checkpoint_name() -> String {
+    "default".into()
+}
+
+impl Default for CheckpointStoreConfig {
+    fn default() -> Self {
+        CheckpointStoreConfig::File {
+            path: PathBuf::from("cdc-enricher.checkpoint.json"),
+        }
+    }
+}
+
+/// Reads a YAML file, interpolates `${ENV}` and deserializes it, with errors that name the
+/// file, line and column.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    parse_yaml_str(&file, &text)
+}
+
+pub fn parse_yaml_str<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+) -> Result<T, ConfigError> {
+    let text = env::interpolate(text, |k| std::env::var(k).ok()).map_err(|e| ConfigError::At {
+        file: file.to_string(),
+        line: e.line,
+        column: e.column,
+        message: e.message,
+    })?;
+    serde_yaml::from_str(&text).map_err(|e| match e.location() {
+        Some(loc) => ConfigError::At {
+            file: file.to_string(),
+            line: loc.line(),
+            column: loc.column(),
+            message: strip_location(&e.to_string()),
+        },
+        None => ConfigError::File {
+            file: file.to_string(),
+            message: e.to_string(),
+        },
+    })
+}
+
+/// serde_yaml appends " at line L column C"; the location is already in front.
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = parse_yaml(path)?;
+        cfg.path = path.to_path_buf();
+        let file = path.display().to_string();
+        let bad = |message: String| ConfigError::File {
+            file: file.clone(),
+            message,
+        };
+        if cfg.source.password.is_some() && cfg.source.password_file.is_some() {
+            return Err(bad(
+                "source: set `password` or `password_file`, not both".into()
+            ));
+        }
+        if let Some(pf) = cfg.source.password_file.take() {
+            let pf = cfg.resolve(&pf);
+            let p = std::fs::read_to_string(&pf)
+                .map_err(|e| bad(format!("source.password_file {}: {e}", pf.display())))?;
+            cfg.source.password = Some(p.trim_end_matches(['\n', '\r']).to_string());
+        }
+        if cfg.source.server_id == 0 {
+            return Err(bad(
+                "source.server_id must not be 0: pick a number no other replica of the server uses"
+                    .into(),
+            ));
+        }
+        if cfg.source.heartbeat_ms < 100 {
+            return Err(bad("source.heartbeat_ms must be at least 100".into()));
+        }
+        if let Some(k) = &cfg.kafka {
+            if k.brokers.trim().is_empty() {
+                return Err(bad("kafka.brokers is empty".into()));
+            }
+            if k.topic_partitions < 1 || k.topic_replication < 1 {
+                return Err(bad(
+                    "kafka.topic_partitions and kafka.topic_replication must be at least 1".into(),
+                ));
+            }
+        }
+        if let CheckpointStoreConfig::Mysql { table, .. } = &cfg.checkpoint.store {
+            pipeline::split_table(table).ok_or_else(|| {
+                bad(format!(
+                    "checkpoint.store.mysql.table `{table}` must be `database.table`"
+                ))
+            })?;
+        }
+        Ok(cfg)
+    }
+
+    /// A path from the config, relative to the config file's folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    /// Loads and checks every `*.yaml` / `*.yml` of the pipelines folder.
+    pub fn load_pipelines(&self) -> Result<Vec<PipelineConfig>, ConfigError> {
+        let dir = self.resolve(&self.pipelines_dir);
+        pipeline::load_dir(&dir, self.kafka.is_some())
+    }
+}

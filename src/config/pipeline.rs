@@ -1,0 +1,220 @@
+//! One pipeline per YAML file: which rows of which table go where.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{parse_yaml, ConfigError};
+use crate::pipeline::filter::Expr;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Unique name; used in metrics, logs and the `{pipeline}` topic variable.
+    pub name: String,
+    /// The source table, `database.table`.
+    pub table: String,
+    /// Columns to pick (default: all, in table order).
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// Key columns: the Kafka message key (default: the primary key).
+    #[serde(default)]
+    pub key: Option<Vec<String>>,
+    /// Operations to emit (default: insert, update, delete).
+    #[serde(default = "all_operations")]
+    pub operations: Vec<Operation>,
+    /// A row filter over column values, e.g. `stars >= 4 AND lang = 'en'`. Inserts and updates
+    /// are tested on the row after the change, deletes on the row before it.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// Enrichment backend; `none` for now.
+    #[serde(default)]
+    pub enrichment: Enrichment,
+    /// Where records go: `kafka: {topic: …}` or `jsonl: {path: …}`.
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub sink: SinkConfig,
+    #[serde(skip)]
+    pub file: String,
+    #[serde(skip)]
+    pub filter_expr: Option<Expr>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    Insert,
+    Update,
+    Delete,
+}
+
+fn all_operations() -> Vec<Operation> {
+    vec![Operation::Insert, Operation::Update, Operation::Delete]
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Enrichment {
+    #[default]
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    Kafka(KafkaSinkConfig),
+    /// JSON lines, for debugging: `path: "-"` is standard output.
+    Jsonl(JsonlSinkConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Topic name; `{pipeline}`, `{db}` and `{table}` are replaced.
+    pub topic: String,
+    /// After a delete, also send a record with the same key and a null value (for compaction).
+    #[serde(default)]
+    pub tombstones: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlSinkConfig {
+    pub path: String,
+}
+
+impl PipelineConfig {
+    pub fn db_table(&self) -> (String, String) {
+        split_table(&self.table).unwrap_or_default()
+    }
+
+    pub fn wants(&self, op: crate::source::Op) -> bool {
+        use crate::source::Op;
+        let o = match op {
+            Op::Insert | Op::Read => Operation::Insert,
+            Op::Update => Operation::Update,
+            Op::Delete => Operation::Delete,
+        };
+        self.operations.contains(&o)
+    }
+
+    /// The topic for this pipeline, with its variables replaced.
+    pub fn topic(&self) -> Option<String> {
+        match &self.sink {
+            SinkConfig::Kafka(k) => {
+                let (db, table) = self.db_table();
+                Some(
+                    k.topic
+                        .replace("{pipeline}", &self.name)
+                        .replace("{db}", &db)
+                        .replace("{table}", &table),
+                )
+            }
+            SinkConfig::Jsonl(_) => None,
+        }
+    }
+}
+
+pub fn split_table(s: &str) -> Option<(String, String)> {
+    let (db, t) = s.split_once('.')?;
+    if db.is_empty() || t.is_empty() || t.contains('.') {
+        return None;
+    }
+    Some((db.to_string(), t.to_string()))
+}
+
+/// Loads every pipeline file of `dir`, sorted by file name, and checks what can be checked
+/// without a server.
+pub fn load_dir(dir: &Path, have_kafka: bool) -> Result<Vec<PipelineConfig>, ConfigError> {
+    let dir_s = dir.display().to_string();
+    let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Read {
+        file: dir_s.clone(),
+        source,
+    })?;
+    let mut files: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(ConfigError::File {
+            file: dir_s,
+            message: "no pipeline files (*.yaml) in this folder".into(),
+        });
+    }
+    let mut out: Vec<PipelineConfig> = Vec::new();
+    for f in files {
+        let mut p: PipelineConfig = parse_yaml(&f)?;
+        p.file = f.display().to_string();
+        let bad = |message: String| ConfigError::Pipeline {
+            pipeline: p.name.clone(),
+            file: p.file.clone(),
+            message,
+        };
+        if p.name.is_empty()
+            || !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(bad(
+                "name must be non-empty and use only letters, digits, `-`, `_` and `.`".into(),
+            ));
+        }
+        if let Some(other) = out.iter().find(|o| o.name == p.name) {
+            return Err(bad(format!("the name is also used by {}", other.file)));
+        }
+        if split_table(&p.table).is_none() {
+            return Err(bad(format!(
+                "table `{}` must be written `database.table`",
+                p.table
+            )));
+        }
+        for (what, list) in [("columns", &p.columns), ("key", &p.key)] {
+            if let Some(list) = list {
+                if list.is_empty() {
+                    return Err(bad(format!(
+                        "`{what}` is empty; leave it out for the default"
+                    )));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for c in list {
+                    if !seen.insert(c) {
+                        return Err(bad(format!("column `{c}` appears twice in `{what}`")));
+                    }
+                }
+            }
+        }
+        if p.operations.is_empty() {
+            return Err(bad(
+                "`operations` is empty: the pipeline would emit nothing".into(),
+            ));
+        }
+        if let Some(f) = &p.filter {
+            let e = Expr::parse(f).map_err(|e| bad(format!("filter: {e}")))?;
+            p.filter_expr = Some(e);
+        }
+        if let SinkConfig::Kafka(k) = &p.sink {
+            if !have_kafka {
+                return Err(bad(
+                    "the sink is Kafka but the daemon config has no `kafka` section".into(),
+                ));
+            }
+            let t = p.topic().unwrap_or_default();
+            if k.topic.is_empty() || t.contains('{') || t.contains('}') {
+                return Err(bad(format!(
+                    "topic `{}`: only {{pipeline}}, {{db}} and {{table}} can be replaced",
+                    k.topic
+                )));
+            }
+            if t.len() > 249
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                return Err(bad(format!("topic `{t}` is not a valid Kafka topic name")));
+            }
+        }
+        out.push(p);
+    }
+    Ok(out)
+}

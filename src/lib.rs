@@ -1,0 +1,13 @@
+//! cdc-enricher: binlog → pipelines → sinks.
+//!
+//! Data flow: [`source`] (binlog) → [`pipeline`] (route, project, filter) → [`sink`]
+//! (Kafka, JSONL), with [`checkpoint`] and [`config`] beside them; [`app`] wires them.
+
+pub mod app;
+pub mod check;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod pipeline;
+pub mod sink;
+pub mod source;

@@ -1,0 +1,255 @@
+//! The pipeline stage: routes each changed row to the pipelines of its table, applies the
+//! operation list and the filter, and projects the picked and key columns into typed
+//! [`ChangeRecord`]s. It knows nothing of where rows come from or go.
+
+pub mod filter;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::PipelineConfig;
+use crate::source::mysql::decode::TablePlan;
+use crate::source::{Op, RowChange};
+use filter::Expr;
+
+/// Column names and values, serialized as a JSON object in column order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    pub names: Arc<[String]>,
+    pub values: Vec<Value>,
+}
+
+impl Serialize for Image {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.values.len()))?;
+        for (n, v) in self.names.iter().zip(&self.values) {
+            m.serialize_entry(n, v)?;
+        }
+        m.end()
+    }
+}
+
+impl Image {
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| &self.values[i])
+    }
+}
+
+/// Where a record came from: the `source` object of the envelope.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SourceInfo {
+    pub pipeline: Arc<str>,
+    pub server_id: u32,
+    pub db: String,
+    pub table: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gtid: Option<Arc<str>>,
+    pub file: Arc<str>,
+    pub pos: u64,
+    pub row: u64,
+    pub ts_ms: u64,
+}
+
+/// The change record a pipeline emits: the JSON envelope, plus its key and routing.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChangeRecord {
+    pub op: &'static str,
+    pub before: Option<Image>,
+    pub after: Option<Image>,
+    pub source: SourceInfo,
+    pub enrichment: serde_json::Map<String, Value>,
+    #[serde(skip)]
+    pub key: Image,
+    /// Index of the pipeline in the router's list.
+    #[serde(skip)]
+    pub pipeline: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("pipeline `{pipeline}`: column `{column}` is not in table `{table}` (as the binlog now describes it); \
+             fix the pipeline's columns, key or filter, or restore the column")]
+    MissingColumn {
+        pipeline: String,
+        table: String,
+        column: String,
+    },
+    #[error(
+        "pipeline `{pipeline}`: table `{table}` has no primary key; set `key:` in the pipeline"
+    )]
+    NoKey { pipeline: String, table: String },
+}
+
+/// A pipeline bound to one version of its table's layout.
+struct Bound {
+    picked: Vec<usize>,
+    picked_names: Arc<[String]>,
+    key: Vec<usize>,
+    key_names: Arc<[String]>,
+    filter: Option<Expr>,
+}
+
+pub struct Router {
+    pub pipelines: Vec<PipelineConfig>,
+    names: Vec<Arc<str>>,
+    by_table: HashMap<(String, String), Vec<usize>>,
+    /// Bindings by (pipeline, plan address): rebuilt when a TABLE_MAP changes the layout.
+    bound: HashMap<(usize, usize), (Arc<TablePlan>, Arc<Bound>)>,
+}
+
+impl Router {
+    pub fn new(pipelines: Vec<PipelineConfig>) -> Router {
+        let mut by_table: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (i, p) in pipelines.iter().enumerate() {
+            by_table.entry(p.db_table()).or_default().push(i);
+        }
+        let names = pipelines
+            .iter()
+            .map(|p| Arc::from(p.name.as_str()))
+            .collect();
+        Router {
+            pipelines,
+            names,
+            by_table,
+            bound: HashMap::new(),
+        }
+    }
+
+    /// The tables some pipeline reads.
+    pub fn tables(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self.by_table.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn wants_table(&self, db: &str, table: &str) -> bool {
+        self.by_table
+            .contains_key(&(db.to_string(), table.to_string()))
+    }
+
+    fn bind(&mut self, idx: usize, plan: &Arc<TablePlan>) -> Result<Arc<Bound>, RouteError> {
+        let key = (idx, Arc::as_ptr(plan) as usize);
+        if let Some((_, b)) = self.bound.get(&key) {
+            return Ok(b.clone());
+        }
+        let p = &self.pipelines[idx];
+        let table = format!("{}.{}", plan.db, plan.table);
+        let missing = |c: &str| RouteError::MissingColumn {
+            pipeline: p.name.clone(),
+            table: table.clone(),
+            column: c.to_string(),
+        };
+        let resolve = |cols: &[String]| -> Result<Vec<usize>, RouteError> {
+            cols.iter()
+                .map(|c| plan.column_index(c).ok_or_else(|| missing(c)))
+                .collect()
+        };
+        let picked = match &p.columns {
+            Some(cols) => resolve(cols)?,
+            None => (0..plan.columns.len()).collect(),
+        };
+        let key_idx = match &p.key {
+            Some(cols) => resolve(cols)?,
+            None if !plan.primary_key.is_empty() => plan.primary_key.clone(),
+            None => {
+                return Err(RouteError::NoKey {
+                    pipeline: p.name.clone(),
+                    table,
+                })
+            }
+        };
+        let filter = match &p.filter_expr {
+            Some(e) => Some(e.bind(&|c| plan.column_index(c)).map_err(|c| missing(&c))?),
+            None => None,
+        };
+        let names = |ix: &[usize]| -> Arc<[String]> {
+            ix.iter().map(|i| plan.columns[*i].name.clone()).collect()
+        };
+        let b = Arc::new(Bound {
+            picked_names: names(&picked),
+            key_names: names(&key_idx),
+            picked,
+            key: key_idx,
+            filter,
+        });
+        // Drop bindings of plans no longer in use (a table map replaced after DDL or rotate).
+        if self.bound.len() > 4 * self.pipelines.len() + 64 {
+            self.bound.retain(|_, (pl, _)| Arc::strong_count(pl) > 1);
+        }
+        self.bound.insert(key, (plan.clone(), b.clone()));
+        Ok(b)
+    }
+
+    /// The records `row` makes, one per pipeline that takes it.
+    pub fn route(
+        &mut self,
+        row: &RowChange,
+        out: &mut Vec<ChangeRecord>,
+    ) -> Result<(), RouteError> {
+        let plan = &row.table;
+        let Some(idxs) = self.by_table.get(&(plan.db.clone(), plan.table.clone())) else {
+            return Ok(());
+        };
+        let idxs = idxs.clone();
+        for idx in idxs {
+            if !self.pipelines[idx].wants(row.op) {
+                continue;
+            }
+            let b = self.bind(idx, plan)?;
+            let tested = if row.op == Op::Delete {
+                &row.before
+            } else {
+                &row.after
+            };
+            if let (Some(f), Some(img)) = (&b.filter, tested) {
+                if !f.eval(img) {
+                    continue;
+                }
+            }
+            let project = |img: &Option<Vec<Value>>, ix: &[usize], names: &Arc<[String]>| {
+                img.as_ref().map(|v| Image {
+                    names: names.clone(),
+                    values: ix
+                        .iter()
+                        .map(|i| v.get(*i).cloned().unwrap_or(Value::Null))
+                        .collect(),
+                })
+            };
+            let key_src = if row.after.is_some() {
+                &row.after
+            } else {
+                &row.before
+            };
+            out.push(ChangeRecord {
+                op: row.op.code(),
+                before: project(&row.before, &b.picked, &b.picked_names),
+                after: project(&row.after, &b.picked, &b.picked_names),
+                source: SourceInfo {
+                    pipeline: self.names[idx].clone(),
+                    server_id: row.server_id,
+                    db: plan.db.clone(),
+                    table: plan.table.clone(),
+                    gtid: row.gtid.clone(),
+                    file: row.txn_file.clone(),
+                    pos: row.txn_pos,
+                    row: row.row,
+                    ts_ms: row.ts_ms,
+                },
+                enrichment: serde_json::Map::new(),
+                key: project(key_src, &b.key, &b.key_names).unwrap_or(Image {
+                    names: b.key_names.clone(),
+                    values: Vec::new(),
+                }),
+                pipeline: idx,
+            });
+        }
+        Ok(())
+    }
+}

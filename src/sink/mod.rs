@@ -1,0 +1,41 @@
+//! Sinks: where change records go. A sink acknowledges each record to the [`AckTracker`]
+//! once it is durably delivered; only then can its position be checkpointed.
+
+pub mod jsonl;
+pub mod kafka;
+
+use std::time::Duration;
+
+use crate::pipeline::ChangeRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("Kafka: {0}")]
+    Kafka(String),
+    #[error("JSONL sink {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{pending} records were still unacknowledged after {waited_ms} ms")]
+    FlushTimeout { pending: usize, waited_ms: u64 },
+    #[error("record could not be serialized: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// The message key: the key columns as a JSON object.
+pub fn key_bytes(rec: &ChangeRecord) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&rec.key)
+}
+
+pub trait Sink: Send {
+    /// Queues `rec`; each message it sends later acknowledges `seq` once. Returns how many
+    /// acknowledgements `seq` should wait for from this call.
+    fn send(&mut self, rec: &ChangeRecord, seq: u64) -> Result<u32, SinkError>;
+    /// How many acknowledgements one `send` of `rec` will make (known before sending).
+    fn acks_for(&self, rec: &ChangeRecord) -> u32;
+    /// Pushes out what is buffered (called after each batch of source events).
+    fn poll(&mut self) -> Result<(), SinkError>;
+    /// Waits until everything sent is acknowledged, or `timeout`.
+    fn flush(&mut self, timeout: Duration) -> Result<(), SinkError>;
+}

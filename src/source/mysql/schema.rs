@@ -1,0 +1,151 @@
+//! Table schemas from `information_schema`: the fallback for what the binlog does not carry
+//! (column names under `binlog_row_metadata=MINIMAL`, MariaDB's JSON columns, unsignedness).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mysql_async::prelude::Queryable;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchemaColumn {
+    pub name: String,
+    /// `information_schema.COLUMNS.DATA_TYPE`, lower case (`int`, `varchar`, `longtext`…).
+    pub data_type: String,
+    /// `COLUMN_TYPE`, e.g. `int(10) unsigned`, `enum('a','b')`.
+    pub column_type: String,
+    pub charset: Option<String>,
+    pub unsigned: bool,
+    /// MariaDB's JSON (a LONGTEXT with a `json_valid` check) or MySQL's JSON.
+    pub is_json: bool,
+    pub labels: Arc<[String]>,
+    pub nullable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TableSchema {
+    pub columns: Vec<SchemaColumn>,
+    pub primary_key: Vec<String>,
+}
+
+impl TableSchema {
+    pub fn column(&self, name: &str) -> Option<&SchemaColumn> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// Schemas by (db, table).
+pub type Schemas = HashMap<(String, String), TableSchema>;
+
+/// Parses `enum('a','b''c')` / `set(...)` labels.
+pub fn parse_labels(column_type: &str) -> Vec<String> {
+    let Some(open) = column_type.find('(') else {
+        return Vec::new();
+    };
+    let body = &column_type[open + 1..column_type.rfind(')').unwrap_or(column_type.len())];
+    let mut labels = Vec::new();
+    let mut cur = String::new();
+    let mut in_quote = false;
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, in_quote) {
+            ('\'', false) => in_quote = true,
+            ('\'', true) if chars.peek() == Some(&'\'') => {
+                chars.next();
+                cur.push('\'');
+            }
+            ('\'', true) => {
+                in_quote = false;
+                labels.push(std::mem::take(&mut cur));
+            }
+            ('\\', true) => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            (c, true) => cur.push(c),
+            _ => {}
+        }
+    }
+    labels
+}
+
+/// Loads the schema of each of `tables` (that exists) in one round of queries.
+pub async fn load(
+    conn: &mut mysql_async::Conn,
+    tables: &[(String, String)],
+) -> Result<Schemas, mysql_async::Error> {
+    let mut out = Schemas::new();
+    for (db, table) in tables {
+        let rows: Vec<(String, String, String, Option<String>, String)> = conn
+            .exec(
+                "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), CHARACTER_SET_NAME, IS_NULLABLE \
+                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+                 ORDER BY ORDINAL_POSITION",
+                (db, table),
+            )
+            .await?;
+        if rows.is_empty() {
+            continue;
+        }
+        let pk: Vec<String> = conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY' \
+                 ORDER BY ORDINAL_POSITION",
+                (db, table),
+            )
+            .await?;
+        // MariaDB's JSON is LONGTEXT with CHECK (json_valid(`col`)). CHECK_CONSTRAINTS may not
+        // exist on old servers: then no column is taken for JSON.
+        let checks: Vec<String> = conn
+            .exec(
+                "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+                 WHERE CONSTRAINT_SCHEMA = ? AND TABLE_NAME = ?",
+                (db, table),
+            )
+            .await
+            .unwrap_or_default();
+        let columns = rows
+            .into_iter()
+            .map(|(name, data_type, column_type, charset, nullable)| {
+                let json_check = format!("json_valid(`{name}`)");
+                let is_json = data_type == "json"
+                    || checks.iter().any(|c| c.eq_ignore_ascii_case(&json_check));
+                let labels: Arc<[String]> = if data_type == "enum" || data_type == "set" {
+                    parse_labels(&column_type).into()
+                } else {
+                    Arc::from(Vec::new())
+                };
+                SchemaColumn {
+                    unsigned: column_type.contains("unsigned"),
+                    name,
+                    data_type,
+                    column_type,
+                    charset,
+                    is_json,
+                    labels,
+                    nullable: nullable == "YES",
+                }
+            })
+            .collect();
+        out.insert(
+            (db.clone(), table.clone()),
+            TableSchema {
+                columns,
+                primary_key: pk,
+            },
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn labels() {
+        assert_eq!(
+            super::parse_labels("enum('a','b''c','d,e')"),
+            vec!["a", "b'c", "d,e"]
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! The live replication stream: `mysql_async`'s binlog stream with reconnects, heartbeats
+//! and read timeouts, feeding the shared [`Decoder`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStreamRequest, Conn, Opts, OptsBuilder, SslOpts};
+use tokio::sync::{mpsc, watch};
+
+use super::decoder::Decoder;
+use super::schema::{self, Schemas};
+use crate::config::{SourceConfig, TlsMode};
+use crate::source::{Position, SourceEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect to MySQL at {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: mysql_async::Error,
+    },
+    #[error("MySQL query failed ({what}): {source}")]
+    Query {
+        what: &'static str,
+        source: mysql_async::Error,
+    },
+    #[error(transparent)]
+    Decode(#[from] crate::source::DecodeError),
+    #[error(
+        "the binlog position {position} is no longer on the server ({reason}); \
+             restart from a newer position (delete the checkpoint to start at the current end) \
+             or re-snapshot the tables"
+    )]
+    Purged { position: Position, reason: String },
+}
+
+/// Builds connection options from the source config.
+pub fn opts(cfg: &SourceConfig) -> Opts {
+    let mut b = OptsBuilder::default()
+        .ip_or_hostname(cfg.host.clone())
+        .tcp_port(cfg.port)
+        .user(Some(cfg.user.clone()))
+        .pass(cfg.password.clone())
+        .prefer_socket(false)
+        .stmt_cache_size(0);
+    match cfg.tls.mode {
+        TlsMode::Disabled => {}
+        TlsMode::Required | TlsMode::VerifyCa | TlsMode::VerifyIdentity => {
+            let mut ssl = SslOpts::default();
+            if let Some(ca) = &cfg.tls.ca_file {
+                ssl = ssl.with_root_certs(vec![ca.clone().into()]);
+            }
+            if cfg.tls.mode == TlsMode::Required {
+                ssl = ssl
+                    .with_danger_accept_invalid_certs(true)
+                    .with_danger_skip_domain_validation(true);
+            } else if cfg.tls.mode == TlsMode::VerifyCa {
+                ssl = ssl.with_danger_skip_domain_validation(true);
+            }
+            b = b.ssl_opts(Some(ssl));
+        }
+    }
+    b.into()
+}
+
+pub fn addr(cfg: &SourceConfig) -> String {
+    format!("{}:{}", cfg.host, cfg.port)
+}
+
+pub async fn connect(cfg: &SourceConfig) -> Result<Conn, SourceError> {
+    Conn::new(opts(cfg))
+        .await
+        .map_err(|source| SourceError::Connect {
+            addr: addr(cfg),
+            source,
+        })
+}
+
+/// The server's current end of binlog (SHOW MASTER STATUS / SHOW BINARY LOG STATUS).
+pub async fn current_position(conn: &mut Conn) -> Result<Position, SourceError> {
+    let row: Option<mysql_async::Row> = match conn.query_first("SHOW MASTER STATUS").await {
+        Ok(r) => r,
+        Err(_) => conn
+            .query_first("SHOW BINARY LOG STATUS")
+            .await
+            .map_err(|source| SourceError::Query {
+                what: "SHOW BINARY LOG STATUS",
+                source,
+            })?,
+    };
+    let row = row.ok_or_else(|| SourceError::Purged {
+        position: Position::new("", 0),
+        reason: "the server has binary logging off (SHOW MASTER STATUS is empty)".into(),
+    })?;
+    let file: String = row.get(0).unwrap_or_default();
+    let pos: u64 = row.get(1).unwrap_or(4);
+    Ok(Position::new(file, pos))
+}
+
+/// The oldest binlog the server still has.
+pub async fn binary_logs(conn: &mut Conn) -> Result<Vec<(String, u64)>, SourceError> {
+    let rows: Vec<mysql_async::Row> =
+        conn.query("SHOW BINARY LOGS")
+            .await
+            .map_err(|source| SourceError::Query {
+                what: "SHOW BINARY LOGS",
+                source,
+            })?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.get::<String, _>(0).unwrap_or_default(),
+                r.get::<u64, _>(1).unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
+/// Checks that `p` can still be streamed: its file is on the server and long enough.
+pub async fn check_position(conn: &mut Conn, p: &Position) -> Result<(), SourceError> {
+    let logs = binary_logs(conn).await?;
+    match logs.iter().find(|(f, _)| *f == p.file) {
+        Some((_, size)) if *size >= p.pos => Ok(()),
+        Some((_, size)) => Err(SourceError::Purged {
+            position: p.clone(),
+            reason: format!("{} is only {size} bytes long", p.file),
+        }),
+        None => Err(SourceError::Purged {
+            position: p.clone(),
+            reason: format!(
+                "{} is not among the server's binary logs (oldest: {})",
+                p.file,
+                logs.first().map(|l| l.0.as_str()).unwrap_or("none")
+            ),
+        }),
+    }
+}
+
+pub struct MysqlSource {
+    pub cfg: SourceConfig,
+    pub tables: Vec<(String, String)>,
+    pub filter: Option<super::decoder::TableFilter>,
+}
+
+impl MysqlSource {
+    /// Streams from `start` until `shutdown` turns true, sending batches of events to `tx`.
+    /// Disconnects, server restarts and read timeouts reconnect with backoff and resume
+    /// exactly after the last event sent. Decode errors stop the stream.
+    pub async fn run(
+        self,
+        start: Position,
+        tx: mpsc::Sender<Vec<SourceEvent>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), SourceError> {
+        let mut decoder = Decoder::new(&start, Arc::new(Schemas::new()));
+        decoder.filter = self.filter.clone();
+        let heartbeat = Duration::from_millis(self.cfg.heartbeat_ms.max(100));
+        let mut backoff = Duration::from_millis(100);
+        let mut first = true;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let resume = decoder.resume_position();
+            match self
+                .stream_once(&mut decoder, &resume, heartbeat, &tx, &mut shutdown, first)
+                .await
+            {
+                Ok(StreamEnd::Shutdown) => return Ok(()),
+                Ok(StreamEnd::Disconnected(reason)) => {
+                    tracing::warn!(position = %decoder.resume_position(), %reason, backoff_ms = backoff.as_millis() as u64,
+                        "binlog stream lost; reconnecting");
+                }
+                Err(SourceError::Connect { addr, source }) if !first => {
+                    tracing::warn!(%addr, error = %source, backoff_ms = backoff.as_millis() as u64, "reconnect failed; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+            first = false;
+            let resume = decoder.resume_position();
+            decoder.reset_to(&resume);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn stream_once(
+        &self,
+        decoder: &mut Decoder,
+        resume: &Position,
+        heartbeat: Duration,
+        tx: &mpsc::Sender<Vec<SourceEvent>>,
+        shutdown: &mut watch::Receiver<bool>,
+        first: bool,
+    ) -> Result<StreamEnd, SourceError> {
+        let mut conn = connect(&self.cfg).await?;
+        if !first {
+            tracing::info!(position = %resume, "reconnected to MySQL");
+        }
+        let schemas = schema::load(&mut conn, &self.tables)
+            .await
+            .map_err(|source| SourceError::Query {
+                what: "information_schema",
+                source,
+            })?;
+        decoder.set_schemas(Arc::new(schemas));
+        check_position(&mut conn, resume).await?;
+        let q = |what: &'static str| move |source| SourceError::Query { what, source };
+        conn.query_drop(format!(
+            "SET @master_heartbeat_period = {}",
+            heartbeat.as_nanos()
+        ))
+        .await
+        .map_err(q("SET @master_heartbeat_period"))?;
+        // MariaDB: send GTID events (capability 4). MySQL ignores the variable.
+        conn.query_drop("SET @mariadb_slave_capability = 4")
+            .await
+            .map_err(q("SET @mariadb_slave_capability"))?;
+        let req = BinlogStreamRequest::new(self.cfg.server_id)
+            .with_filename(resume.file.as_bytes())
+            .with_pos(resume.pos);
+        let mut stream = conn
+            .get_binlog_stream(req)
+            .await
+            .map_err(q("COM_BINLOG_DUMP"))?;
+        let mut out: Vec<SourceEvent> = Vec::with_capacity(512);
+        let read_timeout = heartbeat * 2;
+        loop {
+            let next = tokio::select! {
+                r = tokio::time::timeout(read_timeout, stream.next()) => r,
+                _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
+            };
+            let ev: Result<mysql_common::binlog::events::Event, String> = match next {
+                Ok(Some(Ok(ev))) => Ok(ev),
+                Err(_) => Err(format!(
+                    "no event nor heartbeat for {} ms",
+                    read_timeout.as_millis()
+                )),
+                Ok(None) => Err("the server closed the stream".to_string()),
+                Ok(Some(Err(e))) => {
+                    if let mysql_async::Error::Server(se) = &e {
+                        // 1236: ER_MASTER_FATAL_ERROR_READING_BINLOG (purged or unknown position)
+                        if se.code == 1236 {
+                            return Err(SourceError::Purged {
+                                position: decoder.resume_position(),
+                                reason: se.message.clone(),
+                            });
+                        }
+                    }
+                    Err(e.to_string())
+                }
+            };
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(reason) => {
+                    // What was decoded is sent before reconnecting: the decoder resumes after it.
+                    if !out.is_empty() && tx.send(out).await.is_err() {
+                        return Ok(StreamEnd::Shutdown);
+                    }
+                    return Ok(StreamEnd::Disconnected(reason));
+                }
+            };
+            let code = ev.header().event_type_raw();
+            decoder.handle(&ev, &mut out)?;
+            // Send rows in batches, and at every transaction end so latency stays low.
+            if out.len() >= 256
+                || (!out.is_empty() && !matches!(out.last(), Some(SourceEvent::Row(_))))
+                || (code == 27 && !out.is_empty())
+            {
+                let batch = std::mem::replace(&mut out, Vec::with_capacity(512));
+                if tx.send(batch).await.is_err() {
+                    return Ok(StreamEnd::Shutdown);
+                }
+            }
+        }
+    }
+}
+
+enum StreamEnd {
+    Shutdown,
+    Disconnected(String),
+}
