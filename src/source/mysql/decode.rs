@@ -47,10 +47,12 @@ pub enum Kind {
     Timestamp2 {
         fsp: u8,
     },
-    /// CHAR, VARCHAR, BINARY, VARBINARY.
+    /// CHAR, VARCHAR, BINARY, VARBINARY. `pad_to`: BINARY(n), whose trailing zero bytes
+    /// the binlog strips and the stored value has.
     String {
         len_bytes: u8,
         charset: Charset,
+        pad_to: u16,
     },
     /// TEXT / BLOB (and MariaDB's JSON, which is a LONGTEXT with `json: true`).
     Blob {
@@ -334,6 +336,7 @@ impl TablePlan {
                     Kind::String {
                         len_bytes: if max > 255 { 2 } else { 1 },
                         charset: charset(&mut char_i)?,
+                        pad_to: 0,
                     }
                 }
                 ColumnType::MYSQL_TYPE_STRING => {
@@ -344,9 +347,11 @@ impl TablePlan {
                     } else {
                         b1
                     };
+                    let charset = charset(&mut char_i)?;
                     Kind::String {
                         len_bytes: if max > 255 { 2 } else { 1 },
-                        charset: charset(&mut char_i)?,
+                        charset,
+                        pad_to: if charset == Charset::Binary { max } else { 0 },
                     }
                 }
                 ColumnType::MYSQL_TYPE_ENUM => {
@@ -838,9 +843,20 @@ fn decode_value(kind: &Kind, c: &mut Cur<'_>, bad_text: &mut usize) -> Result<Va
                 my_timestamp_from_binary(b, *fsp).map_err(|e| format!("timestamp: {e}"))?;
             Value::String(temporal::timestamp(secs as u32 as i64, us as u32, *fsp))
         }
-        Kind::String { len_bytes, charset } => {
+        Kind::String {
+            len_bytes,
+            charset,
+            pad_to,
+        } => {
             let len = c.le(*len_bytes as usize)? as usize;
-            text(*charset, c.take(len)?, bad_text)
+            let b = c.take(len)?;
+            if (*pad_to as usize) > b.len() {
+                let mut padded = b.to_vec();
+                padded.resize(*pad_to as usize, 0);
+                text(*charset, &padded, bad_text)
+            } else {
+                text(*charset, b, bad_text)
+            }
         }
         Kind::Blob {
             len_bytes,

@@ -1,0 +1,461 @@
+//! Test harness: a throwaway MariaDB with a row binlog, a tansu Kafka broker, and the daemon
+//! binary, each on free 127.0.0.1 ports in a temporary folder. Nothing is mocked.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, TopicPartitionList};
+
+pub const CDC_PASSWORD: &str = "cdc-secret";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn find(bin: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
+        let p = Path::new(dir).join(bin);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{bin} not found: run .ci/run (it installs MariaDB from Debian)");
+}
+
+pub struct MariaDb {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+    pub extra_args: Vec<String>,
+}
+
+impl MariaDb {
+    pub fn start() -> MariaDb {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> MariaDb {
+        let dir = tempfile::Builder::new()
+            .prefix("cdc-mariadb-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(
+            dir.path().join("init.sql"),
+            "CREATE USER IF NOT EXISTS 'admin'@'127.0.0.1' IDENTIFIED BY 'adminpw';\n\
+             GRANT ALL ON *.* TO 'admin'@'127.0.0.1' WITH GRANT OPTION;\n\
+             CREATE USER IF NOT EXISTS 'cdc'@'127.0.0.1' IDENTIFIED BY 'cdc-secret';\n\
+             GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.* TO 'cdc'@'127.0.0.1';\n",
+        )
+        .unwrap();
+        let out = Command::new(find("mariadb-install-db"))
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--skip-test-db",
+                "--auth-root-authentication-method=normal",
+            ])
+            .arg(format!("--datadir={}", dir.path().join("data").display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mariadb-install-db: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut m = MariaDb {
+            port: free_port(),
+            dir,
+            child: None,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        m.launch();
+        m
+    }
+
+    fn launch(&mut self) {
+        let d = self.dir.path();
+        let child = Command::new(find("mariadbd"))
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+            ])
+            .arg(format!("--datadir={}", d.join("data").display()))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--socket={}", d.join("mysqld.sock").display()))
+            .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", d.join("error.log").display()))
+            .arg(format!("--log-bin={}", d.join("data/binlog").display()))
+            .args([
+                "--binlog-format=ROW",
+                "--binlog-row-image=FULL",
+                "--binlog-row-metadata=FULL",
+                "--server-id=1",
+                "--innodb-buffer-pool-size=64M",
+                "--innodb-log-file-size=256M",
+                "--max-allowed-packet=256M",
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_general_ci",
+            ])
+            .arg(format!("--init-file={}", d.join("init.sql").display()))
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "MariaDB did not start: {}",
+                self.error_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The init file runs after the port opens; wait until the admin user works.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            loop {
+                if let Ok(c) = mysql_async::Conn::new(self.opts("admin", "adminpw")).await {
+                    let _ = c.disconnect().await;
+                    break;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "MariaDB admin login: {}",
+                    self.error_log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    pub fn opts(&self, user: &str, pass: &str) -> mysql_async::Opts {
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(self.port)
+            .user(Some(user))
+            .pass(Some(pass))
+            .prefer_socket(false)
+            .into()
+    }
+
+    pub async fn conn(&self) -> mysql_async::Conn {
+        mysql_async::Conn::new(self.opts("admin", "adminpw"))
+            .await
+            .unwrap()
+    }
+
+    /// Runs statements (separated by `;\n`) as admin.
+    pub async fn exec(&self, sql: &str) {
+        let mut c = self.conn().await;
+        c.query_drop(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.disconnect().await.unwrap();
+    }
+
+    /// SIGTERM, wait, start again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc_kill(c.id() as i32, 15) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub struct Kafka {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Child,
+}
+
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".cache/cdc-enricher/tansu-0.6.0/bin/tansu")
+}
+
+impl Kafka {
+    pub fn start() -> Kafka {
+        let dir = tempfile::Builder::new()
+            .prefix("cdc-tansu-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let bin = tansu_bin();
+        assert!(
+            bin.exists(),
+            "{} missing: run .ci/run (it builds tansu once)",
+            bin.display()
+        );
+        let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "tansu did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Kafka { dir, port, child }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Reads `topic` (partition 0) from the start until `n` records or `timeout`.
+    pub fn read(&self, topic: &str, n: usize, timeout: Duration) -> Vec<Record> {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", format!("test-{}", free_port()))
+            .set("enable.auto.commit", "false")
+            .set("fetch.max.bytes", "104857600")
+            .set("max.partition.fetch.bytes", "104857600")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let start = Instant::now();
+        while out.len() < n && start.elapsed() < timeout {
+            match c.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => out.push(Record {
+                    key: m.key().map(|k| String::from_utf8(k.to_vec()).unwrap()),
+                    value: m.payload().map(|v| String::from_utf8(v.to_vec()).unwrap()),
+                    offset: m.offset(),
+                }),
+                Some(Err(rdkafka::error::KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+                ))) => std::thread::sleep(Duration::from_millis(200)),
+                Some(Err(e)) => panic!("consume {topic}: {e}"),
+                None => {}
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub key: Option<String>,
+    pub value: Option<String>,
+    pub offset: i64,
+}
+
+impl Record {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.value.as_deref().expect("a value")).unwrap()
+    }
+}
+
+/// A daemon config and pipelines in a temporary folder.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn new(db: &MariaDb, kafka: Option<&Kafka>, pipelines: &[(&str, &str)]) -> Daemon {
+        Self::with_config(db, kafka, pipelines, "")
+    }
+
+    pub fn with_config(
+        db: &MariaDb,
+        kafka: Option<&Kafka>,
+        pipelines: &[(&str, &str)],
+        extra: &str,
+    ) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("cdc-daemon-")
+            .tempdir()
+            .unwrap();
+        let kafka_section = kafka
+            .map(|k| {
+                format!(
+                    "kafka:\n  brokers: {}\n  properties:\n    linger.ms: \"2\"\n",
+                    k.brokers()
+                )
+            })
+            .unwrap_or_default();
+        let cfg = format!(
+            "source:\n  host: 127.0.0.1\n  port: {}\n  user: cdc\n  password: ${{CDC_PASSWORD}}\n  server_id: 4242\n  heartbeat_ms: 500\n  start: earliest\n\
+             {kafka_section}checkpoint:\n  store:\n    file:\n      path: state/checkpoint.json\n  interval_ms: 100\n{extra}",
+            db.port
+        );
+        std::fs::write(dir.path().join("cdc-enricher.yaml"), cfg).unwrap();
+        std::fs::create_dir(dir.path().join("pipelines")).unwrap();
+        for (name, body) in pipelines {
+            std::fs::write(
+                dir.path().join("pipelines").join(format!("{name}.yaml")),
+                body,
+            )
+            .unwrap();
+        }
+        Daemon { dir, child: None }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("cdc-enricher.yaml")
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cdc-enricher"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("CDC_PASSWORD", CDC_PASSWORD)
+            .env("RUST_LOG", "info");
+        c
+    }
+
+    /// `cdc-enricher check`: (exit code, stdout, stderr)
+    pub fn check(&self) -> (i32, String, String) {
+        let out = self
+            .command(&["check", "-c", "cdc-enricher.yaml"])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let child = self
+            .command(&["run", "-c", "cdc-enricher.yaml"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> i32 {
+        let mut c = self.child.take().expect("running");
+        unsafe { libc_kill(c.id() as i32, 15) };
+        let start = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = c.kill();
+                panic!("daemon did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn checkpoint(&self) -> Option<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("state/checkpoint.json"))
+            .ok()
+            .map(|s| serde_json::from_str(&s).unwrap())
+    }
+
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Some(s) = c.try_wait().unwrap() {
+                panic!("daemon exited with {s}:\n{}", self.log());
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs an async block on a fresh runtime (tests stay plain `#[test]`s).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
