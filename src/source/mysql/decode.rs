@@ -1009,6 +1009,7 @@ mod tests {
         let k = Kind::String {
             len_bytes: 1,
             charset: Charset::Utf8,
+            pad_to: 0,
         };
         let data = [5, b'a'];
         let mut c = Cur {
