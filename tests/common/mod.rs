@@ -82,6 +82,8 @@ impl MariaDb {
 
     fn launch(&mut self) {
         let d = self.dir.path();
+        // mariadb-install-db removes its tmpdir when done.
+        std::fs::create_dir_all(d.join("tmp")).unwrap();
         let child = Command::new(find("mariadbd"))
             .args([
                 "--no-defaults",
@@ -95,6 +97,7 @@ impl MariaDb {
             .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
             .arg(format!("--log-error={}", d.join("error.log").display()))
             .arg(format!("--log-bin={}", d.join("data/binlog").display()))
+            .arg(format!("--tmpdir={}", d.join("tmp").display()))
             .args([
                 "--binlog-format=ROW",
                 "--binlog-row-image=FULL",
@@ -258,6 +261,24 @@ impl Kafka {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// A consumer of `topic` (partition 0) from its start that keeps what it read.
+    pub fn tail(&self, topic: &str) -> Tail {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .set("group.id", format!("tail-{}", free_port()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        c.assign(&tpl).unwrap();
+        Tail {
+            c,
+            records: Vec::new(),
+        }
+    }
+
     /// Reads `topic` (partition 0) from the start until `n` records or `timeout`.
     pub fn read(&self, topic: &str, n: usize, timeout: Duration) -> Vec<Record> {
         let c: BaseConsumer = ClientConfig::new()
@@ -296,6 +317,44 @@ impl Drop for Kafka {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+pub struct Tail {
+    c: BaseConsumer,
+    pub records: Vec<Record>,
+}
+
+impl Tail {
+    /// Reads what is available now (for up to `wait`).
+    pub fn poll(&mut self, wait: Duration) -> usize {
+        let start = Instant::now();
+        while start.elapsed() < wait {
+            match self.c.poll(Duration::from_millis(50)) {
+                Some(Ok(m)) => self.records.push(Record {
+                    key: m.key().map(|k| String::from_utf8(k.to_vec()).unwrap()),
+                    value: m.payload().map(|v| String::from_utf8(v.to_vec()).unwrap()),
+                    offset: m.offset(),
+                }),
+                Some(Err(_)) => std::thread::sleep(Duration::from_millis(50)),
+                None => break,
+            }
+        }
+        self.records.len()
+    }
+
+    /// Reads until nothing new came for `quiet`.
+    pub fn drain(&mut self, quiet: Duration) -> usize {
+        let mut last = Instant::now();
+        let mut n = self.records.len();
+        while last.elapsed() < quiet {
+            let m = self.poll(Duration::from_millis(100));
+            if m > n {
+                n = m;
+                last = Instant::now();
+            }
+        }
+        n
     }
 }
 

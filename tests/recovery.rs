@@ -1,0 +1,166 @@
+//! Crashes, restarts and reconnects: nothing is lost, and duplicates come only from the
+//! window that was not yet acknowledged.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const ROWS: &str = "name: rows\ntable: t.rows\nsink:\n  kafka:\n    topic: rows\n";
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Counts each id seen in the topic.
+fn ids(recs: &[Record]) -> HashMap<i64, usize> {
+    let mut m = HashMap::new();
+    for r in recs {
+        *m.entry(r.json()["after"]["id"].as_i64().unwrap())
+            .or_default() += 1;
+    }
+    m
+}
+
+fn setup() -> (MariaDb, Kafka) {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(
+        db.exec("CREATE DATABASE t; CREATE TABLE t.rows (id INT PRIMARY KEY, v VARCHAR(20));"),
+    );
+    (db, kafka)
+}
+
+#[test]
+fn kill_9_inside_a_100k_row_transaction_resumes_inside_it() {
+    let (db, kafka) = setup();
+    let mut d = Daemon::new(&db, Some(&kafka), &[("rows", ROWS)]);
+    d.spawn();
+    // One transaction of 100,000 rows.
+    block_on(db.exec("INSERT INTO t.rows SELECT seq, CONCAT('v', seq) FROM t.seq_1_to_100000"));
+    // Crash once a checkpoint inside the transaction is on disk.
+    wait_for(
+        "a checkpoint inside the transaction",
+        Duration::from_secs(120),
+        || {
+            d.assert_running();
+            d.checkpoint()
+                .is_some_and(|c| c["position"]["row"].as_u64().unwrap_or(0) > 0)
+        },
+    );
+    d.kill9();
+    let mut tail = kafka.tail("rows");
+    let delivered_before = tail.drain(Duration::from_secs(2)) as i64;
+    let cp = d
+        .checkpoint()
+        .expect("a checkpoint was written before the crash");
+    let cp_row = cp["position"]["row"].as_u64().unwrap();
+    assert!(
+        (1..100_000).contains(&cp_row),
+        "the checkpoint sits inside the transaction: {cp}"
+    );
+    assert!(delivered_before >= cp_row as i64);
+
+    d.spawn();
+    let want = (delivered_before + 100_000 - cp_row as i64) as usize;
+    wait_for("all records", Duration::from_secs(180), || {
+        d.assert_running();
+        tail.poll(Duration::from_millis(200)) >= want
+    });
+    tail.drain(Duration::from_secs(1));
+    let recs = tail.records.clone();
+    let seen = ids(&recs);
+    assert_eq!(seen.len(), 100_000, "every row is in the topic");
+    assert!((1..=100_000).all(|i| seen.contains_key(&i)));
+    // The restarted daemon began exactly at the checkpoint's row, inside the transaction.
+    let first_after = &recs[delivered_before as usize];
+    assert_eq!(
+        first_after.json()["source"]["row"].as_u64().unwrap(),
+        cp_row,
+        "{cp}"
+    );
+    assert_eq!(first_after.json()["source"]["pos"], cp["position"]["pos"]);
+    let dups = recs.len() - 100_000;
+    assert_eq!(
+        dups as i64,
+        delivered_before - cp_row as i64,
+        "duplicates only from the unacknowledged window"
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn mariadb_restart_under_the_daemon_loses_nothing() {
+    let (mut db, kafka) = setup();
+    let mut d = Daemon::new(&db, Some(&kafka), &[("rows", ROWS)]);
+    d.spawn();
+    let mut tail = kafka.tail("rows");
+    for b in 0..10 {
+        block_on(db.exec(&format!(
+            "INSERT INTO t.rows SELECT seq, 'a' FROM t.seq_{}_to_{}",
+            b * 100 + 1,
+            b * 100 + 100
+        )));
+    }
+    wait_for("1,000 records", Duration::from_secs(60), || {
+        d.assert_running();
+        tail.poll(Duration::from_millis(200)) >= 1000
+    });
+    db.restart();
+    for b in 10..20 {
+        block_on(db.exec(&format!(
+            "INSERT INTO t.rows SELECT seq, 'b' FROM t.seq_{}_to_{}",
+            b * 100 + 1,
+            b * 100 + 100
+        )));
+    }
+    wait_for("2,000 records", Duration::from_secs(90), || {
+        d.assert_running();
+        tail.poll(Duration::from_millis(200)) >= 2000
+    });
+    tail.drain(Duration::from_secs(1));
+    d.assert_running();
+    let recs = tail.records.clone();
+    let seen = ids(&recs);
+    assert_eq!(recs.len(), 2000, "exactly once across the reconnect");
+    assert!((1..=2000).all(|i| seen.get(&i) == Some(&1)));
+    assert!(
+        d.log().contains("binlog stream lost; reconnecting"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn sigterm_then_restart_delivers_the_rest_exactly_once() {
+    let (db, kafka) = setup();
+    let mut d = Daemon::new(&db, Some(&kafka), &[("rows", ROWS)]);
+    d.spawn();
+    block_on(db.exec("INSERT INTO t.rows SELECT seq, 'a' FROM t.seq_1_to_500"));
+    let mut tail = kafka.tail("rows");
+    wait_for("500 records", Duration::from_secs(60), || {
+        d.assert_running();
+        tail.poll(Duration::from_millis(200)) >= 500
+    });
+    assert_eq!(d.terminate(), 0, "{}", d.log());
+    // Changes while the daemon is down.
+    block_on(db.exec("INSERT INTO t.rows SELECT seq, 'b' FROM t.seq_501_to_800; DELETE FROM t.rows WHERE id <= 10"));
+    d.spawn();
+    wait_for("810 records", Duration::from_secs(60), || {
+        d.assert_running();
+        tail.poll(Duration::from_millis(200)) >= 810
+    });
+    tail.drain(Duration::from_secs(1));
+    let recs = tail.records.clone();
+    assert_eq!(recs.len(), 810, "no duplicates after a clean stop");
+    let deletes = recs.iter().filter(|r| r.json()["op"] == "d").count();
+    assert_eq!(deletes, 10);
+    assert_eq!(d.terminate(), 0);
+}
