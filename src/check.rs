@@ -132,7 +132,8 @@ pub async fn run(
             format!("GRANT REPLICATION SLAVE ON *.* TO {grantee};"),
         );
     }
-    if !(has("REPLICATION CLIENT") || has("BINLOG MONITOR")) {
+    let can_list_logs = has("REPLICATION CLIENT") || has("BINLOG MONITOR");
+    if !can_list_logs {
         let p = if is_maria {
             "BINLOG MONITOR"
         } else {
@@ -199,8 +200,8 @@ pub async fn run(
         }
     }
 
-    // The checkpoint is still on the server.
-    if let Some(cp) = checkpoint {
+    // The checkpoint is still on the server (listing the logs needs the grant checked above).
+    if let (Some(cp), true) = (checkpoint, can_list_logs) {
         if let Err(e) = stream::check_position(&mut conn, cp).await {
             fail(&mut f, format!("the saved checkpoint cannot be resumed: {e}"),
                 "restore the purged binlog files, or move the checkpoint away to start at the current end \

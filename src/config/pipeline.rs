@@ -190,7 +190,7 @@ pub fn load_dir(dir: &Path, have_kafka: bool) -> Result<Vec<PipelineConfig>, Con
             ));
         }
         if let Some(f) = &p.filter {
-            let e = Expr::parse(f).map_err(|e| bad(format!("filter: {e}")))?;
+            let e = Expr::parse(f).map_err(|e| bad(format!("filter `{f}`: {e}")))?;
             p.filter_expr = Some(e);
         }
         if let SinkConfig::Kafka(k) = &p.sink {

@@ -1,0 +1,202 @@
+//! Bad configuration and failed preflight checks: exit code 2 and the exact messages.
+
+mod common;
+
+use common::*;
+
+fn write(d: &Daemon, file: &str, body: &str) {
+    std::fs::write(d.dir.path().join(file), body).unwrap();
+}
+
+const GOOD: &str = "name: a\ntable: shop.items\nsink:\n  jsonl:\n    path: out.jsonl\n";
+
+fn server() -> MariaDb {
+    let db = MariaDb::start();
+    block_on(db.exec("CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY, title VARCHAR(50), qty INT);"));
+    db
+}
+
+#[test]
+fn config_errors_name_file_line_and_column() {
+    let db = server();
+    let d = Daemon::new(&db, None, &[("a", GOOD)]);
+    assert_eq!(d.check().0, 0, "{:?}", d.check());
+
+    let cfg = std::fs::read_to_string(d.config()).unwrap();
+    write(
+        &d,
+        "cdc-enricher.yaml",
+        &cfg.replace("  user: cdc\n", "  user: cdc\n  hots: x\n"),
+    );
+    let (code, _, err) = d.check();
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "error: cdc-enricher.yaml:5:3: source: unknown field `hots`, expected one of `host`, `port`, `user`, `password`, \
+         `password_file`, `server_id`, `heartbeat_ms`, `start`, `tls`\n"
+    );
+
+    write(
+        &d,
+        "cdc-enricher.yaml",
+        &cfg.replace("${CDC_PASSWORD}", "${CDC_NO_SUCH_VAR}"),
+    );
+    let (code, _, err) = d.check();
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "error: cdc-enricher.yaml:5:13: environment variable CDC_NO_SUCH_VAR is not set (write `${CDC_NO_SUCH_VAR:-default}` for a default)\n"
+    );
+
+    write(
+        &d,
+        "cdc-enricher.yaml",
+        &cfg.replace("server_id: 4242", "server_id: 0"),
+    );
+    let (code, _, err) = d.check();
+    assert_eq!(code, 2);
+    assert_eq!(err, "error: cdc-enricher.yaml: source.server_id must not be 0: pick a number no other replica of the server uses\n");
+
+    write(&d, "cdc-enricher.yaml", &cfg);
+    write(
+        &d,
+        "pipelines/a.yaml",
+        "name: a\ntable: shop.items\ncolums: [id]\nsink:\n  jsonl:\n    path: out.jsonl\n",
+    );
+    let (code, _, err) = d.check();
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "error: pipelines/a.yaml:3:1: unknown field `colums`, expected one of `name`, `table`, `columns`, `key`, \
+         `operations`, `filter`, `enrichment`, `sink`\n"
+    );
+
+    write(
+        &d,
+        "pipelines/a.yaml",
+        "name: a\ntable: items\nsink:\n  jsonl:\n    path: out.jsonl\n",
+    );
+    let (_, _, err) = d.check();
+    assert_eq!(
+        err,
+        "error: pipeline `a` (pipelines/a.yaml): table `items` must be written `database.table`\n"
+    );
+
+    write(
+        &d,
+        "pipelines/a.yaml",
+        "name: a\ntable: shop.items\nfilter: \"qty >\"\nsink:\n  jsonl:\n    path: out.jsonl\n",
+    );
+    let (_, _, err) = d.check();
+    assert_eq!(
+        err,
+        "error: pipeline `a` (pipelines/a.yaml): filter `qty >`: expected a value at the end\n"
+    );
+
+    write(
+        &d,
+        "pipelines/a.yaml",
+        "name: a\ntable: shop.items\nsink:\n  kafka:\n    topic: x\n",
+    );
+    let (_, _, err) = d.check();
+    assert_eq!(err, "error: pipeline `a` (pipelines/a.yaml): the sink is Kafka but the daemon config has no `kafka` section\n");
+
+    write(&d, "pipelines/a.yaml", GOOD);
+    write(&d, "pipelines/b.yaml", GOOD);
+    let (_, _, err) = d.check();
+    assert_eq!(
+        err,
+        "error: pipeline `a` (pipelines/b.yaml): the name is also used by pipelines/a.yaml\n"
+    );
+}
+
+#[test]
+fn preflight_failures_say_what_and_how_to_fix() {
+    let db = server();
+    let d = Daemon::new(
+        &db,
+        None,
+        &[
+            ("a", "name: a\ntable: shop.items\ncolumns: [id, nope]\nfilter: \"zzz = 1\"\nsink:\n  jsonl:\n    path: out.jsonl\n"),
+            ("b", "name: b\ntable: shop.nosuch\nsink:\n  jsonl:\n    path: out.jsonl\n"),
+        ],
+    );
+    let (code, _, err) = d.check();
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "error: pipeline `a` (pipelines/a.yaml): columns names column `nope`, which `shop`.`items` does not have\n    \
+         fix: use one of: id, title, qty\n\
+         error: pipeline `a` (pipelines/a.yaml): filter names column `zzz`, which `shop`.`items` does not have\n    \
+         fix: use one of: id, title, qty\n\
+         error: pipeline `b` (pipelines/b.yaml): table `shop`.`nosuch` does not exist (or 'cdc'@'127.0.0.1' cannot see it)\n    \
+         fix: create the table, fix `table:` in pipelines/b.yaml, or GRANT SELECT ON `shop`.`nosuch` TO 'cdc'@'127.0.0.1';\n\
+         error: preflight check failed (3 problems, listed above)\n"
+    );
+}
+
+#[test]
+fn server_settings_grants_and_purged_checkpoint() {
+    let db = server();
+    block_on(db.exec(
+        "SET GLOBAL binlog_format = 'STATEMENT'; SET GLOBAL binlog_row_image = 'MINIMAL';
+         CREATE TABLE shop.nokey (a INT, b INT);
+         CREATE USER 'weak'@'127.0.0.1' IDENTIFIED BY 'cdc-secret'; GRANT SELECT ON shop.* TO 'weak'@'127.0.0.1';",
+    ));
+    let d = Daemon::new(
+        &db,
+        None,
+        &[(
+            "a",
+            "name: a\ntable: shop.nokey\nsink:\n  jsonl:\n    path: out.jsonl\n",
+        )],
+    );
+    let cfg = std::fs::read_to_string(d.config()).unwrap();
+    write(
+        &d,
+        "cdc-enricher.yaml",
+        &cfg.replace("user: cdc", "user: weak"),
+    );
+    std::fs::create_dir_all(d.dir.path().join("state")).unwrap();
+    write(
+        &d,
+        "state/checkpoint.json",
+        r#"{"version": 1, "position": {"file": "binlog.000042", "pos": 4}}"#,
+    );
+    let (code, _, err) = d.check();
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "error: binlog_format is STATEMENT, not ROW\n    fix: SET GLOBAL binlog_format = 'ROW'; and binlog_format = ROW in [mariadbd]\n\
+         error: binlog_row_image is MINIMAL, not FULL: before images would lack columns\n    \
+         fix: SET GLOBAL binlog_row_image = 'FULL'; and binlog_row_image = FULL in [mariadbd]\n\
+         error: 'weak'@'127.0.0.1' lacks the REPLICATION SLAVE privilege (needed to stream the binlog)\n    \
+         fix: GRANT REPLICATION SLAVE ON *.* TO 'weak'@'127.0.0.1';\n\
+         error: 'weak'@'127.0.0.1' lacks BINLOG MONITOR (needed for SHOW BINARY LOGS / SHOW MASTER STATUS)\n    \
+         fix: GRANT BINLOG MONITOR ON *.* TO 'weak'@'127.0.0.1';\n\
+         error: pipeline `a` (pipelines/a.yaml): `shop`.`nokey` has no primary key, and the pipeline sets no `key:`\n    \
+         fix: add `key: [column, …]` to pipelines/a.yaml or ALTER TABLE `shop`.`nokey` ADD PRIMARY KEY (…);\n\
+         error: preflight check failed (5 problems, listed above)\n"
+    );
+
+    // With the grants in place, only the purged checkpoint is left.
+    block_on(db.exec(
+        "SET GLOBAL binlog_format = 'ROW'; SET GLOBAL binlog_row_image = 'FULL';
+         GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'weak'@'127.0.0.1';",
+    ));
+    write(
+        &d,
+        "pipelines/a.yaml",
+        "name: a\ntable: shop.nokey\nkey: [a]\nsink:\n  jsonl:\n    path: out.jsonl\n",
+    );
+    let (code, _, err) = d.check();
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "error: the saved checkpoint cannot be resumed: the binlog position binlog.000042:4 is no longer on the server \
+         (binlog.000042 is not among the server's binary logs (oldest: binlog.000001)); restart from a newer position \
+         (delete the checkpoint to start at the current end) or re-snapshot the tables\n    \
+         fix: restore the purged binlog files, or move the checkpoint away to start at the current end (rows changed in between are then not emitted)\n\
+         error: preflight check failed (1 problems, listed above)\n"
+    );
+}
