@@ -20,7 +20,10 @@ fn compressed_events_mysql_checkpoint_and_jsonl_sink() {
     let mut d = Daemon::with_config(
         &db,
         None,
-        &[("notes", "name: notes\ntable: shop.notes\nsink:\n  jsonl:\n    path: notes.jsonl\n")],
+        &[(
+            "notes",
+            "name: notes\ntable: shop.notes\nsink:\n  jsonl:\n    path: notes.jsonl\n",
+        )],
         "",
     );
     let cfg = std::fs::read_to_string(d.config()).unwrap().replace(
@@ -39,7 +42,10 @@ fn compressed_events_mysql_checkpoint_and_jsonl_sink() {
     let start = Instant::now();
     let lines = loop {
         let text = std::fs::read_to_string(&out).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         if lines.len() >= 5 {
             break lines;
         }
@@ -47,7 +53,10 @@ fn compressed_events_mysql_checkpoint_and_jsonl_sink() {
         assert!(start.elapsed() < Duration::from_secs(30), "{}", d.log());
         std::thread::sleep(Duration::from_millis(50));
     };
-    let proj: Vec<_> = lines.iter().map(|l| json!([l["op"], l["before"], l["after"]])).collect();
+    let proj: Vec<_> = lines
+        .iter()
+        .map(|l| json!([l["op"], l["before"], l["after"]]))
+        .collect();
     assert_eq!(
         proj,
         vec![
@@ -61,16 +70,30 @@ fn compressed_events_mysql_checkpoint_and_jsonl_sink() {
     // The events really were compressed: the server's own decoder names them.
     let events: Vec<String> = block_on(async {
         let mut c = db.conn().await;
-        let rows: Vec<mysql_async::Row> = c.query("SHOW BINLOG EVENTS IN 'binlog.000001'").await.unwrap();
-        rows.into_iter().map(|r| r.get::<String, _>(2).unwrap()).collect()
+        let rows: Vec<mysql_async::Row> = c
+            .query("SHOW BINLOG EVENTS IN 'binlog.000001'")
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|r| r.get::<String, _>(2).unwrap())
+            .collect()
     });
-    assert!(events.iter().any(|e| e.contains("Write_rows_compressed")), "{events:?}");
-    assert!(events.iter().any(|e| e.contains("Update_rows_compressed")), "{events:?}");
+    assert!(
+        events.iter().any(|e| e.contains("Write_rows_compressed")),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e.contains("Update_rows_compressed")),
+        "{events:?}"
+    );
 
     assert_eq!(d.terminate(), 0, "{}", d.log());
     let (name, pos): (String, String) = block_on(async {
         let mut c = db.conn().await;
-        c.query_first("SELECT name, position FROM cdc_state.checkpoints").await.unwrap().unwrap()
+        c.query_first("SELECT name, position FROM cdc_state.checkpoints")
+            .await
+            .unwrap()
+            .unwrap()
     });
     assert_eq!(name, "notes-daemon");
     let p: serde_json::Value = serde_json::from_str(&pos).unwrap();

@@ -12,7 +12,10 @@ pub fn interpolate(
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<String, InterpolationError> {
     let mut out = String::with_capacity(text.len());
-    for (ln, line) in text.split_inclusive('\n').enumerate() {
+    for (ln, full) in text.split_inclusive('\n').enumerate() {
+        // Comments are copied as they are: `# use ${VAR}` must not need VAR.
+        let cut = comment_start(full);
+        let (line, comment) = full.split_at(cut);
         let mut rest = line;
         let mut col = 1;
         while let Some(i) = rest.find('$') {
@@ -64,8 +67,30 @@ pub fn interpolate(
             }
         }
         out.push_str(rest);
+        out.push_str(comment);
     }
     Ok(out)
+}
+
+/// Byte index where a YAML comment starts in `line` (`#` at the start or after white space,
+/// outside quotes), or the line's length.
+fn comment_start(line: &str) -> usize {
+    let mut quote: Option<char> = None;
+    let mut prev = ' ';
+    for (i, c) in line.char_indices() {
+        match (quote, c) {
+            (None, '#') if prev.is_whitespace() => return i,
+            (None, '\'' | '"')
+                if prev.is_whitespace() || prev == ':' || prev == '[' || prev == ',' =>
+            {
+                quote = Some(c)
+            }
+            (Some(q), c) if c == q => quote = None,
+            _ => {}
+        }
+        prev = c;
+    }
+    line.len()
 }
 
 #[cfg(test)]
@@ -82,5 +107,11 @@ mod tests {
         let e = interpolate("a: 1\nb:  ${MISSING}\n", f).err().unwrap();
         assert_eq!((e.line, e.column), (2, 5));
         assert!(e.message.contains("MISSING is not set"));
+        assert_eq!(
+            interpolate("# ${NOPE}\na: ${A} # ${NOPE}\nb: \"#${A}\"\n", f)
+                .ok()
+                .unwrap(),
+            "# ${NOPE}\na: x # ${NOPE}\nb: \"#x\"\n"
+        );
     }
 }
