@@ -609,17 +609,20 @@ pub fn decode_rows(
         pos: 0,
     };
     let mut bad_text = 0usize;
+    let n = plan.columns.len();
+    let before_count = (0..n).filter(|i| bit(ev.present_before, *i)).count();
+    let after_bitmap = ev.present_after.unwrap_or(ev.present_before);
+    let after_count = (0..n).filter(|i| bit(after_bitmap, *i)).count();
     while c.pos < c.data.len() {
-        let first = decode_image(plan, &mut c, ev.present_before, false, &mut bad_text)?;
+        let first = decode_image(plan, &mut c, ev.present_before, before_count, &mut bad_text)?;
         match ev.kind {
             RowsKind::Write => f(None, Some(first)),
             RowsKind::Delete => f(Some(first), None),
             RowsKind::Update => {
-                let after_bitmap = ev.present_after.unwrap_or(ev.present_before);
                 let second = if ev.partial {
                     decode_partial_after(plan, &mut c, after_bitmap, &first, &mut bad_text)?
                 } else {
-                    decode_image(plan, &mut c, after_bitmap, false, &mut bad_text)?
+                    decode_image(plan, &mut c, after_bitmap, after_count, &mut bad_text)?
                 };
                 f(Some(first), Some(second))
             }
@@ -640,18 +643,18 @@ fn decode_image(
     plan: &TablePlan,
     c: &mut Cur<'_>,
     present: &[u8],
-    _partial: bool,
+    present_count: usize,
     bad_text: &mut usize,
 ) -> Result<Image, DecodeError> {
     let n = plan.columns.len();
-    let present_count = (0..n).filter(|i| bit(present, *i)).count();
+    let all_present = present_count == n;
     let nulls = c
         .take(present_count.div_ceil(8))
         .map_err(|r| row_err(plan, "", r))?;
     let mut out = Vec::with_capacity(n);
     let mut k = 0;
     for (i, col) in plan.columns.iter().enumerate() {
-        if !bit(present, i) {
+        if !all_present && !bit(present, i) {
             out.push(Value::Null);
             continue;
         }

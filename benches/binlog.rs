@@ -1,0 +1,152 @@
+//! Benchmark modes driven by `scripts/bench.sh` (which prints the table):
+//!
+//! - `decode-file FILE`: decode a binlog file into a null sink, on one thread.
+//! - `stream HOST PORT USER PASS FILE POS ROWS`: the replication stream into a null sink.
+//! - `produce BROKERS TOPIC FILE`: the Kafka ceiling: an rdkafka producer sending the same
+//!   records (decoded beforehand) with no source.
+//!
+//! Each prints one line of JSON: rows, bytes, seconds.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cdc_enricher::config::{SourceConfig, StartFrom, TlsConfig};
+use cdc_enricher::source::mysql::file::decode_file;
+use cdc_enricher::source::mysql::stream::MysqlSource;
+use cdc_enricher::source::{Position, SourceEvent};
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("decode-file") => decode(&args[1]),
+        Some("stream") => stream(&args[1..]),
+        Some("produce") => produce(&args[1], &args[2], &args[3]),
+        _ => eprintln!("usage: binlog decode-file FILE | stream HOST PORT USER PASS FILE POS ROWS | produce BROKERS TOPIC FILE"),
+    }
+}
+
+fn decode(file: &str) {
+    let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    // Warm the page cache, then time the decode alone.
+    let _ = std::fs::read(file);
+    let start = Instant::now();
+    let mut rows = 0u64;
+    decode_file(file, Arc::default(), |ev| {
+        if let SourceEvent::Row(r) = ev {
+            rows += 1;
+            std::hint::black_box(r);
+        }
+    })
+    .expect("decode");
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"mode": "decode-file", "rows": rows, "bytes": bytes, "seconds": secs})
+    );
+}
+
+fn stream(a: &[String]) {
+    let cfg = SourceConfig {
+        host: a[0].clone(),
+        port: a[1].parse().unwrap(),
+        user: a[2].clone(),
+        password: Some(a[3].clone()),
+        password_file: None,
+        server_id: 9999,
+        heartbeat_ms: 1000,
+        start: StartFrom::Latest,
+        tls: TlsConfig::default(),
+    };
+    let start_pos = Position::new(a[4].clone(), a[5].parse().unwrap());
+    let want: u64 = a[6].parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let src = MysqlSource {
+            cfg,
+            tables: Vec::new(),
+            filter: None,
+        };
+        let t0 = Instant::now();
+        let task = tokio::spawn(src.run(start_pos, tx, stop_rx));
+        let mut rows = 0u64;
+        while rows < want {
+            match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+                Ok(Some(batch)) => {
+                    for ev in batch {
+                        if let SourceEvent::Row(r) = ev {
+                            rows += 1;
+                            std::hint::black_box(r);
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let _ = stop_tx.send(true);
+        let _ = task.await;
+        println!(
+            "{}",
+            serde_json::json!({"mode": "stream", "rows": rows, "seconds": secs})
+        );
+    });
+}
+
+fn produce(brokers: &str, topic: &str, file: &str) {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    // The records the daemon would send, made beforehand: the ceiling has no source cost.
+    let mut recs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    decode_file(file, Arc::default(), |ev| {
+        if let SourceEvent::Row(r) = ev {
+            let key = serde_json::to_vec(&serde_json::json!({"id": r.after.as_ref().map(|v| v[0].clone())})).unwrap();
+            let names: Vec<&str> = r.table.columns.iter().map(|c| c.name.as_str()).collect();
+            let after: serde_json::Map<String, serde_json::Value> =
+                names.iter().map(|n| n.to_string()).zip(r.after.clone().unwrap_or_default()).collect();
+            let val = serde_json::to_vec(&serde_json::json!({"op": "c", "before": null, "after": after,
+                "source": {"pipeline": "bench", "server_id": 1, "db": r.table.db, "table": r.table.table,
+                "gtid": r.gtid.as_deref(), "file": &*r.txn_file, "pos": r.txn_pos, "row": r.row, "ts_ms": r.ts_ms},
+                "enrichment": {}})).unwrap();
+            recs.push((key, val));
+        }
+    })
+    .expect("decode");
+    let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let t0 = Instant::now();
+    for (k, v) in &recs {
+        let mut r = BaseRecord::<[u8], [u8]>::to(topic)
+            .key(k.as_slice())
+            .payload(v.as_slice());
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(300)).unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"mode": "produce", "rows": recs.len(), "seconds": secs})
+    );
+}
