@@ -199,7 +199,7 @@ mod tests {
         b.frac(120_000, 2);
         assert_eq!(b.finish(), ".12");
         assert_eq!(
-            time_from_packed(-((838i64 << 36 | 59 << 30 | 59 << 24) as i64), 0),
+            time_from_packed(-(838i64 << 36 | 59 << 30 | 59 << 24), 0),
             "-838:59:59"
         );
         let mut b = Buf::new();
