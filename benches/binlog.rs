@@ -122,10 +122,28 @@ fn produce(brokers: &str, topic: &str, file: &str) {
         }
     })
     .expect("decode");
+    // tansu does not create topics on first use.
+    let kcfg = cdc_enricher::config::KafkaConfig {
+        brokers: brokers.to_string(),
+        properties: Default::default(),
+        create_topics: true,
+        topic_partitions: 1,
+        topic_replication: 1,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(cdc_enricher::sink::kafka::create_topics(
+            &kcfg,
+            &[topic.to_string()],
+        ))
+        .expect("create topic");
     let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
+        .set("message.timeout.ms", "0")
         .create()
         .unwrap();
     let t0 = Instant::now();

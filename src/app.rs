@@ -149,7 +149,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
             wanted.contains(&(db.to_string(), t.to_string()))
         })),
     };
-    let (tx, rx) = mpsc::channel::<Vec<SourceEvent>>(64);
+    let (tx, rx) = mpsc::channel::<Vec<SourceEvent>>(16);
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut source_task = tokio::spawn(source.run(start, tx, stop_rx.clone()));

@@ -28,6 +28,17 @@ fn ids(recs: &[Record]) -> HashMap<i64, usize> {
     m
 }
 
+/// One transaction of 100 rows per batch number, ids `b*100+1 ..= b*100+100`.
+fn insert_batches(db: &MariaDb, batches: std::ops::Range<u32>, v: &str) {
+    for b in batches {
+        block_on(db.exec(&format!(
+            "INSERT INTO t.rows SELECT seq, '{v}' FROM t.seq_{}_to_{}",
+            b * 100 + 1,
+            b * 100 + 100
+        )));
+    }
+}
+
 fn setup() -> (MariaDb, Kafka) {
     let db = MariaDb::start();
     let kafka = Kafka::start();
@@ -101,25 +112,13 @@ fn mariadb_restart_under_the_daemon_loses_nothing() {
     let mut d = Daemon::new(&db, Some(&kafka), &[("rows", ROWS)]);
     d.spawn();
     let mut tail = kafka.tail("rows");
-    for b in 0..10 {
-        block_on(db.exec(&format!(
-            "INSERT INTO t.rows SELECT seq, 'a' FROM t.seq_{}_to_{}",
-            b * 100 + 1,
-            b * 100 + 100
-        )));
-    }
+    insert_batches(&db, 0..10, "a");
     wait_for("1,000 records", Duration::from_secs(60), || {
         d.assert_running();
         tail.poll(Duration::from_millis(200)) >= 1000
     });
     db.restart();
-    for b in 10..20 {
-        block_on(db.exec(&format!(
-            "INSERT INTO t.rows SELECT seq, 'b' FROM t.seq_{}_to_{}",
-            b * 100 + 1,
-            b * 100 + 100
-        )));
-    }
+    insert_batches(&db, 10..20, "b");
     wait_for("2,000 records", Duration::from_secs(90), || {
         d.assert_running();
         tail.poll(Duration::from_millis(200)) >= 2000

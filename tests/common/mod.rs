@@ -55,6 +55,7 @@ impl MariaDb {
              GRANT REPLICATION SLAVE, BINLOG MONITOR, SELECT ON *.* TO 'cdc'@'127.0.0.1';\n",
         )
         .unwrap();
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
         let out = Command::new(find("mariadb-install-db"))
             .args([
                 "--no-defaults",
@@ -63,11 +64,15 @@ impl MariaDb {
                 "--auth-root-authentication-method=normal",
             ])
             .arg(format!("--datadir={}", dir.path().join("data").display()))
+            // Each bootstrap gets its own tmpdir, from the environment (it ignores --tmpdir):
+            // in a shared /tmp one bootstrap's clean-up deletes another's temporary tables.
+            .env("TMPDIR", dir.path().join("tmp"))
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "mariadb-install-db: {}",
+            "mariadb-install-db failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         let mut m = MariaDb {
@@ -267,6 +272,8 @@ impl Kafka {
             .set("bootstrap.servers", self.brokers())
             .set("group.id", format!("tail-{}", free_port()))
             .set("enable.auto.commit", "false")
+            .set("fetch.max.bytes", "104857600")
+            .set("max.partition.fetch.bytes", "104857600")
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();
@@ -281,35 +288,12 @@ impl Kafka {
 
     /// Reads `topic` (partition 0) from the start until `n` records or `timeout`.
     pub fn read(&self, topic: &str, n: usize, timeout: Duration) -> Vec<Record> {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
-            .set("group.id", format!("test-{}", free_port()))
-            .set("enable.auto.commit", "false")
-            .set("fetch.max.bytes", "104857600")
-            .set("max.partition.fetch.bytes", "104857600")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
-            .unwrap();
-        c.assign(&tpl).unwrap();
-        let mut out = Vec::new();
+        let mut t = self.tail(topic);
         let start = Instant::now();
-        while out.len() < n && start.elapsed() < timeout {
-            match c.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => out.push(Record {
-                    key: m.key().map(|k| String::from_utf8(k.to_vec()).unwrap()),
-                    value: m.payload().map(|v| String::from_utf8(v.to_vec()).unwrap()),
-                    offset: m.offset(),
-                }),
-                Some(Err(rdkafka::error::KafkaError::MessageConsumption(
-                    rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-                ))) => std::thread::sleep(Duration::from_millis(200)),
-                Some(Err(e)) => panic!("consume {topic}: {e}"),
-                None => {}
-            }
+        while t.records.len() < n && start.elapsed() < timeout {
+            t.poll(Duration::from_millis(200));
         }
-        out
+        t.records
     }
 }
 
@@ -336,7 +320,11 @@ impl Tail {
                     value: m.payload().map(|v| String::from_utf8(v.to_vec()).unwrap()),
                     offset: m.offset(),
                 }),
-                Some(Err(_)) => std::thread::sleep(Duration::from_millis(50)),
+                // The topic may not exist yet: the daemon creates it.
+                Some(Err(rdkafka::error::KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+                ))) => std::thread::sleep(Duration::from_millis(50)),
+                Some(Err(e)) => panic!("consume: {e}"),
                 None => break,
             }
         }

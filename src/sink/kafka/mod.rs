@@ -53,6 +53,8 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     c.set("enable.idempotence", "true");
     c.set("linger.ms", "5");
     c.set("message.timeout.ms", "0");
+    // Bounds memory while a large transaction flows (librdkafka defaults to 100,000).
+    c.set("queue.buffering.max.messages", "20000");
     for (k, v) in &cfg.properties {
         c.set(k, v);
     }

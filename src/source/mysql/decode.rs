@@ -199,6 +199,16 @@ impl TablePlan {
             }
         }
 
+        if let (None, Some(s)) = (&names, schema) {
+            if s.columns.len() != n {
+                return Err(bad(format!(
+                    "the binlog carries no column names (binlog_row_metadata=MINIMAL) and information_schema \
+                     now describes {} columns where this event has {n}: the table changed after the event \
+                     was written. Set binlog_row_metadata=FULL so that every event names its columns",
+                    s.columns.len()
+                )));
+            }
+        }
         let schema = schema.filter(|s| s.columns.len() == n);
         let column_names_from_binlog = names.is_some();
         let names: Vec<String> = match names {

@@ -268,6 +268,13 @@ impl MysqlSource {
             };
             let code = ev.header().event_type_raw();
             decoder.handle(&ev, &mut out)?;
+            if let Some(SourceEvent::Ddl { query, .. }) = out.last() {
+                if changes_schema(query) {
+                    // Where the binlog carries no column names (binlog_row_metadata=MINIMAL),
+                    // they come from information_schema: read it again after DDL.
+                    self.refresh_schemas(decoder).await?;
+                }
+            }
             // Send rows in batches, and at every transaction end so latency stays low.
             if out.len() >= 256
                 || (!out.is_empty() && !matches!(out.last(), Some(SourceEvent::Row(_))))
@@ -280,6 +287,37 @@ impl MysqlSource {
             }
         }
     }
+}
+
+impl MysqlSource {
+    async fn refresh_schemas(&self, decoder: &mut Decoder) -> Result<(), SourceError> {
+        if self.tables.is_empty() {
+            return Ok(());
+        }
+        let mut conn = connect(&self.cfg).await?;
+        let schemas = schema::load(&mut conn, &self.tables)
+            .await
+            .map_err(|source| SourceError::Query {
+                what: "information_schema",
+                source,
+            })?;
+        let _ = conn.disconnect().await;
+        decoder.set_schemas(Arc::new(schemas));
+        Ok(())
+    }
+}
+
+/// Whether a statement may change a table's columns.
+fn changes_schema(query: &str) -> bool {
+    let head: String = query
+        .trim_start()
+        .chars()
+        .take(8)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    ["ALTER", "CREATE", "DROP", "RENAME", "TRUNCATE"]
+        .iter()
+        .any(|k| head.starts_with(k))
 }
 
 enum StreamEnd {

@@ -1,0 +1,8 @@
+-- The replication user cdc-enricher connects as (docker-compose.yml mounts this file).
+CREATE USER IF NOT EXISTS 'cdc'@'%' IDENTIFIED BY 'cdc-secret';
+GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO 'cdc'@'%';
+CREATE DATABASE IF NOT EXISTS shop;
+CREATE TABLE IF NOT EXISTS shop.support (id INT PRIMARY KEY AUTO_INCREMENT, customer VARCHAR(50),
+  message TEXT, created_at DATETIME(6) DEFAULT CURRENT_TIMESTAMP(6));
+CREATE TABLE IF NOT EXISTS shop.orders (id INT PRIMARY KEY, customer VARCHAR(50), total DECIMAL(10,2),
+  status ENUM('new','paid','shipped'));

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Benchmarks (never timed tests): builds 1M-row binlogs on a throwaway MariaDB and prints a
+# table for this machine and this run:
+#   decode  : cdc-enricher's decoder into a null sink (one core, from the file)
+#   stream  : the same binlog over the replication protocol into a null sink
+#   floor   : mariadb-binlog --read-from-remote-server reading the same binlog
+#   e2e     : binlog -> daemon -> Kafka (tansu), until the checkpoint covers every row
+#   ceiling : an rdkafka producer sending the same records with no source
+#   rss     : peak RSS of the daemon while one 1M-row transaction flows to Kafka
+# Usage: scripts/bench.sh [rows]   (default 1000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ROWS=${1:-1000000}
+need_mariadb
+need_tansu
+log "building (release)"
+cargo build --release --locked -q
+cargo bench --locked --bench binlog --no-run -q 2>/dev/null
+BENCH=$(ls -t target/release/deps/binlog-* | grep -v '\.d$' | head -1)
+BIN=$PWD/target/release/cdc-enricher
+
+W=$PWD/.bench
+rm -rf "$W"; mkdir -p "$W"
+DAEMON=
+cleanup() {
+  [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null
+  stop_pidfile "$W/db/server.pid"; stop_pidfile "$W/kafka/tansu.pid"
+}
+trap cleanup EXIT
+P=$(free_port); KP=$(free_port)
+start_mariadb "$W/db" "$P"
+start_tansu "$W/kafka" "$KP"
+q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; }
+
+q "CREATE DATABASE bench;
+   CREATE TABLE bench.t6 (id INT PRIMARY KEY, a INT, b BIGINT, c VARCHAR(32), d DOUBLE, e DATETIME(6));
+   CREATE TABLE bench.t30 (id INT PRIMARY KEY,
+     i1 INT, i2 INT UNSIGNED, i3 BIGINT, i4 SMALLINT, i5 TINYINT, i6 MEDIUMINT,
+     d1 DECIMAL(12,2), d2 DECIMAL(20,6), f1 FLOAT, f2 DOUBLE,
+     s1 VARCHAR(32), s2 VARCHAR(64), s3 CHAR(8), s4 VARCHAR(16) CHARACTER SET latin1, t1 TEXT,
+     b1 VARBINARY(16), j1 JSON,
+     dt1 DATETIME, dt2 DATETIME(6), ts1 TIMESTAMP(3) NULL, da DATE, tm TIME(3), y YEAR,
+     e1 ENUM('new','paid','shipped'), st SET('a','b','c'), bt BIT(8), n1 INT NULL, n2 VARCHAR(8) NULL, z INT);"
+
+# fill TABLE SELECT-EXPR: ROWS rows in transactions of 10,000, in a binlog file of their own.
+fill() {
+  q "FLUSH BINARY LOGS"
+  local file; file=$(q "SHOW MASTER STATUS" | cut -f1)
+  local step=10000 i
+  for ((i = 0; i < ROWS; i += step)); do
+    local hi=$((i + step < ROWS ? i + step : ROWS))
+    echo "INSERT INTO bench.$1 SELECT $2 FROM bench.seq_$((i + 1))_to_$hi;"
+  done | mariadb --no-defaults -h127.0.0.1 -P"$P" -uadmin -padminpw
+  q "FLUSH BINARY LOGS"
+  echo "$file"
+}
+log "writing $ROWS rows into bench.t6 and bench.t30"
+F6=$(fill t6 "seq, seq*7, seq*1000003, CONCAT('row-', seq), seq/3, '2024-01-01 00:00:00.123456' + INTERVAL seq SECOND")
+F30=$(fill t30 "seq, seq, seq*3, seq*1000003, seq % 30000, seq % 100, seq % 8000000, seq/7, seq/13, seq/3, seq/11,
+  CONCAT('name-', seq), MD5(seq), 'fixed', 'café', REPEAT('x', 40), UNHEX(MD5(seq)), JSON_OBJECT('k', seq, 'v', 'x'),
+  '2024-01-01 00:00:00' + INTERVAL seq SECOND, '2024-01-01 00:00:00.5' + INTERVAL seq SECOND,
+  '2024-01-01 00:00:00.25' + INTERVAL seq SECOND, '2024-01-01' + INTERVAL (seq % 3000) DAY, '12:34:56.789',
+  2024, ELT(1 + seq % 3, 'new', 'paid', 'shipped'), 'a,c', seq % 256, NULL, NULL, seq")
+cp "$W/db/data/$F6" "$W/t6.bin"; cp "$W/db/data/$F30" "$W/t30.bin"
+
+best() { sort -n | head -1; }
+secs() { grep -o '"seconds":[0-9.e-]*' | cut -d: -f2; }
+rate() { python3 -c "import sys; print(f'{$1/$2:,.0f}')"; }
+mbs() { python3 -c "print(f'{$1/$2/1e6:,.1f}')"; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+
+declare -A R
+for t in t6 t30; do
+  f=$W/$t.bin; size=$(stat -c %s "$f"); file=$([ $t = t6 ] && echo "$F6" || echo "$F30")
+  log "$t: decode (1 core), stream, floor"
+  d=$(for _ in 1 2 3; do taskset -c 0 "$BENCH" decode-file "$f" | secs; done | best)
+  s=$(for _ in 1 2 3; do taskset -c 0 "$BENCH" stream 127.0.0.1 "$P" cdc cdc-secret "$file" 4 "$ROWS" | secs; done | best)
+  fl=$(for _ in 1 2 3; do /usr/bin/time -f %e mariadb-binlog --no-defaults --read-from-remote-server -h127.0.0.1 -P"$P" \
+        -ucdc -pcdc-secret "$file" 2>&1 >/dev/null | tail -1; done | best)
+  R[$t]="$size $d $s $fl"
+done
+
+# End to end into Kafka: the daemon starts at the t6 binlog (a checkpoint written for it).
+log "e2e: binlog -> daemon -> Kafka"
+mkdir -p "$W/e2e/pipelines"
+cat > "$W/e2e/cdc-enricher.yaml" <<YAML
+source: {host: 127.0.0.1, port: $P, user: cdc, password: cdc-secret, server_id: 777, heartbeat_ms: 1000}
+kafka: {brokers: "127.0.0.1:$KP", properties: {linger.ms: "5", batch.num.messages: "10000"}}
+checkpoint: {store: {file: {path: cp.json}}, interval_ms: 50}
+YAML
+echo 'name: t6
+table: bench.t6
+sink: {kafka: {topic: bench6}}' > "$W/e2e/pipelines/t6.yaml"
+echo "{\"version\":1,\"position\":{\"file\":\"$F6\",\"pos\":4}}" > "$W/e2e/cp.json"
+end6=$(( $(stat -c %s "$W/t6.bin") - 100 ))
+start=$(date +%s.%N)
+( cd "$W/e2e" && exec "$BIN" run -c cdc-enricher.yaml 2>daemon.log ) & DAEMON=$!
+until python3 -c "import json,sys; p=json.load(open('$W/e2e/cp.json'))['position']; sys.exit(0 if p['file']!='$F6' or p['pos']>=$end6 else 1)" 2>/dev/null; do sleep 0.02; done
+e2e=$(python3 -c "import time; print(time.time() - $start)")
+kill -TERM $DAEMON; wait $DAEMON || true; DAEMON=
+log "ceiling: rdkafka producer alone"
+ceil=$("$BENCH" produce "127.0.0.1:$KP" ceiling6 "$W/t6.bin" | secs)
+
+# Peak RSS while one 1M-row transaction flows to Kafka.
+log "rss: one $ROWS-row transaction"
+q "CREATE TABLE bench.big LIKE bench.t6"
+sed -i 's/table: bench.t6/table: bench.big/; s/topic: bench6/topic: big/' "$W/e2e/pipelines/t6.yaml"
+rm -f "$W/e2e/cp.json"
+sed -i "s/heartbeat_ms: 1000}/heartbeat_ms: 1000, start: latest}/" "$W/e2e/cdc-enricher.yaml"
+( cd "$W/e2e" && exec "$BIN" run -c cdc-enricher.yaml 2>daemon-rss.log ) & DAEMON=$!
+sleep 1.5
+q "INSERT INTO bench.big SELECT * FROM bench.t6"
+endpos=$(q "SHOW MASTER STATUS" | cut -f2)
+until python3 -c "import json,sys; p=json.load(open('$W/e2e/cp.json'))['position']; sys.exit(0 if p['pos']>=$endpos else 1)" 2>/dev/null; do sleep 0.05; done
+# The kernel's high-water mark of the daemon's resident set.
+rss_kb=$(awk '/^VmHWM/ {print $2}' /proc/$DAEMON/status)
+kill -TERM $DAEMON; wait $DAEMON || true; DAEMON=
+
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+echo
+echo "cdc-enricher benchmarks — $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), MariaDB $(q 'SELECT VERSION()'), $ROWS rows"
+echo
+echo "| binlog | size MB | decode rows/s (1 core) | decode MB/s | stream rows/s | stream MB/s | floor MB/s (mariadb-binlog) | stream / floor |"
+echo "|---|---|---|---|---|---|---|---|"
+for t in t6 t30; do
+  read -r size d s fl <<< "${R[$t]}"
+  echo "| $t ($([ $t = t6 ] && echo 6 || echo 30) columns) | $(mbs "$size" 1) | $(rate "$ROWS" "$d") | $(mbs "$size" "$d") | $(rate "$ROWS" "$s") | $(mbs "$size" "$s") | $(mbs "$size" "$fl") | $(ratio "$fl" "$s") |"
+done
+echo
+echo "| end to end | rows/s |"
+echo "|---|---|"
+echo "| binlog -> daemon -> Kafka (t6, until checkpointed) | $(rate "$ROWS" "$e2e") |"
+echo "| rdkafka producer alone, same records (ceiling) | $(rate "$ROWS" "$ceil") |"
+echo "| e2e / ceiling | $(ratio "$ceil" "$e2e") |"
+echo
+echo "| memory | value |"
+echo "|---|---|"
+echo "| peak RSS, one $ROWS-row transaction to Kafka | $((rss_kb / 1024)) MB |"

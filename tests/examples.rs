@@ -1,0 +1,21 @@
+//! The configuration and pipelines shipped in this repository load and validate.
+
+use std::path::Path;
+
+use cdc_enricher::config::{Config, SinkConfig};
+
+#[test]
+fn shipped_config_and_pipelines_validate() {
+    std::env::set_var("CDC_PASSWORD", "x");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = Config::load(&root.join("cdc-enricher.yaml")).unwrap();
+    assert_eq!(cfg.source.port, 3306);
+    assert_eq!(cfg.kafka.as_ref().unwrap().brokers, "127.0.0.1:9092");
+    let pipelines = cfg.load_pipelines().unwrap();
+    let names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["orders", "support_feedback"]);
+    assert!(pipelines
+        .iter()
+        .all(|p| matches!(p.sink, SinkConfig::Kafka(_))));
+    assert_eq!(pipelines[1].topic().as_deref(), Some("cdc.shop.support"));
+}

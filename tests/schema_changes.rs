@@ -1,0 +1,76 @@
+//! Without column names in the binlog (binlog_row_metadata=MINIMAL) they come from
+//! information_schema, read again after DDL; with FULL metadata each TABLE_MAP names its own.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const P: &str = "name: items\ntable: shop.items\nsink:\n  kafka:\n    topic: items\n";
+
+fn run(metadata: &str) {
+    let db = MariaDb::start_with(&[metadata]);
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY, title VARCHAR(20));",
+    ));
+    let mut d = Daemon::new(&db, Some(&kafka), &[("items", P)]);
+    d.spawn();
+    let mut tail = kafka.tail("items");
+    block_on(db.exec("INSERT INTO shop.items VALUES (1, 'one')"));
+    // Wait for the first record, so the ALTER happens while the daemon is streaming.
+    let start = std::time::Instant::now();
+    while tail.poll(Duration::from_millis(200)) < 1 {
+        d.assert_running();
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", d.log());
+    }
+    // With MINIMAL metadata, information_schema must still describe the table as each event
+    // saw it: the statements wait for the daemon. With FULL metadata they need not.
+    let paced = metadata.ends_with("MINIMAL");
+    let mut wait = |n: usize| {
+        while tail.poll(Duration::from_millis(200)) < n {
+            d.assert_running();
+            assert!(start.elapsed() < Duration::from_secs(60), "{}", d.log());
+        }
+    };
+    for (i, sql) in [
+        "ALTER TABLE shop.items ADD COLUMN price DECIMAL(6,2) AFTER id; INSERT INTO shop.items VALUES (2, 9.99, 'two')",
+        "ALTER TABLE shop.items DROP COLUMN title; INSERT INTO shop.items VALUES (3, 1.00)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        block_on(db.exec(sql));
+        if paced {
+            wait(2 + i);
+        }
+    }
+    wait(3);
+    let after: Vec<_> = tail
+        .records
+        .iter()
+        .map(|r| r.json()["after"].clone())
+        .collect();
+    assert_eq!(
+        after,
+        vec![
+            json!({"id": 1, "title": "one"}),
+            json!({"id": 2, "price": "9.99", "title": "two"}),
+            json!({"id": 3, "price": "1.00"}),
+        ],
+        "{metadata}"
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn alter_table_mid_stream_with_full_metadata() {
+    run("--binlog-row-metadata=FULL");
+}
+
+#[test]
+fn alter_table_mid_stream_with_minimal_metadata() {
+    run("--binlog-row-metadata=MINIMAL");
+}
