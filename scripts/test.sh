@@ -15,4 +15,4 @@ cargo fmt --check
 log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 log "cargo test"
-cargo test --locked --all-targets
+cargo test --locked

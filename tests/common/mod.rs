@@ -156,13 +156,25 @@ impl MariaDb {
     }
 
     pub fn opts(&self, user: &str, pass: &str) -> mysql_async::Opts {
-        mysql_async::OptsBuilder::default()
+        let b = mysql_async::OptsBuilder::default()
             .ip_or_hostname("127.0.0.1")
             .tcp_port(self.port)
             .user(Some(user))
             .pass(Some(pass))
-            .prefer_socket(false)
+            .prefer_socket(false);
+        // A server started with --require-secure-transport only talks TLS.
+        let tls = self
+            .extra_args
+            .iter()
+            .any(|a| a == "--require-secure-transport=ON");
+        if tls {
+            b.ssl_opts(Some(
+                mysql_async::SslOpts::default().with_danger_accept_invalid_certs(true),
+            ))
             .into()
+        } else {
+            b.into()
+        }
     }
 
     pub async fn conn(&self) -> mysql_async::Conn {
