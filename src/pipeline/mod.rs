@@ -47,8 +47,8 @@ impl Image {
 pub struct SourceInfo {
     pub pipeline: Arc<str>,
     pub server_id: u32,
-    pub db: String,
-    pub table: String,
+    pub db: Arc<str>,
+    pub table: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gtid: Option<Arc<str>>,
     pub file: Arc<str>,
@@ -94,21 +94,28 @@ struct Bound {
     key: Vec<usize>,
     key_names: Arc<[String]>,
     filter: Option<Expr>,
+    db: Arc<str>,
+    table: Arc<str>,
 }
 
 pub struct Router {
     pub pipelines: Vec<PipelineConfig>,
     names: Vec<Arc<str>>,
-    by_table: HashMap<(String, String), Vec<usize>>,
+    /// Pipelines by database, then table (looked up by `&str`: no allocation per row).
+    by_table: HashMap<String, HashMap<String, Arc<[usize]>>>,
     /// Bindings by (pipeline, plan address): rebuilt when a TABLE_MAP changes the layout.
     bound: HashMap<(usize, usize), (Arc<TablePlan>, Arc<Bound>)>,
 }
 
 impl Router {
     pub fn new(pipelines: Vec<PipelineConfig>) -> Router {
-        let mut by_table: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        let mut lists: HashMap<(String, String), Vec<usize>> = HashMap::new();
         for (i, p) in pipelines.iter().enumerate() {
-            by_table.entry(p.db_table()).or_default().push(i);
+            lists.entry(p.db_table()).or_default().push(i);
+        }
+        let mut by_table: HashMap<String, HashMap<String, Arc<[usize]>>> = HashMap::new();
+        for ((db, table), idxs) in lists {
+            by_table.entry(db).or_default().insert(table, idxs.into());
         }
         let names = pipelines
             .iter()
@@ -124,14 +131,13 @@ impl Router {
 
     /// The tables some pipeline reads.
     pub fn tables(&self) -> Vec<(String, String)> {
-        let mut v: Vec<_> = self.by_table.keys().cloned().collect();
+        let mut v: Vec<_> = self
+            .by_table
+            .iter()
+            .flat_map(|(db, m)| m.keys().map(move |t| (db.clone(), t.clone())))
+            .collect();
         v.sort();
         v
-    }
-
-    pub fn wants_table(&self, db: &str, table: &str) -> bool {
-        self.by_table
-            .contains_key(&(db.to_string(), table.to_string()))
     }
 
     fn bind(&mut self, idx: usize, plan: &Arc<TablePlan>) -> Result<Arc<Bound>, RouteError> {
@@ -178,6 +184,8 @@ impl Router {
             picked,
             key: key_idx,
             filter,
+            db: Arc::from(plan.db.as_str()),
+            table: Arc::from(plan.table.as_str()),
         });
         // Drop bindings of plans no longer in use (a table map replaced after DDL or rotate).
         if self.bound.len() > 4 * self.pipelines.len() + 64 {
@@ -194,11 +202,15 @@ impl Router {
         out: &mut Vec<ChangeRecord>,
     ) -> Result<(), RouteError> {
         let plan = &row.table;
-        let Some(idxs) = self.by_table.get(&(plan.db.clone(), plan.table.clone())) else {
+        let Some(idxs) = self
+            .by_table
+            .get(plan.db.as_str())
+            .and_then(|m| m.get(plan.table.as_str()))
+        else {
             return Ok(());
         };
         let idxs = idxs.clone();
-        for idx in idxs {
+        for &idx in idxs.iter() {
             if !self.pipelines[idx].wants(row.op) {
                 continue;
             }
@@ -234,8 +246,8 @@ impl Router {
                 source: SourceInfo {
                     pipeline: self.names[idx].clone(),
                     server_id: row.server_id,
-                    db: plan.db.clone(),
-                    table: plan.table.clone(),
+                    db: b.db.clone(),
+                    table: b.table.clone(),
                     gtid: row.gtid.clone(),
                     file: row.txn_file.clone(),
                     pos: row.txn_pos,

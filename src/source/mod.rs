@@ -57,10 +57,10 @@ impl RowChange {
     /// The position to resume from once this row is done.
     pub fn resume_after(&self) -> Position {
         Position {
-            file: self.txn_file.to_string(),
+            file: self.txn_file.clone(),
             pos: self.txn_pos,
             row: self.row + 1,
-            gtid: self.gtid.as_ref().map(|g| g.to_string()),
+            gtid: self.gtid.clone(),
         }
     }
 }

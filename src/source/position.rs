@@ -1,5 +1,7 @@
 //! The replication position: where to resume, compared and persisted in one place.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// "Stream from `file`:`pos` (the first event of a transaction) and skip the first `row`
@@ -8,17 +10,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Position {
-    pub file: String,
+    pub file: Arc<str>,
     pub pos: u64,
     #[serde(default)]
     pub row: u64,
     /// The GTID of the transaction at `pos`, where known (informational: resume is by file and position).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gtid: Option<String>,
+    pub gtid: Option<Arc<str>>,
 }
 
 impl Position {
-    pub fn new(file: impl Into<String>, pos: u64) -> Self {
+    pub fn new(file: impl Into<Arc<str>>, pos: u64) -> Self {
         Position {
             file: file.into(),
             pos,

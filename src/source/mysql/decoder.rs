@@ -53,7 +53,7 @@ pub struct Decoder {
 impl Decoder {
     pub fn new(start: &Position, schemas: Arc<Schemas>) -> Self {
         Decoder {
-            file: Arc::from(start.file.as_str()),
+            file: start.file.clone(),
             next_pos: start.pos,
             txn: None,
             plans: HashMap::new(),
@@ -74,7 +74,7 @@ impl Decoder {
     pub fn resume_position(&self) -> Position {
         match &self.txn {
             Some(t) => Position {
-                file: t.file.to_string(),
+                file: t.file.clone(),
                 pos: t.pos,
                 row: t.rows.max(
                     self.skip
@@ -82,10 +82,10 @@ impl Decoder {
                         .filter(|s| s.pos == t.pos && *s.file == *t.file)
                         .map_or(0, |s| s.row),
                 ),
-                gtid: t.gtid.as_ref().map(|g| g.to_string()),
+                gtid: t.gtid.clone(),
             },
             None => Position {
-                file: self.file.to_string(),
+                file: self.file.clone(),
                 pos: self.next_pos,
                 row: self.skip.as_ref().map_or(0, |s| s.row),
                 gtid: None,
@@ -95,7 +95,7 @@ impl Decoder {
 
     /// Forget the open transaction (after a disconnect): the stream restarts at `resume_position`.
     pub fn reset_to(&mut self, p: &Position) {
-        self.file = Arc::from(p.file.as_str());
+        self.file = p.file.clone();
         self.next_pos = p.pos;
         self.txn = None;
         self.payload_end = None;
@@ -222,14 +222,11 @@ impl Decoder {
                         "a change was logged as a statement, not as rows; its rows cannot be emitted \
                          (set binlog_format=ROW for every session)");
                     if self.txn.is_none() {
-                        out.push(SourceEvent::Progress(Position::new(
-                            self.file.to_string(),
-                            end,
-                        )));
+                        out.push(SourceEvent::Progress(Position::new(self.file.clone(), end)));
                     }
                 } else {
                     // DDL or another statement logged as text: its own transaction.
-                    let resume = Position::new(self.file.to_string(), end);
+                    let resume = Position::new(self.file.clone(), end);
                     self.txn = None;
                     self.skip = None;
                     out.push(SourceEvent::Ddl {

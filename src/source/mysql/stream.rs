@@ -122,7 +122,7 @@ pub async fn binary_logs(conn: &mut Conn) -> Result<Vec<(String, u64)>, SourceEr
 /// Checks that `p` can still be streamed: its file is on the server and long enough.
 pub async fn check_position(conn: &mut Conn, p: &Position) -> Result<(), SourceError> {
     let logs = binary_logs(conn).await?;
-    match logs.iter().find(|(f, _)| *f == p.file) {
+    match logs.iter().find(|(f, _)| **f == *p.file) {
         Some((_, size)) if *size >= p.pos => Ok(()),
         Some((_, size)) => Err(SourceError::Purged {
             position: p.clone(),
