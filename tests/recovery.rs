@@ -163,3 +163,40 @@ fn sigterm_then_restart_delivers_the_rest_exactly_once() {
     assert_eq!(deletes, 10);
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn a_stalled_connection_times_out_and_reconnects() {
+    let (db, kafka) = setup();
+    let proxy = StallingProxy::start(db.port);
+    let mut d = Daemon::new(&db, Some(&kafka), &[("rows", ROWS)]);
+    // Connect through the proxy (heartbeat 500 ms: a read waits at most 1 s).
+    let cfg = std::fs::read_to_string(d.config()).unwrap().replace(
+        &format!("port: {}", db.port),
+        &format!("port: {}", proxy.port),
+    );
+    std::fs::write(d.config(), cfg).unwrap();
+    d.spawn();
+    let mut tail = kafka.tail("rows");
+    insert_batches(&db, 0..2, "a");
+    wait_for("200 records", Duration::from_secs(60), || {
+        d.assert_running();
+        tail.poll(Duration::from_millis(200)) >= 200
+    });
+    // The network path dies silently: no error, no close, no bytes.
+    proxy.stall_open_connections();
+    insert_batches(&db, 2..4, "b");
+    wait_for("400 records", Duration::from_secs(60), || {
+        d.assert_running();
+        tail.poll(Duration::from_millis(200)) >= 400
+    });
+    tail.drain(Duration::from_secs(1));
+    assert_eq!(tail.records.len(), 400, "exactly once across the timeout");
+    let seen = ids(&tail.records);
+    assert!((1..=400).all(|i| seen.get(&i) == Some(&1)));
+    assert!(
+        d.log().contains("no event nor heartbeat for 1000 ms"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.terminate(), 0);
+}

@@ -518,3 +518,72 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .unwrap()
         .block_on(f)
 }
+
+/// A TCP proxy to a local port that can stall the connections it carries (they stay open but
+/// no byte moves), as a dead network path does. Connections made after a stall pass normally.
+pub struct StallingProxy {
+    pub port: u16,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StallingProxy {
+    pub fn start(upstream: u16) -> StallingProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let generation = Arc::new(AtomicU64::new(0));
+        let g = generation.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let born = g.load(Ordering::SeqCst);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    let g = g.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 65536];
+                        from.set_read_timeout(Some(Duration::from_millis(50)))
+                            .unwrap();
+                        loop {
+                            if g.load(Ordering::SeqCst) != born {
+                                // Stalled: hold both sockets open, move nothing.
+                                std::thread::sleep(Duration::from_secs(3600));
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => {
+                                    let _ = to.shutdown(std::net::Shutdown::Write);
+                                    return;
+                                }
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        StallingProxy { port, generation }
+    }
+
+    /// Every connection open now stops moving bytes; new ones work.
+    pub fn stall_open_connections(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
