@@ -75,6 +75,7 @@ fn stream(a: &[String]) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let src = MysqlSource {
             cfg,
+            metrics: None,
             tables: Vec::new(),
             filter: None,
         };

@@ -31,6 +31,7 @@ sql . "$MYSQL_PORT" "
     status ENUM('new','paid','shipped'));"
 
 export CDC_PASSWORD=cdc-secret KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT CHECKPOINT_PATH=$DEMO/checkpoint.json
+export METRICS_ADDRESS=127.0.0.1:$(free_port)
 log "cdc-enricher check"
 $BIN check -c cdc-enricher.yaml
 log "cdc-enricher run (logs in .demo/daemon.log)"
@@ -53,6 +54,9 @@ log "records in cdc.shop.support"
 $BIN tail --brokers "$KAFKA_BROKERS" cdc.shop.support --count 3 --idle-ms 10000
 log "records in cdc.shop.orders"
 $BIN tail --brokers "$KAFKA_BROKERS" cdc.shop.orders --count 5 --idle-ms 10000
+
+log "metrics (http://$METRICS_ADDRESS/metrics)"
+python3 -c "import urllib.request; print(''.join(l for l in urllib.request.urlopen('http://$METRICS_ADDRESS/metrics').read().decode().splitlines(True) if not l.startswith('#')), end='')"
 
 log "stopping the daemon (SIGTERM: flush, checkpoint, exit 0)"
 kill -TERM "$DAEMON"; wait "$DAEMON"; DAEMON=

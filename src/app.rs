@@ -2,6 +2,7 @@
 //! beside them. Stages talk only through typed records on channels.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use crate::check;
 use crate::checkpoint::{AckTracker, CheckpointError, Store};
 use crate::config::{Config, ConfigError, SinkConfig, StartFrom};
+use crate::metrics::Metrics;
 use crate::pipeline::{RouteError, Router};
 use crate::sink::jsonl::JsonlSink;
 use crate::sink::kafka::{self, KafkaSink};
@@ -31,13 +33,18 @@ pub enum AppError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("cannot serve metrics on {address}: {source}; change `metrics.address`")]
+    Metrics {
+        address: String,
+        source: std::io::Error,
+    },
 }
 
 impl AppError {
     /// 2 for problems found before anything ran (config, preflight), 1 for the rest.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AppError::Config(_) | AppError::Preflight(_) => 2,
+            AppError::Config(_) | AppError::Preflight(_) | AppError::Metrics { .. } => 2,
             _ => 1,
         }
     }
@@ -100,6 +107,19 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         pipelines = pipelines.len(), "starting");
 
     let tracker = AckTracker::new(saved.clone());
+    let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
+    let metrics = Metrics::new(&names, Some(tracker.clone()));
+    let _metrics_server = match &cfg.metrics {
+        Some(m) => Some(
+            crate::metrics::serve(&m.address, metrics.clone())
+                .await
+                .map_err(|source| AppError::Metrics {
+                    address: m.address.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let mut route_to = vec![usize::MAX; pipelines.len()];
     let kafka_topics: Vec<Option<(String, bool)>> = pipelines
@@ -144,6 +164,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let wanted: std::collections::HashSet<(String, String)> = router.tables().into_iter().collect();
     let source = MysqlSource {
         cfg: cfg.source.clone(),
+        metrics: Some(metrics.clone()),
         tables: router.tables(),
         filter: Some(Arc::new(move |db: &str, t: &str| {
             wanted.contains(&(db.to_string(), t.to_string()))
@@ -154,8 +175,10 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
 
     let mut source_task = tokio::spawn(source.run(start, tx, stop_rx.clone()));
     let proc_tracker = tracker.clone();
-    let mut process_task =
-        tokio::task::spawn_blocking(move || process(rx, router, sinks, route_to, proc_tracker));
+    let proc_metrics = metrics.clone();
+    let mut process_task = tokio::task::spawn_blocking(move || {
+        process(rx, router, sinks, route_to, proc_tracker, proc_metrics)
+    });
 
     // Checkpoint writer.
     let cp_tracker = tracker.clone();
@@ -227,6 +250,7 @@ fn process(
     mut sinks: Vec<Box<dyn Sink>>,
     route_to: Vec<usize>,
     tracker: AckTracker,
+    metrics: Arc<Metrics>,
 ) -> Result<(), AppError> {
     let mut recs = Vec::new();
     let result = (|| -> Result<(), AppError> {
@@ -243,6 +267,9 @@ fn process(
                         let seq = tracker.push(row.resume_after(), pending);
                         for r in &recs {
                             sinks[route_to[r.pipeline]].send(r, seq)?;
+                            metrics.pipelines[r.pipeline]
+                                .records
+                                .fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     SourceEvent::Progress(p) => {

@@ -8,6 +8,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod pipeline;
 pub mod sink;
 pub mod source;

@@ -46,6 +46,9 @@ pub struct Config {
     /// Where acknowledged positions are stored.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// Prometheus `/metrics` and `/health/live`, `/health/ready` (off when absent).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     /// The folder of pipeline files, relative to this file. Default: `pipelines`.
     #[serde(default = "default_pipelines_dir")]
     pub pipelines_dir: PathBuf,
@@ -56,6 +59,13 @@ pub struct Config {
 
 fn default_pipelines_dir() -> PathBuf {
     PathBuf::from("pipelines")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` to listen on, e.g. `0.0.0.0:9108`.
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

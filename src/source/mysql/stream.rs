@@ -1,6 +1,7 @@
 //! The live replication stream: `mysql_async`'s binlog stream with reconnects, heartbeats
 //! and read timeouts, feeding the shared [`Decoder`].
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,6 +142,7 @@ pub async fn check_position(conn: &mut Conn, p: &Position) -> Result<(), SourceE
 
 pub struct MysqlSource {
     pub cfg: SourceConfig,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     pub tables: Vec<(String, String)>,
     pub filter: Option<super::decoder::TableFilter>,
 }
@@ -202,6 +204,9 @@ impl MysqlSource {
         let mut conn = connect(&self.cfg).await?;
         if !first {
             tracing::info!(position = %resume, "reconnected to MySQL");
+            if let Some(m) = &self.metrics {
+                m.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let schemas = schema::load(&mut conn, &self.tables)
             .await
@@ -231,6 +236,7 @@ impl MysqlSource {
             .map_err(q("COM_BINLOG_DUMP"))?;
         let mut out: Vec<SourceEvent> = Vec::with_capacity(512);
         let read_timeout = heartbeat * 2;
+        let _connected = Connected::new(self.metrics.clone());
         loop {
             let next = tokio::select! {
                 r = tokio::time::timeout(read_timeout, stream.next()) => r,
@@ -267,7 +273,19 @@ impl MysqlSource {
                 }
             };
             let code = ev.header().event_type_raw();
+            let before = out.len();
             decoder.handle(&ev, &mut out)?;
+            if let Some(m) = &self.metrics {
+                let heartbeat = code == 27 || code == 41;
+                m.event_read(ev.header().timestamp(), heartbeat);
+                if !heartbeat {
+                    let ends = out[before..]
+                        .iter()
+                        .filter(|e| !matches!(e, SourceEvent::Row(_)))
+                        .count();
+                    m.transactions.fetch_add(ends as u64, Ordering::Relaxed);
+                }
+            }
             if let Some(SourceEvent::Ddl { query, .. }) = out.last() {
                 if changes_schema(query) {
                     // Where the binlog carries no column names (binlog_row_metadata=MINIMAL),
@@ -281,6 +299,13 @@ impl MysqlSource {
                 || (code == 27 && !out.is_empty())
             {
                 let batch = std::mem::replace(&mut out, Vec::with_capacity(512));
+                if let Some(m) = &self.metrics {
+                    let rows = batch
+                        .iter()
+                        .filter(|e| matches!(e, SourceEvent::Row(_)))
+                        .count();
+                    m.rows.fetch_add(rows as u64, Ordering::Relaxed);
+                }
                 if tx.send(batch).await.is_err() {
                     return Ok(StreamEnd::Shutdown);
                 }
@@ -318,6 +343,26 @@ fn changes_schema(query: &str) -> bool {
     ["ALTER", "CREATE", "DROP", "RENAME", "TRUNCATE"]
         .iter()
         .any(|k| head.starts_with(k))
+}
+
+/// Sets the `connected` gauge while alive.
+struct Connected(Option<Arc<crate::metrics::Metrics>>);
+
+impl Connected {
+    fn new(m: Option<Arc<crate::metrics::Metrics>>) -> Self {
+        if let Some(m) = &m {
+            m.connected.store(true, Ordering::Relaxed);
+        }
+        Connected(m)
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        if let Some(m) = &self.0 {
+            m.connected.store(false, Ordering::Relaxed);
+        }
+    }
 }
 
 enum StreamEnd {

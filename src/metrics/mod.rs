@@ -1,0 +1,149 @@
+//! Prometheus metrics and health endpoints. Counters are plain atomics updated by the stages;
+//! `/metrics` renders them in the Prometheus text format. Every metric is declared here, once.
+
+mod http;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use http::serve;
+
+use crate::checkpoint::AckTracker;
+
+#[derive(Debug, Default)]
+pub struct PipelineMetrics {
+    pub name: String,
+    /// Records handed to the sink.
+    pub records: AtomicU64,
+}
+
+/// What the daemon counts. Shared by the stages (`Arc<Metrics>`).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Changed rows decoded from the binlog (of the tables some pipeline reads).
+    pub rows: AtomicU64,
+    /// Transactions (and DDL statements) seen to their end.
+    pub transactions: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Timestamp (s) of the last event read; 0 before the first.
+    pub last_event_ts: AtomicU64,
+    /// True after a heartbeat: the reader is at the server's end of the binlog.
+    pub caught_up: AtomicBool,
+    pub connected: AtomicBool,
+    pub pipelines: Vec<PipelineMetrics>,
+    pub tracker: Option<AckTracker>,
+}
+
+impl Metrics {
+    pub fn new(pipelines: &[String], tracker: Option<AckTracker>) -> Arc<Metrics> {
+        Arc::new(Metrics {
+            pipelines: pipelines
+                .iter()
+                .map(|n| PipelineMetrics {
+                    name: n.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            tracker,
+            ..Default::default()
+        })
+    }
+
+    pub fn event_read(&self, ts: u32, heartbeat: bool) {
+        if heartbeat {
+            self.caught_up.store(true, Ordering::Relaxed);
+        } else if ts != 0 {
+            self.caught_up.store(false, Ordering::Relaxed);
+            self.last_event_ts.store(ts as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Seconds between the last event's commit time and now; 0 when caught up.
+    pub fn lag_seconds(&self) -> f64 {
+        let ts = self.last_event_ts.load(Ordering::Relaxed);
+        if self.caught_up.load(Ordering::Relaxed) || ts == 0 {
+            return 0.0;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        now.saturating_sub(ts) as f64
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, v) in samples {
+                out.push_str(&format!("{name}{labels} {v}\n"));
+            }
+        };
+        let one = |v: String| vec![(String::new(), v)];
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+        metric(
+            "cdc_enricher_rows_read_total",
+            "counter",
+            "Changed rows decoded from the binlog.",
+            one(load(&self.rows)),
+        );
+        metric(
+            "cdc_enricher_transactions_total",
+            "counter",
+            "Transactions and DDL statements read to their end.",
+            one(load(&self.transactions)),
+        );
+        metric(
+            "cdc_enricher_records_total",
+            "counter",
+            "Records handed to the sink, by pipeline.",
+            self.pipelines
+                .iter()
+                .map(|p| (format!("{{pipeline=\"{}\"}}", p.name), load(&p.records)))
+                .collect(),
+        );
+        metric(
+            "cdc_enricher_reconnects_total",
+            "counter",
+            "Reconnections of the binlog stream.",
+            one(load(&self.reconnects)),
+        );
+        metric(
+            "cdc_enricher_source_connected",
+            "gauge",
+            "1 while the binlog stream is connected.",
+            one((self.connected.load(Ordering::Relaxed) as u8).to_string()),
+        );
+        metric(
+            "cdc_enricher_lag_seconds",
+            "gauge",
+            "Commit time of the last event read against now; 0 when caught up.",
+            one(self.lag_seconds().to_string()),
+        );
+        if let Some(t) = &self.tracker {
+            metric(
+                "cdc_enricher_in_flight",
+                "gauge",
+                "Source rows whose records are not all acknowledged.",
+                one(t.in_flight().to_string()),
+            );
+            if let Some(p) = t.committed() {
+                metric(
+                    "cdc_enricher_checkpoint_position",
+                    "gauge",
+                    "The acknowledged position (file, position, row inside the transaction).",
+                    vec![(format!("{{file=\"{}\"}}", p.file), p.pos.to_string())],
+                );
+                metric(
+                    "cdc_enricher_checkpoint_row",
+                    "gauge",
+                    "Row index inside the transaction at the checkpoint.",
+                    one(p.row.to_string()),
+                );
+            }
+        }
+        out
+    }
+}

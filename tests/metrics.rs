@@ -1,0 +1,96 @@
+//! `/metrics` and the health endpoints, scraped over HTTP while the daemon runs.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn get(port: u16, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+fn sample<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .map(|l| &l[name.len() + 1..])
+}
+
+#[test]
+fn metrics_and_health_over_http() {
+    let db = MariaDb::start();
+    block_on(db.exec("CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY, n INT); CREATE TABLE shop.other (id INT PRIMARY KEY);"));
+    let port = free_port();
+    let mut d = Daemon::with_config(
+        &db,
+        None,
+        &[("items", "name: items\ntable: shop.items\nfilter: \"n > 0\"\nsink:\n  jsonl:\n    path: out.jsonl\n")],
+        &format!("metrics:\n  address: 127.0.0.1:{port}\n"),
+    );
+    d.spawn();
+    block_on(db.exec(
+        "INSERT INTO shop.items VALUES (1, 1), (2, 2), (3, 0);
+         INSERT INTO shop.other VALUES (1);
+         UPDATE shop.items SET n = 5 WHERE id = 1;",
+    ));
+    let start = Instant::now();
+    let body = loop {
+        d.assert_running();
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (status, body) = get(port, "/metrics");
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            if sample(&body, "cdc_enricher_records_total{pipeline=\"items\"}") == Some("3")
+                && sample(&body, "cdc_enricher_in_flight") == Some("0")
+            {
+                break body;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // 4 rows of shop.items were read; the filter let 3 through; shop.other is not read.
+    assert_eq!(sample(&body, "cdc_enricher_rows_read_total"), Some("4"));
+    // Setup: 4 statements of the init file + CREATE DATABASE + 2 CREATE TABLE; then 3 transactions.
+    assert_eq!(sample(&body, "cdc_enricher_transactions_total"), Some("10"));
+    assert_eq!(sample(&body, "cdc_enricher_source_connected"), Some("1"));
+    assert_eq!(sample(&body, "cdc_enricher_reconnects_total"), Some("0"));
+    assert_eq!(sample(&body, "cdc_enricher_checkpoint_row"), Some("0"));
+    assert!(body.contains("# TYPE cdc_enricher_records_total counter\n"));
+    assert!(body.contains("cdc_enricher_checkpoint_position{file=\"binlog.000001\"} "));
+    assert_eq!(
+        get(port, "/health/live"),
+        ("HTTP/1.1 200 OK".into(), "live\n".into())
+    );
+    assert_eq!(
+        get(port, "/health/ready"),
+        ("HTTP/1.1 200 OK".into(), "ready\n".into())
+    );
+    assert_eq!(get(port, "/nope").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(d.terminate(), 0);
+
+    // A metrics address that cannot be bound is a start-up error (exit 2).
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bport = busy.local_addr().unwrap().port();
+    let cfg = std::fs::read_to_string(d.config())
+        .unwrap()
+        .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{bport}"));
+    std::fs::write(d.config(), cfg).unwrap();
+    let out = d
+        .command(&["run", "-c", "cdc-enricher.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.ends_with(&format!(
+            "error: cannot serve metrics on 127.0.0.1:{bport}: Address already in use (os error 98); change `metrics.address`\n"
+        )),
+        "{err}"
+    );
+}
