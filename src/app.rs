@@ -8,9 +8,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::backend::comprehend::Comprehend;
+use crate::backend::Backend;
 use crate::check;
 use crate::checkpoint::{AckTracker, CheckpointError, Store};
+use crate::config::pipeline::Enrichment;
 use crate::config::{Config, ConfigError, SinkConfig, StartFrom};
+use crate::enrich;
 use crate::metrics::Metrics;
 use crate::pipeline::{RouteError, Router};
 use crate::sink::jsonl::JsonlSink;
@@ -33,6 +37,8 @@ pub enum AppError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("enrichment stage of pipeline `{pipeline}` stopped: {reason}")]
+    Enrichment { pipeline: String, reason: String },
     #[error("cannot serve metrics on {address}: {source}; change `metrics.address`")]
     Metrics {
         address: String,
@@ -160,6 +166,43 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         }
     }
 
+    // Enrichment stages: one task per enriched pipeline, between the router and the sink.
+    let sinks: Sinks = Arc::new(std::sync::Mutex::new(sinks));
+    let mut enrich_tx: Vec<Option<mpsc::Sender<enrich::Pending>>> = vec![None; pipelines.len()];
+    let mut enrich_tasks = Vec::new();
+    for (i, p) in pipelines.iter().enumerate() {
+        if let Enrichment::Comprehend(c) = &p.enrichment {
+            let backend: Arc<dyn Backend> = Arc::new(Comprehend::new(c).await);
+            let (etx, erx) = mpsc::channel(4 * c.max_batch_size.max(256));
+            let (sinks, route, m) = (sinks.clone(), route_to[i], metrics.clone());
+            let deliver: enrich::Deliver = Arc::new(move |rec, seq| {
+                tokio::task::block_in_place(|| lock(&sinks)[route].send(rec, seq))
+                    .map_err(|e| e.to_string())?;
+                m.pipelines[rec.pipeline]
+                    .records
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            });
+            let settings = enrich::Settings {
+                pipeline: i,
+                text_column: c.text.clone(),
+                language: c.language.clone(),
+                max_batch: backend.max_batch(),
+                max_wait: Duration::from_millis(c.max_wait_ms),
+            };
+            let name = p.name.clone();
+            let task = tokio::spawn(enrich::run(
+                settings,
+                backend,
+                erx,
+                deliver,
+                metrics.clone(),
+            ));
+            enrich_tasks.push((name, task));
+            enrich_tx[i] = Some(etx);
+        }
+    }
+
     let router = Router::new(pipelines);
     let wanted: std::collections::HashSet<(String, String)> = router.tables().into_iter().collect();
     let source = MysqlSource {
@@ -176,8 +219,17 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let mut source_task = tokio::spawn(source.run(start, tx, stop_rx.clone()));
     let proc_tracker = tracker.clone();
     let proc_metrics = metrics.clone();
+    let proc_sinks = sinks.clone();
     let mut process_task = tokio::task::spawn_blocking(move || {
-        process(rx, router, sinks, route_to, proc_tracker, proc_metrics)
+        process(
+            rx,
+            router,
+            proc_sinks,
+            route_to,
+            enrich_tx,
+            proc_tracker,
+            proc_metrics,
+        )
     });
 
     // Checkpoint writer.
@@ -218,10 +270,40 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         Some(r) => r,
         None => source_task.await,
     };
-    let process_result = match process_done {
+    let mut process_result = match process_done {
         Some(r) => r,
         None => process_task.await,
     };
+    // The router is done: the enrichment stages drain what they hold, then the sinks flush.
+    for (name, t) in enrich_tasks {
+        let r = match t.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("task panicked: {e}")),
+        };
+        if let (Err(reason), Ok(Ok(()))) = (r, &process_result) {
+            process_result = Ok(Err(AppError::Enrichment {
+                pipeline: name,
+                reason,
+            }));
+        }
+    }
+    let flush_sinks = sinks.clone();
+    let flushed = tokio::task::spawn_blocking(move || {
+        // Deliver what was sent, whatever stopped the stages, so the checkpoint gets as far as it can.
+        let mut first_err = None;
+        for s in lock(&flush_sinks).iter_mut() {
+            if let Err(e) = s.flush(Duration::from_secs(30)) {
+                tracing::error!(error = %e, "flush at shutdown");
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err
+    })
+    .await
+    .unwrap_or(None);
+    if let (Some(e), Ok(Ok(()))) = (flushed, &process_result) {
+        process_result = Ok(Err(e.into()));
+    }
     let (mut store, last) = cp_task
         .await
         .map_err(|e| SinkError::Kafka(format!("checkpoint task: {e}")))?;
@@ -243,60 +325,71 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     }
 }
 
-/// The pipeline stage: drains the source channel, routes rows, sends records to sinks.
+type Sinks = Arc<std::sync::Mutex<Vec<Box<dyn Sink>>>>;
+
+fn lock(s: &Sinks) -> std::sync::MutexGuard<'_, Vec<Box<dyn Sink>>> {
+    // A sink that panicked mid-send stops the daemon anyway; its state is not read again.
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The pipeline stage: drains the source channel, routes rows, and hands records to their
+/// enrichment stage or straight to their sink.
 fn process(
     mut rx: mpsc::Receiver<Vec<SourceEvent>>,
     mut router: Router,
-    mut sinks: Vec<Box<dyn Sink>>,
+    sinks: Sinks,
     route_to: Vec<usize>,
+    enrich_tx: Vec<Option<mpsc::Sender<enrich::Pending>>>,
     tracker: AckTracker,
     metrics: Arc<Metrics>,
 ) -> Result<(), AppError> {
     let mut recs = Vec::new();
-    let result = (|| -> Result<(), AppError> {
-        while let Some(batch) = rx.blocking_recv() {
-            for ev in batch {
-                match ev {
-                    SourceEvent::Row(row) => {
-                        recs.clear();
-                        router.route(&row, &mut recs)?;
-                        let pending: u32 = recs
-                            .iter()
-                            .map(|r| sinks[route_to[r.pipeline]].acks_for(r))
-                            .sum();
-                        let seq = tracker.push(row.resume_after(), pending);
-                        for r in &recs {
-                            sinks[route_to[r.pipeline]].send(r, seq)?;
-                            metrics.pipelines[r.pipeline]
-                                .records
-                                .fetch_add(1, Ordering::Relaxed);
+    while let Some(batch) = rx.blocking_recv() {
+        for ev in batch {
+            match ev {
+                SourceEvent::Row(row) => {
+                    recs.clear();
+                    router.route(&row, &mut recs)?;
+                    let pending: u32 = {
+                        let g = lock(&sinks);
+                        recs.iter()
+                            .map(|r| g[route_to[r.pipeline]].acks_for(r))
+                            .sum()
+                    };
+                    let seq = tracker.push(row.resume_after(), pending);
+                    for r in recs.drain(..) {
+                        match &enrich_tx[r.pipeline] {
+                            Some(tx) => {
+                                let pipeline = r.source.pipeline.to_string();
+                                tx.blocking_send((r, seq))
+                                    .map_err(|_| AppError::Enrichment {
+                                        pipeline,
+                                        reason: "its task ended".into(),
+                                    })?;
+                            }
+                            None => {
+                                lock(&sinks)[route_to[r.pipeline]].send(&r, seq)?;
+                                metrics.pipelines[r.pipeline]
+                                    .records
+                                    .fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
-                    SourceEvent::Progress(p) => {
-                        tracker.push(p, 0);
-                    }
-                    SourceEvent::Ddl { db, query, resume } => {
-                        tracing::info!(%db, query = %query.chars().take(200).collect::<String>(), "DDL");
-                        tracker.push(resume, 0);
-                    }
+                }
+                SourceEvent::Progress(p) => {
+                    tracker.push(p, 0);
+                }
+                SourceEvent::Ddl { db, query, resume } => {
+                    tracing::info!(%db, query = %query.chars().take(200).collect::<String>(), "DDL");
+                    tracker.push(resume, 0);
                 }
             }
-            for s in sinks.iter_mut() {
-                s.poll()?;
-            }
         }
-        Ok(())
-    })();
-    // Deliver what was sent, whatever stopped the loop, so the checkpoint gets as far as it can.
-    for s in sinks.iter_mut() {
-        if let Err(e) = s.flush(Duration::from_secs(30)) {
-            tracing::error!(error = %e, "flush at shutdown");
-            if result.is_ok() {
-                return Err(e.into());
-            }
+        for s in lock(&sinks).iter_mut() {
+            s.poll()?;
         }
     }
-    result
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -167,6 +167,9 @@ pub async fn run(
         for c in p.key.iter().flatten() {
             named.push(("key", c.clone()));
         }
+        if let crate::config::pipeline::Enrichment::Comprehend(c) = &p.enrichment {
+            named.push(("enrichment.comprehend.text", c.text.clone()));
+        }
         if let Some(e) = &p.filter_expr {
             for c in e.columns() {
                 named.push(("filter", c));

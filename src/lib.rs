@@ -4,10 +4,12 @@
 //! (Kafka, JSONL), with [`checkpoint`] and [`config`] beside them; [`app`] wires them.
 
 pub mod app;
+pub mod backend;
 pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod enrich;
 pub mod metrics;
 pub mod pipeline;
 pub mod sink;

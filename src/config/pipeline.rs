@@ -27,8 +27,8 @@ pub struct PipelineConfig {
     /// are tested on the row after the change, deletes on the row before it.
     #[serde(default)]
     pub filter: Option<String>,
-    /// Enrichment backend; `none` for now.
-    #[serde(default)]
+    /// Enrichment: `none` (default) or `comprehend: {operation: sentiment, text: column, …}`.
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
     pub enrichment: Enrichment,
     /// Where records go: `kafka: {topic: …}` or `jsonl: {path: …}`.
     #[serde(with = "serde_yaml::with::singleton_map")]
@@ -51,11 +51,60 @@ fn all_operations() -> Vec<Operation> {
     vec![Operation::Insert, Operation::Update, Operation::Delete]
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Enrichment {
+    /// Records go to the sink as they are, with an empty `enrichment` object.
     #[default]
     None,
+    /// Amazon Comprehend.
+    Comprehend(ComprehendConfig),
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ComprehendConfig {
+    /// `sentiment`: the label, its confidence and all four scores.
+    pub operation: ComprehendOperation,
+    /// The column holding the text (it must be among the picked `columns`).
+    pub text: String,
+    /// The language code of every row (default `en`).
+    #[serde(default = "default_language")]
+    pub language: String,
+    /// AWS region; default from the environment / profile chain.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Another endpoint (a VPC endpoint, or a local stand-in).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// Documents per call, at most 25 (the service's limit). Default 25.
+    #[serde(default = "default_comprehend_batch")]
+    pub max_batch_size: usize,
+    /// How long a batch waits to fill. Default 100 ms.
+    #[serde(default = "default_max_wait")]
+    pub max_wait_ms: u64,
+    /// Per-call timeout (as Aurora's `aurora_ml_inference_timeout`). Default 30,000 ms.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ComprehendOperation {
+    Sentiment,
+}
+
+fn default_language() -> String {
+    "en".into()
+}
+fn default_comprehend_batch() -> usize {
+    25
+}
+fn default_max_wait() -> u64 {
+    100
+}
+fn default_timeout() -> u64 {
+    30_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +241,28 @@ pub fn load_dir(dir: &Path, have_kafka: bool) -> Result<Vec<PipelineConfig>, Con
         if let Some(f) = &p.filter {
             let e = Expr::parse(f).map_err(|e| bad(format!("filter `{f}`: {e}")))?;
             p.filter_expr = Some(e);
+        }
+        if let Enrichment::Comprehend(c) = &p.enrichment {
+            if let Some(cols) = &p.columns {
+                if !cols.contains(&c.text) {
+                    return Err(bad(format!(
+                        "enrichment.comprehend.text `{}` must be one of the picked columns ({})",
+                        c.text,
+                        cols.join(", ")
+                    )));
+                }
+            }
+            if !(1..=crate::backend::comprehend::MAX_BATCH).contains(&c.max_batch_size) {
+                return Err(bad(format!(
+                    "enrichment.comprehend.max_batch_size {} must be between 1 and 25 (the service's limit)",
+                    c.max_batch_size
+                )));
+            }
+            if c.timeout_ms == 0 {
+                return Err(bad(
+                    "enrichment.comprehend.timeout_ms must be above 0".into()
+                ));
+            }
         }
         if let SinkConfig::Kafka(k) = &p.sink {
             if !have_kafka {

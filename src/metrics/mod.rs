@@ -16,6 +16,18 @@ pub struct PipelineMetrics {
     pub name: String,
     /// Records handed to the sink.
     pub records: AtomicU64,
+    /// Rows that asked for enrichment (Aurora_ml_logical_request_cnt).
+    pub logical_requests: AtomicU64,
+    /// Calls made to the backend, retries included (Aurora_ml_actual_request_cnt).
+    pub actual_requests: AtomicU64,
+    /// Calls the backend answered (Aurora_ml_actual_response_cnt).
+    pub responses: AtomicU64,
+    /// Calls that were retries (Aurora_ml_retry_request_cnt).
+    pub retries: AtomicU64,
+    /// Calls answered with throttling.
+    pub throttles: AtomicU64,
+    /// Rows whose enrichment failed for good (bad input).
+    pub enrichment_errors: AtomicU64,
 }
 
 /// What the daemon counts. Shared by the stages (`Arc<Metrics>`).
@@ -104,6 +116,50 @@ impl Metrics {
                 .map(|p| (format!("{{pipeline=\"{}\"}}", p.name), load(&p.records)))
                 .collect(),
         );
+        type Get = fn(&PipelineMetrics) -> &AtomicU64;
+        let per_pipeline: [(&str, &str, Get); 6] = [
+            (
+                "cdc_enricher_ml_logical_requests_total",
+                "Rows that asked for enrichment (Aurora_ml_logical_request_cnt).",
+                |p| &p.logical_requests,
+            ),
+            (
+                "cdc_enricher_ml_actual_requests_total",
+                "Backend calls, retries included (Aurora_ml_actual_request_cnt).",
+                |p| &p.actual_requests,
+            ),
+            (
+                "cdc_enricher_ml_responses_total",
+                "Backend calls answered (Aurora_ml_actual_response_cnt).",
+                |p| &p.responses,
+            ),
+            (
+                "cdc_enricher_ml_retries_total",
+                "Backend calls that were retries (Aurora_ml_retry_request_cnt).",
+                |p| &p.retries,
+            ),
+            (
+                "cdc_enricher_ml_throttles_total",
+                "Backend calls answered with throttling.",
+                |p| &p.throttles,
+            ),
+            (
+                "cdc_enricher_ml_errors_total",
+                "Rows whose enrichment failed for good.",
+                |p| &p.enrichment_errors,
+            ),
+        ];
+        for (name, help, get) in per_pipeline {
+            metric(
+                name,
+                "counter",
+                help,
+                self.pipelines
+                    .iter()
+                    .map(|p| (format!("{{pipeline=\"{}\"}}", p.name), load(get(p))))
+                    .collect(),
+            );
+        }
         metric(
             "cdc_enricher_reconnects_total",
             "counter",

@@ -375,6 +375,8 @@ impl Record {
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
+    /// Extra environment for the daemon process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -414,7 +416,11 @@ impl Daemon {
             )
             .unwrap();
         }
-        Daemon { dir, child: None }
+        Daemon {
+            dir,
+            child: None,
+            env: Vec::new(),
+        }
     }
 
     pub fn config(&self) -> PathBuf {
@@ -427,6 +433,7 @@ impl Daemon {
             .current_dir(self.dir.path())
             .env("CDC_PASSWORD", CDC_PASSWORD)
             .env("RUST_LOG", "info");
+        c.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         c
     }
 
@@ -585,5 +592,88 @@ impl StallingProxy {
     pub fn stall_open_connections(&self) {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The local AWS stand-in (tests/aws_standin/standin.py) on a free port.
+pub struct AwsStandin {
+    pub port: u16,
+    child: Child,
+}
+
+impl AwsStandin {
+    pub fn start() -> AwsStandin {
+        use std::io::BufRead;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/aws_standin/standin.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg("0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .expect("PORT line")
+            .parse()
+            .unwrap();
+        AwsStandin { port, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn http(&self, method: &str, path: &str, body: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Scripts faults: `{"throttle": 3}`, `{"throttle_rate": 0.3, "seed": 1}`, `{"status": 503, "times": 2}`.
+    pub fn control(&self, json: &str) {
+        self.http("POST", "/_control", json);
+    }
+
+    pub fn reset(&self) {
+        self.http("POST", "/_reset", "");
+    }
+
+    /// Every request so far: target, documents, attempt header, status.
+    pub fn log(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.http("GET", "/_log", "")).unwrap()
+    }
+
+    /// The environment a daemon needs to sign requests the stand-in accepts, and nothing else
+    /// of AWS's default chain (no profile files, no instance metadata).
+    pub fn env() -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "AKIDSTANDIN"),
+            ("AWS_SECRET_ACCESS_KEY", "standin-secret"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_CONFIG_FILE", "/nonexistent"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+impl Drop for AwsStandin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""A local stand-in for the AWS services cdc-enricher calls, speaking their wire protocols.
+
+Only the Python standard library. Starts on 127.0.0.1 (port from argv[1], 0 = any free port)
+and prints `PORT <n>` on its first line. The daemon reaches it only through `endpoint_url`.
+
+- Comprehend (JSON 1.1, routed by X-Amz-Target): DetectSentiment, BatchDetectSentiment.
+  Real limits: 25 documents a batch, 5,000 UTF-8 bytes a document.
+  Deterministic answers from a word list, so tests assert exact values.
+- Every request's SigV4 signature is checked against the test credentials.
+- Control (not AWS): POST /_control {"throttle": N} (the next N calls answer throttling),
+  {"throttle_rate": 0.3, "seed": 1} (that share of calls, reproducibly),
+  {"status": 503, "times": N}, {"delay_ms": 50}; GET /_log (every request with its target,
+  documents and the SDK's amz-sdk-request attempt header); POST /_reset.
+"""
+
+import datetime
+import hashlib
+import hmac
+import json
+import random
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ACCESS_KEY = "AKIDSTANDIN"
+SECRET_KEY = "standin-secret"
+
+POSITIVE = {"great", "good", "fast", "love", "thanks", "excellent", "happy", "perfect"}
+NEGATIVE = {"terrible", "bad", "slow", "hate", "awful", "waited", "broken", "worst"}
+
+STATE = {"throttle": 0, "throttle_rate": 0.0, "rng": random.Random(1), "status": None, "times": 0,
+         "delay_ms": 0, "log": []}
+LOCK = threading.Lock()
+
+
+def sentiment(text):
+    words = [w.strip(".,!?;:'\"()").lower() for w in text.split()]
+    pos = sum(w in POSITIVE for w in words)
+    neg = sum(w in NEGATIVE for w in words)
+    if pos and neg:
+        label, scores = "MIXED", (0.1, 0.1, 0.05, 0.75)
+    elif pos:
+        label, scores = "POSITIVE", (0.9, 0.03, 0.05, 0.02)
+    elif neg:
+        label, scores = "NEGATIVE", (0.02, 0.92, 0.04, 0.02)
+    else:
+        label, scores = "NEUTRAL", (0.05, 0.05, 0.88, 0.02)
+    p, n, u, m = scores
+    return {"Sentiment": label,
+            "SentimentScore": {"Positive": p, "Negative": n, "Neutral": u, "Mixed": m}}
+
+
+def sign(key, msg):
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def check_sigv4(handler, body):
+    """Recomputes the AWS Signature Version 4 of the request; returns an error or None."""
+    auth = handler.headers.get("Authorization", "")
+    if not auth.startswith("AWS4-HMAC-SHA256 "):
+        return "missing SigV4 Authorization header"
+    parts = dict(p.strip().split("=", 1) for p in auth[len("AWS4-HMAC-SHA256 "):].split(","))
+    cred = parts["Credential"].split("/")
+    if cred[0] != ACCESS_KEY:
+        return "unknown access key " + cred[0]
+    date, region, service = cred[1], cred[2], cred[3]
+    signed = parts["SignedHeaders"].split(";")
+    url = urllib.parse.urlsplit(handler.path)
+    path = urllib.parse.quote(url.path or "/", safe="/-_.~%")
+    query = "&".join(sorted(url.query.split("&"))) if url.query else ""
+    headers = "".join(f"{h}:{' '.join(handler.headers.get(h, '').split())}\n" for h in signed)
+    payload = handler.headers.get("x-amz-content-sha256") or hashlib.sha256(body).hexdigest()
+    canonical = "\n".join([handler.command, path, query, headers, ";".join(signed), payload])
+    amz_date = handler.headers.get("x-amz-date", "")
+    scope = f"{date}/{region}/{service}/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    k = sign(("AWS4" + SECRET_KEY).encode(), date)
+    k = sign(k, region)
+    k = sign(k, service)
+    k = sign(k, "aws4_request")
+    expected = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, parts["Signature"]):
+        return "signature mismatch"
+    return None
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, obj, ctype="application/x-amz-json-1.1", extra=None):
+        body = json.dumps(obj).encode() if not isinstance(obj, bytes) else obj
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("x-amzn-RequestId", "standin")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def error(self, status, code, message):
+        self.reply(status, {"__type": code, "message": message, "Message": message})
+
+    def do_GET(self):
+        if self.path == "/_log":
+            with LOCK:
+                self.reply(200, STATE["log"], "application/json")
+        else:
+            self.reply(404, {"message": "not found"}, "application/json")
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+        if self.path == "/_control":
+            ctl = json.loads(body or b"{}")
+            with LOCK:
+                for k in ("throttle", "throttle_rate", "status", "times", "delay_ms"):
+                    if k in ctl:
+                        STATE[k] = ctl[k]
+                if "seed" in ctl:
+                    STATE["rng"] = random.Random(ctl["seed"])
+            return self.reply(200, {"ok": True}, "application/json")
+        if self.path == "/_reset":
+            with LOCK:
+                STATE.update(throttle=0, throttle_rate=0.0, status=None, times=0, delay_ms=0, log=[])
+            return self.reply(200, {"ok": True}, "application/json")
+
+        target = self.headers.get("X-Amz-Target", "")
+        req = json.loads(body or b"{}") if body else {}
+        entry = {"target": target, "attempt": self.headers.get("amz-sdk-request", ""),
+                 "documents": len(req.get("TextList", [])) if "TextList" in req else 1}
+        with LOCK:
+            STATE["log"].append(entry)
+            delay = STATE["delay_ms"]
+            fault = None
+            if STATE["throttle"] > 0:
+                STATE["throttle"] -= 1
+                fault = "throttle"
+            elif STATE["throttle_rate"] and STATE["rng"].random() < STATE["throttle_rate"]:
+                fault = "throttle"
+            elif STATE["status"] and STATE["times"] > 0:
+                STATE["times"] -= 1
+                fault = STATE["status"]
+        if delay:
+            time.sleep(delay / 1000)
+        bad_sig = check_sigv4(self, body)
+        if bad_sig:
+            entry["status"] = 403
+            return self.error(403, "InvalidSignatureException", bad_sig)
+        if fault == "throttle":
+            entry["status"] = 400
+            return self.error(400, "ThrottlingException", "Rate exceeded")
+        if isinstance(fault, int):
+            entry["status"] = fault
+            return self.error(fault, "InternalServerException", "scripted failure")
+
+        if target == "Comprehend_20171127.BatchDetectSentiment":
+            docs = req.get("TextList", [])
+            if len(docs) > 25:
+                entry["status"] = 400
+                return self.error(400, "BatchSizeLimitExceededException",
+                                  f"{len(docs)} documents; the limit is 25")
+            results, errors = [], []
+            for i, text in enumerate(docs):
+                if len(text.encode()) > 5000:
+                    errors.append({"Index": i, "ErrorCode": "TEXT_SIZE_LIMIT_EXCEEDED",
+                                   "ErrorMessage": "document over 5000 bytes"})
+                elif text.strip() == "":
+                    errors.append({"Index": i, "ErrorCode": "INVALID_REQUEST",
+                                   "ErrorMessage": "empty document"})
+                else:
+                    results.append(dict(Index=i, **sentiment(text)))
+            entry["status"] = 200
+            return self.reply(200, {"ResultList": results, "ErrorList": errors})
+        if target == "Comprehend_20171127.DetectSentiment":
+            text = req.get("Text", "")
+            if len(text.encode()) > 5000:
+                entry["status"] = 400
+                return self.error(400, "TextSizeLimitExceededException", "document over 5000 bytes")
+            entry["status"] = 200
+            return self.reply(200, sentiment(text))
+        entry["status"] = 400
+        return self.error(400, "UnknownOperationException", "unknown target " + target)
+
+
+def main():
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    print(f"PORT {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+//! Enrichment end to end: rows into MariaDB → the real AWS SDK → the local stand-in → the
+//! exact enrichment in the Kafka record.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn pipeline(aws: &AwsStandin, max_wait_ms: u64) -> String {
+    format!(
+        "name: feedback\ntable: shop.support\ncolumns: [id, message]\n\
+         enrichment:\n  comprehend:\n    operation: sentiment\n    text: message\n    endpoint_url: {}\n    max_wait_ms: {max_wait_ms}\n\
+         sink:\n  kafka:\n    topic: feedback\n",
+        aws.url()
+    )
+}
+
+fn setup() -> (MariaDb, Kafka, AwsStandin) {
+    let db = MariaDb::start();
+    block_on(db.exec("CREATE DATABASE shop; CREATE TABLE shop.support (id INT PRIMARY KEY, message TEXT, flag INT DEFAULT 0);"));
+    (db, Kafka::start(), AwsStandin::start())
+}
+
+fn wait_records(d: &mut Daemon, tail: &mut Tail, n: usize, secs: u64) {
+    let start = Instant::now();
+    while tail.poll(Duration::from_millis(200)) < n {
+        d.assert_running();
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{} of {n} records\n{}",
+            tail.records.len(),
+            d.log()
+        );
+    }
+}
+
+#[test]
+fn sentiment_lands_in_the_record_and_batches_are_full() {
+    let (db, kafka, aws) = setup();
+    let mut d = Daemon::new(&db, Some(&kafka), &[("feedback", &pipeline(&aws, 300))]);
+    d.env = AwsStandin::env();
+    d.spawn();
+    let mut tail = kafka.tail("feedback");
+    block_on(db.exec(
+        "INSERT INTO shop.support (id, message) VALUES (1, 'The delivery was fast and the product is great'),
+           (2, 'Terrible support, I waited two weeks'), (3, 'It arrived on Tuesday'), (4, NULL);
+         UPDATE shop.support SET flag = 1 WHERE id = 1;",
+    ));
+    wait_records(&mut d, &mut tail, 5, 60);
+    let enr: Vec<_> = tail
+        .records
+        .iter()
+        .map(|r| r.json()["enrichment"].clone())
+        .collect();
+    let scores = |p: f64, n: f64, u: f64, m: f64| json!({"positive": p, "negative": n, "neutral": u, "mixed": m});
+    assert_eq!(
+        enr,
+        vec![
+            json!({"backend": "comprehend", "operation": "sentiment", "sentiment": "POSITIVE", "confidence": 0.9, "scores": scores(0.9, 0.03, 0.05, 0.02)}),
+            json!({"backend": "comprehend", "operation": "sentiment", "sentiment": "NEGATIVE", "confidence": 0.92, "scores": scores(0.02, 0.92, 0.04, 0.02)}),
+            json!({"backend": "comprehend", "operation": "sentiment", "sentiment": "NEUTRAL", "confidence": 0.88, "scores": scores(0.05, 0.05, 0.88, 0.02)}),
+            json!({"backend": "comprehend", "operation": "sentiment", "skipped": "no text"}),
+            json!({"backend": "comprehend", "operation": "sentiment", "skipped": "input unchanged"}),
+        ]
+    );
+    // Three documents, one call; the NULL and the unchanged update made none.
+    let log = aws.log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["target"], "Comprehend_20171127.BatchDetectSentiment");
+    assert_eq!(log[0]["documents"], 3);
+    assert_eq!(log[0]["status"], 200);
+
+    // 1,000 rows make exactly 40 calls of 25 documents.
+    aws.reset();
+    block_on(db.exec("INSERT INTO shop.support (id, message) SELECT 100 + seq, CONCAT('good thing number ', seq) FROM shop.seq_1_to_1000"));
+    wait_records(&mut d, &mut tail, 1005, 120);
+    let log = aws.log();
+    assert_eq!(log.len(), 40, "{log:?}");
+    assert!(log
+        .iter()
+        .all(|e| e["documents"] == 25 && e["status"] == 200));
+    assert!(tail.records[5..]
+        .iter()
+        .all(|r| r.json()["enrichment"]["sentiment"] == "POSITIVE"));
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn throttling_is_retried_and_every_row_arrives_once() {
+    let (db, kafka, aws) = setup();
+    let mut d = Daemon::new(&db, Some(&kafka), &[("feedback", &pipeline(&aws, 300))]);
+    d.env = AwsStandin::env();
+    d.spawn();
+    let mut tail = kafka.tail("feedback");
+    aws.control(r#"{"throttle_rate": 0.3, "seed": 7}"#);
+    block_on(db.exec("INSERT INTO shop.support (id, message) SELECT seq, CONCAT('bad thing ', seq) FROM shop.seq_1_to_500"));
+    wait_records(&mut d, &mut tail, 500, 120);
+    tail.drain(Duration::from_secs(1));
+    assert_eq!(tail.records.len(), 500);
+    let ids: std::collections::BTreeSet<i64> = tail
+        .records
+        .iter()
+        .map(|r| r.json()["after"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 500);
+    assert!(
+        tail.records
+            .iter()
+            .all(|r| r.json()["enrichment"]["sentiment"] == "NEGATIVE"),
+        "none dead-lettered, none failed"
+    );
+    let log = aws.log();
+    let throttled = log.iter().filter(|e| e["status"] == 400).count();
+    let ok = log.iter().filter(|e| e["status"] == 200).count();
+    assert!(throttled > 0, "{log:?}");
+    assert_eq!(ok, 20, "every successful call carried a full batch");
+    // The SDK's own retries are off: each attempt is one logged request (attempt=1; max=1).
+    assert!(
+        log.iter()
+            .all(|e| e["attempt"].as_str().unwrap().starts_with("attempt=1")),
+        "{log:?}"
+    );
+    assert_eq!(d.terminate(), 0);
+}
