@@ -15,6 +15,7 @@ DEMO=$PWD/.demo
 rm -rf "$DEMO"; mkdir -p "$DEMO"
 cleanup() {
   [ -n "${DAEMON:-}" ] && kill "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null
+  [ -n "${STANDIN:-}" ] && kill "$STANDIN" 2>/dev/null
   stop_pidfile "$DEMO/db/server.pid"; stop_pidfile "$DEMO/kafka/tansu.pid"
 }
 trap cleanup EXIT
@@ -23,6 +24,14 @@ export MYSQL_PORT=$(free_port) KAFKA_PORT=$(free_port)
 log "starting MariaDB on 127.0.0.1:$MYSQL_PORT and tansu on 127.0.0.1:$KAFKA_PORT"
 start_mariadb "$DEMO/db" "$MYSQL_PORT"
 start_tansu "$DEMO/kafka" "$KAFKA_PORT"
+# The local AWS stand-in (tests/aws_standin): Comprehend's wire protocol, SigV4 checked.
+# For real AWS instead: leave AWS_ENDPOINT_URL unset and give real credentials and region.
+python3 tests/aws_standin/standin.py 0 > "$DEMO/standin.port" & STANDIN=$!
+until grep -q PORT "$DEMO/standin.port" 2>/dev/null; do sleep 0.1; done
+export AWS_ENDPOINT_URL=http://127.0.0.1:$(cut -d' ' -f2 "$DEMO/standin.port")
+export AWS_ACCESS_KEY_ID=AKIDSTANDIN AWS_SECRET_ACCESS_KEY=standin-secret AWS_REGION=us-east-1
+export AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent AWS_EC2_METADATA_DISABLED=true
+log "AWS stand-in on $AWS_ENDPOINT_URL"
 sql . "$MYSQL_PORT" "
   CREATE DATABASE shop;
   CREATE TABLE shop.support (id INT PRIMARY KEY AUTO_INCREMENT, customer VARCHAR(50),
@@ -50,7 +59,7 @@ sql . "$MYSQL_PORT" "
   UPDATE shop.orders SET status = 'paid' WHERE id = 1;
   DELETE FROM shop.orders WHERE id = 2;"
 
-log "records in cdc.shop.support"
+log "records in cdc.shop.support (with their sentiment)"
 $BIN tail --brokers "$KAFKA_BROKERS" cdc.shop.support --count 3 --idle-ms 10000
 log "records in cdc.shop.orders"
 $BIN tail --brokers "$KAFKA_BROKERS" cdc.shop.orders --count 5 --idle-ms 10000

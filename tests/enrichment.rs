@@ -124,3 +124,33 @@ fn throttling_is_retried_and_every_row_arrives_once() {
     );
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn a_partial_batch_failure_retries_only_the_failed_items_and_long_text_is_cut() {
+    let (db, kafka, aws) = setup();
+    let mut d = Daemon::new(&db, Some(&kafka), &[("feedback", &pipeline(&aws, 300))]);
+    d.env = AwsStandin::env();
+    d.spawn();
+    let mut tail = kafka.tail("feedback");
+    aws.control(r#"{"item_errors": 3}"#);
+    block_on(db.exec(
+        "INSERT INTO shop.support (id, message) SELECT seq, CONCAT('happy ', seq) FROM shop.seq_1_to_24;
+         INSERT INTO shop.support (id, message) VALUES (25, CONCAT('great ', REPEAT('é', 3000)));",
+    ));
+    wait_records(&mut d, &mut tail, 25, 60);
+    let log = aws.log();
+    let docs: Vec<_> = log
+        .iter()
+        .map(|e| e["documents"].as_u64().unwrap())
+        .collect();
+    // One call of 25 (24 rows + the long one after the 24 in the same batch window), then the 3
+    // failed documents alone.
+    assert_eq!(docs, vec![25, 3], "{log:?}");
+    assert!(tail
+        .records
+        .iter()
+        .all(|r| r.json()["enrichment"]["sentiment"] == "POSITIVE"));
+    // The 6,006-byte text was cut at a character boundary to 5,000 bytes, and says so.
+    assert_eq!(tail.records[24].json()["enrichment"]["truncated"], true);
+    assert_eq!(d.terminate(), 0);
+}

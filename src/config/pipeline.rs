@@ -242,6 +242,15 @@ pub fn load_dir(dir: &Path, have_kafka: bool) -> Result<Vec<PipelineConfig>, Con
             let e = Expr::parse(f).map_err(|e| bad(format!("filter `{f}`: {e}")))?;
             p.filter_expr = Some(e);
         }
+        if let Enrichment::Comprehend(c) = &mut p.enrichment {
+            // `endpoint_url: ${AWS_ENDPOINT_URL:-}` left empty means AWS's own endpoint.
+            if c.endpoint_url
+                .as_deref()
+                .is_some_and(|u| u.trim().is_empty())
+            {
+                c.endpoint_url = None;
+            }
+        }
         if let Enrichment::Comprehend(c) = &p.enrichment {
             if let Some(cols) = &p.columns {
                 if !cols.contains(&c.text) {

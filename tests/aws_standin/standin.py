@@ -10,7 +10,8 @@ and prints `PORT <n>` on its first line. The daemon reaches it only through `end
 - Every request's SigV4 signature is checked against the test credentials.
 - Control (not AWS): POST /_control {"throttle": N} (the next N calls answer throttling),
   {"throttle_rate": 0.3, "seed": 1} (that share of calls, reproducibly),
-  {"status": 503, "times": N}, {"delay_ms": 50}; GET /_log (every request with its target,
+  {"status": 503, "times": N}, {"delay_ms": 50}, {"item_errors": N} (the next N documents of
+  batches answer INTERNAL_SERVER_ERROR in the ErrorList); GET /_log (every request with its target,
   documents and the SDK's amz-sdk-request attempt header); POST /_reset.
 """
 
@@ -32,7 +33,7 @@ POSITIVE = {"great", "good", "fast", "love", "thanks", "excellent", "happy", "pe
 NEGATIVE = {"terrible", "bad", "slow", "hate", "awful", "waited", "broken", "worst"}
 
 STATE = {"throttle": 0, "throttle_rate": 0.0, "rng": random.Random(1), "status": None, "times": 0,
-         "delay_ms": 0, "log": []}
+         "delay_ms": 0, "item_errors": 0, "log": []}
 LOCK = threading.Lock()
 
 
@@ -119,7 +120,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_control":
             ctl = json.loads(body or b"{}")
             with LOCK:
-                for k in ("throttle", "throttle_rate", "status", "times", "delay_ms"):
+                for k in ("throttle", "throttle_rate", "status", "times", "delay_ms", "item_errors"):
                     if k in ctl:
                         STATE[k] = ctl[k]
                 if "seed" in ctl:
@@ -127,7 +128,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, {"ok": True}, "application/json")
         if self.path == "/_reset":
             with LOCK:
-                STATE.update(throttle=0, throttle_rate=0.0, status=None, times=0, delay_ms=0, log=[])
+                STATE.update(throttle=0, throttle_rate=0.0, status=None, times=0, delay_ms=0, item_errors=0, log=[])
             return self.reply(200, {"ok": True}, "application/json")
 
         target = self.headers.get("X-Amz-Target", "")
@@ -167,7 +168,14 @@ class Handler(BaseHTTPRequestHandler):
                                   f"{len(docs)} documents; the limit is 25")
             results, errors = [], []
             for i, text in enumerate(docs):
-                if len(text.encode()) > 5000:
+                with LOCK:
+                    item_fault = STATE["item_errors"] > 0
+                    if item_fault:
+                        STATE["item_errors"] -= 1
+                if item_fault:
+                    errors.append({"Index": i, "ErrorCode": "INTERNAL_SERVER_ERROR",
+                                   "ErrorMessage": "scripted item failure"})
+                elif len(text.encode()) > 5000:
                     errors.append({"Index": i, "ErrorCode": "TEXT_SIZE_LIMIT_EXCEEDED",
                                    "ErrorMessage": "document over 5000 bytes"})
                 elif text.strip() == "":
