@@ -68,6 +68,13 @@ impl Comprehend {
     }
 }
 
+/// The batch position an answer names, if it names one of the documents sent.
+fn slot(index: Option<i32>, n: usize) -> Option<usize> {
+    index
+        .and_then(|i| usize::try_from(i).ok())
+        .filter(|i| *i < n)
+}
+
 fn err(kind: ErrorKind, message: String) -> BackendError {
     BackendError {
         backend: "comprehend",
@@ -157,11 +164,7 @@ impl Backend for Comprehend {
                 .map_err(|e| classify(&e))?;
             let mut results: Vec<Option<ItemResult>> = vec![None; inputs.len()];
             for r in out.result_list() {
-                let Some(i) = r
-                    .index()
-                    .and_then(|i| usize::try_from(i).ok())
-                    .filter(|i| *i < inputs.len())
-                else {
+                let Some(i) = slot(r.index(), inputs.len()) else {
                     continue;
                 };
                 let label = r
@@ -189,11 +192,7 @@ impl Backend for Comprehend {
                 results[i] = Some(Ok(m));
             }
             for e in out.error_list() {
-                let Some(i) = e
-                    .index()
-                    .and_then(|i| usize::try_from(i).ok())
-                    .filter(|i| *i < inputs.len())
-                else {
+                let Some(i) = slot(e.index(), inputs.len()) else {
                     continue;
                 };
                 let code = e.error_code().unwrap_or("");

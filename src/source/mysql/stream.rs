@@ -208,13 +208,7 @@ impl MysqlSource {
                 m.reconnects.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let schemas = schema::load(&mut conn, &self.tables)
-            .await
-            .map_err(|source| SourceError::Query {
-                what: "information_schema",
-                source,
-            })?;
-        decoder.set_schemas(Arc::new(schemas));
+        self.load_schemas(&mut conn, decoder).await?;
         check_position(&mut conn, resume).await?;
         let q = |what: &'static str| move |source| SourceError::Query { what, source };
         conn.query_drop(format!(
@@ -320,13 +314,24 @@ impl MysqlSource {
             return Ok(());
         }
         let mut conn = connect(&self.cfg).await?;
-        let schemas = schema::load(&mut conn, &self.tables)
-            .await
-            .map_err(|source| SourceError::Query {
-                what: "information_schema",
-                source,
-            })?;
+        let r = self.load_schemas(&mut conn, decoder).await;
         let _ = conn.disconnect().await;
+        r
+    }
+
+    /// Reads the pipelines' tables from information_schema into the decoder.
+    async fn load_schemas(
+        &self,
+        conn: &mut Conn,
+        decoder: &mut Decoder,
+    ) -> Result<(), SourceError> {
+        let schemas =
+            schema::load(conn, &self.tables)
+                .await
+                .map_err(|source| SourceError::Query {
+                    what: "information_schema",
+                    source,
+                })?;
         decoder.set_schemas(Arc::new(schemas));
         Ok(())
     }
