@@ -128,28 +128,38 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     };
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     let mut route_to = vec![usize::MAX; pipelines.len()];
-    let kafka_topics: Vec<Option<(String, bool)>> = pipelines
+    let kafka_routes: Vec<Option<kafka::Route>> = pipelines
         .iter()
         .map(|p| match &p.sink {
-            SinkConfig::Kafka(k) => p.topic().map(|t| (t, k.tombstones)),
+            SinkConfig::Kafka(k) => p.topic().map(|t| kafka::Route {
+                topic: Arc::from(t.as_str()),
+                tombstones: k.tombstones,
+                dead_letter: p.dead_letter_topic().map(|d| Arc::from(d.as_str())),
+            }),
             SinkConfig::Jsonl(_) => None,
         })
         .collect();
     if let Some(kcfg) = &cfg.kafka {
-        if kafka_topics.iter().any(Option::is_some) {
+        if kafka_routes.iter().any(Option::is_some) {
             if kcfg.create_topics {
-                let names: Vec<String> =
-                    kafka_topics.iter().flatten().map(|t| t.0.clone()).collect();
+                let names: Vec<String> = kafka_routes
+                    .iter()
+                    .flatten()
+                    .flat_map(|r| {
+                        std::iter::once(r.topic.to_string())
+                            .chain(r.dead_letter.as_deref().map(str::to_string))
+                    })
+                    .collect();
                 kafka::create_topics(kcfg, &names).await?;
             }
-            for (i, t) in kafka_topics.iter().enumerate() {
+            for (i, t) in kafka_routes.iter().enumerate() {
                 if t.is_some() {
                     route_to[i] = sinks.len();
                 }
             }
             sinks.push(Box::new(KafkaSink::new(
                 kcfg,
-                kafka_topics.clone(),
+                kafka_routes,
                 tracker.clone(),
             )?));
         }
@@ -175,9 +185,15 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
             let backend: Arc<dyn Backend> = Arc::new(Comprehend::new(c).await);
             let (etx, erx) = mpsc::channel(4 * c.max_batch_size.max(256));
             let (sinks, route, m) = (sinks.clone(), route_to[i], metrics.clone());
-            let deliver: enrich::Deliver = Arc::new(move |rec, seq| {
-                tokio::task::block_in_place(|| lock(&sinks)[route].send(rec, seq))
-                    .map_err(|e| e.to_string())?;
+            let deliver: enrich::Deliver = Arc::new(move |rec, seq, dead| {
+                tokio::task::block_in_place(|| {
+                    let mut g = lock(&sinks);
+                    if dead && g[route].send_dead_letter(rec, seq)? {
+                        return Ok(1);
+                    }
+                    g[route].send(rec, seq)
+                })
+                .map_err(|e| e.to_string())?;
                 m.pipelines[rec.pipeline]
                     .records
                     .fetch_add(1, Ordering::Relaxed);

@@ -154,3 +154,50 @@ fn a_partial_batch_failure_retries_only_the_failed_items_and_long_text_is_cut() 
     assert_eq!(tail.records[24].json()["enrichment"]["truncated"], true);
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn a_poison_row_goes_to_the_dead_letters_and_the_pipeline_moves_on() {
+    let (db, kafka, aws) = setup();
+    let p = pipeline(&aws, 300).replace(
+        "    topic: feedback\n",
+        "    topic: feedback\n    dead_letter_topic: \"{pipeline}.dead-letters\"\n",
+    );
+    let mut d = Daemon::new(&db, Some(&kafka), &[("feedback", &p)]);
+    d.env = AwsStandin::env();
+    d.spawn();
+    let mut tail = kafka.tail("feedback");
+    block_on(db.exec(
+        "INSERT INTO shop.support (id, message) VALUES (1, 'good'), (2, 'please [[reject]] me'), (3, 'bad');",
+    ));
+    wait_records(&mut d, &mut tail, 2, 60);
+    let dead = kafka.read("feedback.dead-letters", 1, Duration::from_secs(30));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key.as_deref(), Some(r#"{"id":2}"#));
+    let v = dead[0].json();
+    assert_eq!(
+        v["after"],
+        json!({"id": 2, "message": "please [[reject]] me"})
+    );
+    assert_eq!(
+        v["enrichment"],
+        json!({"backend": "comprehend", "operation": "sentiment",
+               "error": {"kind": "bad_input", "message": "INVALID_REQUEST: the document was rejected", "attempts": 1}})
+    );
+    // The good rows went on to the main topic, in order; the poison row is not there.
+    tail.drain(Duration::from_millis(500));
+    let ids: Vec<_> = tail
+        .records
+        .iter()
+        .map(|r| r.json()["after"]["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![json!(1), json!(3)]);
+    assert_eq!(
+        tail.records[1].json()["enrichment"]["sentiment"],
+        "NEGATIVE"
+    );
+    // One call: the rejection is final, not retried.
+    assert_eq!(aws.log().len(), 1);
+    // The checkpoint moves past the dead-lettered row.
+    assert_eq!(d.terminate(), 0);
+    assert_eq!(d.checkpoint().unwrap()["position"]["row"], 0);
+}

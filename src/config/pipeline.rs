@@ -123,6 +123,10 @@ pub struct KafkaSinkConfig {
     /// After a delete, also send a record with the same key and a null value (for compaction).
     #[serde(default)]
     pub tombstones: bool,
+    /// Where rows whose enrichment failed for good go (with the error and the attempts),
+    /// instead of `topic`; same variables. Without it they go to `topic` with the error.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,17 +153,25 @@ impl PipelineConfig {
     /// The topic for this pipeline, with its variables replaced.
     pub fn topic(&self) -> Option<String> {
         match &self.sink {
-            SinkConfig::Kafka(k) => {
-                let (db, table) = self.db_table();
-                Some(
-                    k.topic
-                        .replace("{pipeline}", &self.name)
-                        .replace("{db}", &db)
-                        .replace("{table}", &table),
-                )
-            }
+            SinkConfig::Kafka(k) => Some(self.expand(&k.topic)),
             SinkConfig::Jsonl(_) => None,
         }
+    }
+
+    /// The dead-letter topic, with its variables replaced.
+    pub fn dead_letter_topic(&self) -> Option<String> {
+        match &self.sink {
+            SinkConfig::Kafka(k) => k.dead_letter_topic.as_deref().map(|t| self.expand(t)),
+            SinkConfig::Jsonl(_) => None,
+        }
+    }
+
+    fn expand(&self, template: &str) -> String {
+        let (db, table) = self.db_table();
+        template
+            .replace("{pipeline}", &self.name)
+            .replace("{db}", &db)
+            .replace("{table}", &table)
     }
 }
 
@@ -279,19 +291,27 @@ pub fn load_dir(dir: &Path, have_kafka: bool) -> Result<Vec<PipelineConfig>, Con
                     "the sink is Kafka but the daemon config has no `kafka` section".into(),
                 ));
             }
-            let t = p.topic().unwrap_or_default();
-            if k.topic.is_empty() || t.contains('{') || t.contains('}') {
-                return Err(bad(format!(
-                    "topic `{}`: only {{pipeline}}, {{db}} and {{table}} can be replaced",
-                    k.topic
-                )));
-            }
-            if t.len() > 249
-                || !t
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-            {
-                return Err(bad(format!("topic `{t}` is not a valid Kafka topic name")));
+            let topics = [
+                (&k.topic, p.topic()),
+                (
+                    k.dead_letter_topic.as_ref().unwrap_or(&k.topic),
+                    p.dead_letter_topic(),
+                ),
+            ];
+            for (template, t) in topics {
+                let t = t.unwrap_or_default();
+                if template.is_empty() || t.contains('{') || t.contains('}') {
+                    return Err(bad(format!(
+                        "topic `{template}`: only {{pipeline}}, {{db}} and {{table}} can be replaced"
+                    )));
+                }
+                if t.len() > 249
+                    || !t
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                {
+                    return Err(bad(format!("topic `{t}` is not a valid Kafka topic name")));
+                }
             }
         }
         out.push(p);

@@ -22,7 +22,8 @@ use crate::pipeline::ChangeRecord;
 pub type Pending = (ChangeRecord, u64);
 
 /// Where enriched records go (the sink stage).
-pub type Deliver = Arc<dyn Fn(&ChangeRecord, u64) -> Result<(), String> + Send + Sync>;
+/// The flag says the row failed for good and belongs in the dead letters.
+pub type Deliver = Arc<dyn Fn(&ChangeRecord, u64, bool) -> Result<(), String> + Send + Sync>;
 
 pub struct Settings {
     pub pipeline: usize,
@@ -104,22 +105,25 @@ pub async fn run(
                 "operation".into(),
                 Value::String(backend.operation().into()),
             );
+            let mut dead = false;
             match job {
                 Job::Done(extra) => m.extend(extra),
                 Job::Call { text_truncated } => match results.next() {
-                    Some(Ok(r)) => {
+                    Some((Ok(r), _)) => {
                         m.extend(r);
                         if text_truncated {
                             m.insert("truncated".into(), Value::Bool(true));
                         }
                     }
-                    Some(Err(e)) => {
+                    Some((Err(e), attempts)) => {
+                        dead = true;
                         pm.enrichment_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(pipeline = %rec.source.pipeline, error = %e, key = %serde_json::to_string(&rec.key).unwrap_or_default(),
-                            "the backend rejected this row; it is delivered with the error");
+                        tracing::warn!(pipeline = %rec.source.pipeline, error = %e, attempts,
+                            key = %serde_json::to_string(&rec.key).unwrap_or_default(),
+                            "the backend rejected this row for good; it goes to the dead letters");
                         m.insert(
                             "error".into(),
-                            serde_json::json!({"kind": e.kind.as_str(), "message": e.message}),
+                            serde_json::json!({"kind": e.kind.as_str(), "message": e.message, "attempts": attempts}),
                         );
                     }
                     None => {
@@ -135,7 +139,7 @@ pub async fn run(
                 },
             }
             rec.enrichment = m;
-            deliver(&rec, seq)?;
+            deliver(&rec, seq, dead)?;
         }
         if closed {
             return Ok(());
@@ -175,15 +179,17 @@ fn job_for(s: &Settings, rec: &ChangeRecord, inputs: &mut Vec<Input>) -> Job {
 
 /// Calls until every input has a final answer: transient failures (throttling, timeouts, 5xx,
 /// dropped connections) are retried for as long as it takes, whole calls and failed items alike;
-/// bad input is final.
+/// bad input is final. Each answer comes with the number of calls its input was part of.
 async fn call_with_retries(
     backend: &dyn Backend,
     inputs: &[Input],
     metrics: &Metrics,
     pipeline: usize,
-) -> Vec<ItemResult> {
+) -> Vec<(ItemResult, u32)> {
     let pm = &metrics.pipelines[pipeline];
     let mut results: Vec<Option<ItemResult>> = vec![None; inputs.len()];
+    // How many calls each input was part of.
+    let mut attempts = vec![0u32; inputs.len()];
     let mut attempt = 0u32;
     loop {
         let todo: Vec<usize> = (0..inputs.len())
@@ -193,9 +199,13 @@ async fn call_with_retries(
             return results
                 .into_iter()
                 .map(|r| r.unwrap_or_else(missing_result))
+                .zip(attempts)
                 .collect();
         }
         let batch: Vec<Input> = todo.iter().map(|i| inputs[*i].clone()).collect();
+        for &i in &todo {
+            attempts[i] += 1;
+        }
         attempt += 1;
         if attempt > 1 {
             pm.retries.fetch_add(1, Ordering::Relaxed);

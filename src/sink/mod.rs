@@ -32,6 +32,11 @@ pub trait Sink: Send {
     /// Queues `rec`; each message it sends later acknowledges `seq` once. Returns how many
     /// acknowledgements `seq` should wait for from this call.
     fn send(&mut self, rec: &ChangeRecord, seq: u64) -> Result<u32, SinkError>;
+    /// Sends `rec` (whose enrichment failed for good) to the dead letters, acknowledging
+    /// `seq` once. `Ok(false)`: this sink has no dead letters for the pipeline; send it as usual.
+    fn send_dead_letter(&mut self, _rec: &ChangeRecord, _seq: u64) -> Result<bool, SinkError> {
+        Ok(false)
+    }
     /// How many acknowledgements one `send` of `rec` will make (known before sending).
     fn acks_for(&self, rec: &ChangeRecord) -> u32;
     /// Pushes out what is buffered (called after each batch of source events).

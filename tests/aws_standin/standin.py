@@ -6,7 +6,8 @@ and prints `PORT <n>` on its first line. The daemon reaches it only through `end
 
 - Comprehend (JSON 1.1, routed by X-Amz-Target): DetectSentiment, BatchDetectSentiment.
   Real limits: 25 documents a batch, 5,000 UTF-8 bytes a document.
-  Deterministic answers from a word list, so tests assert exact values.
+  Deterministic answers from a word list, so tests assert exact values; a document containing
+  `[[reject]]` is answered with an INVALID_REQUEST item error (a poison row).
 - Every request's SigV4 signature is checked against the test credentials.
 - Control (not AWS): POST /_control {"throttle": N} (the next N calls answer throttling),
   {"throttle_rate": 0.3, "seed": 1} (that share of calls, reproducibly),
@@ -175,6 +176,10 @@ class Handler(BaseHTTPRequestHandler):
                 if item_fault:
                     errors.append({"Index": i, "ErrorCode": "INTERNAL_SERVER_ERROR",
                                    "ErrorMessage": "scripted item failure"})
+                elif "[[reject]]" in text:
+                    # A deterministic poison document, for dead-letter tests.
+                    errors.append({"Index": i, "ErrorCode": "INVALID_REQUEST",
+                                   "ErrorMessage": "the document was rejected"})
                 elif len(text.encode()) > 5000:
                     errors.append({"Index": i, "ErrorCode": "TEXT_SIZE_LIMIT_EXCEEDED",
                                    "ErrorMessage": "document over 5000 bytes"})

@@ -40,10 +40,18 @@ impl ProducerContext for AckContext {
     }
 }
 
+/// Where one pipeline's records go.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub topic: Arc<str>,
+    pub tombstones: bool,
+    pub dead_letter: Option<Arc<str>>,
+}
+
 pub struct KafkaSink {
     producer: ThreadedProducer<AckContext>,
-    /// Topic per pipeline index; `None` for pipelines with another sink.
-    topics: Vec<Option<(Arc<str>, bool)>>,
+    /// Route per pipeline index; `None` for pipelines with another sink.
+    routes: Vec<Option<Route>>,
     tracker: AckTracker,
 }
 
@@ -62,10 +70,10 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 }
 
 impl KafkaSink {
-    /// `topics[i]` is pipeline i's (topic, tombstones), if its sink is Kafka.
+    /// `routes[i]` is pipeline i's route, if its sink is Kafka.
     pub fn new(
         cfg: &KafkaConfig,
-        topics: Vec<Option<(String, bool)>>,
+        routes: Vec<Option<Route>>,
         tracker: AckTracker,
     ) -> Result<Self, SinkError> {
         let producer: ThreadedProducer<AckContext> = client_config(cfg)
@@ -75,10 +83,7 @@ impl KafkaSink {
             .map_err(|e| SinkError::Kafka(format!("cannot create the producer: {e}")))?;
         Ok(KafkaSink {
             producer,
-            topics: topics
-                .into_iter()
-                .map(|t| t.map(|(n, tomb)| (Arc::from(n.as_str()), tomb)))
-                .collect(),
+            routes,
             tracker,
         })
     }
@@ -118,24 +123,38 @@ impl KafkaSink {
 
 impl Sink for KafkaSink {
     fn acks_for(&self, rec: &ChangeRecord) -> u32 {
-        match self.topics.get(rec.pipeline) {
-            Some(Some((_, true))) if rec.op == "d" => 2,
+        match self.routes.get(rec.pipeline) {
+            Some(Some(r)) if r.tombstones && rec.op == "d" => 2,
             _ => 1,
         }
     }
 
     fn send(&mut self, rec: &ChangeRecord, seq: u64) -> Result<u32, SinkError> {
-        let Some(Some((topic, tombstones))) = self.topics.get(rec.pipeline) else {
+        let Some(Some(route)) = self.routes.get(rec.pipeline) else {
             return Ok(0);
         };
         let key = key_bytes(rec)?;
         let value = serde_json::to_vec(rec)?;
-        self.produce(topic, &key, Some(&value), seq)?;
-        if *tombstones && rec.op == "d" {
-            self.produce(topic, &key, None, seq)?;
+        self.produce(&route.topic, &key, Some(&value), seq)?;
+        if route.tombstones && rec.op == "d" {
+            self.produce(&route.topic, &key, None, seq)?;
             return Ok(2);
         }
         Ok(1)
+    }
+
+    fn send_dead_letter(&mut self, rec: &ChangeRecord, seq: u64) -> Result<bool, SinkError> {
+        let Some(Some(Route {
+            dead_letter: Some(topic),
+            ..
+        })) = self.routes.get(rec.pipeline)
+        else {
+            return Ok(false);
+        };
+        let key = key_bytes(rec)?;
+        let value = serde_json::to_vec(rec)?;
+        self.produce(topic, &key, Some(&value), seq)?;
+        Ok(true)
     }
 
     fn poll(&mut self) -> Result<(), SinkError> {
