@@ -180,6 +180,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let sinks: Sinks = Arc::new(std::sync::Mutex::new(sinks));
     let mut enrich_tx: Vec<Option<mpsc::Sender<enrich::Pending>>> = vec![None; pipelines.len()];
     let mut enrich_tasks = Vec::new();
+    let limiters = crate::ratelimit::Registry::default();
     for (i, p) in pipelines.iter().enumerate() {
         if let Enrichment::Comprehend(c) = &p.enrichment {
             let backend: Arc<dyn Backend> = Arc::new(Comprehend::new(c).await);
@@ -205,6 +206,14 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
                 language: c.language.clone(),
                 max_batch: backend.max_batch(),
                 max_wait: Duration::from_millis(c.max_wait_ms),
+                limiter: limiters.get(
+                    &format!(
+                        "comprehend/sentiment/{}/{}",
+                        c.region.as_deref().unwrap_or("default-region"),
+                        c.endpoint_url.as_deref().unwrap_or("aws")
+                    ),
+                    c.requests_per_second,
+                ),
             };
             let name = p.name.clone();
             let task = tokio::spawn(enrich::run(

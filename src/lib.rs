@@ -12,5 +12,6 @@ pub mod config;
 pub mod enrich;
 pub mod metrics;
 pub mod pipeline;
+pub mod ratelimit;
 pub mod sink;
 pub mod source;

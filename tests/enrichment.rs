@@ -201,3 +201,50 @@ fn a_poison_row_goes_to_the_dead_letters_and_the_pipeline_moves_on() {
     assert_eq!(d.terminate(), 0);
     assert_eq!(d.checkpoint().unwrap()["position"]["row"], 0);
 }
+
+#[test]
+fn pipelines_on_one_quota_share_its_rate_limit() {
+    let (db, kafka, aws) = setup();
+    block_on(db.exec("CREATE TABLE shop.reviews LIKE shop.support"));
+    let limited = |name: &str, table: &str| {
+        pipeline(&aws, 50)
+            .replace("name: feedback", &format!("name: {name}"))
+            .replace("table: shop.support", &format!("table: shop.{table}"))
+            .replace("topic: feedback", &format!("topic: {name}"))
+            .replace(
+                "    max_wait_ms: 50\n",
+                "    max_wait_ms: 50\n    max_batch_size: 5\n    requests_per_second: 4\n",
+            )
+    };
+    let mut d = Daemon::new(
+        &db,
+        Some(&kafka),
+        &[
+            ("a", &limited("a", "support")),
+            ("b", &limited("b", "reviews")),
+        ],
+    );
+    d.env = AwsStandin::env();
+    d.spawn();
+    let mut ta = kafka.tail("a");
+    let mut tb = kafka.tail("b");
+    block_on(db.exec(
+        "INSERT INTO shop.support (id, message) SELECT seq, 'good' FROM shop.seq_1_to_15;
+         INSERT INTO shop.reviews (id, message) SELECT seq, 'bad' FROM shop.seq_1_to_15;",
+    ));
+    wait_records(&mut d, &mut ta, 15, 60);
+    wait_records(&mut d, &mut tb, 15, 60);
+    let mut t: Vec<f64> = aws.log().iter().map(|e| e["t"].as_f64().unwrap()).collect();
+    assert_eq!(t.len(), 6, "3 calls of 5 documents per pipeline");
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    // 4 calls per second across both pipelines: starts at least ~250 ms apart (a lower bound:
+    // a slower machine only spaces them more).
+    for w in t.windows(2) {
+        assert!(
+            w[1] - w[0] >= 0.2,
+            "calls {:.3} s apart: {t:?}",
+            w[1] - w[0]
+        );
+    }
+    assert_eq!(d.terminate(), 0);
+}

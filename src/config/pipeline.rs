@@ -86,6 +86,10 @@ pub struct ComprehendConfig {
     /// Per-call timeout (as Aurora's `aurora_ml_inference_timeout`). Default 30,000 ms.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// Calls per second allowed (the account's quota for the operation); shared by every
+    /// pipeline calling the same operation in the same region and endpoint. Default 10.
+    #[serde(default = "default_rps")]
+    pub requests_per_second: f64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -105,6 +109,9 @@ fn default_max_wait() -> u64 {
 }
 fn default_timeout() -> u64 {
     30_000
+}
+fn default_rps() -> f64 {
+    10.0
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -278,6 +285,11 @@ pub fn load_dir(dir: &Path, have_kafka: bool) -> Result<Vec<PipelineConfig>, Con
                     "enrichment.comprehend.max_batch_size {} must be between 1 and 25 (the service's limit)",
                     c.max_batch_size
                 )));
+            }
+            if !(c.requests_per_second > 0.0 && c.requests_per_second.is_finite()) {
+                return Err(bad(
+                    "enrichment.comprehend.requests_per_second must be above 0".into(),
+                ));
             }
             if c.timeout_ms == 0 {
                 return Err(bad(

@@ -31,6 +31,8 @@ pub struct Settings {
     pub language: String,
     pub max_batch: usize,
     pub max_wait: Duration,
+    /// The quota this pipeline's calls draw on (shared with other pipelines on the same one).
+    pub limiter: Arc<crate::ratelimit::Limiter>,
 }
 
 /// Backoff for attempt `n` (1-based): full jitter over an exponential ceiling, at least any
@@ -96,7 +98,7 @@ pub async fn run(
             pm.logical_requests.fetch_add(1, Ordering::Relaxed);
             jobs.push(job_for(&s, rec, &mut inputs));
         }
-        let results = call_with_retries(backend.as_ref(), &inputs, &metrics, s.pipeline).await;
+        let results = call_with_retries(backend.as_ref(), &inputs, &metrics, &s).await;
         let mut results = results.into_iter();
         for ((mut rec, seq), job) in batch.drain(..).zip(jobs) {
             let mut m = Map::new();
@@ -184,9 +186,9 @@ async fn call_with_retries(
     backend: &dyn Backend,
     inputs: &[Input],
     metrics: &Metrics,
-    pipeline: usize,
+    s: &Settings,
 ) -> Vec<(ItemResult, u32)> {
-    let pm = &metrics.pipelines[pipeline];
+    let pm = &metrics.pipelines[s.pipeline];
     let mut results: Vec<Option<ItemResult>> = vec![None; inputs.len()];
     // How many calls each input was part of.
     let mut attempts = vec![0u32; inputs.len()];
@@ -210,11 +212,13 @@ async fn call_with_retries(
         if attempt > 1 {
             pm.retries.fetch_add(1, Ordering::Relaxed);
         }
+        s.limiter.acquire().await;
         pm.actual_requests.fetch_add(1, Ordering::Relaxed);
         let mut wait: Option<BackendError> = None;
         match backend.call(&batch).await {
             Ok(items) => {
                 pm.responses.fetch_add(1, Ordering::Relaxed);
+                s.limiter.succeeded();
                 for (k, r) in items.into_iter().enumerate() {
                     let Some(&i) = todo.get(k) else { break };
                     match r {
@@ -226,6 +230,7 @@ async fn call_with_retries(
             Err(e) if e.kind.retryable() => {
                 if e.kind == crate::backend::ErrorKind::Throttled {
                     pm.throttles.fetch_add(1, Ordering::Relaxed);
+                    s.limiter.throttled();
                 }
                 wait = Some(e);
             }

@@ -134,7 +134,7 @@ class Handler(BaseHTTPRequestHandler):
 
         target = self.headers.get("X-Amz-Target", "")
         req = json.loads(body or b"{}") if body else {}
-        entry = {"target": target, "attempt": self.headers.get("amz-sdk-request", ""),
+        entry = {"target": target, "attempt": self.headers.get("amz-sdk-request", ""), "t": time.monotonic(),
                  "documents": len(req.get("TextList", [])) if "TextList" in req else 1}
         with LOCK:
             STATE["log"].append(entry)
