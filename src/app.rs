@@ -214,6 +214,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
                     ),
                     c.requests_per_second,
                 ),
+                cache_entries: c.cache_entries,
             };
             let name = p.name.clone();
             let task = tokio::spawn(enrich::run(

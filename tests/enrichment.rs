@@ -229,8 +229,8 @@ fn pipelines_on_one_quota_share_its_rate_limit() {
     let mut ta = kafka.tail("a");
     let mut tb = kafka.tail("b");
     block_on(db.exec(
-        "INSERT INTO shop.support (id, message) SELECT seq, 'good' FROM shop.seq_1_to_15;
-         INSERT INTO shop.reviews (id, message) SELECT seq, 'bad' FROM shop.seq_1_to_15;",
+        "INSERT INTO shop.support (id, message) SELECT seq, CONCAT('good ', seq) FROM shop.seq_1_to_15;
+         INSERT INTO shop.reviews (id, message) SELECT seq, CONCAT('bad ', seq) FROM shop.seq_1_to_15;",
     ));
     wait_records(&mut d, &mut ta, 15, 60);
     wait_records(&mut d, &mut tb, 15, 60);
@@ -246,5 +246,42 @@ fn pipelines_on_one_quota_share_its_rate_limit() {
             w[1] - w[0]
         );
     }
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn a_cache_hit_makes_no_call() {
+    let (db, kafka, aws) = setup();
+    let mut d = Daemon::new(&db, Some(&kafka), &[("feedback", &pipeline(&aws, 50))]);
+    d.env = AwsStandin::env();
+    d.spawn();
+    let mut tail = kafka.tail("feedback");
+    block_on(db.exec("INSERT INTO shop.support (id, message) VALUES (1, 'a good day')"));
+    wait_records(&mut d, &mut tail, 1, 60);
+    // The same text again, in another row and transaction, and in an update of a third row.
+    block_on(db.exec(
+        "INSERT INTO shop.support (id, message) VALUES (2, 'a good day'), (3, 'other');
+         UPDATE shop.support SET message = 'a good day' WHERE id = 3;",
+    ));
+    wait_records(&mut d, &mut tail, 4, 60);
+    let log = aws.log();
+    let docs: Vec<_> = log
+        .iter()
+        .map(|e| e["documents"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        docs,
+        vec![1, 1],
+        "one call for the first 'a good day', one for 'other': {log:?}"
+    );
+    let e: Vec<_> = tail
+        .records
+        .iter()
+        .map(|r| r.json()["enrichment"].clone())
+        .collect();
+    assert_eq!(e[1], e[0]);
+    assert_eq!(e[3], e[0]);
+    assert_eq!(e[0]["sentiment"], "POSITIVE");
+    assert_eq!(e[2]["sentiment"], "NEUTRAL");
     assert_eq!(d.terminate(), 0);
 }

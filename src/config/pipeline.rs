@@ -90,6 +90,9 @@ pub struct ComprehendConfig {
     /// pipeline calling the same operation in the same region and endpoint. Default 10.
     #[serde(default = "default_rps")]
     pub requests_per_second: f64,
+    /// Answers kept for identical inputs (a hit makes no call); 0 turns the cache off.
+    #[serde(default = "default_cache")]
+    pub cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -112,6 +115,9 @@ fn default_timeout() -> u64 {
 }
 fn default_rps() -> f64 {
     10.0
+}
+fn default_cache() -> usize {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]

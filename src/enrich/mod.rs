@@ -33,6 +33,49 @@ pub struct Settings {
     pub max_wait: Duration,
     /// The quota this pipeline's calls draw on (shared with other pipelines on the same one).
     pub limiter: Arc<crate::ratelimit::Limiter>,
+    /// Answers kept for identical inputs; 0 turns the cache off.
+    pub cache_entries: usize,
+}
+
+/// A bounded cache of answers, keyed by a 128-bit hash of backend, operation, language and
+/// input (a hit makes no call).
+struct Cache {
+    lru: Option<lru::LruCache<u128, Map<String, Value>>>,
+}
+
+impl Cache {
+    fn new(entries: usize) -> Cache {
+        Cache {
+            lru: std::num::NonZeroUsize::new(entries).map(lru::LruCache::new),
+        }
+    }
+
+    fn key(backend: &dyn Backend, input: &Input) -> u128 {
+        use std::hash::{Hash, Hasher};
+        let half = |salt: u8| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (
+                salt,
+                backend.name(),
+                backend.operation(),
+                &input.language,
+                &input.text,
+            )
+                .hash(&mut h);
+            h.finish() as u128
+        };
+        (half(1) << 64) | half(2)
+    }
+
+    fn get(&mut self, key: u128) -> Option<Map<String, Value>> {
+        self.lru.as_mut()?.get(&key).cloned()
+    }
+
+    fn put(&mut self, key: u128, answer: &Map<String, Value>) {
+        if let Some(l) = self.lru.as_mut() {
+            l.put(key, answer.clone());
+        }
+    }
 }
 
 /// Backoff for attempt `n` (1-based): full jitter over an exponential ceiling, at least any
@@ -57,8 +100,8 @@ pub fn truncate(s: &str, max: usize) -> (&str, bool) {
 }
 
 enum Job {
-    /// Sent to the backend as input `i` of the batch.
-    Call { text_truncated: bool },
+    /// Sent to the backend (its input is the next of the batch); `key` is its cache key.
+    Call { text_truncated: bool, key: u128 },
     /// No call: the enrichment is already known.
     Done(Map<String, Value>),
 }
@@ -73,6 +116,7 @@ pub async fn run(
 ) -> Result<(), String> {
     let pm = &metrics.pipelines[s.pipeline];
     let mut batch: Vec<Pending> = Vec::new();
+    let mut cache = Cache::new(s.cache_entries);
     loop {
         // Wait for the first record, then fill until full or the linger runs out.
         match rx.recv().await {
@@ -96,7 +140,25 @@ pub async fn run(
         let mut inputs = Vec::new();
         for (rec, _) in &batch {
             pm.logical_requests.fetch_add(1, Ordering::Relaxed);
-            jobs.push(job_for(&s, rec, &mut inputs));
+            let mut job = job_for(&s, rec, &mut inputs);
+            if let Job::Call {
+                text_truncated,
+                ref mut key,
+            } = job
+            {
+                if let Some(input) = inputs.last() {
+                    *key = Cache::key(backend.as_ref(), input);
+                    if let Some(mut hit) = cache.get(*key) {
+                        inputs.pop();
+                        pm.cache_hits.fetch_add(1, Ordering::Relaxed);
+                        if text_truncated {
+                            hit.insert("truncated".into(), Value::Bool(true));
+                        }
+                        job = Job::Done(hit);
+                    }
+                }
+            }
+            jobs.push(job);
         }
         let results = call_with_retries(backend.as_ref(), &inputs, &metrics, &s).await;
         let mut results = results.into_iter();
@@ -110,8 +172,12 @@ pub async fn run(
             let mut dead = false;
             match job {
                 Job::Done(extra) => m.extend(extra),
-                Job::Call { text_truncated } => match results.next() {
+                Job::Call {
+                    text_truncated,
+                    key,
+                } => match results.next() {
                     Some((Ok(r), _)) => {
+                        cache.put(key, &r);
                         m.extend(r);
                         if text_truncated {
                             m.insert("truncated".into(), Value::Bool(true));
@@ -175,6 +241,7 @@ fn job_for(s: &Settings, rec: &ChangeRecord, inputs: &mut Vec<Input>) -> Job {
         language: s.language.clone(),
     });
     Job::Call {
+        key: 0,
         text_truncated: cut,
     }
 }

@@ -28,6 +28,8 @@ pub struct PipelineMetrics {
     pub throttles: AtomicU64,
     /// Rows whose enrichment failed for good (bad input).
     pub enrichment_errors: AtomicU64,
+    /// Rows answered from the cache, with no call (Aurora_ml_cache_hit_cnt).
+    pub cache_hits: AtomicU64,
 }
 
 /// What the daemon counts. Shared by the stages (`Arc<Metrics>`).
@@ -117,7 +119,7 @@ impl Metrics {
                 .collect(),
         );
         type Get = fn(&PipelineMetrics) -> &AtomicU64;
-        let per_pipeline: [(&str, &str, Get); 6] = [
+        let per_pipeline: [(&str, &str, Get); 7] = [
             (
                 "cdc_enricher_ml_logical_requests_total",
                 "Rows that asked for enrichment (Aurora_ml_logical_request_cnt).",
@@ -147,6 +149,11 @@ impl Metrics {
                 "cdc_enricher_ml_errors_total",
                 "Rows whose enrichment failed for good.",
                 |p| &p.enrichment_errors,
+            ),
+            (
+                "cdc_enricher_ml_cache_hits_total",
+                "Rows answered from the cache, with no call (Aurora_ml_cache_hit_cnt).",
+                |p| &p.cache_hits,
             ),
         ];
         for (name, help, get) in per_pipeline {
