@@ -433,6 +433,13 @@ impl Daemon {
             .current_dir(self.dir.path())
             .env("CDC_PASSWORD", CDC_PASSWORD)
             .env("RUST_LOG", "info");
+        // Nothing of the machine's AWS settings leaks in (profiles, endpoint overrides, CA
+        // bundles): a test's daemon sees only what the test gives it.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("AWS_") {
+                c.env_remove(&k);
+            }
+        }
         c.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         c
     }

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Enrichment quota use (a benchmark, not a test): the AWS stand-in answers after a fixed
+# latency; the pipeline may make RPS calls per second of up to 25 documents. Quota use =
+# documents/s ÷ (RPS × 25). Run once clean and once with 30% of calls throttled.
+# Usage: scripts/bench_enrich.sh [rows] [rps] [latency_ms]   (defaults 10000 10 50)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ROWS=${1:-10000}; RPS=${2:-10}; LAT=${3:-50}
+need_mariadb
+need_tansu
+cargo build --release --locked -q
+BIN=$PWD/target/release/cdc-enricher
+W=$PWD/.bench-enrich
+rm -rf "$W"; mkdir -p "$W/pipelines"
+DAEMON=; STANDIN=
+cleanup() {
+  [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null
+  [ -n "$STANDIN" ] && kill "$STANDIN" 2>/dev/null
+  stop_pidfile "$W/db/server.pid"; stop_pidfile "$W/kafka/tansu.pid"
+}
+trap cleanup EXIT
+P=$(free_port); KP=$(free_port)
+start_mariadb "$W/db" "$P"
+start_tansu "$W/kafka" "$KP"
+python3 tests/aws_standin/standin.py 0 > "$W/standin.port" & STANDIN=$!
+until grep -q PORT "$W/standin.port" 2>/dev/null; do sleep 0.1; done
+SP=$(cut -d' ' -f2 "$W/standin.port")
+ctl() { python3 -c "import urllib.request; urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:$SP/$1', data=b'$2'))" >/dev/null; }
+q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; }
+q "CREATE DATABASE shop; CREATE TABLE shop.support (id INT PRIMARY KEY, message TEXT);"
+cat > "$W/cdc-enricher.yaml" <<YAML
+source: {host: 127.0.0.1, port: $P, user: cdc, password: cdc-secret, server_id: 778, heartbeat_ms: 1000}
+kafka: {brokers: "127.0.0.1:$KP"}
+checkpoint: {store: {file: {path: cp.json}}, interval_ms: 50}
+YAML
+cat > "$W/pipelines/feedback.yaml" <<YAML
+name: feedback
+table: shop.support
+enrichment:
+  comprehend: {operation: sentiment, text: message, endpoint_url: "http://127.0.0.1:$SP", requests_per_second: $RPS, max_wait_ms: 100}
+sink: {kafka: {topic: feedback}}
+YAML
+export AWS_ACCESS_KEY_ID=AKIDSTANDIN AWS_SECRET_ACCESS_KEY=standin-secret AWS_REGION=us-east-1
+export AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent AWS_EC2_METADATA_DISABLED=true
+( cd "$W" && exec "$BIN" run -c cdc-enricher.yaml 2>daemon.log ) & DAEMON=$!
+sleep 2
+
+# run LABEL FIRST_ID: insert ROWS rows, time until the checkpoint covers them.
+run() {
+  local first=$2
+  q "INSERT INTO shop.support SELECT seq, CONCAT('good review number ', seq) FROM shop.seq_${first}_to_$((first + ROWS - 1))"
+  local start; start=$(date +%s.%N)
+  local end; end=$(q "SHOW MASTER STATUS" | cut -f2)
+  until python3 -c "import json,sys; p=json.load(open('$W/cp.json'))['position']; sys.exit(0 if p['pos']>=$end else 1)" 2>/dev/null; do sleep 0.05; done
+  python3 -c "import time; print(time.time() - $start)"
+}
+ctl _control "{\"delay_ms\": $LAT}"
+log "clean: $ROWS rows, $RPS calls/s, ${LAT} ms latency"
+clean=$(run clean 1)
+calls_clean=$(python3 -c "import json,urllib.request; print(len(json.load(urllib.request.urlopen('http://127.0.0.1:$SP/_log'))))")
+ctl _reset ""
+ctl _control "{\"delay_ms\": $LAT, \"throttle_rate\": 0.3, \"seed\": 3}"
+log "throttled: 30% of calls"
+thr=$(run throttled $((ROWS + 1)))
+calls_thr=$(python3 -c "import json,urllib.request; l=json.load(urllib.request.urlopen('http://127.0.0.1:$SP/_log')); print(len(l), sum(1 for e in l if e['status']==400))")
+
+python3 - "$ROWS" "$RPS" "$clean" "$thr" "$calls_clean" $calls_thr <<'PY'
+import sys
+rows, rps, clean, thr, calls_clean, calls_thr, throttled = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+print()
+print(f"| run | rows | seconds | documents/s | calls | quota use = docs/s ÷ ({rps:g} × 25) |")
+print("|---|---|---|---|---|---|")
+print(f"| clean | {rows} | {clean:.1f} | {rows/clean:,.0f} | {calls_clean} | {rows/clean/(rps*25):.2f} |")
+print(f"| 30% throttled | {rows} | {thr:.1f} | {rows/thr:,.0f} | {calls_thr} ({throttled} throttled) | {rows/thr/(rps*25):.2f} |")
+PY
