@@ -1,13 +1,14 @@
 //! Rate limits for backend calls. `governor` enforces the configured quota (requests per
 //! second); on top of it an AIMD factor cuts the rate in half on each throttling answer and
-//! recovers it step by step on successes. Limiters are shared by key (backend, operation,
+//! recovers it step by step on successes (a burst of throttling answers cuts it once per
+//! second, as a congestion window is cut once per round trip). Limiters are shared by key (backend, operation,
 //! region, endpoint): pipelines that draw on one quota share one limiter.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::{Quota, RateLimiter};
 
@@ -17,12 +18,17 @@ const FULL: u32 = 1000;
 const FLOOR: u32 = FULL / 16;
 /// Each success gives back 5% of the quota.
 const STEP: u32 = 50;
+/// Throttling answers within this long of a cut do not cut again.
+const CUT_WINDOW: Duration = Duration::from_secs(1);
 
 pub struct Limiter {
     pub key: String,
     pub requests_per_second: f64,
     quota: governor::DefaultDirectRateLimiter,
     factor: AtomicU32,
+    created: Instant,
+    /// Milliseconds after `created` of the last cut, plus one (0: never).
+    last_cut_ms: AtomicU64,
 }
 
 impl Limiter {
@@ -36,6 +42,8 @@ impl Limiter {
             requests_per_second,
             quota: RateLimiter::direct(quota),
             factor: AtomicU32::new(FULL),
+            created: Instant::now(),
+            last_cut_ms: AtomicU64::new(0),
         }
     }
 
@@ -51,13 +59,29 @@ impl Limiter {
         }
     }
 
-    /// The service throttled a call: halve the rate (down to 1/16 of the quota).
+    /// The service throttled a call: halve the rate (down to 1/16 of the quota), at most once
+    /// per second.
     pub fn throttled(&self) {
-        let _ = self
-            .factor
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
-                Some((f / 2).max(FLOOR))
-            });
+        self.throttled_at(self.created.elapsed());
+    }
+
+    fn throttled_at(&self, now: Duration) {
+        let now_ms = now.as_millis() as u64 + 1;
+        let last = self.last_cut_ms.load(Ordering::Relaxed);
+        if last != 0 && now_ms.saturating_sub(last) < CUT_WINDOW.as_millis() as u64 {
+            return;
+        }
+        if self
+            .last_cut_ms
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            let _ = self
+                .factor
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                    Some((f / 2).max(FLOOR))
+                });
+        }
     }
 
     /// A call succeeded: give back a step of the rate.
@@ -109,10 +133,13 @@ mod tests {
     fn aimd_halves_and_recovers() {
         let l = Limiter::new("k".into(), 10.0);
         assert_eq!(l.current_rate(), 10.0);
-        l.throttled();
+        l.throttled_at(Duration::from_millis(10));
         assert_eq!(l.current_rate(), 5.0);
-        for _ in 0..10 {
-            l.throttled();
+        // A burst within the window cuts once.
+        l.throttled_at(Duration::from_millis(500));
+        assert_eq!(l.current_rate(), 5.0);
+        for s in 2..20 {
+            l.throttled_at(Duration::from_secs(s));
         }
         assert_eq!(l.current_rate(), 10.0 * FLOOR as f64 / FULL as f64);
         for _ in 0..100 {
