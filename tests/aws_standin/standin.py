@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A local stand-in for the AWS services cdc-enricher calls, speaking their wire protocols.
 
-Only the Python standard library. Starts on 127.0.0.1 (port from argv[1], 0 = any free port)
-and prints `PORT <n>` on its first line. The daemon reaches it only through `endpoint_url`.
+Only the Python standard library. Starts on 127.0.0.1 (port from argv[1], 0 = any free port;
+the address from argv[2]) and prints `PORT <n>` on its first line. The daemon reaches it only through `endpoint_url`.
 
 - Comprehend (JSON 1.1, routed by X-Amz-Target): DetectSentiment, BatchDetectSentiment.
   Real limits: 25 documents a batch, 5,000 UTF-8 bytes a document.
@@ -203,7 +203,9 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    # 127.0.0.1 unless told otherwise (docker-compose passes 0.0.0.0 inside its network).
+    host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+    server = ThreadingHTTPServer((host, port), Handler)
     print(f"PORT {server.server_address[1]}", flush=True)
     server.serve_forever()
 
