@@ -208,7 +208,8 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
                 max_wait: Duration::from_millis(c.max_wait_ms),
                 limiter: limiters.get(
                     &format!(
-                        "comprehend/sentiment/{}/{}",
+                        "comprehend/{}/{}/{}",
+                        backend.operation(),
                         c.region.as_deref().unwrap_or("default-region"),
                         c.endpoint_url.as_deref().unwrap_or("aws")
                     ),

@@ -285,3 +285,68 @@ fn a_cache_hit_makes_no_call() {
     assert_eq!(e[2]["sentiment"], "NEUTRAL");
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn entities_key_phrases_and_dominant_language() {
+    let (db, kafka, aws) = setup();
+    let op = |name: &str, operation: &str| {
+        pipeline(&aws, 100)
+            .replace("name: feedback", &format!("name: {name}"))
+            .replace("operation: sentiment", &format!("operation: {operation}"))
+            .replace("topic: feedback", &format!("topic: {name}"))
+    };
+    let mut d = Daemon::new(
+        &db,
+        Some(&kafka),
+        &[
+            ("ents", &op("ents", "entities")),
+            ("phrases", &op("phrases", "key_phrases")),
+            ("lang", &op("lang", "dominant_language")),
+        ],
+    );
+    d.env = AwsStandin::env();
+    d.spawn();
+    block_on(db.exec("INSERT INTO shop.support (id, message) VALUES (1, 'Alice wrote to ACME about shipping'), (2, 'Très bien, merci')"));
+    let get = |topic: &str| {
+        let r = kafka.read(topic, 2, Duration::from_secs(60));
+        assert_eq!(r.len(), 2, "{topic}: {}", d.log());
+        r.iter()
+            .map(|r| r.json()["enrichment"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        get("ents")[0],
+        json!({"backend": "comprehend", "operation": "entities", "entities": [
+            {"text": "Alice", "type": "PERSON", "score": 0.99, "begin": 0, "end": 5},
+            {"text": "ACME", "type": "ORGANIZATION", "score": 0.99, "begin": 15, "end": 19}]})
+    );
+    assert_eq!(
+        get("phrases")[0],
+        json!({"backend": "comprehend", "operation": "key_phrases", "key_phrases": [
+            {"text": "shipping", "score": 0.95, "begin": 26, "end": 34}]})
+    );
+    let lang = get("lang");
+    assert_eq!(
+        lang[0],
+        json!({"backend": "comprehend", "operation": "dominant_language", "language": "en", "confidence": 0.99,
+        "languages": [{"code": "en", "score": 0.99}]})
+    );
+    assert_eq!(lang[1]["language"], "fr");
+    assert_eq!(lang[1]["confidence"], 0.9);
+    // One call per operation, each of the batch operation the pipeline names.
+    let mut targets: Vec<String> = aws
+        .log()
+        .iter()
+        .map(|e| e["target"].as_str().unwrap().to_string())
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        vec![
+            "Comprehend_20171127.BatchDetectDominantLanguage",
+            "Comprehend_20171127.BatchDetectEntities",
+            "Comprehend_20171127.BatchDetectKeyPhrases",
+        ]
+    );
+    assert_eq!(d.terminate(), 0);
+}

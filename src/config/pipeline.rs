@@ -64,7 +64,7 @@ pub enum Enrichment {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ComprehendConfig {
-    /// `sentiment`: the label, its confidence and all four scores.
+    /// `sentiment`, `entities`, `key_phrases` or `dominant_language`.
     pub operation: ComprehendOperation,
     /// The column holding the text (it must be among the picked `columns`).
     pub text: String,
@@ -98,7 +98,14 @@ pub struct ComprehendConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ComprehendOperation {
+    /// BatchDetectSentiment: the label, its confidence and the four scores.
     Sentiment,
+    /// BatchDetectEntities: text, type, score and offsets of each entity.
+    Entities,
+    /// BatchDetectKeyPhrases: text, score and offsets of each phrase.
+    KeyPhrases,
+    /// BatchDetectDominantLanguage: the most likely language, its confidence, all candidates.
+    DominantLanguage,
 }
 
 fn default_language() -> String {

@@ -4,7 +4,10 @@
 Only the Python standard library. Starts on 127.0.0.1 (port from argv[1], 0 = any free port;
 the address from argv[2]) and prints `PORT <n>` on its first line. The daemon reaches it only through `endpoint_url`.
 
-- Comprehend (JSON 1.1, routed by X-Amz-Target): DetectSentiment, BatchDetectSentiment.
+- Comprehend (JSON 1.1, routed by X-Amz-Target): DetectSentiment, BatchDetectSentiment,
+  BatchDetectEntities (capitalised words; all-caps ones are ORGANIZATION, others PERSON),
+  BatchDetectKeyPhrases (words of 7 letters or more), BatchDetectDominantLanguage (fr if the
+  text has French accents, else en).
   Real limits: 25 documents a batch, 5,000 UTF-8 bytes a document.
   Deterministic answers from a word list, so tests assert exact values; a document containing
   `[[reject]]` is answered with an INVALID_REQUEST item error (a poison row).
@@ -53,6 +56,44 @@ def sentiment(text):
     p, n, u, m = scores
     return {"Sentiment": label,
             "SentimentScore": {"Positive": p, "Negative": n, "Neutral": u, "Mixed": m}}
+
+
+def words_with_offsets(text):
+    """(word without surrounding punctuation, begin, end) in characters."""
+    out, i = [], 0
+    for raw in text.split():
+        start = text.index(raw, i)
+        i = start + len(raw)
+        w = raw.strip(".,!?;:'\"()")
+        if w:
+            b = start + raw.index(w)
+            out.append((w, b, b + len(w)))
+    return out
+
+
+def entities(text):
+    return {"Entities": [{"Text": w, "Type": "ORGANIZATION" if w.isupper() and len(w) > 1 else "PERSON",
+                          "Score": 0.99, "BeginOffset": b, "EndOffset": e}
+                         for w, b, e in words_with_offsets(text) if w[0].isupper()]}
+
+
+def key_phrases(text):
+    return {"KeyPhrases": [{"Text": w, "Score": 0.95, "BeginOffset": b, "EndOffset": e}
+                           for w, b, e in words_with_offsets(text) if len(w) >= 7]}
+
+
+def dominant_language(text):
+    if any(c in text for c in "éèêàçù"):
+        return {"Languages": [{"LanguageCode": "fr", "Score": 0.9}, {"LanguageCode": "en", "Score": 0.1}]}
+    return {"Languages": [{"LanguageCode": "en", "Score": 0.99}]}
+
+
+BATCH = {
+    "Comprehend_20171127.BatchDetectSentiment": sentiment,
+    "Comprehend_20171127.BatchDetectEntities": entities,
+    "Comprehend_20171127.BatchDetectKeyPhrases": key_phrases,
+    "Comprehend_20171127.BatchDetectDominantLanguage": dominant_language,
+}
 
 
 def sign(key, msg):
@@ -161,7 +202,7 @@ class Handler(BaseHTTPRequestHandler):
             entry["status"] = fault
             return self.error(fault, "InternalServerException", "scripted failure")
 
-        if target == "Comprehend_20171127.BatchDetectSentiment":
+        if target in BATCH:
             docs = req.get("TextList", [])
             if len(docs) > 25:
                 entry["status"] = 400
@@ -187,7 +228,7 @@ class Handler(BaseHTTPRequestHandler):
                     errors.append({"Index": i, "ErrorCode": "INVALID_REQUEST",
                                    "ErrorMessage": "empty document"})
                 else:
-                    results.append(dict(Index=i, **sentiment(text)))
+                    results.append(dict(Index=i, **BATCH[target](text)))
             entry["status"] = 200
             return self.reply(200, {"ResultList": results, "ErrorList": errors})
         if target == "Comprehend_20171127.DetectSentiment":
