@@ -204,6 +204,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
                 pipeline: i,
                 text_column: c.text.clone(),
                 language: c.language.clone(),
+                language_column: c.language_column.clone(),
                 max_batch: backend.max_batch(),
                 max_wait: Duration::from_millis(c.max_wait_ms),
                 limiter: limiters.get(

@@ -169,6 +169,9 @@ pub async fn run(
         }
         if let crate::config::pipeline::Enrichment::Comprehend(c) = &p.enrichment {
             named.push(("enrichment.comprehend.text", c.text.clone()));
+            if let Some(lc) = &c.language_column {
+                named.push(("enrichment.comprehend.language_column", lc.clone()));
+            }
         }
         if let Some(e) = &p.filter_expr {
             for c in e.columns() {

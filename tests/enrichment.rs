@@ -350,3 +350,47 @@ fn entities_key_phrases_and_dominant_language() {
     );
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn language_from_a_column_makes_one_call_per_language() {
+    let (db, kafka, aws) = setup();
+    block_on(db.exec("ALTER TABLE shop.support ADD COLUMN lang VARCHAR(5)"));
+    let p = pipeline(&aws, 300)
+        .replace("columns: [id, message]", "columns: [id, message, lang]")
+        .replace(
+            "    text: message\n",
+            "    text: message\n    language_column: lang\n",
+        );
+    let mut d = Daemon::new(&db, Some(&kafka), &[("feedback", &p)]);
+    d.env = AwsStandin::env();
+    d.spawn();
+    let mut tail = kafka.tail("feedback");
+    block_on(db.exec(
+        "INSERT INTO shop.support (id, message, lang) VALUES (1, 'good', 'en'), (2, 'bon', 'fr'), (3, 'great', 'en'), (4, 'fine', NULL)",
+    ));
+    wait_records(&mut d, &mut tail, 4, 60);
+    let mut calls: Vec<(String, u64)> = aws
+        .log()
+        .iter()
+        .map(|e| {
+            (
+                e["language"].as_str().unwrap().to_string(),
+                e["documents"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    calls.sort();
+    // Rows 1, 3 and 4 (NULL: the default `en`) in one call, row 2 in another.
+    assert_eq!(calls, vec![("en".to_string(), 3), ("fr".to_string(), 1)]);
+    let ids: Vec<_> = tail
+        .records
+        .iter()
+        .map(|r| r.json()["after"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![1, 2, 3, 4],
+        "order kept across the per-language calls"
+    );
+    assert_eq!(d.terminate(), 0);
+}

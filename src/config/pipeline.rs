@@ -71,6 +71,10 @@ pub struct ComprehendConfig {
     /// The language code of every row (default `en`).
     #[serde(default = "default_language")]
     pub language: String,
+    /// A column holding each row's language code (it must be among the picked `columns`);
+    /// rows where it is NULL or empty use `language`.
+    #[serde(default)]
+    pub language_column: Option<String>,
     /// AWS region; default from the environment / profile chain.
     #[serde(default)]
     pub region: Option<String>,
@@ -284,6 +288,14 @@ pub fn load_dir(dir: &Path, have_kafka: bool) -> Result<Vec<PipelineConfig>, Con
             }
         }
         if let Enrichment::Comprehend(c) = &p.enrichment {
+            if let (Some(cols), Some(lc)) = (&p.columns, &c.language_column) {
+                if !cols.contains(lc) {
+                    return Err(bad(format!(
+                        "enrichment.comprehend.language_column `{lc}` must be one of the picked columns ({})",
+                        cols.join(", ")
+                    )));
+                }
+            }
             if let Some(cols) = &p.columns {
                 if !cols.contains(&c.text) {
                     return Err(bad(format!(

@@ -29,6 +29,8 @@ pub struct Settings {
     pub pipeline: usize,
     pub text_column: String,
     pub language: String,
+    /// A column holding each row's language code (rows where it is NULL or empty use `language`).
+    pub language_column: Option<String>,
     pub max_batch: usize,
     pub max_wait: Duration,
     /// The quota this pipeline's calls draw on (shared with other pipelines on the same one).
@@ -231,14 +233,22 @@ fn job_for(s: &Settings, rec: &ChangeRecord, inputs: &mut Vec<Input>) -> Job {
     };
     // An update that did not change the input makes no call (and cannot loop on write-back).
     if let Some(before) = &rec.before {
-        if before.get(&s.text_column) == after.get(&s.text_column) {
+        let same = |c: &String| before.get(c) == after.get(c);
+        if same(&s.text_column) && s.language_column.as_ref().is_none_or(same) {
             return skip("input unchanged");
         }
     }
     let (t, cut) = truncate(text, MAX_DOCUMENT_BYTES);
     inputs.push(Input {
         text: t.to_string(),
-        language: s.language.clone(),
+        language: s
+            .language_column
+            .as_ref()
+            .and_then(|c| after.get(c))
+            .and_then(Value::as_str)
+            .filter(|l| !l.trim().is_empty())
+            .unwrap_or(&s.language)
+            .to_string(),
     });
     Job::Call {
         key: 0,
@@ -259,57 +269,64 @@ async fn call_with_retries(
     let mut results: Vec<Option<ItemResult>> = vec![None; inputs.len()];
     // How many calls each input was part of.
     let mut attempts = vec![0u32; inputs.len()];
-    let mut attempt = 0u32;
+    let mut round = 0u32;
     loop {
-        let todo: Vec<usize> = (0..inputs.len())
-            .filter(|i| results[*i].is_none())
-            .collect();
-        if todo.is_empty() {
+        // What is still unanswered, one call per language (a call takes one language code).
+        let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+        for i in (0..inputs.len()).filter(|i| results[*i].is_none()) {
+            groups
+                .entry(inputs[i].language.as_str())
+                .or_default()
+                .push(i);
+        }
+        if groups.is_empty() {
             return results
                 .into_iter()
                 .map(|r| r.unwrap_or_else(missing_result))
                 .zip(attempts)
                 .collect();
         }
-        let batch: Vec<Input> = todo.iter().map(|i| inputs[*i].clone()).collect();
-        for &i in &todo {
-            attempts[i] += 1;
-        }
-        attempt += 1;
-        if attempt > 1 {
-            pm.retries.fetch_add(1, Ordering::Relaxed);
-        }
-        s.limiter.acquire().await;
-        pm.actual_requests.fetch_add(1, Ordering::Relaxed);
+        round += 1;
         let mut wait: Option<BackendError> = None;
-        match backend.call(&batch).await {
-            Ok(items) => {
-                pm.responses.fetch_add(1, Ordering::Relaxed);
-                s.limiter.succeeded();
-                for (k, r) in items.into_iter().enumerate() {
-                    let Some(&i) = todo.get(k) else { break };
-                    match r {
-                        Err(e) if e.kind.retryable() => wait = Some(e),
-                        r => results[i] = Some(r),
+        for todo in groups.into_values() {
+            let batch: Vec<Input> = todo.iter().map(|i| inputs[*i].clone()).collect();
+            if todo.iter().any(|i| attempts[*i] > 0) {
+                pm.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            for &i in &todo {
+                attempts[i] += 1;
+            }
+            s.limiter.acquire().await;
+            pm.actual_requests.fetch_add(1, Ordering::Relaxed);
+            match backend.call(&batch).await {
+                Ok(items) => {
+                    pm.responses.fetch_add(1, Ordering::Relaxed);
+                    s.limiter.succeeded();
+                    for (k, r) in items.into_iter().enumerate() {
+                        let Some(&i) = todo.get(k) else { break };
+                        match r {
+                            Err(e) if e.kind.retryable() => wait = Some(e),
+                            r => results[i] = Some(r),
+                        }
                     }
                 }
-            }
-            Err(e) if e.kind.retryable() => {
-                if e.kind == crate::backend::ErrorKind::Throttled {
-                    pm.throttles.fetch_add(1, Ordering::Relaxed);
-                    s.limiter.throttled();
+                Err(e) if e.kind.retryable() => {
+                    if e.kind == crate::backend::ErrorKind::Throttled {
+                        pm.throttles.fetch_add(1, Ordering::Relaxed);
+                        s.limiter.throttled();
+                    }
+                    wait = Some(e);
                 }
-                wait = Some(e);
-            }
-            Err(e) => {
-                for i in todo {
-                    results[i] = Some(Err(e.clone()));
+                Err(e) => {
+                    for i in todo {
+                        results[i] = Some(Err(e.clone()));
+                    }
                 }
             }
         }
         if let Some(e) = wait {
-            let d = backoff(attempt, e.retry_after);
-            tracing::debug!(error = %e, attempt, backoff_ms = d.as_millis() as u64, "retrying");
+            let d = backoff(round, e.retry_after);
+            tracing::debug!(error = %e, round, backoff_ms = d.as_millis() as u64, "retrying");
             tokio::time::sleep(d).await;
         }
     }

@@ -176,7 +176,8 @@ class Handler(BaseHTTPRequestHandler):
         target = self.headers.get("X-Amz-Target", "")
         req = json.loads(body or b"{}") if body else {}
         entry = {"target": target, "attempt": self.headers.get("amz-sdk-request", ""), "t": time.monotonic(),
-                 "documents": len(req.get("TextList", [])) if "TextList" in req else 1}
+                 "documents": len(req.get("TextList", [])) if "TextList" in req else 1,
+                 "language": req.get("LanguageCode")}
         with LOCK:
             STATE["log"].append(entry)
             delay = STATE["delay_ms"]
