@@ -301,70 +301,43 @@ impl Backend for Comprehend {
             let language =
                 LanguageCode::from(inputs.first().map(|i| i.language.as_str()).unwrap_or("en"));
             let c = &self.client;
+            // The four BatchDetect* operations differ only in their request and their result
+            // type: send, classify a failure, and pair each result with its batch index.
+            macro_rules! batch {
+                ($request:expr, $parse:expr) => {{
+                    let out = $request.send().await.map_err(|e| self.classify(&e))?;
+                    let answers: Vec<_> = out
+                        .result_list()
+                        .iter()
+                        .map(|r| (r.index(), $parse(r)))
+                        .collect();
+                    (answers, out.error_list().to_vec())
+                }};
+            }
             let (answers, errors) = match self.op {
-                ComprehendOperation::Sentiment => {
-                    let out = c
-                        .batch_detect_sentiment()
+                ComprehendOperation::Sentiment => batch!(
+                    c.batch_detect_sentiment()
                         .set_text_list(Some(texts))
-                        .language_code(language)
-                        .send()
-                        .await
-                        .map_err(|e| self.classify(&e))?;
-                    (
-                        out.result_list()
-                            .iter()
-                            .map(|r| (r.index(), sentiment(r)))
-                            .collect::<Vec<_>>(),
-                        out.error_list().to_vec(),
-                    )
-                }
-                ComprehendOperation::Entities => {
-                    let out = c
-                        .batch_detect_entities()
+                        .language_code(language),
+                    sentiment
+                ),
+                ComprehendOperation::Entities => batch!(
+                    c.batch_detect_entities()
                         .set_text_list(Some(texts))
-                        .language_code(language)
-                        .send()
-                        .await
-                        .map_err(|e| self.classify(&e))?;
-                    (
-                        out.result_list()
-                            .iter()
-                            .map(|r| (r.index(), entities(r)))
-                            .collect(),
-                        out.error_list().to_vec(),
-                    )
-                }
-                ComprehendOperation::KeyPhrases => {
-                    let out = c
-                        .batch_detect_key_phrases()
+                        .language_code(language),
+                    entities
+                ),
+                ComprehendOperation::KeyPhrases => batch!(
+                    c.batch_detect_key_phrases()
                         .set_text_list(Some(texts))
-                        .language_code(language)
-                        .send()
-                        .await
-                        .map_err(|e| self.classify(&e))?;
-                    (
-                        out.result_list()
-                            .iter()
-                            .map(|r| (r.index(), key_phrases(r)))
-                            .collect(),
-                        out.error_list().to_vec(),
-                    )
-                }
-                ComprehendOperation::DominantLanguage => {
-                    let out = c
-                        .batch_detect_dominant_language()
-                        .set_text_list(Some(texts))
-                        .send()
-                        .await
-                        .map_err(|e| self.classify(&e))?;
-                    (
-                        out.result_list()
-                            .iter()
-                            .map(|r| (r.index(), dominant_language(r)))
-                            .collect(),
-                        out.error_list().to_vec(),
-                    )
-                }
+                        .language_code(language),
+                    key_phrases
+                ),
+                ComprehendOperation::DominantLanguage => batch!(
+                    c.batch_detect_dominant_language()
+                        .set_text_list(Some(texts)),
+                    dominant_language
+                ),
             };
             Ok(self.assemble(inputs.len(), answers, &errors))
         })
