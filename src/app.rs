@@ -37,6 +37,11 @@ pub enum AppError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(
+        "stopped after the shutdown timeout ({ms} ms) with {in_flight} rows not delivered; \
+             the checkpoint stays before them and they are sent again after a restart"
+    )]
+    ShutdownTimeout { ms: u64, in_flight: usize },
     #[error("enrichment stage of pipeline `{pipeline}` stopped: {reason}")]
     Enrichment { pipeline: String, reason: String },
     #[error("cannot serve metrics on {address}: {source}; change `metrics.address`")]
@@ -298,23 +303,46 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         Some(r) => r,
         None => source_task.await,
     };
-    let mut process_result = match process_done {
-        Some(r) => r,
-        None => process_task.await,
-    };
-    // The router is done: the enrichment stages drain what they hold, then the sinks flush.
-    for (name, t) in enrich_tasks {
-        let r = match t.await {
-            Ok(r) => r,
-            Err(e) => Err(format!("task panicked: {e}")),
+    // The router finishes, then the enrichment stages drain what they hold — within the
+    // shutdown timeout: a backend that stays unreachable is retried forever by design, and
+    // must not hold the daemon. Rows abandoned then are not acknowledged, so the checkpoint
+    // stays before them and they are sent again after a restart.
+    let aborts: Vec<_> = enrich_tasks.iter().map(|(_, t)| t.abort_handle()).collect();
+    let shutdown_timeout = Duration::from_millis(cfg.shutdown_timeout_ms);
+    let drained = tokio::time::timeout(shutdown_timeout, async move {
+        let mut process_result = match process_done {
+            Some(r) => r,
+            None => process_task.await,
         };
-        if let (Err(reason), Ok(Ok(()))) = (r, &process_result) {
-            process_result = Ok(Err(AppError::Enrichment {
-                pipeline: name,
-                reason,
-            }));
+        for (name, t) in enrich_tasks {
+            let r = match t.await {
+                Ok(r) => r,
+                Err(e) => Err(format!("task panicked: {e}")),
+            };
+            if let (Err(reason), Ok(Ok(()))) = (r, &process_result) {
+                process_result = Ok(Err(AppError::Enrichment {
+                    pipeline: name,
+                    reason,
+                }));
+            }
         }
-    }
+        process_result
+    })
+    .await;
+    let mut process_result = match drained {
+        Ok(r) => r,
+        Err(_) => {
+            for a in &aborts {
+                a.abort();
+            }
+            tracing::error!(timeout_ms = cfg.shutdown_timeout_ms, in_flight = tracker.in_flight(),
+                "enrichment did not drain before the shutdown timeout; the checkpoint stays before the rows still in flight");
+            Ok(Err(AppError::ShutdownTimeout {
+                ms: cfg.shutdown_timeout_ms,
+                in_flight: tracker.in_flight(),
+            }))
+        }
+    };
     let flush_sinks = sinks.clone();
     let flushed = tokio::task::spawn_blocking(move || {
         // Deliver what was sent, whatever stopped the stages, so the checkpoint gets as far as it can.

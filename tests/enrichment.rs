@@ -394,3 +394,43 @@ fn language_from_a_column_makes_one_call_per_language() {
     );
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn a_stop_while_the_backend_throttles_exits_at_the_timeout_and_loses_nothing() {
+    let (db, kafka, aws) = setup();
+    let mut d = Daemon::with_config(
+        &db,
+        Some(&kafka),
+        &[("feedback", &pipeline(&aws, 50))],
+        "shutdown_timeout_ms: 1500\n",
+    );
+    d.env = AwsStandin::env();
+    aws.control(r#"{"throttle": 1000000}"#);
+    d.spawn();
+    block_on(db.exec("INSERT INTO shop.support (id, message) VALUES (1, 'good')"));
+    let start = Instant::now();
+    while aws.log().is_empty() {
+        d.assert_running();
+        assert!(start.elapsed() < Duration::from_secs(60), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The row is being retried against a throttling backend: stop.
+    assert_eq!(d.terminate(), 1);
+    assert!(
+        d.log().contains("error: stopped after the shutdown timeout (1500 ms) with 1 rows not delivered; the checkpoint stays before them"),
+        "{}",
+        d.log()
+    );
+    let cp = d.checkpoint().expect("a checkpoint");
+    // Back up: the row is delivered, once, after the restart.
+    aws.reset();
+    d.spawn();
+    let recs = kafka.read("feedback", 1, Duration::from_secs(60));
+    assert_eq!(recs.len(), 1, "{}", d.log());
+    assert_eq!(recs[0].json()["enrichment"]["sentiment"], "POSITIVE");
+    assert!(
+        recs[0].json()["source"]["pos"].as_u64() >= cp["position"]["pos"].as_u64(),
+        "{cp}"
+    );
+    assert_eq!(d.terminate(), 0);
+}

@@ -49,12 +49,20 @@ pub struct Config {
     /// Prometheus `/metrics` and `/health/live`, `/health/ready` (off when absent).
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// How long a stop may wait for records in flight (enrichment retries included) before the
+    /// daemon exits anyway, leaving them to be sent again after a restart. Default: 30,000 ms.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_ms: u64,
     /// The folder of pipeline files, relative to this file. Default: `pipelines`.
     #[serde(default = "default_pipelines_dir")]
     pub pipelines_dir: PathBuf,
     /// Set by the loader: the file this config came from.
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+fn default_shutdown_timeout() -> u64 {
+    30_000
 }
 
 fn default_pipelines_dir() -> PathBuf {
