@@ -434,3 +434,28 @@ fn a_stop_while_the_backend_throttles_exits_at_the_timeout_and_loses_nothing() {
     );
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn pii_entities_one_document_per_call() {
+    let (db, kafka, aws) = setup();
+    let p = pipeline(&aws, 100).replace("operation: sentiment", "operation: pii_entities");
+    let mut d = Daemon::new(&db, Some(&kafka), &[("feedback", &p)]);
+    d.env = AwsStandin::env();
+    d.spawn();
+    block_on(db.exec("INSERT INTO shop.support (id, message) VALUES (1, 'mail ann@example.com or call 5551234567'), (2, 'nothing here')"));
+    let recs = kafka.read("feedback", 2, Duration::from_secs(60));
+    assert_eq!(recs.len(), 2, "{}", d.log());
+    assert_eq!(
+        recs[0].json()["enrichment"],
+        json!({"backend": "comprehend", "operation": "pii_entities", "pii_entities": [
+            {"type": "EMAIL", "score": 0.99, "begin": 5, "end": 20},
+            {"type": "PHONE", "score": 0.98, "begin": 29, "end": 39}]})
+    );
+    assert_eq!(recs[1].json()["enrichment"]["pii_entities"], json!([]));
+    let log = aws.log();
+    assert_eq!(log.len(), 2, "one call per document: {log:?}");
+    assert!(log
+        .iter()
+        .all(|e| e["target"] == "Comprehend_20171127.DetectPiiEntities"));
+    assert_eq!(d.terminate(), 0);
+}

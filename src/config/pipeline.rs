@@ -64,7 +64,7 @@ pub enum Enrichment {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ComprehendConfig {
-    /// `sentiment`, `entities`, `key_phrases` or `dominant_language`.
+    /// `sentiment`, `entities`, `key_phrases`, `dominant_language` or `pii_entities`.
     pub operation: ComprehendOperation,
     /// The column holding the text (it must be among the picked `columns`).
     pub text: String,
@@ -110,6 +110,8 @@ pub enum ComprehendOperation {
     KeyPhrases,
     /// BatchDetectDominantLanguage: the most likely language, its confidence, all candidates.
     DominantLanguage,
+    /// DetectPiiEntities (no batch form: one document per call): type, score and offsets.
+    PiiEntities,
 }
 
 fn default_language() -> String {

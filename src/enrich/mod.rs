@@ -298,6 +298,9 @@ async fn call_with_retries(
             }
             s.limiter.acquire().await;
             pm.actual_requests.fetch_add(1, Ordering::Relaxed);
+            if batch.len() == 1 {
+                pm.single_requests.fetch_add(1, Ordering::Relaxed);
+            }
             match backend.call(&batch).await {
                 Ok(items) => {
                     pm.responses.fetch_add(1, Ordering::Relaxed);

@@ -30,6 +30,8 @@ pub struct PipelineMetrics {
     pub enrichment_errors: AtomicU64,
     /// Rows answered from the cache, with no call (Aurora_ml_cache_hit_cnt).
     pub cache_hits: AtomicU64,
+    /// Calls that carried a single document (Aurora_ml_single_request_cnt).
+    pub single_requests: AtomicU64,
 }
 
 /// What the daemon counts. Shared by the stages (`Arc<Metrics>`).
@@ -119,7 +121,7 @@ impl Metrics {
                 .collect(),
         );
         type Get = fn(&PipelineMetrics) -> &AtomicU64;
-        let per_pipeline: [(&str, &str, Get); 7] = [
+        let per_pipeline: [(&str, &str, Get); 8] = [
             (
                 "cdc_enricher_ml_logical_requests_total",
                 "Rows that asked for enrichment (Aurora_ml_logical_request_cnt).",
@@ -154,6 +156,11 @@ impl Metrics {
                 "cdc_enricher_ml_cache_hits_total",
                 "Rows answered from the cache, with no call (Aurora_ml_cache_hit_cnt).",
                 |p| &p.cache_hits,
+            ),
+            (
+                "cdc_enricher_ml_single_requests_total",
+                "Calls that carried a single document (Aurora_ml_single_request_cnt).",
+                |p| &p.single_requests,
             ),
         ];
         for (name, help, get) in per_pipeline {

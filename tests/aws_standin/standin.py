@@ -7,7 +7,8 @@ the address from argv[2]) and prints `PORT <n>` on its first line. The daemon re
 - Comprehend (JSON 1.1, routed by X-Amz-Target): DetectSentiment, BatchDetectSentiment,
   BatchDetectEntities (capitalised words; all-caps ones are ORGANIZATION, others PERSON),
   BatchDetectKeyPhrases (words of 7 letters or more), BatchDetectDominantLanguage (fr if the
-  text has French accents, else en).
+  text has French accents, else en), DetectPiiEntities (one document: e-mail addresses are
+  EMAIL, runs of 7 or more digits PHONE).
   Real limits: 25 documents a batch, 5,000 UTF-8 bytes a document.
   Deterministic answers from a word list, so tests assert exact values; a document containing
   `[[reject]]` is answered with an INVALID_REQUEST item error (a poison row).
@@ -86,6 +87,16 @@ def dominant_language(text):
     if any(c in text for c in "éèêàçù"):
         return {"Languages": [{"LanguageCode": "fr", "Score": 0.9}, {"LanguageCode": "en", "Score": 0.1}]}
     return {"Languages": [{"LanguageCode": "en", "Score": 0.99}]}
+
+
+def pii_entities(text):
+    found = []
+    for w, b, e in words_with_offsets(text):
+        if "@" in w and "." in w.split("@")[-1]:
+            found.append({"Type": "EMAIL", "Score": 0.99, "BeginOffset": b, "EndOffset": e})
+        elif w.isdigit() and len(w) >= 7:
+            found.append({"Type": "PHONE", "Score": 0.98, "BeginOffset": b, "EndOffset": e})
+    return {"Entities": found}
 
 
 BATCH = {
@@ -232,6 +243,13 @@ class Handler(BaseHTTPRequestHandler):
                     results.append(dict(Index=i, **BATCH[target](text)))
             entry["status"] = 200
             return self.reply(200, {"ResultList": results, "ErrorList": errors})
+        if target == "Comprehend_20171127.DetectPiiEntities":
+            text = req.get("Text", "")
+            if len(text.encode()) > 100000:
+                entry["status"] = 400
+                return self.error(400, "TextSizeLimitExceededException", "document over 100,000 bytes")
+            entry["status"] = 200
+            return self.reply(200, pii_entities(text))
         if target == "Comprehend_20171127.DetectSentiment":
             text = req.get("Text", "")
             if len(text.encode()) > 5000:

@@ -63,7 +63,12 @@ impl Comprehend {
         Comprehend {
             client: aws_sdk_comprehend::Client::new(&sdk),
             op: cfg.operation,
-            max_batch: cfg.max_batch_size.min(MAX_BATCH),
+            // DetectPiiEntities has no batch form: one document per call.
+            max_batch: if cfg.operation == ComprehendOperation::PiiEntities {
+                1
+            } else {
+                cfg.max_batch_size.min(MAX_BATCH)
+            },
         }
     }
 
@@ -273,6 +278,19 @@ fn dominant_language(
     m
 }
 
+fn pii_entities(list: &[aws_sdk_comprehend::types::PiiEntity]) -> Map<String, Value> {
+    let list: Vec<Value> = list
+        .iter()
+        .map(|e| {
+            let (b, en) = offsets(e.begin_offset(), e.end_offset());
+            json!({"type": e.r#type().map(|t| t.as_str()), "score": e.score().map(score), "begin": b, "end": en})
+        })
+        .collect();
+    let mut m = Map::new();
+    m.insert("pii_entities".into(), Value::Array(list));
+    m
+}
+
 impl Backend for Comprehend {
     fn name(&self) -> &'static str {
         "comprehend"
@@ -284,6 +302,7 @@ impl Backend for Comprehend {
             ComprehendOperation::Entities => "entities",
             ComprehendOperation::KeyPhrases => "key_phrases",
             ComprehendOperation::DominantLanguage => "dominant_language",
+            ComprehendOperation::PiiEntities => "pii_entities",
         }
     }
 
@@ -333,6 +352,21 @@ impl Backend for Comprehend {
                         .language_code(language),
                     key_phrases
                 ),
+                ComprehendOperation::PiiEntities => {
+                    // One document per call (max_batch is 1 for this operation).
+                    let mut answers = Vec::with_capacity(inputs.len());
+                    for (i, input) in inputs.iter().enumerate() {
+                        let out = c
+                            .detect_pii_entities()
+                            .text(input.text.clone())
+                            .language_code(LanguageCode::from(input.language.as_str()))
+                            .send()
+                            .await
+                            .map_err(|e| self.classify(&e))?;
+                        answers.push((i32::try_from(i).ok(), pii_entities(out.entities())));
+                    }
+                    (answers, Vec::new())
+                }
                 ComprehendOperation::DominantLanguage => batch!(
                     c.batch_detect_dominant_language()
                         .set_text_list(Some(texts)),
