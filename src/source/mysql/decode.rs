@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use mysql_common::binlog::consts::EventType;
 use mysql_common::binlog::decimal::Decimal;
 use mysql_common::binlog::events::{OptionalMetadataField, TableMapEvent};
 use mysql_common::binlog::jsonb;
@@ -99,10 +98,6 @@ pub struct TablePlan {
     pub columns: Vec<ColumnPlan>,
     /// Indexes of the primary-key columns (from the binlog, else from `information_schema`).
     pub primary_key: Vec<usize>,
-    /// The raw TABLE_MAP body, to tell a re-sent identical map from a changed one.
-    pub fingerprint: u64,
-    /// Count of text values whose bytes were not valid in their charset (each became U+FFFD).
-    pub column_names_from_binlog: bool,
 }
 
 impl TablePlan {
@@ -210,7 +205,6 @@ impl TablePlan {
             }
         }
         let schema = schema.filter(|s| s.columns.len() == n);
-        let column_names_from_binlog = names.is_some();
         let names: Vec<String> = match names {
             Some(v) if v.len() == n => v,
             Some(v) => {
@@ -429,8 +423,6 @@ impl TablePlan {
             table,
             columns,
             primary_key,
-            fingerprint: 0,
-            column_names_from_binlog,
         })
     }
 }
@@ -968,9 +960,6 @@ pub fn table_id_len(post_header_len: u8) -> usize {
         6
     }
 }
-
-#[allow(dead_code)]
-const _: EventType = EventType::WRITE_ROWS_EVENT;
 
 #[cfg(test)]
 mod tests {

@@ -47,7 +47,6 @@ pub struct Decoder {
     payload_end: Option<u64>,
     /// Only decode rows of these tables (None: all). Other tables' rows still count for positions.
     pub filter: Option<TableFilter>,
-    pub rows_seen: u64,
 }
 
 impl Decoder {
@@ -61,7 +60,6 @@ impl Decoder {
             skip: (start.row > 0).then(|| start.clone()),
             payload_end: None,
             filter: None,
-            rows_seen: 0,
         }
     }
 
@@ -337,18 +335,16 @@ impl Decoder {
                 };
                 let server_id = h.server_id();
                 let skip_table = plan.table_id == SKIP_TABLE_ID;
-                let mut n = 0u64;
                 if skip_table {
-                    // Count rows without decoding: positions stay exact.
+                    // No pipeline reads this table: its rows are parsed only to be counted, so
+                    // row indexes (and positions) stay exact.
                     match count_rows(&plan, &rows) {
-                        Ok(k) => {
-                            n = k;
-                            txn.rows += n;
-                        }
+                        Ok(k) => txn.rows += k,
                         Err(r) => return Err(self.err(c, start, r)),
                     }
                 } else {
                     let base = txn.rows;
+                    let mut n = 0u64;
                     let op = match rows.kind {
                         decode::RowsKind::Write => Op::Insert,
                         decode::RowsKind::Update => Op::Update,
@@ -379,7 +375,6 @@ impl Decoder {
                         t.rows += n;
                     }
                 }
-                self.rows_seen += n;
                 // STMT_END_F on a standalone transaction (no XID follows)
                 let standalone = self.txn.as_ref().is_some_and(|t| t.standalone);
                 let stmt_end = data
@@ -469,8 +464,6 @@ fn skip_plan(tme: &TableMapEvent<'_>) -> TablePlan {
             table: tme.table_name().into_owned(),
             columns: Vec::new(),
             primary_key: Vec::new(),
-            fingerprint: 0,
-            column_names_from_binlog: false,
         },
     }
 }

@@ -18,7 +18,6 @@ pub struct SchemaColumn {
     /// MariaDB's JSON (a LONGTEXT with a `json_valid` check) or MySQL's JSON.
     pub is_json: bool,
     pub labels: Arc<[String]>,
-    pub nullable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -76,9 +75,9 @@ pub async fn load(
 ) -> Result<Schemas, mysql_async::Error> {
     let mut out = Schemas::new();
     for (db, table) in tables {
-        let rows: Vec<(String, String, String, Option<String>, String)> = conn
+        let rows: Vec<(String, String, String, Option<String>)> = conn
             .exec(
-                "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), CHARACTER_SET_NAME, IS_NULLABLE \
+                "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), CHARACTER_SET_NAME \
                  FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
                  ORDER BY ORDINAL_POSITION",
                 (db, table),
@@ -107,7 +106,7 @@ pub async fn load(
             .unwrap_or_default();
         let columns = rows
             .into_iter()
-            .map(|(name, data_type, column_type, charset, nullable)| {
+            .map(|(name, data_type, column_type, charset)| {
                 let json_check = format!("json_valid(`{name}`)");
                 let is_json = data_type == "json"
                     || checks.iter().any(|c| c.eq_ignore_ascii_case(&json_check));
@@ -124,7 +123,6 @@ pub async fn load(
                     charset,
                     is_json,
                     labels,
-                    nullable: nullable == "YES",
                 }
             })
             .collect();
