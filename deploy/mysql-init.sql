@@ -5,4 +5,5 @@ CREATE DATABASE IF NOT EXISTS shop;
 CREATE TABLE IF NOT EXISTS shop.support (id INT PRIMARY KEY AUTO_INCREMENT, customer VARCHAR(50),
   message TEXT, created_at DATETIME(6) DEFAULT CURRENT_TIMESTAMP(6));
 CREATE TABLE IF NOT EXISTS shop.orders (id INT PRIMARY KEY, customer VARCHAR(50), total DECIMAL(10,2),
-  status ENUM('new','paid','shipped'));
+  items INT DEFAULT 1, status ENUM('new','paid','shipped'));
+CREATE TABLE IF NOT EXISTS shop.articles (id INT PRIMARY KEY AUTO_INCREMENT, title VARCHAR(200), body TEXT);

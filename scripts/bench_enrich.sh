@@ -38,7 +38,10 @@ cat > "$W/pipelines/feedback.yaml" <<YAML
 name: feedback
 table: shop.support
 enrichment:
-  comprehend: {operation: sentiment, text: message, endpoint_url: "http://127.0.0.1:$SP", requests_per_second: $RPS, max_wait_ms: 100}
+  comprehend: {operation: sentiment, text: message}
+  endpoint_url: "http://127.0.0.1:$SP"
+  requests_per_second: $RPS
+  max_wait_ms: 100
 sink: {kafka: {topic: feedback}}
 YAML
 export AWS_ACCESS_KEY_ID=AKIDSTANDIN AWS_SECRET_ACCESS_KEY=standin-secret AWS_REGION=us-east-1

@@ -24,7 +24,7 @@ export MYSQL_PORT=$(free_port) KAFKA_PORT=$(free_port)
 log "starting MariaDB on 127.0.0.1:$MYSQL_PORT and tansu on 127.0.0.1:$KAFKA_PORT"
 start_mariadb "$DEMO/db" "$MYSQL_PORT"
 start_tansu "$DEMO/kafka" "$KAFKA_PORT"
-# The local AWS stand-in (tests/aws_standin): Comprehend's wire protocol, SigV4 checked.
+# The local AWS stand-in (tests/aws_standin): Comprehend, SageMaker and Bedrock wire protocols, SigV4 checked.
 # For real AWS instead: leave AWS_ENDPOINT_URL unset and give real credentials and region.
 python3 tests/aws_standin/standin.py 0 > "$DEMO/standin.port" & STANDIN=$!
 until grep -q PORT "$DEMO/standin.port" 2>/dev/null; do sleep 0.1; done
@@ -37,7 +37,8 @@ sql . "$MYSQL_PORT" "
   CREATE TABLE shop.support (id INT PRIMARY KEY AUTO_INCREMENT, customer VARCHAR(50),
     message TEXT, created_at DATETIME(6) DEFAULT CURRENT_TIMESTAMP(6));
   CREATE TABLE shop.orders (id INT PRIMARY KEY, customer VARCHAR(50), total DECIMAL(10,2),
-    status ENUM('new','paid','shipped'));"
+    items INT DEFAULT 1, status ENUM('new','paid','shipped'));
+  CREATE TABLE shop.articles (id INT PRIMARY KEY AUTO_INCREMENT, title VARCHAR(200), body TEXT);"
 
 export CDC_PASSWORD=cdc-secret KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT CHECKPOINT_PATH=$DEMO/checkpoint.json
 export METRICS_ADDRESS=127.0.0.1:$(free_port)
@@ -55,14 +56,21 @@ sql . "$MYSQL_PORT" "
     ('ben', 'Terrible support, I waited two weeks.'),
     ('cem', '');
   UPDATE shop.support SET message = 'Support answered after all, thanks!' WHERE customer = 'ben';
-  INSERT INTO shop.orders VALUES (1, 'ana', 19.90, 'new'), (2, 'ben', 5.00, 'new');
+  INSERT INTO shop.orders VALUES (1, 'ana', 19.90, 2, 'new'), (2, 'ben', 5.00, 1, 'new'), (3, 'cem', 980.00, 40, 'new');
+  INSERT INTO shop.articles (title, body) VALUES
+    ('Binlogs', 'Row based binary logs carry every changed row with its before and after image'),
+    ('Quotas', 'Rate limits keep a shared quota busy without tripping the service');
   UPDATE shop.orders SET status = 'paid' WHERE id = 1;
   DELETE FROM shop.orders WHERE id = 2;"
 
 log "records in cdc.shop.support (with their sentiment)"
 $BIN tail --brokers "$KAFKA_BROKERS" cdc.shop.support --count 3 --idle-ms 10000
 log "records in cdc.shop.orders"
-$BIN tail --brokers "$KAFKA_BROKERS" cdc.shop.orders --count 5 --idle-ms 10000
+$BIN tail --brokers "$KAFKA_BROKERS" cdc.shop.orders --count 6 --idle-ms 10000
+log "records in ml.order_anomaly (a SageMaker score per order)"
+$BIN tail --brokers "$KAFKA_BROKERS" ml.order_anomaly --count 4 --idle-ms 10000
+log "records in ml.article_summaries (a Bedrock summary per article, as JSON, with tokens)"
+$BIN tail --brokers "$KAFKA_BROKERS" ml.article_summaries --count 2 --idle-ms 10000
 
 log "metrics (http://$METRICS_ADDRESS/metrics)"
 python3 -c "import urllib.request; print(''.join(l for l in urllib.request.urlopen('http://$METRICS_ADDRESS/metrics').read().decode().splitlines(True) if not l.startswith('#')), end='')"

@@ -8,11 +8,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::backend::comprehend::Comprehend;
-use crate::backend::Backend;
 use crate::check;
 use crate::checkpoint::{AckTracker, CheckpointError, Store};
-use crate::config::pipeline::Enrichment;
 use crate::config::{Config, ConfigError, SinkConfig, StartFrom};
 use crate::enrich;
 use crate::metrics::Metrics;
@@ -187,9 +184,14 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let mut enrich_tasks = Vec::new();
     let limiters = crate::ratelimit::Registry::default();
     for (i, p) in pipelines.iter().enumerate() {
-        if let Enrichment::Comprehend(c) = &p.enrichment {
-            let backend: Arc<dyn Backend> = Arc::new(Comprehend::new(c).await);
-            let (etx, erx) = mpsc::channel(4 * c.max_batch_size.max(256));
+        if let Some(e) = &p.enrichment {
+            let enrich_err = |reason: String| AppError::Enrichment {
+                pipeline: p.name.clone(),
+                reason,
+            };
+            let backend = crate::backend::build(e).await.map_err(enrich_err)?;
+            let gather = backend.max_batch() * e.concurrency;
+            let (etx, erx) = mpsc::channel(4 * gather.clamp(256, 40_000));
             let (sinks, route, m) = (sinks.clone(), route_to[i], metrics.clone());
             let deliver: enrich::Deliver = Arc::new(move |rec, seq, dead| {
                 tokio::task::block_in_place(|| {
@@ -205,23 +207,25 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
                     .fetch_add(1, Ordering::Relaxed);
                 Ok(())
             });
+            let quota = crate::backend::quota_key(backend.as_ref(), e);
             let settings = enrich::Settings {
                 pipeline: i,
-                text_column: c.text.clone(),
-                language: c.language.clone(),
-                language_column: c.language_column.clone(),
-                max_batch: backend.max_batch(),
-                max_wait: Duration::from_millis(c.max_wait_ms),
-                limiter: limiters.get(
-                    &format!(
-                        "comprehend/{}/{}/{}",
-                        backend.operation(),
-                        c.region.as_deref().unwrap_or("default-region"),
-                        c.endpoint_url.as_deref().unwrap_or("aws")
-                    ),
-                    c.requests_per_second,
-                ),
-                cache_entries: c.cache_entries,
+                input: enrich::input::InputSpec::from_config(e).map_err(enrich_err)?,
+                max_batch: gather,
+                max_wait: Duration::from_millis(e.max_wait_ms),
+                concurrency: e.concurrency,
+                parse_attempts: e.parse_attempts,
+                limiter: limiters.get(&quota, e.requests_per_second),
+                tokens: e.tokens_per_minute.map(|t| limiters.bucket(&quota, t)),
+                budget: e.budget.as_ref().map(|b| {
+                    crate::ratelimit::Budget::new(
+                        p.name.clone(),
+                        b.requests,
+                        b.tokens,
+                        b.window_seconds,
+                    )
+                }),
+                cache_entries: e.cache_entries,
             };
             let name = p.name.clone();
             let task = tokio::spawn(enrich::run(

@@ -167,11 +167,13 @@ pub async fn run(
         for c in p.key.iter().flatten() {
             named.push(("key", c.clone()));
         }
-        if let crate::config::pipeline::Enrichment::Comprehend(c) = &p.enrichment {
-            named.push(("enrichment.comprehend.text", c.text.clone()));
-            if let Some(lc) = &c.language_column {
-                named.push(("enrichment.comprehend.language_column", lc.clone()));
-            }
+        let enrichment_columns = p
+            .enrichment
+            .as_ref()
+            .map(|e| e.input_columns())
+            .unwrap_or_default();
+        for (what, c) in &enrichment_columns {
+            named.push((what.as_str(), c.clone()));
         }
         if let Some(e) = &p.filter_expr {
             for c in e.columns() {

@@ -11,7 +11,7 @@ use serde_json::json;
 fn pipeline(aws: &AwsStandin, max_wait_ms: u64) -> String {
     format!(
         "name: feedback\ntable: shop.support\ncolumns: [id, message]\n\
-         enrichment:\n  comprehend:\n    operation: sentiment\n    text: message\n    endpoint_url: {}\n    max_wait_ms: {max_wait_ms}\n\
+         enrichment:\n  comprehend:\n    operation: sentiment\n    text: message\n  endpoint_url: {}\n  max_wait_ms: {max_wait_ms}\n\
          sink:\n  kafka:\n    topic: feedback\n",
         aws.url()
     )
@@ -21,19 +21,6 @@ fn setup() -> (MariaDb, Kafka, AwsStandin) {
     let db = MariaDb::start();
     block_on(db.exec("CREATE DATABASE shop; CREATE TABLE shop.support (id INT PRIMARY KEY, message TEXT, flag INT DEFAULT 0);"));
     (db, Kafka::start(), AwsStandin::start())
-}
-
-fn wait_records(d: &mut Daemon, tail: &mut Tail, n: usize, secs: u64) {
-    let start = Instant::now();
-    while tail.poll(Duration::from_millis(200)) < n {
-        d.assert_running();
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "{} of {n} records\n{}",
-            tail.records.len(),
-            d.log()
-        );
-    }
 }
 
 #[test]
@@ -212,8 +199,8 @@ fn pipelines_on_one_quota_share_its_rate_limit() {
             .replace("table: shop.support", &format!("table: shop.{table}"))
             .replace("topic: feedback", &format!("topic: {name}"))
             .replace(
-                "    max_wait_ms: 50\n",
-                "    max_wait_ms: 50\n    max_batch_size: 5\n    requests_per_second: 4\n",
+                "  max_wait_ms: 50\n",
+                "  max_wait_ms: 50\n  max_batch_size: 5\n  requests_per_second: 4\n",
             )
     };
     let mut d = Daemon::new(

@@ -200,3 +200,94 @@ fn server_settings_grants_and_purged_checkpoint() {
          error: preflight check failed (1 problems, listed above)\n"
     );
 }
+
+#[test]
+fn enrichment_config_errors_name_the_setting() {
+    let db = server();
+    let d = Daemon::new(&db, None, &[("a", GOOD)]);
+    let with = |enrichment: &str| {
+        format!("name: a\ntable: shop.items\ncolumns: [id, title]\nenrichment:\n{enrichment}sink:\n  jsonl:\n    path: out.jsonl\n")
+    };
+    let bedrock =
+        "  bedrock:\n    model: anthropic.claude-3-haiku-20240307-v1:0\n    max_tokens: 10\n";
+    let cases = [
+        (
+            with("  comprehend: {operation: sentiment, text: title}\n  sagemaker: {endpoint: e, input: [id], returns: double}\n"),
+            "enrichment needs exactly one backend: `comprehend`, `sagemaker` or `bedrock`",
+        ),
+        (
+            with(&format!("{bedrock}    prompt: \"Summarize {{title\"\n")),
+            "enrichment.bedrock.prompt: the brace at byte 10 is not closed; a literal brace is written `{{`",
+        ),
+        (
+            with(&format!("{bedrock}    prompt: \"{{title}}\"\n    fields: [a]\n")),
+            "enrichment.bedrock.fields needs `output: json`",
+        ),
+        (
+            with("  bedrock:\n    model: meta.llama3\n    api: invoke\n    prompt: \"{title}\"\n    max_tokens: 5\n"),
+            "enrichment.bedrock.model `meta.llama3`: no InvokeModel body is known for its family (anthropic.*, amazon.titan-text*); use `api: converse`",
+        ),
+        (
+            with("  sagemaker: {endpoint: e, input: [id], returns: float}\n"),
+            "enrichment.sagemaker.returns: `float` is not a type; use double, bigint, varchar(n) or json",
+        ),
+        (
+            with("  sagemaker: {endpoint: e, input: [id], returns: double}\n  max_batch_bytes: 7000000\n"),
+            "enrichment.max_batch_bytes 7000000 must be between 1 and 6000000 (SageMaker's body limit)",
+        ),
+        (
+            with("  comprehend: {operation: sentiment, text: title}\n  budget: {window_seconds: 60}\n"),
+            "enrichment.budget names neither `requests` nor `tokens`; leave it out for no budget",
+        ),
+        (
+            with("  comprehend: {operation: sentiment, text: qty}\n"),
+            "enrichment.comprehend.text `qty` must be one of the picked columns (id, title)",
+        ),
+        (
+            with("  comprehend: {operation: sentiment, text: title}\n  max_batch_size: 30\n"),
+            "enrichment.max_batch_size 30 must be between 1 and 25 for comprehend",
+        ),
+        (
+            with("  comprehend: {operation: sentiment, text: title}\n  tokens_per_minute: 1000\n"),
+            "enrichment.tokens_per_minute is for bedrock (only models count tokens)",
+        ),
+    ];
+    for (body, message) in cases {
+        write(&d, "pipelines/a.yaml", &body);
+        let (code, _, err) = d.check();
+        assert_eq!(code, 2, "{body}");
+        assert_eq!(
+            err,
+            format!("error: pipeline `a` (pipelines/a.yaml): {message}\n"),
+            "{body}"
+        );
+    }
+
+    // An unknown key names its line and column.
+    write(
+        &d,
+        "pipelines/a.yaml",
+        &with("  comprehend: {operation: sentiment, text: title}\n  endpont_url: x\n"),
+    );
+    let (code, _, err) = d.check();
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("error: pipelines/a.yaml:6:3: enrichment: unknown field `endpont_url`, expected one of `comprehend`, `sagemaker`, `bedrock`, `region`, `endpoint_url`"),
+        "{err}"
+    );
+
+    // A prompt's column the table lacks: the preflight names it.
+    write(
+        &d,
+        "pipelines/a.yaml",
+        "name: a\ntable: shop.items\nenrichment:\n  bedrock:\n    model: anthropic.claude-3-haiku-20240307-v1:0\n    max_tokens: 10\n    prompt: \"About {title}: {summary}\"\nsink:\n  jsonl:\n    path: out.jsonl\n",
+    );
+    let (code, _, err) = d.check();
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "error: pipeline `a` (pipelines/a.yaml): enrichment.bedrock.prompt names column `summary`, which `shop`.`items` does not have\n    \
+         fix: use one of: id, title, qty\n\
+         error: preflight check failed (1 problems, listed above)\n"
+    );
+}

@@ -13,9 +13,21 @@ fn shipped_config_and_pipelines_validate() {
     assert_eq!(cfg.kafka.as_ref().unwrap().brokers, "127.0.0.1:9092");
     let pipelines = cfg.load_pipelines().unwrap();
     let names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["orders", "support_feedback"]);
+    assert_eq!(
+        names,
+        [
+            "article_summaries",
+            "order_anomaly",
+            "orders",
+            "support_feedback"
+        ]
+    );
     assert!(pipelines
         .iter()
         .all(|p| matches!(p.sink, SinkConfig::Kafka(_))));
-    assert_eq!(pipelines[1].topic().as_deref(), Some("cdc.shop.support"));
+    assert_eq!(pipelines[3].topic().as_deref(), Some("cdc.shop.support"));
+    assert_eq!(
+        pipelines[0].topic().as_deref(),
+        Some("ml.article_summaries")
+    );
 }

@@ -2,25 +2,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn get(port: u16, path: &str) -> (String, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
-}
-
-fn sample<'a>(body: &'a str, name: &str) -> Option<&'a str> {
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .map(|l| &l[name.len() + 1..])
-}
 
 #[test]
 fn metrics_and_health_over_http() {
@@ -43,7 +27,7 @@ fn metrics_and_health_over_http() {
     let body = loop {
         d.assert_running();
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            let (status, body) = get(port, "/metrics");
+            let (status, body) = http_get(port, "/metrics");
             assert_eq!(status, "HTTP/1.1 200 OK");
             if sample(&body, "cdc_enricher_records_total{pipeline=\"items\"}") == Some("3")
                 && sample(&body, "cdc_enricher_in_flight") == Some("0")
@@ -64,14 +48,14 @@ fn metrics_and_health_over_http() {
     assert!(body.contains("# TYPE cdc_enricher_records_total counter\n"));
     assert!(body.contains("cdc_enricher_checkpoint_position{file=\"binlog.000001\"} "));
     assert_eq!(
-        get(port, "/health/live"),
+        http_get(port, "/health/live"),
         ("HTTP/1.1 200 OK".into(), "live\n".into())
     );
     assert_eq!(
-        get(port, "/health/ready"),
+        http_get(port, "/health/ready"),
         ("HTTP/1.1 200 OK".into(), "ready\n".into())
     );
-    assert_eq!(get(port, "/nope").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(http_get(port, "/nope").0, "HTTP/1.1 404 Not Found");
     assert_eq!(d.terminate(), 0);
 
     // A metrics address that cannot be bound is a start-up error (exit 2).

@@ -27,9 +27,11 @@ pub struct PipelineConfig {
     /// are tested on the row after the change, deletes on the row before it.
     #[serde(default)]
     pub filter: Option<String>,
-    /// Enrichment: `none` (default) or `comprehend: {operation: sentiment, text: column, …}`.
-    #[serde(default, with = "serde_yaml::with::singleton_map")]
-    pub enrichment: Enrichment,
+    /// Enrichment by one backend: `comprehend: {…}`, `sagemaker: {…}` or `bedrock: {…}`,
+    /// with the shared settings beside it. Without it records go out with an empty
+    /// `enrichment` object.
+    #[serde(default)]
+    pub enrichment: Option<EnrichmentConfig>,
     /// Where records go: `kafka: {topic: …}` or `jsonl: {path: …}`.
     #[serde(with = "serde_yaml::with::singleton_map")]
     pub sink: SinkConfig,
@@ -51,14 +53,90 @@ fn all_operations() -> Vec<Operation> {
     vec![Operation::Insert, Operation::Update, Operation::Delete]
 }
 
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-#[serde(rename_all = "snake_case")]
-pub enum Enrichment {
-    /// Records go to the sink as they are, with an empty `enrichment` object.
-    #[default]
-    None,
-    /// Amazon Comprehend.
-    Comprehend(ComprehendConfig),
+/// `enrichment:` — one backend (`comprehend`, `sagemaker` or `bedrock`) and the settings
+/// every backend shares: where to call, batching, limits, the cache and a budget.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichmentConfig {
+    /// Amazon Comprehend: sentiment, entities, key phrases, dominant language, PII entities.
+    #[serde(default)]
+    pub comprehend: Option<ComprehendConfig>,
+    /// A SageMaker endpoint: the picked columns as CSV lines in, one line per row out.
+    #[serde(default)]
+    pub sagemaker: Option<SageMakerConfig>,
+    /// A Bedrock foundation model: a prompt template over the row's columns.
+    #[serde(default)]
+    pub bedrock: Option<BedrockConfig>,
+    /// AWS region; default from the environment / profile chain.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Another endpoint (a VPC endpoint, or a local stand-in); empty means AWS's own.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// A profile of the shared config and credentials files.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// A role to assume (STS AssumeRole) with the pipeline's credentials.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// Rows per call. Default: Comprehend 25 (its limit), SageMaker 10,000 (Aurora's
+    /// `MAX_BATCH_SIZE`), Bedrock 1 (a call takes one prompt).
+    #[serde(default)]
+    pub max_batch_size: Option<usize>,
+    /// Input bytes per call. Default and ceiling for SageMaker: 6,000,000 (the body limit).
+    #[serde(default)]
+    pub max_batch_bytes: Option<usize>,
+    /// How long a batch waits to fill. Default 100 ms.
+    #[serde(default = "default_max_wait")]
+    pub max_wait_ms: u64,
+    /// Per-call timeout (as Aurora's `aurora_ml_inference_timeout`). Default 30,000 ms;
+    /// SageMaker 70,000 ms.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Calls per second allowed (the account's quota); shared by every pipeline that calls
+    /// the same backend, operation or model, region and endpoint. Default 10.
+    #[serde(default = "default_rps")]
+    pub requests_per_second: f64,
+    /// Bedrock: tokens per minute allowed (each call reserves its input estimate plus
+    /// `max_tokens`, and settles on what the answer reports). Shared like the request quota.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Calls in flight at once for this pipeline (records still leave in order). Default 1.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Answers kept for identical inputs (a hit makes no call); 0 turns the cache off.
+    #[serde(default = "default_cache")]
+    pub cache_entries: usize,
+    /// Calls whose answer cannot be used (unparseable, the wrong number of lines) before the
+    /// rows go to the dead letters. Default 3.
+    #[serde(default = "default_parse_attempts")]
+    pub parse_attempts: u32,
+    /// A spending ceiling per window: when spent the pipeline pauses until the next window.
+    #[serde(default)]
+    pub budget: Option<BudgetConfig>,
+}
+
+/// Where and how the pipeline's calls authenticate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub profile: Option<String>,
+    pub role_arn: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Calls allowed per window.
+    #[serde(default)]
+    pub requests: Option<u64>,
+    /// Tokens (input + output, as the model reports them) allowed per window.
+    #[serde(default)]
+    pub tokens: Option<u64>,
+    /// The window, aligned to the Unix epoch (86,400: UTC days). Default 86,400.
+    #[serde(default = "default_window")]
+    pub window_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -75,28 +153,18 @@ pub struct ComprehendConfig {
     /// rows where it is NULL or empty use `language`.
     #[serde(default)]
     pub language_column: Option<String>,
-    /// AWS region; default from the environment / profile chain.
+    /// Text over 5,000 UTF-8 bytes: `truncate` (default; cut at a character boundary, marked
+    /// `truncated: true`) or `dead_letter`.
     #[serde(default)]
-    pub region: Option<String>,
-    /// Another endpoint (a VPC endpoint, or a local stand-in).
-    #[serde(default)]
-    pub endpoint_url: Option<String>,
-    /// Documents per call, at most 25 (the service's limit). Default 25.
-    #[serde(default = "default_comprehend_batch")]
-    pub max_batch_size: usize,
-    /// How long a batch waits to fill. Default 100 ms.
-    #[serde(default = "default_max_wait")]
-    pub max_wait_ms: u64,
-    /// Per-call timeout (as Aurora's `aurora_ml_inference_timeout`). Default 30,000 ms.
-    #[serde(default = "default_timeout")]
-    pub timeout_ms: u64,
-    /// Calls per second allowed (the account's quota for the operation); shared by every
-    /// pipeline calling the same operation in the same region and endpoint. Default 10.
-    #[serde(default = "default_rps")]
-    pub requests_per_second: f64,
-    /// Answers kept for identical inputs (a hit makes no call); 0 turns the cache off.
-    #[serde(default = "default_cache")]
-    pub cache_entries: usize,
+    pub on_too_long: OnTooLong,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTooLong {
+    #[default]
+    Truncate,
+    DeadLetter,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -114,23 +182,176 @@ pub enum ComprehendOperation {
     PiiEntities,
 }
 
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SageMakerConfig {
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// The columns sent, in this order, as one CSV line per row (each must be picked).
+    pub input: Vec<String>,
+    /// The answer's format: `csv` (default; `text/csv`) or `jsonlines`
+    /// (`application/jsonlines`, one JSON value per line).
+    #[serde(default)]
+    pub accept: SageMakerAccept,
+    /// For `jsonlines`: a JSON pointer to the result inside each line's value (default: all of it).
+    #[serde(default)]
+    pub result_pointer: Option<String>,
+    /// The result's type, as Aurora's `RETURNS`: `double`, `bigint`, `varchar(n)` or `json`.
+    pub returns: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SageMakerAccept {
+    #[default]
+    Csv,
+    Jsonlines,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BedrockConfig {
+    /// The model id, e.g. `anthropic.claude-3-haiku-20240307-v1:0`.
+    pub model: String,
+    /// `invoke` (InvokeModel with the family's own body: `anthropic.*`, `amazon.titan-text*`)
+    /// or `converse` (the Converse API, any model). Default: `invoke` for those families,
+    /// else `converse`.
+    #[serde(default)]
+    pub api: Option<BedrockApi>,
+    /// The prompt: `{column}` is replaced by the row's value (`{{` and `}}` are braces).
+    pub prompt: String,
+    /// A system prompt.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// The most tokens the answer may have (required: it bounds cost and the token quota).
+    pub max_tokens: u32,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    /// A JSON pointer to the answer's text in the model's JSON answer (InvokeModel only).
+    /// Default: `/content/0/text` (Anthropic), `/results/0/outputText` (Titan).
+    #[serde(default)]
+    pub result_pointer: Option<String>,
+    /// `text` (default) or `json`: the model's text is parsed as JSON (a ``` fence is
+    /// removed) and checked for `fields`.
+    #[serde(default)]
+    pub output: BedrockOutput,
+    /// With `output: json`: the fields the object must have.
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BedrockApi {
+    Invoke,
+    Converse,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BedrockOutput {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The backend of an enrichment, resolved.
+pub enum BackendConfig<'a> {
+    Comprehend(&'a ComprehendConfig),
+    SageMaker(&'a SageMakerConfig),
+    Bedrock(&'a BedrockConfig),
+}
+
+impl EnrichmentConfig {
+    /// The one backend named (checked when the pipeline is loaded).
+    pub fn backend(&self) -> Option<BackendConfig<'_>> {
+        match (&self.comprehend, &self.sagemaker, &self.bedrock) {
+            (Some(c), None, None) => Some(BackendConfig::Comprehend(c)),
+            (None, Some(s), None) => Some(BackendConfig::SageMaker(s)),
+            (None, None, Some(b)) => Some(BackendConfig::Bedrock(b)),
+            _ => None,
+        }
+    }
+
+    pub fn aws(&self) -> AwsSettings {
+        AwsSettings {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            profile: self.profile.clone(),
+            role_arn: self.role_arn.clone(),
+        }
+    }
+
+    pub fn max_batch_size(&self) -> usize {
+        self.max_batch_size.unwrap_or(match self.backend() {
+            // DetectPiiEntities has no batch form.
+            Some(BackendConfig::Comprehend(c))
+                if c.operation == ComprehendOperation::PiiEntities =>
+            {
+                1
+            }
+            Some(BackendConfig::Comprehend(_)) => crate::backend::comprehend::MAX_BATCH,
+            Some(BackendConfig::SageMaker(_)) => crate::backend::sagemaker::DEFAULT_BATCH,
+            _ => 1,
+        })
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms.unwrap_or(match self.backend() {
+            Some(BackendConfig::SageMaker(_)) => 70_000,
+            _ => 30_000,
+        }))
+    }
+
+    /// The columns the enrichment reads, each with the setting that names it: a change to
+    /// none of them makes no call.
+    pub fn input_columns(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        match self.backend() {
+            Some(BackendConfig::Comprehend(c)) => {
+                out.push(("enrichment.comprehend.text".into(), c.text.clone()));
+                if let Some(l) = &c.language_column {
+                    out.push(("enrichment.comprehend.language_column".into(), l.clone()));
+                }
+            }
+            Some(BackendConfig::SageMaker(s)) => {
+                for c in &s.input {
+                    out.push(("enrichment.sagemaker.input".into(), c.clone()));
+                }
+            }
+            Some(BackendConfig::Bedrock(b)) => {
+                if let Ok(t) = crate::enrich::template::Template::parse(&b.prompt) {
+                    for c in t.columns() {
+                        out.push(("enrichment.bedrock.prompt".into(), c.to_string()));
+                    }
+                }
+            }
+            None => {}
+        }
+        out
+    }
+}
+
 fn default_language() -> String {
     "en".into()
 }
-fn default_comprehend_batch() -> usize {
-    25
-}
 fn default_max_wait() -> u64 {
     100
-}
-fn default_timeout() -> u64 {
-    30_000
 }
 fn default_rps() -> f64 {
     10.0
 }
 fn default_cache() -> usize {
     10_000
+}
+fn default_concurrency() -> usize {
+    1
+}
+fn default_parse_attempts() -> u32 {
+    3
+}
+fn default_window() -> u64 {
+    86_400
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,49 +501,21 @@ pub fn load_dir(dir: &Path, have_kafka: bool) -> Result<Vec<PipelineConfig>, Con
             let e = Expr::parse(f).map_err(|e| bad(format!("filter `{f}`: {e}")))?;
             p.filter_expr = Some(e);
         }
-        if let Enrichment::Comprehend(c) = &mut p.enrichment {
+        if let Some(e) = &mut p.enrichment {
             // `endpoint_url: ${AWS_ENDPOINT_URL:-}` left empty means AWS's own endpoint.
-            if c.endpoint_url
-                .as_deref()
-                .is_some_and(|u| u.trim().is_empty())
-            {
-                c.endpoint_url = None;
+            for v in [
+                &mut e.endpoint_url,
+                &mut e.region,
+                &mut e.profile,
+                &mut e.role_arn,
+            ] {
+                if v.as_deref().is_some_and(|u| u.trim().is_empty()) {
+                    *v = None;
+                }
             }
         }
-        if let Enrichment::Comprehend(c) = &p.enrichment {
-            if let (Some(cols), Some(lc)) = (&p.columns, &c.language_column) {
-                if !cols.contains(lc) {
-                    return Err(bad(format!(
-                        "enrichment.comprehend.language_column `{lc}` must be one of the picked columns ({})",
-                        cols.join(", ")
-                    )));
-                }
-            }
-            if let Some(cols) = &p.columns {
-                if !cols.contains(&c.text) {
-                    return Err(bad(format!(
-                        "enrichment.comprehend.text `{}` must be one of the picked columns ({})",
-                        c.text,
-                        cols.join(", ")
-                    )));
-                }
-            }
-            if !(1..=crate::backend::comprehend::MAX_BATCH).contains(&c.max_batch_size) {
-                return Err(bad(format!(
-                    "enrichment.comprehend.max_batch_size {} must be between 1 and 25 (the service's limit)",
-                    c.max_batch_size
-                )));
-            }
-            if !(c.requests_per_second > 0.0 && c.requests_per_second.is_finite()) {
-                return Err(bad(
-                    "enrichment.comprehend.requests_per_second must be above 0".into(),
-                ));
-            }
-            if c.timeout_ms == 0 {
-                return Err(bad(
-                    "enrichment.comprehend.timeout_ms must be above 0".into()
-                ));
-            }
+        if let Some(e) = &p.enrichment {
+            validate_enrichment(e, p.columns.as_deref()).map_err(bad)?;
         }
         if let SinkConfig::Kafka(k) = &p.sink {
             if !have_kafka {
@@ -356,4 +549,135 @@ pub fn load_dir(dir: &Path, have_kafka: bool) -> Result<Vec<PipelineConfig>, Con
         out.push(p);
     }
     Ok(out)
+}
+
+/// What can be checked of an enrichment without a server.
+fn validate_enrichment(e: &EnrichmentConfig, picked: Option<&[String]>) -> Result<(), String> {
+    let Some(backend) = e.backend() else {
+        return Err(
+            "enrichment needs exactly one backend: `comprehend`, `sagemaker` or `bedrock`".into(),
+        );
+    };
+    let name = match backend {
+        BackendConfig::Comprehend(_) => "comprehend",
+        BackendConfig::SageMaker(_) => "sagemaker",
+        BackendConfig::Bedrock(_) => "bedrock",
+    };
+    let limit = match backend {
+        BackendConfig::Comprehend(c) if c.operation == ComprehendOperation::PiiEntities => 1,
+        BackendConfig::Comprehend(_) => crate::backend::comprehend::MAX_BATCH,
+        BackendConfig::SageMaker(_) => crate::backend::sagemaker::DEFAULT_BATCH,
+        BackendConfig::Bedrock(_) => 1,
+    };
+    let batch = e.max_batch_size();
+    if !(1..=limit).contains(&batch) {
+        return Err(format!(
+            "enrichment.max_batch_size {batch} must be between 1 and {limit} for {name}"
+        ));
+    }
+    if let Some(b) = e.max_batch_bytes {
+        let max = crate::backend::sagemaker::MAX_BODY_BYTES;
+        if b == 0 || b > max {
+            return Err(format!(
+                "enrichment.max_batch_bytes {b} must be between 1 and {max} (SageMaker's body limit)"
+            ));
+        }
+    }
+    if !(e.requests_per_second > 0.0 && e.requests_per_second.is_finite()) {
+        return Err("enrichment.requests_per_second must be above 0".into());
+    }
+    if e.timeout_ms == Some(0) {
+        return Err("enrichment.timeout_ms must be above 0".into());
+    }
+    if e.concurrency == 0 || e.concurrency > 256 {
+        return Err("enrichment.concurrency must be between 1 and 256".into());
+    }
+    if e.parse_attempts == 0 {
+        return Err("enrichment.parse_attempts must be at least 1".into());
+    }
+    if e.tokens_per_minute == Some(0) {
+        return Err("enrichment.tokens_per_minute must be above 0".into());
+    }
+    if e.tokens_per_minute.is_some() && !matches!(backend, BackendConfig::Bedrock(_)) {
+        return Err(
+            "enrichment.tokens_per_minute is for bedrock (only models count tokens)".into(),
+        );
+    }
+    if let Some(b) = &e.budget {
+        if b.requests.is_none() && b.tokens.is_none() {
+            return Err(
+                "enrichment.budget names neither `requests` nor `tokens`; leave it out for no budget"
+                    .into(),
+            );
+        }
+        if b.window_seconds == 0 {
+            return Err("enrichment.budget.window_seconds must be above 0".into());
+        }
+    }
+    match backend {
+        BackendConfig::Comprehend(_) => {}
+        BackendConfig::SageMaker(s) => {
+            if s.endpoint.trim().is_empty() {
+                return Err("enrichment.sagemaker.endpoint is empty".into());
+            }
+            if s.input.is_empty() {
+                return Err("enrichment.sagemaker.input names no column".into());
+            }
+            crate::backend::sagemaker::Returns::parse(&s.returns)
+                .map_err(|m| format!("enrichment.sagemaker.returns: {m}"))?;
+            if let Some(ptr) = &s.result_pointer {
+                if s.accept != SageMakerAccept::Jsonlines {
+                    return Err(
+                        "enrichment.sagemaker.result_pointer needs `accept: jsonlines`".into(),
+                    );
+                }
+                check_pointer("enrichment.sagemaker.result_pointer", ptr)?;
+            }
+        }
+        BackendConfig::Bedrock(b) => {
+            if b.model.trim().is_empty() {
+                return Err("enrichment.bedrock.model is empty".into());
+            }
+            crate::enrich::template::Template::parse(&b.prompt)
+                .map_err(|m| format!("enrichment.bedrock.prompt: {m}"))?;
+            if b.max_tokens == 0 {
+                return Err("enrichment.bedrock.max_tokens must be above 0".into());
+            }
+            if let Some(t) = b.temperature {
+                if !(0.0..=1.0).contains(&t) {
+                    return Err(format!(
+                        "enrichment.bedrock.temperature {t} must be between 0 and 1"
+                    ));
+                }
+            }
+            if b.fields.is_some() && b.output != BedrockOutput::Json {
+                return Err("enrichment.bedrock.fields needs `output: json`".into());
+            }
+            if let Some(ptr) = &b.result_pointer {
+                check_pointer("enrichment.bedrock.result_pointer", ptr)?;
+            }
+            crate::backend::bedrock::Family::resolve(b)?;
+        }
+    }
+    if let Some(cols) = picked {
+        for (what, c) in e.input_columns() {
+            if !cols.contains(&c) {
+                return Err(format!(
+                    "{what} `{c}` must be one of the picked columns ({})",
+                    cols.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_pointer(what: &str, p: &str) -> Result<(), String> {
+    if p.is_empty() || p.starts_with('/') {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} `{p}` is not a JSON pointer (it starts with `/`)"
+        ))
+    }
 }

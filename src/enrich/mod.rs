@@ -1,22 +1,28 @@
-//! The enrichment stage: per pipeline, records are batched (by count and linger), sent to the
-//! backend, retried by error kind with exponential backoff and full jitter, and handed on to
-//! the sink in their original order (so the order per key is kept).
+//! The enrichment stage: per pipeline, records are batched (by count, bytes and linger), sent
+//! to the backend under the pipeline's limits (requests per second, tokens per minute, a
+//! concurrency cap, a budget), retried by error kind with exponential backoff and full jitter,
+//! and handed on to the sink in their original order (so the order per key is kept).
 //!
 //! Like the other stages it is joined by channels of typed records: it can later run as a
 //! Kafka consumer-group worker without a rewrite.
+
+pub mod input;
+pub mod template;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use rand::Rng;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::backend::comprehend::MAX_DOCUMENT_BYTES;
-use crate::backend::{Backend, BackendError, Input, ItemResult};
-use crate::metrics::Metrics;
+use crate::backend::{Backend, BackendError, ErrorKind, Input, ItemResult};
+use crate::metrics::{Metrics, PipelineMetrics};
 use crate::pipeline::ChangeRecord;
+use crate::ratelimit::{Budget, Limiter, TokenBucket};
+use input::{InputSpec, Prepared};
 
 /// A record waiting for enrichment, with the sequence number its acknowledgement names.
 pub type Pending = (ChangeRecord, u64);
@@ -27,43 +33,43 @@ pub type Deliver = Arc<dyn Fn(&ChangeRecord, u64, bool) -> Result<(), String> + 
 
 pub struct Settings {
     pub pipeline: usize,
-    pub text_column: String,
-    pub language: String,
-    /// A column holding each row's language code (rows where it is NULL or empty use `language`).
-    pub language_column: Option<String>,
+    pub input: InputSpec,
+    /// Records gathered before calls are made (the calls' sizes times the concurrency).
     pub max_batch: usize,
     pub max_wait: Duration,
+    /// Calls in flight at once.
+    pub concurrency: usize,
+    /// Calls with an unusable answer before the rows are dead letters.
+    pub parse_attempts: u32,
     /// The quota this pipeline's calls draw on (shared with other pipelines on the same one).
-    pub limiter: Arc<crate::ratelimit::Limiter>,
+    pub limiter: Arc<Limiter>,
+    /// Tokens per minute (Bedrock), shared like the quota.
+    pub tokens: Option<Arc<TokenBucket>>,
+    pub budget: Option<Budget>,
     /// Answers kept for identical inputs; 0 turns the cache off.
     pub cache_entries: usize,
 }
 
-/// A bounded cache of answers, keyed by a 128-bit hash of backend, operation, language and
-/// input (a hit makes no call).
+/// A bounded cache of answers, keyed by a 128-bit hash of the backend's scope (operation,
+/// endpoint or model and its parameters), the language and the input (a hit makes no call).
 struct Cache {
     lru: Option<lru::LruCache<u128, Map<String, Value>>>,
+    scope: String,
 }
 
 impl Cache {
-    fn new(entries: usize) -> Cache {
+    fn new(entries: usize, backend: &dyn Backend) -> Cache {
         Cache {
             lru: std::num::NonZeroUsize::new(entries).map(lru::LruCache::new),
+            scope: format!("{}|{}", backend.name(), backend.cache_scope()),
         }
     }
 
-    fn key(backend: &dyn Backend, input: &Input) -> u128 {
+    fn key(&self, input: &Input) -> u128 {
         use std::hash::{Hash, Hasher};
         let half = |salt: u8| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            (
-                salt,
-                backend.name(),
-                backend.operation(),
-                &input.language,
-                &input.text,
-            )
-                .hash(&mut h);
+            (salt, &self.scope, &input.language, &input.text).hash(&mut h);
             h.finish() as u128
         };
         (half(1) << 64) | half(2)
@@ -103,9 +109,11 @@ pub fn truncate(s: &str, max: usize) -> (&str, bool) {
 
 enum Job {
     /// Sent to the backend (its input is the next of the batch); `key` is its cache key.
-    Call { text_truncated: bool, key: u128 },
+    Call { truncated: bool, key: u128 },
     /// No call: the enrichment is already known.
     Done(Map<String, Value>),
+    /// No call: the row can never be sent, it is a dead letter.
+    Reject(String),
 }
 
 /// Runs until `rx` closes; returns when every record taken was delivered.
@@ -118,7 +126,7 @@ pub async fn run(
 ) -> Result<(), String> {
     let pm = &metrics.pipelines[s.pipeline];
     let mut batch: Vec<Pending> = Vec::new();
-    let mut cache = Cache::new(s.cache_entries);
+    let mut cache = Cache::new(s.cache_entries, backend.as_ref());
     loop {
         // Wait for the first record, then fill until full or the linger runs out.
         match rx.recv().await {
@@ -142,71 +150,62 @@ pub async fn run(
         let mut inputs = Vec::new();
         for (rec, _) in &batch {
             pm.logical_requests.fetch_add(1, Ordering::Relaxed);
-            let mut job = job_for(&s, rec, &mut inputs);
-            if let Job::Call {
-                text_truncated,
-                ref mut key,
-            } = job
-            {
-                if let Some(input) = inputs.last() {
-                    *key = Cache::key(backend.as_ref(), input);
-                    if let Some(mut hit) = cache.get(*key) {
-                        inputs.pop();
-                        pm.cache_hits.fetch_add(1, Ordering::Relaxed);
-                        if text_truncated {
-                            hit.insert("truncated".into(), Value::Bool(true));
+            let job = match s.input.prepare(rec) {
+                Prepared::Skip(why) => {
+                    let mut m = Map::new();
+                    m.insert("skipped".into(), Value::String(why.into()));
+                    Job::Done(m)
+                }
+                Prepared::Reject(why) => Job::Reject(why),
+                Prepared::Call { input, truncated } => {
+                    let key = cache.key(&input);
+                    match cache.get(key) {
+                        Some(mut hit) => {
+                            pm.cache_hits.fetch_add(1, Ordering::Relaxed);
+                            if truncated {
+                                hit.insert("truncated".into(), Value::Bool(true));
+                            }
+                            Job::Done(hit)
                         }
-                        job = Job::Done(hit);
+                        None => {
+                            inputs.push(input);
+                            Job::Call { truncated, key }
+                        }
                     }
                 }
-            }
+            };
             jobs.push(job);
         }
-        let results = call_with_retries(backend.as_ref(), &inputs, &metrics, &s).await;
+        let results = call_with_retries(backend.as_ref(), &inputs, pm, &s).await;
         let mut results = results.into_iter();
         for ((mut rec, seq), job) in batch.drain(..).zip(jobs) {
-            let mut m = Map::new();
-            m.insert("backend".into(), Value::String(backend.name().into()));
-            m.insert(
-                "operation".into(),
-                Value::String(backend.operation().into()),
-            );
-            let mut dead = false;
+            let mut m = backend.labels();
+            let mut failed = None;
             match job {
                 Job::Done(extra) => m.extend(extra),
-                Job::Call {
-                    text_truncated,
-                    key,
-                } => match results.next() {
+                Job::Reject(why) => failed = Some((ErrorKind::BadInput, why, 0)),
+                Job::Call { truncated, key } => match results.next() {
                     Some((Ok(r), _)) => {
                         cache.put(key, &r);
                         m.extend(r);
-                        if text_truncated {
+                        if truncated {
                             m.insert("truncated".into(), Value::Bool(true));
                         }
                     }
-                    Some((Err(e), attempts)) => {
-                        dead = true;
-                        pm.enrichment_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(pipeline = %rec.source.pipeline, error = %e, attempts,
-                            key = %serde_json::to_string(&rec.key).unwrap_or_default(),
-                            "the backend rejected this row for good; it goes to the dead letters");
-                        m.insert(
-                            "error".into(),
-                            serde_json::json!({"kind": e.kind.as_str(), "message": e.message, "attempts": attempts}),
-                        );
-                    }
-                    None => {
-                        let e = missing_result()
-                            .err()
-                            .map(|e| e.message)
-                            .unwrap_or_default();
-                        m.insert(
-                            "error".into(),
-                            serde_json::json!({"kind": "internal", "message": e}),
-                        );
-                    }
+                    Some((Err(e), attempts)) => failed = Some((e.kind, e.message, attempts)),
+                    None => failed = Some((ErrorKind::Transient, "no result (internal)".into(), 0)),
                 },
+            }
+            let dead = failed.is_some();
+            if let Some((kind, message, attempts)) = failed {
+                pm.enrichment_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(pipeline = %rec.source.pipeline, kind = kind.as_str(), error = %message, attempts,
+                    key = %serde_json::to_string(&rec.key).unwrap_or_default(),
+                    "this row cannot be enriched; it goes to the dead letters");
+                m.insert(
+                    "error".into(),
+                    serde_json::json!({"kind": kind.as_str(), "message": message, "attempts": attempts}),
+                );
             }
             rec.enrichment = m;
             deliver(&rec, seq, dead)?;
@@ -217,133 +216,221 @@ pub async fn run(
     }
 }
 
-/// What a record needs: a call (its input appended to `inputs`) or nothing.
-fn job_for(s: &Settings, rec: &ChangeRecord, inputs: &mut Vec<Input>) -> Job {
-    let skip = |why: &str| {
-        let mut m = Map::new();
-        m.insert("skipped".into(), Value::String(why.into()));
-        Job::Done(m)
-    };
-    let Some(after) = &rec.after else {
-        return skip("deleted");
-    };
-    let text = match after.get(&s.text_column) {
-        Some(Value::String(t)) if !t.trim().is_empty() => t,
-        _ => return skip("no text"),
-    };
-    // An update that did not change the input makes no call (and cannot loop on write-back).
-    if let Some(before) = &rec.before {
-        let same = |c: &String| before.get(c) == after.get(c);
-        if same(&s.text_column) && s.language_column.as_ref().is_none_or(same) {
-            return skip("input unchanged");
+/// Splits the inputs still unanswered into calls: one language per call (Comprehend takes
+/// one language code a call), at most `max_batch` inputs and `max_bytes` bytes each.
+fn plan_calls(backend: &dyn Backend, inputs: &[Input], todo: &[usize]) -> Vec<Vec<usize>> {
+    let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for &i in todo {
+        groups
+            .entry(inputs[i].language.as_str())
+            .or_default()
+            .push(i);
+    }
+    let (max_n, max_bytes) = (backend.max_batch().max(1), backend.max_batch_bytes());
+    let mut calls = Vec::new();
+    for group in groups.into_values() {
+        let mut call: Vec<usize> = Vec::new();
+        let mut bytes = 0usize;
+        for i in group {
+            let b = inputs[i].text.len() + 1;
+            if !call.is_empty() && (call.len() >= max_n || bytes + b > max_bytes) {
+                calls.push(std::mem::take(&mut call));
+                bytes = 0;
+            }
+            call.push(i);
+            bytes += b;
+        }
+        if !call.is_empty() {
+            calls.push(call);
         }
     }
-    let (t, cut) = truncate(text, MAX_DOCUMENT_BYTES);
-    inputs.push(Input {
-        text: t.to_string(),
-        language: s
-            .language_column
-            .as_ref()
-            .and_then(|c| after.get(c))
-            .and_then(Value::as_str)
-            .filter(|l| !l.trim().is_empty())
-            .unwrap_or(&s.language)
-            .to_string(),
-    });
-    Job::Call {
-        key: 0,
-        text_truncated: cut,
+    calls
+}
+
+type CallResult = Result<Vec<ItemResult>, BackendError>;
+
+/// One call under the pipeline's limits: budget, request quota, tokens per minute.
+async fn limited_call(
+    backend: &dyn Backend,
+    batch: Vec<Input>,
+    pm: &PipelineMetrics,
+    s: &Settings,
+) -> Result<Vec<ItemResult>, BackendError> {
+    if let Some(b) = &s.budget {
+        b.admit(&pm.budget_paused).await;
     }
+    s.limiter.acquire().await;
+    let reserved: u64 = match &s.tokens {
+        Some(t) => {
+            let n = batch.iter().filter_map(|i| backend.token_estimate(i)).sum();
+            t.reserve(n).await;
+            n
+        }
+        None => 0,
+    };
+    pm.actual_requests.fetch_add(1, Ordering::Relaxed);
+    if batch.len() == 1 {
+        pm.single_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    let started = std::time::Instant::now();
+    let r = backend.call(&batch).await;
+    pm.call_latency.observe(started.elapsed().as_secs_f64());
+    let used: u64 = match &r {
+        Ok(items) => items
+            .iter()
+            .flatten()
+            .map(|m| {
+                let n = |k: &str| {
+                    m.get("usage")
+                        .and_then(|u| u.get(k))
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0)
+                };
+                let (i, o) = (n("input_tokens"), n("output_tokens"));
+                pm.input_tokens.fetch_add(i, Ordering::Relaxed);
+                pm.output_tokens.fetch_add(o, Ordering::Relaxed);
+                i + o
+            })
+            .sum(),
+        Err(_) => 0,
+    };
+    if let Some(t) = &s.tokens {
+        // A failed call used nothing the service counts; give the reservation back.
+        t.settle(reserved, used);
+    }
+    if let Some(b) = &s.budget {
+        b.spent_tokens(used);
+    }
+    r
 }
 
 /// Calls until every input has a final answer: transient failures (throttling, timeouts, 5xx,
-/// dropped connections) are retried for as long as it takes, whole calls and failed items alike;
-/// bad input is final. Each answer comes with the number of calls its input was part of.
+/// dropped connections, refused credentials) are retried for as long as it takes, whole calls
+/// and failed items alike; an unusable answer is retried up to `parse_attempts`; bad input is
+/// final. Each answer comes with the number of calls its input was part of.
 async fn call_with_retries(
     backend: &dyn Backend,
     inputs: &[Input],
-    metrics: &Metrics,
+    pm: &PipelineMetrics,
     s: &Settings,
 ) -> Vec<(ItemResult, u32)> {
-    let pm = &metrics.pipelines[s.pipeline];
     let mut results: Vec<Option<ItemResult>> = vec![None; inputs.len()];
     // How many calls each input was part of.
     let mut attempts = vec![0u32; inputs.len()];
+    // How many unusable answers each input got (only these count against `parse_attempts`).
+    let mut bad_outputs = vec![0u32; inputs.len()];
     let mut round = 0u32;
     loop {
-        // What is still unanswered, one call per language (a call takes one language code).
-        let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
-        for i in (0..inputs.len()).filter(|i| results[*i].is_none()) {
-            groups
-                .entry(inputs[i].language.as_str())
-                .or_default()
-                .push(i);
-        }
-        if groups.is_empty() {
+        let todo: Vec<usize> = (0..inputs.len())
+            .filter(|i| results[*i].is_none())
+            .collect();
+        if todo.is_empty() {
             return results
                 .into_iter()
-                .map(|r| r.unwrap_or_else(missing_result))
+                .map(|r| r.unwrap_or_else(|| Err(internal())))
                 .zip(attempts)
                 .collect();
         }
         round += 1;
-        let mut wait: Option<BackendError> = None;
-        for todo in groups.into_values() {
-            let batch: Vec<Input> = todo.iter().map(|i| inputs[*i].clone()).collect();
-            if todo.iter().any(|i| attempts[*i] > 0) {
+        let calls = plan_calls(backend, inputs, &todo);
+        for call in &calls {
+            if call.iter().any(|i| attempts[*i] > 0) {
                 pm.retries.fetch_add(1, Ordering::Relaxed);
             }
-            for &i in &todo {
+            for &i in call {
                 attempts[i] += 1;
             }
-            s.limiter.acquire().await;
-            pm.actual_requests.fetch_add(1, Ordering::Relaxed);
-            if batch.len() == 1 {
-                pm.single_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let outcomes: Vec<(Vec<usize>, CallResult)> = futures_util::stream::iter(calls)
+            .map(|call| async move {
+                let batch: Vec<Input> = call.iter().map(|i| inputs[*i].clone()).collect();
+                let r = limited_call(backend, batch, pm, s).await;
+                (call, r)
+            })
+            .buffer_unordered(s.concurrency.max(1))
+            .collect()
+            .await;
+        let mut wait: Option<BackendError> = None;
+        let mut throttled = false;
+        let mut answered = false;
+        // Decides one input's fate from one failure.
+        let mut settle = |i: usize, e: BackendError, results: &mut Vec<Option<ItemResult>>| {
+            pm.errors_by_kind[e.kind.index()].fetch_add(1, Ordering::Relaxed);
+            if e.kind == ErrorKind::BadOutput {
+                bad_outputs[i] += 1;
             }
-            match backend.call(&batch).await {
+            let again = e.kind.transient()
+                || (e.kind == ErrorKind::BadOutput && bad_outputs[i] < s.parse_attempts);
+            if e.kind == ErrorKind::Throttled {
+                throttled = true;
+            }
+            if again {
+                wait = Some(e);
+            } else {
+                results[i] = Some(Err(e));
+            }
+        };
+        for (call, r) in outcomes {
+            match r {
                 Ok(items) => {
+                    answered = true;
                     pm.responses.fetch_add(1, Ordering::Relaxed);
-                    s.limiter.succeeded();
-                    for (k, r) in items.into_iter().enumerate() {
-                        let Some(&i) = todo.get(k) else { break };
-                        match r {
-                            Err(e) if e.kind.retryable() => wait = Some(e),
-                            r => results[i] = Some(r),
+                    let mut items = items.into_iter();
+                    for &i in &call {
+                        match items.next() {
+                            Some(Ok(m)) => results[i] = Some(Ok(m)),
+                            Some(Err(e)) => settle(i, e, &mut results),
+                            None => settle(i, missing(backend), &mut results),
                         }
                     }
                 }
-                Err(e) if e.kind.retryable() => {
-                    if e.kind == crate::backend::ErrorKind::Throttled {
-                        pm.throttles.fetch_add(1, Ordering::Relaxed);
-                        s.limiter.throttled();
-                    }
-                    wait = Some(e);
-                }
                 Err(e) => {
-                    for i in todo {
-                        results[i] = Some(Err(e.clone()));
+                    if e.kind == ErrorKind::Throttled {
+                        pm.throttles.fetch_add(1, Ordering::Relaxed);
+                    }
+                    for &i in &call {
+                        settle(i, e.clone(), &mut results);
                     }
                 }
             }
         }
+        if throttled {
+            s.limiter.throttled();
+        } else if answered {
+            s.limiter.succeeded();
+        }
         if let Some(e) = wait {
             let d = backoff(round, e.retry_after);
-            tracing::debug!(error = %e, round, backoff_ms = d.as_millis() as u64, "retrying");
+            if e.kind == ErrorKind::Denied && round % 10 == 1 {
+                tracing::warn!(error = %e, round, "the backend refuses the pipeline's calls; fix the credentials, model or endpoint — the rows wait and are retried");
+            } else {
+                tracing::debug!(error = %e, round, backoff_ms = d.as_millis() as u64, "retrying");
+            }
             tokio::time::sleep(d).await;
         }
     }
 }
 
+/// An answer that named fewer items than were sent: the rest is retried.
+fn missing(backend: &dyn Backend) -> BackendError {
+    BackendError {
+        backend: backend.name(),
+        operation: String::new(),
+        kind: ErrorKind::Transient,
+        message: "no result for this input in the answer".into(),
+        retry_after: None,
+    }
+}
+
 /// Only for an input that somehow left the retry loop without an answer.
-fn missing_result() -> ItemResult {
-    Err(BackendError {
+fn internal() -> BackendError {
+    BackendError {
         backend: "internal",
-        operation: "",
-        kind: crate::backend::ErrorKind::Transient,
+        operation: String::new(),
+        kind: ErrorKind::Transient,
         message: "no result".into(),
         retry_after: None,
-    })
+    }
 }
 
 #[cfg(test)]

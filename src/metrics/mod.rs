@@ -32,6 +32,53 @@ pub struct PipelineMetrics {
     pub cache_hits: AtomicU64,
     /// Calls that carried a single document (Aurora_ml_single_request_cnt).
     pub single_requests: AtomicU64,
+    /// Tokens the model reported (Bedrock).
+    pub input_tokens: AtomicU64,
+    pub output_tokens: AtomicU64,
+    /// 1 while the pipeline waits for its budget's next window.
+    pub budget_paused: AtomicU64,
+    /// Failed calls or items by [`ErrorKind`](crate::backend::ErrorKind) (by its index).
+    pub errors_by_kind: [AtomicU64; 6],
+    /// Seconds per backend call.
+    pub call_latency: Histogram,
+}
+
+/// A Prometheus histogram with fixed buckets (seconds), lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    /// The sum in microseconds.
+    sum_us: AtomicU64,
+}
+
+const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+
+impl Histogram {
+    pub fn observe(&self, v: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if v <= *b {
+                self.counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add((v * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, labels: &str, out: &mut String) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            out.push_str(&format!(
+                "{name}_bucket{{{labels},le=\"{b}\"}} {}\n",
+                self.counts[i].load(Ordering::Relaxed)
+            ));
+        }
+        let n = self.count.load(Ordering::Relaxed);
+        out.push_str(&format!("{name}_bucket{{{labels},le=\"+Inf\"}} {n}\n"));
+        out.push_str(&format!(
+            "{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {n}\n",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        ));
+    }
 }
 
 /// What the daemon counts. Shared by the stages (`Arc<Metrics>`).
@@ -91,6 +138,14 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        out.push_str("# HELP cdc_enricher_ml_call_seconds Backend call latency.\n# TYPE cdc_enricher_ml_call_seconds histogram\n");
+        for p in &self.pipelines {
+            p.call_latency.render(
+                "cdc_enricher_ml_call_seconds",
+                &format!("pipeline=\"{}\"", p.name),
+                &mut out,
+            );
+        }
         let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
             for (labels, v) in samples {
@@ -121,7 +176,17 @@ impl Metrics {
                 .collect(),
         );
         type Get = fn(&PipelineMetrics) -> &AtomicU64;
-        let per_pipeline: [(&str, &str, Get); 8] = [
+        let per_pipeline: [(&str, &str, Get); 10] = [
+            (
+                "cdc_enricher_ml_input_tokens_total",
+                "Input tokens the model reported (Bedrock).",
+                |p| &p.input_tokens,
+            ),
+            (
+                "cdc_enricher_ml_output_tokens_total",
+                "Output tokens the model reported (Bedrock).",
+                |p| &p.output_tokens,
+            ),
             (
                 "cdc_enricher_ml_logical_requests_total",
                 "Rows that asked for enrichment (Aurora_ml_logical_request_cnt).",
@@ -174,6 +239,36 @@ impl Metrics {
                     .collect(),
             );
         }
+        metric(
+            "cdc_enricher_budget_paused",
+            "gauge",
+            "1 while the pipeline waits for the next window of its enrichment budget.",
+            self.pipelines
+                .iter()
+                .map(|p| {
+                    (
+                        format!("{{pipeline=\"{}\"}}", p.name),
+                        load(&p.budget_paused),
+                    )
+                })
+                .collect(),
+        );
+        metric(
+            "cdc_enricher_ml_call_errors_total",
+            "counter",
+            "Failed backend calls or items, by pipeline and error kind.",
+            self.pipelines
+                .iter()
+                .flat_map(|p| {
+                    crate::backend::ErrorKind::ALL.iter().map(move |k| {
+                        (
+                            format!("{{pipeline=\"{}\",kind=\"{}\"}}", p.name, k.as_str()),
+                            load(&p.errors_by_kind[k.index()]),
+                        )
+                    })
+                })
+                .collect(),
+        );
         metric(
             "cdc_enricher_reconnects_total",
             "counter",

@@ -103,6 +103,7 @@ impl Limiter {
 #[derive(Default)]
 pub struct Registry {
     limiters: Mutex<HashMap<String, Arc<Limiter>>>,
+    buckets: Mutex<HashMap<String, Arc<TokenBucket>>>,
 }
 
 impl Registry {
@@ -122,6 +123,147 @@ impl Registry {
             );
         }
         l.clone()
+    }
+
+    /// The tokens-per-minute bucket for `key`, shared like the request quota.
+    pub fn bucket(&self, key: &str, per_minute: u64) -> Arc<TokenBucket> {
+        let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(key.to_string())
+            .or_insert_with(|| Arc::new(TokenBucket::new(key.to_string(), per_minute)))
+            .clone()
+    }
+}
+
+/// Tokens per minute (Bedrock). Each call reserves its estimate (input bytes / 4 plus
+/// `max_tokens`) before it is made and settles on the tokens the answer reports, giving back
+/// what it did not use. `governor` is not used here: its cells cannot be given back, which a
+/// reservation settled after the call needs.
+pub struct TokenBucket {
+    pub key: String,
+    per_minute: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    pub fn new(key: String, per_minute: u64) -> TokenBucket {
+        TokenBucket {
+            key,
+            per_minute: per_minute as f64,
+            state: Mutex::new((per_minute as f64, Instant::now())),
+        }
+    }
+
+    fn refill(&self, s: &mut (f64, Instant)) {
+        let now = Instant::now();
+        let add = now.duration_since(s.1).as_secs_f64() * self.per_minute / 60.0;
+        s.0 = (s.0 + add).min(self.per_minute);
+        s.1 = now;
+    }
+
+    /// Waits until `n` tokens are there and takes them (a call larger than a whole minute's
+    /// tokens waits for a full bucket, then goes).
+    pub async fn reserve(&self, n: u64) {
+        let n = (n as f64).min(self.per_minute);
+        loop {
+            let wait = {
+                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                self.refill(&mut s);
+                if s.0 >= n {
+                    s.0 -= n;
+                    return;
+                }
+                (n - s.0) * 60.0 / self.per_minute
+            };
+            tokio::time::sleep(Duration::from_secs_f64(wait.max(0.001))).await;
+        }
+    }
+
+    /// The call used `used` of the `reserved` tokens: give back the rest, or take the excess.
+    pub fn settle(&self, reserved: u64, used: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.refill(&mut s);
+        s.0 = (s.0 + reserved as f64 - used as f64).min(self.per_minute);
+    }
+
+    /// Tokens there now.
+    pub fn available(&self) -> f64 {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.refill(&mut s);
+        s.0
+    }
+}
+
+/// A pipeline's spending ceiling per window (windows aligned to the Unix epoch, so a
+/// 86,400-second window is a UTC day). When spent, calls wait for the next window: nothing
+/// is lost, the lag grows and the pause shows in the log and the metrics.
+pub struct Budget {
+    pub pipeline: String,
+    requests: Option<u64>,
+    tokens: Option<u64>,
+    window: u64,
+    /// (window number, requests used, tokens used, pause logged in this window)
+    state: Mutex<(u64, u64, u64, bool)>,
+}
+
+impl Budget {
+    pub fn new(
+        pipeline: String,
+        requests: Option<u64>,
+        tokens: Option<u64>,
+        window_seconds: u64,
+    ) -> Budget {
+        Budget {
+            pipeline,
+            requests,
+            tokens,
+            window: window_seconds.max(1),
+            state: Mutex::new((0, 0, 0, false)),
+        }
+    }
+
+    fn now() -> Duration {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    }
+
+    /// Waits until the window has room for one more call and counts it. `paused` is set
+    /// while it waits.
+    pub async fn admit(&self, paused: &std::sync::atomic::AtomicU64) {
+        loop {
+            let now = Self::now();
+            let window = now.as_secs() / self.window;
+            let wait = {
+                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if s.0 != window {
+                    *s = (window, 0, 0, false);
+                }
+                let spent = self.requests.is_some_and(|r| s.1 >= r)
+                    || self.tokens.is_some_and(|t| s.2 >= t);
+                if !spent {
+                    s.1 += 1;
+                    paused.store(0, Ordering::Relaxed);
+                    return;
+                }
+                let next = Duration::from_secs((window + 1) * self.window);
+                if !s.3 {
+                    s.3 = true;
+                    tracing::warn!(pipeline = %self.pipeline, requests_used = s.1, tokens_used = s.2,
+                        requests_budget = ?self.requests, tokens_budget = ?self.tokens,
+                        resumes_in_s = (next - now).as_secs_f64().ceil() as u64,
+                        "enrichment budget spent; the pipeline pauses until the next window (no row is lost)");
+                }
+                paused.store(1, Ordering::Relaxed);
+                next.saturating_sub(now)
+            };
+            tokio::time::sleep(wait + Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Counts the tokens a call used.
+    pub fn spent_tokens(&self, n: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.2 += n;
     }
 }
 
@@ -146,6 +288,38 @@ mod tests {
             l.succeeded();
         }
         assert_eq!(l.current_rate(), 10.0);
+    }
+
+    #[tokio::test]
+    async fn token_bucket_reserves_and_settles() {
+        let b = TokenBucket::new("k".into(), 600); // 10 a second
+        b.reserve(500).await;
+        assert!(b.available() < 101.0);
+        // The call used 100 of 500: 400 come back.
+        b.settle(500, 100);
+        assert!(b.available() >= 500.0);
+        // More than was reserved: the excess is taken.
+        b.settle(0, 450);
+        assert!(b.available() < 101.0);
+        let t = Instant::now();
+        b.reserve(100).await; // ~ empty: waits for about (100 - ~50) / 10 s
+        assert!(
+            t.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn budget_counts_requests_per_window() {
+        let b = Budget::new("p".into(), Some(2), None, 3600);
+        let paused = AtomicU64::new(0);
+        b.admit(&paused).await;
+        b.admit(&paused).await;
+        // The third waits for the next window (up to an hour): it must not return now.
+        let third = tokio::time::timeout(Duration::from_millis(200), b.admit(&paused)).await;
+        assert!(third.is_err());
+        assert_eq!(paused.load(Ordering::Relaxed), 1);
     }
 
     #[test]

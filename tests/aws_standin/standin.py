@@ -12,12 +12,28 @@ the address from argv[2]) and prints `PORT <n>` on its first line. The daemon re
   Real limits: 25 documents a batch, 5,000 UTF-8 bytes a document.
   Deterministic answers from a word list, so tests assert exact values; a document containing
   `[[reject]]` is answered with an INVALID_REQUEST item error (a poison row).
-- Every request's SigV4 signature is checked against the test credentials.
+- SageMaker (`/endpoints/{name}/invocations`): `text/csv` lines in; each line's answer is the
+  sum of its numeric fields divided by 100 (one CSV value per line), or with
+  `Accept: application/jsonlines` `{"score": …, "label": "high"|"low"}` per line; a line
+  containing `[[drop]]` is left out of the answer (a line-count mismatch). Real 6 MB limit.
+- Bedrock (`/model/{id}/invoke`, `/model/{id}/converse`): Anthropic messages and Titan text
+  bodies, and the Converse API. The answer: `summary: ` and the prompt's first five words of its
+  last line; when the prompt says `JSON`, a fenced JSON object {"summary", "words"}; when it
+  holds `[[garbage-json]]`, text that is not JSON. At most `max_tokens` words. Usage: input
+  tokens = words of prompt and system, output tokens = words of the answer.
+- STS AssumeRole (Query protocol, form body): session credentials ASIASTANDIN, checked with
+  their session token on the calls that use them.
+- Every request's SigV4 signature is checked against the test credentials (AKIDSTANDIN, and
+  AKIDPROFILE for the profile tests); the access key of each request is in the log.
 - Control (not AWS): POST /_control {"throttle": N} (the next N calls answer throttling),
   {"throttle_rate": 0.3, "seed": 1} (that share of calls, reproducibly),
   {"status": 503, "times": N}, {"delay_ms": 50}, {"item_errors": N} (the next N documents of
-  batches answer INTERNAL_SERVER_ERROR in the ErrorList); GET /_log (every request with its target,
-  documents and the SDK's amz-sdk-request attempt header); POST /_reset.
+  batches answer INTERNAL_SERVER_ERROR in the ErrorList), {"bucket": {"rate": 5, "burst": 5}}
+  (a token bucket: a call finding it empty is throttled, as a service enforcing its quota),
+  {"reset": N} (the next N calls have their connection closed with no answer),
+  {"garbage": N} (the next N calls answer 200 with a body that is not JSON);
+  GET /_log (every request with its target, documents, access key and the SDK's
+  amz-sdk-request attempt header); POST /_reset.
 """
 
 import datetime
@@ -31,14 +47,16 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-ACCESS_KEY = "AKIDSTANDIN"
-SECRET_KEY = "standin-secret"
+KEYS = {"AKIDSTANDIN": "standin-secret", "AKIDPROFILE": "profile-secret",
+        "ASIASTANDIN": "standin-session-secret"}
+SESSION_TOKEN = "standin-session-token"
 
 POSITIVE = {"great", "good", "fast", "love", "thanks", "excellent", "happy", "perfect"}
 NEGATIVE = {"terrible", "bad", "slow", "hate", "awful", "waited", "broken", "worst"}
 
-STATE = {"throttle": 0, "throttle_rate": 0.0, "rng": random.Random(1), "status": None, "times": 0,
-         "delay_ms": 0, "item_errors": 0, "log": []}
+FAULTS = {"throttle": 0, "throttle_rate": 0.0, "status": None, "times": 0, "delay_ms": 0,
+          "item_errors": 0, "bucket": None, "reset": 0, "garbage": 0}
+STATE = dict(FAULTS, rng=random.Random(1), log=[], tokens=0.0, refilled=0.0)
 LOCK = threading.Lock()
 
 
@@ -99,6 +117,110 @@ def pii_entities(text):
     return {"Entities": found}
 
 
+def number(field):
+    try:
+        return float(field)
+    except ValueError:
+        return 0.0
+
+
+def csv_records(text):
+    import csv
+    import io
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
+def sagemaker(body, accept):
+    text = body.decode()
+    records = csv_records(text)
+    out = []
+    for rec in records:
+        if any("[[drop]]" in f for f in rec):
+            continue
+        score = round(sum(number(f) for f in rec) / 100, 6)
+        if accept == "application/jsonlines":
+            out.append(json.dumps({"score": score, "label": "high" if score >= 1 else "low"}))
+        else:
+            out.append(repr(score))
+    return ("\n".join(out) + "\n").encode(), len(records)
+
+
+def model_answer(prompt, max_tokens):
+    if "[[garbage-json]]" in prompt:
+        answer = "Sure! Here is the summary you asked for."
+    else:
+        last = [l for l in prompt.splitlines() if l.strip()][-1:] or [""]
+        words = last[0].split()
+        if "JSON" in prompt:
+            answer = "```json\n" + json.dumps({"summary": " ".join(words[:5]), "words": len(words)}) + "\n```"
+        else:
+            answer = "summary: " + " ".join(words[:5])
+    return " ".join(answer.split(" ")[:max_tokens])
+
+
+def words(*texts):
+    return sum(len((t or "").split()) for t in texts)
+
+
+def bedrock_invoke(model, req):
+    if "anthropic." in model:
+        prompt = "".join(c.get("text", "") for m in req.get("messages", []) for c in m.get("content", []))
+        system = req.get("system", "")
+        answer = model_answer(prompt, req.get("max_tokens", 0))
+        return {"id": "msg_standin", "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": answer}], "stop_reason": "end_turn",
+                "usage": {"input_tokens": words(prompt, system), "output_tokens": words(answer)}}
+    if "amazon.titan-text" in model:
+        prompt = req.get("inputText", "")
+        answer = model_answer(prompt, req.get("textGenerationConfig", {}).get("maxTokenCount", 0))
+        return {"inputTextTokenCount": words(prompt),
+                "results": [{"tokenCount": words(answer), "outputText": answer, "completionReason": "FINISH"}]}
+    return None
+
+
+def bedrock_converse(model, req):
+    prompt = "".join(c.get("text", "") for m in req.get("messages", []) for c in m.get("content", []))
+    system = "".join(s.get("text", "") for s in req.get("system", []))
+    answer = model_answer(prompt, req.get("inferenceConfig", {}).get("maxTokens", 0))
+    i, o = words(prompt, system), words(answer)
+    return {"output": {"message": {"role": "assistant", "content": [{"text": answer}]}},
+            "stopReason": "end_turn", "usage": {"inputTokens": i, "outputTokens": o, "totalTokens": i + o},
+            "metrics": {"latencyMs": 1}}
+
+
+def assume_role_xml():
+    exp = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"""<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleResult>
+    <Credentials>
+      <AccessKeyId>ASIASTANDIN</AccessKeyId>
+      <SecretAccessKey>{KEYS["ASIASTANDIN"]}</SecretAccessKey>
+      <SessionToken>{SESSION_TOKEN}</SessionToken>
+      <Expiration>{exp}</Expiration>
+    </Credentials>
+    <AssumedRoleUser>
+      <AssumedRoleId>AROASTANDIN:cdc-enricher</AssumedRoleId>
+      <Arn>arn:aws:sts::123456789012:assumed-role/standin/cdc-enricher</Arn>
+    </AssumedRoleUser>
+  </AssumeRoleResult>
+  <ResponseMetadata><RequestId>standin</RequestId></ResponseMetadata>
+</AssumeRoleResponse>""".encode()
+
+
+def take_bucket_token():
+    """With a token bucket set: True if the call may go (called under LOCK)."""
+    b = STATE["bucket"]
+    if not b:
+        return True
+    now = time.monotonic()
+    STATE["tokens"] = min(b.get("burst", b["rate"]), STATE["tokens"] + (now - STATE["refilled"]) * b["rate"])
+    STATE["refilled"] = now
+    if STATE["tokens"] >= 1:
+        STATE["tokens"] -= 1
+        return True
+    return False
+
+
 BATCH = {
     "Comprehend_20171127.BatchDetectSentiment": sentiment,
     "Comprehend_20171127.BatchDetectEntities": entities,
@@ -118,12 +240,15 @@ def check_sigv4(handler, body):
         return "missing SigV4 Authorization header"
     parts = dict(p.strip().split("=", 1) for p in auth[len("AWS4-HMAC-SHA256 "):].split(","))
     cred = parts["Credential"].split("/")
-    if cred[0] != ACCESS_KEY:
+    if cred[0] not in KEYS:
         return "unknown access key " + cred[0]
+    if cred[0].startswith("ASIA") and handler.headers.get("x-amz-security-token") != SESSION_TOKEN:
+        return "session credentials without their session token"
     date, region, service = cred[1], cred[2], cred[3]
     signed = parts["SignedHeaders"].split(";")
     url = urllib.parse.urlsplit(handler.path)
-    path = urllib.parse.quote(url.path or "/", safe="/-_.~%")
+    # AWS encodes the (already encoded) path once more for every service but S3.
+    path = urllib.parse.quote(url.path or "/", safe="/-_.~")
     query = "&".join(sorted(url.query.split("&"))) if url.query else ""
     headers = "".join(f"{h}:{' '.join(handler.headers.get(h, '').split())}\n" for h in signed)
     payload = handler.headers.get("x-amz-content-sha256") or hashlib.sha256(body).hexdigest()
@@ -131,7 +256,7 @@ def check_sigv4(handler, body):
     amz_date = handler.headers.get("x-amz-date", "")
     scope = f"{date}/{region}/{service}/aws4_request"
     to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    k = sign(("AWS4" + SECRET_KEY).encode(), date)
+    k = sign(("AWS4" + KEYS[cred[0]]).encode(), date)
     k = sign(k, region)
     k = sign(k, service)
     k = sign(k, "aws4_request")
@@ -147,6 +272,13 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def setup(self):
+        super().setup()
+        # Headers and body leave in two writes: without this, Nagle holds the second behind
+        # the client's delayed ACK (~40 ms a call).
+        import socket
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def reply(self, status, obj, ctype="application/x-amz-json-1.1", extra=None):
         body = json.dumps(obj).encode() if not isinstance(obj, bytes) else obj
         self.send_response(status)
@@ -159,7 +291,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def error(self, status, code, message):
-        self.reply(status, {"__type": code, "message": message, "Message": message})
+        self.reply(status, {"__type": code, "message": message, "Message": message},
+                   extra={"x-amzn-ErrorType": code})
 
     def do_GET(self):
         if self.path == "/_log":
@@ -173,34 +306,72 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_control":
             ctl = json.loads(body or b"{}")
             with LOCK:
-                for k in ("throttle", "throttle_rate", "status", "times", "delay_ms", "item_errors"):
+                for k in FAULTS:
                     if k in ctl:
                         STATE[k] = ctl[k]
+                if ctl.get("bucket"):
+                    STATE["tokens"] = float(ctl["bucket"].get("burst", ctl["bucket"]["rate"]))
+                    STATE["refilled"] = time.monotonic()
                 if "seed" in ctl:
                     STATE["rng"] = random.Random(ctl["seed"])
             return self.reply(200, {"ok": True}, "application/json")
         if self.path == "/_reset":
             with LOCK:
-                STATE.update(throttle=0, throttle_rate=0.0, status=None, times=0, delay_ms=0, item_errors=0, log=[])
+                STATE.update(FAULTS, log=[])
             return self.reply(200, {"ok": True}, "application/json")
 
         target = self.headers.get("X-Amz-Target", "")
-        req = json.loads(body or b"{}") if body else {}
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        service, model, endpoint = "comprehend", None, None
+        if path.startswith("/endpoints/") and path.endswith("/invocations"):
+            service, endpoint = "sagemaker", path[len("/endpoints/"):-len("/invocations")]
+            target = "sagemaker:InvokeEndpoint"
+        elif path.startswith("/model/") and path.rsplit("/", 1)[-1] in ("invoke", "converse"):
+            service = "bedrock"
+            model, op = path[len("/model/"):].rsplit("/", 1)
+            target = "bedrock:" + ("InvokeModel" if op == "invoke" else "Converse")
+        elif b"Action=AssumeRole" in body:
+            service, target = "sts", "sts:AssumeRole"
+        req = {}
+        if service in ("comprehend", "bedrock") and body:
+            try:
+                req = json.loads(body)
+            except ValueError:
+                req = {}
+        auth = self.headers.get("Authorization", "")
+        key = auth.split("Credential=", 1)[1].split("/", 1)[0] if "Credential=" in auth else ""
         entry = {"target": target, "attempt": self.headers.get("amz-sdk-request", ""), "t": time.monotonic(),
-                 "documents": len(req.get("TextList", [])) if "TextList" in req else 1,
-                 "language": req.get("LanguageCode")}
+                 "wall": time.time(), "documents": len(req.get("TextList", [])) if "TextList" in req else 1,
+                 "language": req.get("LanguageCode"), "access_key": key}
+        if endpoint is not None:
+            entry["endpoint"] = endpoint
+            entry["documents"] = len(csv_records(body.decode(errors="replace")))
+            entry["bytes"] = len(body)
+        if model is not None:
+            entry["model"] = model
+            entry["request"] = req
         with LOCK:
             STATE["log"].append(entry)
             delay = STATE["delay_ms"]
             fault = None
-            if STATE["throttle"] > 0:
+            if service == "sts":
+                pass
+            elif STATE["throttle"] > 0:
                 STATE["throttle"] -= 1
                 fault = "throttle"
             elif STATE["throttle_rate"] and STATE["rng"].random() < STATE["throttle_rate"]:
                 fault = "throttle"
+            elif not take_bucket_token():
+                fault = "throttle"
             elif STATE["status"] and STATE["times"] > 0:
                 STATE["times"] -= 1
                 fault = STATE["status"]
+            elif STATE["reset"] > 0:
+                STATE["reset"] -= 1
+                fault = "reset"
+            elif STATE["garbage"] > 0:
+                STATE["garbage"] -= 1
+                fault = "garbage"
         if delay:
             time.sleep(delay / 1000)
         bad_sig = check_sigv4(self, body)
@@ -208,11 +379,40 @@ class Handler(BaseHTTPRequestHandler):
             entry["status"] = 403
             return self.error(403, "InvalidSignatureException", bad_sig)
         if fault == "throttle":
-            entry["status"] = 400
-            return self.error(400, "ThrottlingException", "Rate exceeded")
+            # Bedrock answers 429; the JSON 1.1 services and SageMaker 400 with the code.
+            entry["status"] = 429 if service == "bedrock" else 400
+            return self.error(entry["status"], "ThrottlingException", "Rate exceeded")
         if isinstance(fault, int):
             entry["status"] = fault
             return self.error(fault, "InternalServerException", "scripted failure")
+        if fault == "reset":
+            entry["status"] = "reset"
+            self.close_connection = True
+            import socket
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if fault == "garbage":
+            entry["status"] = 200
+            return self.reply(200, b"<html>not what you asked for", "application/json")
+
+        if service == "sts":
+            entry["status"] = 200
+            return self.reply(200, assume_role_xml(), "text/xml")
+        if service == "sagemaker":
+            if len(body) > 6_000_000:
+                entry["status"] = 400
+                return self.error(400, "ValidationError", "Request payload is larger than 6 MB")
+            accept = self.headers.get("Accept", "text/csv")
+            out, _ = sagemaker(body, accept)
+            entry["status"] = 200
+            return self.reply(200, out, accept, extra={"x-Amzn-Invoked-Production-Variant": "AllTraffic"})
+        if service == "bedrock":
+            answer = bedrock_converse(model, req) if target == "bedrock:Converse" else bedrock_invoke(model, req)
+            if answer is None:
+                entry["status"] = 400
+                return self.error(400, "ValidationException", f"the stand-in knows no InvokeModel body for {model}")
+            entry["status"] = 200
+            return self.reply(200, answer, "application/json")
 
         if target in BATCH:
             docs = req.get("TextList", [])

@@ -684,3 +684,36 @@ impl Drop for AwsStandin {
         let _ = self.child.wait();
     }
 }
+
+/// A plain HTTP GET on 127.0.0.1: (status line, body).
+pub fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The value of one sample (`name{labels}` exactly) in a Prometheus text body.
+pub fn sample<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .map(|l| &l[name.len() + 1..])
+}
+
+/// Polls `tail` until it holds `n` records; fails with the daemon's log after `secs` or if the
+/// daemon exits.
+pub fn wait_records(d: &mut Daemon, tail: &mut Tail, n: usize, secs: u64) {
+    let start = Instant::now();
+    while tail.poll(Duration::from_millis(200)) < n {
+        d.assert_running();
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{} of {n} records\n{}",
+            tail.records.len(),
+            d.log()
+        );
+    }
+}

@@ -2,17 +2,11 @@
 //! (Aurora's `aws_comprehend_detect_sentiment` and `_confidence` in one answer), entities,
 //! key phrases and the dominant language.
 
-use std::time::Duration;
-
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_comprehend::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_comprehend::types::{BatchItemError, LanguageCode};
 use serde_json::{json, Map, Value};
 
-use super::{score, Backend, BackendError, BoxFuture, ErrorKind, Input, ItemResult};
-use crate::config::pipeline::{ComprehendConfig, ComprehendOperation};
+use super::{aws, score, Backend, BackendError, BoxFuture, ErrorKind, Input, ItemResult};
+use crate::config::pipeline::{ComprehendConfig, ComprehendOperation, EnrichmentConfig};
 
 /// The most documents BatchDetect* takes in one call.
 pub const MAX_BATCH: usize = 25;
@@ -25,41 +19,9 @@ pub struct Comprehend {
     max_batch: usize,
 }
 
-pub async fn sdk_config(
-    region: Option<&str>,
-    endpoint_url: Option<&str>,
-    timeout: Duration,
-) -> aws_config::SdkConfig {
-    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http)
-        .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .operation_attempt_timeout(timeout)
-                .connect_timeout(Duration::from_secs(5))
-                .build(),
-        );
-    if let Some(r) = region {
-        loader = loader.region(Region::new(r.to_string()));
-    }
-    if let Some(u) = endpoint_url {
-        loader = loader.endpoint_url(u);
-    }
-    loader.load().await
-}
-
 impl Comprehend {
-    pub async fn new(cfg: &ComprehendConfig) -> Comprehend {
-        let sdk = sdk_config(
-            cfg.region.as_deref(),
-            cfg.endpoint_url.as_deref(),
-            Duration::from_millis(cfg.timeout_ms),
-        )
-        .await;
+    pub async fn new(e: &EnrichmentConfig, cfg: &ComprehendConfig) -> Comprehend {
+        let sdk = aws::sdk_config(&e.aws(), e.timeout()).await;
         Comprehend {
             client: aws_sdk_comprehend::Client::new(&sdk),
             op: cfg.operation,
@@ -67,7 +29,7 @@ impl Comprehend {
             max_batch: if cfg.operation == ComprehendOperation::PiiEntities {
                 1
             } else {
-                cfg.max_batch_size.min(MAX_BATCH)
+                e.max_batch_size().min(MAX_BATCH)
             },
         }
     }
@@ -75,60 +37,30 @@ impl Comprehend {
     fn err(&self, kind: ErrorKind, message: String) -> BackendError {
         BackendError {
             backend: "comprehend",
-            operation: self.operation(),
+            operation: self.operation().to_string(),
             kind,
             message,
             retry_after: None,
         }
     }
 
-    /// Classifies an SDK error once, by its kind: throttling codes, timeouts, transport and
-    /// 5xx are retryable; other service errors are bad input.
-    fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+    fn classify<E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::fmt::Debug>(
         &self,
-        e: &SdkError<E, aws_sdk_comprehend::config::http::HttpResponse>,
+        e: &aws_smithy_runtime_api::client::result::SdkError<
+            E,
+            aws_smithy_runtime_api::http::Response,
+        >,
     ) -> BackendError {
-        match e {
-            SdkError::TimeoutError(_) => self.err(ErrorKind::Timeout, "the call timed out".into()),
-            SdkError::DispatchFailure(d) => {
-                if d.is_timeout() {
-                    self.err(ErrorKind::Timeout, "connecting timed out".into())
-                } else {
-                    self.err(
-                        ErrorKind::Transient,
-                        format!("cannot reach the endpoint: {d:?}"),
-                    )
-                }
-            }
-            SdkError::ResponseError(_) => {
-                self.err(ErrorKind::Transient, "the answer could not be read".into())
-            }
-            SdkError::ServiceError(s) => {
-                let status = s.raw().status().as_u16();
-                let code = s.err().code().unwrap_or("");
-                let message = format!("{code}: {}", s.err().message().unwrap_or(""));
-                let kind = match code {
-                    "ThrottlingException"
-                    | "TooManyRequestsException"
-                    | "ThrottledException"
-                    | "RequestLimitExceeded"
-                    | "ProvisionedThroughputExceededException" => ErrorKind::Throttled,
-                    _ if status == 429 => ErrorKind::Throttled,
-                    _ if status >= 500 => ErrorKind::Transient,
-                    _ => ErrorKind::BadInput,
-                };
-                let retry_after = s
-                    .raw()
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                BackendError {
-                    retry_after,
-                    ..self.err(kind, message)
-                }
-            }
-            other => self.err(ErrorKind::Transient, format!("{other:?}")),
+        aws::classify("comprehend", self.operation(), e)
+    }
+
+    fn operation(&self) -> &'static str {
+        match self.op {
+            ComprehendOperation::Sentiment => "sentiment",
+            ComprehendOperation::Entities => "entities",
+            ComprehendOperation::KeyPhrases => "key_phrases",
+            ComprehendOperation::DominantLanguage => "dominant_language",
+            ComprehendOperation::PiiEntities => "pii_entities",
         }
     }
 
@@ -296,14 +228,15 @@ impl Backend for Comprehend {
         "comprehend"
     }
 
-    fn operation(&self) -> &'static str {
-        match self.op {
-            ComprehendOperation::Sentiment => "sentiment",
-            ComprehendOperation::Entities => "entities",
-            ComprehendOperation::KeyPhrases => "key_phrases",
-            ComprehendOperation::DominantLanguage => "dominant_language",
-            ComprehendOperation::PiiEntities => "pii_entities",
-        }
+    fn labels(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("backend".into(), "comprehend".into());
+        m.insert("operation".into(), self.operation().into());
+        m
+    }
+
+    fn cache_scope(&self) -> String {
+        self.operation().to_string()
     }
 
     fn max_batch(&self) -> usize {

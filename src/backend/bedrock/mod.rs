@@ -1,0 +1,378 @@
+//! A Bedrock foundation model through `aws-sdk-bedrockruntime`: InvokeModel with the model
+//! family's own body (Anthropic messages, Amazon Titan text) or the Converse API for any model.
+//! One rendered prompt per call; the answer's text taken by a JSON pointer and, with
+//! `output: json`, parsed and checked. Token usage is reported with every answer.
+
+use aws_sdk_bedrockruntime::primitives::Blob;
+use aws_sdk_bedrockruntime::types::{
+    ContentBlock, ConversationRole, ConverseOutput, InferenceConfiguration, Message,
+    SystemContentBlock,
+};
+use serde_json::{json, Map, Value};
+
+use super::{aws, Backend, BackendError, BoxFuture, ErrorKind, Input, ItemResult};
+use crate::config::pipeline::{BedrockApi, BedrockConfig, BedrockOutput, EnrichmentConfig};
+
+/// How a model is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// InvokeModel, Anthropic messages body.
+    Anthropic,
+    /// InvokeModel, Titan text body.
+    Titan,
+    /// The Converse API.
+    Converse,
+}
+
+impl Family {
+    pub fn resolve(b: &BedrockConfig) -> Result<Family, String> {
+        // Cross-region inference profiles prefix the id: `us.anthropic.…`.
+        let id = b.model.as_str();
+        let known = if id.contains("anthropic.") {
+            Some(Family::Anthropic)
+        } else if id.contains("amazon.titan-text") {
+            Some(Family::Titan)
+        } else {
+            None
+        };
+        match (b.api, known) {
+            (Some(BedrockApi::Converse), _) => Ok(Family::Converse),
+            (_, Some(f)) => Ok(f),
+            (None, None) => Ok(Family::Converse),
+            (Some(BedrockApi::Invoke), None) => Err(format!(
+                "enrichment.bedrock.model `{id}`: no InvokeModel body is known for its family \
+                 (anthropic.*, amazon.titan-text*); use `api: converse`"
+            )),
+        }
+    }
+
+    fn default_pointer(self) -> &'static str {
+        match self {
+            Family::Anthropic => "/content/0/text",
+            Family::Titan => "/results/0/outputText",
+            Family::Converse => "",
+        }
+    }
+}
+
+pub struct Bedrock {
+    client: aws_sdk_bedrockruntime::Client,
+    cfg: BedrockConfig,
+    family: Family,
+}
+
+/// The model's text as JSON: a Markdown code fence around it is removed first.
+pub fn parse_json_answer(text: &str, fields: Option<&[String]>) -> Result<Value, String> {
+    let t = text.trim();
+    let t = match t.strip_prefix("```") {
+        Some(rest) => {
+            let rest = rest.strip_prefix("json").unwrap_or(rest);
+            rest.strip_suffix("```").unwrap_or(rest).trim()
+        }
+        None => t,
+    };
+    let v: Value = serde_json::from_str(t).map_err(|e| {
+        format!(
+            "the model's answer is not JSON ({e}): `{}`",
+            crate::enrich::truncate(text, 120).0
+        )
+    })?;
+    if let Some(fields) = fields {
+        let Some(obj) = v.as_object() else {
+            return Err("the model's answer is JSON but not an object".into());
+        };
+        let missing: Vec<&str> = fields
+            .iter()
+            .filter(|f| !obj.contains_key(*f))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("the model's JSON lacks {}", missing.join(", ")));
+        }
+    }
+    Ok(v)
+}
+
+impl Bedrock {
+    pub async fn new(e: &EnrichmentConfig, cfg: &BedrockConfig) -> Result<Bedrock, String> {
+        let sdk = aws::sdk_config(&e.aws(), e.timeout()).await;
+        Ok(Bedrock {
+            client: aws_sdk_bedrockruntime::Client::new(&sdk),
+            family: Family::resolve(cfg)?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    fn err(&self, kind: ErrorKind, message: String) -> BackendError {
+        BackendError {
+            backend: "bedrock",
+            operation: self.cfg.model.clone(),
+            kind,
+            message,
+            retry_after: None,
+        }
+    }
+
+    /// InvokeModel with the family's body: the answer's text and (input, output) tokens.
+    async fn invoke(&self, prompt: &str) -> Result<(String, u64, u64), BackendError> {
+        let c = &self.cfg;
+        let body = match self.family {
+            Family::Anthropic => {
+                let mut b = json!({
+                    "anthropic_version": "bedrock-2023-05-31",
+                    "max_tokens": c.max_tokens,
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": prompt}]}],
+                });
+                if let Some(s) = &c.system {
+                    b["system"] = json!(s);
+                }
+                if let Some(t) = c.temperature {
+                    b["temperature"] = json!(t);
+                }
+                b
+            }
+            _ => {
+                let text = match &c.system {
+                    Some(s) => format!("{s}\n\n{prompt}"),
+                    None => prompt.to_string(),
+                };
+                let mut g = json!({"maxTokenCount": c.max_tokens});
+                if let Some(t) = c.temperature {
+                    g["temperature"] = json!(t);
+                }
+                json!({"inputText": text, "textGenerationConfig": g})
+            }
+        };
+        let out = self
+            .client
+            .invoke_model()
+            .model_id(&c.model)
+            .content_type("application/json")
+            .accept("application/json")
+            .body(Blob::new(body.to_string().into_bytes()))
+            .send()
+            .await
+            .map_err(|e| aws::classify("bedrock", &c.model, &e))?;
+        let answer: Value = serde_json::from_slice(out.body().as_ref()).map_err(|e| {
+            self.err(
+                ErrorKind::BadOutput,
+                format!("the model's answer is not JSON: {e}"),
+            )
+        })?;
+        let pointer = c
+            .result_pointer
+            .as_deref()
+            .unwrap_or(self.family.default_pointer());
+        let text = match answer.pointer(pointer) {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => {
+                return Err(self.err(
+                    ErrorKind::BadOutput,
+                    format!("no value at {pointer} in the model's answer"),
+                ))
+            }
+        };
+        let n = |p: &str| answer.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+        let (input, output) = match self.family {
+            Family::Anthropic => (n("/usage/input_tokens"), n("/usage/output_tokens")),
+            _ => (n("/inputTextTokenCount"), n("/results/0/tokenCount")),
+        };
+        Ok((text, input, output))
+    }
+
+    /// The Converse API: the answer's text and (input, output) tokens.
+    async fn converse(&self, prompt: &str) -> Result<(String, u64, u64), BackendError> {
+        let c = &self.cfg;
+        let internal = |e: aws_sdk_bedrockruntime::error::BuildError| {
+            self.err(
+                ErrorKind::BadInput,
+                format!("cannot build the request: {e}"),
+            )
+        };
+        let message = Message::builder()
+            .role(ConversationRole::User)
+            .content(ContentBlock::Text(prompt.to_string()))
+            .build()
+            .map_err(internal)?;
+        let mut inference = InferenceConfiguration::builder().max_tokens(c.max_tokens as i32);
+        if let Some(t) = c.temperature {
+            inference = inference.temperature(t);
+        }
+        let mut req = self
+            .client
+            .converse()
+            .model_id(&c.model)
+            .messages(message)
+            .inference_config(inference.build());
+        if let Some(s) = &c.system {
+            req = req.system(SystemContentBlock::Text(s.clone()));
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| aws::classify("bedrock", &c.model, &e))?;
+        let text: String = match out.output() {
+            Some(ConverseOutput::Message(m)) => m
+                .content()
+                .iter()
+                .filter_map(|b| match b {
+                    ContentBlock::Text(t) => Some(t.as_str()),
+                    _ => None,
+                })
+                .collect(),
+            _ => String::new(),
+        };
+        if text.is_empty() {
+            return Err(self.err(ErrorKind::BadOutput, "the model answered no text".into()));
+        }
+        let (i, o) = out
+            .usage()
+            .map(|u| {
+                (
+                    u.input_tokens().max(0) as u64,
+                    u.output_tokens().max(0) as u64,
+                )
+            })
+            .unwrap_or((0, 0));
+        Ok((text, i, o))
+    }
+
+    async fn one(&self, input: &Input) -> ItemResult {
+        let (text, tin, tout) = match self.family {
+            Family::Converse => self.converse(&input.text).await?,
+            _ => self.invoke(&input.text).await?,
+        };
+        let result = match self.cfg.output {
+            BedrockOutput::Text => Value::String(text),
+            BedrockOutput::Json => parse_json_answer(&text, self.cfg.fields.as_deref())
+                .map_err(|m| self.err(ErrorKind::BadOutput, m))?,
+        };
+        let mut m = Map::new();
+        m.insert("result".into(), result);
+        m.insert(
+            "usage".into(),
+            json!({"input_tokens": tin, "output_tokens": tout}),
+        );
+        Ok(m)
+    }
+}
+
+impl Backend for Bedrock {
+    fn name(&self) -> &'static str {
+        "bedrock"
+    }
+
+    fn labels(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("backend".into(), "bedrock".into());
+        m.insert("model".into(), self.cfg.model.clone().into());
+        m
+    }
+
+    fn cache_scope(&self) -> String {
+        let c = &self.cfg;
+        format!(
+            "{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}",
+            c.model,
+            self.family,
+            c.system,
+            c.max_tokens,
+            c.temperature,
+            c.result_pointer,
+            c.output,
+            c.fields
+        )
+    }
+
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    fn token_estimate(&self, input: &Input) -> Option<u64> {
+        let system = self.cfg.system.as_deref().map_or(0, str::len);
+        // About four bytes a token for English text, rounded up; settled on the real count.
+        Some((input.text.len() + system).div_ceil(4) as u64 + u64::from(self.cfg.max_tokens))
+    }
+
+    fn call<'a>(
+        &'a self,
+        inputs: &'a [Input],
+    ) -> BoxFuture<'a, Result<Vec<ItemResult>, BackendError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(inputs.len());
+            for i in inputs {
+                match self.one(i).await {
+                    // A failed call fails the whole call (one prompt a call), so that it is
+                    // retried or dead-lettered by its kind.
+                    Err(e) if inputs.len() == 1 => return Err(e),
+                    r => out.push(r),
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_answers_are_unfenced_and_checked() {
+        let f = vec!["summary".to_string(), "tone".to_string()];
+        assert_eq!(
+            parse_json_answer(
+                "```json\n{\"summary\": \"s\", \"tone\": \"calm\"}\n```",
+                Some(&f)
+            ),
+            Ok(json!({"summary": "s", "tone": "calm"}))
+        );
+        assert_eq!(
+            parse_json_answer("{\"summary\": \"s\"}", Some(&f)),
+            Err("the model's JSON lacks tone".to_string())
+        );
+        assert!(parse_json_answer("Sure! Here it is", None)
+            .unwrap_err()
+            .starts_with("the model's answer is not JSON"));
+    }
+
+    fn cfg(model: &str, api: Option<BedrockApi>) -> BedrockConfig {
+        BedrockConfig {
+            model: model.into(),
+            api,
+            prompt: "{a}".into(),
+            system: None,
+            max_tokens: 10,
+            temperature: None,
+            result_pointer: None,
+            output: BedrockOutput::Text,
+            fields: None,
+        }
+    }
+
+    #[test]
+    fn families() {
+        assert_eq!(
+            Family::resolve(&cfg("anthropic.claude-3-haiku-20240307-v1:0", None)),
+            Ok(Family::Anthropic)
+        );
+        assert_eq!(
+            Family::resolve(&cfg("us.anthropic.claude-3-5-sonnet", None)),
+            Ok(Family::Anthropic)
+        );
+        assert_eq!(
+            Family::resolve(&cfg("amazon.titan-text-express-v1", None)),
+            Ok(Family::Titan)
+        );
+        assert_eq!(
+            Family::resolve(&cfg("meta.llama3-8b-instruct-v1:0", None)),
+            Ok(Family::Converse)
+        );
+        assert_eq!(
+            Family::resolve(&cfg("anthropic.claude-v2", Some(BedrockApi::Converse))),
+            Ok(Family::Converse)
+        );
+        assert!(Family::resolve(&cfg("meta.llama3", Some(BedrockApi::Invoke))).is_err());
+    }
+}

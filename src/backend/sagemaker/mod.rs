@@ -1,0 +1,372 @@
+//! A SageMaker endpoint through `aws-sdk-sagemakerruntime` InvokeEndpoint: the rows of a batch
+//! as RFC 4180 CSV lines in (`text/csv`), one line per row out (CSV or JSON lines), typed as
+//! the pipeline says (Aurora's SageMaker functions with `MAX_BATCH_SIZE`).
+
+use aws_sdk_sagemakerruntime::primitives::Blob;
+use serde_json::{Map, Value};
+
+use super::{aws, Backend, BackendError, BoxFuture, ErrorKind, Input, ItemResult};
+use crate::config::pipeline::{EnrichmentConfig, SageMakerAccept, SageMakerConfig};
+
+/// Rows per call unless the pipeline says otherwise (Aurora's `MAX_BATCH_SIZE` default).
+pub const DEFAULT_BATCH: usize = 10_000;
+/// InvokeEndpoint's request body limit.
+pub const MAX_BODY_BYTES: usize = 6_000_000;
+
+/// The result's type, as Aurora's `RETURNS`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Returns {
+    Double,
+    Bigint,
+    Varchar(usize),
+    Json,
+}
+
+impl Returns {
+    pub fn parse(s: &str) -> Result<Returns, String> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "double" => return Ok(Returns::Double),
+            "bigint" => return Ok(Returns::Bigint),
+            "json" => return Ok(Returns::Json),
+            _ => {}
+        }
+        if let Some(n) = t.strip_prefix("varchar(").and_then(|r| r.strip_suffix(')')) {
+            if let Ok(n) = n.trim().parse::<usize>() {
+                if n > 0 {
+                    return Ok(Returns::Varchar(n));
+                }
+            }
+        }
+        Err(format!(
+            "`{s}` is not a type; use double, bigint, varchar(n) or json"
+        ))
+    }
+
+    /// Types one answer: a CSV field (text) or a JSON value.
+    pub fn value(self, v: Value) -> Result<Value, String> {
+        let text = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        match self {
+            Returns::Json => Ok(match v {
+                Value::String(s) => serde_json::from_str(&s)
+                    .map_err(|e| format!("`{}` is not JSON: {e}", clip(&s)))?,
+                other => other,
+            }),
+            Returns::Double => text(&v)
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .and_then(serde_json::Number::from_f64)
+                .map(Value::Number)
+                .ok_or_else(|| format!("`{}` is not a double", clip(&v_text(&v)))),
+            Returns::Bigint => text(&v)
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .map(Value::from)
+                .ok_or_else(|| format!("`{}` is not a bigint", clip(&v_text(&v)))),
+            Returns::Varchar(n) => {
+                let s = text(&v).ok_or_else(|| format!("`{}` is not text", clip(&v_text(&v))))?;
+                let len = s.chars().count();
+                if len > n {
+                    return Err(format!("{len} characters do not fit varchar({n})"));
+                }
+                Ok(Value::String(s))
+            }
+        }
+    }
+}
+
+fn v_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn clip(s: &str) -> String {
+    crate::enrich::truncate(s, 80).0.to_string()
+}
+
+/// One row's values as an RFC 4180 CSV line (no line end): NULL is an empty field; a field
+/// holding `,` `"` CR or LF is quoted, with `"` doubled.
+pub fn csv_line(values: &[Option<&Value>]) -> String {
+    let mut line = String::new();
+    let mut field = String::new();
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        field.clear();
+        crate::enrich::template::push_value(&mut field, *v);
+        if field.contains([',', '"', '\r', '\n']) {
+            line.push('"');
+            line.push_str(&field.replace('"', "\"\""));
+            line.push('"');
+        } else {
+            line.push_str(&field);
+        }
+    }
+    line
+}
+
+/// Splits a CSV answer into records of fields (quotes respected; CRLF or LF line ends; a
+/// final line end is optional).
+pub fn csv_records(body: &str) -> Result<Vec<Vec<String>>, String> {
+    let mut records = Vec::new();
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut at_start = true;
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if quoted {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    field.push('"');
+                } else {
+                    quoted = false;
+                }
+            } else {
+                field.push(c);
+            }
+            continue;
+        }
+        match c {
+            '"' if at_start => {
+                quoted = true;
+                at_start = false;
+            }
+            ',' => {
+                fields.push(std::mem::take(&mut field));
+                at_start = true;
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' => {
+                fields.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut fields));
+                at_start = true;
+            }
+            c => {
+                field.push(c);
+                at_start = false;
+            }
+        }
+    }
+    if quoted {
+        return Err("a quoted field is not closed".into());
+    }
+    if !field.is_empty() || !fields.is_empty() {
+        fields.push(field);
+        records.push(fields);
+    }
+    Ok(records)
+}
+
+pub struct SageMaker {
+    client: aws_sdk_sagemakerruntime::Client,
+    cfg: SageMakerConfig,
+    returns: Returns,
+    max_batch: usize,
+    max_bytes: usize,
+}
+
+impl SageMaker {
+    pub async fn new(e: &EnrichmentConfig, cfg: &SageMakerConfig) -> Result<SageMaker, String> {
+        let sdk = aws::sdk_config(&e.aws(), e.timeout()).await;
+        Ok(SageMaker {
+            client: aws_sdk_sagemakerruntime::Client::new(&sdk),
+            returns: Returns::parse(&cfg.returns)?,
+            cfg: cfg.clone(),
+            max_batch: e.max_batch_size(),
+            max_bytes: e.max_batch_bytes.unwrap_or(MAX_BODY_BYTES),
+        })
+    }
+
+    fn err(&self, kind: ErrorKind, message: String) -> BackendError {
+        BackendError {
+            backend: "sagemaker",
+            operation: self.cfg.endpoint.clone(),
+            kind,
+            message,
+            retry_after: None,
+        }
+    }
+
+    /// One raw answer per line of the body.
+    fn answers(&self, body: &[u8]) -> Result<Vec<Result<Value, String>>, BackendError> {
+        let bad = |m: String| self.err(ErrorKind::BadOutput, m);
+        let text =
+            std::str::from_utf8(body).map_err(|e| bad(format!("the answer is not UTF-8: {e}")))?;
+        match self.cfg.accept {
+            SageMakerAccept::Csv => Ok(csv_records(text)
+                .map_err(|m| bad(format!("the CSV answer cannot be read: {m}")))?
+                .into_iter()
+                .map(|mut r| match (r.len(), self.returns) {
+                    (1, _) => Ok(Value::String(r.remove(0))),
+                    (_, Returns::Json) => {
+                        Ok(Value::Array(r.into_iter().map(Value::String).collect()))
+                    }
+                    (n, _) => Err(format!(
+                        "the line has {n} fields; {:?} takes one",
+                        self.returns
+                    )),
+                })
+                .collect()),
+            SageMakerAccept::Jsonlines => Ok(text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l)
+                        .map_err(|e| format!("`{}` is not JSON: {e}", clip(l)))?;
+                    match self.cfg.result_pointer.as_deref() {
+                        None | Some("") => Ok(v),
+                        Some(p) => v
+                            .pointer(p)
+                            .cloned()
+                            .ok_or_else(|| format!("no value at {p} in `{}`", clip(l))),
+                    }
+                })
+                .collect()),
+        }
+    }
+}
+
+impl Backend for SageMaker {
+    fn name(&self) -> &'static str {
+        "sagemaker"
+    }
+
+    fn labels(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("backend".into(), "sagemaker".into());
+        m.insert("endpoint".into(), self.cfg.endpoint.clone().into());
+        m
+    }
+
+    fn cache_scope(&self) -> String {
+        format!(
+            "{}|{:?}|{:?}|{}",
+            self.cfg.endpoint, self.cfg.accept, self.cfg.result_pointer, self.cfg.returns
+        )
+    }
+
+    fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    fn max_batch_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    fn call<'a>(
+        &'a self,
+        inputs: &'a [Input],
+    ) -> BoxFuture<'a, Result<Vec<ItemResult>, BackendError>> {
+        Box::pin(async move {
+            let mut body = String::with_capacity(inputs.iter().map(|i| i.text.len() + 1).sum());
+            for i in inputs {
+                body.push_str(&i.text);
+                body.push('\n');
+            }
+            let accept = match self.cfg.accept {
+                SageMakerAccept::Csv => "text/csv",
+                SageMakerAccept::Jsonlines => "application/jsonlines",
+            };
+            let out = self
+                .client
+                .invoke_endpoint()
+                .endpoint_name(&self.cfg.endpoint)
+                .content_type("text/csv")
+                .accept(accept)
+                .body(Blob::new(body.into_bytes()))
+                .send()
+                .await
+                .map_err(|e| aws::classify("sagemaker", &self.cfg.endpoint, &e))?;
+            let answers = self.answers(out.body().map(|b| b.as_ref()).unwrap_or_default())?;
+            if answers.len() != inputs.len() {
+                return Err(self.err(
+                    ErrorKind::BadOutput,
+                    format!(
+                        "sent {} rows, the endpoint answered {} lines; a batch is never aligned by guess",
+                        inputs.len(),
+                        answers.len()
+                    ),
+                ));
+            }
+            Ok(answers
+                .into_iter()
+                .map(|a| {
+                    let v = a
+                        .and_then(|v| self.returns.value(v))
+                        .map_err(|m| self.err(ErrorKind::BadOutput, m))?;
+                    let mut m = Map::new();
+                    m.insert("result".into(), v);
+                    Ok(m)
+                })
+                .collect())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn csv_lines_quote_what_needs_quoting() {
+        let (a, b, c, d) = (
+            json!("plain"),
+            json!("a,b"),
+            json!("say \"hi\"\nbye"),
+            json!(2.5),
+        );
+        assert_eq!(
+            csv_line(&[Some(&a), Some(&b), Some(&c), None, Some(&d)]),
+            "plain,\"a,b\",\"say \"\"hi\"\"\nbye\",,2.5"
+        );
+    }
+
+    #[test]
+    fn csv_answers_split_into_records() {
+        assert_eq!(
+            csv_records("0.5\n\"x,\"\"y\"\"\nz\"\r\n3,4").unwrap(),
+            vec![
+                vec!["0.5".to_string()],
+                vec!["x,\"y\"\nz".to_string()],
+                vec!["3".to_string(), "4".to_string()]
+            ]
+        );
+        assert_eq!(csv_records("").unwrap(), Vec::<Vec<String>>::new());
+        assert!(csv_records("\"open").is_err());
+    }
+
+    #[test]
+    fn answers_are_typed() {
+        assert_eq!(
+            Returns::parse("double").unwrap().value(json!(" 0.25")),
+            Ok(json!(0.25))
+        );
+        assert_eq!(
+            Returns::parse("BIGINT").unwrap().value(json!("42")),
+            Ok(json!(42))
+        );
+        assert_eq!(
+            Returns::parse("varchar(3)").unwrap().value(json!("abc")),
+            Ok(json!("abc"))
+        );
+        assert_eq!(
+            Returns::Varchar(2).value(json!("abc")),
+            Err("3 characters do not fit varchar(2)".to_string())
+        );
+        assert_eq!(Returns::Json.value(json!("{\"a\":1}")), Ok(json!({"a": 1})));
+        assert_eq!(
+            Returns::Double.value(json!("x")),
+            Err("`x` is not a double".to_string())
+        );
+        assert!(Returns::parse("varchar(0)").is_err());
+        assert!(Returns::parse("float").is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! What a row gives its backend: a document (Comprehend), a CSV line (SageMaker) or a
+//! rendered prompt (Bedrock) — or no call at all (a delete, no text, input unchanged).
+
+use serde_json::Value;
+
+use super::template::Template;
+use crate::backend::comprehend::MAX_DOCUMENT_BYTES;
+use crate::backend::sagemaker::csv_line;
+use crate::backend::Input;
+use crate::config::pipeline::{BackendConfig, EnrichmentConfig, OnTooLong};
+use crate::pipeline::ChangeRecord;
+
+pub enum InputSpec {
+    Document {
+        text: String,
+        language: String,
+        language_column: Option<String>,
+        on_too_long: OnTooLong,
+    },
+    Csv {
+        columns: Vec<String>,
+    },
+    Prompt {
+        template: Template,
+    },
+}
+
+/// What one record needs.
+pub enum Prepared {
+    /// No call: the reason goes into the record (`skipped`).
+    Skip(&'static str),
+    /// A call; `truncated` when the text was cut to the service's limit.
+    Call { input: Input, truncated: bool },
+    /// The input can never be sent (too long under `on_too_long: dead_letter`).
+    Reject(String),
+}
+
+impl InputSpec {
+    pub fn from_config(e: &EnrichmentConfig) -> Result<InputSpec, String> {
+        Ok(match e.backend() {
+            Some(BackendConfig::Comprehend(c)) => InputSpec::Document {
+                text: c.text.clone(),
+                language: c.language.clone(),
+                language_column: c.language_column.clone(),
+                on_too_long: c.on_too_long,
+            },
+            Some(BackendConfig::SageMaker(s)) => InputSpec::Csv {
+                columns: s.input.clone(),
+            },
+            Some(BackendConfig::Bedrock(b)) => InputSpec::Prompt {
+                template: Template::parse(&b.prompt)?,
+            },
+            None => return Err("no backend".into()),
+        })
+    }
+
+    /// The columns the input is made of.
+    fn columns(&self) -> Vec<&str> {
+        match self {
+            InputSpec::Document {
+                text,
+                language_column,
+                ..
+            } => std::iter::once(text.as_str())
+                .chain(language_column.as_deref())
+                .collect(),
+            InputSpec::Csv { columns } => columns.iter().map(String::as_str).collect(),
+            InputSpec::Prompt { template } => template.columns(),
+        }
+    }
+
+    /// True when an update left every input column as it was: no call, and no loop when the
+    /// daemon writes its own results back to the row.
+    pub fn unchanged(&self, rec: &ChangeRecord) -> bool {
+        match (&rec.before, &rec.after) {
+            (Some(b), Some(a)) => self.columns().into_iter().all(|c| b.get(c) == a.get(c)),
+            _ => false,
+        }
+    }
+
+    pub fn prepare(&self, rec: &ChangeRecord) -> Prepared {
+        let Some(after) = &rec.after else {
+            return Prepared::Skip("deleted");
+        };
+        if self.unchanged(rec) {
+            return Prepared::Skip("input unchanged");
+        }
+        match self {
+            InputSpec::Document {
+                text,
+                language,
+                language_column,
+                on_too_long,
+            } => {
+                let t = match after.get(text) {
+                    Some(Value::String(t)) if !t.trim().is_empty() => t,
+                    _ => return Prepared::Skip("no text"),
+                };
+                let (cut, truncated) = super::truncate(t, MAX_DOCUMENT_BYTES);
+                if truncated && *on_too_long == OnTooLong::DeadLetter {
+                    return Prepared::Reject(format!(
+                        "`{text}` holds {} UTF-8 bytes; Comprehend takes at most {MAX_DOCUMENT_BYTES} (on_too_long: dead_letter)",
+                        t.len()
+                    ));
+                }
+                let lang = language_column
+                    .as_ref()
+                    .and_then(|c| after.get(c))
+                    .and_then(Value::as_str)
+                    .filter(|l| !l.trim().is_empty())
+                    .unwrap_or(language);
+                Prepared::Call {
+                    input: Input {
+                        text: cut.to_string(),
+                        language: lang.to_string(),
+                    },
+                    truncated,
+                }
+            }
+            InputSpec::Csv { columns } => {
+                let values: Vec<Option<&Value>> = columns.iter().map(|c| after.get(c)).collect();
+                Prepared::Call {
+                    input: Input {
+                        text: csv_line(&values),
+                        language: String::new(),
+                    },
+                    truncated: false,
+                }
+            }
+            InputSpec::Prompt { template } => {
+                if template.columns().iter().all(|c| is_empty(after, c)) {
+                    return Prepared::Skip("no text");
+                }
+                Prepared::Call {
+                    input: Input {
+                        text: template.render(|c| after.get(c)),
+                        language: String::new(),
+                    },
+                    truncated: false,
+                }
+            }
+        }
+    }
+}
+
+fn is_empty(row: &crate::pipeline::Image, c: &str) -> bool {
+    match row.get(c) {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.trim().is_empty(),
+        _ => false,
+    }
+}
