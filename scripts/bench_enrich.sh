@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Enrichment quota use (a benchmark, not a test): the AWS stand-in answers after a fixed
 # latency; the pipeline may make RPS calls per second of up to 25 documents. Quota use =
-# documents/s ÷ (RPS × 25). Run once clean and once with 30% of calls throttled.
+# documents/s ÷ (RPS × 25). Run clean, with 30% of calls throttled at random, and against a
+# service whose own token bucket allows only 80% of RPS (the pipeline is told RPS): AIMD has to
+# find the real quota.
 # Usage: scripts/bench_enrich.sh [rows] [rps] [latency_ms]   (defaults 10000 10 50)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,12 +70,21 @@ log "throttled: 30% of calls"
 thr=$(run throttled $((ROWS + 1)))
 calls_thr=$(python3 -c "import json,urllib.request; l=json.load(urllib.request.urlopen('http://127.0.0.1:$SP/_log')); print(len(l), sum(1 for e in l if e['status']==400))")
 
-python3 - "$ROWS" "$RPS" "$clean" "$thr" "$calls_clean" $calls_thr <<'PY'
+ctl _reset ""
+REAL=$(python3 -c "print($RPS * 0.8)")
+ctl _control "{\"delay_ms\": $LAT, \"bucket\": {\"rate\": $REAL, \"burst\": 1}}"
+log "service bucket: the service allows $REAL calls/s, the pipeline is told $RPS"
+bkt=$(run bucket $((2 * ROWS + 1)))
+calls_bkt=$(python3 -c "import json,urllib.request; l=json.load(urllib.request.urlopen('http://127.0.0.1:$SP/_log')); print(len(l), sum(1 for e in l if e['status']==400))")
+
+python3 - "$ROWS" "$RPS" "$clean" "$thr" "$calls_clean" $calls_thr "$bkt" $calls_bkt <<'PY'
 import sys
 rows, rps, clean, thr, calls_clean, calls_thr, throttled = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+bkt, calls_bkt, throttled_bkt = float(sys.argv[8]), int(sys.argv[9]), int(sys.argv[10])
 print()
 print(f"| run | rows | seconds | documents/s | calls | quota use = docs/s ÷ ({rps:g} × 25) |")
 print("|---|---|---|---|---|---|")
 print(f"| clean | {rows} | {clean:.1f} | {rows/clean:,.0f} | {calls_clean} | {rows/clean/(rps*25):.2f} |")
 print(f"| 30% throttled | {rows} | {thr:.1f} | {rows/thr:,.0f} | {calls_thr} ({throttled} throttled) | {rows/thr/(rps*25):.2f} |")
+print(f"| service allows {rps*0.8:g}/s | {rows} | {bkt:.1f} | {rows/bkt:,.0f} | {calls_bkt} ({throttled_bkt} throttled) | {rows/bkt/(rps*25):.2f} ({rows/bkt/(rps*0.8*25):.2f} of the real quota) |")
 PY

@@ -685,10 +685,21 @@ impl Drop for AwsStandin {
     }
 }
 
-/// A plain HTTP GET on 127.0.0.1: (status line, body).
+/// A plain HTTP GET on 127.0.0.1 (waiting up to 30 s for the port to listen): (status line,
+/// body).
 pub fn http_get(port: u16, path: &str) -> (String, String) {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    // The daemon may not be listening yet: wait for it (a test's own deadline bounds the rest).
+    let start = Instant::now();
+    let mut s = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if start.elapsed() < Duration::from_secs(30) => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("nothing listens on 127.0.0.1:{port} after 30 s: {e}"),
+        }
+    };
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
