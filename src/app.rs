@@ -138,7 +138,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
                 tombstones: k.tombstones,
                 dead_letter: p.dead_letter_topic().map(|d| Arc::from(d.as_str())),
             }),
-            SinkConfig::Jsonl(_) => None,
+            SinkConfig::Jsonl(_) | SinkConfig::Mysql(_) => None,
         })
         .collect();
     if let Some(kcfg) = &cfg.kafka {
@@ -167,6 +167,28 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         }
     }
     for (i, p) in pipelines.iter().enumerate() {
+        if let SinkConfig::Mysql(m) = &p.sink {
+            let plan = report
+                .writeback
+                .get(&p.name)
+                .cloned()
+                .ok_or_else(|| SinkError::Mysql {
+                    pipeline: p.name.clone(),
+                    message: "no write-back plan (the preflight did not check it)".into(),
+                })?;
+            route_to[i] = sinks.len();
+            sinks.push(Box::new(
+                crate::sink::mysql::MysqlSink::start(
+                    &cfg.source,
+                    p,
+                    m,
+                    plan,
+                    tracker.clone(),
+                    metrics.clone(),
+                )
+                .await?,
+            ));
+        }
         if let SinkConfig::Jsonl(j) = &p.sink {
             let path = if j.path == "-" {
                 j.path.clone()

@@ -24,6 +24,8 @@ pub struct Report {
     pub failures: Vec<Failure>,
     pub schemas: Schemas,
     pub server_version: String,
+    /// The write-back plans of pipelines with a MySQL sink, by pipeline name.
+    pub writeback: std::collections::HashMap<String, crate::sink::mysql::Plan>,
 }
 
 fn fail(out: &mut Vec<Failure>, problem: impl Into<String>, fix: impl Into<String>) {
@@ -217,9 +219,26 @@ pub async fn run(
         }
     }
     let _ = conn.disconnect().await;
+    // Write-back sinks, checked with the writer's own account.
+    let mut writeback = std::collections::HashMap::new();
+    for p in pipelines {
+        let crate::config::SinkConfig::Mysql(m) = &p.sink else {
+            continue;
+        };
+        let Some(s) = schemas.get(&p.db_table()) else {
+            continue;
+        };
+        match crate::sink::mysql::check::plan(&cfg.source, p, m, s).await {
+            Ok(plan) => {
+                writeback.insert(p.name.clone(), plan);
+            }
+            Err(mut failures) => f.append(&mut failures),
+        }
+    }
     Ok(Report {
         failures: f,
         schemas,
         server_version: version,
+        writeback,
     })
 }

@@ -360,6 +360,60 @@ pub enum SinkConfig {
     Kafka(KafkaSinkConfig),
     /// JSON lines, for debugging: `path: "-"` is standard output.
     Jsonl(JsonlSinkConfig),
+    /// The enrichment written back into the database: the source row, or a side table.
+    Mysql(MysqlSinkConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSinkConfig {
+    /// `update`: set the output columns on the source row, found by the pipeline's key;
+    /// `upsert`: `INSERT … ON DUPLICATE KEY UPDATE` into `table`, keyed by the source key.
+    pub mode: WriteMode,
+    /// With `upsert`: the side table, `database.table`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// With `upsert`: the side table's columns holding the source key, in the order of the
+    /// pipeline's key (default: the same names).
+    #[serde(default)]
+    pub key: Option<Vec<String>>,
+    /// Output column → a JSON pointer into the record's `enrichment` (`/sentiment`, `/result`).
+    pub columns: std::collections::BTreeMap<String, String>,
+    /// The writer's own account (host, port and TLS are the source's).
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Rows per transaction. Default 100.
+    #[serde(default = "default_write_batch")]
+    pub batch_size: usize,
+    /// How long a transaction waits to fill. Default 50 ms.
+    #[serde(default = "default_write_wait")]
+    pub max_wait_ms: u64,
+    /// Text longer than a character column: `truncate` (default) or `dead_letter`.
+    #[serde(default)]
+    pub on_too_long: OnTooLong,
+    /// Rows the database rejects, and rows whose enrichment failed, with the reason.
+    /// Default `<database>.cdc_enricher_dead_letters` (of the written table).
+    #[serde(default)]
+    pub dead_letter_table: Option<String>,
+    /// The position each write-back pipeline has applied, written in the same transaction as
+    /// the results. Default `<database>.cdc_enricher_writeback`.
+    #[serde(default)]
+    pub progress_table: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    Update,
+    Upsert,
+}
+
+fn default_write_batch() -> usize {
+    100
+}
+fn default_write_wait() -> u64 {
+    50
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -401,7 +455,7 @@ impl PipelineConfig {
     pub fn topic(&self) -> Option<String> {
         match &self.sink {
             SinkConfig::Kafka(k) => Some(self.expand(&k.topic)),
-            SinkConfig::Jsonl(_) => None,
+            SinkConfig::Jsonl(_) | SinkConfig::Mysql(_) => None,
         }
     }
 
@@ -409,7 +463,7 @@ impl PipelineConfig {
     pub fn dead_letter_topic(&self) -> Option<String> {
         match &self.sink {
             SinkConfig::Kafka(k) => k.dead_letter_topic.as_deref().map(|t| self.expand(t)),
-            SinkConfig::Jsonl(_) => None,
+            SinkConfig::Jsonl(_) | SinkConfig::Mysql(_) => None,
         }
     }
 
@@ -516,6 +570,9 @@ pub fn load_dir(dir: &Path, have_kafka: bool) -> Result<Vec<PipelineConfig>, Con
         }
         if let Some(e) = &p.enrichment {
             validate_enrichment(e, p.columns.as_deref()).map_err(bad)?;
+        }
+        if let SinkConfig::Mysql(m) = &p.sink {
+            validate_mysql_sink(m, &p).map_err(bad)?;
         }
         if let SinkConfig::Kafka(k) = &p.sink {
             if !have_kafka {
@@ -680,4 +737,75 @@ fn check_pointer(what: &str, p: &str) -> Result<(), String> {
             "{what} `{p}` is not a JSON pointer (it starts with `/`)"
         ))
     }
+}
+
+/// What can be checked of a write-back sink without a server.
+fn validate_mysql_sink(m: &MysqlSinkConfig, p: &PipelineConfig) -> Result<(), String> {
+    let Some(e) = &p.enrichment else {
+        return Err("sink.mysql writes an enrichment back: the pipeline needs `enrichment`".into());
+    };
+    if m.columns.is_empty() {
+        return Err("sink.mysql.columns names no output column".into());
+    }
+    let inputs = e.input_columns();
+    for (col, ptr) in &m.columns {
+        check_pointer(&format!("sink.mysql.columns.{col}"), ptr)?;
+        if ptr.is_empty() {
+            return Err(format!(
+                "sink.mysql.columns.{col}: name a field of the enrichment (`/result`, `/sentiment`), not all of it"
+            ));
+        }
+        if m.mode == WriteMode::Update {
+            if let Some((what, _)) = inputs.iter().find(|(_, c)| c == col) {
+                return Err(format!(
+                    "sink.mysql.columns.{col}: `{col}` is an input of the enrichment ({what}); writing it would trigger the enrichment again"
+                ));
+            }
+        }
+    }
+    match (m.mode, &m.table) {
+        (WriteMode::Upsert, None) => {
+            return Err(
+                "sink.mysql: `mode: upsert` needs `table: database.table` (the side table)".into(),
+            )
+        }
+        (WriteMode::Update, Some(_)) => {
+            return Err(
+                "sink.mysql: `table` is for `mode: upsert`; `update` writes the source row".into(),
+            )
+        }
+        _ => {}
+    }
+    if m.mode == WriteMode::Update && m.key.is_some() {
+        return Err(
+            "sink.mysql: `key` is for `mode: upsert`; `update` finds the row by the pipeline's key"
+                .into(),
+        );
+    }
+    for (what, t) in [
+        ("table", &m.table),
+        ("dead_letter_table", &m.dead_letter_table),
+        ("progress_table", &m.progress_table),
+    ] {
+        if let Some(t) = t {
+            if split_table(t).is_none() {
+                return Err(format!(
+                    "sink.mysql.{what} `{t}` must be written `database.table`"
+                ));
+            }
+        }
+    }
+    if let (Some(k), Some(pk)) = (&m.key, &p.key) {
+        if k.len() != pk.len() {
+            return Err(format!(
+                "sink.mysql.key names {} columns, the pipeline's key {}",
+                k.len(),
+                pk.len()
+            ));
+        }
+    }
+    if !(1..=10_000).contains(&m.batch_size) {
+        return Err("sink.mysql.batch_size must be between 1 and 10000".into());
+    }
+    Ok(())
 }

@@ -41,6 +41,14 @@ pub struct PipelineMetrics {
     pub errors_by_kind: [AtomicU64; 6],
     /// Seconds per backend call.
     pub call_latency: Histogram,
+    /// Write-back (MySQL sink): rows written, results found stale (the input moved on), rows
+    /// sent to the dead-letter table, records skipped as already applied after a restart, and
+    /// transactions retried.
+    pub writeback_written: AtomicU64,
+    pub writeback_stale: AtomicU64,
+    pub writeback_dead_letters: AtomicU64,
+    pub writeback_replayed: AtomicU64,
+    pub writeback_retries: AtomicU64,
 }
 
 /// A Prometheus histogram with fixed buckets (seconds), lock-free.
@@ -176,7 +184,32 @@ impl Metrics {
                 .collect(),
         );
         type Get = fn(&PipelineMetrics) -> &AtomicU64;
-        let per_pipeline: [(&str, &str, Get); 10] = [
+        let per_pipeline: [(&str, &str, Get); 15] = [
+            (
+                "cdc_enricher_writeback_rows_total",
+                "Rows whose enrichment was written back into the database.",
+                |p| &p.writeback_written,
+            ),
+            (
+                "cdc_enricher_writeback_stale_total",
+                "Results not written because the row's input changed since (a newer result follows).",
+                |p| &p.writeback_stale,
+            ),
+            (
+                "cdc_enricher_writeback_dead_letters_total",
+                "Rows written to the dead-letter table (refused by the database or not enriched).",
+                |p| &p.writeback_dead_letters,
+            ),
+            (
+                "cdc_enricher_writeback_replayed_total",
+                "Records at or before the applied position after a restart, acknowledged without writing.",
+                |p| &p.writeback_replayed,
+            ),
+            (
+                "cdc_enricher_writeback_retries_total",
+                "Write-back transactions rolled back and retried (lost connections, deadlocks).",
+                |p| &p.writeback_retries,
+            ),
             (
                 "cdc_enricher_ml_input_tokens_total",
                 "Input tokens the model reported (Bedrock).",

@@ -3,6 +3,7 @@
 
 pub mod jsonl;
 pub mod kafka;
+pub mod mysql;
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ pub enum SinkError {
     },
     #[error("{pending} records were still unacknowledged after {waited_ms} ms")]
     FlushTimeout { pending: usize, waited_ms: u64 },
+    #[error("write-back of pipeline `{pipeline}`: {message}")]
+    Mysql { pipeline: String, message: String },
     #[error("record could not be serialized: {0}")]
     Serialize(#[from] serde_json::Error),
 }

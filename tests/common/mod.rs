@@ -192,6 +192,17 @@ impl MariaDb {
         c.disconnect().await.unwrap();
     }
 
+    /// The rows of a query, as admin.
+    pub async fn query<T: mysql_async::prelude::FromRow + Send + 'static>(
+        &self,
+        sql: &str,
+    ) -> Vec<T> {
+        let mut c = self.conn().await;
+        let rows = c.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.disconnect().await.unwrap();
+        rows
+    }
+
     /// SIGTERM, wait, start again on the same port and data.
     pub fn restart(&mut self) {
         self.stop();

@@ -1,0 +1,343 @@
+//! Start-up checks of a write-back sink, with the writer's own account: the table, each output
+//! column and whether its type can hold what the enrichment puts at its pointer, the side
+//! table's unique key. The result is the [`Plan`] the writer runs.
+
+use mysql_async::prelude::Queryable;
+
+use super::{statement, writer_opts, Bind, Output, Plan};
+use crate::check::Failure;
+use crate::config::pipeline::{
+    BackendConfig, BedrockOutput, EnrichmentConfig, MysqlSinkConfig, PipelineConfig, WriteMode,
+};
+use crate::config::SourceConfig;
+use crate::source::mysql::schema::{self, SchemaColumn, TableSchema};
+
+/// What the enrichment holds at a pointer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Text,
+    Number,
+    Integer,
+    Json,
+    /// A field of a model's JSON answer: any column; the database refuses what it cannot hold
+    /// (and the row goes to the dead letters).
+    Any,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Number => "a number",
+            Kind::Integer => "an integer",
+            Kind::Json => "JSON",
+            Kind::Any => "a field of the model's JSON",
+        }
+    }
+
+    fn fix(self) -> &'static str {
+        match self {
+            Kind::Text | Kind::Json => "a utf8mb4 VARCHAR, TEXT or JSON column",
+            Kind::Number => "a DOUBLE or DECIMAL column",
+            Kind::Integer => "an integer, DECIMAL or DOUBLE column",
+            Kind::Any => "any column",
+        }
+    }
+}
+
+/// What the enrichment of `e` puts at `pointer`.
+fn kind_at(e: &EnrichmentConfig, pointer: &str) -> Kind {
+    let first = pointer.split('/').nth(1).unwrap_or("");
+    match (e.backend(), first) {
+        (_, "backend" | "operation" | "endpoint" | "model") => Kind::Text,
+        (Some(BackendConfig::Comprehend(_)), "sentiment" | "language") => Kind::Text,
+        (Some(BackendConfig::Comprehend(_)), "confidence" | "scores") => Kind::Number,
+        (Some(BackendConfig::SageMaker(s)), "result") => {
+            match crate::backend::sagemaker::Returns::parse(&s.returns) {
+                Ok(crate::backend::sagemaker::Returns::Double) => Kind::Number,
+                Ok(crate::backend::sagemaker::Returns::Bigint) => Kind::Integer,
+                Ok(crate::backend::sagemaker::Returns::Varchar(_)) => Kind::Text,
+                _ => Kind::Json,
+            }
+        }
+        (Some(BackendConfig::Bedrock(b)), "result")
+            if pointer == "/result" && b.output == BedrockOutput::Text =>
+        {
+            Kind::Text
+        }
+        (Some(BackendConfig::Bedrock(_)), "usage") => Kind::Integer,
+        (Some(BackendConfig::Bedrock(_)), "result") => Kind::Any,
+        _ => Kind::Json,
+    }
+}
+
+const TEXT: [&str; 6] = [
+    "char",
+    "varchar",
+    "tinytext",
+    "text",
+    "mediumtext",
+    "longtext",
+];
+const INTEGER: [&str; 5] = ["tinyint", "smallint", "mediumint", "int", "bigint"];
+const REAL: [&str; 3] = ["float", "double", "decimal"];
+
+fn holds(c: &SchemaColumn, kind: Kind) -> Result<(), String> {
+    let t = c.data_type.as_str();
+    let text = TEXT.contains(&t) || t == "json" || c.is_json;
+    if text && !c.is_json && t != "json" {
+        let cs = c.charset.as_deref().unwrap_or("");
+        if !cs.starts_with("utf8mb4") && matches!(kind, Kind::Text | Kind::Json) {
+            return Err(format!(
+                "{} CHARACTER SET {cs}",
+                c.column_type.to_uppercase()
+            ));
+        }
+    }
+    let ok = match kind {
+        Kind::Text | Kind::Json => text,
+        Kind::Number => REAL.contains(&t) || text,
+        Kind::Integer => INTEGER.contains(&t) || REAL.contains(&t) || text,
+        Kind::Any => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(c.column_type.to_uppercase())
+    }
+}
+
+/// The most characters a CHAR / VARCHAR column holds.
+fn max_chars(c: &SchemaColumn) -> Option<usize> {
+    if !matches!(c.data_type.as_str(), "char" | "varchar") {
+        return None;
+    }
+    let open = c.column_type.find('(')?;
+    let close = c.column_type.find(')')?;
+    c.column_type.get(open + 1..close)?.parse().ok()
+}
+
+fn bind_for(c: Option<&SchemaColumn>) -> Bind {
+    match c.map(|c| c.data_type.as_str()) {
+        Some("binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob") => {
+            Bind::Base64
+        }
+        _ => Bind::Plain,
+    }
+}
+
+/// Types whose values as the record carries them do not compare exactly with the stored ones
+/// (floating point, JSON, temporal with time zones and fractions, spatial): left out of the
+/// stale-write guard.
+fn guardable(c: &SchemaColumn) -> bool {
+    !(c.is_json
+        || matches!(
+            c.data_type.as_str(),
+            "float"
+                | "double"
+                | "json"
+                | "timestamp"
+                | "datetime"
+                | "time"
+                | "bit"
+                | "geometry"
+                | "point"
+                | "linestring"
+                | "polygon"
+                | "multipoint"
+                | "multilinestring"
+                | "multipolygon"
+                | "geometrycollection"
+        ))
+}
+
+/// Checks the sink of `p` and builds its plan. `source` is the source table's schema (loaded
+/// by the main preflight).
+pub async fn plan(
+    src: &SourceConfig,
+    p: &PipelineConfig,
+    m: &MysqlSinkConfig,
+    source: &TableSchema,
+) -> Result<Plan, Vec<Failure>> {
+    let mut f = Vec::new();
+    let head = format!("pipeline `{}` ({})", p.name, p.file);
+    let fail = |f: &mut Vec<Failure>, problem: String, fix: String| {
+        f.push(Failure {
+            problem: format!("{head}: {problem}"),
+            fix,
+        })
+    };
+    let Some(e) = &p.enrichment else {
+        return Err(f);
+    };
+    let (sdb, stable) = p.db_table();
+    let source_table = format!("{sdb}.{stable}");
+    let target = match m.mode {
+        WriteMode::Update => source_table.clone(),
+        WriteMode::Upsert => m.table.clone().unwrap_or_default(),
+    };
+    let (tdb, ttable) = crate::config::pipeline::split_table(&target).unwrap_or_default();
+    let writer = format!("'{}'", m.user);
+    let mut conn = match mysql_async::Conn::new(writer_opts(src, m)).await {
+        Ok(c) => c,
+        Err(err) => {
+            fail(&mut f, format!("sink.mysql cannot connect as {writer}: {err}"),
+                "check sink.mysql.user and password, and that the account may connect from this host".into());
+            return Err(f);
+        }
+    };
+    let schemas = match schema::load(&mut conn, &[(tdb.clone(), ttable.clone())]).await {
+        Ok(s) => s,
+        Err(err) => {
+            fail(
+                &mut f,
+                format!("sink.mysql cannot read information_schema as {writer}: {err}"),
+                "GRANT SELECT on the written table to the writer".into(),
+            );
+            return Err(f);
+        }
+    };
+    let Some(t) = schemas.get(&(tdb.clone(), ttable.clone())) else {
+        fail(
+            &mut f,
+            format!(
+                "sink.mysql: table `{tdb}`.`{ttable}` does not exist (or {writer} cannot see it)"
+            ),
+            format!(
+                "create it, or GRANT SELECT, INSERT, UPDATE ON `{tdb}`.`{ttable}` TO {writer};"
+            ),
+        );
+        return Err(f);
+    };
+    let mut outputs = Vec::new();
+    for (col, ptr) in &m.columns {
+        let Some(c) = t.column(col) else {
+            let have: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+            fail(
+                &mut f,
+                format!("sink.mysql.columns.{col}: `{tdb}`.`{ttable}` has no column `{col}`"),
+                format!(
+                    "add it (ALTER TABLE `{tdb}`.`{ttable}` ADD COLUMN `{col}` …) or use one of: {}",
+                    have.join(", ")
+                ),
+            );
+            continue;
+        };
+        let kind = kind_at(e, ptr);
+        if let Err(ty) = holds(c, kind) {
+            fail(
+                &mut f,
+                format!(
+                    "sink.mysql.columns.{col}: `{tdb}`.`{ttable}`.`{col}` is {ty}, which cannot hold {} at {ptr}",
+                    kind.describe()
+                ),
+                format!("make `{col}` {}", kind.fix()),
+            );
+            continue;
+        }
+        outputs.push(Output {
+            column: col.clone(),
+            pointer: ptr.clone(),
+            max_chars: max_chars(c),
+        });
+    }
+    // The source key: the pipeline's, else the table's primary key.
+    let key_names = p.key.clone().unwrap_or_else(|| source.primary_key.clone());
+    let key: Vec<(String, Bind)> = key_names
+        .iter()
+        .map(|k| (k.clone(), bind_for(source.column(k))))
+        .collect();
+    let mut guard = Vec::new();
+    let mut unguarded = Vec::new();
+    for (_, c) in e.input_columns() {
+        match source.column(&c) {
+            Some(sc) if guardable(sc) => guard.push((c.clone(), bind_for(Some(sc)))),
+            _ => unguarded.push(c),
+        }
+    }
+    if !unguarded.is_empty() {
+        tracing::warn!(pipeline = %p.name, columns = ?unguarded,
+            "these input columns do not compare exactly (floating point, JSON, temporal, spatial) and are left out of the stale-write guard");
+    }
+    let side_key: Vec<String> = m.key.clone().unwrap_or_else(|| key_names.clone());
+    if m.mode == WriteMode::Upsert {
+        if side_key.len() != key_names.len() {
+            fail(
+                &mut f,
+                format!(
+                    "sink.mysql.key names {} columns, the source key ({}) {}",
+                    side_key.len(),
+                    key_names.join(", "),
+                    key_names.len()
+                ),
+                "name one side-table column per source key column, in the same order".into(),
+            );
+        }
+        for k in &side_key {
+            if t.column(k).is_none() {
+                fail(
+                    &mut f,
+                    format!("sink.mysql.key: `{tdb}`.`{ttable}` has no column `{k}`"),
+                    format!(
+                        "add it, or set sink.mysql.key to the side table's columns holding {}",
+                        key_names.join(", ")
+                    ),
+                );
+            }
+        }
+        let uniques: Vec<(String, String)> = conn
+            .exec(
+                "SELECT INDEX_NAME, GROUP_CONCAT(COLUMN_NAME ORDER BY COLUMN_NAME SEPARATOR ',') \
+                 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
+                 GROUP BY INDEX_NAME",
+                (tdb.as_str(), ttable.as_str()),
+            )
+            .await
+            .unwrap_or_default();
+        let mut want = side_key.clone();
+        want.sort();
+        let want = want.join(",");
+        if !uniques.iter().any(|(_, cols)| *cols == want) {
+            fail(
+                &mut f,
+                format!(
+                    "sink.mysql: `{tdb}`.`{ttable}` has no PRIMARY or UNIQUE key on ({}), so an upsert would insert duplicates",
+                    side_key.join(", ")
+                ),
+                format!(
+                    "ALTER TABLE `{tdb}`.`{ttable}` ADD UNIQUE KEY ({});",
+                    side_key.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+    }
+    let _ = conn.disconnect().await;
+    if !f.is_empty() {
+        return Err(f);
+    }
+    let statement = statement(
+        m.mode,
+        &source_table,
+        Some((&target, side_key.as_slice())),
+        &outputs,
+        &key,
+        &guard,
+    );
+    Ok(Plan {
+        pipeline: p.name.clone(),
+        mode: m.mode,
+        statement,
+        outputs,
+        key,
+        guard,
+        on_too_long: m.on_too_long,
+        dead_letter_table: m
+            .dead_letter_table
+            .clone()
+            .unwrap_or_else(|| format!("{tdb}.cdc_enricher_dead_letters")),
+        progress_table: m
+            .progress_table
+            .clone()
+            .unwrap_or_else(|| format!("{tdb}.cdc_enricher_writeback")),
+    })
+}

@@ -1,0 +1,641 @@
+//! The enrichment written back into the database: `update` sets output columns on the source
+//! row, `upsert` writes a side table keyed by the source key.
+//!
+//! Exactly once: a writer task gathers records into one transaction holding the conditional
+//! writes, the dead letters and this pipeline's applied position (a row of the progress
+//! table). Records are acknowledged — and so checkpointed — only after the commit; after a
+//! crash, records at or before the applied position are acknowledged without writing.
+//!
+//! No stale overwrites: each write is conditional on the source row still holding the input
+//! the result was computed from (`… AND input <=> ?`); 0 matched rows means the row moved on,
+//! and its newer change brings its own result.
+
+pub mod check;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, TxOpts, Value as SqlValue};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{Sink, SinkError};
+use crate::checkpoint::AckTracker;
+use crate::config::pipeline::{MysqlSinkConfig, OnTooLong, PipelineConfig, WriteMode};
+use crate::config::SourceConfig;
+use crate::metrics::Metrics;
+use crate::pipeline::ChangeRecord;
+
+/// `db.table` → `` `db`.`table` ``.
+pub fn qualified(table: &str) -> String {
+    table
+        .split('.')
+        .map(|p| format!("`{}`", p.replace('`', "``")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn q(ident: &str) -> String {
+    format!("`{}`", ident.replace('`', "``"))
+}
+
+/// The writer's connection options: the source's host, port and TLS, its own account;
+/// found rows (not changed rows) are counted, so a guard that matched is told from one that
+/// did not even when the values were already there.
+pub fn writer_opts(source: &SourceConfig, m: &MysqlSinkConfig) -> Opts {
+    let base = crate::source::mysql::stream::opts(source);
+    OptsBuilder::from_opts(base)
+        .user(Some(m.user.clone()))
+        .pass(m.password.clone())
+        .client_found_rows(true)
+        .into()
+}
+
+/// An output column: where its value is in the enrichment, and the most characters it holds.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub column: String,
+    pub pointer: String,
+    pub max_chars: Option<usize>,
+}
+
+/// How a value from the record is bound: as it is, or base64-decoded (binary columns).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bind {
+    Plain,
+    Base64,
+}
+
+/// Everything the writer needs, resolved at start-up against the live schema.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub pipeline: String,
+    pub mode: WriteMode,
+    pub statement: String,
+    pub outputs: Vec<Output>,
+    /// Source key columns, in order, with how to bind them.
+    pub key: Vec<(String, Bind)>,
+    /// Input columns in the guard, with how to bind them.
+    pub guard: Vec<(String, Bind)>,
+    pub on_too_long: OnTooLong,
+    pub dead_letter_table: String,
+    pub progress_table: String,
+}
+
+/// The position a record came from, comparable in stream order.
+type Pos = (String, u64, u64);
+
+fn pos_of(rec: &ChangeRecord) -> Pos {
+    (rec.source.file.to_string(), rec.source.pos, rec.source.row)
+}
+
+struct Item {
+    rec: ChangeRecord,
+    seq: u64,
+    dead: bool,
+}
+
+pub struct MysqlSink {
+    tx: mpsc::UnboundedSender<Item>,
+    /// Records handed over and not yet committed.
+    pending: Arc<AtomicUsize>,
+    /// Set when the writer stopped for good.
+    failed: Arc<Mutex<Option<String>>>,
+    cap: usize,
+}
+
+impl MysqlSink {
+    /// Connects, creates the dead-letter and progress tables where missing, reads the applied
+    /// position, and starts the writer task.
+    pub async fn start(
+        source: &SourceConfig,
+        p: &PipelineConfig,
+        m: &MysqlSinkConfig,
+        plan: Plan,
+        tracker: AckTracker,
+        metrics: Arc<Metrics>,
+    ) -> Result<MysqlSink, SinkError> {
+        let opts = writer_opts(source, m);
+        let err = |e: mysql_async::Error| SinkError::Mysql {
+            pipeline: p.name.clone(),
+            message: e.to_string(),
+        };
+        let mut conn = Conn::new(opts.clone()).await.map_err(err)?;
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {} (id BIGINT AUTO_INCREMENT PRIMARY KEY, pipeline VARCHAR(191) NOT NULL, \
+             record_key TEXT NOT NULL, position VARCHAR(300) NOT NULL, error TEXT NOT NULL, record LONGTEXT NOT NULL, \
+             created_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))",
+            qualified(&plan.dead_letter_table)
+        ))
+        .await
+        .map_err(err)?;
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {} (pipeline VARCHAR(191) NOT NULL PRIMARY KEY, file VARCHAR(255) NOT NULL, \
+             pos BIGINT UNSIGNED NOT NULL, row_index BIGINT UNSIGNED NOT NULL, \
+             updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6))",
+            qualified(&plan.progress_table)
+        ))
+        .await
+        .map_err(err)?;
+        let applied: Option<(String, u64, u64)> = conn
+            .exec_first(
+                format!(
+                    "SELECT file, pos, row_index FROM {} WHERE pipeline = ?",
+                    qualified(&plan.progress_table)
+                ),
+                (plan.pipeline.as_str(),),
+            )
+            .await
+            .map_err(err)?;
+        if let Some(a) = &applied {
+            tracing::info!(pipeline = %plan.pipeline, file = %a.0, pos = a.1, row = a.2,
+                "write-back resumes after its applied position");
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(Mutex::new(None));
+        let w = Writer {
+            plan,
+            opts,
+            conn: Some(conn),
+            applied,
+            batch_size: m.batch_size,
+            max_wait: Duration::from_millis(m.max_wait_ms),
+            tracker,
+            index: metrics.pipelines.iter().position(|x| x.name == p.name),
+            metrics,
+            pending: pending.clone(),
+        };
+        let f = failed.clone();
+        tokio::spawn(async move {
+            if let Err(e) = w.run(rx).await {
+                tracing::error!(error = %e, "write-back stopped");
+                *f.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+        });
+        Ok(MysqlSink {
+            tx,
+            pending,
+            failed,
+            cap: (m.batch_size * 20).max(1000),
+        })
+    }
+
+    fn hand_over(&mut self, rec: &ChangeRecord, seq: u64, dead: bool) -> Result<(), SinkError> {
+        self.poll()?;
+        // Back-pressure: the writer holds at most `cap` records (callers are on blocking
+        // threads, so waiting here holds the enrichment stage, not the runtime).
+        while self.pending.load(Ordering::Relaxed) >= self.cap {
+            self.poll()?;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send(Item {
+                rec: rec.clone(),
+                seq,
+                dead,
+            })
+            .map_err(|_| SinkError::Mysql {
+                pipeline: rec.source.pipeline.to_string(),
+                message: "the writer task ended".into(),
+            })
+    }
+}
+
+impl Sink for MysqlSink {
+    fn send(&mut self, rec: &ChangeRecord, seq: u64) -> Result<u32, SinkError> {
+        self.hand_over(rec, seq, false)?;
+        Ok(1)
+    }
+
+    fn send_dead_letter(&mut self, rec: &ChangeRecord, seq: u64) -> Result<bool, SinkError> {
+        self.hand_over(rec, seq, true)?;
+        Ok(true)
+    }
+
+    fn acks_for(&self, _rec: &ChangeRecord) -> u32 {
+        1
+    }
+
+    fn poll(&mut self) -> Result<(), SinkError> {
+        match self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            Some(e) => Err(SinkError::Mysql {
+                pipeline: String::new(),
+                message: e.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn flush(&mut self, timeout: Duration) -> Result<(), SinkError> {
+        let start = std::time::Instant::now();
+        while self.pending.load(Ordering::Relaxed) > 0 {
+            self.poll()?;
+            if start.elapsed() > timeout {
+                return Err(SinkError::FlushTimeout {
+                    pending: self.pending.load(Ordering::Relaxed),
+                    waited_ms: timeout.as_millis() as u64,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+}
+
+/// MySQL / MariaDB errors that say the value itself is refused (too long, out of range, a
+/// CHECK or foreign key, NULL, a bad value): that row is a dead letter, the batch goes on.
+fn value_refused(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(s) if matches!(s.code,
+        1048 | 1062 | 1264 | 1265 | 1292 | 1366 | 1406 | 1451 | 1452 | 1690 | 3140 | 3819 | 4025))
+}
+
+/// A JSON value as a statement parameter.
+fn sql_value(v: &Value, bind: Bind) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::NULL,
+        Value::Bool(b) => SqlValue::Int(*b as i64),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                SqlValue::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                SqlValue::UInt(u)
+            } else {
+                SqlValue::Double(n.as_f64().unwrap_or(0.0))
+            }
+        }
+        Value::String(s) if bind == Bind::Base64 => {
+            match base64::engine::general_purpose::STANDARD.decode(s) {
+                Ok(b) => SqlValue::Bytes(b),
+                Err(_) => SqlValue::Bytes(s.clone().into_bytes()),
+            }
+        }
+        Value::String(s) => SqlValue::Bytes(s.clone().into_bytes()),
+        other => SqlValue::Bytes(other.to_string().into_bytes()),
+    }
+}
+
+/// What becomes of one record in the transaction.
+enum Action {
+    /// Nothing to write (a skip: delete, no text, input unchanged).
+    Nothing,
+    /// Written with these parameters.
+    Write(Vec<SqlValue>),
+    /// Recorded in the dead-letter table with this reason.
+    Dead(String),
+}
+
+struct Writer {
+    plan: Plan,
+    opts: Opts,
+    conn: Option<Conn>,
+    applied: Option<Pos>,
+    batch_size: usize,
+    max_wait: Duration,
+    tracker: AckTracker,
+    metrics: Arc<Metrics>,
+    index: Option<usize>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Item>) -> Result<(), String> {
+        let mut batch: Vec<Item> = Vec::new();
+        loop {
+            match rx.recv().await {
+                Some(i) => batch.push(i),
+                None => return Ok(()),
+            }
+            let deadline = tokio::time::Instant::now() + self.max_wait;
+            while batch.len() < self.batch_size {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(i)) => batch.push(i),
+                    _ => break,
+                }
+            }
+            let mut round = 0u32;
+            loop {
+                round += 1;
+                match self.write(&batch).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        self.conn = None;
+                        if let Some(pm) = self.index.and_then(|i| self.metrics.pipelines.get(i)) {
+                            pm.writeback_retries.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let d = crate::enrich::backoff(round.min(8), None);
+                        tracing::warn!(pipeline = %self.plan.pipeline, error = %e, round,
+                            backoff_ms = d.as_millis() as u64,
+                            "write-back transaction failed; rolled back, retrying the batch");
+                        tokio::time::sleep(d).await;
+                    }
+                }
+            }
+            for i in batch.drain(..) {
+                self.tracker.ack(i.seq);
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// What one record asks for.
+    fn action(&self, it: &Item) -> Action {
+        let rec = &it.rec;
+        if it.dead {
+            let e = rec.enrichment.get("error");
+            let field = |k: &str| {
+                e.and_then(|e| e.get(k))
+                    .map(|v| match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_default()
+            };
+            let why = format!(
+                "{}: {} (attempts: {})",
+                field("kind"),
+                field("message"),
+                field("attempts")
+            );
+            return Action::Dead(why);
+        }
+        if rec.enrichment.contains_key("skipped") || rec.after.is_none() {
+            return Action::Nothing;
+        }
+        let enrichment = Value::Object(rec.enrichment.clone());
+        let mut outs = Vec::with_capacity(self.plan.outputs.len());
+        for o in &self.plan.outputs {
+            let Some(v) = enrichment.pointer(&o.pointer) else {
+                return Action::Dead(format!(
+                    "the enrichment has no value at {} for column `{}`",
+                    o.pointer, o.column
+                ));
+            };
+            let v = match (v, o.max_chars) {
+                (Value::String(s), Some(max)) if s.chars().count() > max => {
+                    if self.plan.on_too_long == OnTooLong::DeadLetter {
+                        return Action::Dead(format!(
+                            "{} characters do not fit `{}` ({max} at most; on_too_long: dead_letter)",
+                            s.chars().count(),
+                            o.column
+                        ));
+                    }
+                    Value::String(s.chars().take(max).collect())
+                }
+                (v, _) => v.clone(),
+            };
+            outs.push(sql_value(&v, Bind::Plain));
+        }
+        let after = rec.after.as_ref();
+        let get = |c: &str| after.and_then(|a| a.get(c)).cloned().unwrap_or(Value::Null);
+        let key: Vec<SqlValue> = self
+            .plan
+            .key
+            .iter()
+            .map(|(c, b)| sql_value(rec.key.get(c).unwrap_or(&Value::Null), *b))
+            .collect();
+        let guard: Vec<SqlValue> = self
+            .plan
+            .guard
+            .iter()
+            .map(|(c, b)| sql_value(&get(c), *b))
+            .collect();
+        let params = match self.plan.mode {
+            // UPDATE t SET outputs… WHERE key… AND guard…
+            WriteMode::Update => outs.into_iter().chain(key).chain(guard).collect(),
+            // INSERT INTO side (key…, outputs…) SELECT ?… FROM t WHERE key… AND guard…
+            WriteMode::Upsert => key
+                .clone()
+                .into_iter()
+                .chain(outs)
+                .chain(key)
+                .chain(guard)
+                .collect(),
+        };
+        Action::Write(params)
+    }
+
+    async fn write(&mut self, batch: &[Item]) -> Result<(), mysql_async::Error> {
+        let actions: Vec<Action> = batch.iter().map(|it| self.action(it)).collect();
+        // A batch with nothing to write (skips: deletes, no text, the daemon's own updates
+        // echoed back by the binlog) needs no transaction: replaying it after a crash writes
+        // nothing either. Not recording its position keeps the database quiet.
+        let fresh = |it: &Item| self.applied.as_ref().is_none_or(|a| &pos_of(&it.rec) > a);
+        if !batch
+            .iter()
+            .zip(&actions)
+            .any(|(it, a)| fresh(it) && !matches!(a, Action::Nothing))
+        {
+            let replayed = batch.iter().filter(|it| !fresh(it)).count() as u64;
+            if let Some(pm) = self.index.and_then(|i| self.metrics.pipelines.get(i)) {
+                pm.writeback_replayed.fetch_add(replayed, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        if self.conn.is_none() {
+            self.conn = Some(Conn::new(self.opts.clone()).await?);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        let (mut written, mut stale, mut dead, mut replayed) = (0u64, 0u64, 0u64, 0u64);
+        let mut last: Option<Pos> = None;
+        for (it, action) in batch.iter().zip(actions) {
+            let pos = pos_of(&it.rec);
+            if self.applied.as_ref().is_some_and(|a| &pos <= a) {
+                replayed += 1;
+                continue;
+            }
+            let reason = match action {
+                Action::Nothing => None,
+                Action::Dead(why) => Some(why),
+                Action::Write(params) => {
+                    match tx.exec_iter(self.plan.statement.as_str(), params).await {
+                        Ok(r) => {
+                            let n = r.affected_rows();
+                            r.drop_result().await?;
+                            if n == 0 {
+                                stale += 1;
+                                tracing::debug!(pipeline = %self.plan.pipeline,
+                                    key = %serde_json::to_string(&it.rec.key).unwrap_or_default(),
+                                    "stale result: the row's input changed since; not written");
+                            } else {
+                                written += 1;
+                            }
+                            None
+                        }
+                        Err(e) if value_refused(&e) => {
+                            Some(format!("the database refused the value: {e}"))
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            if let Some(why) = reason {
+                dead += 1;
+                tracing::warn!(pipeline = %self.plan.pipeline, error = %why,
+                    key = %serde_json::to_string(&it.rec.key).unwrap_or_default(),
+                    "write-back dead letter");
+                tx.exec_drop(
+                    format!(
+                        "INSERT INTO {} (pipeline, record_key, position, error, record) VALUES (?, ?, ?, ?, ?)",
+                        qualified(&self.plan.dead_letter_table)
+                    ),
+                    (
+                        self.plan.pipeline.as_str(),
+                        serde_json::to_string(&it.rec.key).unwrap_or_default(),
+                        format!("{}:{}:{}", pos.0, pos.1, pos.2),
+                        why,
+                        serde_json::to_string(&it.rec).unwrap_or_default(),
+                    ),
+                )
+                .await?;
+            }
+            last = Some(pos);
+        }
+        if let Some(p) = &last {
+            tx.exec_drop(
+                format!(
+                    "INSERT INTO {} (pipeline, file, pos, row_index) VALUES (?, ?, ?, ?) \
+                     ON DUPLICATE KEY UPDATE file = VALUES(file), pos = VALUES(pos), row_index = VALUES(row_index)",
+                    qualified(&self.plan.progress_table)
+                ),
+                (self.plan.pipeline.as_str(), p.0.as_str(), p.1, p.2),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if last.is_some() {
+            self.applied = last;
+        }
+        if let Some(pm) = self.index.and_then(|i| self.metrics.pipelines.get(i)) {
+            pm.writeback_written.fetch_add(written, Ordering::Relaxed);
+            pm.writeback_stale.fetch_add(stale, Ordering::Relaxed);
+            pm.writeback_dead_letters.fetch_add(dead, Ordering::Relaxed);
+            pm.writeback_replayed.fetch_add(replayed, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// The statement for a plan: parameters are outputs, key, guard (update) or key, outputs,
+/// key, guard (upsert).
+pub fn statement(
+    mode: WriteMode,
+    source_table: &str,
+    side: Option<(&str, &[String])>,
+    outputs: &[Output],
+    key: &[(String, Bind)],
+    guard: &[(String, Bind)],
+) -> String {
+    let cond: Vec<String> = key
+        .iter()
+        .chain(guard)
+        .map(|(c, _)| format!("{} <=> ?", q(c)))
+        .collect();
+    match (mode, side) {
+        (WriteMode::Upsert, Some((table, side_key))) => {
+            let cols: Vec<String> = side_key
+                .iter()
+                .map(|c| q(c))
+                .chain(outputs.iter().map(|o| q(&o.column)))
+                .collect();
+            let marks = vec!["?"; cols.len()].join(", ");
+            let set: Vec<String> = outputs
+                .iter()
+                .map(|o| format!("{0} = VALUES({0})", q(&o.column)))
+                .collect();
+            format!(
+                "INSERT INTO {} ({}) SELECT {marks} FROM {} WHERE {} LIMIT 1 ON DUPLICATE KEY UPDATE {}",
+                qualified(table),
+                cols.join(", "),
+                qualified(source_table),
+                cond.join(" AND "),
+                set.join(", ")
+            )
+        }
+        _ => {
+            let set: Vec<String> = outputs
+                .iter()
+                .map(|o| format!("{} = ?", q(&o.column)))
+                .collect();
+            format!(
+                "UPDATE {} SET {} WHERE {}",
+                qualified(source_table),
+                set.join(", "),
+                cond.join(" AND ")
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_quote_identifiers_and_guard_on_the_input() {
+        let outs = vec![
+            Output {
+                column: "sentiment".into(),
+                pointer: "/sentiment".into(),
+                max_chars: Some(20),
+            },
+            Output {
+                column: "conf`idence".into(),
+                pointer: "/confidence".into(),
+                max_chars: None,
+            },
+        ];
+        let key = vec![("id".to_string(), Bind::Plain)];
+        let guard = vec![("message".to_string(), Bind::Plain)];
+        assert_eq!(
+            statement(WriteMode::Update, "shop.support", None, &outs, &key, &guard),
+            "UPDATE `shop`.`support` SET `sentiment` = ?, `conf``idence` = ? WHERE `id` <=> ? AND `message` <=> ?"
+        );
+        let side_key = vec!["article_id".to_string()];
+        assert_eq!(
+            statement(
+                WriteMode::Upsert,
+                "shop.articles",
+                Some(("shop.summaries", &side_key)),
+                &outs[..1],
+                &key,
+                &guard
+            ),
+            "INSERT INTO `shop`.`summaries` (`article_id`, `sentiment`) SELECT ?, ? FROM `shop`.`articles` \
+             WHERE `id` <=> ? AND `message` <=> ? LIMIT 1 ON DUPLICATE KEY UPDATE `sentiment` = VALUES(`sentiment`)"
+        );
+    }
+
+    #[test]
+    fn values_bind_by_type() {
+        assert_eq!(sql_value(&Value::Null, Bind::Plain), SqlValue::NULL);
+        assert_eq!(
+            sql_value(&serde_json::json!(3), Bind::Plain),
+            SqlValue::Int(3)
+        );
+        assert_eq!(
+            sql_value(&serde_json::json!(0.5), Bind::Plain),
+            SqlValue::Double(0.5)
+        );
+        assert_eq!(
+            sql_value(&serde_json::json!("AAE="), Bind::Base64),
+            SqlValue::Bytes(vec![0, 1])
+        );
+        assert_eq!(
+            sql_value(&serde_json::json!({"a": 1}), Bind::Plain),
+            SqlValue::Bytes(b"{\"a\":1}".to_vec())
+        );
+    }
+}
