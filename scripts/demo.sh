@@ -35,12 +35,17 @@ log "AWS stand-in on $AWS_ENDPOINT_URL"
 sql . "$MYSQL_PORT" "
   CREATE DATABASE shop;
   CREATE TABLE shop.support (id INT PRIMARY KEY AUTO_INCREMENT, customer VARCHAR(50),
-    message TEXT, created_at DATETIME(6) DEFAULT CURRENT_TIMESTAMP(6));
+    message TEXT, created_at DATETIME(6) DEFAULT CURRENT_TIMESTAMP(6),
+    sentiment VARCHAR(20), sentiment_confidence DOUBLE);
+  CREATE USER 'cdc_writer'@'127.0.0.1' IDENTIFIED BY 'writer-secret';
+  GRANT SELECT, UPDATE ON shop.support TO 'cdc_writer'@'127.0.0.1';
+  GRANT SELECT, INSERT, UPDATE, CREATE ON shop.cdc_enricher_writeback TO 'cdc_writer'@'127.0.0.1';
+  GRANT SELECT, INSERT, UPDATE, CREATE ON shop.cdc_enricher_dead_letters TO 'cdc_writer'@'127.0.0.1';
   CREATE TABLE shop.orders (id INT PRIMARY KEY, customer VARCHAR(50), total DECIMAL(10,2),
     items INT DEFAULT 1, status ENUM('new','paid','shipped'));
   CREATE TABLE shop.articles (id INT PRIMARY KEY AUTO_INCREMENT, title VARCHAR(200), body TEXT);"
 
-export CDC_PASSWORD=cdc-secret KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT CHECKPOINT_PATH=$DEMO/checkpoint.json
+export CDC_PASSWORD=cdc-secret CDC_WRITER_PASSWORD=writer-secret KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT CHECKPOINT_PATH=$DEMO/checkpoint.json
 export METRICS_ADDRESS=127.0.0.1:$(free_port)
 log "cdc-enricher check"
 $BIN check -c cdc-enricher.yaml
@@ -71,6 +76,13 @@ log "records in ml.order_anomaly (a SageMaker score per order)"
 $BIN tail --brokers "$KAFKA_BROKERS" ml.order_anomaly --count 4 --idle-ms 10000
 log "records in ml.article_summaries (a Bedrock summary per article, as JSON, with tokens)"
 $BIN tail --brokers "$KAFKA_BROKERS" ml.article_summaries --count 2 --idle-ms 10000
+
+log "shop.support with the sentiment written back (sink: mysql)"
+for _ in $(seq 1 100); do
+  [ "$(sql . "$MYSQL_PORT" "SELECT COUNT(*) FROM shop.support WHERE sentiment IS NOT NULL" | tail -1)" = 2 ] && break
+  sleep 0.2
+done
+sql . "$MYSQL_PORT" "SELECT id, customer, message, sentiment, sentiment_confidence FROM shop.support ORDER BY id"
 
 log "metrics (http://$METRICS_ADDRESS/metrics)"
 python3 -c "import urllib.request; print(''.join(l for l in urllib.request.urlopen('http://$METRICS_ADDRESS/metrics').read().decode().splitlines(True) if not l.startswith('#')), end='')"

@@ -7,6 +7,7 @@ use cdc_enricher::config::{Config, SinkConfig};
 #[test]
 fn shipped_config_and_pipelines_validate() {
     std::env::set_var("CDC_PASSWORD", "x");
+    std::env::set_var("CDC_WRITER_PASSWORD", "y");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let cfg = Config::load(&root.join("cdc-enricher.yaml")).unwrap();
     assert_eq!(cfg.source.port, 3306);
@@ -19,12 +20,14 @@ fn shipped_config_and_pipelines_validate() {
             "article_summaries",
             "order_anomaly",
             "orders",
-            "support_feedback"
+            "support_feedback",
+            "support_sentiment_writeback"
         ]
     );
-    assert!(pipelines
+    assert!(pipelines[..4]
         .iter()
         .all(|p| matches!(p.sink, SinkConfig::Kafka(_))));
+    assert!(matches!(pipelines[4].sink, SinkConfig::Mysql(_)));
     assert_eq!(pipelines[3].topic().as_deref(), Some("cdc.shop.support"));
     assert_eq!(
         pipelines[0].topic().as_deref(),
