@@ -89,3 +89,14 @@ start_tansu() {
 stop_pidfile() {
   [ -f "$1" ] && kill "$(cat "$1")" 2>/dev/null; rm -f "$1"
 }
+
+# start_standin DIR: the local AWS stand-in on a free port (pid in STANDIN, address in
+# STANDIN_URL), and the environment the SDK needs to sign requests it accepts — nothing else of
+# AWS's default chain (no profile files, no instance metadata).
+start_standin() {
+  python3 tests/aws_standin/standin.py 0 > "$1/standin.port" & STANDIN=$!
+  until grep -q PORT "$1/standin.port" 2>/dev/null; do sleep 0.1; done
+  STANDIN_URL=http://127.0.0.1:$(cut -d' ' -f2 "$1/standin.port")
+  export AWS_ACCESS_KEY_ID=AKIDSTANDIN AWS_SECRET_ACCESS_KEY=standin-secret AWS_REGION=us-east-1
+  export AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent AWS_EC2_METADATA_DISABLED=true
+}

@@ -462,7 +462,7 @@ fn process(
                     tracker.push(p, 0);
                 }
                 SourceEvent::Ddl { db, query, resume } => {
-                    tracing::info!(%db, query = %query.chars().take(200).collect::<String>(), "DDL");
+                    tracing::info!(%db, query = %redact_statement(&query), "DDL");
                     tracker.push(resume, 0);
                 }
             }
@@ -472,6 +472,25 @@ fn process(
         }
     }
     Ok(())
+}
+
+/// A statement for the log: at most 200 characters, and nothing from the first `IDENTIFIED`
+/// or `PASSWORD` on (`CREATE USER … IDENTIFIED BY '…'` reaches the binlog in clear).
+pub fn redact_statement(query: &str) -> String {
+    let upper = query.to_ascii_uppercase();
+    let cut = ["IDENTIFIED", "PASSWORD"]
+        .iter()
+        .filter_map(|w| upper.find(w))
+        .min();
+    let (head, redacted) = match cut {
+        Some(i) => (&query[..i], true),
+        None => (query, false),
+    };
+    let mut out: String = head.chars().take(200).collect();
+    if redacted {
+        out.push_str("… (rest not logged: it may hold a secret)");
+    }
+    out
 }
 
 async fn shutdown_signal() {
@@ -490,5 +509,24 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn statements_are_logged_without_secrets() {
+        assert_eq!(
+            super::redact_statement("CREATE USER 'w'@'%' identified by 'hunter2'"),
+            "CREATE USER 'w'@'%' … (rest not logged: it may hold a secret)"
+        );
+        assert_eq!(
+            super::redact_statement("SET PASSWORD FOR x = PASSWORD('p')"),
+            "SET … (rest not logged: it may hold a secret)"
+        );
+        assert_eq!(
+            super::redact_statement("ALTER TABLE t ADD c INT"),
+            "ALTER TABLE t ADD c INT"
+        );
     }
 }
