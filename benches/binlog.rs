@@ -61,6 +61,7 @@ fn stream(a: &[String]) {
         server_id: 9999,
         heartbeat_ms: 1000,
         start: StartFrom::Latest,
+        on_purged: Default::default(),
         tls: TlsConfig::default(),
     };
     let start_pos = Position::new(a[4].clone(), a[5].parse().unwrap());

@@ -41,6 +41,8 @@ pub enum AppError {
     ShutdownTimeout { ms: u64, in_flight: usize },
     #[error("enrichment stage of pipeline `{pipeline}` stopped: {reason}")]
     Enrichment { pipeline: String, reason: String },
+    #[error(transparent)]
+    Snapshot(#[from] crate::source::mysql::snapshot::SnapshotError),
     #[error("cannot serve metrics on {address}: {source}; change `metrics.address`")]
     Metrics {
         address: String,
@@ -77,6 +79,47 @@ pub async fn check(config: &Path) -> Result<(), AppError> {
     Ok(())
 }
 
+/// `cdc-enricher backfill`: checks the request, then writes it into the signal table, where
+/// the running daemon reads it from the binlog.
+pub async fn backfill(config: &Path, pipeline: &str, filter: Option<&str>) -> Result<(), AppError> {
+    let cfg = Config::load(config)?;
+    let file = config.display().to_string();
+    let Some(sn) = &cfg.snapshot else {
+        return Err(ConfigError::File {
+            file,
+            message: "backfills need a `snapshot:` section (its signal_table)".into(),
+        }
+        .into());
+    };
+    let pipelines = cfg.load_pipelines()?;
+    let Some(p) = pipelines.iter().find(|p| p.name == pipeline) else {
+        let names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
+        return Err(ConfigError::File {
+            file,
+            message: format!(
+                "no pipeline `{pipeline}`; the pipelines are: {}",
+                names.join(", ")
+            ),
+        }
+        .into());
+    };
+    if let Some(f) = filter {
+        crate::pipeline::filter::Expr::parse(f).map_err(|m| ConfigError::Pipeline {
+            pipeline: p.name.clone(),
+            file: p.file.clone(),
+            message: format!("--where `{f}`: {m}"),
+        })?;
+    }
+    let mut conn = stream::connect(&cfg.source).await?;
+    let id = crate::source::mysql::snapshot::request(&mut conn, &sn.signal_table, pipeline, filter)
+        .await?;
+    let _ = conn.disconnect().await;
+    println!(
+        "backfill of `{pipeline}` requested ({id}); the running daemon reads it from the binlog"
+    );
+    Ok(())
+}
+
 fn report_failures(f: &[check::Failure]) -> Result<(), AppError> {
     if f.is_empty() {
         return Ok(());
@@ -96,8 +139,23 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let report = check::run(&cfg, &pipelines, saved.as_ref()).await?;
     report_failures(&report.failures)?;
 
-    let start = match &saved {
+    if let Some(why) = &report.purged {
+        tracing::warn!(reason = %why, "the saved checkpoint is no longer on the server; on_purged: resnapshot — \
+            starting at the current end and backfilling every pipeline");
+    }
+    let resume = if report.purged.is_some() {
+        None
+    } else {
+        saved.clone()
+    };
+    let start = match &resume {
         Some(p) => p.clone(),
+        None if report.purged.is_some() => {
+            let mut conn = stream::connect(&cfg.source).await?;
+            let p = stream::current_position(&mut conn).await?;
+            let _ = conn.disconnect().await;
+            p
+        }
         None => {
             let mut conn = stream::connect(&cfg.source).await?;
             let p = match cfg.source.start {
@@ -114,7 +172,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     tracing::info!(position = %start, from_checkpoint = saved.is_some(), store = %store.describe(),
         pipelines = pipelines.len(), "starting");
 
-    let tracker = AckTracker::new(saved.clone());
+    let tracker = AckTracker::new(resume.clone());
     let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
     let metrics = Metrics::new(&names, Some(tracker.clone()));
     let _metrics_server = match &cfg.metrics {
@@ -262,12 +320,45 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         }
     }
 
+    // Backfills: the coordinator reads chunks between watermarks; the pipeline stage sees the
+    // watermarks in the binlog and emits the chunks.
+    let mut snapshot_link = None;
+    let mut coordinator_task = None;
+    let mut tables_read = Router::new(pipelines.clone()).tables();
+    if let Some(sn) = &cfg.snapshot {
+        use crate::source::mysql::snapshot::{ensure_signal_table, Coordinator};
+        let signal = crate::config::pipeline::split_table(&sn.signal_table).unwrap_or_default();
+        let mut conn = stream::connect(&cfg.source).await?;
+        ensure_signal_table(&mut conn, &sn.signal_table).await?;
+        let (chunk_tx, chunk_rx) = std::sync::mpsc::channel();
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        let coordinator = Coordinator {
+            source: cfg.source.clone(),
+            cfg: sn.clone(),
+            pipelines: pipelines.clone(),
+            tracker: tracker.clone(),
+            metrics: metrics.clone(),
+            chunks: chunk_tx,
+        };
+        let (jobs, seen) = coordinator
+            .initial_jobs(&mut conn, saved.is_none(), report.purged.is_some())
+            .await?;
+        let _ = conn.disconnect().await;
+        coordinator_task = Some(tokio::spawn(coordinator.run(jobs.into(), seen, req_rx)));
+        tables_read.push(signal.clone());
+        snapshot_link = Some(SnapshotLink {
+            signal,
+            chunks: chunk_rx,
+            requests: req_tx,
+            windows: Default::default(),
+        });
+    }
     let router = Router::new(pipelines);
-    let wanted: std::collections::HashSet<(String, String)> = router.tables().into_iter().collect();
+    let wanted: std::collections::HashSet<(String, String)> = tables_read.iter().cloned().collect();
     let source = MysqlSource {
         cfg: cfg.source.clone(),
         metrics: Some(metrics.clone()),
-        tables: router.tables(),
+        tables: tables_read,
         filter: Some(Arc::new(move |db: &str, t: &str| {
             wanted.contains(&(db.to_string(), t.to_string()))
         })),
@@ -279,17 +370,15 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let proc_tracker = tracker.clone();
     let proc_metrics = metrics.clone();
     let proc_sinks = sinks.clone();
-    let mut process_task = tokio::task::spawn_blocking(move || {
-        process(
-            rx,
-            router,
-            proc_sinks,
-            route_to,
-            enrich_tx,
-            proc_tracker,
-            proc_metrics,
-        )
-    });
+    let outputs = Outputs {
+        sinks: proc_sinks,
+        route_to,
+        enrich_tx,
+        tracker: proc_tracker,
+        metrics: proc_metrics,
+    };
+    let mut process_task =
+        tokio::task::spawn_blocking(move || process(rx, router, outputs, snapshot_link));
 
     // Checkpoint writer.
     let cp_tracker = tracker.clone();
@@ -325,6 +414,10 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         r = &mut process_task => process_done = Some(r),
     }
     let _ = stop_tx.send(true);
+    // A backfill in progress resumes after its last acknowledged chunk at the next start.
+    if let Some(t) = &coordinator_task {
+        t.abort();
+    }
     let source_result = match source_done {
         Some(r) => r,
         None => source_task.await,
@@ -414,60 +507,132 @@ fn lock(s: &Sinks) -> std::sync::MutexGuard<'_, Vec<Box<dyn Sink>>> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The pipeline stage: drains the source channel, routes rows, and hands records to their
-/// enrichment stage or straight to their sink.
-fn process(
-    mut rx: mpsc::Receiver<Vec<SourceEvent>>,
-    mut router: Router,
+/// The pipeline stage's link to the backfill coordinator.
+pub struct SnapshotLink {
+    /// The signal table, `(db, table)`.
+    pub signal: (String, String),
+    pub chunks: std::sync::mpsc::Receiver<crate::source::snapshot::Chunk>,
+    pub requests: mpsc::UnboundedSender<crate::source::snapshot::Request>,
+    pub windows: crate::source::snapshot::Windows,
+}
+
+/// What the pipeline stage hands records to.
+struct Outputs {
     sinks: Sinks,
     route_to: Vec<usize>,
     enrich_tx: Vec<Option<mpsc::Sender<enrich::Pending>>>,
     tracker: AckTracker,
     metrics: Arc<Metrics>,
+}
+
+impl Outputs {
+    /// Routes one row (to `only` when set) and hands its records to their enrichment stage or
+    /// straight to their sink, registering them with the ack tracker.
+    fn row(
+        &self,
+        router: &mut Router,
+        row: &crate::source::RowChange,
+        only: Option<usize>,
+        recs: &mut Vec<crate::pipeline::ChangeRecord>,
+    ) -> Result<(), AppError> {
+        recs.clear();
+        router.route_to(row, only, recs)?;
+        let pending: u32 = {
+            let g = lock(&self.sinks);
+            recs.iter()
+                .map(|r| g[self.route_to[r.pipeline]].acks_for(r))
+                .sum()
+        };
+        let seq = self.tracker.push(row.resume_after(), pending);
+        for r in recs.drain(..) {
+            match &self.enrich_tx[r.pipeline] {
+                Some(tx) => {
+                    let pipeline = r.source.pipeline.to_string();
+                    tx.blocking_send((r, seq))
+                        .map_err(|_| AppError::Enrichment {
+                            pipeline,
+                            reason: "its task ended".into(),
+                        })?;
+                }
+                None => {
+                    lock(&self.sinks)[self.route_to[r.pipeline]].send(&r, seq)?;
+                    self.metrics.pipelines[r.pipeline]
+                        .records
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The pipeline stage: drains the source channel, routes rows, and hands records to their
+/// enrichment stage or straight to their sink. Rows of the signal table drive backfills.
+fn process(
+    mut rx: mpsc::Receiver<Vec<SourceEvent>>,
+    mut router: Router,
+    out: Outputs,
+    mut snap: Option<SnapshotLink>,
 ) -> Result<(), AppError> {
+    use crate::source::snapshot::Signal;
     let mut recs = Vec::new();
     while let Some(batch) = rx.blocking_recv() {
         for ev in batch {
             match ev {
                 SourceEvent::Row(row) => {
-                    recs.clear();
-                    router.route(&row, &mut recs)?;
-                    let pending: u32 = {
-                        let g = lock(&sinks);
-                        recs.iter()
-                            .map(|r| g[route_to[r.pipeline]].acks_for(r))
-                            .sum()
-                    };
-                    let seq = tracker.push(row.resume_after(), pending);
-                    for r in recs.drain(..) {
-                        match &enrich_tx[r.pipeline] {
-                            Some(tx) => {
-                                let pipeline = r.source.pipeline.to_string();
-                                tx.blocking_send((r, seq))
-                                    .map_err(|_| AppError::Enrichment {
-                                        pipeline,
-                                        reason: "its task ended".into(),
-                                    })?;
+                    if let Some(l) = snap.as_mut() {
+                        if row.table.db == l.signal.0 && row.table.table == l.signal.1 {
+                            while let Ok(c) = l.chunks.try_recv() {
+                                l.windows.offer(c);
                             }
-                            None => {
-                                lock(&sinks)[route_to[r.pipeline]].send(&r, seq)?;
-                                metrics.pipelines[r.pipeline]
-                                    .records
-                                    .fetch_add(1, Ordering::Relaxed);
+                            let signal = row
+                                .after
+                                .as_deref()
+                                .map(|a| Signal::parse(&row.table, a))
+                                .unwrap_or(Signal::Other);
+                            match signal {
+                                Signal::Low(nonce, pipeline) => {
+                                    if let Some(p) =
+                                        router.pipelines.iter().find(|p| p.name == pipeline)
+                                    {
+                                        l.windows.low(nonce, p.db_table());
+                                    }
+                                }
+                                Signal::High(nonce) => {
+                                    if let Some((chunk, rows)) = l.windows.high(nonce, &row) {
+                                        for r in &rows {
+                                            out.row(
+                                                &mut router,
+                                                r,
+                                                Some(chunk.pipeline),
+                                                &mut recs,
+                                            )?;
+                                        }
+                                        let _ = chunk.done.send(row.resume_after());
+                                    }
+                                }
+                                Signal::Backfill(req) => {
+                                    let _ = l.requests.send(req);
+                                }
+                                Signal::Other => {}
                             }
+                            out.tracker.push(row.resume_after(), 0);
+                            continue;
                         }
+                        l.windows.observe(&row);
                     }
+                    out.row(&mut router, &row, None, &mut recs)?;
                 }
                 SourceEvent::Progress(p) => {
-                    tracker.push(p, 0);
+                    out.tracker.push(p, 0);
                 }
                 SourceEvent::Ddl { db, query, resume } => {
                     tracing::info!(%db, query = %redact_statement(&query), "DDL");
-                    tracker.push(resume, 0);
+                    out.tracker.push(resume, 0);
                 }
             }
         }
-        for s in lock(&sinks).iter_mut() {
+        for s in lock(&out.sinks).iter_mut() {
             s.poll()?;
         }
     }

@@ -26,6 +26,9 @@ pub struct Report {
     pub server_version: String,
     /// The write-back plans of pipelines with a MySQL sink, by pipeline name.
     pub writeback: std::collections::HashMap<String, crate::sink::mysql::Plan>,
+    /// Why the saved checkpoint cannot be resumed, when `on_purged: resnapshot` lets the daemon
+    /// start over instead of failing.
+    pub purged: Option<String>,
 }
 
 fn fail(out: &mut Vec<Failure>, problem: impl Into<String>, fix: impl Into<String>) {
@@ -211,11 +214,38 @@ pub async fn run(
     }
 
     // The checkpoint is still on the server (listing the logs needs the grant checked above).
+    let mut purged = None;
     if let (Some(cp), true) = (checkpoint, can_list_logs) {
         if let Err(e) = stream::check_position(&mut conn, cp).await {
-            fail(&mut f, format!("the saved checkpoint cannot be resumed: {e}"),
-                "restore the purged binlog files, or move the checkpoint away to start at the current end \
-                 (rows changed in between are then not emitted)");
+            if cfg.source.on_purged == crate::config::OnPurged::Resnapshot {
+                purged = Some(e.to_string());
+            } else {
+                fail(&mut f, format!("the saved checkpoint cannot be resumed: {e}"),
+                    "restore the purged binlog files; or set `source.on_purged: resnapshot` to start at the current end \
+                     and backfill every pipeline; or move the checkpoint away to start at the current end \
+                     (rows changed in between are then not emitted)");
+            }
+        }
+    }
+
+    // Backfills page through a table in key order: the key must be orderable.
+    for p in pipelines {
+        let Some(s) = schemas.get(&p.db_table()) else {
+            continue;
+        };
+        if p.snapshot != crate::config::pipeline::SnapshotMode::Initial
+            && cfg.source.on_purged != crate::config::OnPurged::Resnapshot
+        {
+            continue;
+        }
+        let key = p.key.clone().unwrap_or_else(|| s.primary_key.clone());
+        for k in &key {
+            if let Some(c) = s.column(k) {
+                if !crate::source::mysql::snapshot::orderable_key(c) {
+                    fail(&mut f, format!("pipeline `{}` ({}): snapshot: key column `{k}` is {}, which a backfill cannot page through", p.name, p.file, c.column_type),
+                        "use integer, decimal, string, binary or date key columns (`key:` in the pipeline), or `snapshot: never`");
+                }
+            }
         }
     }
     let _ = conn.disconnect().await;
@@ -240,5 +270,6 @@ pub async fn run(
         schemas,
         server_version: version,
         writeback,
+        purged,
     })
 }

@@ -39,6 +39,16 @@ enum Cmd {
         #[arg(long, short, default_value = "cdc-enricher.yaml")]
         config: PathBuf,
     },
+    /// Ask the running daemon to backfill a pipeline's table (through the signal table).
+    Backfill {
+        #[arg(long, short, default_value = "cdc-enricher.yaml")]
+        config: PathBuf,
+        /// The pipeline whose table is read again.
+        pipeline: String,
+        /// Only rows matching this filter (the pipelines' filter language).
+        #[arg(long = "where")]
+        filter: Option<String>,
+    },
     /// Decode binlog files and print their rows as JSON lines.
     DecodeFile { files: Vec<PathBuf> },
     /// Print a Kafka topic's records as JSON lines (key, value, partition, offset).
@@ -83,6 +93,11 @@ pub fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Run { config } => finish(rt.block_on(crate::app::run(&config))),
         Cmd::Check { config } => finish(rt.block_on(crate::app::check(&config))),
+        Cmd::Backfill {
+            config,
+            pipeline,
+            filter,
+        } => finish(rt.block_on(crate::app::backfill(&config, &pipeline, filter.as_deref()))),
         Cmd::DecodeFile { files } => decode_files(&files),
         Cmd::Tail {
             brokers,

@@ -196,7 +196,8 @@ fn server_settings_grants_and_purged_checkpoint() {
         "error: the saved checkpoint cannot be resumed: the binlog position binlog.000042:4 is no longer on the server \
          (binlog.000042 is not among the server's binary logs (oldest: binlog.000001)); restart from a newer position \
          (delete the checkpoint to start at the current end) or re-snapshot the tables\n    \
-         fix: restore the purged binlog files, or move the checkpoint away to start at the current end (rows changed in between are then not emitted)\n\
+         fix: restore the purged binlog files; or set `source.on_purged: resnapshot` to start at the current end and backfill every pipeline; \
+         or move the checkpoint away to start at the current end (rows changed in between are then not emitted)\n\
          error: preflight check failed (1 problems, listed above)\n"
     );
 }

@@ -56,6 +56,9 @@ pub struct Config {
     /// The folder of pipeline files, relative to this file. Default: `pipelines`.
     #[serde(default = "default_pipelines_dir")]
     pub pipelines_dir: PathBuf,
+    /// Backfills (snapshots of existing rows), interleaved with the stream by watermarks.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotConfig>,
     /// Set by the loader: the file this config came from.
     #[serde(skip)]
     pub path: PathBuf,
@@ -67,6 +70,32 @@ fn default_shutdown_timeout() -> u64 {
 
 fn default_pipelines_dir() -> PathBuf {
     PathBuf::from("pipelines")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// A table on the source server (`database.table`, created if missing) holding the
+    /// watermarks, the backfill requests and each backfill's progress. The source account
+    /// needs CREATE, SELECT, INSERT, UPDATE on it.
+    pub signal_table: String,
+    /// Rows per chunk (one SELECT in key order between two watermarks). Default 1,000.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: usize,
+}
+
+fn default_chunk_size() -> usize {
+    1000
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnPurged {
+    /// Stop with an error naming the missing binlog file and the ways out.
+    #[default]
+    Fail,
+    /// Start at the current end of the binlog and backfill every pipeline.
+    Resnapshot,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -97,6 +126,10 @@ pub struct SourceConfig {
     /// Where to start when there is no checkpoint: `latest` (the current end) or `earliest`.
     #[serde(default)]
     pub start: StartFrom,
+    /// When the checkpoint's binlog file is no longer on the server: `fail` (default) or
+    /// `resnapshot` (start at the current end and backfill every pipeline).
+    #[serde(default)]
+    pub on_purged: OnPurged,
     #[serde(default)]
     pub tls: TlsConfig,
 }
@@ -296,6 +329,25 @@ impl Config {
                 ));
             }
         }
+        if let Some(sn) = &cfg.snapshot {
+            pipeline::split_table(&sn.signal_table).ok_or_else(|| {
+                bad(format!(
+                    "snapshot.signal_table `{}` must be `database.table`",
+                    sn.signal_table
+                ))
+            })?;
+            if !(1..=1_000_000).contains(&sn.chunk_size) {
+                return Err(bad(
+                    "snapshot.chunk_size must be between 1 and 1000000".into()
+                ));
+            }
+        }
+        if cfg.source.on_purged == OnPurged::Resnapshot && cfg.snapshot.is_none() {
+            return Err(bad(
+                "source.on_purged: resnapshot needs a `snapshot:` section (its signal_table)"
+                    .into(),
+            ));
+        }
         if let CheckpointStoreConfig::Mysql { table, .. } = &cfg.checkpoint.store {
             pipeline::split_table(table).ok_or_else(|| {
                 bad(format!(
@@ -318,6 +370,19 @@ impl Config {
     /// Loads and checks every `*.yaml` / `*.yml` of the pipelines folder.
     pub fn load_pipelines(&self) -> Result<Vec<PipelineConfig>, ConfigError> {
         let dir = self.resolve(&self.pipelines_dir);
-        pipeline::load_dir(&dir, self.kafka.is_some())
+        let pipelines = pipeline::load_dir(&dir, self.kafka.is_some())?;
+        if self.snapshot.is_none() {
+            if let Some(p) = pipelines
+                .iter()
+                .find(|p| p.snapshot == pipeline::SnapshotMode::Initial)
+            {
+                return Err(ConfigError::Pipeline {
+                    pipeline: p.name.clone(),
+                    file: p.file.clone(),
+                    message: "`snapshot: initial` needs the daemon config's `snapshot:` section (its signal_table)".into(),
+                });
+            }
+        }
+        Ok(pipelines)
     }
 }

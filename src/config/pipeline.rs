@@ -32,6 +32,10 @@ pub struct PipelineConfig {
     /// `enrichment` object.
     #[serde(default)]
     pub enrichment: Option<EnrichmentConfig>,
+    /// `initial`: when the daemon starts without a checkpoint, backfill the table's existing
+    /// rows (as `op: r` records, interleaved with the stream). `never` (default).
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
     /// Where records go: `kafka: {topic: …}` or `jsonl: {path: …}`.
     #[serde(with = "serde_yaml::with::singleton_map")]
     pub sink: SinkConfig,
@@ -39,6 +43,14 @@ pub struct PipelineConfig {
     pub file: String,
     #[serde(skip)]
     pub filter_expr: Option<Expr>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    Initial,
+    #[default]
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]

@@ -49,6 +49,10 @@ pub struct PipelineMetrics {
     pub writeback_dead_letters: AtomicU64,
     pub writeback_replayed: AtomicU64,
     pub writeback_retries: AtomicU64,
+    /// Backfill: rows read, the table's row estimate, 1 while one runs.
+    pub snapshot_rows: AtomicU64,
+    pub snapshot_estimate: AtomicU64,
+    pub snapshot_running: AtomicU64,
 }
 
 /// A Prometheus histogram with fixed buckets (seconds), lock-free.
@@ -184,7 +188,12 @@ impl Metrics {
                 .collect(),
         );
         type Get = fn(&PipelineMetrics) -> &AtomicU64;
-        let per_pipeline: [(&str, &str, Get); 15] = [
+        let per_pipeline: [(&str, &str, Get); 16] = [
+            (
+                "cdc_enricher_snapshot_rows_total",
+                "Rows read by backfills (snapshots).",
+                |p| &p.snapshot_rows,
+            ),
             (
                 "cdc_enricher_writeback_rows_total",
                 "Rows whose enrichment was written back into the database.",
@@ -265,6 +274,28 @@ impl Metrics {
             metric(
                 name,
                 "counter",
+                help,
+                self.pipelines
+                    .iter()
+                    .map(|p| (format!("{{pipeline=\"{}\"}}", p.name), load(get(p))))
+                    .collect(),
+            );
+        }
+        for (name, help, get) in [
+            (
+                "cdc_enricher_snapshot_rows_estimate",
+                "The backfilled table's row estimate (information_schema.TABLES).",
+                (|p| &p.snapshot_estimate) as Get,
+            ),
+            (
+                "cdc_enricher_snapshot_running",
+                "1 while a backfill of the pipeline runs.",
+                |p| &p.snapshot_running,
+            ),
+        ] {
+            metric(
+                name,
+                "gauge",
                 help,
                 self.pipelines
                     .iter()

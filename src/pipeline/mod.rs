@@ -201,6 +201,17 @@ impl Router {
         row: &RowChange,
         out: &mut Vec<ChangeRecord>,
     ) -> Result<(), RouteError> {
+        self.route_to(row, None, out)
+    }
+
+    /// As [`Router::route`], for one pipeline only when `only` is set (a backfilled row belongs
+    /// to the pipeline that asked for it).
+    pub fn route_to(
+        &mut self,
+        row: &RowChange,
+        only: Option<usize>,
+        out: &mut Vec<ChangeRecord>,
+    ) -> Result<(), RouteError> {
         let plan = &row.table;
         let Some(idxs) = self
             .by_table
@@ -211,7 +222,7 @@ impl Router {
         };
         let idxs = idxs.clone();
         for &idx in idxs.iter() {
-            if !self.pipelines[idx].wants(row.op) {
+            if only.is_some_and(|o| o != idx) || !self.pipelines[idx].wants(row.op) {
                 continue;
             }
             let b = self.bind(idx, plan)?;

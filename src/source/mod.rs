@@ -5,6 +5,7 @@
 
 pub mod mysql;
 pub mod position;
+pub mod snapshot;
 
 use std::sync::Arc;
 

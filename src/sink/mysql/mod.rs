@@ -260,7 +260,7 @@ fn value_refused(e: &mysql_async::Error) -> bool {
 }
 
 /// A JSON value as a statement parameter.
-fn sql_value(v: &Value, bind: Bind) -> SqlValue {
+pub fn sql_value(v: &Value, bind: Bind) -> SqlValue {
     match v {
         Value::Null => SqlValue::NULL,
         Value::Bool(b) => SqlValue::Int(*b as i64),

@@ -772,7 +772,7 @@ fn text(charset: Charset, bytes: &[u8], bad_text: &mut usize) -> Value {
     Value::String(s)
 }
 
-fn float_value(f: f64) -> Value {
+pub(crate) fn float_value(f: f64) -> Value {
     // NaN and infinities cannot be stored by MySQL; should one appear, say so as a string.
     Number::from_f64(f)
         .map(Value::Number)
@@ -780,7 +780,7 @@ fn float_value(f: f64) -> Value {
 }
 
 /// The shortest decimal form of an f32 (0.1f32 is 0.1, not 0.10000000149011612).
-fn f32_value(f: f32) -> Value {
+pub(crate) fn f32_value(f: f32) -> Value {
     match f.to_string().parse::<f64>() {
         Ok(d) => float_value(d),
         Err(_) => float_value(f as f64),
@@ -809,7 +809,9 @@ fn decode_value(kind: &Kind, c: &mut Cur<'_>, bad_text: &mut usize) -> Result<Va
             let b = c.take(size)?;
             let d = Decimal::read_bin(b, *precision as usize, *scale as usize, true)
                 .map_err(|e| format!("decimal: {e}"))?;
-            Value::String(d.to_string())
+            let mut s = d.to_string();
+            trim_integer_zeros(&mut s);
+            Value::String(s)
         }
         Kind::Year => {
             let y = c.u8()?;
@@ -935,6 +937,20 @@ fn decode_value(kind: &Kind, c: &mut Cur<'_>, bad_text: &mut usize) -> Result<Va
     })
 }
 
+/// `0000000000000000000.5000000000` → `0.5000000000`: a DECIMAL as the server prints it
+/// (`mysql_common` pads the integer part to the column's precision).
+fn trim_integer_zeros(s: &mut String) {
+    let start = usize::from(s.starts_with('-'));
+    let b = s.as_bytes();
+    let mut end = start;
+    while end + 1 < b.len() && b[end] == b'0' && b[end + 1].is_ascii_digit() {
+        end += 1;
+    }
+    if end > start {
+        s.replace_range(start..end, "");
+    }
+}
+
 /// MySQL binary JSON → `serde_json::Value`.
 pub fn jsonb_to_json(b: &[u8]) -> Result<Value, String> {
     if b.is_empty() {
@@ -963,6 +979,22 @@ pub fn table_id_len(post_header_len: u8) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn decimals_print_as_the_server_prints_them() {
+        for (raw, want) in [
+            ("0000000000000000000.5000000000", "0.5000000000"),
+            ("0000000000000000000.0000000000", "0.0000000000"),
+            ("-00012.50", "-12.50"),
+            ("000", "0"),
+            ("100", "100"),
+            ("-99999", "-99999"),
+        ] {
+            let mut s = raw.to_string();
+            super::trim_integer_zeros(&mut s);
+            assert_eq!(s, want);
+        }
+    }
+
     use super::*;
 
     #[test]

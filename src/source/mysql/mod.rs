@@ -6,5 +6,6 @@ pub mod decoder;
 pub mod file;
 pub mod jsonpatch;
 pub mod schema;
+pub mod snapshot;
 pub mod stream;
 pub mod temporal;

@@ -71,6 +71,46 @@ impl Buf {
     }
 }
 
+/// A DATE, DATETIME or TIMESTAMP from its parts (as a query over the binary protocol gives
+/// them), in the same form as the binlog's: `YYYY-MM-DD` for a date, else
+/// `YYYY-MM-DDThh:mm:ss[.f]` with `fsp` digits, and `Z` for a TIMESTAMP (read in UTC).
+#[allow(clippy::too_many_arguments)]
+pub fn from_parts(
+    date_only: bool,
+    y: u16,
+    mo: u8,
+    d: u8,
+    h: u8,
+    mi: u8,
+    s: u8,
+    micros: u32,
+    fsp: u8,
+    zulu: bool,
+) -> String {
+    let mut b = Buf::new();
+    b.date(y as u64, mo as u64, d as u64);
+    if !date_only {
+        b.byte(b'T');
+        b.time(h as u64, mi as u64, s as u64);
+        b.frac(micros, fsp);
+        if zulu {
+            b.byte(b'Z');
+        }
+    }
+    b.finish()
+}
+
+/// A TIME from its parts: `[-]hh:mm:ss[.f]`, hours counting the days.
+pub fn time_from_parts(neg: bool, days: u32, h: u8, mi: u8, s: u8, micros: u32, fsp: u8) -> String {
+    let mut b = Buf::new();
+    if neg {
+        b.byte(b'-');
+    }
+    b.time(days as u64 * 24 + h as u64, mi as u64, s as u64);
+    b.frac(micros, fsp);
+    b.finish()
+}
+
 /// `YYYY-MM-DD` from the 3-byte NEWDATE encoding.
 pub fn date_from_packed(v: u32) -> String {
     let mut b = Buf::new();

@@ -1,0 +1,587 @@
+//! The backfill coordinator on MySQL / MariaDB: the signal table, chunked SELECTs in key order
+//! framed by watermarks, values typed exactly as the binlog decoder types them, and progress
+//! kept in the signal table so that a restart resumes after the last acknowledged chunk.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Value as SqlValue};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::decode::{f32_value, float_value, ColumnPlan, Kind, TablePlan};
+use super::schema::{self, SchemaColumn, TableSchema};
+use super::temporal;
+use crate::checkpoint::AckTracker;
+use crate::config::{PipelineConfig, SnapshotConfig, SourceConfig};
+use crate::metrics::Metrics;
+use crate::pipeline::filter::Expr;
+use crate::source::snapshot::{at_or_after, Chunk, Request};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("backfill of pipeline `{pipeline}`: {message}")]
+    Pipeline { pipeline: String, message: String },
+    #[error("signal table `{table}`: {source}; the source account needs CREATE, SELECT, INSERT, UPDATE on it")]
+    Signal {
+        table: String,
+        source: mysql_async::Error,
+    },
+}
+
+fn q(ident: &str) -> String {
+    format!("`{}`", ident.replace('`', "``"))
+}
+
+fn qualified(table: &str) -> String {
+    table.split('.').map(q).collect::<Vec<_>>().join(".")
+}
+
+/// Creates the signal table where missing.
+pub async fn ensure_signal_table(conn: &mut Conn, table: &str) -> Result<(), SnapshotError> {
+    conn.query_drop(format!(
+        "CREATE TABLE IF NOT EXISTS {} (id VARCHAR(191) NOT NULL PRIMARY KEY, kind VARCHAR(32) NOT NULL, \
+         pipeline VARCHAR(191) NOT NULL, payload TEXT, \
+         updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6))",
+        qualified(table)
+    ))
+    .await
+    .map_err(|source| SnapshotError::Signal {
+        table: table.into(),
+        source,
+    })
+}
+
+/// Asks the running daemon for a backfill: a request row in the signal table, which the
+/// daemon reads from the binlog.
+pub async fn request(
+    conn: &mut Conn,
+    table: &str,
+    pipeline: &str,
+    filter: Option<&str>,
+) -> Result<String, SnapshotError> {
+    ensure_signal_table(conn, table).await?;
+    let id = format!("backfill:{pipeline}:{:016x}", rand::random::<u64>());
+    conn.exec_drop(
+        format!(
+            "INSERT INTO {} (id, kind, pipeline, payload) VALUES (?, 'backfill', ?, ?)",
+            qualified(table)
+        ),
+        (id.as_str(), pipeline, filter),
+    )
+    .await
+    .map_err(|source| SnapshotError::Signal {
+        table: table.into(),
+        source,
+    })?;
+    Ok(id)
+}
+
+/// Column types a backfill can page through in key order with `(k…) > (?…)`.
+pub fn orderable_key(c: &SchemaColumn) -> bool {
+    matches!(
+        c.data_type.as_str(),
+        "tinyint"
+            | "smallint"
+            | "mediumint"
+            | "int"
+            | "bigint"
+            | "decimal"
+            | "char"
+            | "varchar"
+            | "binary"
+            | "varbinary"
+            | "date"
+            | "year"
+    ) && !c.is_json
+}
+
+/// Fractional digits of a temporal column type (`datetime(6)` → 6).
+fn fsp(c: &SchemaColumn) -> u8 {
+    c.column_type
+        .split_once('(')
+        .and_then(|(_, r)| r.trim_end_matches(')').parse().ok())
+        .unwrap_or(0)
+}
+
+fn binary(c: &SchemaColumn) -> bool {
+    matches!(
+        c.data_type.as_str(),
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob"
+    )
+}
+
+/// A value read over the binary protocol, typed as the binlog decoder types the same column
+/// (so a backfilled row and a streamed row of the same data are byte-identical).
+pub fn column_value(c: &SchemaColumn, v: SqlValue) -> Value {
+    let t = c.data_type.as_str();
+    match v {
+        SqlValue::NULL => Value::Null,
+        SqlValue::Int(i) if t == "year" => Value::String(format!("{i:04}")),
+        SqlValue::UInt(u) if t == "year" => Value::String(format!("{u:04}")),
+        SqlValue::Int(i) => Value::from(i),
+        SqlValue::UInt(u) => Value::from(u),
+        SqlValue::Float(f) => f32_value(f),
+        SqlValue::Double(d) if t == "float" => f32_value(d as f32),
+        SqlValue::Double(d) => float_value(d),
+        SqlValue::Date(y, mo, d, h, mi, s, us) => Value::String(temporal::from_parts(
+            t == "date",
+            y,
+            mo,
+            d,
+            h,
+            mi,
+            s,
+            us,
+            fsp(c),
+            t == "timestamp",
+        )),
+        SqlValue::Time(neg, days, h, mi, s, us) => {
+            Value::String(temporal::time_from_parts(neg, days, h, mi, s, us, fsp(c)))
+        }
+        SqlValue::Bytes(b) => {
+            let b64 = |b: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(b));
+            if c.is_json || t == "json" {
+                serde_json::from_slice(&b)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned()))
+            } else if t == "bit" {
+                Value::from(b.iter().fold(0u64, |a, x| (a << 8) | *x as u64))
+            } else if matches!(
+                t,
+                "geometry"
+                    | "point"
+                    | "linestring"
+                    | "polygon"
+                    | "multipoint"
+                    | "multilinestring"
+                    | "multipolygon"
+                    | "geometrycollection"
+            ) {
+                b64(if b.len() >= 4 { &b[4..] } else { &b })
+            } else if binary(c) {
+                b64(&b)
+            } else {
+                Value::String(String::from_utf8_lossy(&b).into_owned())
+            }
+        }
+    }
+}
+
+/// A layout for routing backfilled rows: names and key from `information_schema` (the values
+/// are already decoded, so no column kind is needed).
+pub fn plan_from_schema(db: &str, table: &str, s: &TableSchema) -> TablePlan {
+    TablePlan {
+        table_id: 0,
+        db: db.into(),
+        table: table.into(),
+        columns: s
+            .columns
+            .iter()
+            .map(|c| ColumnPlan {
+                name: c.name.clone(),
+                kind: Kind::Null,
+            })
+            .collect(),
+        primary_key: s
+            .primary_key
+            .iter()
+            .filter_map(|k| s.columns.iter().position(|c| &c.name == k))
+            .collect(),
+    }
+}
+
+/// One backfill to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub pipeline: usize,
+    /// The request that asked for it (none for `snapshot: initial` and re-snapshots).
+    pub request: Option<String>,
+    pub filter: Option<String>,
+    /// Resume after this key (its JSON values), from a saved progress row.
+    pub after: Option<Vec<Value>>,
+    pub rows_done: u64,
+}
+
+pub struct Coordinator {
+    pub source: SourceConfig,
+    pub cfg: SnapshotConfig,
+    pub pipelines: Vec<PipelineConfig>,
+    pub tracker: AckTracker,
+    pub metrics: Arc<Metrics>,
+    /// Chunks to the pipeline stage.
+    pub chunks: std::sync::mpsc::Sender<Chunk>,
+}
+
+/// Saved progress rows: (pipeline, payload).
+async fn progress_rows(
+    conn: &mut Conn,
+    table: &str,
+) -> Result<Vec<(String, String)>, SnapshotError> {
+    conn.query(format!(
+        "SELECT pipeline, payload FROM {} WHERE kind = 'progress'",
+        qualified(table)
+    ))
+    .await
+    .map_err(|source| SnapshotError::Signal {
+        table: table.into(),
+        source,
+    })
+}
+
+impl Coordinator {
+    fn pipeline_index(&self, name: &str) -> Option<usize> {
+        self.pipelines.iter().position(|p| p.name == name)
+    }
+
+    /// The jobs to run at start-up: unfinished backfills resume; `initial` ones start when the
+    /// daemon has no checkpoint (or `all` when the binlog was purged and everything is read
+    /// again).
+    pub async fn initial_jobs(
+        &self,
+        conn: &mut Conn,
+        fresh_start: bool,
+        all: bool,
+    ) -> Result<(Vec<Job>, HashSet<String>), SnapshotError> {
+        let mut jobs = Vec::new();
+        let mut seen_requests = HashSet::new();
+        let mut has_progress = HashSet::new();
+        for (pipeline, payload) in progress_rows(conn, &self.cfg.signal_table).await? {
+            let v: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
+            if let Some(r) = v["request"].as_str() {
+                seen_requests.insert(r.to_string());
+            }
+            has_progress.insert(pipeline.clone());
+            let Some(i) = self.pipeline_index(&pipeline) else {
+                continue;
+            };
+            if v["done"] == Value::Bool(false) && !all {
+                jobs.push(Job {
+                    pipeline: i,
+                    request: v["request"].as_str().map(str::to_string),
+                    filter: v["filter"].as_str().map(str::to_string),
+                    after: v["after"].as_array().cloned(),
+                    rows_done: v["rows"].as_u64().unwrap_or(0),
+                });
+            }
+        }
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let initial = p.snapshot == crate::config::pipeline::SnapshotMode::Initial
+                && fresh_start
+                && !has_progress.contains(&p.name);
+            if all || initial {
+                jobs.push(Job {
+                    pipeline: i,
+                    request: None,
+                    filter: None,
+                    after: None,
+                    rows_done: 0,
+                });
+            }
+        }
+        Ok((jobs, seen_requests))
+    }
+
+    /// Runs jobs one after another, taking requests as they come, until `requests` closes.
+    pub async fn run(
+        self,
+        mut queue: VecDeque<Job>,
+        mut seen: HashSet<String>,
+        mut requests: mpsc::UnboundedReceiver<Request>,
+    ) -> Result<(), SnapshotError> {
+        loop {
+            while let Ok(r) = requests.try_recv() {
+                self.take_request(r, &mut queue, &mut seen);
+            }
+            let Some(job) = queue.pop_front() else {
+                match requests.recv().await {
+                    Some(r) => {
+                        self.take_request(r, &mut queue, &mut seen);
+                        continue;
+                    }
+                    None => return Ok(()),
+                }
+            };
+            let name = self.pipelines[job.pipeline].name.clone();
+            let mut round = 0u32;
+            let mut job = job;
+            loop {
+                match self.backfill(&mut job).await {
+                    Ok(()) => break,
+                    Err(e @ SnapshotError::Pipeline { .. }) => {
+                        tracing::error!(pipeline = %name, error = %e, "backfill stopped");
+                        break;
+                    }
+                    Err(e) => {
+                        round += 1;
+                        let d = crate::enrich::backoff(round.min(8), None);
+                        tracing::warn!(pipeline = %name, error = %e, backoff_ms = d.as_millis() as u64,
+                            "backfill interrupted; it resumes after its last chunk");
+                        tokio::time::sleep(d).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_request(&self, r: Request, queue: &mut VecDeque<Job>, seen: &mut HashSet<String>) {
+        if !seen.insert(r.id.clone()) {
+            return; // read again after a restart: already taken
+        }
+        let Some(i) = self.pipeline_index(&r.pipeline) else {
+            tracing::error!(pipeline = %r.pipeline, request = %r.id, "backfill requested for a pipeline this daemon does not run; ignored");
+            return;
+        };
+        tracing::info!(pipeline = %r.pipeline, request = %r.id, filter = ?r.filter, "backfill requested");
+        queue.push_back(Job {
+            pipeline: i,
+            request: Some(r.id),
+            filter: r.filter,
+            after: None,
+            rows_done: 0,
+        });
+    }
+
+    async fn save_progress(
+        &self,
+        conn: &mut Conn,
+        job: &Job,
+        done: bool,
+    ) -> Result<(), mysql_async::Error> {
+        let p = &self.pipelines[job.pipeline];
+        let payload = json!({"request": job.request, "filter": job.filter, "after": job.after,
+            "rows": job.rows_done, "done": done});
+        conn.exec_drop(
+            format!(
+                "INSERT INTO {} (id, kind, pipeline, payload) VALUES (?, 'progress', ?, ?) \
+                 ON DUPLICATE KEY UPDATE payload = VALUES(payload)",
+                qualified(&self.cfg.signal_table)
+            ),
+            (
+                format!("progress:{}", p.name),
+                p.name.as_str(),
+                payload.to_string(),
+            ),
+        )
+        .await
+    }
+
+    async fn watermark(
+        &self,
+        conn: &mut Conn,
+        kind: &str,
+        pipeline: &str,
+        nonce: u64,
+    ) -> Result<(), mysql_async::Error> {
+        conn.exec_drop(
+            format!(
+                "INSERT INTO {} (id, kind, pipeline, payload) VALUES (?, ?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE kind = VALUES(kind), payload = VALUES(payload)",
+                qualified(&self.cfg.signal_table)
+            ),
+            (
+                format!("watermark:{pipeline}"),
+                kind,
+                pipeline,
+                nonce.to_string(),
+            ),
+        )
+        .await
+    }
+
+    /// Reads the job's table chunk by chunk until the end.
+    async fn backfill(&self, job: &mut Job) -> Result<(), SnapshotError> {
+        let p = &self.pipelines[job.pipeline];
+        let perr = |message: String| SnapshotError::Pipeline {
+            pipeline: p.name.clone(),
+            message,
+        };
+        let serr = |source| SnapshotError::Signal {
+            table: self.cfg.signal_table.clone(),
+            source,
+        };
+        let (db, table) = p.db_table();
+        let mut conn = Conn::new(super::stream::opts(&self.source))
+            .await
+            .map_err(serr)?;
+        // TIMESTAMP values in UTC, as the binlog carries them.
+        conn.query_drop("SET time_zone = '+00:00'")
+            .await
+            .map_err(serr)?;
+        let schemas = schema::load(&mut conn, &[(db.clone(), table.clone())])
+            .await
+            .map_err(serr)?;
+        let Some(s) = schemas.get(&(db.clone(), table.clone())) else {
+            return Err(perr(format!("table `{db}`.`{table}` does not exist")));
+        };
+        let key: Vec<String> = p.key.clone().unwrap_or_else(|| s.primary_key.clone());
+        if key.is_empty() {
+            return Err(perr(format!(
+                "`{db}`.`{table}` has no primary key and the pipeline sets no `key:`; a backfill pages through the table in key order"
+            )));
+        }
+        let mut key_cols = Vec::new();
+        for k in &key {
+            match s.column(k) {
+                Some(c) if orderable_key(c) => key_cols.push(c.clone()),
+                Some(c) => {
+                    return Err(perr(format!(
+                        "key column `{k}` is {}; a backfill needs integer, decimal, string, binary or date key columns",
+                        c.column_type
+                    )))
+                }
+                None => return Err(perr(format!("key column `{k}` is not in `{db}`.`{table}`"))),
+            }
+        }
+        let key_idx: Vec<usize> = key
+            .iter()
+            .filter_map(|k| s.columns.iter().position(|c| &c.name == k))
+            .collect();
+        let mut plan_schema = s.clone();
+        plan_schema.primary_key = key.clone();
+        let plan = Arc::new(plan_from_schema(&db, &table, &plan_schema));
+        let filter = match &job.filter {
+            Some(f) => Some(
+                Expr::parse(f)
+                    .and_then(|e| {
+                        e.bind(&|c| plan.column_index(c))
+                            .map_err(|c| format!("column `{c}` is not in the table"))
+                    })
+                    .map_err(|m| perr(format!("--where `{f}`: {m}")))?,
+            ),
+            None => None,
+        };
+        let estimate: Option<u64> = conn
+            .exec_first(
+                "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (db.as_str(), table.as_str()),
+            )
+            .await
+            .map_err(serr)?;
+        let pm = self.metrics.pipelines.get(job.pipeline);
+        if let Some(pm) = pm {
+            pm.snapshot_estimate
+                .store(estimate.unwrap_or(0), Ordering::Relaxed);
+            pm.snapshot_running.store(1, Ordering::Relaxed);
+        }
+        let cols: Vec<String> = s.columns.iter().map(|c| q(&c.name)).collect();
+        let klist = key.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
+        let marks = vec!["?"; key.len()].join(", ");
+        let base = format!("SELECT {} FROM {}.{}", cols.join(", "), q(&db), q(&table));
+        let first = format!("{base} ORDER BY {klist} LIMIT {}", self.cfg.chunk_size);
+        let next = format!(
+            "{base} WHERE ({klist}) > ({marks}) ORDER BY {klist} LIMIT {}",
+            self.cfg.chunk_size
+        );
+        self.save_progress(&mut conn, job, false)
+            .await
+            .map_err(serr)?;
+        tracing::info!(pipeline = %p.name, table = %format!("{db}.{table}"), estimate = ?estimate,
+            resume_after = ?job.after, "backfill starts");
+        let started = Instant::now();
+        let start_rows = job.rows_done;
+        let mut last_log = Instant::now();
+        loop {
+            let nonce = rand::random::<u64>();
+            self.watermark(&mut conn, "low", &p.name, nonce)
+                .await
+                .map_err(serr)?;
+            let rows: Vec<mysql_async::Row> = match &job.after {
+                None => conn.exec(first.as_str(), ()).await,
+                Some(after) => {
+                    let params: Vec<SqlValue> = after
+                        .iter()
+                        .zip(&key_cols)
+                        .map(|(v, c)| {
+                            crate::sink::mysql::sql_value(
+                                v,
+                                if binary(c) {
+                                    crate::sink::mysql::Bind::Base64
+                                } else {
+                                    crate::sink::mysql::Bind::Plain
+                                },
+                            )
+                        })
+                        .collect();
+                    conn.exec(next.as_str(), params).await
+                }
+            }
+            .map_err(serr)?;
+            let n = rows.len();
+            let decoded: Vec<Vec<Value>> = rows
+                .into_iter()
+                .map(|r| {
+                    r.unwrap_raw()
+                        .into_iter()
+                        .zip(&s.columns)
+                        .map(|(v, c)| column_value(c, v.unwrap_or(SqlValue::NULL)))
+                        .collect()
+                })
+                .collect();
+            let last_key: Option<Vec<Value>> = decoded
+                .last()
+                .map(|r| key_idx.iter().map(|i| r[*i].clone()).collect());
+            let emitted: Vec<Vec<Value>> = match &filter {
+                Some(f) => decoded.into_iter().filter(|r| f.eval(r)).collect(),
+                None => decoded,
+            };
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            self.chunks
+                .send(Chunk {
+                    nonce,
+                    pipeline: job.pipeline,
+                    plan: plan.clone(),
+                    rows: emitted,
+                    done: done_tx,
+                })
+                .map_err(|_| perr("the pipeline stage ended".into()))?;
+            self.watermark(&mut conn, "high", &p.name, nonce)
+                .await
+                .map_err(serr)?;
+            let at = done_rx
+                .await
+                .map_err(|_| perr("the pipeline stage ended before the high watermark".into()))?;
+            // The chunk counts as done once its records (and all before them) are acknowledged.
+            while !self
+                .tracker
+                .committed()
+                .is_some_and(|c| at_or_after(&c, &at))
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            job.rows_done += n as u64;
+            if let Some(k) = last_key {
+                job.after = Some(k);
+            }
+            let finished = n < self.cfg.chunk_size;
+            self.save_progress(&mut conn, job, finished)
+                .await
+                .map_err(serr)?;
+            if let Some(pm) = pm {
+                pm.snapshot_rows.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if finished {
+                if let Some(pm) = pm {
+                    pm.snapshot_running.store(0, Ordering::Relaxed);
+                }
+                tracing::info!(pipeline = %p.name, rows = job.rows_done,
+                    seconds = started.elapsed().as_secs_f64(), "backfill done");
+                let _ = conn.disconnect().await;
+                return Ok(());
+            }
+            if last_log.elapsed() >= Duration::from_secs(5) {
+                last_log = Instant::now();
+                let rate = (job.rows_done - start_rows) as f64
+                    / started.elapsed().as_secs_f64().max(0.001);
+                let eta = estimate
+                    .map(|e| e.saturating_sub(job.rows_done) as f64 / rate.max(0.001))
+                    .map(|s| s.round() as u64);
+                tracing::info!(pipeline = %p.name, rows = job.rows_done, estimate = ?estimate,
+                    rows_per_s = rate.round() as u64, eta_s = ?eta, "backfill progress");
+            }
+        }
+    }
+}

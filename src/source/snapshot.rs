@@ -1,0 +1,152 @@
+//! Backfills interleaved with the stream by watermarks (Netflix's DBLog, Debezium's incremental
+//! snapshots). For each chunk the coordinator writes a low watermark to the signal table,
+//! SELECTs the next rows in key order, hands them over, and writes a high watermark. The
+//! pipeline stage, reading the binlog, notes the keys of the table changed between the two
+//! watermarks; at the high watermark it drops those rows from the chunk (their newer values are
+//! already in the stream) and emits the rest as `op: r` records. So no row is ever emitted with
+//! stale values after its newer change.
+//!
+//! These are the plain records the two sides exchange; the MySQL side is in
+//! [`crate::source::mysql::snapshot`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::mysql::decode::TablePlan;
+use super::{Op, Position, RowChange};
+
+/// One chunk of a backfill, read between a low and a high watermark.
+pub struct Chunk {
+    /// The watermarks' nonce: only watermarks of this run match it.
+    pub nonce: u64,
+    /// The pipeline backfilled (an index in the router's list).
+    pub pipeline: usize,
+    /// The table's layout (from `information_schema`), for routing.
+    pub plan: Arc<TablePlan>,
+    /// Full rows, in table order, as the binlog decoder would give them.
+    pub rows: Vec<Vec<Value>>,
+    /// Told the high watermark's resume position once the chunk's records are handed on.
+    pub done: tokio::sync::oneshot::Sender<Position>,
+}
+
+/// A backfill asked for through the signal table (`cdc-enricher backfill`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: String,
+    pub pipeline: String,
+    pub filter: Option<String>,
+}
+
+/// What a signal-table row says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signal {
+    /// A low watermark of a pipeline's chunk.
+    Low(u64, String),
+    High(u64),
+    Backfill(Request),
+    /// Progress rows and anything else: nothing to do.
+    Other,
+}
+
+impl Signal {
+    /// Reads a signal row (`id`, `kind`, `pipeline`, `payload`) from its after image.
+    pub fn parse(plan: &TablePlan, after: &[Value]) -> Signal {
+        let get = |c: &str| {
+            plan.column_index(c)
+                .and_then(|i| after.get(i))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let nonce = || get("payload").and_then(|p| p.parse::<u64>().ok());
+        match get("kind").as_deref() {
+            Some("low") => nonce()
+                .map(|n| Signal::Low(n, get("pipeline").unwrap_or_default()))
+                .unwrap_or(Signal::Other),
+            Some("high") => nonce().map(Signal::High).unwrap_or(Signal::Other),
+            Some("backfill") => Signal::Backfill(Request {
+                id: get("id").unwrap_or_default(),
+                pipeline: get("pipeline").unwrap_or_default(),
+                filter: get("payload").filter(|f| !f.trim().is_empty()),
+            }),
+            _ => Signal::Other,
+        }
+    }
+}
+
+/// The pipeline stage's side: open windows and the chunks handed over.
+#[derive(Default)]
+pub struct Windows {
+    /// Keys changed since the low watermark, by nonce, with the table they watch.
+    open: HashMap<u64, ((String, String), HashSet<String>)>,
+    /// Chunks received and not yet emitted, by nonce.
+    chunks: HashMap<u64, Chunk>,
+}
+
+/// A row's key as a string (the values of its primary-key columns).
+fn key_of(plan: &TablePlan, img: &[Value]) -> String {
+    let k: Vec<&Value> = plan
+        .primary_key
+        .iter()
+        .map(|i| img.get(*i).unwrap_or(&Value::Null))
+        .collect();
+    serde_json::to_string(&k).unwrap_or_default()
+}
+
+impl Windows {
+    pub fn low(&mut self, nonce: u64, table: (String, String)) {
+        self.open.insert(nonce, (table, HashSet::new()));
+    }
+
+    /// Notes the keys a streamed row changed, for every window open on its table.
+    pub fn observe(&mut self, row: &RowChange) {
+        if self.open.is_empty() {
+            return;
+        }
+        for ((db, t), keys) in self.open.values_mut() {
+            if *db == row.table.db && *t == row.table.table {
+                for img in [&row.before, &row.after].into_iter().flatten() {
+                    keys.insert(key_of(&row.table, img));
+                }
+            }
+        }
+    }
+
+    pub fn offer(&mut self, chunk: Chunk) {
+        self.chunks.insert(chunk.nonce, chunk);
+    }
+
+    /// At the high watermark: the chunk's rows not changed inside the window, as `op: r` rows
+    /// at `at` (the watermark's place), with the chunk to report back on. `None`: a watermark
+    /// of another run.
+    pub fn high(&mut self, nonce: u64, at: &RowChange) -> Option<(Chunk, Vec<RowChange>)> {
+        let window = self.open.remove(&nonce);
+        let mut chunk = self.chunks.remove(&nonce)?;
+        // A chunk whose low watermark was not seen cannot be cleaned of newer changes: it is
+        // dropped (its coordinator reads it again).
+        let (_, changed) = window?;
+        let rows = std::mem::take(&mut chunk.rows)
+            .into_iter()
+            .filter(|r| !changed.contains(&key_of(&chunk.plan, r)))
+            .map(|r| RowChange {
+                table: chunk.plan.clone(),
+                op: Op::Read,
+                before: None,
+                after: Some(r),
+                txn_file: at.txn_file.clone(),
+                txn_pos: at.txn_pos,
+                row: at.row,
+                gtid: at.gtid.clone(),
+                server_id: at.server_id,
+                ts_ms: at.ts_ms,
+            })
+            .collect();
+        Some((chunk, rows))
+    }
+}
+
+/// True when `a` is at or after `b` in stream order.
+pub fn at_or_after(a: &Position, b: &Position) -> bool {
+    (&*a.file, a.pos, a.row) >= (&*b.file, b.pos, b.row)
+}
