@@ -400,7 +400,12 @@ async fn call_with_retries(
             s.limiter.succeeded();
         }
         if let Some(e) = wait {
-            let d = backoff(round, e.retry_after);
+            // Throttling: the limiter, cut by AIMD, already spaces the next calls; waiting a
+            // backoff on top would leave the quota idle. Only a Retry-After is honoured.
+            let d = match e.kind {
+                ErrorKind::Throttled => e.retry_after.unwrap_or_default(),
+                _ => backoff(round, e.retry_after),
+            };
             if e.kind == ErrorKind::Denied && round % 10 == 1 {
                 tracing::warn!(error = %e, round, "the backend refuses the pipeline's calls; fix the credentials, model or endpoint — the rows wait and are retried");
             } else {

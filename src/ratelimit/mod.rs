@@ -1,5 +1,5 @@
 //! Rate limits for backend calls. `governor` enforces the configured quota (requests per
-//! second); on top of it an AIMD factor cuts the rate by a quarter on a throttling answer and
+//! second); on top of it an AIMD factor cuts the rate by 15% on a throttling answer and
 //! recovers it step by step on successes (a burst of throttling answers cuts it once per
 //! second, as a congestion window is cut once per round trip). Limiters are shared by key (backend, operation,
 //! region, endpoint): pipelines that draw on one quota share one limiter.
@@ -16,8 +16,8 @@ use governor::{Quota, RateLimiter};
 const FULL: u32 = 1000;
 /// The rate never drops below 1/16 of the quota.
 const FLOOR: u32 = FULL / 16;
-/// Each answered call gives back 2% of the quota.
-const STEP: u32 = 20;
+/// Each answered call gives back 1% of the quota.
+const STEP: u32 = 10;
 /// Throttling answers within this long of a cut do not cut again.
 const CUT_WINDOW: Duration = Duration::from_secs(1);
 
@@ -59,7 +59,7 @@ impl Limiter {
         }
     }
 
-    /// The service throttled a call: cut the rate by a quarter (down to 1/16 of the quota), at most once
+    /// The service throttled a call: cut the rate by 15% (down to 1/16 of the quota), at most once
     /// per second.
     pub fn throttled(&self) {
         self.throttled_at(self.created.elapsed());
@@ -79,7 +79,7 @@ impl Limiter {
             let _ = self
                 .factor
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
-                    Some((f * 3 / 4).max(FLOOR))
+                    Some((f * 85 / 100).max(FLOOR))
                 });
         }
     }
@@ -276,15 +276,15 @@ mod tests {
         let l = Limiter::new("k".into(), 10.0);
         assert_eq!(l.current_rate(), 10.0);
         l.throttled_at(Duration::from_millis(10));
-        assert_eq!(l.current_rate(), 7.5);
+        assert_eq!(l.current_rate(), 8.5);
         // A burst within the window cuts once.
         l.throttled_at(Duration::from_millis(500));
-        assert_eq!(l.current_rate(), 7.5);
-        for s in 2..20 {
+        assert_eq!(l.current_rate(), 8.5);
+        for s in 2..40 {
             l.throttled_at(Duration::from_secs(s));
         }
         assert_eq!(l.current_rate(), 10.0 * FLOOR as f64 / FULL as f64);
-        for _ in 0..100 {
+        for _ in 0..1000 {
             l.succeeded();
         }
         assert_eq!(l.current_rate(), 10.0);
