@@ -622,6 +622,9 @@ fn process(
                         l.windows.observe(&row);
                     }
                     out.row(&mut router, &row, None, &mut recs)?;
+                    for i in router.newly_stopped.drain(..) {
+                        out.metrics.pipelines[i].stopped.store(1, Ordering::Relaxed);
+                    }
                 }
                 SourceEvent::Progress(p) => {
                     out.tracker.push(p, 0);

@@ -74,3 +74,63 @@ fn alter_table_mid_stream_with_full_metadata() {
 fn alter_table_mid_stream_with_minimal_metadata() {
     run("--binlog-row-metadata=MINIMAL");
 }
+
+#[test]
+fn a_pipeline_whose_column_is_dropped_stops_alone() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE shop; CREATE TABLE shop.items (id INT PRIMARY KEY, title VARCHAR(20), n INT);",
+    ));
+    let port = free_port();
+    let titles = "name: titles\ntable: shop.items\ncolumns: [id, title]\nsink:\n  kafka:\n    topic: titles\n";
+    let mut d = Daemon::with_config(
+        &db,
+        Some(&kafka),
+        &[("items", P), ("titles", titles)],
+        &format!("metrics:\n  address: 127.0.0.1:{port}\n"),
+    );
+    d.spawn();
+    block_on(db.exec("INSERT INTO shop.items VALUES (1, 'one', 1)"));
+    // The daemon is streaming before the column goes.
+    assert_eq!(
+        kafka.read("titles", 1, Duration::from_secs(60)).len(),
+        1,
+        "{}",
+        d.log()
+    );
+    block_on(db.exec(
+        "ALTER TABLE shop.items DROP COLUMN title; INSERT INTO shop.items VALUES (2, 2), (3, 3);",
+    ));
+    let items = kafka.read("items", 3, Duration::from_secs(60));
+    let after: Vec<_> = items.iter().map(|r| r.json()["after"].clone()).collect();
+    assert_eq!(
+        after,
+        vec![
+            json!({"id": 1, "title": "one", "n": 1}),
+            json!({"id": 2, "n": 2}),
+            json!({"id": 3, "n": 3})
+        ],
+        "the other pipeline goes on: {}",
+        d.log()
+    );
+    let t = kafka.read("titles", 2, Duration::from_secs(3));
+    assert_eq!(t.len(), 1, "titles stopped after its first row");
+    d.assert_running();
+    let log = d.log();
+    assert!(
+        log.contains("pipeline stopped; the other pipelines go on")
+            && log.contains("pipeline `titles`: column `title` is not in table `shop.items`"),
+        "{log}"
+    );
+    let (_, body) = http_get(port, "/metrics");
+    assert_eq!(
+        sample(&body, "cdc_enricher_pipeline_stopped{pipeline=\"titles\"}"),
+        Some("1")
+    );
+    assert_eq!(
+        sample(&body, "cdc_enricher_pipeline_stopped{pipeline=\"items\"}"),
+        Some("0")
+    );
+    assert_eq!(d.terminate(), 0);
+}

@@ -53,6 +53,8 @@ pub struct PipelineMetrics {
     pub snapshot_rows: AtomicU64,
     pub snapshot_estimate: AtomicU64,
     pub snapshot_running: AtomicU64,
+    /// 1 once a schema change the pipeline cannot follow stopped it.
+    pub stopped: AtomicU64,
 }
 
 /// A Prometheus histogram with fixed buckets (seconds), lock-free.
@@ -291,6 +293,11 @@ impl Metrics {
                 "cdc_enricher_snapshot_running",
                 "1 while a backfill of the pipeline runs.",
                 |p| &p.snapshot_running,
+            ),
+            (
+                "cdc_enricher_pipeline_stopped",
+                "1 once a schema change the pipeline cannot follow (a picked, key or filter column gone) stopped it.",
+                |p| &p.stopped,
             ),
         ] {
             metric(

@@ -105,6 +105,10 @@ pub struct Router {
     by_table: HashMap<String, HashMap<String, Arc<[usize]>>>,
     /// Bindings by (pipeline, plan address): rebuilt when a TABLE_MAP changes the layout.
     bound: HashMap<(usize, usize), (Arc<TablePlan>, Arc<Bound>)>,
+    /// Pipelines stopped by a schema change they cannot follow, with why.
+    pub stopped: Vec<Option<String>>,
+    /// Pipelines stopped since the caller last looked (for the metrics).
+    pub newly_stopped: Vec<usize>,
 }
 
 impl Router {
@@ -122,6 +126,8 @@ impl Router {
             .map(|p| Arc::from(p.name.as_str()))
             .collect();
         Router {
+            stopped: vec![None; pipelines.len()],
+            newly_stopped: Vec::new(),
             pipelines,
             names,
             by_table,
@@ -225,7 +231,21 @@ impl Router {
             if only.is_some_and(|o| o != idx) || !self.pipelines[idx].wants(row.op) {
                 continue;
             }
-            let b = self.bind(idx, plan)?;
+            if self.stopped[idx].is_some() {
+                continue;
+            }
+            let b = match self.bind(idx, plan) {
+                Ok(b) => b,
+                Err(e) => {
+                    // This pipeline cannot go on with the table as it now is; the others do.
+                    tracing::error!(pipeline = %self.pipelines[idx].name, file = %self.pipelines[idx].file,
+                        position = %format!("{}:{}", row.txn_file, row.txn_pos), error = %e,
+                        "pipeline stopped; the other pipelines go on. Fix the pipeline or the table, restart, and backfill it");
+                    self.stopped[idx] = Some(e.to_string());
+                    self.newly_stopped.push(idx);
+                    continue;
+                }
+            };
             let tested = if row.op == Op::Delete {
                 &row.before
             } else {
