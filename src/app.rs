@@ -177,7 +177,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let metrics = Metrics::new(&names, Some(tracker.clone()));
     let _metrics_server = match &cfg.metrics {
         Some(m) => Some(
-            crate::metrics::serve(&m.address, metrics.clone())
+            crate::metrics::serve(&m.address, metrics.clone(), m.ready_max_lag_seconds)
                 .await
                 .map_err(|source| AppError::Metrics {
                     address: m.address.clone(),
@@ -282,9 +282,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
                     g[route].send(rec, seq)
                 })
                 .map_err(|e| e.to_string())?;
-                m.pipelines[rec.pipeline]
-                    .records
-                    .fetch_add(1, Ordering::Relaxed);
+                m.pipelines[rec.pipeline].record_out(rec.source.ts_ms);
                 Ok(())
             });
             let quota = crate::backend::quota_key(backend.as_ref(), e);
@@ -384,6 +382,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let cp_tracker = tracker.clone();
     let interval = Duration::from_millis(cfg.checkpoint.interval_ms.max(10));
     let mut cp_stop = stop_rx.clone();
+    let cp_metrics = metrics.clone();
     let cp_task = tokio::spawn(async move {
         let mut last = saved;
         loop {
@@ -398,6 +397,13 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
                         tracing::error!(error = %e, "cannot write the checkpoint; will retry");
                         continue;
                     }
+                    cp_metrics.checkpoint_saved_ms.store(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as u64)
+                            .unwrap_or(0),
+                        Ordering::Relaxed,
+                    );
                     tracing::debug!(position = %p, "checkpoint");
                 }
                 last = now;
@@ -545,6 +551,7 @@ impl Outputs {
         };
         let seq = self.tracker.push(row.resume_after(), pending);
         for r in recs.drain(..) {
+            self.metrics.pipelines[r.pipeline].record_in(r.source.ts_ms);
             match &self.enrich_tx[r.pipeline] {
                 Some(tx) => {
                     let pipeline = r.source.pipeline.to_string();
@@ -556,9 +563,7 @@ impl Outputs {
                 }
                 None => {
                     lock(&self.sinks)[self.route_to[r.pipeline]].send(&r, seq)?;
-                    self.metrics.pipelines[r.pipeline]
-                        .records
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.metrics.pipelines[r.pipeline].record_out(r.source.ts_ms);
                 }
             }
         }

@@ -103,6 +103,10 @@ pub enum OnPurged {
 pub struct MetricsConfig {
     /// `host:port` to listen on, e.g. `0.0.0.0:9108`.
     pub address: String,
+    /// `/health/ready` fails while a pipeline lags more than this many seconds (and while the
+    /// binlog stream is disconnected). Default: no lag threshold.
+    #[serde(default)]
+    pub ready_max_lag_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -146,6 +146,7 @@ pub async fn run(
             }
         }
 
+        pm.batch_sizes.observe(batch.len() as f64);
         let mut jobs = Vec::with_capacity(batch.len());
         let mut inputs = Vec::new();
         for (rec, _) in &batch {

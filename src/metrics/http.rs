@@ -1,7 +1,6 @@
 //! A minimal HTTP/1.1 responder for `/metrics`, `/health/live` and `/health/ready`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,6 +12,7 @@ use super::Metrics;
 pub async fn serve(
     addr: &str,
     metrics: Arc<Metrics>,
+    ready_max_lag: Option<f64>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     let local: SocketAddr = listener.local_addr()?;
@@ -43,17 +43,10 @@ pub async fn serve(
                 let (status, ctype, body) = match path {
                     "/metrics" => ("200 OK", "text/plain; version=0.0.4", m.render()),
                     "/health/live" => ("200 OK", "text/plain", "live\n".to_string()),
-                    "/health/ready" => {
-                        if m.connected.load(Ordering::Relaxed) {
-                            ("200 OK", "text/plain", "ready\n".to_string())
-                        } else {
-                            (
-                                "503 Service Unavailable",
-                                "text/plain",
-                                "not connected to the binlog\n".to_string(),
-                            )
-                        }
-                    }
+                    "/health/ready" => match m.not_ready(ready_max_lag) {
+                        None => ("200 OK", "text/plain", "ready\n".to_string()),
+                        Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+                    },
                     _ => (
                         "404 Not Found",
                         "text/plain",

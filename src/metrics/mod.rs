@@ -55,32 +55,60 @@ pub struct PipelineMetrics {
     pub snapshot_running: AtomicU64,
     /// 1 once a schema change the pipeline cannot follow stopped it.
     pub stopped: AtomicU64,
+    /// Records routed into the pipeline (before enrichment).
+    pub rows_in: AtomicU64,
+    /// Commit time of the last record handed to the sink, and of the first record of the
+    /// current burst (for the lag).
+    pub last_out_ts_ms: AtomicU64,
+    pub burst_start_ts_ms: AtomicU64,
+    /// Records per enrichment batch.
+    pub batch_sizes: Histogram,
 }
 
-/// A Prometheus histogram with fixed buckets (seconds), lock-free.
-#[derive(Debug, Default)]
+/// A Prometheus histogram with fixed buckets, lock-free.
+#[derive(Debug)]
 pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
+    buckets: &'static [f64],
+    counts: Vec<AtomicU64>,
     count: AtomicU64,
-    /// The sum in microseconds.
-    sum_us: AtomicU64,
+    /// The sum in millionths.
+    sum_micro: AtomicU64,
 }
 
-const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+/// Seconds, for latencies.
+pub const SECONDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+/// Counts, for batch sizes.
+pub const COUNTS: &[f64] = &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 500.0, 1000.0, 10000.0];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::with_buckets(SECONDS)
+    }
+}
 
 impl Histogram {
+    pub fn with_buckets(buckets: &'static [f64]) -> Histogram {
+        Histogram {
+            buckets,
+            counts: buckets.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micro: AtomicU64::new(0),
+        }
+    }
+
     pub fn observe(&self, v: f64) {
-        for (i, b) in BUCKETS.iter().enumerate() {
+        for (i, b) in self.buckets.iter().enumerate() {
             if v <= *b {
                 self.counts[i].fetch_add(1, Ordering::Relaxed);
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add((v * 1e6) as u64, Ordering::Relaxed);
+        self.sum_micro
+            .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
     }
 
     fn render(&self, name: &str, labels: &str, out: &mut String) {
-        for (i, b) in BUCKETS.iter().enumerate() {
+        for (i, b) in self.buckets.iter().enumerate() {
             out.push_str(&format!(
                 "{name}_bucket{{{labels},le=\"{b}\"}} {}\n",
                 self.counts[i].load(Ordering::Relaxed)
@@ -90,8 +118,46 @@ impl Histogram {
         out.push_str(&format!("{name}_bucket{{{labels},le=\"+Inf\"}} {n}\n"));
         out.push_str(&format!(
             "{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {n}\n",
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+            self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6
         ));
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl PipelineMetrics {
+    /// A record of this pipeline entered (routed), committed at `ts_ms`.
+    pub fn record_in(&self, ts_ms: u64) {
+        if self.rows_in.load(Ordering::Relaxed) == self.records.load(Ordering::Relaxed) {
+            // Nothing pending: a new burst starts with this record.
+            self.burst_start_ts_ms.store(ts_ms, Ordering::Relaxed);
+        }
+        self.rows_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A record of this pipeline was handed to its sink.
+    pub fn record_out(&self, ts_ms: u64) {
+        self.last_out_ts_ms.store(ts_ms, Ordering::Relaxed);
+        self.records.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Seconds the pipeline is behind: with records pending, now against the commit time of the
+    /// oldest of them (bounded below by the last record out and the start of the current
+    /// burst); with none pending, the source's own lag.
+    pub fn lag_seconds(&self, source_lag: f64) -> f64 {
+        if self.rows_in.load(Ordering::Relaxed) <= self.records.load(Ordering::Relaxed) {
+            return source_lag;
+        }
+        let since = self
+            .last_out_ts_ms
+            .load(Ordering::Relaxed)
+            .max(self.burst_start_ts_ms.load(Ordering::Relaxed));
+        (now_ms().saturating_sub(since) as f64 / 1000.0).max(source_lag)
     }
 }
 
@@ -110,6 +176,8 @@ pub struct Metrics {
     pub connected: AtomicBool,
     pub pipelines: Vec<PipelineMetrics>,
     pub tracker: Option<AckTracker>,
+    /// Unix time (ms) of the last checkpoint written; 0 before the first.
+    pub checkpoint_saved_ms: AtomicU64,
 }
 
 impl Metrics {
@@ -119,6 +187,7 @@ impl Metrics {
                 .iter()
                 .map(|n| PipelineMetrics {
                     name: n.clone(),
+                    batch_sizes: Histogram::with_buckets(COUNTS),
                     ..Default::default()
                 })
                 .collect(),
@@ -134,6 +203,20 @@ impl Metrics {
             self.caught_up.store(false, Ordering::Relaxed);
             self.last_event_ts.store(ts as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Why the daemon is not ready: not connected, or a pipeline lagging past `max_lag`.
+    pub fn not_ready(&self, max_lag: Option<f64>) -> Option<String> {
+        if !self.connected.load(Ordering::Relaxed) {
+            return Some("not connected to the binlog".into());
+        }
+        let max = max_lag?;
+        let source_lag = self.lag_seconds();
+        self.pipelines.iter().find_map(|p| {
+            let lag = p.lag_seconds(source_lag);
+            (lag > max)
+                .then(|| format!("pipeline `{}` lags {lag:.1} s (more than {max} s)", p.name))
+        })
     }
 
     /// Seconds between the last event's commit time and now; 0 when caught up.
@@ -152,6 +235,14 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        out.push_str("# HELP cdc_enricher_enrichment_batch_size Records per enrichment batch.\n# TYPE cdc_enricher_enrichment_batch_size histogram\n");
+        for p in &self.pipelines {
+            p.batch_sizes.render(
+                "cdc_enricher_enrichment_batch_size",
+                &format!("pipeline=\"{}\"", p.name),
+                &mut out,
+            );
+        }
         out.push_str("# HELP cdc_enricher_ml_call_seconds Backend call latency.\n# TYPE cdc_enricher_ml_call_seconds histogram\n");
         for p in &self.pipelines {
             p.call_latency.render(
@@ -190,7 +281,12 @@ impl Metrics {
                 .collect(),
         );
         type Get = fn(&PipelineMetrics) -> &AtomicU64;
-        let per_pipeline: [(&str, &str, Get); 16] = [
+        let per_pipeline: [(&str, &str, Get); 17] = [
+            (
+                "cdc_enricher_pipeline_rows_in_total",
+                "Records routed into the pipeline (before enrichment).",
+                |p| &p.rows_in,
+            ),
             (
                 "cdc_enricher_snapshot_rows_total",
                 "Rows read by backfills (snapshots).",
@@ -308,6 +404,25 @@ impl Metrics {
                     .iter()
                     .map(|p| (format!("{{pipeline=\"{}\"}}", p.name), load(get(p))))
                     .collect(),
+            );
+        }
+        let source_lag = self.lag_seconds();
+        metric(
+            "cdc_enricher_pipeline_lag_seconds",
+            "gauge",
+            "How far the pipeline is behind: now against the commit time of its oldest record in flight (the source's lag when none is).",
+            self.pipelines
+                .iter()
+                .map(|p| (format!("{{pipeline=\"{}\"}}", p.name), p.lag_seconds(source_lag).to_string()))
+                .collect(),
+        );
+        let saved = self.checkpoint_saved_ms.load(Ordering::Relaxed);
+        if saved > 0 {
+            metric(
+                "cdc_enricher_checkpoint_age_seconds",
+                "gauge",
+                "Seconds since the checkpoint was last written.",
+                one((now_ms().saturating_sub(saved) as f64 / 1000.0).to_string()),
             );
         }
         metric(
