@@ -10,13 +10,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::check;
 use crate::checkpoint::{AckTracker, CheckpointError, Store};
-use crate::config::{Config, ConfigError, SinkConfig, StartFrom};
+use crate::config::{Config, ConfigError, StartFrom};
 use crate::enrich;
 use crate::metrics::Metrics;
 use crate::pipeline::{RouteError, Router};
-use crate::sink::jsonl::JsonlSink;
-use crate::sink::kafka::{self, KafkaSink};
-use crate::sink::{Sink, SinkError};
+use crate::sink::SinkError;
 use crate::source::mysql::stream::{self, MysqlSource, SourceError};
 use crate::source::{Position, SourceEvent};
 
@@ -186,137 +184,25 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         ),
         None => None,
     };
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    let stages = crate::outputs::Stages {
+        cfg: cfg.clone(),
+        tracker: tracker.clone(),
+        metrics: metrics.clone(),
+        sinks: Arc::new(std::sync::Mutex::new(Vec::new())),
+        limiters: Arc::new(crate::ratelimit::Registry::default()),
+    };
+    let indexed: Vec<(usize, &crate::config::PipelineConfig)> = pipelines.iter().enumerate().collect();
+    let built = stages.build(&indexed, &report.writeback).await?;
+    let sinks = stages.sinks.clone();
     let mut route_to = vec![usize::MAX; pipelines.len()];
-    let kafka_routes: Vec<Option<kafka::Route>> = pipelines
-        .iter()
-        .map(|p| match &p.sink {
-            SinkConfig::Kafka(k) => p.topic().map(|t| kafka::Route {
-                topic: Arc::from(t.as_str()),
-                tombstones: k.tombstones,
-                dead_letter: p.dead_letter_topic().map(|d| Arc::from(d.as_str())),
-            }),
-            SinkConfig::Jsonl(_) | SinkConfig::Mysql(_) => None,
-        })
-        .collect();
-    if let Some(kcfg) = &cfg.kafka {
-        if kafka_routes.iter().any(Option::is_some) {
-            if kcfg.create_topics {
-                let names: Vec<String> = kafka_routes
-                    .iter()
-                    .flatten()
-                    .flat_map(|r| {
-                        std::iter::once(r.topic.to_string())
-                            .chain(r.dead_letter.as_deref().map(str::to_string))
-                    })
-                    .collect();
-                kafka::create_topics(kcfg, &names).await?;
-            }
-            for (i, t) in kafka_routes.iter().enumerate() {
-                if t.is_some() {
-                    route_to[i] = sinks.len();
-                }
-            }
-            sinks.push(Box::new(KafkaSink::new(
-                kcfg,
-                kafka_routes,
-                tracker.clone(),
-            )?));
-        }
-    }
-    for (i, p) in pipelines.iter().enumerate() {
-        if let SinkConfig::Mysql(m) = &p.sink {
-            let plan = report
-                .writeback
-                .get(&p.name)
-                .cloned()
-                .ok_or_else(|| SinkError::Mysql {
-                    pipeline: p.name.clone(),
-                    message: "no write-back plan (the preflight did not check it)".into(),
-                })?;
-            route_to[i] = sinks.len();
-            sinks.push(Box::new(
-                crate::sink::mysql::MysqlSink::start(
-                    &cfg.source,
-                    p,
-                    m,
-                    plan,
-                    tracker.clone(),
-                    metrics.clone(),
-                )
-                .await?,
-            ));
-        }
-        if let SinkConfig::Jsonl(j) = &p.sink {
-            let path = if j.path == "-" {
-                j.path.clone()
-            } else {
-                cfg.resolve(Path::new(&j.path)).display().to_string()
-            };
-            route_to[i] = sinks.len();
-            sinks.push(Box::new(JsonlSink::open(&path, tracker.clone())?));
-        }
-    }
-
-    // Enrichment stages: one task per enriched pipeline, between the router and the sink.
-    let sinks: Sinks = Arc::new(std::sync::Mutex::new(sinks));
     let mut enrich_tx: Vec<Option<mpsc::Sender<enrich::Pending>>> = vec![None; pipelines.len()];
-    let mut enrich_tasks = Vec::new();
-    let limiters = crate::ratelimit::Registry::default();
-    for (i, p) in pipelines.iter().enumerate() {
-        if let Some(e) = &p.enrichment {
-            let enrich_err = |reason: String| AppError::Enrichment {
-                pipeline: p.name.clone(),
-                reason,
-            };
-            let backend = crate::backend::build(e).await.map_err(enrich_err)?;
-            let gather = backend.max_batch() * e.concurrency;
-            let (etx, erx) = mpsc::channel(4 * gather.clamp(256, 40_000));
-            let (sinks, route, m) = (sinks.clone(), route_to[i], metrics.clone());
-            let deliver: enrich::Deliver = Arc::new(move |rec, seq, dead| {
-                tokio::task::block_in_place(|| {
-                    let mut g = lock(&sinks);
-                    if dead && g[route].send_dead_letter(rec, seq)? {
-                        return Ok(1);
-                    }
-                    g[route].send(rec, seq)
-                })
-                .map_err(|e| e.to_string())?;
-                m.pipelines[rec.pipeline].record_out(rec.source.ts_ms);
-                Ok(())
-            });
-            let quota = crate::backend::quota_key(backend.as_ref(), e);
-            let settings = enrich::Settings {
-                pipeline: i,
-                input: enrich::input::InputSpec::from_config(e).map_err(enrich_err)?,
-                max_batch: gather,
-                max_wait: Duration::from_millis(e.max_wait_ms),
-                concurrency: e.concurrency,
-                parse_attempts: e.parse_attempts,
-                limiter: limiters.get(&quota, e.requests_per_second),
-                tokens: e.tokens_per_minute.map(|t| limiters.bucket(&quota, t)),
-                budget: e.budget.as_ref().map(|b| {
-                    crate::ratelimit::Budget::new(
-                        p.name.clone(),
-                        b.requests,
-                        b.tokens,
-                        b.window_seconds,
-                    )
-                }),
-                cache_entries: e.cache_entries,
-            };
-            let name = p.name.clone();
-            let task = tokio::spawn(enrich::run(
-                settings,
-                backend,
-                erx,
-                deliver,
-                metrics.clone(),
-            ));
-            enrich_tasks.push((name, task));
-            enrich_tx[i] = Some(etx);
-        }
+    for (i, r) in built.route_to {
+        route_to[i] = r;
     }
+    for (i, tx) in built.enrich_tx {
+        enrich_tx[i] = Some(tx);
+    }
+    let enrich_tasks = built.tasks;
 
     // Backfills: the coordinator reads chunks between watermarks; the pipeline stage sees the
     // watermarks in the binlog and emits the chunks.
@@ -506,12 +392,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     }
 }
 
-type Sinks = Arc<std::sync::Mutex<Vec<Box<dyn Sink>>>>;
-
-fn lock(s: &Sinks) -> std::sync::MutexGuard<'_, Vec<Box<dyn Sink>>> {
-    // A sink that panicked mid-send stops the daemon anyway; its state is not read again.
-    s.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::outputs::{lock, Sinks};
 
 /// The pipeline stage's link to the backfill coordinator.
 pub struct SnapshotLink {

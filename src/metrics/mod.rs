@@ -13,7 +13,10 @@ use crate::checkpoint::AckTracker;
 
 #[derive(Debug, Default)]
 pub struct PipelineMetrics {
-    pub name: String,
+    /// Set when a pipeline takes this slot (at start or by a reload); unset slots are spare.
+    pub name: std::sync::OnceLock<String>,
+    /// A reload removed (or replaced) the pipeline: its series are no longer served.
+    pub retired: AtomicBool,
     /// Records handed to the sink.
     pub records: AtomicU64,
     /// Rows that asked for enrichment (Aurora_ml_logical_request_cnt).
@@ -130,7 +133,15 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Metric slots for pipelines: those at start, and spares that reloads take (indexes stay
+/// stable for the life of the process).
+pub const PIPELINE_SLOTS: usize = 256;
+
 impl PipelineMetrics {
+    pub fn name(&self) -> &str {
+        self.name.get().map(String::as_str).unwrap_or("")
+    }
+
     /// A record of this pipeline entered (routed), committed at `ts_ms`.
     pub fn record_in(&self, ts_ms: u64) {
         if self.rows_in.load(Ordering::Relaxed) == self.records.load(Ordering::Relaxed) {
@@ -183,10 +194,12 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(pipelines: &[String], tracker: Option<AckTracker>) -> Arc<Metrics> {
         Arc::new(Metrics {
-            pipelines: pipelines
-                .iter()
-                .map(|n| PipelineMetrics {
-                    name: n.clone(),
+            pipelines: (0..PIPELINE_SLOTS.max(pipelines.len()))
+                .map(|i| PipelineMetrics {
+                    name: match pipelines.get(i) {
+                        Some(n) => std::sync::OnceLock::from(n.clone()),
+                        None => std::sync::OnceLock::new(),
+                    },
                     batch_sizes: Histogram::with_buckets(COUNTS),
                     ..Default::default()
                 })
@@ -205,6 +218,13 @@ impl Metrics {
         }
     }
 
+    /// The slots of pipelines running now.
+    pub fn live(&self) -> impl Iterator<Item = &PipelineMetrics> {
+        self.pipelines
+            .iter()
+            .filter(|p| p.name.get().is_some() && !p.retired.load(Ordering::Relaxed))
+    }
+
     /// Why the daemon is not ready: not connected, or a pipeline lagging past `max_lag`.
     pub fn not_ready(&self, max_lag: Option<f64>) -> Option<String> {
         if !self.connected.load(Ordering::Relaxed) {
@@ -212,10 +232,10 @@ impl Metrics {
         }
         let max = max_lag?;
         let source_lag = self.lag_seconds();
-        self.pipelines.iter().find_map(|p| {
+        self.live().find_map(|p| {
             let lag = p.lag_seconds(source_lag);
             (lag > max)
-                .then(|| format!("pipeline `{}` lags {lag:.1} s (more than {max} s)", p.name))
+                .then(|| format!("pipeline `{}` lags {lag:.1} s (more than {max} s)", p.name()))
         })
     }
 
@@ -239,7 +259,7 @@ impl Metrics {
         for p in &self.pipelines {
             p.batch_sizes.render(
                 "cdc_enricher_enrichment_batch_size",
-                &format!("pipeline=\"{}\"", p.name),
+                &format!("pipeline=\"{}\"", p.name()),
                 &mut out,
             );
         }
@@ -247,7 +267,7 @@ impl Metrics {
         for p in &self.pipelines {
             p.call_latency.render(
                 "cdc_enricher_ml_call_seconds",
-                &format!("pipeline=\"{}\"", p.name),
+                &format!("pipeline=\"{}\"", p.name()),
                 &mut out,
             );
         }
@@ -275,9 +295,8 @@ impl Metrics {
             "cdc_enricher_records_total",
             "counter",
             "Records handed to the sink, by pipeline.",
-            self.pipelines
-                .iter()
-                .map(|p| (format!("{{pipeline=\"{}\"}}", p.name), load(&p.records)))
+            self.live()
+                .map(|p| (format!("{{pipeline=\"{}\"}}", p.name()), load(&p.records)))
                 .collect(),
         );
         type Get = fn(&PipelineMetrics) -> &AtomicU64;
@@ -373,9 +392,8 @@ impl Metrics {
                 name,
                 "counter",
                 help,
-                self.pipelines
-                    .iter()
-                    .map(|p| (format!("{{pipeline=\"{}\"}}", p.name), load(get(p))))
+                self.live()
+                    .map(|p| (format!("{{pipeline=\"{}\"}}", p.name()), load(get(p))))
                     .collect(),
             );
         }
@@ -400,9 +418,8 @@ impl Metrics {
                 name,
                 "gauge",
                 help,
-                self.pipelines
-                    .iter()
-                    .map(|p| (format!("{{pipeline=\"{}\"}}", p.name), load(get(p))))
+                self.live()
+                    .map(|p| (format!("{{pipeline=\"{}\"}}", p.name()), load(get(p))))
                     .collect(),
             );
         }
@@ -411,9 +428,8 @@ impl Metrics {
             "cdc_enricher_pipeline_lag_seconds",
             "gauge",
             "How far the pipeline is behind: now against the commit time of its oldest record in flight (the source's lag when none is).",
-            self.pipelines
-                .iter()
-                .map(|p| (format!("{{pipeline=\"{}\"}}", p.name), p.lag_seconds(source_lag).to_string()))
+            self.live()
+                .map(|p| (format!("{{pipeline=\"{}\"}}", p.name()), p.lag_seconds(source_lag).to_string()))
                 .collect(),
         );
         let saved = self.checkpoint_saved_ms.load(Ordering::Relaxed);
@@ -429,11 +445,10 @@ impl Metrics {
             "cdc_enricher_budget_paused",
             "gauge",
             "1 while the pipeline waits for the next window of its enrichment budget.",
-            self.pipelines
-                .iter()
+            self.live()
                 .map(|p| {
                     (
-                        format!("{{pipeline=\"{}\"}}", p.name),
+                        format!("{{pipeline=\"{}\"}}", p.name()),
                         load(&p.budget_paused),
                     )
                 })
@@ -443,12 +458,11 @@ impl Metrics {
             "cdc_enricher_ml_call_errors_total",
             "counter",
             "Failed backend calls or items, by pipeline and error kind.",
-            self.pipelines
-                .iter()
+            self.live()
                 .flat_map(|p| {
                     crate::backend::ErrorKind::ALL.iter().map(move |k| {
                         (
-                            format!("{{pipeline=\"{}\",kind=\"{}\"}}", p.name, k.as_str()),
+                            format!("{{pipeline=\"{}\",kind=\"{}\"}}", p.name(), k.as_str()),
                             load(&p.errors_by_kind[k.index()]),
                         )
                     })

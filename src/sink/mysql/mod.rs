@@ -117,6 +117,7 @@ impl MysqlSink {
         plan: Plan,
         tracker: AckTracker,
         metrics: Arc<Metrics>,
+        index: usize,
     ) -> Result<MysqlSink, SinkError> {
         let opts = writer_opts(source, m);
         let err = |e: mysql_async::Error| SinkError::Mysql {
@@ -165,7 +166,7 @@ impl MysqlSink {
             batch_size: m.batch_size,
             max_wait: Duration::from_millis(m.max_wait_ms),
             tracker,
-            index: metrics.pipelines.iter().position(|x| x.name == p.name),
+            index: Some(index),
             metrics,
             pending: pending.clone(),
         };
