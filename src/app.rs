@@ -191,7 +191,8 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         sinks: Arc::new(std::sync::Mutex::new(Vec::new())),
         limiters: Arc::new(crate::ratelimit::Registry::default()),
     };
-    let indexed: Vec<(usize, &crate::config::PipelineConfig)> = pipelines.iter().enumerate().collect();
+    let indexed: Vec<(usize, &crate::config::PipelineConfig)> =
+        pipelines.iter().enumerate().collect();
     let built = stages.build(&indexed, &report.writeback).await?;
     let sinks = stages.sinks.clone();
     let mut route_to = vec![usize::MAX; pipelines.len()];
@@ -202,12 +203,16 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     for (i, tx) in built.enrich_tx {
         enrich_tx[i] = Some(tx);
     }
-    let enrich_tasks = built.tasks;
+    let enrich_tasks = Arc::new(std::sync::Mutex::new(built.tasks));
+    let slots: crate::source::mysql::snapshot::PipelineSlots = Arc::new(std::sync::RwLock::new(
+        pipelines.iter().cloned().map(Some).collect(),
+    ));
 
     // Backfills: the coordinator reads chunks between watermarks; the pipeline stage sees the
     // watermarks in the binlog and emits the chunks.
     let mut snapshot_link = None;
     let mut coordinator_task = None;
+    let mut asks = None;
     let mut tables_read = Router::new(pipelines.clone()).tables();
     if let Some(sn) = &cfg.snapshot {
         use crate::source::mysql::snapshot::{ensure_signal_table, Coordinator};
@@ -219,7 +224,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         let coordinator = Coordinator {
             source: cfg.source.clone(),
             cfg: sn.clone(),
-            pipelines: pipelines.clone(),
+            pipelines: slots.clone(),
             tracker: tracker.clone(),
             metrics: metrics.clone(),
             chunks: chunk_tx,
@@ -230,6 +235,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         let _ = conn.disconnect().await;
         coordinator_task = Some(tokio::spawn(coordinator.run(jobs.into(), seen, req_rx)));
         tables_read.push(signal.clone());
+        asks = Some(req_tx.clone());
         snapshot_link = Some(SnapshotLink {
             signal,
             chunks: chunk_rx,
@@ -237,23 +243,50 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
             windows: Default::default(),
         });
     }
-    let router = Router::new(pipelines);
-    let wanted: std::collections::HashSet<(String, String)> = tables_read.iter().cloned().collect();
+    let router = Router::new(pipelines.clone());
+    // The tables decoded: shared with the reloader, which adds those of new pipelines.
+    let wanted: crate::reload::Tables = Arc::new(std::sync::RwLock::new(
+        tables_read.iter().cloned().collect(),
+    ));
+    let filter_tables = wanted.clone();
     let source = MysqlSource {
         cfg: cfg.source.clone(),
         metrics: Some(metrics.clone()),
         tables: tables_read,
         filter: Some(Arc::new(move |db: &str, t: &str| {
-            wanted.contains(&(db.to_string(), t.to_string()))
+            filter_tables
+                .read()
+                .map(|w| w.contains(&(db.to_string(), t.to_string())))
+                .unwrap_or(true)
         })),
     };
     let (tx, rx) = mpsc::channel::<Vec<SourceEvent>>(16);
+    let wake_tx = tx.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut source_task = tokio::spawn(source.run(start, tx, stop_rx.clone()));
     let proc_tracker = tracker.clone();
     let proc_metrics = metrics.clone();
     let proc_sinks = sinks.clone();
+    let (swap_tx, swap_rx) = std::sync::mpsc::channel();
+    let mut reloader = crate::reload::Reloader {
+        cfg: cfg.clone(),
+        stages,
+        all: pipelines.clone(),
+        active: vec![true; pipelines.len()],
+        route_to: route_to.clone(),
+        enrich_tx: enrich_tx.clone(),
+        tasks: enrich_tasks.clone(),
+        tables: wanted,
+        signal: cfg
+            .snapshot
+            .as_ref()
+            .and_then(|sn| crate::config::pipeline::split_table(&sn.signal_table)),
+        slots,
+        asks,
+        swaps: swap_tx,
+        wake: wake_tx,
+    };
     let outputs = Outputs {
         sinks: proc_sinks,
         route_to,
@@ -262,7 +295,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         metrics: proc_metrics,
     };
     let mut process_task =
-        tokio::task::spawn_blocking(move || process(rx, router, outputs, snapshot_link));
+        tokio::task::spawn_blocking(move || process(rx, router, outputs, snapshot_link, swap_rx));
 
     // Checkpoint writer.
     let cp_tracker = tracker.clone();
@@ -300,11 +333,32 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
 
     let mut source_done = None;
     let mut process_done = None;
-    tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutdown requested; stopping the binlog reader and flushing"),
-        r = &mut source_task => source_done = Some(r),
-        r = &mut process_task => process_done = Some(r),
+    let mut hangup = reload_signal();
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("shutdown requested; stopping the binlog reader and flushing");
+                break;
+            }
+            r = &mut source_task => {
+                source_done = Some(r);
+                break;
+            }
+            r = &mut process_task => {
+                process_done = Some(r);
+                break;
+            }
+            Some(()) = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the pipelines");
+                if let Err(e) = reloader.reload().await {
+                    tracing::error!(error = %e, "reload refused; the pipelines run as they were");
+                }
+            }
+        }
     }
+    // The reloader holds senders of the source channel and of the enrichment stages: without
+    // it they close when their producers end, so the stages drain and stop.
+    drop(reloader);
     let _ = stop_tx.send(true);
     // A backfill in progress resumes after its last acknowledged chunk at the next start.
     if let Some(t) = &coordinator_task {
@@ -318,14 +372,21 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     // shutdown timeout: a backend that stays unreachable is retried forever by design, and
     // must not hold the daemon. Rows abandoned then are not acknowledged, so the checkpoint
     // stays before them and they are sent again after a restart.
-    let aborts: Vec<_> = enrich_tasks.iter().map(|(_, t)| t.abort_handle()).collect();
+    let aborts: Vec<_> = enrich_tasks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(_, t)| t.abort_handle())
+        .collect();
     let shutdown_timeout = Duration::from_millis(cfg.shutdown_timeout_ms);
     let drained = tokio::time::timeout(shutdown_timeout, async move {
         let mut process_result = match process_done {
             Some(r) => r,
             None => process_task.await,
         };
-        for (name, t) in enrich_tasks {
+        let tasks: Vec<_> =
+            std::mem::take(&mut *enrich_tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for (name, t) in tasks {
             let r = match t.await {
                 Ok(r) => r,
                 Err(e) => Err(format!("task panicked: {e}")),
@@ -399,12 +460,12 @@ pub struct SnapshotLink {
     /// The signal table, `(db, table)`.
     pub signal: (String, String),
     pub chunks: std::sync::mpsc::Receiver<crate::source::snapshot::Chunk>,
-    pub requests: mpsc::UnboundedSender<crate::source::snapshot::Request>,
+    pub requests: mpsc::UnboundedSender<crate::source::mysql::snapshot::Ask>,
     pub windows: crate::source::snapshot::Windows,
 }
 
 /// What the pipeline stage hands records to.
-struct Outputs {
+pub(crate) struct Outputs {
     sinks: Sinks,
     route_to: Vec<usize>,
     enrich_tx: Vec<Option<mpsc::Sender<enrich::Pending>>>,
@@ -457,12 +518,21 @@ impl Outputs {
 fn process(
     mut rx: mpsc::Receiver<Vec<SourceEvent>>,
     mut router: Router,
-    out: Outputs,
+    mut out: Outputs,
     mut snap: Option<SnapshotLink>,
+    swaps: std::sync::mpsc::Receiver<crate::reload::Swap>,
 ) -> Result<(), AppError> {
     use crate::source::snapshot::Signal;
     let mut recs = Vec::new();
     while let Some(batch) = rx.blocking_recv() {
+        // A reload takes effect here, between two batches: every row before is routed by the
+        // old pipelines, every row after by the new ones.
+        while let Ok(sw) = swaps.try_recv() {
+            router = sw.router;
+            out.route_to = sw.route_to;
+            out.enrich_tx = sw.enrich_tx;
+            let _ = sw.done.send(());
+        }
         for ev in batch {
             match ev {
                 SourceEvent::Row(row) => {
@@ -498,7 +568,9 @@ fn process(
                                     }
                                 }
                                 Signal::Backfill(req) => {
-                                    let _ = l.requests.send(req);
+                                    let _ = l
+                                        .requests
+                                        .send(crate::source::mysql::snapshot::Ask::Request(req));
                                 }
                                 Signal::Other => {}
                             }
@@ -545,6 +617,27 @@ pub fn redact_statement(query: &str) -> String {
         out.push_str("… (rest not logged: it may hold a secret)");
     }
     out
+}
+
+/// SIGHUP, as a stream (never fires where there are no Unix signals).
+fn reload_signal() -> mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    if tx.send(()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
 }
 
 async fn shutdown_signal() {

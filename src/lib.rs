@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod outputs;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod reload;
 pub mod sink;
 pub mod source;

@@ -35,6 +35,9 @@ pub struct Stages {
     pub limiters: Arc<crate::ratelimit::Registry>,
 }
 
+/// An enrichment stage's task, with its pipeline's name.
+pub type StageTask = (String, tokio::task::JoinHandle<Result<(), String>>);
+
 /// What a build made, by pipeline index.
 #[derive(Default)]
 pub struct Built {
@@ -42,7 +45,7 @@ pub struct Built {
     pub route_to: Vec<(usize, usize)>,
     /// Pipeline → its enrichment stage's input.
     pub enrich_tx: Vec<(usize, mpsc::Sender<enrich::Pending>)>,
-    pub tasks: Vec<(String, tokio::task::JoinHandle<Result<(), String>>)>,
+    pub tasks: Vec<StageTask>,
 }
 
 impl Stages {
@@ -93,10 +96,13 @@ impl Stages {
         for (i, p) in items {
             match &p.sink {
                 SinkConfig::Mysql(m) => {
-                    let plan = plans.get(&p.name).cloned().ok_or_else(|| SinkError::Mysql {
-                        pipeline: p.name.clone(),
-                        message: "no write-back plan (the preflight did not check it)".into(),
-                    })?;
+                    let plan = plans
+                        .get(&p.name)
+                        .cloned()
+                        .ok_or_else(|| SinkError::Mysql {
+                            pipeline: p.name.clone(),
+                            message: "no write-back plan (the preflight did not check it)".into(),
+                        })?;
                     built.route_to.push((*i, base + new_sinks.len()));
                     new_sinks.push(Box::new(
                         crate::sink::mysql::MysqlSink::start(

@@ -234,8 +234,12 @@ impl Metrics {
         let source_lag = self.lag_seconds();
         self.live().find_map(|p| {
             let lag = p.lag_seconds(source_lag);
-            (lag > max)
-                .then(|| format!("pipeline `{}` lags {lag:.1} s (more than {max} s)", p.name()))
+            (lag > max).then(|| {
+                format!(
+                    "pipeline `{}` lags {lag:.1} s (more than {max} s)",
+                    p.name()
+                )
+            })
         })
     }
 

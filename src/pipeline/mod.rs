@@ -113,9 +113,18 @@ pub struct Router {
 
 impl Router {
     pub fn new(pipelines: Vec<PipelineConfig>) -> Router {
+        let active = vec![true; pipelines.len()];
+        Router::with_active(pipelines, &active)
+    }
+
+    /// A router over every pipeline the process has known, by its stable index; only those
+    /// marked active take rows (a reload retires pipelines without renumbering the others).
+    pub fn with_active(pipelines: Vec<PipelineConfig>, active: &[bool]) -> Router {
         let mut lists: HashMap<(String, String), Vec<usize>> = HashMap::new();
         for (i, p) in pipelines.iter().enumerate() {
-            lists.entry(p.db_table()).or_default().push(i);
+            if active.get(i).copied().unwrap_or(false) {
+                lists.entry(p.db_table()).or_default().push(i);
+            }
         }
         let mut by_table: HashMap<String, HashMap<String, Arc<[usize]>>> = HashMap::new();
         for ((db, table), idxs) in lists {

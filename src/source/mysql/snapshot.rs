@@ -206,10 +206,20 @@ pub struct Job {
     pub rows_done: u64,
 }
 
+/// Every pipeline the process has known, by its stable index (`None`: removed by a reload).
+pub type PipelineSlots = Arc<std::sync::RwLock<Vec<Option<PipelineConfig>>>>;
+
+/// What the coordinator is asked: a backfill request read from the binlog, or a job (a
+/// pipeline with `snapshot: initial` added by a reload).
+pub enum Ask {
+    Request(Request),
+    Job(Job),
+}
+
 pub struct Coordinator {
     pub source: SourceConfig,
     pub cfg: SnapshotConfig,
-    pub pipelines: Vec<PipelineConfig>,
+    pub pipelines: PipelineSlots,
     pub tracker: AckTracker,
     pub metrics: Arc<Metrics>,
     /// Chunks to the pipeline stage.
@@ -234,7 +244,17 @@ async fn progress_rows(
 
 impl Coordinator {
     fn pipeline_index(&self, name: &str) -> Option<usize> {
-        self.pipelines.iter().position(|p| p.name == name)
+        self.slots()
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| p.name == name))
+    }
+
+    fn slots(&self) -> std::sync::RwLockReadGuard<'_, Vec<Option<PipelineConfig>>> {
+        self.pipelines.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pipeline(&self, i: usize) -> Option<PipelineConfig> {
+        self.slots().get(i).cloned().flatten()
     }
 
     /// The jobs to run at start-up: unfinished backfills resume; `initial` ones start when the
@@ -268,7 +288,9 @@ impl Coordinator {
                 });
             }
         }
-        for (i, p) in self.pipelines.iter().enumerate() {
+        let slots: Vec<Option<PipelineConfig>> = self.slots().clone();
+        for (i, p) in slots.iter().enumerate() {
+            let Some(p) = p else { continue };
             let initial = p.snapshot == crate::config::pipeline::SnapshotMode::Initial
                 && fresh_start
                 && !has_progress.contains(&p.name);
@@ -290,22 +312,24 @@ impl Coordinator {
         self,
         mut queue: VecDeque<Job>,
         mut seen: HashSet<String>,
-        mut requests: mpsc::UnboundedReceiver<Request>,
+        mut requests: mpsc::UnboundedReceiver<Ask>,
     ) -> Result<(), SnapshotError> {
         loop {
-            while let Ok(r) = requests.try_recv() {
-                self.take_request(r, &mut queue, &mut seen);
+            while let Ok(a) = requests.try_recv() {
+                self.take(a, &mut queue, &mut seen);
             }
             let Some(job) = queue.pop_front() else {
                 match requests.recv().await {
-                    Some(r) => {
-                        self.take_request(r, &mut queue, &mut seen);
+                    Some(a) => {
+                        self.take(a, &mut queue, &mut seen);
                         continue;
                     }
                     None => return Ok(()),
                 }
             };
-            let name = self.pipelines[job.pipeline].name.clone();
+            let Some(name) = self.pipeline(job.pipeline).map(|p| p.name) else {
+                continue; // removed by a reload before its backfill started
+            };
             let mut round = 0u32;
             let mut job = job;
             loop {
@@ -327,7 +351,11 @@ impl Coordinator {
         }
     }
 
-    fn take_request(&self, r: Request, queue: &mut VecDeque<Job>, seen: &mut HashSet<String>) {
+    fn take(&self, a: Ask, queue: &mut VecDeque<Job>, seen: &mut HashSet<String>) {
+        let r = match a {
+            Ask::Job(j) => return queue.push_back(j),
+            Ask::Request(r) => r,
+        };
         if !seen.insert(r.id.clone()) {
             return; // read again after a restart: already taken
         }
@@ -348,10 +376,10 @@ impl Coordinator {
     async fn save_progress(
         &self,
         conn: &mut Conn,
+        p: &PipelineConfig,
         job: &Job,
         done: bool,
     ) -> Result<(), mysql_async::Error> {
-        let p = &self.pipelines[job.pipeline];
         let payload = json!({"request": job.request, "filter": job.filter, "after": job.after,
             "rows": job.rows_done, "done": done});
         conn.exec_drop(
@@ -394,7 +422,10 @@ impl Coordinator {
 
     /// Reads the job's table chunk by chunk until the end.
     async fn backfill(&self, job: &mut Job) -> Result<(), SnapshotError> {
-        let p = &self.pipelines[job.pipeline];
+        let Some(p) = self.pipeline(job.pipeline) else {
+            return Ok(());
+        };
+        let p = &p;
         let perr = |message: String| SnapshotError::Pipeline {
             pipeline: p.name.clone(),
             message,
@@ -476,7 +507,7 @@ impl Coordinator {
             "{base} WHERE ({klist}) > ({marks}) ORDER BY {klist} LIMIT {}",
             self.cfg.chunk_size
         );
-        self.save_progress(&mut conn, job, false)
+        self.save_progress(&mut conn, p, job, false)
             .await
             .map_err(serr)?;
         tracing::info!(pipeline = %p.name, table = %format!("{db}.{table}"), estimate = ?estimate,
@@ -557,7 +588,7 @@ impl Coordinator {
                 job.after = Some(k);
             }
             let finished = n < self.cfg.chunk_size;
-            self.save_progress(&mut conn, job, finished)
+            self.save_progress(&mut conn, p, job, finished)
                 .await
                 .map_err(serr)?;
             if let Some(pm) = pm {
