@@ -20,6 +20,15 @@ need_mariadb() {
   export PATH="$PATH:/usr/sbin"
 }
 
+# Debian's docker-compose checks a compose file without a container engine.
+need_docker_compose() {
+  if ! command -v docker-compose >/dev/null 2>&1; then
+    log "installing docker-compose from Debian (to validate docker-compose.yml)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+  fi
+}
+
 need_tansu() {
   if [ ! -x "$TANSU_BIN" ]; then
     log "building the tansu Kafka broker $TANSU_VERSION (once; cached in $(dirname "$(dirname "$TANSU_BIN")"))"

@@ -6,10 +6,13 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 need_mariadb
 need_tansu
+need_docker_compose
 if [ ! -d ../shared/fixtures/mysql-binlogs ]; then
   echo "../shared/fixtures/mysql-binlogs is missing (the fixture binlogs live beside the project)" >&2
   exit 1
 fi
+log "docker-compose.yml is valid"
+docker-compose -f docker-compose.yml config -q
 log "cargo fmt --check"
 cargo fmt --check
 log "cargo clippy"
