@@ -5,7 +5,11 @@
 //! - `produce BROKERS TOPIC FILE`: the Kafka ceiling: an rdkafka producer sending the same
 //!   records (decoded beforehand) with no source.
 //!
-//! Each prints one line of JSON: rows, bytes, seconds.
+//! - `latency HOST PORT USER PASS BROKERS TOPIC RATE SECONDS`: inserts one row per transaction
+//!   into `bench.lat` at a steady RATE per second while a consumer reads TOPIC (the running
+//!   daemon's output): the time from each commit to its record, p50 / p99 / max.
+//!
+//! Each prints one line of JSON.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -27,7 +31,9 @@ fn main() {
         Some("decode-file") => decode(&args[1]),
         Some("stream") => stream(&args[1..]),
         Some("produce") => produce(&args[1], &args[2], &args[3]),
-        _ => eprintln!("usage: binlog decode-file FILE | stream HOST PORT USER PASS FILE POS ROWS | produce BROKERS TOPIC FILE"),
+        Some("latency") => latency(&args[1..]),
+        _ => eprintln!("usage: binlog decode-file FILE | stream HOST PORT USER PASS FILE POS ROWS | produce BROKERS TOPIC FILE \
+                        | latency HOST PORT USER PASS BROKERS TOPIC RATE SECONDS"),
     }
 }
 
@@ -168,5 +174,97 @@ fn produce(brokers: &str, topic: &str, file: &str) {
     println!(
         "{}",
         serde_json::json!({"mode": "produce", "rows": recs.len(), "seconds": secs})
+    );
+}
+
+fn latency(a: &[String]) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let (host, port, user, pass) = (
+        a[0].clone(),
+        a[1].parse::<u16>().unwrap(),
+        a[2].clone(),
+        a[3].clone(),
+    );
+    let (brokers, topic) = (a[4].clone(), a[5].clone());
+    let rate: u64 = a[6].parse().unwrap();
+    let seconds: u64 = a[7].parse().unwrap();
+    let total = (rate * seconds) as usize;
+    let commits: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None; total + 1]));
+
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "latency-bench")
+        .set("auto.offset.reset", "latest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    // Join the group before the first insert.
+    let t0 = Instant::now();
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0
+        && t0.elapsed() < Duration::from_secs(20)
+    {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    let c = commits.clone();
+    let writer = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use mysql_async::prelude::Queryable;
+            let opts = mysql_async::OptsBuilder::default()
+                .ip_or_hostname(host)
+                .tcp_port(port)
+                .user(Some(user))
+                .pass(Some(pass));
+            let mut conn = mysql_async::Conn::new(opts).await.expect("connect");
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for id in 1..=total {
+                tick.tick().await;
+                // Timed from before the INSERT (a conservative start: the commit is later).
+                c.lock().unwrap()[id] = Some(Instant::now());
+                conn.query_drop(format!("INSERT INTO bench.lat VALUES ({id}, 0)"))
+                    .await
+                    .expect("insert");
+            }
+        });
+    });
+    let mut lat: Vec<f64> = Vec::with_capacity(total);
+    let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+    while lat.len() < total && Instant::now() < deadline {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) else {
+            continue;
+        };
+        let now = Instant::now();
+        let Some(v) = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+        else {
+            continue;
+        };
+        let Some(id) = v["after"]["id"].as_u64() else {
+            continue;
+        };
+        if let Some(Some(t)) = commits.lock().unwrap().get(id as usize) {
+            lat.push(now.saturating_duration_since(*t).as_secs_f64() * 1000.0);
+        }
+    }
+    writer.join().unwrap();
+    lat.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "{}",
+        serde_json::json!({"mode": "latency", "rows": lat.len(), "rate": rate,
+            "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": lat.last().copied().unwrap_or(f64::NAN)})
     );
 }

@@ -6,14 +6,26 @@
 #   floor   : mariadb-binlog --read-from-remote-server reading the same binlog
 #   e2e     : binlog -> daemon -> Kafka (tansu), until the checkpoint covers every row
 #   ceiling : an rdkafka producer sending the same records with no source
-#   rss     : peak RSS of the daemon while one 1M-row transaction flows to Kafka
-# Usage: scripts/bench.sh [rows]   (default 1000000)
+#   rss     : peak RSS of the daemon while one 1M-row transaction flows to Kafka, and while it
+#             flows to a slow enrichment backend (the AWS stand-in at 50 ms, 10 calls/s)
+#   peer    : python-mysql-replication (PyPI) reading the same binlogs (PEER_ROWS rows of each)
+#   latency : commit -> Kafka record at a steady 2,000 rows/s, p50 / p99 / max
+#   instr   : instructions per row of the decode path under valgrind --tool=callgrind
+# Usage: scripts/bench.sh [rows]   (default 1000000; PEER_ROWS default 200000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ROWS=${1:-1000000}
+PEER_ROWS=${PEER_ROWS:-200000}
 need_mariadb
 need_tansu
+PEER_VENV=$HOME/.cache/cdc-enricher/peer-venv
+if [ ! -x "$PEER_VENV/bin/python" ] || ! "$PEER_VENV/bin/python" -c 'import pymysqlreplication' 2>/dev/null; then
+  log "installing the Python peer (mysql-replication from PyPI) into $PEER_VENV"
+  python3 -m venv "$PEER_VENV"
+  "$PEER_VENV/bin/pip" install -q mysql-replication==1.0.17
+fi
+command -v valgrind >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 log "building (release)"
 cargo build --release --locked -q
 cargo bench --locked --bench binlog --no-run -q 2>/dev/null
@@ -23,8 +35,10 @@ BIN=$PWD/target/release/cdc-enricher
 W=$PWD/.bench
 rm -rf "$W"; mkdir -p "$W"
 DAEMON=
+STANDIN=
 cleanup() {
   [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null
+  [ -n "$STANDIN" ] && kill "$STANDIN" 2>/dev/null
   stop_pidfile "$W/db/server.pid"; stop_pidfile "$W/kafka/tansu.pid"
 }
 trap cleanup EXIT
@@ -78,7 +92,12 @@ for t in t6 t30; do
   s=$(for _ in 1 2 3; do taskset -c 0 "$BENCH" stream 127.0.0.1 "$P" cdc cdc-secret "$file" 4 "$ROWS" | secs; done | best)
   fl=$(for _ in 1 2 3; do /usr/bin/time -f %e mariadb-binlog --no-defaults --read-from-remote-server -h127.0.0.1 -P"$P" \
         -ucdc -pcdc-secret "$file" 2>&1 >/dev/null | tail -1; done | best)
-  R[$t]="$size $d $s $fl"
+  log "$t: python-mysql-replication peer ($PEER_ROWS rows)"
+  pe=$("$PEER_VENV/bin/python" scripts/bench/peer.py 127.0.0.1 "$P" cdc cdc-secret "$file" "$PEER_ROWS" | secs)
+  log "$t: instructions per row (callgrind)"
+  ir=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$BENCH" decode-file "$f" 2>&1 >/dev/null \
+        | sed -n 's/.*Collected : *\([0-9]*\).*/\1/p')
+  R[$t]="$size $d $s $fl $pe $ir"
 done
 
 # End to end into Kafka: the daemon starts at the t6 binlog (a checkpoint written for it).
@@ -117,6 +136,40 @@ until python3 -c "import json,sys; p=json.load(open('$W/e2e/cp.json'))['position
 rss_kb=$(awk '/^VmHWM/ {print $2}' /proc/$DAEMON/status)
 kill -TERM $DAEMON; wait $DAEMON || true; DAEMON=
 
+# Peak RSS while a 1M-row transaction flows to a slow enrichment backend (60 s of it: the
+# backend would take hours; memory must stay bounded by back-pressure all the same).
+log "rss: one $ROWS-row transaction to a slow backend (60 s)"
+start_standin "$W"
+python3 -c "import urllib.request; urllib.request.urlopen(urllib.request.Request('$STANDIN_URL/_control', data=b'{\"delay_ms\": 50}'))" >/dev/null
+q "CREATE TABLE bench.slow LIKE bench.t6"
+rm -f "$W/e2e/pipelines/t6.yaml" "$W/e2e/cp.json"
+cat > "$W/e2e/pipelines/slow.yaml" <<YAML
+name: slow
+table: bench.slow
+enrichment:
+  comprehend: {operation: sentiment, text: c}
+  endpoint_url: "$STANDIN_URL"
+  requests_per_second: 10
+sink: {kafka: {topic: slow}}
+YAML
+( cd "$W/e2e" && exec "$BIN" run -c cdc-enricher.yaml 2>daemon-slow.log ) & DAEMON=$!
+sleep 1.5
+q "INSERT INTO bench.slow SELECT * FROM bench.t6"
+sleep 60
+rss_slow_kb=$(awk '/^VmHWM/ {print $2}' /proc/$DAEMON/status)
+kill -9 $DAEMON; wait $DAEMON 2>/dev/null || true; DAEMON=
+rm -f "$W/e2e/pipelines/slow.yaml" "$W/e2e/cp.json"
+
+# Latency: a steady 2,000 rows/s, one row per transaction, commit -> Kafka record.
+log "latency: 2,000 rows/s for 20 s"
+q "CREATE TABLE bench.lat (id INT PRIMARY KEY, t BIGINT)"
+printf 'name: lat\ntable: bench.lat\nsink: {kafka: {topic: lat}}\n' > "$W/e2e/pipelines/lat.yaml"
+( cd "$W/e2e" && exec "$BIN" run -c cdc-enricher.yaml 2>daemon-lat.log ) & DAEMON=$!
+sleep 2
+lat=$("$BENCH" latency 127.0.0.1 "$P" admin adminpw "127.0.0.1:$KP" lat 2000 20)
+kill -TERM $DAEMON; wait $DAEMON || true; DAEMON=
+field() { python3 -c "import json,sys; print(f'{json.loads(sys.argv[1])[sys.argv[2]]:.1f}')" "$1" "$2"; }
+
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 echo
 echo "cdc-enricher benchmarks — $(date -u +%Y-%m-%d), $(nproc) cores ($cpu), MariaDB $(q 'SELECT VERSION()'), $ROWS rows"
@@ -137,3 +190,17 @@ echo
 echo "| memory | value |"
 echo "|---|---|"
 echo "| peak RSS, one $ROWS-row transaction to Kafka | $((rss_kb / 1024)) MB |"
+echo "| peak RSS, the same transaction to a slow backend (first 60 s) | $((rss_slow_kb / 1024)) MB |"
+echo
+echo "| latency, commit -> Kafka record at 2,000 rows/s (one row per transaction) | ms |"
+echo "|---|---|"
+echo "| p50 | $(field "$lat" p50_ms) |"
+echo "| p99 | $(field "$lat" p99_ms) |"
+echo "| max | $(field "$lat" max_ms) |"
+echo
+echo "| peer and instructions | t6 | t30 |"
+echo "|---|---|---|"
+read -r _ _ s6 _ pe6 ir6 <<< "${R[t6]}"; read -r _ _ s30 _ pe30 ir30 <<< "${R[t30]}"
+echo "| python-mysql-replication rows/s ($PEER_ROWS rows, replication protocol) | $(rate "$PEER_ROWS" "$pe6") | $(rate "$PEER_ROWS" "$pe30") |"
+echo "| cdc-enricher stream rows/s ÷ peer rows/s | $(python3 -c "print(f'{($ROWS/$s6)/($PEER_ROWS/$pe6):.0f}x')") | $(python3 -c "print(f'{($ROWS/$s30)/($PEER_ROWS/$pe30):.0f}x')") |"
+echo "| decode instructions per row (callgrind) | $(python3 -c "print(f'{$ir6/$ROWS:,.0f}')") | $(python3 -c "print(f'{$ir30/$ROWS:,.0f}')") |"

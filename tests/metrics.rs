@@ -32,6 +32,8 @@ fn metrics_and_health_over_http() {
             if sample(&body, "cdc_enricher_records_total{pipeline=\"items\"}") == Some("3")
                 && sample(&body, "cdc_enricher_in_flight") == Some("0")
                 && sample(&body, "cdc_enricher_checkpoint_age_seconds").is_some()
+                // Idle and caught up (a heartbeat came after the last event): no lag.
+                && sample(&body, "cdc_enricher_pipeline_lag_seconds{pipeline=\"items\"}") == Some("0")
             {
                 break body;
             }
