@@ -20,15 +20,21 @@ fn shipped_config_and_pipelines_validate() {
             "article_summaries",
             "order_anomaly",
             "orders",
+            "product_descriptions",
             "support_feedback",
             "support_sentiment_writeback"
         ]
     );
-    assert!(pipelines[..4]
+    let kinds: Vec<&str> = pipelines
         .iter()
-        .all(|p| matches!(p.sink, SinkConfig::Kafka(_))));
-    assert!(matches!(pipelines[4].sink, SinkConfig::Mysql(_)));
-    assert_eq!(pipelines[3].topic().as_deref(), Some("cdc.shop.support"));
+        .map(|p| match p.sink {
+            SinkConfig::Kafka(_) => "kafka",
+            SinkConfig::Mysql(_) => "mysql",
+            SinkConfig::Jsonl(_) => "jsonl",
+        })
+        .collect();
+    assert_eq!(kinds, ["kafka", "kafka", "kafka", "mysql", "kafka", "mysql"]);
+    assert_eq!(pipelines[4].topic().as_deref(), Some("cdc.shop.support"));
     assert_eq!(
         pipelines[0].topic().as_deref(),
         Some("ml.article_summaries")
