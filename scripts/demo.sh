@@ -37,15 +37,15 @@ sql . "$MYSQL_PORT" "
   CREATE TABLE shop.support (id INT PRIMARY KEY AUTO_INCREMENT, customer VARCHAR(50),
     message TEXT, created_at DATETIME(6) DEFAULT CURRENT_TIMESTAMP(6),
     sentiment VARCHAR(20), sentiment_confidence DOUBLE);
+  CREATE TABLE shop.orders (id INT PRIMARY KEY, customer VARCHAR(50), total DECIMAL(10,2),
+    items INT DEFAULT 1, status ENUM('new','paid','shipped'));
+  CREATE TABLE shop.articles (id INT PRIMARY KEY AUTO_INCREMENT, title VARCHAR(200), body TEXT);
+  CREATE TABLE shop.products (id INT PRIMARY KEY, name VARCHAR(100), features TEXT, description TEXT);
   CREATE USER 'cdc_writer'@'127.0.0.1' IDENTIFIED BY 'writer-secret';
   GRANT SELECT, UPDATE ON shop.support TO 'cdc_writer'@'127.0.0.1';
   GRANT SELECT, UPDATE ON shop.products TO 'cdc_writer'@'127.0.0.1';
   GRANT SELECT, INSERT, UPDATE, CREATE ON shop.cdc_enricher_writeback TO 'cdc_writer'@'127.0.0.1';
-  GRANT SELECT, INSERT, UPDATE, CREATE ON shop.cdc_enricher_dead_letters TO 'cdc_writer'@'127.0.0.1';
-  CREATE TABLE shop.orders (id INT PRIMARY KEY, customer VARCHAR(50), total DECIMAL(10,2),
-    items INT DEFAULT 1, status ENUM('new','paid','shipped'));
-  CREATE TABLE shop.articles (id INT PRIMARY KEY AUTO_INCREMENT, title VARCHAR(200), body TEXT);
-  CREATE TABLE shop.products (id INT PRIMARY KEY, name VARCHAR(100), features TEXT, description TEXT);"
+  GRANT SELECT, INSERT, UPDATE, CREATE ON shop.cdc_enricher_dead_letters TO 'cdc_writer'@'127.0.0.1';"
 
 export CDC_PASSWORD=cdc-secret CDC_WRITER_PASSWORD=writer-secret KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT CHECKPOINT_PATH=$DEMO/checkpoint.json
 export METRICS_ADDRESS=127.0.0.1:$(free_port)
