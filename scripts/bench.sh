@@ -177,7 +177,7 @@ echo
 echo "| binlog | size MB | decode rows/s (1 core) | decode MB/s | stream rows/s | stream MB/s | floor MB/s (mariadb-binlog) | stream / floor |"
 echo "|---|---|---|---|---|---|---|---|"
 for t in t6 t30; do
-  read -r size d s fl <<< "${R[$t]}"
+  read -r size d s fl _ _ <<< "${R[$t]}"
   echo "| $t ($([ $t = t6 ] && echo 6 || echo 30) columns) | $(mbs "$size" 1) | $(rate "$ROWS" "$d") | $(mbs "$size" "$d") | $(rate "$ROWS" "$s") | $(mbs "$size" "$s") | $(mbs "$size" "$fl") | $(ratio "$fl" "$s") |"
 done
 echo

@@ -33,7 +33,10 @@ fn shipped_config_and_pipelines_validate() {
             SinkConfig::Jsonl(_) => "jsonl",
         })
         .collect();
-    assert_eq!(kinds, ["kafka", "kafka", "kafka", "mysql", "kafka", "mysql"]);
+    assert_eq!(
+        kinds,
+        ["kafka", "kafka", "kafka", "mysql", "kafka", "mysql"]
+    );
     assert_eq!(pipelines[4].topic().as_deref(), Some("cdc.shop.support"));
     assert_eq!(
         pipelines[0].topic().as_deref(),

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -24,19 +24,6 @@ fn hup(d: &Daemon) {
     assert!(ok);
 }
 
-fn wait_log_count(d: &mut Daemon, needle: &str, n: usize) {
-    let start = Instant::now();
-    while d.log().matches(needle).count() < n {
-        d.assert_running();
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "waiting for {n} × `{needle}`:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_reload_adds_removes_and_changes_pipelines_without_losing_or_repeating_rows() {
     let db = MariaDb::start();
@@ -47,7 +34,7 @@ fn a_reload_adds_removes_and_changes_pipelines_without_losing_or_repeating_rows(
     ));
     let mut d = Daemon::new(&db, Some(&kafka), &[("a", A), ("b", B1)]);
     d.spawn();
-    wait_log_count(&mut d, "starting", 1);
+    wait_log(&mut d, "starting", 1, 60);
     // A writer inserting into t1 the whole time, one row per statement.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -76,7 +63,7 @@ fn a_reload_adds_removes_and_changes_pipelines_without_losing_or_repeating_rows(
     std::fs::write(dir.join("b.yaml"), B2).unwrap();
     std::fs::write(dir.join("c.yaml"), C).unwrap();
     hup(&d);
-    wait_log_count(&mut d, "pipelines reloaded", 1);
+    wait_log(&mut d, "pipelines reloaded", 1, 60);
     block_on(db.exec("INSERT INTO shop.t2 VALUES (1, 10), (2, 20)"));
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
@@ -89,7 +76,7 @@ fn a_reload_adds_removes_and_changes_pipelines_without_losing_or_repeating_rows(
     )
     .unwrap();
     hup(&d);
-    wait_log_count(&mut d, "reload refused", 1);
+    wait_log(&mut d, "reload refused", 1, 60);
     block_on(
         db.exec("INSERT INTO shop.t1 VALUES (1000000, 7); INSERT INTO shop.t2 VALUES (3, 30)"),
     );

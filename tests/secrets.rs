@@ -11,18 +11,6 @@ use common::*;
 const WRITER_SECRET: &str = "writer-pass-8d1f";
 const USER_SECRET: &str = "app-user-pass-77c2";
 
-fn wait_log(d: &mut Daemon, needle: &str) {
-    let start = Instant::now();
-    while !d.log().contains(needle) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no `{needle}`:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn no_configured_secret_reaches_the_logs() {
     let db = MariaDb::start();
@@ -48,7 +36,7 @@ fn no_configured_secret_reaches_the_logs() {
     d.env = AwsStandin::env();
     d.env.push(("RUST_LOG".into(), "debug".into()));
     d.spawn();
-    wait_log(&mut d, "starting");
+    wait_log(&mut d, "starting", 1, 60);
     block_on(db.exec(&format!(
         "CREATE USER 'app'@'%' IDENTIFIED BY '{USER_SECRET}'; INSERT INTO shop.support (id, message) VALUES (1, 'good')"
     )));
@@ -104,7 +92,7 @@ fn no_configured_secret_reaches_the_logs() {
     bad_aws.env.push(("RUST_LOG".into(), "debug".into()));
     bad_aws.spawn();
     block_on(db.exec("INSERT INTO shop.support (id, message) VALUES (3, 'fine')"));
-    wait_log(&mut bad_aws, "InvalidSignatureException");
+    wait_log(&mut bad_aws, "InvalidSignatureException", 1, 60);
     bad_aws.kill9();
     logs.push_str(&bad_aws.log());
 

@@ -37,17 +37,17 @@ fn daemon(db: &MariaDb, kafka: &Kafka, pipelines: &[(&str, &str)], chunk: usize)
     d
 }
 
-fn wait_log(d: &mut Daemon, needle: &str, secs: u64) {
-    let start = Instant::now();
-    while !d.log().contains(needle) {
-        d.assert_running();
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "no `{needle}` in the log:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// `(op, id)` of each record.
+fn ops_and_ids(recs: &[Record]) -> Vec<(String, i64)> {
+    recs.iter()
+        .map(|r| {
+            let v = r.json();
+            (
+                v["op"].as_str().unwrap().to_string(),
+                v["after"]["id"].as_i64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -85,7 +85,7 @@ fn a_backfill_under_concurrent_writes_ends_with_every_rows_final_value() {
             })
         })
     };
-    wait_log(&mut d, "backfill done", 300);
+    wait_log(&mut d, "backfill done", 1, 300);
     stop.store(true, Ordering::Relaxed);
     let writes = writer.join().unwrap();
     assert!(
@@ -177,7 +177,7 @@ fn a_backfill_resumes_after_a_crash() {
         .read("items", usize::MAX, Duration::from_secs(3))
         .len();
     d.spawn();
-    wait_log(&mut d, "backfill done", 120);
+    wait_log(&mut d, "backfill done", 1, 120);
     std::thread::sleep(Duration::from_millis(500));
     let all = kafka.read("items", usize::MAX, Duration::from_secs(3));
     let after_restart: Vec<Value> = all[before_restart..].iter().map(|r| r.json()).collect();
@@ -218,7 +218,7 @@ fn backfill_on_request_with_a_filter_and_clear_errors() {
     let kafka = Kafka::start();
     let mut d = daemon(&db, &kafka, &[("items", &items_pipeline("never"))], 7);
     d.spawn();
-    wait_log(&mut d, "starting", 30);
+    wait_log(&mut d, "starting", 1, 30);
     let out = d
         .command(&[
             "backfill",
@@ -238,21 +238,12 @@ fn backfill_on_request_with_a_filter_and_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stdout)
         .starts_with("backfill of `items` requested (backfill:items:"));
     let recs = kafka.read("items", 5, Duration::from_secs(60));
-    let got: Vec<(String, i64)> = recs
-        .iter()
-        .map(|r| {
-            let v = r.json();
-            (
-                v["op"].as_str().unwrap().to_string(),
-                v["after"]["id"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let got = ops_and_ids(&recs);
     assert_eq!(
         got,
         (16..=20).map(|i| ("r".to_string(), i)).collect::<Vec<_>>()
     );
-    wait_log(&mut d, "backfill done", 30);
+    wait_log(&mut d, "backfill done", 1, 30);
     assert_eq!(
         kafka
             .read("items", usize::MAX, Duration::from_secs(2))
@@ -374,7 +365,7 @@ fn a_purged_checkpoint_fails_or_resnapshots() {
     let kafka = Kafka::start();
     let mut d = daemon(&db, &kafka, &[("items", &items_pipeline("never"))], 100);
     d.spawn();
-    wait_log(&mut d, "starting", 30);
+    wait_log(&mut d, "starting", 1, 30);
     block_on(db.exec("INSERT INTO shop.items VALUES (3, 3, 'c')"));
     assert_eq!(kafka.read("items", 1, Duration::from_secs(30)).len(), 1);
     assert_eq!(d.terminate(), 0);
@@ -427,22 +418,13 @@ fn a_purged_checkpoint_fails_or_resnapshots() {
         .read("items", usize::MAX, Duration::from_secs(2))
         .len();
     d.spawn();
-    wait_log(&mut d, "backfill done", 60);
+    wait_log(&mut d, "backfill done", 1, 60);
     assert!(d
         .log()
         .contains("the saved checkpoint is no longer on the server; on_purged: resnapshot"));
     std::thread::sleep(Duration::from_millis(500));
     let all = kafka.read("items", usize::MAX, Duration::from_secs(2));
-    let again: Vec<(String, i64)> = all[seen..]
-        .iter()
-        .map(|r| {
-            let v = r.json();
-            (
-                v["op"].as_str().unwrap().to_string(),
-                v["after"]["id"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let again = ops_and_ids(&all[seen..]);
     assert_eq!(
         again,
         (1..=4).map(|i| ("r".to_string(), i)).collect::<Vec<_>>()

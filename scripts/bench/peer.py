@@ -26,4 +26,4 @@ for event in stream:
         break
 secs = time.monotonic() - start
 stream.close()
-print(json.dumps({"mode": "peer", "rows": rows, "seconds": secs}))
+print(json.dumps({"mode": "peer", "rows": rows, "seconds": secs}, separators=(",", ":")))

@@ -739,3 +739,18 @@ pub fn wait_records(d: &mut Daemon, tail: &mut Tail, n: usize, secs: u64) {
         );
     }
 }
+
+/// Waits until the daemon's log holds `needle` at least `n` times; fails with the log after
+/// `secs` or if the daemon exits.
+pub fn wait_log(d: &mut Daemon, needle: &str, n: usize, secs: u64) {
+    let start = Instant::now();
+    while d.log().matches(needle).count() < n {
+        d.assert_running();
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "waiting for {n} × `{needle}` in the log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

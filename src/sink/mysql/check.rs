@@ -118,11 +118,10 @@ fn max_chars(c: &SchemaColumn) -> Option<usize> {
 }
 
 fn bind_for(c: Option<&SchemaColumn>) -> Bind {
-    match c.map(|c| c.data_type.as_str()) {
-        Some("binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob") => {
-            Bind::Base64
-        }
-        _ => Bind::Plain,
+    if c.is_some_and(SchemaColumn::is_binary) {
+        Bind::Base64
+    } else {
+        Bind::Plain
     }
 }
 
@@ -131,23 +130,10 @@ fn bind_for(c: Option<&SchemaColumn>) -> Bind {
 /// stale-write guard.
 fn guardable(c: &SchemaColumn) -> bool {
     !(c.is_json
+        || c.is_spatial()
         || matches!(
             c.data_type.as_str(),
-            "float"
-                | "double"
-                | "json"
-                | "timestamp"
-                | "datetime"
-                | "time"
-                | "bit"
-                | "geometry"
-                | "point"
-                | "linestring"
-                | "polygon"
-                | "multipoint"
-                | "multilinestring"
-                | "multipolygon"
-                | "geometrycollection"
+            "float" | "double" | "json" | "timestamp" | "datetime" | "time" | "bit"
         ))
 }
 

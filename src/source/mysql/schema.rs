@@ -26,6 +26,31 @@ pub struct TableSchema {
     pub primary_key: Vec<String>,
 }
 
+impl SchemaColumn {
+    /// BINARY, VARBINARY and the BLOBs: values travel base64-encoded in records.
+    pub fn is_binary(&self) -> bool {
+        matches!(
+            self.data_type.as_str(),
+            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob"
+        )
+    }
+
+    /// GEOMETRY and its subtypes.
+    pub fn is_spatial(&self) -> bool {
+        matches!(
+            self.data_type.as_str(),
+            "geometry"
+                | "point"
+                | "linestring"
+                | "polygon"
+                | "multipoint"
+                | "multilinestring"
+                | "multipolygon"
+                | "geometrycollection"
+        )
+    }
+}
+
 impl TableSchema {
     pub fn column(&self, name: &str) -> Option<&SchemaColumn> {
         self.columns.iter().find(|c| c.name == name)

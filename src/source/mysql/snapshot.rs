@@ -108,13 +108,6 @@ fn fsp(c: &SchemaColumn) -> u8 {
         .unwrap_or(0)
 }
 
-fn binary(c: &SchemaColumn) -> bool {
-    matches!(
-        c.data_type.as_str(),
-        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob"
-    )
-}
-
 /// A value read over the binary protocol, typed as the binlog decoder types the same column
 /// (so a backfilled row and a streamed row of the same data are byte-identical).
 pub fn column_value(c: &SchemaColumn, v: SqlValue) -> Value {
@@ -150,19 +143,9 @@ pub fn column_value(c: &SchemaColumn, v: SqlValue) -> Value {
                     .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned()))
             } else if t == "bit" {
                 Value::from(b.iter().fold(0u64, |a, x| (a << 8) | *x as u64))
-            } else if matches!(
-                t,
-                "geometry"
-                    | "point"
-                    | "linestring"
-                    | "polygon"
-                    | "multipoint"
-                    | "multilinestring"
-                    | "multipolygon"
-                    | "geometrycollection"
-            ) {
+            } else if c.is_spatial() {
                 b64(if b.len() >= 4 { &b[4..] } else { &b })
-            } else if binary(c) {
+            } else if c.is_binary() {
                 b64(&b)
             } else {
                 Value::String(String::from_utf8_lossy(&b).into_owned())
@@ -529,7 +512,7 @@ impl Coordinator {
                         .map(|(v, c)| {
                             crate::sink::mysql::sql_value(
                                 v,
-                                if binary(c) {
+                                if c.is_binary() {
                                     crate::sink::mysql::Bind::Base64
                                 } else {
                                     crate::sink::mysql::Bind::Plain
