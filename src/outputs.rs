@@ -49,6 +49,46 @@ pub struct Built {
 }
 
 impl Stages {
+    /// A thread that hands an enrichment stage's batches to its sink (sinks may block: the
+    /// stage stays async, and no runtime worker is taken per record).
+    fn delivery_thread(&self, pipeline: &str, route: usize) -> Result<enrich::Deliver, AppError> {
+        let (tx, mut rx) = mpsc::channel::<Vec<enrich::Delivered>>(2);
+        let error = Arc::new(std::sync::Mutex::new(None));
+        let (sinks, m, err) = (self.sinks.clone(), self.metrics.clone(), error.clone());
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("deliver-{pipeline}"))
+            .spawn(move || {
+                // Dropped on every way out: the stage then knows the thread is done.
+                let _done = done_tx;
+                while let Some(batch) = rx.blocking_recv() {
+                    let mut g = lock(&sinks);
+                    for d in batch {
+                        let sent = match d.dead {
+                            true => g[route].send_dead_letter(&d.rec, d.seq).and_then(|dl| {
+                                if dl {
+                                    Ok(1)
+                                } else {
+                                    g[route].send(&d.rec, d.seq)
+                                }
+                            }),
+                            false => g[route].send(&d.rec, d.seq),
+                        };
+                        if let Err(e) = sent {
+                            *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                            return;
+                        }
+                        m.pipelines[d.rec.pipeline].record_out(d.rec.source.ts_ms);
+                    }
+                }
+            })
+            .map_err(|e| AppError::Enrichment {
+                pipeline: pipeline.to_string(),
+                reason: format!("cannot start its delivery thread: {e}"),
+            })?;
+        Ok(enrich::Deliver { tx, error, done })
+    }
+
     /// Builds the sinks and enrichment stages of `items` (index, pipeline). `plans` holds the
     /// write-back plans the preflight made.
     pub async fn build(
@@ -147,19 +187,7 @@ impl Stages {
             let backend = crate::backend::build(e).await.map_err(enrich_err)?;
             let gather = backend.max_batch() * e.concurrency;
             let (etx, erx) = mpsc::channel(4 * gather.clamp(256, 40_000));
-            let (sinks, m) = (self.sinks.clone(), self.metrics.clone());
-            let deliver: enrich::Deliver = Arc::new(move |rec, seq, dead| {
-                tokio::task::block_in_place(|| {
-                    let mut g = lock(&sinks);
-                    if dead && g[route].send_dead_letter(rec, seq)? {
-                        return Ok(1);
-                    }
-                    g[route].send(rec, seq)
-                })
-                .map_err(|e| e.to_string())?;
-                m.pipelines[rec.pipeline].record_out(rec.source.ts_ms);
-                Ok(())
-            });
+            let deliver = self.delivery_thread(&p.name, route)?;
             let quota = crate::backend::quota_key(backend.as_ref(), e);
             let settings = enrich::Settings {
                 pipeline: i,

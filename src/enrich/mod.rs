@@ -27,9 +27,23 @@ use input::{InputSpec, Prepared};
 /// A record waiting for enrichment, with the sequence number its acknowledgement names.
 pub type Pending = (ChangeRecord, u64);
 
-/// Where enriched records go (the sink stage).
-/// The flag says the row failed for good and belongs in the dead letters.
-pub type Deliver = Arc<dyn Fn(&ChangeRecord, u64, bool) -> Result<(), String> + Send + Sync>;
+/// An enriched record on its way to the sink; `dead`: it failed for good and belongs in the
+/// dead letters.
+pub struct Delivered {
+    pub rec: ChangeRecord,
+    pub seq: u64,
+    pub dead: bool,
+}
+
+/// Where enriched records go: a batch at a time to the pipeline's delivery thread, which
+/// hands them to the sink (sinks may block; the stage stays async). When the thread stopped,
+/// `error` says why.
+pub struct Deliver {
+    pub tx: mpsc::Sender<Vec<Delivered>>,
+    pub error: Arc<std::sync::Mutex<Option<String>>>,
+    /// Fires when the thread has handed over everything it was sent.
+    pub done: tokio::sync::oneshot::Receiver<()>,
+}
 
 pub struct Settings {
     pub pipeline: usize,
@@ -120,8 +134,24 @@ enum Job {
 pub async fn run(
     s: Settings,
     backend: Arc<dyn Backend>,
-    mut rx: mpsc::Receiver<Pending>,
+    rx: mpsc::Receiver<Pending>,
     deliver: Deliver,
+    metrics: Arc<Metrics>,
+) -> Result<(), String> {
+    let Deliver { tx, error, done } = deliver;
+    let r = stage(s, backend, rx, &tx, &error, metrics).await;
+    // Everything handed to the delivery thread reaches the sink before the stage counts as done.
+    drop(tx);
+    let _ = done.await;
+    r
+}
+
+async fn stage(
+    s: Settings,
+    backend: Arc<dyn Backend>,
+    mut rx: mpsc::Receiver<Pending>,
+    tx: &mpsc::Sender<Vec<Delivered>>,
+    error: &std::sync::Mutex<Option<String>>,
     metrics: Arc<Metrics>,
 ) -> Result<(), String> {
     let pm = &metrics.pipelines[s.pipeline];
@@ -179,6 +209,7 @@ pub async fn run(
         }
         let results = call_with_retries(backend.as_ref(), &inputs, pm, &s).await;
         let mut results = results.into_iter();
+        let mut out = Vec::with_capacity(batch.len());
         for ((mut rec, seq), job) in batch.drain(..).zip(jobs) {
             let mut m = backend.labels();
             let mut failed = None;
@@ -209,7 +240,11 @@ pub async fn run(
                 );
             }
             rec.enrichment = m;
-            deliver(&rec, seq, dead)?;
+            out.push(Delivered { rec, seq, dead });
+        }
+        if tx.send(out).await.is_err() {
+            let why = error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Err(why.unwrap_or_else(|| "the delivery thread ended".into()));
         }
         if closed {
             return Ok(());
