@@ -41,6 +41,8 @@ pub enum AppError {
     Enrichment { pipeline: String, reason: String },
     #[error(transparent)]
     Snapshot(#[from] crate::source::mysql::snapshot::SnapshotError),
+    #[error("reload: {0}")]
+    Reload(String),
     #[error("cannot serve metrics on {address}: {source}; change `metrics.address`")]
     Metrics {
         address: String,

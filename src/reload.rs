@@ -136,10 +136,9 @@ impl Reloader {
             done: done_tx,
         };
         if self.swaps.send(swap).is_err() || self.wake.send(Vec::new()).await.is_err() {
-            return Err(AppError::Enrichment {
-                pipeline: String::new(),
-                reason: "the pipeline stage ended before the reload".into(),
-            });
+            return Err(AppError::Reload(
+                "the pipeline stage ended before the reload took effect".into(),
+            ));
         }
         // The pipeline stage may be busy with a batch; the swap waits for its end.
         if tokio::time::timeout(Duration::from_secs(300), done_rx)

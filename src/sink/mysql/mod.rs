@@ -99,6 +99,7 @@ struct Item {
 }
 
 pub struct MysqlSink {
+    pipeline: String,
     tx: mpsc::UnboundedSender<Item>,
     /// Records handed over and not yet committed.
     pending: Arc<AtomicUsize>,
@@ -178,6 +179,7 @@ impl MysqlSink {
             }
         });
         Ok(MysqlSink {
+            pipeline: p.name.clone(),
             tx,
             pending,
             failed,
@@ -230,7 +232,7 @@ impl Sink for MysqlSink {
             .as_ref()
         {
             Some(e) => Err(SinkError::Mysql {
-                pipeline: String::new(),
+                pipeline: self.pipeline.clone(),
                 message: e.clone(),
             }),
             None => Ok(()),
