@@ -148,17 +148,16 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     } else {
         saved.clone()
     };
+    // After a purge (`on_purged: resnapshot`) the stream starts at the current end.
+    let from = match report.purged {
+        Some(_) => StartFrom::Latest,
+        None => cfg.source.start,
+    };
     let start = match &resume {
         Some(p) => p.clone(),
-        None if report.purged.is_some() => {
-            let mut conn = stream::connect(&cfg.source).await?;
-            let p = stream::current_position(&mut conn).await?;
-            let _ = conn.disconnect().await;
-            p
-        }
         None => {
             let mut conn = stream::connect(&cfg.source).await?;
-            let p = match cfg.source.start {
+            let p = match from {
                 StartFrom::Latest => stream::current_position(&mut conn).await?,
                 StartFrom::Earliest => {
                     let logs = stream::binary_logs(&mut conn).await?;
