@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 ROWS=${1:-1000000}
 PEER_ROWS=${PEER_ROWS:-200000}
 need_mariadb
-need_tansu
+need_tansu_release
 PEER_VENV=$HOME/.cache/cdc-enricher/peer-venv
 if [ ! -x "$PEER_VENV/bin/python" ] || ! "$PEER_VENV/bin/python" -c 'import pymysqlreplication' 2>/dev/null; then
   log "installing the Python peer (mysql-replication from PyPI) into $PEER_VENV"

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ROWS=${1:-10000}; RPS=${2:-10}; LAT=${3:-50}
 need_mariadb
-need_tansu
+need_tansu_release
 cargo build --release --locked -q
 BIN=$PWD/target/release/cdc-enricher
 W=$PWD/.bench-enrich

@@ -20,6 +20,19 @@ need_mariadb() {
   export PATH="$PATH:/usr/sbin"
 }
 
+# need_tansu_release: benchmarks measure against a release build of the broker (tests use the
+# debug build, which builds in half the time; its produce path is what dominates latency).
+need_tansu_release() {
+  local root=$HOME/.cache/cdc-enricher/tansu-$TANSU_VERSION-release
+  if [ ! -x "$root/bin/tansu" ]; then
+    log "building the tansu Kafka broker $TANSU_VERSION in release mode, for benchmarks (once; cached in $root)"
+    CARGO_PROFILE_RELEASE_DEBUG=0 cargo install tansu --version "$TANSU_VERSION" --locked \
+      --features dynostore --root "$root" >&2
+  fi
+  TANSU_BIN=$root/bin/tansu
+  export TANSU_BIN
+}
+
 # Debian's docker-compose checks a compose file without a container engine.
 need_docker_compose() {
   if ! command -v docker-compose >/dev/null 2>&1; then
