@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -36,26 +34,9 @@ fn a_reload_adds_removes_and_changes_pipelines_without_losing_or_repeating_rows(
     d.spawn();
     wait_log(&mut d, "starting", 1, 60);
     // A writer inserting into t1 the whole time, one row per statement.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        let opts = db.opts("admin", "adminpw");
-        std::thread::spawn(move || {
-            block_on(async move {
-                use mysql_async::prelude::Queryable;
-                let mut c = mysql_async::Conn::new(opts).await.unwrap();
-                let mut n: i64 = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    c.query_drop(format!("INSERT INTO shop.t1 VALUES ({n}, {n})"))
-                        .await
-                        .unwrap();
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                n
-            })
-        })
-    };
+    let writer = BackgroundWriter::start(&db, Duration::from_millis(2), |n| {
+        format!("INSERT INTO shop.t1 VALUES ({n}, {n})")
+    });
     assert!(!kafka.read("b", 50, Duration::from_secs(30)).is_empty());
     // Change b, remove a, add c.
     let dir = d.dir.path().join("pipelines");
@@ -66,8 +47,7 @@ fn a_reload_adds_removes_and_changes_pipelines_without_losing_or_repeating_rows(
     wait_log(&mut d, "pipelines reloaded", 1, 60);
     block_on(db.exec("INSERT INTO shop.t2 VALUES (1, 10), (2, 20)"));
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let last = writer.join().unwrap();
+    let last = writer.stop() as i64;
 
     // A broken file: the reload is refused, nothing changes.
     std::fs::write(

@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -62,32 +60,16 @@ fn a_backfill_under_concurrent_writes_ends_with_every_rows_final_value() {
     d.spawn();
     let mut tail = kafka.tail("items");
     // Writes while the backfill runs: updates, deletes and inserts all over the key range.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        let opts = db.opts("admin", "adminpw");
-        std::thread::spawn(move || {
-            block_on(async move {
-                use mysql_async::prelude::Queryable;
-                let mut c = mysql_async::Conn::new(opts).await.unwrap();
-                let mut n: u64 = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let id = (n * 7919) % 100_000 + 1;
-                    let sql = match n % 10 {
-                        0 => format!("DELETE FROM shop.items WHERE id = {id}"),
-                        1 => format!("INSERT INTO shop.items VALUES ({}, 1, 'new')", 100_000 + n),
-                        _ => format!("UPDATE shop.items SET v = v + 1000000, note = 'upd{n}' WHERE id = {id}"),
-                    };
-                    c.query_drop(sql).await.unwrap();
-                }
-                n
-            })
-        })
-    };
+    let writer = BackgroundWriter::start(&db, Duration::ZERO, |n| {
+        let id = (n * 7919) % 100_000 + 1;
+        match n % 10 {
+            0 => format!("DELETE FROM shop.items WHERE id = {id}"),
+            1 => format!("INSERT INTO shop.items VALUES ({}, 1, 'new')", 100_000 + n),
+            _ => format!("UPDATE shop.items SET v = v + 1000000, note = 'upd{n}' WHERE id = {id}"),
+        }
+    });
     wait_log(&mut d, "backfill done", 1, 300);
-    stop.store(true, Ordering::Relaxed);
-    let writes = writer.join().unwrap();
+    let writes = writer.stop();
     assert!(
         writes > 100,
         "the writer ran during the backfill: {writes} statements"
@@ -148,16 +130,9 @@ fn a_backfill_resumes_after_a_crash() {
     d.spawn();
     // Wait for some chunks to be acknowledged, then kill -9.
     let progress = || -> Option<Value> {
-        let rows: Vec<String> = block_on(async {
-            use mysql_async::prelude::Queryable;
-            let mut c = db.conn().await;
-            let r = c
-                .query("SELECT payload FROM shop.cdc_signal WHERE kind = 'progress'")
-                .await
-                .unwrap_or_default();
-            let _ = c.disconnect().await;
-            r
-        });
+        let rows: Vec<String> = block_on(
+            db.query_or_empty("SELECT payload FROM shop.cdc_signal WHERE kind = 'progress'"),
+        );
         rows.first().map(|p| serde_json::from_str(p).unwrap())
     };
     let start = Instant::now();

@@ -49,13 +49,7 @@ fn wait_count(d: &mut Daemon, db: &MariaDb, sql: &str, n: i64, secs: u64) {
     let start = Instant::now();
     loop {
         // The daemon creates its tables as it starts: until then the query may fail.
-        let v: Vec<i64> = block_on(async {
-            use mysql_async::prelude::Queryable;
-            let mut c = db.conn().await;
-            let r = c.query(sql).await.unwrap_or_default();
-            let _ = c.disconnect().await;
-            r
-        });
+        let v: Vec<i64> = block_on(db.query_or_empty(sql));
         if v.first() == Some(&n) {
             return;
         }

@@ -203,6 +203,17 @@ impl MariaDb {
         rows
     }
 
+    /// The rows of a query, or none while it fails (a table the daemon has yet to create).
+    pub async fn query_or_empty<T: mysql_async::prelude::FromRow + Send + 'static>(
+        &self,
+        sql: &str,
+    ) -> Vec<T> {
+        let mut c = self.conn().await;
+        let rows = c.query(sql).await.unwrap_or_default();
+        let _ = c.disconnect().await;
+        rows
+    }
+
     /// SIGTERM, wait, start again on the same port and data.
     pub fn restart(&mut self) {
         self.stop();
@@ -752,5 +763,45 @@ pub fn wait_log(d: &mut Daemon, needle: &str, n: usize, secs: u64) {
             d.log()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Statements run one after another on their own connection until stopped: `sql(n)` is the
+/// n-th (from 1), with `pause` between them.
+pub struct BackgroundWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl BackgroundWriter {
+    pub fn start(
+        db: &MariaDb,
+        pause: Duration,
+        sql: impl Fn(u64) -> String + Send + 'static,
+    ) -> BackgroundWriter {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, opts) = (stop.clone(), db.opts("admin", "adminpw"));
+        let thread = std::thread::spawn(move || {
+            block_on(async move {
+                let mut c = mysql_async::Conn::new(opts).await.unwrap();
+                let mut n: u64 = 0;
+                while !flag.load(Ordering::Relaxed) {
+                    n += 1;
+                    c.query_drop(sql(n)).await.unwrap();
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+                n
+            })
+        });
+        BackgroundWriter { stop, thread }
+    }
+
+    /// Stops after the statement in progress; returns how many ran.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
     }
 }
