@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use cdc_enricher::config::{SourceConfig, StartFrom, TlsConfig};
 use cdc_enricher::source::mysql::file::decode_file;
 use cdc_enricher::source::mysql::stream::MysqlSource;
-use cdc_enricher::source::{Position, SourceEvent};
+use cdc_enricher::source::{BinlogPosition, SourceEvent};
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -43,7 +43,7 @@ fn decode(file: &str) {
     let _ = std::fs::read(file);
     let start = Instant::now();
     let mut rows = 0u64;
-    decode_file(file, Arc::default(), |ev| {
+    decode_file(file, |ev| {
         if let SourceEvent::Row(r) = ev {
             rows += 1;
             std::hint::black_box(r);
@@ -70,7 +70,7 @@ fn stream(a: &[String]) {
         on_purged: Default::default(),
         tls: TlsConfig::default(),
     };
-    let start_pos = Position::new(a[4].clone(), a[5].parse().unwrap());
+    let start_pos = BinlogPosition::new(a[4].clone(), a[5].parse().unwrap());
     let want: u64 = a[6].parse().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -83,11 +83,12 @@ fn stream(a: &[String]) {
         let src = MysqlSource {
             cfg,
             metrics: None,
-            tables: Vec::new(),
+            tables: Default::default(),
             filter: None,
+            history: Default::default(),
         };
         let t0 = Instant::now();
-        let task = tokio::spawn(src.run(start_pos, tx, stop_rx));
+        let task = tokio::spawn(src.run(start_pos, 0, tx, stop_rx));
         let mut rows = 0u64;
         while rows < want {
             match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
@@ -116,15 +117,19 @@ fn produce(brokers: &str, topic: &str, file: &str) {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     // The records the daemon would send, made beforehand: the ceiling has no source cost.
     let mut recs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    decode_file(file, Arc::default(), |ev| {
+    decode_file(file, |ev| {
         if let SourceEvent::Row(r) = ev {
             let key = serde_json::to_vec(&serde_json::json!({"id": r.after.as_ref().map(|v| v[0].clone())})).unwrap();
             let names: Vec<&str> = r.table.columns.iter().map(|c| c.name.as_str()).collect();
-            let after: serde_json::Map<String, serde_json::Value> =
-                names.iter().map(|n| n.to_string()).zip(r.after.clone().unwrap_or_default()).collect();
+            let after: serde_json::Map<String, serde_json::Value> = names
+                .iter()
+                .map(|n| n.to_string())
+                .zip(r.after.clone().unwrap_or_default().iter().map(|v| v.to_json_value()))
+                .collect();
             let val = serde_json::to_vec(&serde_json::json!({"op": "c", "before": null, "after": after,
                 "source": {"pipeline": "bench", "server_id": 1, "db": r.table.db, "table": r.table.table,
-                "gtid": r.gtid.as_deref(), "file": &*r.txn_file, "pos": r.txn_pos, "row": r.row, "ts_ms": r.ts_ms},
+                "gtid": r.position.gtid.as_deref(), "file": &*r.position.file, "pos": r.position.pos,
+                "event": r.position.event, "row": r.position.row, "ts_ms": r.ts_ms},
                 "enrichment": {}})).unwrap();
             recs.push((key, val));
         }

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{RouteError, Router};
 use crate::sink::SinkError;
 use crate::source::mysql::stream::{self, MysqlSource, SourceError};
-use crate::source::{Position, SourceEvent};
+use crate::source::{BinlogPosition, SourceEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -66,14 +66,14 @@ pub async fn check(config: &Path) -> Result<(), AppError> {
     let pipelines = cfg.load_pipelines()?;
     let mut store = Store::from_config(&cfg);
     let cp = store.load().await?;
-    let report = check::run(&cfg, &pipelines, cp.as_ref()).await?;
+    let report = check::run(&cfg, &pipelines, cp.as_ref().map(|c| &c.position)).await?;
     report_failures(&report.failures)?;
     println!(
         "ok: {} ({}), {} pipelines, checkpoint {}",
         stream::addr(&cfg.source),
         report.server_version,
         pipelines.len(),
-        cp.map(|p| p.to_string())
+        cp.map(|c| c.position.to_string())
             .unwrap_or_else(|| "none yet".into())
     );
     Ok(())
@@ -136,7 +136,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let pipelines = cfg.load_pipelines()?;
     let mut store = Store::from_config(&cfg);
     let saved = store.load().await?;
-    let report = check::run(&cfg, &pipelines, saved.as_ref()).await?;
+    let report = check::run(&cfg, &pipelines, saved.as_ref().map(|c| &c.position)).await?;
     report_failures(&report.failures)?;
 
     if let Some(why) = &report.purged {
@@ -153,6 +153,14 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         Some(_) => StartFrom::Latest,
         None => cfg.source.start,
     };
+    let legacy_rows = resume.as_ref().map_or(0, |c| c.legacy_rows);
+    let history = Arc::new(std::sync::Mutex::new(
+        resume
+            .as_ref()
+            .map(|c| c.schema_history.clone())
+            .unwrap_or_default(),
+    ));
+    let resume = resume.map(|c| c.position);
     let start = match &resume {
         Some(p) => p.clone(),
         None => {
@@ -161,7 +169,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
                 StartFrom::Latest => stream::current_position(&mut conn).await?,
                 StartFrom::Earliest => {
                     let logs = stream::binary_logs(&mut conn).await?;
-                    Position::new(logs.first().map(|l| l.0.clone()).unwrap_or_default(), 4)
+                    BinlogPosition::new(logs.first().map(|l| l.0.clone()).unwrap_or_default(), 4)
                 }
             };
             let _ = conn.disconnect().await;
@@ -170,6 +178,11 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     };
     tracing::info!(position = %start, from_checkpoint = saved.is_some(), store = %store.describe(),
         pipelines = pipelines.len(), "starting");
+    if legacy_rows > 0 {
+        tracing::info!(position = %start, rows = legacy_rows,
+            "the checkpoint is of format 1 and points inside a transaction: its rows are counted \
+             across every table once to convert it");
+    }
 
     let tracker = AckTracker::new(resume.clone());
     let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
@@ -253,19 +266,20 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let source = MysqlSource {
         cfg: cfg.source.clone(),
         metrics: Some(metrics.clone()),
-        tables: tables_read,
+        tables: wanted.clone(),
         filter: Some(Arc::new(move |db: &str, t: &str| {
             filter_tables
                 .read()
                 .map(|w| w.contains(&(db.to_string(), t.to_string())))
                 .unwrap_or(true)
         })),
+        history: history.clone(),
     };
     let (tx, rx) = mpsc::channel::<Vec<SourceEvent>>(16);
     let wake_tx = tx.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let mut source_task = tokio::spawn(source.run(start, tx, stop_rx.clone()));
+    let mut source_task = tokio::spawn(source.run(start, legacy_rows, tx, stop_rx.clone()));
     let proc_tracker = tracker.clone();
     let proc_metrics = metrics.clone();
     let proc_sinks = sinks.clone();
@@ -299,38 +313,14 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         tokio::task::spawn_blocking(move || process(rx, router, outputs, snapshot_link, swap_rx));
 
     // Checkpoint writer.
-    let cp_tracker = tracker.clone();
+    let writer = crate::checkpoint::Writer {
+        store,
+        tracker: tracker.clone(),
+        history: history.clone(),
+        last: saved,
+    };
     let interval = Duration::from_millis(cfg.checkpoint.interval_ms.max(10));
-    let mut cp_stop = stop_rx.clone();
-    let cp_metrics = metrics.clone();
-    let cp_task = tokio::spawn(async move {
-        let mut last = saved;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = cp_stop.changed() => break,
-            }
-            let now = cp_tracker.committed();
-            if now.is_some() && now != last {
-                if let Some(p) = &now {
-                    if let Err(e) = store.save(p).await {
-                        tracing::error!(error = %e, "cannot write the checkpoint; will retry");
-                        continue;
-                    }
-                    cp_metrics.checkpoint_saved_ms.store(
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_millis() as u64)
-                            .unwrap_or(0),
-                        Ordering::Relaxed,
-                    );
-                    tracing::debug!(position = %p, "checkpoint");
-                }
-                last = now;
-            }
-        }
-        (store, last)
-    });
+    let cp_task = tokio::spawn(writer.run(interval, stop_rx.clone(), metrics.clone()));
 
     let mut source_done = None;
     let mut process_done = None;
@@ -433,15 +423,11 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     if let (Some(e), Ok(Ok(()))) = (flushed, &process_result) {
         process_result = Ok(Err(e.into()));
     }
-    let (mut store, last) = cp_task
+    let mut writer = cp_task
         .await
         .map_err(|e| SinkError::Kafka(format!("checkpoint task: {e}")))?;
+    writer.save_if_changed().await?;
     let final_pos = tracker.committed();
-    if final_pos.is_some() && final_pos != last {
-        if let Some(p) = &final_pos {
-            store.save(p).await?;
-        }
-    }
     tracing::info!(position = %final_pos.as_ref().map(|p| p.to_string()).unwrap_or_default(), "checkpoint saved; stopped");
     match source_result {
         Ok(Err(e)) => return Err(e.into()),
@@ -588,9 +574,25 @@ fn process(
                 SourceEvent::Progress(p) => {
                     out.tracker.push(p, 0);
                 }
-                SourceEvent::Ddl { db, query, resume } => {
-                    tracing::info!(%db, query = %redact_statement(&query), "DDL");
+                SourceEvent::Ddl {
+                    db,
+                    query,
+                    resume,
+                    parsed,
+                } => {
+                    log_statement(&router, &db, &query, parsed.as_ref());
                     out.tracker.push(resume, 0);
+                }
+                SourceEvent::TableFailed {
+                    db,
+                    table,
+                    error,
+                    position,
+                } => {
+                    router.table_failed(&db, &table, &error, &position);
+                    for i in router.newly_stopped.drain(..) {
+                        out.metrics.pipelines[i].stopped.store(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -599,6 +601,32 @@ fn process(
         }
     }
     Ok(())
+}
+
+/// A statement logged as text: at INFO the read tables it changes (or the statement, when
+/// its tables are not known), at DEBUG the statement; tables no pipeline reads are not named
+/// above DEBUG.
+fn log_statement(
+    router: &Router,
+    db: &str,
+    query: &str,
+    parsed: Option<&crate::source::mysql::ddl::Ddl>,
+) {
+    match parsed {
+        None => tracing::info!(%db, query = %redact_statement(query), "DDL"),
+        Some(d) => {
+            let read: Vec<String> = d
+                .tables
+                .iter()
+                .filter(|(db, t)| router.reads(db, t))
+                .map(|(db, t)| format!("{db}.{t}"))
+                .collect();
+            if !read.is_empty() {
+                tracing::info!(tables = %read.join(", "), kind = ?d.kind, "DDL on a table a pipeline reads");
+            }
+            tracing::debug!(%db, query = %redact_statement(query), "DDL");
+        }
+    }
 }
 
 /// A statement for the log: at most 200 characters, and nothing from the first `IDENTIFIED`

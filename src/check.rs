@@ -4,9 +4,9 @@
 use mysql_async::prelude::Queryable;
 
 use crate::config::{Config, PipelineConfig};
+use crate::model::BinlogPosition;
 use crate::source::mysql::schema::{self, Schemas};
 use crate::source::mysql::stream::{self, SourceError};
-use crate::source::Position;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
@@ -38,11 +38,71 @@ fn fail(out: &mut Vec<Failure>, problem: impl Into<String>, fix: impl Into<Strin
     });
 }
 
+/// Why the decoder cannot read a column of this type and charset (every column of a read
+/// table must be readable: the binlog's rows are decoded whole).
+fn undecodable(c: &crate::source::mysql::schema::SchemaColumn) -> Option<String> {
+    const TYPES: &[&str] = &[
+        "tinyint",
+        "smallint",
+        "mediumint",
+        "int",
+        "bigint",
+        "decimal",
+        "float",
+        "double",
+        "bit",
+        "date",
+        "time",
+        "datetime",
+        "timestamp",
+        "year",
+        "char",
+        "varchar",
+        "binary",
+        "varbinary",
+        "tinyblob",
+        "blob",
+        "mediumblob",
+        "longblob",
+        "tinytext",
+        "text",
+        "mediumtext",
+        "longtext",
+        "enum",
+        "set",
+        "json",
+        "geometry",
+        "point",
+        "linestring",
+        "polygon",
+        "multipoint",
+        "multilinestring",
+        "multipolygon",
+        "geometrycollection",
+        "vector",
+        "inet4",
+        "inet6",
+        "uuid",
+    ];
+    if !TYPES.contains(&c.data_type.as_str()) {
+        return Some(format!(
+            "is of type `{}`, which the binlog decoder does not read",
+            c.data_type
+        ));
+    }
+    match c.charset.as_deref() {
+        Some(cs) if crate::source::mysql::charset::Charset::from_name(cs).is_none() => Some(
+            format!("is in character set `{cs}`, which the binlog decoder does not convert"),
+        ),
+        _ => None,
+    }
+}
+
 /// Runs every check. `Err` only when the server cannot be reached at all.
 pub async fn run(
     cfg: &Config,
     pipelines: &[PipelineConfig],
-    checkpoint: Option<&Position>,
+    checkpoint: Option<&BinlogPosition>,
 ) -> Result<Report, SourceError> {
     let mut conn = stream::connect(&cfg.source).await?;
     let mut f = Vec::new();
@@ -190,6 +250,12 @@ pub async fn run(
                 let have: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
                 fail(&mut f, format!("pipeline `{}` ({}): {what} names column `{c}`, which `{db}`.`{t}` does not have", p.name, p.file),
                     format!("use one of: {}", have.join(", ")));
+            }
+        }
+        for c in &s.columns {
+            if let Some(why) = undecodable(c) {
+                fail(&mut f, format!("pipeline `{}` ({}): column `{}` of `{db}`.`{t}` ({}) {why}", p.name, p.file, c.name, c.column_type),
+                    format!("change the column's type (ALTER TABLE `{db}`.`{t}` MODIFY `{}` …), or read another table", c.name));
             }
         }
         if p.key.is_none() && s.primary_key.is_empty() {

@@ -125,23 +125,36 @@ fn decode_files(files: &[PathBuf]) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
     for f in files {
         let path = f.display().to_string();
-        let r = crate::source::mysql::file::decode_file(&path, Arc::default(), |ev| {
+        let mut failed = false;
+        let r = crate::source::mysql::file::decode_file(&path, |ev| {
+            if let crate::source::SourceEvent::TableFailed {
+                error, position, ..
+            } = &ev
+            {
+                eprintln!("error: {error} (at {position}); the table's later rows are left out");
+                failed = true;
+            }
             if let crate::source::SourceEvent::Row(r) = ev {
-                let names: Arc<[String]> = r.table.columns.iter().map(|c| c.name.clone()).collect();
-                let img = |v: Option<Vec<serde_json::Value>>| {
+                let shown: Vec<usize> = r.table.visible().collect();
+                let names: Arc<[String]> = shown
+                    .iter()
+                    .map(|i| r.table.columns[*i].name.clone())
+                    .collect();
+                let img = |v: Option<Vec<crate::model::ColumnValue>>| {
                     v.map(|values| crate::pipeline::Image {
                         names: names.clone(),
-                        values,
+                        values: shown.iter().map(|i| values[*i].clone()).collect(),
                     })
                 };
                 let line = serde_json::json!({
                     "op": r.op.code(),
                     "db": r.table.db,
                     "table": r.table.table,
-                    "gtid": r.gtid.as_deref(),
-                    "file": &*r.txn_file,
-                    "pos": r.txn_pos,
-                    "row": r.row,
+                    "gtid": r.position.gtid.as_deref(),
+                    "file": &*r.position.file,
+                    "pos": r.position.pos,
+                    "event": r.position.event,
+                    "row": r.position.row,
                     "before": img(r.before),
                     "after": img(r.after),
                 });
@@ -151,6 +164,9 @@ fn decode_files(files: &[PathBuf]) -> ExitCode {
         if let Err(e) = r {
             let _ = out.flush();
             eprintln!("error: {e}");
+            code = ExitCode::from(1);
+        }
+        if failed {
             code = ExitCode::from(1);
         }
     }

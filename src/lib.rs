@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod enrich;
 pub mod metrics;
+pub mod model;
 pub mod outputs;
 pub mod pipeline;
 pub mod ratelimit;

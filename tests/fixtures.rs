@@ -2,8 +2,8 @@
 //! MySQL-only events decode to exact values; truncated and corrupt files give clear errors.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
+use cdc_enricher::model::ColumnValue;
 use cdc_enricher::source::mysql::file::decode_file;
 use cdc_enricher::source::SourceEvent;
 use serde_json::{json, Value};
@@ -12,30 +12,36 @@ fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/mysql-binlogs")
 }
 
-/// (rows as JSON, the error if decoding stopped)
+/// (rows as JSON, the error if decoding stopped or a table failed)
 fn decode(name: &str) -> (Vec<Value>, Option<String>) {
     let path = dir().join(name);
     let mut rows = Vec::new();
-    let r = decode_file(path.to_str().unwrap(), Arc::default(), |ev| {
+    let mut failed = None;
+    let r = decode_file(path.to_str().unwrap(), |ev| {
+        if let SourceEvent::TableFailed {
+            error, position, ..
+        } = &ev
+        {
+            failed.get_or_insert(format!("{error} (at {position})"));
+        }
         if let SourceEvent::Row(r) = ev {
-            let names: Vec<&str> = r.table.columns.iter().map(|c| c.name.as_str()).collect();
-            let img = |v: &Option<Vec<Value>>| match v {
+            let shown: Vec<usize> = r.table.visible().collect();
+            let img = |v: &Option<Vec<ColumnValue>>| match v {
                 None => Value::Null,
                 Some(v) => Value::Object(
-                    names
+                    shown
                         .iter()
-                        .map(|n| n.to_string())
-                        .zip(v.iter().cloned())
+                        .map(|i| (r.table.columns[*i].name.clone(), v[*i].to_json_value()))
                         .collect(),
                 ),
             };
             rows.push(json!({
                 "op": r.op.code(), "table": format!("{}.{}", r.table.db, r.table.table),
-                "gtid": r.gtid.as_deref(), "row": r.row, "before": img(&r.before), "after": img(&r.after),
+                "gtid": r.position.gtid.as_deref(), "row": r.position.row, "before": img(&r.before), "after": img(&r.after),
             }));
         }
     });
-    (rows, r.err().map(|e| e.to_string()))
+    (rows, r.err().map(|e| e.to_string()).or(failed))
 }
 
 #[test]
@@ -145,11 +151,13 @@ fn binary_json_and_partial_json_updates() {
         u["after"]["@2"],
         json!({"age": 41, "data": "zzzzzzzzzz", "name": "Pete"})
     );
-    // The file ends with a partial update logged without the before document: a clear error.
+    // The file ends with a partial update logged without the before document: that table
+    // fails with a clear error naming the column, its type and the position.
     assert_eq!(
-        err.as_deref().map(|e| e.split(": row").nth(1).unwrap_or(e).to_string()),
-        Some(" of `mysql`.`t`, column `@2` cannot be decoded: a partial JSON update whose before image lacks the document \
-              (binlog_row_image is not FULL); set binlog_row_image=FULL or binlog_row_value_options=''".to_string())
+        err.as_deref(),
+        Some("a row of `mysql`.`t`, column `@2` (JSON) cannot be decoded: a partial JSON update whose before image lacks the document \
+              (binlog_row_image is not FULL); set binlog_row_image=FULL or binlog_row_value_options='' \
+              (at json.binlog.000001:3527)")
     );
 
     let (rows, err) = decode("json-opaque.binlog");

@@ -96,8 +96,11 @@ fn compressed_events_mysql_checkpoint_and_jsonl_sink() {
             .unwrap()
     });
     assert_eq!(name, "notes-daemon");
-    let p: serde_json::Value = serde_json::from_str(&pos).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&pos).unwrap();
+    assert_eq!(doc["version"], 2);
+    let p = &doc["position"];
     assert_eq!(p["file"], "binlog.000001");
+    assert_eq!(p["event"], 0);
     assert_eq!(p["row"], 0);
     assert!(p["pos"].as_u64().unwrap() > lines[4]["source"]["pos"].as_u64().unwrap());
 }

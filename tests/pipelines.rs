@@ -36,6 +36,7 @@ fn expect(
             "gtid": s["gtid"],
             "file": s["file"],
             "pos": s["pos"],
+            "event": 0,
             "row": row,
             "ts_ms": s["ts_ms"],
         },

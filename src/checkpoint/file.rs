@@ -3,19 +3,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::CheckpointError;
-use crate::source::Position;
+use super::{document, Checkpoint, CheckpointError};
 
 #[derive(Debug, Clone)]
 pub struct FileStore {
     path: PathBuf,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OnDisk {
-    version: u32,
-    position: Position,
 }
 
 impl FileStore {
@@ -34,20 +26,20 @@ impl FileStore {
         }
     }
 
-    pub fn load(&self) -> Result<Option<Position>, CheckpointError> {
+    pub fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(e)),
         };
-        let d: OnDisk = serde_json::from_str(&text).map_err(|e| CheckpointError::Corrupt {
+        let c = document::parse(&text).map_err(|reason| CheckpointError::Corrupt {
             path: self.path.display().to_string(),
-            reason: e.to_string(),
+            reason,
         })?;
-        Ok(Some(d.position))
+        Ok(Some(c))
     }
 
-    pub fn save(&self, p: &Position) -> Result<(), CheckpointError> {
+    pub fn save(&self, c: &Checkpoint) -> Result<(), CheckpointError> {
         let dir = self
             .path
             .parent()
@@ -55,11 +47,7 @@ impl FileStore {
             .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
         let tmp = self.path.with_extension("tmp");
-        let body = serde_json::to_vec_pretty(&OnDisk {
-            version: 1,
-            position: p.clone(),
-        })
-        .map_err(|e| self.io(std::io::Error::other(e)))?;
+        let body = document::to_text(c).into_bytes();
         {
             let mut f = std::fs::File::create(&tmp).map_err(|e| self.io(e))?;
             f.write_all(&body).map_err(|e| self.io(e))?;
@@ -76,20 +64,21 @@ impl FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::BinlogPosition;
 
     #[test]
     fn round_trip_and_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let s = FileStore::new(dir.path().join("cp.json"));
         assert_eq!(s.load().unwrap(), None);
-        let p = Position {
-            file: "b.000001".into(),
-            pos: 42,
+        let p = BinlogPosition {
+            event: 2,
             row: 7,
             gtid: Some("0-1-9".into()),
+            ..BinlogPosition::new("b.000001", 42)
         };
-        s.save(&p).unwrap();
-        assert_eq!(s.load().unwrap(), Some(p));
+        s.save(&Checkpoint::new(p.clone())).unwrap();
+        assert_eq!(s.load().unwrap(), Some(Checkpoint::new(p)));
         std::fs::write(s.path(), "{").unwrap();
         let e = s.load().unwrap_err().to_string();
         assert!(e.contains("is not a valid checkpoint"), "{e}");

@@ -1,16 +1,20 @@
 //! Checkpoints: which positions are safe to resume from (all records before them were
 //! acknowledged by their sinks), and the stores that keep that position across restarts.
 
+mod document;
 mod file;
 mod mysql;
 mod tracker;
+mod writer;
+
+pub use document::Checkpoint;
 
 pub use file::FileStore;
 pub use mysql::MysqlStore;
 pub use tracker::AckTracker;
+pub use writer::Writer;
 
 use crate::config::{CheckpointStoreConfig, Config};
-use crate::source::Position;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -53,19 +57,19 @@ impl Store {
         }
     }
 
-    pub async fn load(&mut self) -> Result<Option<Position>, CheckpointError> {
+    pub async fn load(&mut self) -> Result<Option<Checkpoint>, CheckpointError> {
         match self {
             Store::File(f) => f.load(),
             Store::Mysql(m) => m.load().await,
         }
     }
 
-    pub async fn save(&mut self, p: &Position) -> Result<(), CheckpointError> {
+    pub async fn save(&mut self, c: &Checkpoint) -> Result<(), CheckpointError> {
         match self {
             Store::File(f) => {
                 let f2 = f.clone();
-                let p = p.clone();
-                tokio::task::spawn_blocking(move || f2.save(&p))
+                let c = c.clone();
+                tokio::task::spawn_blocking(move || f2.save(&c))
                     .await
                     .unwrap_or_else(|e| {
                         Err(CheckpointError::Io {
@@ -74,7 +78,7 @@ impl Store {
                         })
                     })
             }
-            Store::Mysql(m) => m.save(p).await,
+            Store::Mysql(m) => m.save(c).await,
         }
     }
 }

@@ -6,7 +6,6 @@ use mysql_async::prelude::Queryable;
 
 use super::CheckpointError;
 use crate::config::SourceConfig;
-use crate::source::Position;
 
 pub struct MysqlStore {
     cfg: SourceConfig,
@@ -74,7 +73,7 @@ impl MysqlStore {
         }
     }
 
-    pub async fn load(&mut self) -> Result<Option<Position>, CheckpointError> {
+    pub async fn load(&mut self) -> Result<Option<super::Checkpoint>, CheckpointError> {
         let q = format!("SELECT position FROM {} WHERE name = ?", self.qualified());
         let name = self.name.clone();
         let r: Result<Option<String>, _> = self.conn().await?.exec_first(q, (name,)).await;
@@ -85,22 +84,22 @@ impl MysqlStore {
         match r {
             None => Ok(None),
             Some(text) => {
-                serde_json::from_str(&text)
+                super::document::parse(&text)
                     .map(Some)
-                    .map_err(|e| CheckpointError::Corrupt {
+                    .map_err(|reason| CheckpointError::Corrupt {
                         path: self.table.clone(),
-                        reason: e.to_string(),
+                        reason,
                     })
             }
         }
     }
 
-    pub async fn save(&mut self, p: &Position) -> Result<(), CheckpointError> {
+    pub async fn save(&mut self, c: &super::Checkpoint) -> Result<(), CheckpointError> {
         let q = format!(
             "INSERT INTO {} (name, position) VALUES (?, ?) ON DUPLICATE KEY UPDATE position = VALUES(position)",
             self.qualified()
         );
-        let body = serde_json::to_string(p).unwrap_or_default();
+        let body = super::document::to_text(c);
         let name = self.name.clone();
         let r = self.conn().await?.exec_drop(q, (name, body)).await;
         r.map_err(|e| {

@@ -5,12 +5,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::source::Position;
+use crate::model::BinlogPosition;
 
 #[derive(Debug)]
 struct Entry {
     /// The position to resume from once this entry and all before it are done.
-    resume: Position,
+    resume: BinlogPosition,
     remaining: u32,
 }
 
@@ -19,7 +19,7 @@ struct Inner {
     /// Sequence number of `entries[0]`.
     base: u64,
     entries: VecDeque<Entry>,
-    committed: Option<Position>,
+    committed: Option<BinlogPosition>,
     failure: Option<String>,
 }
 
@@ -31,7 +31,7 @@ pub struct AckTracker {
 }
 
 impl AckTracker {
-    pub fn new(start: Option<Position>) -> Self {
+    pub fn new(start: Option<BinlogPosition>) -> Self {
         let t = AckTracker::default();
         t.lock().committed = start;
         t
@@ -45,7 +45,7 @@ impl AckTracker {
 
     /// Registers a source event that produced `pending` records; returns the sequence number
     /// their acknowledgements must name.
-    pub fn push(&self, resume: Position, pending: u32) -> u64 {
+    pub fn push(&self, resume: BinlogPosition, pending: u32) -> u64 {
         let mut g = self.lock();
         if pending == 0 {
             if g.entries.is_empty() {
@@ -102,7 +102,7 @@ impl AckTracker {
     }
 
     /// The position after every acknowledged record.
-    pub fn committed(&self) -> Option<Position> {
+    pub fn committed(&self) -> Option<BinlogPosition> {
         self.lock().committed.clone()
     }
 
@@ -120,12 +120,10 @@ impl AckTracker {
 mod tests {
     use super::*;
 
-    fn p(pos: u64, row: u64) -> Position {
-        Position {
-            file: "f".into(),
-            pos,
+    fn p(pos: u64, row: u64) -> BinlogPosition {
+        BinlogPosition {
             row,
-            gtid: None,
+            ..BinlogPosition::new("f", pos)
         }
     }
 

@@ -1,7 +1,7 @@
 //! What a row gives its backend: a document (Comprehend), a CSV line (SageMaker) or a
 //! rendered prompt (Bedrock) — or no call at all (a delete, no text, input unchanged).
 
-use serde_json::Value;
+use crate::model::ColumnValue as Value;
 
 use super::template::Template;
 use crate::backend::comprehend::MAX_DOCUMENT_BYTES;
@@ -93,7 +93,7 @@ impl InputSpec {
                 on_too_long,
             } => {
                 let t = match after.get(text) {
-                    Some(Value::String(t)) if !t.trim().is_empty() => t,
+                    Some(Value::Text(t)) if !t.trim().is_empty() => t,
                     _ => return Prepared::Skip("no text"),
                 };
                 let (cut, truncated) = super::truncate(t, MAX_DOCUMENT_BYTES);
@@ -144,9 +144,5 @@ impl InputSpec {
 }
 
 fn is_empty(row: &crate::pipeline::Image, c: &str) -> bool {
-    match row.get(c) {
-        None | Some(Value::Null) => true,
-        Some(Value::String(s)) => s.trim().is_empty(),
-        _ => false,
-    }
+    row.get(c).is_none_or(Value::is_blank)
 }

@@ -1,7 +1,7 @@
 //! Prompt templates: `{column}` is replaced by the row's value of that column; `{{` and `}}`
 //! are literal braces. Parsed once when the pipeline loads, so a typo is a start-up error.
 
-use serde_json::Value;
+use crate::model::ColumnValue as Value;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Part {
@@ -103,27 +103,32 @@ impl Template {
 
 /// A column value as plain text (shared by prompts and CSV lines).
 pub fn push_value(out: &mut String, v: Option<&Value>) {
-    match v {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => out.push_str(s),
-        Some(Value::Bool(b)) => out.push_str(if *b { "1" } else { "0" }),
-        Some(Value::Number(n)) => out.push_str(&n.to_string()),
-        Some(other) => out.push_str(&other.to_string()),
+    if let Some(v) = v {
+        v.push_text(out);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use std::collections::HashMap;
 
     #[test]
     fn renders_columns_and_escapes() {
         let t = Template::parse("Summarize {title}: {body} {{json}} {n}").unwrap();
         assert_eq!(t.columns(), vec!["title", "body", "n"]);
-        let row = json!({"title": "T", "body": "B", "n": 3});
+        let text = |s: &str| Value::Text(s.into());
+        let row = HashMap::from([
+            ("title", text("T")),
+            ("body", text("B")),
+            ("n", Value::Int(3)),
+        ]);
         assert_eq!(t.render(|c| row.get(c)), "Summarize T: B {json} 3");
-        let row = json!({"title": null, "body": "B", "n": 1.5});
+        let row = HashMap::from([
+            ("title", Value::Null),
+            ("body", text("B")),
+            ("n", Value::Float(1.5)),
+        ]);
         assert_eq!(t.render(|c| row.get(c)), "Summarize : B {json} 1.5");
     }
 

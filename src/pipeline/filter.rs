@@ -3,7 +3,7 @@
 //! with `=`, `!=`/`<>`, `<`, `<=`, `>`, `>=`, `IS [NOT] NULL`, `[NOT] IN (…)`,
 //! `[NOT] LIKE '%x_'`, `AND`, `OR`, `NOT` and parentheses. Comparisons with NULL are false.
 
-use serde_json::Value;
+use crate::model::ColumnValue as Value;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
@@ -239,7 +239,7 @@ impl Parser {
         }
         if self.eat_kw("LIKE") {
             return match self.operand()? {
-                Operand::Lit(Value::String(p)) => Ok(Expr::Like(l, p, neg)),
+                Operand::Lit(Value::Text(p)) => Ok(Expr::Like(l, p, neg)),
                 _ => Err("LIKE takes a string pattern".into()),
             };
         }
@@ -270,14 +270,13 @@ impl Parser {
             .ok_or_else(|| format!("expected a value at {at}"))?;
         self.i += 1;
         Ok(match t {
-            Tok::Str(s) => Operand::Lit(Value::String(s)),
-            Tok::Num(n) => Operand::Lit(
-                serde_json::from_str::<Value>(&n)
-                    .map_err(|_| format!("bad number `{n}` at {at}"))?,
-            ),
+            Tok::Str(s) => Operand::Lit(Value::Text(s)),
+            Tok::Num(n) => {
+                Operand::Lit(number(&n).ok_or_else(|| format!("bad number `{n}` at {at}"))?)
+            }
             Tok::Ident(s) if s.eq_ignore_ascii_case("NULL") => Operand::Lit(Value::Null),
-            Tok::Ident(s) if s.eq_ignore_ascii_case("TRUE") => Operand::Lit(Value::Bool(true)),
-            Tok::Ident(s) if s.eq_ignore_ascii_case("FALSE") => Operand::Lit(Value::Bool(false)),
+            Tok::Ident(s) if s.eq_ignore_ascii_case("TRUE") => Operand::Lit(Value::Int(1)),
+            Tok::Ident(s) if s.eq_ignore_ascii_case("FALSE") => Operand::Lit(Value::Int(0)),
             Tok::Ident(s) => Operand::Column(s),
             other => return Err(format!("unexpected {other:?} at {at}")),
         })
@@ -382,44 +381,69 @@ impl Expr {
                     != *neg
             }
             Expr::Like(a, p, neg) => match get(a) {
-                Value::String(s) => like(&s, p) != *neg,
+                Value::Text(s) => like(&s, p) != *neg,
                 Value::Null => false,
-                v => like(&v.to_string(), p) != *neg,
+                v => {
+                    let mut s = String::new();
+                    v.push_text(&mut s);
+                    like(&s, p) != *neg
+                }
             },
-            Expr::Truthy(a) => match get(a) {
-                Value::Bool(b) => b,
-                Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-                Value::String(s) => s.parse::<f64>().is_ok_and(|f| f != 0.0),
-                _ => false,
-            },
+            Expr::Truthy(a) => as_num(&get(a)).is_some_and(|f| f != 0.0),
         }
     }
 }
 
+/// A number literal: an exact integer where it is one.
+fn number(n: &str) -> Option<Value> {
+    if let Ok(i) = n.parse::<i64>() {
+        return Some(Value::Int(i));
+    }
+    if let Ok(u) = n.parse::<u64>() {
+        return Some(Value::UInt(u));
+    }
+    n.parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite())
+        .map(Value::Float)
+}
+
 fn as_num(v: &Value) -> Option<f64> {
     match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.parse().ok(),
-        Value::Bool(b) => Some(*b as u8 as f64),
+        Value::Json(j) => j.get().parse().ok(),
+        v => v.as_f64(),
+    }
+}
+
+/// A JSON document that is a string compares as that string.
+fn as_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match v {
+        Value::Text(s) => Some(s.into()),
+        Value::Json(j) if j.get().starts_with('"') => {
+            serde_json::from_str::<String>(j.get()).ok().map(Into::into)
+        }
         _ => None,
     }
 }
 
 fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
+    let int = |v: &Value| match v {
+        Value::Int(i) => Some(*i as i128),
+        Value::UInt(u) => Some(*u as i128),
+        _ => None,
+    };
     match (a, b) {
         (Value::Null, _) | (_, Value::Null) => None,
-        (Value::Number(x), Value::Number(y)) => {
-            if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
+        _ => {
+            if let (Some(x), Some(y)) = (int(a), int(b)) {
                 return Some(x.cmp(&y));
             }
-            if let (Some(x), Some(y)) = (x.as_u64(), y.as_u64()) {
+            if let (Some(x), Some(y)) = (as_text(a), as_text(b)) {
                 return Some(x.cmp(&y));
             }
-            x.as_f64()?.partial_cmp(&y.as_f64()?)
+            // DECIMAL columns are text: compare them with number literals as numbers.
+            as_num(a)?.partial_cmp(&as_num(b)?)
         }
-        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
-        // DECIMAL columns are strings: compare them with number literals as numbers.
-        _ => as_num(a)?.partial_cmp(&as_num(b)?),
     }
 }
 
@@ -453,7 +477,6 @@ fn like(s: &str, p: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn run(e: &str, row: &[Value]) -> bool {
         let names = ["a", "b", "c"];
@@ -466,7 +489,7 @@ mod tests {
 
     #[test]
     fn evaluates() {
-        let row = [json!(5), json!("en"), json!(null)];
+        let row = [Value::Int(5), Value::Text("en".into()), Value::Null];
         assert!(run("a >= 4 AND b = 'en'", &row));
         assert!(!run("a > 5", &row));
         assert!(run("c IS NULL AND NOT (b IN ('fr', 'de'))", &row));

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::config::PipelineConfig;
-use crate::source::mysql::decode::TablePlan;
+use crate::model::ColumnValue;
+use crate::source::mysql::plan::TablePlan;
 use crate::source::{Op, RowChange};
 use filter::Expr;
 
@@ -20,7 +20,7 @@ use filter::Expr;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image {
     pub names: Arc<[String]>,
-    pub values: Vec<Value>,
+    pub values: Vec<ColumnValue>,
 }
 
 impl Serialize for Image {
@@ -34,7 +34,7 @@ impl Serialize for Image {
 }
 
 impl Image {
-    pub fn get(&self, name: &str) -> Option<&Value> {
+    pub fn get(&self, name: &str) -> Option<&ColumnValue> {
         self.names
             .iter()
             .position(|n| n == name)
@@ -53,6 +53,9 @@ pub struct SourceInfo {
     pub gtid: Option<Arc<str>>,
     pub file: Arc<str>,
     pub pos: u64,
+    /// The rows event's index in its transaction.
+    pub event: u64,
+    /// The row's index in its rows event.
     pub row: u64,
     pub ts_ms: u64,
 }
@@ -64,7 +67,7 @@ pub struct ChangeRecord {
     pub before: Option<Image>,
     pub after: Option<Image>,
     pub source: SourceInfo,
-    pub enrichment: serde_json::Map<String, Value>,
+    pub enrichment: serde_json::Map<String, serde_json::Value>,
     #[serde(skip)]
     pub key: Image,
     /// Index of the pipeline in the router's list.
@@ -144,6 +147,11 @@ impl Router {
         }
     }
 
+    /// Whether an active pipeline reads `db`.`table`.
+    pub fn reads(&self, db: &str, table: &str) -> bool {
+        self.by_table.get(db).is_some_and(|m| m.contains_key(table))
+    }
+
     /// The tables some pipeline reads.
     pub fn tables(&self) -> Vec<(String, String)> {
         let mut v: Vec<_> = self
@@ -174,7 +182,7 @@ impl Router {
         };
         let picked = match &p.columns {
             Some(cols) => resolve(cols)?,
-            None => (0..plan.columns.len()).collect(),
+            None => plan.visible().collect(),
         };
         let key_idx = match &p.key {
             Some(cols) => resolve(cols)?,
@@ -208,6 +216,33 @@ impl Router {
         }
         self.bound.insert(key, (plan.clone(), b.clone()));
         Ok(b)
+    }
+
+    /// Values of `db`.`table` can no longer be decoded: every active pipeline of that table
+    /// stops (with the error, naming pipeline, table, column, type and position); the others
+    /// go on.
+    pub fn table_failed(
+        &mut self,
+        db: &str,
+        table: &str,
+        error: &crate::source::DecodeError,
+        position: &crate::model::BinlogPosition,
+    ) {
+        let Some(idxs) = self.by_table.get(db).and_then(|m| m.get(table)).cloned() else {
+            return;
+        };
+        for idx in idxs.iter().copied() {
+            if self.stopped[idx].is_some() {
+                continue;
+            }
+            let p = &self.pipelines[idx];
+            let why = format!("pipeline `{}`: {error} (at {position})", p.name);
+            tracing::error!(pipeline = %p.name, file = %p.file, %position, %error,
+                "pipeline stopped: a value of its table cannot be decoded; the other pipelines go on. \
+                 Fix the table (or the pipeline), restart, and backfill it");
+            self.stopped[idx] = Some(why);
+            self.newly_stopped.push(idx);
+        }
     }
 
     /// The records `row` makes, one per pipeline that takes it.
@@ -248,7 +283,7 @@ impl Router {
                 Err(e) => {
                     // This pipeline cannot go on with the table as it now is; the others do.
                     tracing::error!(pipeline = %self.pipelines[idx].name, file = %self.pipelines[idx].file,
-                        position = %format!("{}:{}", row.txn_file, row.txn_pos), error = %e,
+                        position = %row.position, error = %e,
                         "pipeline stopped; the other pipelines go on. Fix the pipeline or the table, restart, and backfill it");
                     self.stopped[idx] = Some(e.to_string());
                     self.newly_stopped.push(idx);
@@ -265,12 +300,12 @@ impl Router {
                     continue;
                 }
             }
-            let project = |img: &Option<Vec<Value>>, ix: &[usize], names: &Arc<[String]>| {
+            let project = |img: &Option<Vec<ColumnValue>>, ix: &[usize], names: &Arc<[String]>| {
                 img.as_ref().map(|v| Image {
                     names: names.clone(),
                     values: ix
                         .iter()
-                        .map(|i| v.get(*i).cloned().unwrap_or(Value::Null))
+                        .map(|i| v.get(*i).cloned().unwrap_or(ColumnValue::Null))
                         .collect(),
                 })
             };
@@ -288,10 +323,11 @@ impl Router {
                     server_id: row.server_id,
                     db: b.db.clone(),
                     table: b.table.clone(),
-                    gtid: row.gtid.clone(),
-                    file: row.txn_file.clone(),
-                    pos: row.txn_pos,
-                    row: row.row,
+                    gtid: row.position.gtid.clone(),
+                    file: row.position.file.clone(),
+                    pos: row.position.pos,
+                    event: row.position.event,
+                    row: row.position.row,
                     ts_ms: row.ts_ms,
                 },
                 enrichment: serde_json::Map::new(),

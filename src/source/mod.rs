@@ -4,15 +4,13 @@
 //! so it can later run in another process (publishing to Kafka) without a rewrite.
 
 pub mod mysql;
-pub mod position;
 pub mod snapshot;
 
 use std::sync::Arc;
 
-pub use position::Position;
-use serde_json::Value;
-
-use crate::source::mysql::decode::TablePlan;
+pub use crate::model::BinlogPosition;
+use crate::model::ColumnValue;
+use crate::source::mysql::plan::TablePlan;
 
 /// The operation of a change record, as the envelope spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,30 +36,26 @@ impl Op {
     }
 }
 
-/// One changed row, with every column of the table (in table order).
+/// One changed row, with every column of the table map (in table order; the server's own
+/// hidden columns included, which records leave out).
 #[derive(Debug, Clone)]
 pub struct RowChange {
     pub table: Arc<TablePlan>,
     pub op: Op,
-    pub before: Option<Vec<Value>>,
-    pub after: Option<Vec<Value>>,
-    /// Where this row sits: the transaction's first event and the row's index in it.
-    pub txn_file: Arc<str>,
-    pub txn_pos: u64,
-    pub row: u64,
-    pub gtid: Option<Arc<str>>,
+    pub before: Option<Vec<ColumnValue>>,
+    pub after: Option<Vec<ColumnValue>>,
+    /// Where this row sits: its transaction, rows event and row.
+    pub position: BinlogPosition,
     pub server_id: u32,
     pub ts_ms: u64,
 }
 
 impl RowChange {
     /// The position to resume from once this row is done.
-    pub fn resume_after(&self) -> Position {
-        Position {
-            file: self.txn_file.clone(),
-            pos: self.txn_pos,
-            row: self.row + 1,
-            gtid: self.gtid.clone(),
+    pub fn resume_after(&self) -> BinlogPosition {
+        BinlogPosition {
+            row: self.position.row + 1,
+            ..self.position.clone()
         }
     }
 }
@@ -71,16 +65,27 @@ impl RowChange {
 pub enum SourceEvent {
     Row(RowChange),
     /// A transaction or statement ended: everything before `0` is done.
-    Progress(Position),
-    /// A DDL statement ran; cached schemas of `db` may be stale.
+    Progress(BinlogPosition),
+    /// A statement logged as text ran (DDL and the like): `parsed` says which tables it
+    /// changes, where the statement is one [`mysql::ddl`] knows.
     Ddl {
         db: String,
         query: String,
-        resume: Position,
+        resume: BinlogPosition,
+        parsed: Option<mysql::ddl::Ddl>,
+    },
+    /// Values of a table some pipeline reads cannot be decoded from `position` on: the
+    /// pipelines of that table stop; the stream goes on without it.
+    TableFailed {
+        db: String,
+        table: String,
+        error: Arc<DecodeError>,
+        position: BinlogPosition,
     },
 }
 
-/// A binlog that cannot be decoded. Never skipped: the stream stops with this error.
+/// A binlog that cannot be decoded. An event-level error stops the stream; a table-level one
+/// stops the pipelines of that table ([`SourceEvent::TableFailed`]). Never skipped silently.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("table map of `{db}`.`{table}` cannot be decoded: {reason}")]
@@ -89,11 +94,23 @@ pub enum DecodeError {
         table: String,
         reason: String,
     },
-    #[error("row of `{db}`.`{table}`{} cannot be decoded: {reason}", if column.is_empty() { String::new() } else { format!(", column `{column}`") })]
-    Row {
+    #[error("`{db}`.`{table}`{}: {reason}", describe_column(column, type_name))]
+    Column {
         db: String,
         table: String,
         column: String,
+        type_name: String,
+        reason: String,
+    },
+    #[error(
+        "a row of `{db}`.`{table}`{} cannot be decoded: {reason}",
+        describe_column(column, type_name)
+    )]
+    Value {
+        db: String,
+        table: String,
+        column: String,
+        type_name: String,
         reason: String,
     },
     #[error("event at {file}:{pos} (type {event_type}) cannot be decoded: {reason}")]
@@ -111,4 +128,12 @@ pub enum DecodeError {
         pos: u64,
         table_id: u64,
     },
+}
+
+fn describe_column(column: &str, type_name: &str) -> String {
+    match (column.is_empty(), type_name.is_empty()) {
+        (true, _) => String::new(),
+        (false, true) => format!(", column `{column}`"),
+        (false, false) => format!(", column `{column}` ({type_name})"),
+    }
 }

@@ -12,10 +12,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use serde_json::Value;
-
-use super::mysql::decode::TablePlan;
-use super::{Op, Position, RowChange};
+use super::mysql::plan::TablePlan;
+use super::{BinlogPosition, Op, RowChange};
+use crate::model::ColumnValue as Value;
 
 /// One chunk of a backfill, read between a low and a high watermark.
 pub struct Chunk {
@@ -28,7 +27,7 @@ pub struct Chunk {
     /// Full rows, in table order, as the binlog decoder would give them.
     pub rows: Vec<Vec<Value>>,
     /// Told the high watermark's resume position once the chunk's records are handed on.
-    pub done: tokio::sync::oneshot::Sender<Position>,
+    pub done: tokio::sync::oneshot::Sender<BinlogPosition>,
 }
 
 /// A backfill asked for through the signal table (`cdc-enricher backfill`).
@@ -134,10 +133,7 @@ impl Windows {
                 op: Op::Read,
                 before: None,
                 after: Some(r),
-                txn_file: at.txn_file.clone(),
-                txn_pos: at.txn_pos,
-                row: at.row,
-                gtid: at.gtid.clone(),
+                position: at.position.clone(),
                 server_id: at.server_id,
                 ts_ms: at.ts_ms,
             })
@@ -147,6 +143,6 @@ impl Windows {
 }
 
 /// True when `a` is at or after `b` in stream order.
-pub fn at_or_after(a: &Position, b: &Position) -> bool {
-    (&*a.file, a.pos, a.row) >= (&*b.file, b.pos, b.row)
+pub fn at_or_after(a: &BinlogPosition, b: &BinlogPosition) -> bool {
+    a >= b
 }

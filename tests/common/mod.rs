@@ -805,3 +805,62 @@ impl BackgroundWriter {
         self.thread.join().unwrap()
     }
 }
+
+/// A fidelity case of `../shared/fidelity-cases/` (its `case.sql`, `pipeline.yaml`).
+pub fn fidelity_case(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fidelity-cases")
+        .join(name)
+}
+
+impl MariaDb {
+    /// Runs a SQL script with the `mariadb` command-line client as admin (so client commands
+    /// such as `connect` work as they do for a user); panics with its output on failure.
+    pub fn run_script(&self, path: &Path) -> String {
+        let out = Command::new(find("mariadb"))
+            .args([
+                "--no-defaults",
+                "--default-character-set=utf8mb4",
+                "-h127.0.0.1",
+            ])
+            .arg(format!("-P{}", self.port))
+            .args(["-uadmin", "-padminpw"])
+            .stdin(std::fs::File::open(path).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A record's value split into its top-level fields, each kept as the exact JSON text the
+/// daemon wrote (numbers are compared as written, not through `f64`).
+pub fn raw_fields(r: &Record) -> std::collections::HashMap<String, String> {
+    let m: std::collections::HashMap<String, &serde_json::value::RawValue> =
+        serde_json::from_str(r.value.as_deref().expect("a value")).unwrap();
+    m.into_iter()
+        .map(|(k, v)| (k, v.get().to_string()))
+        .collect()
+}
+
+/// `(op, key, before, after)` of each record, the images as parsed JSON.
+pub fn changes(
+    recs: &[Record],
+) -> Vec<(String, Option<String>, serde_json::Value, serde_json::Value)> {
+    recs.iter()
+        .map(|r| {
+            let v = r.json();
+            (
+                v["op"].as_str().unwrap_or_default().to_string(),
+                r.key.clone(),
+                v["before"].clone(),
+                v["after"].clone(),
+            )
+        })
+        .collect()
+}

@@ -90,7 +90,7 @@ fn clip(s: &str) -> String {
 
 /// One row's values as an RFC 4180 CSV line (no line end): NULL is an empty field; a field
 /// holding `,` `"` CR or LF is quoted, with `"` doubled.
-pub fn csv_line(values: &[Option<&Value>]) -> String {
+pub fn csv_line(values: &[Option<&crate::model::ColumnValue>]) -> String {
     let mut line = String::new();
     let mut field = String::new();
     for (i, v) in values.iter().enumerate() {
@@ -317,11 +317,12 @@ mod tests {
 
     #[test]
     fn csv_lines_quote_what_needs_quoting() {
+        use crate::model::ColumnValue as V;
         let (a, b, c, d) = (
-            json!("plain"),
-            json!("a,b"),
-            json!("say \"hi\"\nbye"),
-            json!(2.5),
+            V::Text("plain".into()),
+            V::Text("a,b".into()),
+            V::Text("say \"hi\"\nbye".into()),
+            V::Float(2.5),
         );
         assert_eq!(
             csv_line(&[Some(&a), Some(&b), Some(&c), None, Some(&d)]),

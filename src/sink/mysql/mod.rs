@@ -20,6 +20,8 @@ use base64::Engine;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, TxOpts, Value as SqlValue};
 use serde_json::Value;
+
+use crate::model::{BinlogPosition, ColumnValue};
 use tokio::sync::mpsc;
 
 use super::{Sink, SinkError};
@@ -86,10 +88,14 @@ pub struct Plan {
 }
 
 /// The position a record came from, comparable in stream order.
-type Pos = (String, u64, u64);
+type Pos = BinlogPosition;
 
 fn pos_of(rec: &ChangeRecord) -> Pos {
-    (rec.source.file.to_string(), rec.source.pos, rec.source.row)
+    BinlogPosition {
+        event: rec.source.event,
+        row: rec.source.row,
+        ..BinlogPosition::new(rec.source.file.clone(), rec.source.pos)
+    }
 }
 
 struct Item {
@@ -134,28 +140,7 @@ impl MysqlSink {
         ))
         .await
         .map_err(err)?;
-        conn.query_drop(format!(
-            "CREATE TABLE IF NOT EXISTS {} (pipeline VARCHAR(191) NOT NULL PRIMARY KEY, file VARCHAR(255) NOT NULL, \
-             pos BIGINT UNSIGNED NOT NULL, row_index BIGINT UNSIGNED NOT NULL, \
-             updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6))",
-            qualified(&plan.progress_table)
-        ))
-        .await
-        .map_err(err)?;
-        let applied: Option<(String, u64, u64)> = conn
-            .exec_first(
-                format!(
-                    "SELECT file, pos, row_index FROM {} WHERE pipeline = ?",
-                    qualified(&plan.progress_table)
-                ),
-                (plan.pipeline.as_str(),),
-            )
-            .await
-            .map_err(err)?;
-        if let Some(a) = &applied {
-            tracing::info!(pipeline = %plan.pipeline, file = %a.0, pos = a.1, row = a.2,
-                "write-back resumes after its applied position");
-        }
+        let applied = applied_position(&mut conn, &plan).await.map_err(err)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(Mutex::new(None));
@@ -262,8 +247,66 @@ fn value_refused(e: &mysql_async::Error) -> bool {
         1048 | 1062 | 1264 | 1265 | 1292 | 1366 | 1406 | 1451 | 1452 | 1690 | 3140 | 3819 | 4025))
 }
 
-/// A JSON value as a statement parameter.
-pub fn sql_value(v: &Value, bind: Bind) -> SqlValue {
+/// Creates the progress table where missing (adding the `event_index` column to one made by a
+/// version before positions counted rows events) and reads the pipeline's applied position.
+async fn applied_position(
+    conn: &mut Conn,
+    plan: &Plan,
+) -> Result<Option<BinlogPosition>, mysql_async::Error> {
+    let table = qualified(&plan.progress_table);
+    conn.query_drop(format!(
+        "CREATE TABLE IF NOT EXISTS {table} (pipeline VARCHAR(191) NOT NULL PRIMARY KEY, \
+         file VARCHAR(255) NOT NULL, pos BIGINT UNSIGNED NOT NULL, event_index BIGINT UNSIGNED NULL, \
+         row_index BIGINT UNSIGNED NOT NULL, \
+         updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6))"
+    ))
+    .await?;
+    let (db, name) = crate::config::pipeline::split_table(&plan.progress_table).unwrap_or_default();
+    let has_event: Option<u8> = conn
+        .exec_first(
+            "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+             AND COLUMN_NAME = 'event_index'",
+            (db, name),
+        )
+        .await?;
+    if has_event.is_none() {
+        // A table made by a version before positions counted rows events (needs ALTER once).
+        conn.query_drop(format!(
+            "ALTER TABLE {table} ADD COLUMN event_index BIGINT UNSIGNED NULL AFTER pos"
+        ))
+        .await?;
+    }
+    let row: Option<(String, u64, Option<u64>, u64)> = conn
+        .exec_first(
+            format!("SELECT file, pos, event_index, row_index FROM {table} WHERE pipeline = ?"),
+            (plan.pipeline.as_str(),),
+        )
+        .await?;
+    let Some((file, pos, event, row)) = row else {
+        return Ok(None);
+    };
+    let applied = match event {
+        Some(event) => BinlogPosition {
+            event,
+            row,
+            ..BinlogPosition::new(file, pos)
+        },
+        None => {
+            // Written by a version whose row index counted every table's rows: the safe
+            // conversion is the transaction's start (its writes are replayed, guarded).
+            tracing::warn!(pipeline = %plan.pipeline, file = %file, pos, row,
+                "the applied position was written by an older version (rows counted across \
+                 tables); the write-back replays from the start of that transaction");
+            BinlogPosition::new(file, pos)
+        }
+    };
+    tracing::info!(pipeline = %plan.pipeline, position = %applied,
+        "write-back resumes after its applied position");
+    Ok(Some(applied))
+}
+
+/// A value of the enrichment (JSON) as a statement parameter.
+pub fn sql_value(v: &Value) -> SqlValue {
     match v {
         Value::Null => SqlValue::NULL,
         Value::Bool(b) => SqlValue::Int(*b as i64),
@@ -276,14 +319,26 @@ pub fn sql_value(v: &Value, bind: Bind) -> SqlValue {
                 SqlValue::Double(n.as_f64().unwrap_or(0.0))
             }
         }
-        Value::String(s) if bind == Bind::Base64 => {
+        Value::String(s) => SqlValue::Bytes(s.clone().into_bytes()),
+        other => SqlValue::Bytes(other.to_string().into_bytes()),
+    }
+}
+
+/// A column value of a record as a statement parameter (binary columns base64-decoded).
+pub fn column_sql_value(v: &ColumnValue, bind: Bind) -> SqlValue {
+    match v {
+        ColumnValue::Null => SqlValue::NULL,
+        ColumnValue::Int(i) => SqlValue::Int(*i),
+        ColumnValue::UInt(u) => SqlValue::UInt(*u),
+        ColumnValue::Float(f) => SqlValue::Double(*f),
+        ColumnValue::Text(s) if bind == Bind::Base64 => {
             match base64::engine::general_purpose::STANDARD.decode(s) {
                 Ok(b) => SqlValue::Bytes(b),
                 Err(_) => SqlValue::Bytes(s.clone().into_bytes()),
             }
         }
-        Value::String(s) => SqlValue::Bytes(s.clone().into_bytes()),
-        other => SqlValue::Bytes(other.to_string().into_bytes()),
+        ColumnValue::Text(s) => SqlValue::Bytes(s.clone().into_bytes()),
+        ColumnValue::Json(j) => SqlValue::Bytes(j.get().as_bytes().to_vec()),
     }
 }
 
@@ -396,21 +451,21 @@ impl Writer {
                 }
                 (v, _) => v.clone(),
             };
-            outs.push(sql_value(&v, Bind::Plain));
+            outs.push(sql_value(&v));
         }
         let after = rec.after.as_ref();
-        let get = |c: &str| after.and_then(|a| a.get(c)).cloned().unwrap_or(Value::Null);
+        let get = |c: &str| after.and_then(|a| a.get(c)).unwrap_or(&ColumnValue::Null);
         let key: Vec<SqlValue> = self
             .plan
             .key
             .iter()
-            .map(|(c, b)| sql_value(rec.key.get(c).unwrap_or(&Value::Null), *b))
+            .map(|(c, b)| column_sql_value(rec.key.get(c).unwrap_or(&ColumnValue::Null), *b))
             .collect();
         let guard: Vec<SqlValue> = self
             .plan
             .guard
             .iter()
-            .map(|(c, b)| sql_value(&get(c), *b))
+            .map(|(c, b)| column_sql_value(get(c), *b))
             .collect();
         let params = match self.plan.mode {
             // UPDATE t SET outputs… WHERE key… AND guard…
@@ -497,7 +552,7 @@ impl Writer {
                     (
                         self.plan.pipeline.as_str(),
                         serde_json::to_string(&it.rec.key).unwrap_or_default(),
-                        format!("{}:{}:{}", pos.0, pos.1, pos.2),
+                        pos.to_string(),
                         why,
                         serde_json::to_string(&it.rec).unwrap_or_default(),
                     ),
@@ -509,11 +564,12 @@ impl Writer {
         if let Some(p) = &last {
             tx.exec_drop(
                 format!(
-                    "INSERT INTO {} (pipeline, file, pos, row_index) VALUES (?, ?, ?, ?) \
-                     ON DUPLICATE KEY UPDATE file = VALUES(file), pos = VALUES(pos), row_index = VALUES(row_index)",
+                    "INSERT INTO {} (pipeline, file, pos, event_index, row_index) VALUES (?, ?, ?, ?, ?) \
+                     ON DUPLICATE KEY UPDATE file = VALUES(file), pos = VALUES(pos), \
+                     event_index = VALUES(event_index), row_index = VALUES(row_index)",
                     qualified(&self.plan.progress_table)
                 ),
-                (self.plan.pipeline.as_str(), p.0.as_str(), p.1, p.2),
+                (self.plan.pipeline.as_str(), &*p.file, p.pos, p.event, p.row),
             )
             .await?;
         }
@@ -623,22 +679,20 @@ mod tests {
 
     #[test]
     fn values_bind_by_type() {
-        assert_eq!(sql_value(&Value::Null, Bind::Plain), SqlValue::NULL);
+        assert_eq!(sql_value(&Value::Null), SqlValue::NULL);
+        assert_eq!(sql_value(&serde_json::json!(3)), SqlValue::Int(3));
+        assert_eq!(sql_value(&serde_json::json!(0.5)), SqlValue::Double(0.5));
         assert_eq!(
-            sql_value(&serde_json::json!(3), Bind::Plain),
-            SqlValue::Int(3)
+            sql_value(&serde_json::json!({"a": 1})),
+            SqlValue::Bytes(b"{\"a\":1}".to_vec())
         );
         assert_eq!(
-            sql_value(&serde_json::json!(0.5), Bind::Plain),
-            SqlValue::Double(0.5)
-        );
-        assert_eq!(
-            sql_value(&serde_json::json!("AAE="), Bind::Base64),
+            column_sql_value(&ColumnValue::Text("AAE=".into()), Bind::Base64),
             SqlValue::Bytes(vec![0, 1])
         );
         assert_eq!(
-            sql_value(&serde_json::json!({"a": 1}), Bind::Plain),
-            SqlValue::Bytes(b"{\"a\":1}".to_vec())
+            column_sql_value(&ColumnValue::UInt(u64::MAX), Bind::Plain),
+            SqlValue::UInt(u64::MAX)
         );
     }
 }

@@ -1,110 +1,178 @@
-//! The binlog event state machine: tracks files, positions and transactions, keeps a decode
-//! plan per table id, and turns events into [`SourceEvent`]s. Shared by the live stream and
-//! the file reader. Every event type is handled or refused by name: nothing is skipped
-//! without a reason written here.
+//! The binlog event state machine, shared by the live stream and the file reader: tracks files,
+//! positions and transactions, keeps a decode plan per table id, and turns events into
+//! [`SourceEvent`]s. Events are dispatched by their type's name, one function each; every type
+//! is handled or refused with its reason: nothing is skipped silently.
+//!
+//! Isolation: a rows event of a table no pipeline reads is counted (its index in the
+//! transaction is part of every later position) and never decoded. A table a pipeline reads
+//! whose values cannot be decoded is reported once as [`SourceEvent::TableFailed`]; the stream
+//! goes on without it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use mysql_common::binlog::events::{Event, GtidEvent, QueryEvent, RotateEvent, TableMapEvent};
+use mysql_common::binlog::events::{Event, GtidEvent, QueryEvent, RotateEvent};
 
-use super::decode::{self, TablePlan};
-use super::schema::Schemas;
-use crate::source::{DecodeError, Op, Position, RowChange, SourceEvent};
-
-// MariaDB's event types, which `mysql_common` does not decode.
-const MARIA_ANNOTATE_ROWS: u8 = 160;
-const MARIA_BINLOG_CHECKPOINT: u8 = 161;
-const MARIA_GTID: u8 = 162;
-const MARIA_GTID_LIST: u8 = 163;
-const MARIA_START_ENCRYPTION: u8 = 164;
-const MARIA_QUERY_COMPRESSED: u8 = 165;
+use super::ddl::{self, TableName};
+use super::event_type::EventType;
+use super::plan::TablePlan;
+use super::rows::{self, RowsKind, RowsType};
+use super::schema::TableSchema;
+use super::schema_history::{SchemaAt, SchemaHistory};
+use super::table_map::{Flavor, TableMap};
+use crate::model::BinlogPosition;
+use crate::source::{DecodeError, Op, RowChange, SourceEvent};
 
 #[derive(Debug)]
 struct Txn {
     file: Arc<str>,
     pos: u64,
     gtid: Option<Arc<str>>,
-    rows: u64,
+    /// Rows events seen so far in this transaction (all tables).
+    rows_events: u64,
     ts_ms: u64,
-    /// MariaDB GTID with FL_STANDALONE: a single statement, no BEGIN / COMMIT.
+    /// MariaDB GTID with FL_STANDALONE, or rows outside BEGIN: no COMMIT follows.
     standalone: bool,
 }
 
-/// Which tables to decode; the rows of the others are only counted.
+/// Which tables to decode; the rows events of the others are only counted.
 pub type TableFilter = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// What the decoder knows of a table id.
+enum TableEntry {
+    /// No pipeline reads it: its rows events are counted, never parsed.
+    Unread,
+    Read(Arc<TablePlan>),
+    /// Its values could not be decoded; reported, then treated as unread.
+    Failed,
+}
+
+/// A checkpoint of format 1 counted rows across every table of the transaction: until that
+/// count is reached in the first transaction, rows of all tables are counted to convert it.
+struct LegacySkip {
+    file: Arc<str>,
+    pos: u64,
+    rows_left: u64,
+}
 
 pub struct Decoder {
     file: Arc<str>,
     /// Where the next event starts (the end of the last one).
     next_pos: u64,
+    flavor: Flavor,
     txn: Option<Txn>,
-    plans: HashMap<u64, (Vec<u8>, Arc<TablePlan>)>,
-    schemas: Arc<Schemas>,
+    tables: HashMap<u64, (Vec<u8>, TableEntry)>,
+    history: SchemaHistory,
+    /// (table, DDL position) already warned about: the history cannot tell the definition.
+    warned: HashSet<(TableName, BinlogPosition)>,
+    /// Read tables a DDL changed since the caller last asked, with the DDL's end.
+    ddl_changed: Vec<(TableName, BinlogPosition)>,
     /// Rows of the first transaction at this position to skip (they were delivered).
-    skip: Option<Position>,
+    skip: Option<BinlogPosition>,
+    legacy: Option<LegacySkip>,
     /// The end of the TRANSACTION_PAYLOAD whose inner events are being read.
     payload_end: Option<u64>,
-    /// Only decode rows of these tables (None: all). Other tables' rows still count for positions.
+    /// Only decode rows of these tables (None: all).
     pub filter: Option<TableFilter>,
+    /// Tables whose values failed to decode (reported once; not decoded again this run).
+    failed: HashSet<(String, String)>,
 }
 
 impl Decoder {
-    pub fn new(start: &Position, schemas: Arc<Schemas>) -> Self {
+    pub fn new(start: &BinlogPosition, history: SchemaHistory) -> Self {
         Decoder {
             file: start.file.clone(),
             next_pos: start.pos,
+            flavor: Flavor::default(),
             txn: None,
-            plans: HashMap::new(),
-            schemas,
-            skip: (start.row > 0).then(|| start.clone()),
+            tables: HashMap::new(),
+            history,
+            warned: HashSet::new(),
+            ddl_changed: Vec::new(),
+            skip: start.is_inside_transaction().then(|| start.clone()),
+            legacy: None,
             payload_end: None,
             filter: None,
+            failed: HashSet::new(),
         }
     }
 
-    pub fn set_schemas(&mut self, schemas: Arc<Schemas>) {
-        self.schemas = schemas;
-        self.plans.clear();
+    /// Resume a checkpoint of format 1 (`row` counted rows of every table of the transaction).
+    pub fn with_legacy_rows(mut self, rows: u64) -> Self {
+        if rows > 0 {
+            self.legacy = Some(LegacySkip {
+                file: self.file.clone(),
+                pos: self.next_pos,
+                rows_left: rows,
+            });
+        }
+        self
+    }
+
+    /// The schema history as the decoder knows it now.
+    pub fn history(&self) -> &SchemaHistory {
+        &self.history
+    }
+
+    /// Records a table's definition from `from` on; decode plans are rebuilt.
+    pub fn record_schema(
+        &mut self,
+        t: &TableName,
+        from: BinlogPosition,
+        schema: Option<TableSchema>,
+    ) {
+        self.history.record(&t.0, &t.1, from, schema);
+        self.tables.clear();
+    }
+
+    /// Read tables whose columns a DDL changed since the last call, with the DDL's end.
+    pub fn take_ddl_changed(&mut self) -> Vec<(TableName, BinlogPosition)> {
+        std::mem::take(&mut self.ddl_changed)
+    }
+
+    /// Whether a pipeline reads `t` (and it has not failed).
+    pub fn reads(&self, t: &TableName) -> bool {
+        !self.failed.contains(t) && self.filter.as_ref().is_none_or(|f| f(&t.0, &t.1))
     }
 
     /// Where to resume to continue exactly after what was emitted so far.
-    pub fn resume_position(&self) -> Position {
+    pub fn resume_position(&self) -> BinlogPosition {
+        let skip = self.skip.clone();
         match &self.txn {
-            Some(t) => Position {
-                file: t.file.clone(),
-                pos: t.pos,
-                row: t.rows.max(
-                    self.skip
-                        .as_ref()
-                        .filter(|s| s.pos == t.pos && *s.file == *t.file)
-                        .map_or(0, |s| s.row),
-                ),
-                gtid: t.gtid.clone(),
-            },
-            None => Position {
-                file: self.file.clone(),
-                pos: self.next_pos,
-                row: self.skip.as_ref().map_or(0, |s| s.row),
-                gtid: None,
+            Some(t) => {
+                let mut p = BinlogPosition {
+                    event: t.rows_events,
+                    gtid: t.gtid.clone(),
+                    ..BinlogPosition::new(t.file.clone(), t.pos)
+                };
+                if let Some(s) = skip.filter(|s| s.pos == t.pos && *s.file == *t.file) {
+                    if (s.event, s.row) > (p.event, p.row) {
+                        (p.event, p.row) = (s.event, s.row);
+                    }
+                }
+                p
+            }
+            None => match skip {
+                Some(s) if s.pos == self.next_pos && *s.file == *self.file => s,
+                _ => BinlogPosition::new(self.file.clone(), self.next_pos),
             },
         }
     }
 
-    /// Forget the open transaction (after a disconnect): the stream restarts at `resume_position`.
-    pub fn reset_to(&mut self, p: &Position) {
+    /// Forget the open transaction (after a disconnect): the stream restarts at `p`.
+    pub fn reset_to(&mut self, p: &BinlogPosition) {
         self.file = p.file.clone();
         self.next_pos = p.pos;
         self.txn = None;
         self.payload_end = None;
-        self.skip = (p.row > 0).then(|| p.clone());
+        self.skip = p.is_inside_transaction().then(|| p.clone());
     }
 
-    fn err(&self, ev_type: u8, pos: u64, reason: impl Into<String>) -> DecodeError {
+    fn err(&self, code: u8, pos: u64, reason: impl Into<String>) -> DecodeError {
         DecodeError::Event {
             file: self.file.to_string(),
             pos,
-            event_type: ev_type,
+            event_type: code,
             reason: reason.into(),
         }
     }
@@ -114,7 +182,7 @@ impl Decoder {
             file: self.file.clone(),
             pos: start,
             gtid,
-            rows: 0,
+            rows_events: 0,
             ts_ms,
             standalone,
         });
@@ -122,13 +190,14 @@ impl Decoder {
 
     fn end_txn(&mut self, out: &mut Vec<SourceEvent>, end: u64) {
         self.txn = None;
+        self.legacy = None;
         if let Some(s) = &self.skip {
             if s.pos < end || *s.file != *self.file {
                 self.skip = None;
             }
         }
-        out.push(SourceEvent::Progress(Position::new(
-            self.file.to_string(),
+        out.push(SourceEvent::Progress(BinlogPosition::new(
+            self.file.clone(),
             end,
         )));
     }
@@ -146,272 +215,68 @@ impl Decoder {
         } else {
             log_pos
         };
-        let ts_ms = h.timestamp() as u64 * 1000;
-        let data = ev.data();
-        let io = |e: std::io::Error| self.err(code, start, e.to_string());
-
-        match code {
-            // ROTATE
-            4 => {
-                let r: RotateEvent<'_> = ev.read_event().map_err(io)?;
-                let mut name = r.name_raw().to_vec();
-                // A fake rotate that arrives before the format description carries the
-                // 4-byte CRC32 in its name (the reader does not yet know checksums are on).
-                if name.len() > 4 {
-                    let mut whole = Vec::with_capacity(19 + data.len());
-                    let mut hdr = Vec::new();
-                    mysql_common::proto::MySerialize::serialize(&h, &mut hdr);
-                    whole.extend_from_slice(&hdr);
-                    whole.extend_from_slice(&data[..data.len() - 4]);
-                    let tail = &name[name.len() - 4..];
-                    if crc32fast::hash(&whole).to_le_bytes() == tail {
-                        name.truncate(name.len() - 4);
-                    }
-                }
-                let name = String::from_utf8_lossy(&name).into_owned();
-                if log_pos != 0 {
-                    // A real rotate ends the file; table ids may be reused in the next.
-                    self.plans.clear();
-                }
-                self.file = Arc::from(name.as_str());
-                self.next_pos = r.position();
-                return Ok(());
-            }
-            // FORMAT_DESCRIPTION: the stream reader keeps it; START_V3, STOP, HEARTBEAT
-            15 | 1 | 3 => {}
-            27 | 41 => {
+        let at = At {
+            code,
+            start,
+            end,
+            ts_ms: h.timestamp() as u64 * 1000,
+            server_id: h.server_id(),
+        };
+        match EventType::from_code(code) {
+            EventType::Rotate => return self.on_rotate(ev, &at),
+            EventType::FormatDescription => self.on_format_description(ev),
+            EventType::FileMarker | EventType::NoData => {}
+            EventType::Heartbeat => {
                 if self.txn.is_none() && log_pos != 0 {
-                    out.push(SourceEvent::Progress(Position::new(
-                        self.file.to_string(),
+                    out.push(SourceEvent::Progress(BinlogPosition::new(
+                        self.file.clone(),
                         log_pos,
                     )));
                 }
                 return Ok(());
             }
-            // QUERY
-            2 | MARIA_QUERY_COMPRESSED => {
-                let query = if code == 2 {
-                    let q: QueryEvent<'_> = ev.read_event().map_err(io)?;
-                    (q.schema().into_owned(), q.query().into_owned())
-                } else {
-                    maria_compressed_query(data).map_err(|r| self.err(code, start, r))?
-                };
-                let (schema, q) = query;
-                let trimmed = q.trim();
-                let upper: String = trimmed
-                    .chars()
-                    .take(16)
-                    .collect::<String>()
-                    .to_ascii_uppercase();
-                if upper.starts_with("BEGIN") || upper.starts_with("XA START") {
-                    if self.txn.is_none() {
-                        self.begin(None, ts_ms, false, start);
-                    }
-                } else if upper.starts_with("COMMIT")
-                    || upper.starts_with("ROLLBACK")
-                    || upper.starts_with("XA END")
-                {
-                    self.end_txn(out, end);
-                } else if is_statement_dml(trimmed) {
-                    // A change logged as a statement (a session with binlog_format=STATEMENT):
-                    // its rows are not in the binlog. Said loudly; the position moves on.
-                    tracing::warn!(db = %schema, position = %format!("{}:{start}", self.file),
-                        statement = %trimmed.chars().take(200).collect::<String>(),
-                        "a change was logged as a statement, not as rows; its rows cannot be emitted \
-                         (set binlog_format=ROW for every session)");
-                    if self.txn.is_none() {
-                        out.push(SourceEvent::Progress(Position::new(self.file.clone(), end)));
-                    }
-                } else {
-                    // DDL or another statement logged as text: its own transaction.
-                    let resume = Position::new(self.file.clone(), end);
-                    self.txn = None;
-                    self.skip = None;
-                    out.push(SourceEvent::Ddl {
-                        db: schema,
-                        query: q.to_string(),
-                        resume,
-                    });
-                }
+            EventType::Query => {
+                let q: QueryEvent<'_> = ev
+                    .read_event()
+                    .map_err(|e| self.err(code, start, e.to_string()))?;
+                self.on_query(&q.schema(), &q.query(), &at, out);
             }
-            // XID
-            16 => {
+            EventType::QueryCompressed => {
+                let (db, q) =
+                    maria_compressed_query(ev.data()).map_err(|r| self.err(code, start, r))?;
+                self.on_query(&db, &q, &at, out);
+            }
+            EventType::Xid => {
                 // The xid value itself is not needed (and 5.1 betas wrote it differently).
                 if in_payload {
                     self.payload_end = None;
                 }
                 self.end_txn(out, end);
             }
-            // XA_PREPARE
-            38 => self.end_txn(out, end),
-            // GTID, ANONYMOUS_GTID, GTID_TAGGED
-            33 | 34 | 42 => {
-                let gtid = if code == 34 {
-                    None
+            EventType::XaPrepare => self.end_txn(out, end),
+            EventType::MysqlGtid { anonymous, .. } => self.on_mysql_gtid(ev, anonymous, &at)?,
+            EventType::MariaGtid => self.on_maria_gtid(ev.data(), &at)?,
+            EventType::TableMap => {
+                let tid_len = table_id_len(ev, code);
+                self.on_table_map(ev.data(), tid_len, &at, out)?;
+            }
+            EventType::Rows(t) => {
+                let tid_len = if code >= 160 {
+                    6
                 } else {
-                    let g: GtidEvent = ev.read_event().map_err(io)?;
-                    let sid = g.sid();
-                    let uuid = format!(
-                        "{}-{}-{}-{}-{}",
-                        hex(&sid[0..4]),
-                        hex(&sid[4..6]),
-                        hex(&sid[6..8]),
-                        hex(&sid[8..10]),
-                        hex(&sid[10..16])
-                    );
-                    Some(match g.tag() {
-                        Some(tag) => format!("{uuid}:{}:{}", tag.as_str(), g.gno()),
-                        None => format!("{uuid}:{}", g.gno()),
-                    })
+                    table_id_len(ev, code)
                 };
-                self.begin(gtid.map(Arc::from), ts_ms, false, start);
+                self.on_rows(t, ev.data(), tid_len, &at, out)?;
             }
-            MARIA_GTID => {
-                // seq_no u64, domain_id u32, flags u8
-                if data.len() < 13 {
-                    return Err(self.err(
-                        code,
-                        start,
-                        format!("MariaDB GTID event of {} bytes", data.len()),
-                    ));
-                }
-                let seq = u64::from_le_bytes(data[0..8].try_into().unwrap_or_default());
-                let domain = u32::from_le_bytes(data[8..12].try_into().unwrap_or_default());
-                let flags = data[12];
-                let gtid = format!("{domain}-{}-{seq}", h.server_id());
-                self.begin(Some(Arc::from(gtid)), ts_ms, flags & 1 != 0, start);
-            }
-            // TABLE_MAP
-            19 => {
-                let tme: TableMapEvent<'_> = ev.read_event().map_err(io)?;
-                let id = tme.table_id();
-                if let Some((raw, _)) = self.plans.get(&id) {
-                    if raw.as_slice() == data {
-                        self.advance(end, in_payload);
-                        return Ok(());
-                    }
-                }
-                let key = (
-                    tme.database_name().into_owned(),
-                    tme.table_name().into_owned(),
-                );
-                let wanted = self.filter.as_ref().is_none_or(|f| f(&key.0, &key.1));
-                if wanted {
-                    let plan = TablePlan::build(&tme, self.schemas.get(&key))?;
-                    self.plans.insert(id, (data.to_vec(), Arc::new(plan)));
-                } else {
-                    self.plans.remove(&id);
-                    self.plans
-                        .insert(id, (data.to_vec(), Arc::new(skip_plan(&tme))));
-                }
-            }
-            // Rows events: v1, v2, partial JSON, MariaDB compressed
-            c if decode::is_rows_event(c) => {
-                let post_header = ev.fde().get_event_type_header_length(
-                    mysql_common::binlog::consts::EventType::try_from(c)
-                        .unwrap_or(mysql_common::binlog::consts::EventType::WRITE_ROWS_EVENT),
-                );
-                let tid_len = decode::table_id_len(if c >= 160 { 8 } else { post_header });
-                let rows = decode::parse_rows_event(c, data, tid_len)
-                    .map_err(|r| self.err(c, start, r))?;
-                let Some((_, plan)) = self.plans.get(&rows.table_id) else {
-                    return Err(DecodeError::NoTableMap {
-                        file: self.file.to_string(),
-                        pos: start,
-                        table_id: rows.table_id,
-                    });
-                };
-                let plan = plan.clone();
-                if self.txn.is_none() {
-                    // Rows outside BEGIN/COMMIT (non-transactional engines on old servers).
-                    self.begin(None, ts_ms, true, start);
-                }
-                let Some(txn) = self.txn.as_mut() else {
-                    unreachable!()
-                };
-                let skip_below = match &self.skip {
-                    Some(s) if s.pos == txn.pos && *s.file == *txn.file => s.row,
-                    _ => 0,
-                };
-                let server_id = h.server_id();
-                let skip_table = plan.table_id == SKIP_TABLE_ID;
-                if skip_table {
-                    // No pipeline reads this table: its rows are parsed only to be counted, so
-                    // row indexes (and positions) stay exact.
-                    match count_rows(&plan, &rows) {
-                        Ok(k) => txn.rows += k,
-                        Err(r) => return Err(self.err(c, start, r)),
-                    }
-                } else {
-                    let base = txn.rows;
-                    let mut n = 0u64;
-                    let op = match rows.kind {
-                        decode::RowsKind::Write => Op::Insert,
-                        decode::RowsKind::Update => Op::Update,
-                        decode::RowsKind::Delete => Op::Delete,
-                    };
-                    let file = txn.file.clone();
-                    let (tpos, gtid, tts) = (txn.pos, txn.gtid.clone(), txn.ts_ms);
-                    decode::decode_rows(&plan, &rows, |before, after| {
-                        let row = base + n;
-                        n += 1;
-                        if row < skip_below {
-                            return;
-                        }
-                        out.push(SourceEvent::Row(RowChange {
-                            table: plan.clone(),
-                            op,
-                            before,
-                            after,
-                            txn_file: file.clone(),
-                            txn_pos: tpos,
-                            row,
-                            gtid: gtid.clone(),
-                            server_id,
-                            ts_ms: tts,
-                        }));
-                    })?;
-                    if let Some(t) = self.txn.as_mut() {
-                        t.rows += n;
-                    }
-                }
-                // STMT_END_F on a standalone transaction (no XID follows)
-                let standalone = self.txn.as_ref().is_some_and(|t| t.standalone);
-                let stmt_end = data
-                    .get(tid_len..tid_len + 2)
-                    .is_some_and(|f| f[0] & 1 != 0);
-                if standalone && stmt_end && self.txn.as_ref().is_some_and(|t| t.gtid.is_none()) {
-                    self.end_txn(out, end);
-                }
-            }
-            // TRANSACTION_PAYLOAD (MySQL 8 compression): inner events follow, without positions.
-            40 => {
+            EventType::TransactionPayload => {
                 self.payload_end = Some(log_pos);
                 return Ok(());
             }
-            // Events that carry no row data and need no action, each for its reason:
-            // INTVAR, RAND, USER_VAR: statement-based context; ROWS_QUERY and MariaDB ANNOTATE_ROWS:
-            // the SQL text of the rows that follow; PREVIOUS_GTIDS, MariaDB GTID_LIST and
-            // BINLOG_CHECKPOINT: file headers; IGNORABLE, TRANSACTION_CONTEXT, VIEW_CHANGE:
-            // group replication bookkeeping.
-            5
-            | 13
-            | 14
-            | 29
-            | MARIA_ANNOTATE_ROWS
-            | 35
-            | MARIA_GTID_LIST
-            | MARIA_BINLOG_CHECKPOINT
-            | 28
-            | 36
-            | 37 => {}
-            // LOAD DATA of statement-based logging (old LOAD, CREATE_FILE, APPEND_BLOCK, EXEC_LOAD,
-            // DELETE_FILE, NEW_LOAD, BEGIN_LOAD_QUERY, EXECUTE_LOAD_QUERY): no rows to emit.
-            6 | 8..=12 | 17 | 18 => {
+            EventType::StatementLoad => {
                 tracing::warn!(position = %format!("{}:{start}", self.file), event_type = code,
                     "a LOAD DATA logged as a statement; its rows are not in the binlog and cannot be emitted");
             }
-            26 => {
+            EventType::Incident => {
                 return Err(self.err(
                     code,
                     start,
@@ -419,7 +284,7 @@ impl Decoder {
                     re-snapshot the tables, then restart from a position after this event",
                 ));
             }
-            MARIA_START_ENCRYPTION => {
+            EventType::MariaStartEncryption => {
                 return Err(self.err(
                     code,
                     start,
@@ -427,15 +292,15 @@ impl Decoder {
                     receives it decrypted, so read it over the network rather than from a file",
                 ));
             }
-            20..=22 => {
+            EventType::PreGaRows => {
                 return Err(self.err(
                     code,
                     start,
                     "pre-GA rows events of MySQL 5.1.0–5.1.15 are not supported",
                 ));
             }
-            other => {
-                return Err(self.err(other, start, "unknown event type; refusing to skip it"));
+            EventType::Unknown(_) => {
+                return Err(self.err(code, start, "unknown event type; refusing to skip it"));
             }
         }
         self.advance(end, in_payload);
@@ -447,32 +312,448 @@ impl Decoder {
             self.next_pos = end;
         }
     }
-}
 
-const SKIP_TABLE_ID: u64 = u64::MAX;
-
-/// A plan for a table no pipeline reads: only enough to count its rows.
-fn skip_plan(tme: &TableMapEvent<'_>) -> TablePlan {
-    match TablePlan::build(tme, None) {
-        Ok(mut p) => {
-            p.table_id = SKIP_TABLE_ID;
-            p
+    fn on_rotate(&mut self, ev: &Event, at: &At) -> Result<(), DecodeError> {
+        let r: RotateEvent<'_> = ev
+            .read_event()
+            .map_err(|e| self.err(at.code, at.start, e.to_string()))?;
+        let name = rotate_name(ev, r.name_raw());
+        if at.end != 0 {
+            // A real rotate ends the file; table ids may be reused in the next.
+            self.tables.clear();
         }
-        Err(_) => TablePlan {
-            table_id: SKIP_TABLE_ID,
-            db: tme.database_name().into_owned(),
-            table: tme.table_name().into_owned(),
-            columns: Vec::new(),
-            primary_key: Vec::new(),
-        },
+        self.file = Arc::from(name.as_str());
+        self.next_pos = r.position();
+        Ok(())
+    }
+
+    fn on_format_description(&mut self, ev: &Event) {
+        // The server version sits after the 2-byte binlog version, in 50 bytes.
+        let version = ev.data().get(2..52).unwrap_or_default();
+        if version.windows(7).any(|w| w == b"MariaDB") {
+            self.flavor = Flavor::MariaDb;
+        }
+    }
+
+    fn on_query(&mut self, schema: &str, q: &str, at: &At, out: &mut Vec<SourceEvent>) {
+        let trimmed = q.trim();
+        let head: String = trimmed
+            .chars()
+            .take(16)
+            .collect::<String>()
+            .to_ascii_uppercase();
+        if head.starts_with("BEGIN") || head.starts_with("XA START") {
+            if self.txn.is_none() {
+                self.begin(None, at.ts_ms, false, at.start);
+            }
+        } else if head.starts_with("COMMIT")
+            || head.starts_with("ROLLBACK")
+            || head.starts_with("XA END")
+        {
+            self.end_txn(out, at.end);
+        } else if is_statement_dml(trimmed) {
+            // A change logged as a statement (a session with binlog_format=STATEMENT): its rows
+            // are not in the binlog. Said loudly; the position moves on.
+            tracing::warn!(db = %schema, position = %format!("{}:{}", self.file, at.start),
+                statement = %trimmed.chars().take(200).collect::<String>(),
+                "a change was logged as a statement, not as rows; its rows cannot be emitted \
+                 (set binlog_format=ROW for every session)");
+            if self.txn.is_none() {
+                out.push(SourceEvent::Progress(BinlogPosition::new(
+                    self.file.clone(),
+                    at.end,
+                )));
+            }
+        } else {
+            // DDL or another statement logged as text: its own transaction.
+            let resume = BinlogPosition::new(self.file.clone(), at.end);
+            let parsed = ddl::parse(trimmed, schema);
+            if let Some(d) = &parsed {
+                let changed: Vec<TableName> = d
+                    .tables
+                    .iter()
+                    .filter(|t| {
+                        d.changes_columns_of(t) && self.reads(t) && self.history.tracks(&t.0, &t.1)
+                    })
+                    .cloned()
+                    .collect();
+                for t in changed {
+                    // A boundary: the definition from here on is recorded by the caller if
+                    // it can read it now (at the server's end), else found unknown.
+                    self.history.record(&t.0, &t.1, resume.clone(), None);
+                    self.ddl_changed.push((t, resume.clone()));
+                }
+                self.tables.clear();
+            }
+            self.txn = None;
+            self.skip = None;
+            self.legacy = None;
+            out.push(SourceEvent::Ddl {
+                db: schema.to_string(),
+                query: q.to_string(),
+                resume,
+                parsed,
+            });
+        }
+    }
+
+    fn on_mysql_gtid(&mut self, ev: &Event, anonymous: bool, at: &At) -> Result<(), DecodeError> {
+        let gtid = if anonymous {
+            None
+        } else {
+            let g: GtidEvent = ev
+                .read_event()
+                .map_err(|e| self.err(at.code, at.start, e.to_string()))?;
+            let sid = g.sid();
+            let uuid = format!(
+                "{}-{}-{}-{}-{}",
+                hex(&sid[0..4]),
+                hex(&sid[4..6]),
+                hex(&sid[6..8]),
+                hex(&sid[8..10]),
+                hex(&sid[10..16])
+            );
+            Some(match g.tag() {
+                Some(tag) => format!("{uuid}:{}:{}", tag.as_str(), g.gno()),
+                None => format!("{uuid}:{}", g.gno()),
+            })
+        };
+        self.begin(gtid.map(Arc::from), at.ts_ms, false, at.start);
+        Ok(())
+    }
+
+    /// MariaDB GTID: seq_no u64, domain_id u32, flags u8 (<https://mariadb.com/kb/en/gtid_event/>).
+    fn on_maria_gtid(&mut self, data: &[u8], at: &At) -> Result<(), DecodeError> {
+        self.flavor = Flavor::MariaDb;
+        let (Some(seq), Some(domain), Some(&flags)) = (
+            data.get(0..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes),
+            data.get(8..12)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_le_bytes),
+            data.get(12),
+        ) else {
+            return Err(self.err(
+                at.code,
+                at.start,
+                format!("MariaDB GTID event of {} bytes", data.len()),
+            ));
+        };
+        let gtid = format!("{domain}-{}-{seq}", at.server_id);
+        self.begin(Some(Arc::from(gtid)), at.ts_ms, flags & 1 != 0, at.start);
+        Ok(())
+    }
+
+    fn on_table_map(
+        &mut self,
+        data: &[u8],
+        tid_len: usize,
+        at: &At,
+        out: &mut Vec<SourceEvent>,
+    ) -> Result<(), DecodeError> {
+        let (id, db, table) =
+            TableMap::names(data, tid_len).map_err(|r| self.err(at.code, at.start, r))?;
+        if let Some((raw, _)) = self.tables.get(&id) {
+            if raw.as_slice() == data {
+                return Ok(());
+            }
+        }
+        let key = (db, table);
+        let entry = if !self.reads(&key) {
+            TableEntry::Unread
+        } else {
+            let here = self.position_at(at.start, 0, 0);
+            if let SchemaAt::Unknown { since } = self.history.at(&key.0, &key.1, &here) {
+                let since = since.clone();
+                self.warn_unknown(&key, since, &here);
+            }
+            let schema_at = self.history.at(&key.0, &key.1, &here);
+            let plan = TableMap::parse(data, tid_len, self.flavor)
+                .map_err(|reason| DecodeError::TableMap {
+                    db: key.0.clone(),
+                    table: key.1.clone(),
+                    reason,
+                })
+                .and_then(|tm| TablePlan::build(&tm, schema_at, self.flavor));
+            match plan {
+                Ok(p) => TableEntry::Read(Arc::new(p)),
+                Err(e) => {
+                    let event = self.txn.as_ref().map_or(0, |t| t.rows_events);
+                    let position = self.position_at(at.start, event, 0);
+                    self.fail_table(key, e, position, out)
+                }
+            }
+        };
+        self.tables.insert(id, (data.to_vec(), entry));
+        Ok(())
+    }
+
+    /// Says once per DDL that the history cannot tell a table's definition.
+    fn warn_unknown(&mut self, key: &TableName, since: BinlogPosition, here: &BinlogPosition) {
+        if self.warned.len() < 10_000 && self.warned.insert((key.clone(), since.clone())) {
+            tracing::warn!(table = %format!("{}.{}", key.0, key.1), position = %here, ddl = %since,
+                "the schema history cannot tell this table's definition here (a DDL changed it \
+                 and its result was not recorded): rows are typed from the binlog alone \
+                 (MariaDB JSON columns as text, no hidden-column names)");
+        }
+    }
+
+    /// Reports a table whose values cannot be decoded; its pipelines stop, the stream goes on.
+    fn fail_table(
+        &mut self,
+        key: (String, String),
+        error: DecodeError,
+        position: BinlogPosition,
+        out: &mut Vec<SourceEvent>,
+    ) -> TableEntry {
+        self.failed.insert(key.clone());
+        out.push(SourceEvent::TableFailed {
+            db: key.0,
+            table: key.1,
+            error: Arc::new(error),
+            position,
+        });
+        TableEntry::Failed
+    }
+
+    /// The position of the transaction in progress (or of the event at `start`), at rows
+    /// event `event`, row `row`.
+    fn position_at(&self, start: u64, event: u64, row: u64) -> BinlogPosition {
+        match &self.txn {
+            Some(t) => BinlogPosition {
+                event,
+                row,
+                gtid: t.gtid.clone(),
+                ..BinlogPosition::new(t.file.clone(), t.pos)
+            },
+            None => BinlogPosition::new(self.file.clone(), start),
+        }
+    }
+
+    fn on_rows(
+        &mut self,
+        t: RowsType,
+        data: &[u8],
+        tid_len: usize,
+        at: &At,
+        out: &mut Vec<SourceEvent>,
+    ) -> Result<(), DecodeError> {
+        let table_id = rows::table_id(data, tid_len).map_err(|r| self.err(at.code, at.start, r))?;
+        let Some((map_raw, entry)) = self.tables.get(&table_id) else {
+            return Err(DecodeError::NoTableMap {
+                file: self.file.to_string(),
+                pos: at.start,
+                table_id,
+            });
+        };
+        let plan = match entry {
+            TableEntry::Read(p) => Some(p.clone()),
+            TableEntry::Unread | TableEntry::Failed => None,
+        };
+        let map_raw = (self.legacy.is_some() && plan.is_none()).then(|| map_raw.clone());
+        if self.txn.is_none() {
+            // Rows outside BEGIN/COMMIT (non-transactional engines on old servers).
+            self.begin(None, at.ts_ms, true, at.start);
+        }
+        let Some(txn) = self.txn.as_mut() else {
+            return Ok(());
+        };
+        let index = txn.rows_events;
+        txn.rows_events += 1;
+        let mut skip_rows = match &self.skip {
+            Some(s) if s.pos == txn.pos && *s.file == *txn.file => {
+                if index < s.event {
+                    u64::MAX
+                } else if index == s.event {
+                    s.row
+                } else {
+                    0
+                }
+            }
+            _ => 0,
+        };
+        if self.legacy.is_some() {
+            skip_rows =
+                skip_rows.max(self.legacy_skip(t, data, tid_len, plan.as_deref(), map_raw, at)?);
+        }
+        if let (Some(plan), true) = (plan, skip_rows != u64::MAX) {
+            let rows = RowsAt {
+                t,
+                tid_len,
+                index,
+                skip_rows,
+            };
+            if let Some((e, bad_row)) = self.decode_rows(&rows, data, &plan, at, out)? {
+                // The rows before the bad one stay; the table's pipelines stop at it.
+                let position = self.position_at(at.start, index, bad_row);
+                let key = (plan.db.clone(), plan.table.clone());
+                let entry = self.fail_table(key, e, position, out);
+                if let Some(slot) = self.tables.get_mut(&table_id) {
+                    slot.1 = entry;
+                }
+            }
+        }
+        // STMT_END_F on a standalone transaction without GTID (no XID follows).
+        let standalone = self
+            .txn
+            .as_ref()
+            .is_some_and(|t| t.standalone && t.gtid.is_none());
+        let stmt_end = data
+            .get(tid_len..tid_len + 2)
+            .is_some_and(|f| f[0] & 1 != 0);
+        if standalone && stmt_end {
+            self.end_txn(out, at.end);
+        }
+        Ok(())
+    }
+
+    /// Decodes the rows of one event into `out`. `Ok(Some((error, row)))`: a value of the
+    /// table could not be decoded at `row` (the table fails, the stream goes on); `Err`: the
+    /// event itself is corrupt.
+    fn decode_rows(
+        &self,
+        r: &RowsAt,
+        data: &[u8],
+        plan: &Arc<TablePlan>,
+        at: &At,
+        out: &mut Vec<SourceEvent>,
+    ) -> Result<Option<(DecodeError, u64)>, DecodeError> {
+        let Some(txn) = self.txn.as_ref() else {
+            return Ok(None);
+        };
+        let base = BinlogPosition {
+            event: r.index,
+            gtid: txn.gtid.clone(),
+            ..BinlogPosition::new(txn.file.clone(), txn.pos)
+        };
+        let op = match r.t.kind {
+            RowsKind::Write => Op::Insert,
+            RowsKind::Update => Op::Update,
+            RowsKind::Delete => Op::Delete,
+        };
+        let ev = rows::parse_rows_event(r.t, data, r.tid_len)
+            .map_err(|reason| self.err(at.code, at.start, reason))?;
+        let mut next_row = 0;
+        let decoded = rows::decode_rows(plan, &ev, |row, before, after| {
+            next_row = row + 1;
+            if row < r.skip_rows {
+                return;
+            }
+            out.push(SourceEvent::Row(RowChange {
+                table: plan.clone(),
+                op,
+                before,
+                after,
+                position: BinlogPosition {
+                    row,
+                    ..base.clone()
+                },
+                server_id: at.server_id,
+                ts_ms: txn.ts_ms,
+            }));
+        });
+        Ok(decoded.err().map(|e| (e, next_row)))
+    }
+
+    /// Converts a format-1 checkpoint: rows of every table count until `rows_left` is spent.
+    /// Returns how many rows of this event to skip.
+    fn legacy_skip(
+        &mut self,
+        t: RowsType,
+        data: &[u8],
+        tid_len: usize,
+        plan: Option<&TablePlan>,
+        map_raw: Option<Vec<u8>>,
+        at: &At,
+    ) -> Result<u64, DecodeError> {
+        let (Some(l), Some(txn)) = (&self.legacy, &self.txn) else {
+            return Ok(0);
+        };
+        if l.pos != txn.pos || *l.file != *txn.file {
+            return Ok(0);
+        }
+        let rows_left = l.rows_left;
+        let owned;
+        let plan = match (plan, map_raw) {
+            (Some(p), _) => p,
+            (None, Some(raw)) => {
+                let tm = TableMap::parse(&raw, tid_len, self.flavor)
+                    .map_err(|r| self.err(at.code, at.start, r))?;
+                owned = TablePlan::build(&tm, SchemaAt::NotTracked, self.flavor)?;
+                &owned
+            }
+            (None, None) => return Ok(0),
+        };
+        let ev =
+            rows::parse_rows_event(t, data, tid_len).map_err(|r| self.err(at.code, at.start, r))?;
+        let n = rows::count_rows(plan, &ev).map_err(|e| {
+            self.err(
+                at.code,
+                at.start,
+                format!(
+                    "converting a checkpoint of format 1 needs the rows of every table of this \
+                     transaction counted, and {e}; delete the checkpoint and backfill the pipelines"
+                ),
+            )
+        })?;
+        let skip = rows_left.min(n);
+        if let Some(l) = self.legacy.as_mut() {
+            l.rows_left -= skip;
+            if l.rows_left == 0 {
+                self.legacy = None;
+            }
+        }
+        Ok(if skip == n { u64::MAX } else { skip })
     }
 }
 
-/// Counts the rows of an event of a table no pipeline reads (they still take row indexes).
-fn count_rows(plan: &TablePlan, rows: &decode::RowsEvent<'_>) -> Result<u64, String> {
-    let mut n = 0u64;
-    decode::decode_rows(plan, rows, |_, _| n += 1).map_err(|e| e.to_string())?;
-    Ok(n)
+/// A rows event's place: its type, table-id width, index in the transaction, rows to skip.
+struct RowsAt {
+    t: RowsType,
+    tid_len: usize,
+    index: u64,
+    skip_rows: u64,
+}
+
+/// Where an event sits, and what its header says.
+#[derive(Clone, Copy)]
+struct At {
+    code: u8,
+    start: u64,
+    end: u64,
+    ts_ms: u64,
+    server_id: u32,
+}
+
+/// The table-id width of this server's TABLE_MAP and rows events (4 on very old servers).
+fn table_id_len(ev: &Event, code: u8) -> usize {
+    use mysql_common::binlog::consts::EventType as T;
+    let post_header = T::try_from(code)
+        .map(|t| ev.fde().get_event_type_header_length(t))
+        .unwrap_or(8);
+    if post_header == 6 {
+        4
+    } else {
+        6
+    }
+}
+
+/// A rotate's file name. A fake rotate that arrives before the format description carries the
+/// 4-byte CRC32 in its name (the reader does not yet know checksums are on).
+fn rotate_name(ev: &Event, raw: &[u8]) -> String {
+    let mut name = raw.to_vec();
+    let data = ev.data();
+    if name.len() > 4 && data.len() >= 4 {
+        let mut whole = Vec::with_capacity(19 + data.len());
+        mysql_common::proto::MySerialize::serialize(&ev.header(), &mut whole);
+        whole.extend_from_slice(&data[..data.len() - 4]);
+        let tail = &name[name.len() - 4..];
+        if crc32fast::hash(&whole).to_le_bytes() == tail {
+            name.truncate(name.len() - 4);
+        }
+    }
+    String::from_utf8_lossy(&name).into_owned()
 }
 
 /// Whether a statement logged as text changes rows (statement-based logging).
@@ -493,7 +774,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// MariaDB QUERY_COMPRESSED: the QUERY post-header and status vars as usual, the query text compressed.
-fn maria_compressed_query(data: &[u8]) -> Result<(String, String), String> {
+pub(crate) fn maria_compressed_query(data: &[u8]) -> Result<(String, String), String> {
     // post-header: thread_id 4, exec_time 4, db_len 1, error_code 2, status_vars_len 2
     if data.len() < 13 {
         return Err("short QUERY_COMPRESSED event".into());
@@ -506,6 +787,6 @@ fn maria_compressed_query(data: &[u8]) -> Result<(String, String), String> {
         return Err("short QUERY_COMPRESSED event".into());
     }
     let db = String::from_utf8_lossy(&data[db_start..db_start + db_len]).into_owned();
-    let q = decode::mariadb_uncompress(&data[q_start..])?;
+    let q = rows::mariadb_uncompress(&data[q_start..])?;
     Ok((db, String::from_utf8_lossy(&q).into_owned()))
 }

@@ -3,15 +3,13 @@
 //! Events are framed here, with every length checked against the bytes that remain, before
 //! `mysql_common` sees them: a truncated or corrupt file gives an error naming the offset.
 
-use std::sync::Arc;
-
 use mysql_common::binlog::consts::BinlogVersion;
 use mysql_common::binlog::events::TransactionPayloadEvent;
 use mysql_common::binlog::EventStreamReader;
 
 use super::decoder::Decoder;
-use super::schema::Schemas;
-use crate::source::{Position, SourceEvent};
+use super::schema_history::SchemaHistory;
+use crate::source::{BinlogPosition, SourceEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -37,7 +35,7 @@ pub enum FileError {
     #[error("{path}: {source}")]
     Decode {
         path: String,
-        source: crate::source::DecodeError,
+        source: Box<crate::source::DecodeError>,
     },
 }
 
@@ -63,22 +61,18 @@ fn frame(buf: &[u8], off: usize) -> Result<usize, String> {
 }
 
 /// Decodes every event of the binlog at `path`, calling `f` with what each produced.
-pub fn decode_file(
-    path: &str,
-    schemas: Arc<Schemas>,
-    mut f: impl FnMut(SourceEvent),
-) -> Result<u64, FileError> {
+pub fn decode_file(path: &str, mut f: impl FnMut(SourceEvent)) -> Result<u64, FileError> {
     let buf = std::fs::read(path).map_err(|source| FileError::Io {
         path: path.into(),
         source,
     })?;
-    decode_bytes(path, &buf, schemas, &mut f)
+    decode_bytes(path, &buf, &mut f)
 }
 
+/// Decodes a binlog held in memory (no schema history: the binlog alone types the rows).
 pub fn decode_bytes(
     path: &str,
     buf: &[u8],
-    schemas: Arc<Schemas>,
     f: &mut dyn FnMut(SourceEvent),
 ) -> Result<u64, FileError> {
     if buf.len() < 4 || &buf[..4] != b"\xfebin" {
@@ -88,7 +82,7 @@ pub fn decode_bytes(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.to_string());
-    let mut decoder = Decoder::new(&Position::new(name, 4), schemas);
+    let mut decoder = Decoder::new(&BinlogPosition::new(name, 4), SchemaHistory::default());
     let mut esr = EventStreamReader::new(BinlogVersion::Version4);
     let mut off = 4usize;
     let mut out = Vec::new();
@@ -112,7 +106,7 @@ pub fn decode_bytes(
             .handle(&ev, &mut out)
             .map_err(|source| FileError::Decode {
                 path: path.into(),
-                source,
+                source: Box::new(source),
             })?;
         if ev.header().event_type_raw() == 40 {
             // TRANSACTION_PAYLOAD: decompress fully, then frame the inner events the same way.
@@ -140,7 +134,7 @@ pub fn decode_bytes(
                     .handle(&iev, &mut out)
                     .map_err(|source| FileError::Decode {
                         path: path.into(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 ioff += isize;
             }

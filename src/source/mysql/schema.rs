@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
 
-#[derive(Debug, Clone, PartialEq)]
+/// One column as `information_schema.COLUMNS` describes it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SchemaColumn {
     pub name: String,
     /// `information_schema.COLUMNS.DATA_TYPE`, lower case (`int`, `varchar`, `longtext`…).
@@ -17,10 +19,15 @@ pub struct SchemaColumn {
     pub unsigned: bool,
     /// MariaDB's JSON (a LONGTEXT with a `json_valid` check) or MySQL's JSON.
     pub is_json: bool,
+    /// Fractional digits of a temporal column (`DATETIME_PRECISION`).
+    #[serde(default)]
+    pub precision: Option<u8>,
     pub labels: Arc<[String]>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+/// A table's definition: its columns in order and its primary key.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TableSchema {
     pub columns: Vec<SchemaColumn>,
     pub primary_key: Vec<String>,
@@ -93,6 +100,9 @@ pub fn parse_labels(column_type: &str) -> Vec<String> {
     labels
 }
 
+/// COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, DATETIME_PRECISION.
+type ColumnRow = (String, String, String, Option<String>, Option<u8>);
+
 /// Loads the schema of each of `tables` (that exists) in one round of queries.
 pub async fn load(
     conn: &mut mysql_async::Conn,
@@ -100,11 +110,11 @@ pub async fn load(
 ) -> Result<Schemas, mysql_async::Error> {
     let mut out = Schemas::new();
     for (db, table) in tables {
-        let rows: Vec<(String, String, String, Option<String>)> = conn
+        let rows: Vec<ColumnRow> = conn
             .exec(
-                "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), CHARACTER_SET_NAME \
-                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
-                 ORDER BY ORDINAL_POSITION",
+                "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), CHARACTER_SET_NAME, \
+                 DATETIME_PRECISION FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (db, table),
             )
             .await?;
@@ -131,7 +141,7 @@ pub async fn load(
             .unwrap_or_default();
         let columns = rows
             .into_iter()
-            .map(|(name, data_type, column_type, charset)| {
+            .map(|(name, data_type, column_type, charset, precision)| {
                 let json_check = format!("json_valid(`{name}`)");
                 let is_json = data_type == "json"
                     || checks.iter().any(|c| c.eq_ignore_ascii_case(&json_check));
@@ -147,6 +157,7 @@ pub async fn load(
                     column_type,
                     charset,
                     is_json,
+                    precision,
                     labels,
                 }
             })

@@ -11,11 +11,14 @@ use base64::Engine;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value as SqlValue};
 use serde_json::{json, Value};
+
+use crate::model::{ColumnValue, JsonText};
 use tokio::sync::mpsc;
 
-use super::decode::{f32_value, float_value, ColumnPlan, Kind, TablePlan};
+use super::plan::{ColumnPlan, TablePlan};
 use super::schema::{self, SchemaColumn, TableSchema};
 use super::temporal;
+use super::values::Kind;
 use crate::checkpoint::AckTracker;
 use crate::config::{PipelineConfig, SnapshotConfig, SourceConfig};
 use crate::metrics::Metrics;
@@ -109,19 +112,23 @@ fn fsp(c: &SchemaColumn) -> u8 {
 }
 
 /// A value read over the binary protocol, typed as the binlog decoder types the same column
-/// (so a backfilled row and a streamed row of the same data are byte-identical).
-pub fn column_value(c: &SchemaColumn, v: SqlValue) -> Value {
+/// (so a backfilled row and a streamed row of the same data are byte-identical). Errors name
+/// what is wrong with the value (a JSON column holding something that is not JSON).
+pub fn column_value(c: &SchemaColumn, v: SqlValue) -> Result<ColumnValue, String> {
     let t = c.data_type.as_str();
-    match v {
-        SqlValue::NULL => Value::Null,
-        SqlValue::Int(i) if t == "year" => Value::String(format!("{i:04}")),
-        SqlValue::UInt(u) if t == "year" => Value::String(format!("{u:04}")),
-        SqlValue::Int(i) => Value::from(i),
-        SqlValue::UInt(u) => Value::from(u),
-        SqlValue::Float(f) => f32_value(f),
-        SqlValue::Double(d) if t == "float" => f32_value(d as f32),
-        SqlValue::Double(d) => float_value(d),
-        SqlValue::Date(y, mo, d, h, mi, s, us) => Value::String(temporal::from_parts(
+    Ok(match v {
+        SqlValue::NULL => ColumnValue::Null,
+        SqlValue::Int(i) if t == "year" => ColumnValue::Text(format!("{i:04}")),
+        SqlValue::UInt(u) if t == "year" => ColumnValue::Text(format!("{u:04}")),
+        SqlValue::Int(i) => ColumnValue::Int(i),
+        SqlValue::UInt(u) => match i64::try_from(u) {
+            Ok(i) => ColumnValue::Int(i),
+            Err(_) => ColumnValue::UInt(u),
+        },
+        SqlValue::Float(f) => ColumnValue::float32(f),
+        SqlValue::Double(d) if t == "float" => ColumnValue::float32(d as f32),
+        SqlValue::Double(d) => ColumnValue::float(d),
+        SqlValue::Date(y, mo, d, h, mi, s, us) => ColumnValue::Text(temporal::from_parts(
             t == "date",
             y,
             mo,
@@ -134,24 +141,27 @@ pub fn column_value(c: &SchemaColumn, v: SqlValue) -> Value {
             t == "timestamp",
         )),
         SqlValue::Time(neg, days, h, mi, s, us) => {
-            Value::String(temporal::time_from_parts(neg, days, h, mi, s, us, fsp(c)))
+            ColumnValue::Text(temporal::time_from_parts(neg, days, h, mi, s, us, fsp(c)))
         }
-        SqlValue::Bytes(b) => {
-            let b64 = |b: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(b));
-            if c.is_json || t == "json" {
-                serde_json::from_slice(&b)
-                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned()))
-            } else if t == "bit" {
-                Value::from(b.iter().fold(0u64, |a, x| (a << 8) | *x as u64))
-            } else if c.is_spatial() {
-                b64(if b.len() >= 4 { &b[4..] } else { &b })
-            } else if c.is_binary() {
-                b64(&b)
-            } else {
-                Value::String(String::from_utf8_lossy(&b).into_owned())
-            }
-        }
-    }
+        SqlValue::Bytes(b) => bytes_value(c, &b)?,
+    })
+}
+
+fn bytes_value(c: &SchemaColumn, b: &[u8]) -> Result<ColumnValue, String> {
+    let t = c.data_type.as_str();
+    let b64 = |b: &[u8]| ColumnValue::Text(base64::engine::general_purpose::STANDARD.encode(b));
+    Ok(if c.is_json || t == "json" {
+        let text = std::str::from_utf8(b).map_err(|e| format!("JSON that is not UTF-8: {e}"))?;
+        ColumnValue::Json(JsonText::parse(text)?)
+    } else if t == "bit" {
+        ColumnValue::UInt(b.iter().fold(0u64, |a, x| (a << 8) | *x as u64))
+    } else if c.is_spatial() {
+        b64(if b.len() >= 4 { &b[4..] } else { b })
+    } else if c.is_binary() {
+        b64(b)
+    } else {
+        ColumnValue::Text(String::from_utf8_lossy(b).into_owned())
+    })
 }
 
 /// A layout for routing backfilled rows: names and key from `information_schema` (the values
@@ -167,6 +177,8 @@ pub fn plan_from_schema(db: &str, table: &str, s: &TableSchema) -> TablePlan {
             .map(|c| ColumnPlan {
                 name: c.name.clone(),
                 kind: Kind::Null,
+                type_name: c.column_type.clone(),
+                hidden: false,
             })
             .collect(),
         primary_key: s
@@ -184,8 +196,8 @@ pub struct Job {
     /// The request that asked for it (none for `snapshot: initial` and re-snapshots).
     pub request: Option<String>,
     pub filter: Option<String>,
-    /// Resume after this key (its JSON values), from a saved progress row.
-    pub after: Option<Vec<Value>>,
+    /// Resume after this key, from a saved progress row.
+    pub after: Option<Vec<ColumnValue>>,
     pub rows_done: u64,
 }
 
@@ -266,7 +278,9 @@ impl Coordinator {
                     pipeline: i,
                     request: v["request"].as_str().map(str::to_string),
                     filter: v["filter"].as_str().map(str::to_string),
-                    after: v["after"].as_array().cloned(),
+                    after: v["after"]
+                        .as_array()
+                        .map(|a| a.iter().map(ColumnValue::from_json_value).collect()),
                     rows_done: v["rows"].as_u64().unwrap_or(0),
                 });
             }
@@ -510,7 +524,7 @@ impl Coordinator {
                         .iter()
                         .zip(&key_cols)
                         .map(|(v, c)| {
-                            crate::sink::mysql::sql_value(
+                            crate::sink::mysql::column_sql_value(
                                 v,
                                 if c.is_binary() {
                                     crate::sink::mysql::Bind::Base64
@@ -525,20 +539,23 @@ impl Coordinator {
             }
             .map_err(serr)?;
             let n = rows.len();
-            let decoded: Vec<Vec<Value>> = rows
+            let decoded: Vec<Vec<ColumnValue>> = rows
                 .into_iter()
                 .map(|r| {
                     r.unwrap_raw()
                         .into_iter()
                         .zip(&s.columns)
-                        .map(|(v, c)| column_value(c, v.unwrap_or(SqlValue::NULL)))
-                        .collect()
+                        .map(|(v, c)| {
+                            column_value(c, v.unwrap_or(SqlValue::NULL))
+                                .map_err(|e| perr(format!("column `{}`: {e}", c.name)))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
                 })
-                .collect();
-            let last_key: Option<Vec<Value>> = decoded
+                .collect::<Result<_, _>>()?;
+            let last_key: Option<Vec<ColumnValue>> = decoded
                 .last()
                 .map(|r| key_idx.iter().map(|i| r[*i].clone()).collect());
-            let emitted: Vec<Vec<Value>> = match &filter {
+            let emitted: Vec<Vec<ColumnValue>> = match &filter {
                 Some(f) => decoded.into_iter().filter(|r| f.eval(r)).collect(),
                 None => decoded,
             };

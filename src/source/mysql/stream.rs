@@ -10,10 +10,12 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn, Opts, OptsBuilder, SslOpts};
 use tokio::sync::{mpsc, watch};
 
+use super::ddl::TableName;
 use super::decoder::Decoder;
-use super::schema::{self, Schemas};
+use super::schema;
+use super::schema_history::SchemaHistory;
 use crate::config::{SourceConfig, TlsMode};
-use crate::source::{Position, SourceEvent};
+use crate::source::{BinlogPosition, SourceEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -28,13 +30,22 @@ pub enum SourceError {
         source: mysql_async::Error,
     },
     #[error(transparent)]
-    Decode(#[from] crate::source::DecodeError),
+    Decode(Box<crate::source::DecodeError>),
     #[error(
         "the binlog position {position} is no longer on the server ({reason}); \
              restart from a newer position (delete the checkpoint to start at the current end) \
              or re-snapshot the tables"
     )]
-    Purged { position: Position, reason: String },
+    Purged {
+        position: BinlogPosition,
+        reason: String,
+    },
+}
+
+impl From<crate::source::DecodeError> for SourceError {
+    fn from(e: crate::source::DecodeError) -> Self {
+        SourceError::Decode(Box::new(e))
+    }
 }
 
 /// Builds connection options from the source config.
@@ -80,7 +91,7 @@ pub async fn connect(cfg: &SourceConfig) -> Result<Conn, SourceError> {
 }
 
 /// The server's current end of binlog (SHOW MASTER STATUS / SHOW BINARY LOG STATUS).
-pub async fn current_position(conn: &mut Conn) -> Result<Position, SourceError> {
+pub async fn current_position(conn: &mut Conn) -> Result<BinlogPosition, SourceError> {
     let row: Option<mysql_async::Row> = match conn.query_first("SHOW MASTER STATUS").await {
         Ok(r) => r,
         Err(_) => conn
@@ -92,12 +103,12 @@ pub async fn current_position(conn: &mut Conn) -> Result<Position, SourceError> 
             })?,
     };
     let row = row.ok_or_else(|| SourceError::Purged {
-        position: Position::new("", 0),
+        position: BinlogPosition::new("", 0),
         reason: "the server has binary logging off (SHOW MASTER STATUS is empty)".into(),
     })?;
     let file: String = row.get(0).unwrap_or_default();
     let pos: u64 = row.get(1).unwrap_or(4);
-    Ok(Position::new(file, pos))
+    Ok(BinlogPosition::new(file, pos))
 }
 
 /// The oldest binlog the server still has.
@@ -121,7 +132,7 @@ pub async fn binary_logs(conn: &mut Conn) -> Result<Vec<(String, u64)>, SourceEr
 }
 
 /// Checks that `p` can still be streamed: its file is on the server and long enough.
-pub async fn check_position(conn: &mut Conn, p: &Position) -> Result<(), SourceError> {
+pub async fn check_position(conn: &mut Conn, p: &BinlogPosition) -> Result<(), SourceError> {
     let logs = binary_logs(conn).await?;
     match logs.iter().find(|(f, _)| **f == *p.file) {
         Some((_, size)) if *size >= p.pos => Ok(()),
@@ -143,21 +154,27 @@ pub async fn check_position(conn: &mut Conn, p: &Position) -> Result<(), SourceE
 pub struct MysqlSource {
     pub cfg: SourceConfig,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
-    pub tables: Vec<(String, String)>,
+    /// The tables some pipeline reads (a reload may add to them).
+    pub tables: Arc<std::sync::RwLock<std::collections::HashSet<TableName>>>,
     pub filter: Option<super::decoder::TableFilter>,
+    /// Where the schema history is published for the checkpoint writer after it changes.
+    pub history: Arc<std::sync::Mutex<SchemaHistory>>,
 }
 
 impl MysqlSource {
     /// Streams from `start` until `shutdown` turns true, sending batches of events to `tx`.
     /// Disconnects, server restarts and read timeouts reconnect with backoff and resume
     /// exactly after the last event sent. Decode errors stop the stream.
+    /// `legacy_rows`: a format-1 checkpoint's rows inside the transaction at `start`.
     pub async fn run(
         self,
-        start: Position,
+        start: BinlogPosition,
+        legacy_rows: u64,
         tx: mpsc::Sender<Vec<SourceEvent>>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), SourceError> {
-        let mut decoder = Decoder::new(&start, Arc::new(Schemas::new()));
+        let saved = self.history.lock().map(|h| h.clone()).unwrap_or_default();
+        let mut decoder = Decoder::new(&start, saved).with_legacy_rows(legacy_rows);
         decoder.filter = self.filter.clone();
         let heartbeat = Duration::from_millis(self.cfg.heartbeat_ms.max(100));
         let mut backoff = Duration::from_millis(100);
@@ -195,7 +212,7 @@ impl MysqlSource {
     async fn stream_once(
         &self,
         decoder: &mut Decoder,
-        resume: &Position,
+        resume: &BinlogPosition,
         heartbeat: Duration,
         tx: &mpsc::Sender<Vec<SourceEvent>>,
         shutdown: &mut watch::Receiver<bool>,
@@ -208,8 +225,8 @@ impl MysqlSource {
                 m.reconnects.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.load_schemas(&mut conn, decoder).await?;
         check_position(&mut conn, resume).await?;
+        let live_from = self.seed_history(&mut conn, decoder, resume).await?;
         let q = |what: &'static str| move |source| SourceError::Query { what, source };
         conn.query_drop(format!(
             "SET @master_heartbeat_period = {}",
@@ -280,12 +297,8 @@ impl MysqlSource {
                     m.transactions.fetch_add(ends as u64, Ordering::Relaxed);
                 }
             }
-            if let Some(SourceEvent::Ddl { query, .. }) = out.last() {
-                if changes_schema(query) {
-                    // Where the binlog carries no column names (binlog_row_metadata=MINIMAL),
-                    // they come from information_schema: read it again after DDL.
-                    self.refresh_schemas(decoder).await?;
-                }
+            if matches!(out.last(), Some(SourceEvent::Ddl { .. })) {
+                self.record_ddl(decoder, &live_from).await?;
             }
             // Send rows in batches, and at every transaction end so latency stays low.
             if out.len() >= 256
@@ -309,45 +322,128 @@ impl MysqlSource {
 }
 
 impl MysqlSource {
-    async fn refresh_schemas(&self, decoder: &mut Decoder) -> Result<(), SourceError> {
-        if self.tables.is_empty() {
-            return Ok(());
-        }
-        let mut conn = connect(&self.cfg).await?;
-        let r = self.load_schemas(&mut conn, decoder).await;
-        let _ = conn.disconnect().await;
-        r
+    fn read_tables(&self) -> Vec<TableName> {
+        let mut v: Vec<TableName> = self
+            .tables
+            .read()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
     }
 
-    /// Reads the pipelines' tables from information_schema into the decoder.
-    async fn load_schemas(
+    fn publish(&self, decoder: &Decoder) {
+        if let Ok(mut h) = self.history.lock() {
+            *h = decoder.history().clone();
+        }
+    }
+
+    /// Seeds the schema history when the stream (re)starts at `resume`: `information_schema`
+    /// now describes each read table after the last DDL on it before the server's current end;
+    /// the DDLs between `resume` and that end are found by a scan of the statements, so that
+    /// rows before them are not typed with today's definition. Returns the end: DDLs from there
+    /// on are read live, and their results recorded as they pass.
+    async fn seed_history(
         &self,
         conn: &mut Conn,
         decoder: &mut Decoder,
+        resume: &BinlogPosition,
+    ) -> Result<BinlogPosition, SourceError> {
+        let end = current_position(conn).await?;
+        let tables = self.read_tables();
+        let now = schema::load(conn, &tables)
+            .await
+            .map_err(|source| SourceError::Query {
+                what: "information_schema",
+                source,
+            })?;
+        let start = BinlogPosition::new(resume.file.clone(), resume.pos);
+        let ddls = if start < end {
+            self.scan_ddl(&start, &end, decoder).await?
+        } else {
+            Vec::new()
+        };
+        for t in &tables {
+            let mut last = None;
+            for (_, at) in ddls.iter().filter(|(d, _)| d == t) {
+                decoder.record_schema(t, at.clone(), None);
+                last = Some(at.clone());
+            }
+            decoder.record_schema(t, last.unwrap_or(start.clone()), now.get(t).cloned());
+        }
+        self.publish(decoder);
+        Ok(end)
+    }
+
+    /// The DDLs on read tables between `from` and `to`, with their end positions: a pass over
+    /// the binlog that reads only statements (rows events are not parsed).
+    async fn scan_ddl(
+        &self,
+        from: &BinlogPosition,
+        to: &BinlogPosition,
+        decoder: &Decoder,
+    ) -> Result<Vec<(TableName, BinlogPosition)>, SourceError> {
+        tracing::info!(from = %from, to = %to,
+            "reading the statements of the binlog backlog for DDL (schema history)");
+        let q = |what: &'static str| move |source| SourceError::Query { what, source };
+        let mut conn = connect(&self.cfg).await?;
+        conn.query_drop("SET @mariadb_slave_capability = 4")
+            .await
+            .map_err(q("SET @mariadb_slave_capability"))?;
+        let req = BinlogStreamRequest::new(self.cfg.server_id)
+            .with_filename(from.file.as_bytes())
+            .with_pos(from.pos)
+            .with_non_blocking();
+        let mut stream = conn
+            .get_binlog_stream(req)
+            .await
+            .map_err(q("COM_BINLOG_DUMP"))?;
+        let mut found = Vec::new();
+        let mut scan = super::ddl::Scan::new(from.file.clone());
+        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(60), stream.next()).await
+        {
+            let ev = ev.map_err(q("reading the binlog backlog"))?;
+            for (t, at) in scan.event(&ev) {
+                if decoder.reads(&t) {
+                    found.push((t, at));
+                }
+            }
+            if scan.position() >= *to {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// After a DDL: the definitions of the read tables it changed, read now if the stream is
+    /// at the server's end (`live_from` or later), else left unknown (found by the scan).
+    async fn record_ddl(
+        &self,
+        decoder: &mut Decoder,
+        live_from: &BinlogPosition,
     ) -> Result<(), SourceError> {
-        let schemas =
-            schema::load(conn, &self.tables)
-                .await
-                .map_err(|source| SourceError::Query {
-                    what: "information_schema",
-                    source,
-                })?;
-        decoder.set_schemas(Arc::new(schemas));
+        let changed: Vec<(TableName, BinlogPosition)> = decoder
+            .take_ddl_changed()
+            .into_iter()
+            .filter(|(_, at)| at >= live_from)
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let tables: Vec<TableName> = changed.iter().map(|(t, _)| t.clone()).collect();
+        let mut conn = connect(&self.cfg).await?;
+        let now = schema::load(&mut conn, &tables).await;
+        let _ = conn.disconnect().await;
+        let now = now.map_err(|source| SourceError::Query {
+            what: "information_schema",
+            source,
+        })?;
+        for (t, at) in changed {
+            decoder.record_schema(&t, at, now.get(&t).cloned());
+        }
+        self.publish(decoder);
         Ok(())
     }
-}
-
-/// Whether a statement may change a table's columns.
-fn changes_schema(query: &str) -> bool {
-    let head: String = query
-        .trim_start()
-        .chars()
-        .take(8)
-        .collect::<String>()
-        .to_ascii_uppercase();
-    ["ALTER", "CREATE", "DROP", "RENAME", "TRUNCATE"]
-        .iter()
-        .any(|k| head.starts_with(k))
 }
 
 /// Sets the `connected` gauge while alive.

@@ -3,6 +3,8 @@
 //! Fractional seconds are printed with as many digits as the column declares (`DATETIME(6)`
 //! gives six), so no precision is lost and none is invented.
 
+use super::cursor::Cursor;
+
 // Digits are written into a stack buffer, then copied into the String once: this is on the
 // decode hot path, where `format!` cost a fifth of the time.
 
@@ -202,6 +204,112 @@ pub fn timestamp(secs: i64, micros: u32, fsp: u8) -> String {
     b.frac(micros, fsp);
     b.byte(b'Z');
     b.finish()
+}
+
+/// The fraction of a MySQL 5.6 temporal value (TIME2, DATETIME2, TIMESTAMP2), in
+/// microseconds: 1, 2 or 3 big-endian bytes for 1–2, 3–4, 5–6 digits, in units of 1/100,
+/// 1/10,000 and 1/1,000,000 s (MySQL `my_time.cc`, `my_*_packed_from_binary`).
+pub fn fraction56(c: &mut Cursor<'_>, fsp: u8) -> Result<u32, String> {
+    Ok(match fsp {
+        0 => 0,
+        1 | 2 => c.u8()? as u32 * 10_000,
+        3 | 4 => c.be(2)? as u32 * 100,
+        5 | 6 => c.be(3)? as u32,
+        _ => return Err(format!("fractional digits {fsp} (at most 6)")),
+    })
+}
+
+/// TIME2 → the packed number `(hh << 12 | mm << 6 | ss) << 24 + µs`, signed.
+///
+/// Written here rather than taken from `mysql_common` (`my_time_packed_from_binary`, 0.37),
+/// which garbles negative values with 1 or 2 fractional digits (`-00:00:00.1` read as
+/// `624:63:63.166`). A negative TIME2 is the complement of the whole packed number, fraction
+/// included: with 1–4 digits the fraction byte(s) count down from the next second, so the
+/// integer part is one too small and the fraction is `-(2^8k - frac)` (MySQL `my_time.cc`).
+pub fn time2_packed(c: &mut Cursor<'_>, fsp: u8) -> Result<i64, String> {
+    const INT_OFS: i64 = 0x80_0000;
+    Ok(match fsp {
+        0 => (c.be(3)? as i64 - INT_OFS) << 24,
+        1 | 2 => frac_time(c.be(3)? as i64 - INT_OFS, c.u8()? as i64, 0x100, 10_000),
+        3 | 4 => frac_time(c.be(3)? as i64 - INT_OFS, c.be(2)? as i64, 0x1_0000, 100),
+        5 | 6 => c.be(6)? as i64 - 0x8000_0000_0000,
+        _ => return Err(format!("TIME with {fsp} fractional digits (at most 6)")),
+    })
+}
+
+fn frac_time(mut int: i64, mut frac: i64, modulus: i64, unit: i64) -> i64 {
+    if int < 0 && frac != 0 {
+        int += 1;
+        frac -= modulus;
+    }
+    (int << 24) + frac * unit
+}
+
+/// DATETIME2 → the packed number `ymdhms << 24 | µs` (never negative).
+pub fn datetime2_packed(c: &mut Cursor<'_>, fsp: u8) -> Result<i64, String> {
+    let int = c.be(5)? as i64 - 0x80_0000_0000;
+    let frac = fraction56(c, fsp)? as i64;
+    Ok((int << 24) + frac)
+}
+
+/// `10^(6 - fsp)`: the unit of MariaDB's 5.3-format fractions (`sec_part_shift`).
+fn hires_unit(fsp: u8) -> Result<i64, String> {
+    match fsp {
+        0..=6 => Ok(10i64.pow(6 - fsp as u32)),
+        _ => Err(format!("fractional digits {fsp} (at most 6)")),
+    }
+}
+
+/// MariaDB 5.3 TIME(n): `time_hires_bytes` big-endian bytes holding the signed microsecond
+/// count shifted to n digits plus the zero point (MariaDB `field.cc`, `Field_time_hires`).
+pub fn time_hires(c: &mut Cursor<'_>, fsp: u8) -> Result<String, String> {
+    const BYTES: [usize; 7] = [3, 4, 4, 5, 5, 5, 6];
+    let unit = hires_unit(fsp)?;
+    let zero = 3_020_400i64 * (1_000_000 / unit); // (838:59:59 + 1 s) in units
+    let units = c.be(BYTES[fsp as usize])? as i64 - zero;
+    let micros = units * unit;
+    let (neg, m) = (micros < 0, micros.unsigned_abs());
+    let secs = m / 1_000_000;
+    let mut b = Buf::new();
+    if neg {
+        b.byte(b'-');
+    }
+    b.time(secs / 3600, (secs / 60) % 60, secs % 60);
+    b.frac((m % 1_000_000) as u32, fsp);
+    Ok(b.finish())
+}
+
+/// MariaDB 5.3 DATETIME(n): `datetime_hires_bytes` big-endian bytes holding the packed
+/// `((((year·13 + month)·32 + day)·24 + hour)·60 + minute)·60 + second` microseconds, shifted
+/// to n digits (MariaDB `pack_time`).
+pub fn datetime_hires(c: &mut Cursor<'_>, fsp: u8) -> Result<String, String> {
+    const BYTES: [usize; 7] = [5, 6, 6, 7, 7, 7, 8];
+    let unit = hires_unit(fsp)? as u64;
+    let x = c.be(BYTES[fsp as usize])? * unit;
+    let micros = (x % 1_000_000) as u32;
+    let mut t = x / 1_000_000;
+    let mut next = |m: u64| {
+        let v = t % m;
+        t /= m;
+        v
+    };
+    let (s, mi, h, d, mo) = (next(60), next(60), next(24), next(32), next(13));
+    let mut b = Buf::new();
+    b.date(t, mo, d);
+    b.byte(b'T');
+    b.time(h, mi, s);
+    b.frac(micros, fsp);
+    Ok(b.finish())
+}
+
+/// MariaDB 5.3 TIMESTAMP(n): seconds as 4 big-endian bytes, then the fraction shifted to n
+/// digits in `sec_part_bytes` (0, 1, 1, 2, 2, 3, 3) big-endian bytes.
+pub fn timestamp_hires(c: &mut Cursor<'_>, fsp: u8) -> Result<String, String> {
+    const BYTES: [usize; 7] = [0, 1, 1, 2, 2, 3, 3];
+    let unit = hires_unit(fsp)?;
+    let secs = c.be(4)? as i64;
+    let micros = c.be(BYTES[fsp as usize])? as i64 * unit;
+    Ok(timestamp(secs, micros as u32, fsp))
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).

@@ -1,0 +1,460 @@
+//! What a statement logged as text does to tables: enough of MySQL's and MariaDB's DDL grammar
+//! to name the tables a statement creates, alters, renames, drops or truncates (and the
+//! partitions of `ALTER TABLE … TRUNCATE PARTITION`). Statements it does not know change no
+//! table it can name; they are left to the caller's log.
+//!
+//! Grammar: <https://mariadb.com/kb/en/data-definition/>, MySQL's `sql_yacc.yy`.
+
+/// A table a statement names: (database, table), the database from the statement's default
+/// when it is not qualified.
+pub type TableName = (String, String);
+
+/// What a statement does to the tables it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DdlKind {
+    CreateTable,
+    AlterTable,
+    DropTable,
+    /// `RENAME TABLE a TO b` (and `ALTER TABLE a RENAME TO b`): old and new names.
+    RenameTable,
+    /// `TRUNCATE TABLE t`: every row is gone, no rows event says so.
+    Truncate,
+    /// `ALTER TABLE t TRUNCATE PARTITION p, q` (`ALL` for every partition).
+    TruncatePartitions(Vec<String>),
+    /// `CREATE INDEX … ON t`, `DROP INDEX … ON t` (a long UNIQUE index adds a hidden column).
+    Index,
+}
+
+/// A statement's effect on tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ddl {
+    pub kind: DdlKind,
+    pub tables: Vec<TableName>,
+}
+
+impl Ddl {
+    /// Whether the statement may change the columns of `t`.
+    pub fn changes_columns_of(&self, t: &TableName) -> bool {
+        !matches!(
+            self.kind,
+            DdlKind::Truncate | DdlKind::TruncatePartitions(_)
+        ) && self.tables.contains(t)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    /// A bare word (upper-cased for keywords is left to the parser) or a quoted identifier.
+    Word(String, bool),
+    Dot,
+    Comma,
+    Other,
+}
+
+/// Splits SQL into tokens: comments dropped (MariaDB/MySQL executable comments `/*! … */`
+/// kept as code), strings and symbols as `Other`.
+fn lex(sql: &str) -> Vec<Tok> {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    let mut out = Vec::new();
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            b'#' => i = skip_line(b, i),
+            b'-' if b.get(i + 1) == Some(&b'-')
+                && b.get(i + 2).is_none_or(|c| c.is_ascii_whitespace()) =>
+            {
+                i = skip_line(b, i)
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                if b.get(i + 2) == Some(&b'!') || b[i + 2..].starts_with(b"M!") {
+                    // Executable comment: skip the marker and version digits, keep the code.
+                    i += if b.get(i + 2) == Some(&b'!') { 3 } else { 4 };
+                    while b.get(i).is_some_and(u8::is_ascii_digit) {
+                        i += 1;
+                    }
+                } else {
+                    i = sql[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+                }
+            }
+            b'*' if b.get(i + 1) == Some(&b'/') => i += 2,
+            b'`' => {
+                let (w, n) = quoted(&sql[i..], '`');
+                out.push(Tok::Word(w, true));
+                i += n;
+            }
+            b'\'' | b'"' => {
+                let (_, n) = quoted(&sql[i..], c as char);
+                out.push(Tok::Other);
+                i += n;
+            }
+            b'.' => {
+                out.push(Tok::Dot);
+                i += 1;
+            }
+            b',' => {
+                out.push(Tok::Comma);
+                i += 1;
+            }
+            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 => {
+                let start = i;
+                while b.get(i).is_some_and(|c| {
+                    c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$' || *c >= 0x80
+                }) {
+                    i += 1;
+                }
+                out.push(Tok::Word(sql[start..i].to_string(), false));
+            }
+            _ => {
+                out.push(Tok::Other);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn skip_line(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i] != b'\n' {
+        i += 1;
+    }
+    i
+}
+
+/// A quoted run starting at `s[0]`: its content (doubled quotes unescaped) and byte length.
+fn quoted(s: &str, q: char) -> (String, usize) {
+    let mut out = String::new();
+    let mut it = s.char_indices().skip(1).peekable();
+    while let Some((i, c)) = it.next() {
+        if c == q {
+            if it.peek().is_some_and(|(_, n)| *n == q) {
+                it.next();
+                out.push(q);
+                continue;
+            }
+            return (out, i + c.len_utf8());
+        }
+        if c == '\\' && q != '`' {
+            if let Some((_, n)) = it.next() {
+                out.push(n);
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    (out, s.len())
+}
+
+struct Parser<'a> {
+    toks: Vec<Tok>,
+    i: usize,
+    default_db: &'a str,
+}
+
+impl Parser<'_> {
+    fn kw(&self, k: &str) -> bool {
+        matches!(self.toks.get(self.i), Some(Tok::Word(w, false)) if w.eq_ignore_ascii_case(k))
+    }
+
+    fn eat(&mut self, k: &str) -> bool {
+        let yes = self.kw(k);
+        if yes {
+            self.i += 1;
+        }
+        yes
+    }
+
+    fn eat_all(&mut self, ks: &[&str]) -> bool {
+        let save = self.i;
+        if ks.iter().all(|k| self.eat(k)) {
+            return true;
+        }
+        self.i = save;
+        false
+    }
+
+    fn word(&mut self) -> Option<String> {
+        match self.toks.get(self.i) {
+            Some(Tok::Word(w, _)) => {
+                self.i += 1;
+                Some(w.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// `[db.]table`
+    fn table(&mut self) -> Option<TableName> {
+        let first = self.word()?;
+        if self.toks.get(self.i) == Some(&Tok::Dot) {
+            self.i += 1;
+            let t = self.word()?;
+            return Some((first, t));
+        }
+        Some((self.default_db.to_string(), first))
+    }
+
+    fn table_list(&mut self) -> Vec<TableName> {
+        let mut v = Vec::new();
+        while let Some(t) = self.table() {
+            v.push(t);
+            if self.toks.get(self.i) != Some(&Tok::Comma) {
+                break;
+            }
+            self.i += 1;
+        }
+        v
+    }
+
+    fn skip_until(&mut self, k: &str) -> bool {
+        while self.i < self.toks.len() {
+            if self.eat(k) {
+                return true;
+            }
+            self.i += 1;
+        }
+        false
+    }
+}
+
+/// What `sql` (run with default database `default_db`) does to tables; `None` for anything
+/// that is not a table DDL statement this grammar knows.
+pub fn parse(sql: &str, default_db: &str) -> Option<Ddl> {
+    let mut p = Parser {
+        toks: lex(sql),
+        i: 0,
+        default_db,
+    };
+    let ddl = |kind, tables| Some(Ddl { kind, tables });
+    if p.eat("CREATE") {
+        p.eat_all(&["OR", "REPLACE"]);
+        if p.eat("TEMPORARY") {
+            return None;
+        }
+        if p.eat("TABLE") {
+            p.eat_all(&["IF", "NOT", "EXISTS"]);
+            return ddl(DdlKind::CreateTable, vec![p.table()?]);
+        }
+        if p.skip_until("INDEX") && p.skip_until("ON") {
+            return ddl(DdlKind::Index, vec![p.table()?]);
+        }
+        return None;
+    }
+    if p.eat("ALTER") {
+        p.eat("ONLINE");
+        p.eat("IGNORE");
+        if !p.eat("TABLE") {
+            return None;
+        }
+        p.eat_all(&["IF", "EXISTS"]);
+        let t = p.table()?;
+        return Some(alter_table(&mut p, t));
+    }
+    if p.eat("DROP") {
+        if p.eat("TEMPORARY") {
+            return None;
+        }
+        if p.eat("TABLE") || p.eat("TABLES") {
+            p.eat_all(&["IF", "EXISTS"]);
+            return ddl(DdlKind::DropTable, p.table_list());
+        }
+        if p.eat("INDEX") && p.skip_until("ON") {
+            return ddl(DdlKind::Index, vec![p.table()?]);
+        }
+        return None;
+    }
+    if p.eat("RENAME") && (p.eat("TABLE") || p.eat("TABLES")) {
+        let mut tables = Vec::new();
+        while let Some(a) = p.table() {
+            if !p.eat("TO") {
+                break;
+            }
+            tables.push(a);
+            tables.extend(p.table());
+            if p.toks.get(p.i) != Some(&Tok::Comma) {
+                break;
+            }
+            p.i += 1;
+        }
+        return ddl(DdlKind::RenameTable, tables);
+    }
+    if p.eat("TRUNCATE") {
+        p.eat("TABLE");
+        return ddl(DdlKind::Truncate, vec![p.table()?]);
+    }
+    None
+}
+
+/// After `ALTER TABLE t`: a partition truncate, a rename, or another change.
+fn alter_table(p: &mut Parser<'_>, t: TableName) -> Ddl {
+    let start = p.i;
+    if p.skip_until("TRUNCATE") && p.eat("PARTITION") {
+        let mut parts = Vec::new();
+        while let Some(w) = p.word() {
+            parts.push(w);
+            if p.toks.get(p.i) != Some(&Tok::Comma) {
+                break;
+            }
+            p.i += 1;
+        }
+        return Ddl {
+            kind: DdlKind::TruncatePartitions(parts),
+            tables: vec![t],
+        };
+    }
+    p.i = start;
+    if p.skip_until("RENAME") && !p.kw("COLUMN") && !p.kw("INDEX") && !p.kw("KEY") {
+        p.eat("TO");
+        p.eat("AS");
+        if let Some(new) = p.table() {
+            return Ddl {
+                kind: DdlKind::RenameTable,
+                tables: vec![t, new],
+            };
+        }
+    }
+    Ddl {
+        kind: DdlKind::AlterTable,
+        tables: vec![t],
+    }
+}
+
+/// Follows positions through a pass over the binlog and finds the DDL statements in it
+/// (used to learn where each table's definition changed before the stream reads there).
+pub struct Scan {
+    file: std::sync::Arc<str>,
+    pos: u64,
+}
+
+impl Scan {
+    pub fn new(file: std::sync::Arc<str>) -> Self {
+        Scan { file, pos: 4 }
+    }
+
+    /// The end of the last event seen.
+    pub fn position(&self) -> crate::model::BinlogPosition {
+        crate::model::BinlogPosition::new(self.file.clone(), self.pos)
+    }
+
+    /// The tables a statement event changes the columns of, with the event's end position.
+    pub fn event(
+        &mut self,
+        ev: &mysql_common::binlog::events::Event,
+    ) -> Vec<(TableName, crate::model::BinlogPosition)> {
+        use mysql_common::binlog::events::{QueryEvent, RotateEvent};
+        let h = ev.header();
+        let code = h.event_type_raw();
+        if code == 4 {
+            if let Ok(r) = ev.read_event::<RotateEvent<'_>>() {
+                let name = String::from_utf8_lossy(r.name_raw()).into_owned();
+                // A fake rotate may carry the checksum in its name: only a real one moves on.
+                if h.log_pos() != 0 {
+                    self.file = std::sync::Arc::from(name.as_str());
+                }
+                self.pos = r.position();
+            }
+            return Vec::new();
+        }
+        if h.log_pos() != 0 {
+            self.pos = h.log_pos() as u64;
+        }
+        let statement = match code {
+            2 => ev
+                .read_event::<QueryEvent<'_>>()
+                .ok()
+                .map(|q| (q.schema().into_owned(), q.query().into_owned())),
+            165 => super::decoder::maria_compressed_query(ev.data()).ok(),
+            _ => None,
+        };
+        let Some((db, q)) = statement else {
+            return Vec::new();
+        };
+        let at = self.position();
+        parse(&q, &db)
+            .map(|d| {
+                d.tables
+                    .iter()
+                    .filter(|t| d.changes_columns_of(t))
+                    .map(|t| (t.clone(), at.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(db: &str, table: &str) -> TableName {
+        (db.into(), table.into())
+    }
+
+    #[test]
+    fn names_the_tables() {
+        let p = |s: &str| parse(s, "shop");
+        assert_eq!(
+            p("CREATE TABLE IF NOT EXISTS `a``b`.c (x int)"),
+            Some(Ddl {
+                kind: DdlKind::CreateTable,
+                tables: vec![t("a`b", "c")]
+            })
+        );
+        assert_eq!(
+            p("/* note */ ALTER TABLE orders ADD COLUMN x INT")
+                .unwrap()
+                .tables,
+            vec![t("shop", "orders")]
+        );
+        assert_eq!(
+            p("DROP TABLE IF EXISTS `x`,db2.y /* generated by server */").unwrap(),
+            Ddl {
+                kind: DdlKind::DropTable,
+                tables: vec![t("shop", "x"), t("db2", "y")]
+            }
+        );
+        assert_eq!(
+            p("RENAME TABLE a TO b, c TO d2.e").unwrap().tables,
+            vec![t("shop", "a"), t("shop", "b"), t("shop", "c"), t("d2", "e")]
+        );
+        assert_eq!(p("TRUNCATE sessions").unwrap().kind, DdlKind::Truncate);
+        assert_eq!(
+            p("truncate table bug.sessions").unwrap().tables,
+            vec![t("bug", "sessions")]
+        );
+        assert_eq!(
+            p("ALTER TABLE sessions TRUNCATE PARTITION p_high, p2")
+                .unwrap()
+                .kind,
+            DdlKind::TruncatePartitions(vec!["p_high".into(), "p2".into()])
+        );
+        assert_eq!(
+            p("ALTER TABLE a RENAME TO b").unwrap(),
+            Ddl {
+                kind: DdlKind::RenameTable,
+                tables: vec![t("shop", "a"), t("shop", "b")]
+            }
+        );
+        assert_eq!(
+            p("ALTER TABLE a RENAME COLUMN x TO y").unwrap().kind,
+            DdlKind::AlterTable
+        );
+        assert_eq!(
+            p("CREATE UNIQUE INDEX u ON t (body(10))").unwrap(),
+            Ddl {
+                kind: DdlKind::Index,
+                tables: vec![t("shop", "t")]
+            }
+        );
+        assert_eq!(p("CREATE TEMPORARY TABLE s (k int)"), None);
+        assert_eq!(p("DROP TEMPORARY TABLE IF EXISTS s"), None);
+        assert_eq!(p("GRANT SELECT ON *.* TO x"), None);
+        assert_eq!(
+            p("/*!40000 ALTER TABLE `t` DISABLE KEYS */")
+                .unwrap()
+                .tables,
+            vec![t("shop", "t")]
+        );
+    }
+}

@@ -1,0 +1,445 @@
+//! One column value of a row image: how its bytes are read ([`Kind`], resolved once per
+//! TABLE_MAP) and rendered as a [`ColumnValue`] (the README's type mapping).
+//!
+//! Row formats: MySQL's `Field::pack`/`unpack` per type, MariaDB's `field.cc` for its own
+//! (5.3 temporal formats, compressed columns); <https://mariadb.com/kb/en/rows_event_v1v2-rows_compressed_event_v1/>.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use mysql_common::binlog::decimal::Decimal;
+
+use super::charset::Charset;
+use super::cursor::Cursor;
+use super::temporal;
+use crate::model::{ColumnValue, JsonText};
+
+/// How one column's bytes are read and rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Int {
+        bytes: u8,
+        unsigned: bool,
+    },
+    Float,
+    Double,
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
+    Year,
+    Date,
+    /// TIME of MySQL < 5.6 and MariaDB's TIME(0) in the 5.3 format: `[-]HHMMSS` in 3 bytes.
+    TimeOld,
+    /// MariaDB 5.3 TIME(n), n > 0: big-endian, offset by the zero point.
+    TimeHires {
+        fsp: u8,
+    },
+    Time2 {
+        fsp: u8,
+    },
+    /// DATETIME of MySQL < 5.6 / MariaDB 5.3 DATETIME(0): `YYYYMMDDhhmmss` in 8 bytes.
+    DateTimeOld,
+    /// MariaDB 5.3 DATETIME(n), n > 0.
+    DateTimeHires {
+        fsp: u8,
+    },
+    DateTime2 {
+        fsp: u8,
+    },
+    /// TIMESTAMP of MySQL < 5.6 / MariaDB 5.3 TIMESTAMP(0): seconds, 4 bytes little-endian.
+    TimestampOld,
+    /// MariaDB 5.3 TIMESTAMP(n), n > 0: seconds big-endian, then the fraction.
+    TimestampHires {
+        fsp: u8,
+    },
+    Timestamp2 {
+        fsp: u8,
+    },
+    /// CHAR, VARCHAR, BINARY, VARBINARY. `pad_to`: BINARY(n), whose trailing zero bytes
+    /// the binlog strips and the stored value has.
+    String {
+        len_bytes: u8,
+        charset: Charset,
+        pad_to: u16,
+    },
+    /// TEXT / BLOB (and MariaDB's JSON, which is a LONGTEXT with `json: true`).
+    Blob {
+        len_bytes: u8,
+        charset: Charset,
+        json: bool,
+    },
+    /// MariaDB `… COMPRESSED` columns: a header byte, then the bytes or a zlib stream.
+    Compressed {
+        len_bytes: u8,
+        charset: Charset,
+        json: bool,
+    },
+    /// MySQL's binary JSON.
+    Json {
+        len_bytes: u8,
+    },
+    Enum {
+        bytes: u8,
+        labels: Arc<[String]>,
+    },
+    Set {
+        bytes: u8,
+        labels: Arc<[String]>,
+    },
+    Bit {
+        bytes: u8,
+    },
+    Geometry {
+        len_bytes: u8,
+    },
+    Vector {
+        len_bytes: u8,
+    },
+    Null,
+}
+
+/// A value that could not be decoded: why, and whether the rest of the row can still be read
+/// (its width was known).
+pub type ValueError = String;
+
+/// Reads one value of `kind`. `bad_text` counts strings with bytes invalid in their charset.
+pub fn decode_value(
+    kind: &Kind,
+    c: &mut Cursor<'_>,
+    bad_text: &mut usize,
+) -> Result<ColumnValue, ValueError> {
+    Ok(match kind {
+        Kind::Int { bytes, unsigned } => {
+            let n = *bytes as usize;
+            let raw = c.le(n)?;
+            if *unsigned {
+                match i64::try_from(raw) {
+                    Ok(i) => ColumnValue::Int(i),
+                    Err(_) => ColumnValue::UInt(raw),
+                }
+            } else {
+                let shift = 64 - 8 * n as u32;
+                ColumnValue::Int(((raw << shift) as i64) >> shift)
+            }
+        }
+        Kind::Float => ColumnValue::float32(f32::from_bits(c.le(4)? as u32)),
+        Kind::Double => ColumnValue::float(f64::from_bits(c.le(8)?)),
+        Kind::Decimal { precision, scale } => decimal(c, *precision, *scale)?,
+        Kind::Year => {
+            let y = c.u8()?;
+            ColumnValue::Text(if y == 0 {
+                "0000".into()
+            } else {
+                format!("{}", 1900 + y as u32)
+            })
+        }
+        Kind::Date => ColumnValue::Text(temporal::date_from_packed(c.le(3)? as u32)),
+        Kind::TimeOld => {
+            let raw = c.le(3)? as u32;
+            ColumnValue::Text(temporal::time_from_decimal(((raw << 8) as i32) >> 8))
+        }
+        Kind::Time2 { fsp } => ColumnValue::Text(temporal::time_from_packed(
+            temporal::time2_packed(c, *fsp)?,
+            *fsp,
+        )),
+        Kind::TimeHires { fsp } => ColumnValue::Text(temporal::time_hires(c, *fsp)?),
+        Kind::DateTimeOld => ColumnValue::Text(temporal::datetime_from_decimal(c.le(8)?)),
+        Kind::DateTime2 { fsp } => ColumnValue::Text(temporal::datetime_from_packed(
+            temporal::datetime2_packed(c, *fsp)?,
+            *fsp,
+        )),
+        Kind::DateTimeHires { fsp } => ColumnValue::Text(temporal::datetime_hires(c, *fsp)?),
+        Kind::TimestampOld => ColumnValue::Text(temporal::timestamp(c.le(4)? as i64, 0, 0)),
+        Kind::Timestamp2 { fsp } => {
+            let secs = c.be(4)? as i64;
+            let micros = temporal::fraction56(c, *fsp)?;
+            ColumnValue::Text(temporal::timestamp(secs, micros, *fsp))
+        }
+        Kind::TimestampHires { fsp } => ColumnValue::Text(temporal::timestamp_hires(c, *fsp)?),
+        Kind::String {
+            len_bytes,
+            charset,
+            pad_to,
+        } => {
+            let len = c.le(*len_bytes as usize)? as usize;
+            let b = c.take(len)?;
+            if (*pad_to as usize) > b.len() {
+                let mut padded = b.to_vec();
+                padded.resize(*pad_to as usize, 0);
+                text(*charset, &padded, bad_text)
+            } else {
+                text(*charset, b, bad_text)
+            }
+        }
+        Kind::Blob {
+            len_bytes,
+            charset,
+            json,
+        } => {
+            let len = c.le(*len_bytes as usize)? as usize;
+            let b = c.take(len)?;
+            text_or_json(*charset, *json, b, bad_text)?
+        }
+        Kind::Compressed {
+            len_bytes,
+            charset,
+            json,
+        } => {
+            let len = c.le(*len_bytes as usize)? as usize;
+            let b = uncompress_column(c.take(len)?)?;
+            text_or_json(*charset, *json, &b, bad_text)?
+        }
+        Kind::Json { len_bytes } => {
+            let len = c.le(*len_bytes as usize)? as usize;
+            let node = super::mysql_json::binary_to_node(c.take(len)?)?;
+            ColumnValue::Json(JsonText::from_node(&node)?)
+        }
+        Kind::Enum { bytes, labels } => {
+            let idx = c.le(*bytes as usize)? as usize;
+            match idx {
+                // The invalid value a non-strict sql_mode stores: the empty string.
+                0 => ColumnValue::Text(String::new()),
+                i => labels
+                    .get(i - 1)
+                    .map(|l| ColumnValue::Text(l.clone()))
+                    .unwrap_or(ColumnValue::UInt(i as u64)),
+            }
+        }
+        Kind::Set { bytes, labels } => set(c.le(*bytes as usize)?, labels),
+        Kind::Bit { bytes } => ColumnValue::UInt(c.be(*bytes as usize)?),
+        Kind::Geometry { len_bytes } => {
+            let len = c.le(*len_bytes as usize)? as usize;
+            let b = c.take(len)?;
+            // MySQL stores a 4-byte SRID before the WKB.
+            let wkb = if b.len() >= 4 { &b[4..] } else { b };
+            ColumnValue::Text(base64::engine::general_purpose::STANDARD.encode(wkb))
+        }
+        Kind::Vector { len_bytes } => {
+            let len = c.le(*len_bytes as usize)? as usize;
+            vector(c.take(len)?)?
+        }
+        Kind::Null => ColumnValue::Null,
+    })
+}
+
+fn decimal(c: &mut Cursor<'_>, precision: u8, scale: u8) -> Result<ColumnValue, ValueError> {
+    let size = mysql_common::binlog::decimal::decimal_bin_size(precision as usize, scale as usize);
+    let b = c.take(size)?;
+    let d = Decimal::read_bin(b, precision as usize, scale as usize, true)
+        .map_err(|e| format!("decimal: {e}"))?;
+    let mut s = d.to_string();
+    trim_integer_zeros(&mut s);
+    Ok(ColumnValue::Text(s))
+}
+
+fn set(mask: u64, labels: &[String]) -> ColumnValue {
+    if labels.is_empty() {
+        return ColumnValue::UInt(mask);
+    }
+    let mut s = String::new();
+    for (i, l) in labels.iter().enumerate().take(64) {
+        if mask & (1u64 << i) != 0 {
+            if !s.is_empty() {
+                s.push(',');
+            }
+            s.push_str(l);
+        }
+    }
+    ColumnValue::Text(s)
+}
+
+fn vector(b: &[u8]) -> Result<ColumnValue, ValueError> {
+    let mut node = Vec::with_capacity(b.len() / 4);
+    for x in b.chunks_exact(4) {
+        let f = f32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+        node.push(match ColumnValue::float32(f) {
+            ColumnValue::Float(d) => serde_json::to_string(&d).unwrap_or_default(),
+            other => other.to_json_text(),
+        });
+    }
+    let text = format!("[{}]", node.join(","));
+    Ok(ColumnValue::Json(JsonText::parse(&text)?))
+}
+
+fn text(charset: Charset, bytes: &[u8], bad_text: &mut usize) -> ColumnValue {
+    if charset == Charset::Binary {
+        return ColumnValue::Text(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    let (s, bad) = charset.decode(bytes);
+    if bad {
+        *bad_text += 1;
+    }
+    ColumnValue::Text(s)
+}
+
+/// A TEXT/BLOB value, or MariaDB's JSON (a LONGTEXT that `json_valid` guards): the document
+/// itself, exact, or an error naming what is wrong with it — never silently a string.
+fn text_or_json(
+    charset: Charset,
+    json: bool,
+    b: &[u8],
+    bad_text: &mut usize,
+) -> Result<ColumnValue, ValueError> {
+    if !json || charset == Charset::Binary {
+        return Ok(text(charset, b, bad_text));
+    }
+    let (s, bad) = charset.decode(b);
+    if bad {
+        return Err("a JSON document with bytes invalid in its charset".into());
+    }
+    Ok(ColumnValue::Json(JsonText::parse(&s).map_err(|e| {
+        format!("the column is JSON but its value is not a JSON document ({e})")
+    })?))
+}
+
+/// A MariaDB compressed column value: header 0 then the bytes as they are, or header
+/// `0x80 | raw-deflate 0x08 | length bytes (1–4)`, the original length big-endian, then the
+/// zlib (or raw deflate) stream. MariaDB `field.cc`, `compress_zlib` / `uncompress_zlib`.
+pub fn uncompress_column(src: &[u8]) -> Result<Vec<u8>, ValueError> {
+    use std::io::Read;
+    let Some((&head, rest)) = src.split_first() else {
+        return Ok(Vec::new());
+    };
+    if head == 0 {
+        return Ok(rest.to_vec());
+    }
+    if head & 0x80 == 0 || head & 0x70 != 0 {
+        return Err(format!(
+            "compressed column header 0x{head:02x} names no compression method this decoder knows (zlib is 0x80)"
+        ));
+    }
+    let lenlen = (head & 0x07) as usize;
+    if !(1..=4).contains(&lenlen) || rest.len() < lenlen {
+        return Err(format!(
+            "compressed column header 0x{head:02x}: a {lenlen}-byte length"
+        ));
+    }
+    let len = rest[..lenlen]
+        .iter()
+        .fold(0usize, |a, b| (a << 8) | *b as usize);
+    let stream = &rest[lenlen..];
+    let mut out = Vec::with_capacity(len.min(64 << 20));
+    let limit = len as u64 + 1;
+    let read = if head & 0x08 != 0 {
+        flate2::read::DeflateDecoder::new(stream)
+            .take(limit)
+            .read_to_end(&mut out)
+    } else {
+        flate2::read::ZlibDecoder::new(stream)
+            .take(limit)
+            .read_to_end(&mut out)
+    };
+    read.map_err(|e| format!("compressed column: zlib: {e}"))?;
+    if out.len() != len {
+        return Err(format!(
+            "compressed column gave {} bytes, its header says {len}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// `0000000000000000000.5000000000` → `0.5000000000`: a DECIMAL as the server prints it
+/// (`mysql_common` pads the integer part to the column's precision).
+pub fn trim_integer_zeros(s: &mut String) {
+    let start = usize::from(s.starts_with('-'));
+    let b = s.as_bytes();
+    let mut end = start;
+    while end + 1 < b.len() && b[end] == b'0' && b[end + 1].is_ascii_digit() {
+        end += 1;
+    }
+    if end > start {
+        s.replace_range(start..end, "");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_print_as_the_server_prints_them() {
+        for (raw, want) in [
+            ("0000000000000000000.5000000000", "0.5000000000"),
+            ("0000000000000000000.0000000000", "0.0000000000"),
+            ("-00012.50", "-12.50"),
+            ("000", "0"),
+            ("100", "100"),
+            ("-99999", "-99999"),
+        ] {
+            let mut s = raw.to_string();
+            trim_integer_zeros(&mut s);
+            assert_eq!(s, want);
+        }
+    }
+
+    fn one(kind: &Kind, data: &[u8]) -> Result<ColumnValue, String> {
+        decode_value(kind, &mut Cursor::new(data), &mut 0)
+    }
+
+    #[test]
+    fn ints_sign_extend() {
+        let i24 = |unsigned| Kind::Int { bytes: 3, unsigned };
+        assert_eq!(one(&i24(false), &[0xff; 3]).unwrap(), ColumnValue::Int(-1));
+        assert_eq!(
+            one(&i24(true), &[0xff; 3]).unwrap(),
+            ColumnValue::Int(16_777_215)
+        );
+        let u64k = Kind::Int {
+            bytes: 8,
+            unsigned: true,
+        };
+        assert_eq!(one(&u64k, &[0xff; 8]).unwrap(), ColumnValue::UInt(u64::MAX));
+    }
+
+    #[test]
+    fn short_input_is_an_error() {
+        let k = Kind::String {
+            len_bytes: 1,
+            charset: Charset::Utf8,
+            pad_to: 0,
+        };
+        let e = one(&k, &[5, b'a']).unwrap_err();
+        assert!(e.contains("needs 5 bytes"), "{e}");
+    }
+
+    #[test]
+    fn compressed_columns() {
+        assert_eq!(uncompress_column(b"\x00short").unwrap(), b"short");
+        assert_eq!(uncompress_column(b"").unwrap(), b"");
+        let e = uncompress_column(&[0x91, 0]).unwrap_err();
+        assert!(e.contains("no compression method"), "{e}");
+        // "abc " × 100 as MariaDB 10.11 wrote it (raw deflate, 2 length bytes).
+        let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut z, "abc ".repeat(100).as_bytes()).unwrap();
+        let mut v = vec![0x8a, 0x01, 0x90];
+        v.extend(z.finish().unwrap());
+        assert_eq!(
+            uncompress_column(&v).unwrap(),
+            "abc ".repeat(100).as_bytes()
+        );
+        v[2] = 0x91;
+        assert!(uncompress_column(&v)
+            .unwrap_err()
+            .contains("header says 401"));
+    }
+
+    #[test]
+    fn mariadb_json_is_exact_or_an_error() {
+        let k = Kind::Blob {
+            len_bytes: 1,
+            charset: Charset::Utf8,
+            json: true,
+        };
+        let doc = br#"{"big": 12345678901234567890123}"#;
+        let mut data = vec![doc.len() as u8];
+        data.extend_from_slice(doc);
+        assert_eq!(
+            one(&k, &data).unwrap().to_json_text(),
+            r#"{"big":12345678901234567890123}"#
+        );
+        let e = one(&k, b"\x03{a}").unwrap_err();
+        assert!(e.contains("not a JSON document"), "{e}");
+    }
+}
