@@ -213,3 +213,116 @@ fn a_stalled_connection_times_out_and_reconnects() {
     );
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn kill_9_inside_a_transaction_mixing_read_and_unread_tables() {
+    let (db, kafka) = setup();
+    // `t.unread` has columns the decoder never needs to read (no pipeline reads it).
+    block_on(db.exec(
+        "CREATE TABLE t.unread (id INT PRIMARY KEY, dos VARCHAR(20) CHARACTER SET cp850, note TEXT COMPRESSED);",
+    ));
+    let mut d = Daemon::new(&db, Some(&kafka), &[("rows", ROWS)]);
+    d.spawn();
+    // One transaction: 100 × (1,000 rows of t.rows, 500 of t.unread), rows events interleaved.
+    let mut sql = String::from("BEGIN;");
+    for b in 0..100u32 {
+        sql.push_str(&format!(
+            "INSERT INTO t.rows SELECT seq, 'v' FROM t.seq_{}_to_{};
+             INSERT INTO t.unread SELECT seq, 'Zürich', REPEAT('compressed ', 40) FROM t.seq_{}_to_{};",
+            b * 1000 + 1,
+            b * 1000 + 1000,
+            b * 500 + 1,
+            b * 500 + 500
+        ));
+    }
+    sql.push_str("COMMIT;");
+    block_on(db.exec(&sql));
+    let inside = |c: &serde_json::Value| c["position"]["event"].as_u64().unwrap_or(0) > 2;
+    wait_for(
+        "a checkpoint inside the transaction",
+        Duration::from_secs(120),
+        || {
+            d.assert_running();
+            d.checkpoint().is_some_and(|c| inside(&c))
+        },
+    );
+    d.kill9();
+    let cp = d.checkpoint().unwrap();
+    let mut tail = kafka.tail("rows");
+    let before = tail.drain(Duration::from_secs(2));
+    let at = |r: &Record| {
+        let s = &r.json()["source"];
+        (s["event"].as_u64().unwrap(), s["row"].as_u64().unwrap())
+    };
+    let cp_at = (
+        cp["position"]["event"].as_u64().unwrap(),
+        cp["position"]["row"].as_u64().unwrap(),
+    );
+    let unacked = tail.records.iter().filter(|r| at(r) >= cp_at).count();
+    d.spawn();
+    wait_for("all records", Duration::from_secs(180), || {
+        d.assert_running();
+        tail.poll(Duration::from_millis(200)) >= 100_000 + unacked
+    });
+    tail.drain(Duration::from_secs(1));
+    let seen = ids(&tail.records);
+    assert_eq!(seen.len(), 100_000);
+    assert_eq!(tail.records.len(), 100_000 + unacked);
+    // The restart began at the checkpoint's rows event and row (rows events of the unread
+    // table counted, never decoded).
+    assert_eq!(at(&tail.records[before]), cp_at, "{cp}");
+    assert!(!d.log().contains("unread"), "{}", d.log());
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn a_checkpoint_of_format_1_inside_a_transaction_is_converted() {
+    let (db, kafka) = setup();
+    block_on(db.exec(
+        "CREATE TABLE t.other (id INT PRIMARY KEY, x INT);
+         BEGIN;
+         INSERT INTO t.rows VALUES (1, 'a'), (2, 'b'), (3, 'c');
+         INSERT INTO t.other VALUES (1, 1), (2, 2);
+         INSERT INTO t.rows VALUES (4, 'd'), (5, 'e'), (6, 'f');
+         COMMIT;
+         INSERT INTO t.rows VALUES (7, 'g');",
+    ));
+    // Format 1 counted the rows of every table: 6 rows done = t.rows 1–3, t.other 1–2, and
+    // t.rows 4. The transaction starts at its GTID event.
+    let events: Vec<mysql_async::Row> = block_on(db.query("SHOW BINLOG EVENTS IN 'binlog.000001'"));
+    let gtid_positions: Vec<u64> = events
+        .iter()
+        .filter(|r| r.get::<String, _>(2).unwrap() == "Gtid")
+        .map(|r| r.get::<u64, _>(1).unwrap())
+        .collect();
+    let txn = gtid_positions[gtid_positions.len() - 2];
+    let d_rows = Daemon::new(&db, Some(&kafka), &[("rows", ROWS)]);
+    std::fs::create_dir_all(d_rows.dir.path().join("state")).unwrap();
+    std::fs::write(
+        d_rows.dir.path().join("state/checkpoint.json"),
+        format!(
+            r#"{{"version": 1, "position": {{"file": "binlog.000001", "pos": {txn}, "row": 6}}}}"#
+        ),
+    )
+    .unwrap();
+    let mut d = d_rows;
+    d.spawn();
+    let mut tail = kafka.tail("rows");
+    wait_records(&mut d, &mut tail, 3, 30);
+    tail.drain(Duration::from_secs(1));
+    let got: Vec<i64> = tail
+        .records
+        .iter()
+        .map(|r| r.json()["after"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, [5, 6, 7], "{}", d.log());
+    assert!(
+        d.log().contains("the checkpoint is of format 1"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.terminate(), 0);
+    // Saved again in format 2.
+    let cp = d.checkpoint().unwrap();
+    assert_eq!(cp["version"], 2);
+}

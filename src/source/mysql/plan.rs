@@ -381,6 +381,16 @@ impl ColumnCtx<'_> {
                     b1
                 };
                 let charset = self.charset(k, "CHAR")?;
+                let special = match self.schema.map(|c| c.data_type.as_str()) {
+                    Some("inet4") => Some((Kind::Inet4, "INET4")),
+                    Some("inet6") => Some((Kind::Inet6, "INET6")),
+                    Some("uuid") => Some((Kind::Uuid, "UUID")),
+                    _ => None,
+                };
+                if let (Some((kind, name)), Charset::Binary, true) = (special, charset, max <= 255)
+                {
+                    return Ok((kind, name.into()));
+                }
                 let pad_to = if charset == Charset::Binary { max } else { 0 };
                 let len_bytes = if max > 255 { 2 } else { 1 };
                 Ok((string(len_bytes, charset, pad_to), "CHAR".into()))

@@ -90,6 +90,10 @@ pub enum Kind {
     Bit {
         bytes: u8,
     },
+    /// MariaDB INET4, INET6 and UUID: fixed binary in the binlog, their text form in records.
+    Inet4,
+    Inet6,
+    Uuid,
     Geometry {
         len_bytes: u8,
     },
@@ -208,6 +212,7 @@ pub fn decode_value(
         }
         Kind::Set { bytes, labels } => set(c.le(*bytes as usize)?, labels),
         Kind::Bit { bytes } => ColumnValue::UInt(c.be(*bytes as usize)?),
+        Kind::Inet4 | Kind::Inet6 | Kind::Uuid => ColumnValue::Text(address(kind, c)?),
         Kind::Geometry { len_bytes } => {
             let len = c.le(*len_bytes as usize)? as usize;
             let b = c.take(len)?;
@@ -220,6 +225,35 @@ pub fn decode_value(
             vector(c.take(len)?)?
         }
         Kind::Null => ColumnValue::Null,
+    })
+}
+
+/// INET4 `10.0.0.1`, INET6 `2001:db8::ff00:42:8329` (RFC 5952, as MariaDB prints it), UUID
+/// `123e4567-e89b-12d3-a456-426655440000`, from their length-prefixed binary form.
+fn address(kind: &Kind, c: &mut Cursor<'_>) -> Result<String, ValueError> {
+    let len = c.u8()? as usize;
+    let b = c.take(len)?;
+    let mut raw = [0u8; 16];
+    let want = if matches!(kind, Kind::Inet4) { 4 } else { 16 };
+    if len > want {
+        return Err(format!("{len} bytes where {want} are expected"));
+    }
+    // The binlog strips trailing zero bytes of fixed binary values.
+    raw[..len].copy_from_slice(b);
+    Ok(match kind {
+        Kind::Inet4 => std::net::Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).to_string(),
+        Kind::Inet6 => std::net::Ipv6Addr::from(raw).to_string(),
+        _ => {
+            let h: String = raw.iter().map(|x| format!("{x:02x}")).collect();
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        }
     })
 }
 
