@@ -107,6 +107,7 @@ impl Stages {
                     topic: Arc::from(t.as_str()),
                     tombstones: k.tombstones,
                     dead_letter: p.dead_letter_topic().map(|d| Arc::from(d.as_str())),
+                    on_oversize: k.on_oversize,
                 });
             }
         }
@@ -131,6 +132,7 @@ impl Stages {
                 kcfg,
                 routes,
                 self.tracker.clone(),
+                self.metrics.clone(),
             )?));
         }
         for (i, p) in items {

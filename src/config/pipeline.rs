@@ -440,6 +440,26 @@ pub struct KafkaSinkConfig {
     /// instead of `topic`; same variables. Without it they go to `topic` with the error.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// A record larger than the producer accepts (`message.max.bytes`, 1,000,000 bytes by
+    /// default): `dead_letter` (a notice with its key, position, size and why), `fail` (the
+    /// pipeline stops) or `truncate` (the largest values cut, the record says which).
+    #[serde(default)]
+    pub on_oversize: OnOversize,
+}
+
+/// What the Kafka sink does with a record larger than the producer accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOversize {
+    /// A notice (key, position, size, limits) to the dead-letter topic, or to the pipeline's
+    /// topic without one; a warning and a counter; the pipeline goes on.
+    #[default]
+    DeadLetter,
+    /// The pipeline stops, naming the record and the two settings to raise.
+    Fail,
+    /// The largest values are cut (texts shortened, documents emptied) until the record fits;
+    /// `oversize` in the record names them.
+    Truncate,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -56,8 +56,11 @@ pub struct PipelineMetrics {
     pub snapshot_rows: AtomicU64,
     pub snapshot_estimate: AtomicU64,
     pub snapshot_running: AtomicU64,
-    /// 1 once a schema change the pipeline cannot follow stopped it.
+    /// 1 once the pipeline stopped: a schema change it cannot follow, a value of its table
+    /// that cannot be decoded, or an oversize record under `on_oversize: fail`.
     pub stopped: AtomicU64,
+    /// Records larger than the Kafka producer accepts (`message.max.bytes`).
+    pub oversize_records: AtomicU64,
     /// Records routed into the pipeline (before enrichment).
     pub rows_in: AtomicU64,
     /// Commit time of the last record handed to the sink, and of the first record of the
@@ -304,7 +307,12 @@ impl Metrics {
                 .collect(),
         );
         type Get = fn(&PipelineMetrics) -> &AtomicU64;
-        let per_pipeline: [(&str, &str, Get); 17] = [
+        let per_pipeline: [(&str, &str, Get); 18] = [
+            (
+                "cdc_enricher_oversize_records_total",
+                "Records larger than the Kafka producer accepts (message.max.bytes), handled by the sink's on_oversize.",
+                |p| &p.oversize_records,
+            ),
             (
                 "cdc_enricher_pipeline_rows_in_total",
                 "Records routed into the pipeline (before enrichment).",
@@ -414,7 +422,7 @@ impl Metrics {
             ),
             (
                 "cdc_enricher_pipeline_stopped",
-                "1 once a schema change the pipeline cannot follow (a picked, key or filter column gone) stopped it.",
+                "1 once the pipeline stopped (a picked, key or filter column gone, a value of its table that cannot be decoded, an oversize record under on_oversize: fail).",
                 |p| &p.stopped,
             ),
         ] {

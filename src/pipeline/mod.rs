@@ -68,11 +68,25 @@ pub struct ChangeRecord {
     pub after: Option<Image>,
     pub source: SourceInfo,
     pub enrichment: serde_json::Map<String, serde_json::Value>,
+    /// Set by the Kafka sink on a record it cut to fit (`on_oversize: truncate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oversize: Option<Oversize>,
     #[serde(skip)]
     pub key: Image,
     /// Index of the pipeline in the router's list.
     #[serde(skip)]
     pub pipeline: usize,
+}
+
+/// What the Kafka sink did to a record larger than the producer accepts.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Oversize {
+    /// The record's size as it was (key and value), bytes.
+    pub bytes: usize,
+    /// The producer's `message.max.bytes`.
+    pub limit: usize,
+    /// The values cut, as `after.column` / `before.column`.
+    pub truncated: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -331,6 +345,7 @@ impl Router {
                     ts_ms: row.ts_ms,
                 },
                 enrichment: serde_json::Map::new(),
+                oversize: None,
                 key: project(key_src, &b.key, &b.key_names).unwrap_or(Image {
                     names: b.key_names.clone(),
                     values: Vec::new(),

@@ -14,8 +14,12 @@ use rdkafka::ClientContext;
 
 use super::{key_bytes, Sink, SinkError};
 use crate::checkpoint::AckTracker;
+use crate::config::pipeline::OnOversize;
 use crate::config::KafkaConfig;
+use crate::metrics::Metrics;
 use crate::pipeline::ChangeRecord;
+
+mod oversize;
 
 struct AckContext {
     tracker: AckTracker,
@@ -46,6 +50,7 @@ pub struct Route {
     pub topic: Arc<str>,
     pub tombstones: bool,
     pub dead_letter: Option<Arc<str>>,
+    pub on_oversize: OnOversize,
 }
 
 pub struct KafkaSink {
@@ -53,7 +58,26 @@ pub struct KafkaSink {
     /// Route per pipeline index; `None` for pipelines with another sink.
     routes: Vec<Option<Route>>,
     tracker: AckTracker,
+    /// The largest key + value the producer accepts: its `message.max.bytes` less
+    /// [`FRAMING_BYTES`].
+    max_bytes: usize,
+    metrics: Arc<Metrics>,
+    /// Pipelines stopped by an oversize record (`on_oversize: fail`): their records are
+    /// acknowledged and dropped.
+    stopped: std::collections::HashSet<usize>,
 }
+
+/// The producer's `message.max.bytes` (librdkafka's default: 1,000,000).
+pub fn max_message_bytes(cfg: &KafkaConfig) -> usize {
+    cfg.properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// What librdkafka counts beside key and value against `message.max.bytes` (a record's
+/// framing is at most 36 bytes in message format v2): a margin that always covers it.
+pub const FRAMING_BYTES: usize = 512;
 
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -75,6 +99,7 @@ impl KafkaSink {
         cfg: &KafkaConfig,
         routes: Vec<Option<Route>>,
         tracker: AckTracker,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, SinkError> {
         let producer: ThreadedProducer<AckContext> = client_config(cfg)
             .create_with_context(AckContext {
@@ -85,6 +110,9 @@ impl KafkaSink {
             producer,
             routes,
             tracker,
+            max_bytes: max_message_bytes(cfg).saturating_sub(FRAMING_BYTES),
+            metrics,
+            stopped: Default::default(),
         })
     }
 
@@ -130,11 +158,18 @@ impl Sink for KafkaSink {
     }
 
     fn send(&mut self, rec: &ChangeRecord, seq: u64) -> Result<u32, SinkError> {
-        let Some(Some(route)) = self.routes.get(rec.pipeline) else {
+        let Some(Some(route)) = self.routes.get(rec.pipeline).cloned() else {
             return Ok(0);
         };
+        if self.stopped.contains(&rec.pipeline) {
+            self.ack_unsent(rec, seq, 0);
+            return Ok(0);
+        }
         let key = key_bytes(rec)?;
         let value = serde_json::to_vec(rec)?;
+        if key.len() + value.len() > self.max_bytes {
+            return self.oversize(&route, rec, seq, key.len() + value.len());
+        }
         self.produce(&route.topic, &key, Some(&value), seq)?;
         if route.tombstones && rec.op == "d" {
             self.produce(&route.topic, &key, None, seq)?;
@@ -151,9 +186,15 @@ impl Sink for KafkaSink {
         else {
             return Ok(false);
         };
+        let topic = topic.clone();
         let key = key_bytes(rec)?;
         let value = serde_json::to_vec(rec)?;
-        self.produce(topic, &key, Some(&value), seq)?;
+        if key.len() + value.len() > self.max_bytes {
+            let notice = self.notice(rec, key.len() + value.len());
+            self.produce(&topic, &key, Some(&notice), seq)?;
+            return Ok(true);
+        }
+        self.produce(&topic, &key, Some(&value), seq)?;
         Ok(true)
     }
 
