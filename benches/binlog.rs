@@ -69,6 +69,8 @@ fn stream(a: &[String]) {
         start: StartFrom::Latest,
         on_purged: Default::default(),
         tls: TlsConfig::default(),
+        transaction_buffer_mb: 32,
+        spill_dir: None,
     };
     let start_pos = BinlogPosition::new(a[4].clone(), a[5].parse().unwrap());
     let want: u64 = a[6].parse().unwrap();
@@ -88,7 +90,12 @@ fn stream(a: &[String]) {
             history: Default::default(),
         };
         let t0 = Instant::now();
-        let task = tokio::spawn(src.run(start_pos, 0, tx, stop_rx));
+        let start = cdc_enricher::source::mysql::stream::Start {
+            position: start_pos,
+            legacy_rows: 0,
+            open_xa: Vec::new(),
+        };
+        let task = tokio::spawn(src.run(start, tx, stop_rx));
         let mut rows = 0u64;
         while rows < want {
             match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {

@@ -154,6 +154,10 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         None => cfg.source.start,
     };
     let legacy_rows = resume.as_ref().map_or(0, |c| c.legacy_rows);
+    let open_xa = resume
+        .as_ref()
+        .map(|c| c.open_xa.clone())
+        .unwrap_or_default();
     let history = Arc::new(std::sync::Mutex::new(
         resume
             .as_ref()
@@ -184,7 +188,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
              across every table once to convert it");
     }
 
-    let tracker = AckTracker::new(resume.clone());
+    let tracker = AckTracker::with_open_xa(resume.clone(), open_xa.clone());
     let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
     let metrics = Metrics::new(&names, Some(tracker.clone()));
     let _metrics_server = match &cfg.metrics {
@@ -279,7 +283,15 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let wake_tx = tx.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let mut source_task = tokio::spawn(source.run(start, legacy_rows, tx, stop_rx.clone()));
+    let mut source_task = tokio::spawn(source.run(
+        crate::source::mysql::stream::Start {
+            position: start,
+            legacy_rows,
+            open_xa,
+        },
+        tx,
+        stop_rx.clone(),
+    ));
     let proc_tracker = tracker.clone();
     let proc_metrics = metrics.clone();
     let proc_sinks = sinks.clone();
@@ -582,6 +594,13 @@ fn process(
                 } => {
                     log_statement(&router, &db, &query, parsed.as_ref());
                     out.tracker.push(resume, 0);
+                }
+                SourceEvent::XaPrepared(open) => {
+                    out.tracker
+                        .push_xa(crate::checkpoint::XaChange::Prepared(open));
+                }
+                SourceEvent::XaEnded(xid) => {
+                    out.tracker.push_xa(crate::checkpoint::XaChange::Ended(xid));
                 }
                 SourceEvent::TableFailed {
                     db,

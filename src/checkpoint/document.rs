@@ -6,6 +6,9 @@
 //! table of the transaction; it is read and converted: at a transaction boundary exactly, inside
 //! a transaction by counting that transaction's rows once more (see [`Checkpoint::legacy_rows`]).
 //! The MySQL store of format 1 kept the bare position; that is read as format 1 too.
+//!
+//! Beside the position, format 2 keeps `open_xa` (prepared XA transactions whose outcome the
+//! position has not passed) and `schema_history` (table definitions by position).
 
 use std::sync::Arc;
 
@@ -13,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::BinlogPosition;
 use crate::source::mysql::schema_history::SchemaHistory;
+use crate::source::mysql::xa::OpenXa;
 
 /// What a store keeps.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +27,9 @@ pub struct Checkpoint {
     pub legacy_rows: u64,
     /// The definitions of the read tables by position (see [`SchemaHistory`]).
     pub schema_history: SchemaHistory,
+    /// XA transactions prepared before `position` whose outcome comes after it: their prepare
+    /// groups are read again after a restart.
+    pub open_xa: Vec<OpenXa>,
 }
 
 impl Checkpoint {
@@ -31,6 +38,7 @@ impl Checkpoint {
             position,
             legacy_rows: 0,
             schema_history: SchemaHistory::default(),
+            open_xa: Vec::new(),
         }
     }
 }
@@ -40,6 +48,8 @@ impl Checkpoint {
 struct V2 {
     version: u32,
     position: BinlogPosition,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    open_xa: Vec<OpenXa>,
     #[serde(default, skip_serializing_if = "SchemaHistory::is_empty")]
     schema_history: SchemaHistory,
 }
@@ -68,6 +78,7 @@ pub fn to_text(c: &Checkpoint) -> String {
     serde_json::to_string_pretty(&V2 {
         version: 2,
         position: c.position.clone(),
+        open_xa: c.open_xa.clone(),
         schema_history: c.schema_history.clone(),
     })
     .unwrap_or_default()
@@ -83,6 +94,7 @@ pub fn parse(text: &str) -> Result<Checkpoint, String> {
             let d: V2 = serde_json::from_value(v).map_err(|e| e.to_string())?;
             Ok(Checkpoint {
                 schema_history: d.schema_history,
+                open_xa: d.open_xa,
                 ..Checkpoint::new(d.position)
             })
         }

@@ -11,7 +11,7 @@ pub use document::Checkpoint;
 
 pub use file::FileStore;
 pub use mysql::MysqlStore;
-pub use tracker::AckTracker;
+pub use tracker::{AckTracker, XaChange};
 pub use writer::Writer;
 
 use crate::config::{CheckpointStoreConfig, Config};
@@ -37,16 +37,16 @@ pub enum CheckpointError {
 /// The configured store.
 pub enum Store {
     File(FileStore),
-    Mysql(MysqlStore),
+    Mysql(Box<MysqlStore>),
 }
 
 impl Store {
     pub fn from_config(cfg: &Config) -> Store {
         match &cfg.checkpoint.store {
             CheckpointStoreConfig::File { path } => Store::File(FileStore::new(cfg.resolve(path))),
-            CheckpointStoreConfig::Mysql { table, name } => {
-                Store::Mysql(MysqlStore::new(&cfg.source, table.clone(), name.clone()))
-            }
+            CheckpointStoreConfig::Mysql { table, name } => Store::Mysql(Box::new(
+                MysqlStore::new(&cfg.source, table.clone(), name.clone()),
+            )),
         }
     }
 

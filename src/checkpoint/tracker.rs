@@ -5,13 +5,25 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::collections::BTreeMap;
+
 use crate::model::BinlogPosition;
+use crate::source::mysql::xa::{OpenXa, Xid};
+
+/// A change to the set of prepared XA transactions, applied when the checkpoint passes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum XaChange {
+    Prepared(OpenXa),
+    Ended(Xid),
+}
 
 #[derive(Debug)]
 struct Entry {
     /// The position to resume from once this entry and all before it are done.
     resume: BinlogPosition,
     remaining: u32,
+    /// XA changes that hold once this entry is done.
+    xa: Vec<XaChange>,
 }
 
 #[derive(Debug, Default)]
@@ -20,7 +32,26 @@ struct Inner {
     base: u64,
     entries: VecDeque<Entry>,
     committed: Option<BinlogPosition>,
+    /// The prepared XA transactions as of `committed`.
+    open_xa: BTreeMap<Xid, OpenXa>,
+    /// XA changes waiting for the next entry (the end of their group).
+    next_xa: Vec<XaChange>,
     failure: Option<String>,
+}
+
+impl Inner {
+    fn apply(&mut self, changes: Vec<XaChange>) {
+        for c in changes {
+            match c {
+                XaChange::Prepared(o) => {
+                    self.open_xa.insert(o.xid.clone(), o);
+                }
+                XaChange::Ended(x) => {
+                    self.open_xa.remove(&x);
+                }
+            }
+        }
+    }
 }
 
 /// Shared between the stage that sends records and the sinks' delivery callbacks.
@@ -32,9 +63,31 @@ pub struct AckTracker {
 
 impl AckTracker {
     pub fn new(start: Option<BinlogPosition>) -> Self {
+        Self::with_open_xa(start, Vec::new())
+    }
+
+    /// Starts at `start` with the prepared XA transactions a checkpoint kept.
+    pub fn with_open_xa(start: Option<BinlogPosition>, open: Vec<OpenXa>) -> Self {
         let t = AckTracker::default();
-        t.lock().committed = start;
+        {
+            let mut g = t.lock();
+            g.committed = start;
+            g.open_xa = open.into_iter().map(|o| (o.xid.clone(), o)).collect();
+        }
         t
+    }
+
+    /// An XA change that holds once the next registered source event is done (the end of its
+    /// group).
+    pub fn push_xa(&self, change: XaChange) {
+        self.lock().next_xa.push(change);
+    }
+
+    /// The prepared XA transactions whose outcome the committed position has not passed.
+    pub fn open_xa(&self) -> Vec<OpenXa> {
+        let mut v: Vec<OpenXa> = self.lock().open_xa.values().cloned().collect();
+        v.sort_by(|a, b| a.position.cmp(&b.position));
+        v
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -47,15 +100,18 @@ impl AckTracker {
     /// their acknowledgements must name.
     pub fn push(&self, resume: BinlogPosition, pending: u32) -> u64 {
         let mut g = self.lock();
+        let xa = std::mem::take(&mut g.next_xa);
         if pending == 0 {
             if g.entries.is_empty() {
                 g.committed = Some(resume);
+                g.apply(xa);
                 return g.base;
             }
             if let Some(back) = g.entries.back_mut() {
                 if back.remaining == 0 {
                     // Nothing waits on the last entry: a later position subsumes it.
                     back.resume = resume;
+                    back.xa.extend(xa);
                     return g.base + g.entries.len() as u64 - 1;
                 }
             }
@@ -63,6 +119,7 @@ impl AckTracker {
         g.entries.push_back(Entry {
             resume,
             remaining: pending,
+            xa,
         });
         g.base + g.entries.len() as u64 - 1
     }
@@ -82,6 +139,7 @@ impl AckTracker {
             };
             g.base += 1;
             g.committed = Some(e.resume);
+            g.apply(e.xa);
         }
     }
 
@@ -144,5 +202,36 @@ mod tests {
         assert_eq!(t.in_flight(), 0);
         t.push(p(200, 0), 0);
         assert_eq!(t.committed(), Some(p(200, 0)));
+    }
+
+    #[test]
+    fn prepared_xa_transactions_follow_the_committed_position() {
+        let xid = Xid {
+            format_id: 1,
+            gtrid: "61".into(),
+            bqual: String::new(),
+        };
+        let open = OpenXa {
+            xid: xid.clone(),
+            position: p(10, 0),
+            ts_ms: 5,
+        };
+        let t = AckTracker::new(None);
+        let a = t.push(p(5, 1), 1);
+        t.push_xa(XaChange::Prepared(open.clone()));
+        t.push(p(20, 0), 0); // the prepare group's end
+        assert!(
+            t.open_xa().is_empty(),
+            "not before the row before it is acknowledged"
+        );
+        t.ack(a);
+        assert_eq!(t.open_xa(), vec![open]);
+        let b = t.push(p(30, 1), 1); // a row of the XA COMMIT group
+        t.push_xa(XaChange::Ended(xid));
+        t.push(p(40, 0), 0);
+        assert_eq!(t.open_xa().len(), 1);
+        t.ack(b);
+        assert!(t.open_xa().is_empty());
+        assert_eq!(t.committed(), Some(p(40, 0)));
     }
 }

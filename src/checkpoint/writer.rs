@@ -30,6 +30,7 @@ impl Writer {
         schema_history.prune(&position);
         Some(Checkpoint {
             schema_history,
+            open_xa: self.tracker.open_xa(),
             ..Checkpoint::new(position)
         })
     }
@@ -43,6 +44,7 @@ impl Writer {
             l.position == now.position
                 && l.legacy_rows == 0
                 && l.schema_history == now.schema_history
+                && l.open_xa == now.open_xa
         });
         if unchanged {
             return Ok(false);
@@ -60,6 +62,7 @@ impl Writer {
         mut stop: watch::Receiver<bool>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let mut warned_ms = 0u64;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -72,8 +75,36 @@ impl Writer {
                 Ok(false) => {}
                 Err(e) => tracing::error!(error = %e, "cannot write the checkpoint; will retry"),
             }
+            self.watch_xa(&metrics, &mut warned_ms);
         }
         self
+    }
+}
+
+/// An XA transaction prepared longer than this is warned about (every 10 minutes).
+const XA_WARN_AFTER_MS: u64 = 3_600_000;
+
+impl Writer {
+    /// Publishes the prepared XA transactions on `/metrics` and warns of an old one: its
+    /// prepare group is read again at every restart, so its binlog file must stay.
+    fn watch_xa(&self, metrics: &Metrics, warned_ms: &mut u64) {
+        let open = self.tracker.open_xa();
+        let now = now_ms();
+        let oldest = open.iter().min_by_key(|o| o.ts_ms);
+        metrics.xa_open.store(open.len() as u64, Ordering::Relaxed);
+        metrics
+            .xa_oldest_prepared_ms
+            .store(oldest.map_or(0, |o| o.ts_ms), Ordering::Relaxed);
+        if let Some(o) = oldest {
+            let age = now.saturating_sub(o.ts_ms);
+            if age > XA_WARN_AFTER_MS && now.saturating_sub(*warned_ms) > 600_000 {
+                *warned_ms = now;
+                tracing::warn!(xid = %o.xid.describe(), position = %o.position, age_seconds = age / 1000,
+                    "an XA transaction has been prepared for over an hour; until its XA COMMIT or XA ROLLBACK \
+                     its prepare group is read again at every restart, so the binlog file holding it must not \
+                     be purged (XA RECOVER lists it)");
+            }
+        }
     }
 }
 

@@ -136,6 +136,17 @@ pub struct SourceConfig {
     pub on_purged: OnPurged,
     #[serde(default)]
     pub tls: TlsConfig,
+    /// A transaction's events are held until its end is read (a group may end in ROLLBACK):
+    /// up to this many MiB in memory, the rest in a spill file.
+    #[serde(default = "default_transaction_buffer_mb")]
+    pub transaction_buffer_mb: u64,
+    /// Where spill files go (default: the system's temporary directory).
+    #[serde(default)]
+    pub spill_dir: Option<PathBuf>,
+}
+
+fn default_transaction_buffer_mb() -> u64 {
+    32
 }
 
 fn default_port() -> u16 {

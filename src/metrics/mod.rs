@@ -192,6 +192,13 @@ pub struct Metrics {
     pub tracker: Option<AckTracker>,
     /// Unix time (ms) of the last checkpoint written; 0 before the first.
     pub checkpoint_saved_ms: AtomicU64,
+    /// Prepared XA transactions whose outcome the checkpoint has not passed, and when the
+    /// oldest was prepared (ms since the epoch; 0: none).
+    pub xa_open: AtomicU64,
+    pub xa_oldest_prepared_ms: AtomicU64,
+    /// Groups that ended in ROLLBACK (their rows dropped), and groups held in a spill file.
+    pub rolled_back_groups: AtomicU64,
+    pub spilled_groups: AtomicU64,
 }
 
 impl Metrics {
@@ -443,6 +450,35 @@ impl Metrics {
             self.live()
                 .map(|p| (format!("{{pipeline=\"{}\"}}", p.name()), p.lag_seconds(source_lag).to_string()))
                 .collect(),
+        );
+        metric(
+            "cdc_enricher_xa_prepared",
+            "gauge",
+            "Prepared XA transactions whose XA COMMIT / XA ROLLBACK the checkpoint has not passed.",
+            one(load(&self.xa_open)),
+        );
+        let oldest = self.xa_oldest_prepared_ms.load(Ordering::Relaxed);
+        metric(
+            "cdc_enricher_xa_oldest_prepared_age_seconds",
+            "gauge",
+            "Seconds since the oldest of them was prepared (0: none).",
+            one(if oldest == 0 {
+                "0".to_string()
+            } else {
+                (now_ms().saturating_sub(oldest) as f64 / 1000.0).to_string()
+            }),
+        );
+        metric(
+            "cdc_enricher_rolled_back_groups_total",
+            "counter",
+            "Binlog groups that ended in ROLLBACK: their rows were held and dropped, never emitted.",
+            one(load(&self.rolled_back_groups)),
+        );
+        metric(
+            "cdc_enricher_spilled_groups_total",
+            "counter",
+            "Groups larger than source.transaction_buffer_mb, held in a spill file until their end.",
+            one(load(&self.spilled_groups)),
         );
         let saved = self.checkpoint_saved_ms.load(Ordering::Relaxed);
         if saved > 0 {

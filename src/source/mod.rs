@@ -74,6 +74,11 @@ pub enum SourceEvent {
         resume: BinlogPosition,
         parsed: Option<mysql::ddl::Ddl>,
     },
+    /// An XA transaction was prepared: its rows come at its `XA COMMIT` (never after an
+    /// `XA ROLLBACK`); until then a checkpoint keeps it, to read its group again after a restart.
+    XaPrepared(mysql::xa::OpenXa),
+    /// An XA transaction's outcome was read (its committed rows, if any, came just before).
+    XaEnded(mysql::xa::Xid),
     /// Values of a table some pipeline reads cannot be decoded from `position` on: the
     /// pipelines of that table stop; the stream goes on without it.
     TableFailed {

@@ -102,13 +102,7 @@ pub fn decode_bytes(
             .read(&buf[off..off + size])
             .map_err(|e| corrupt(e.to_string()))?
             .ok_or_else(|| corrupt("empty event".into()))?;
-        decoder
-            .handle(&ev, &mut out)
-            .map_err(|source| FileError::Decode {
-                path: path.into(),
-                source: Box::new(source),
-            })?;
-        if ev.header().event_type_raw() == 40 {
+        let inner = if ev.header().event_type_raw() == 40 {
             // TRANSACTION_PAYLOAD: decompress fully, then frame the inner events the same way.
             let tpe: TransactionPayloadEvent<'_> = ev
                 .read_event()
@@ -121,23 +115,25 @@ pub fn decode_bytes(
                 &mut inner,
             )
             .map_err(|e| corrupt(format!("transaction payload: {e}")))?;
-            let mut ioff = 0usize;
-            while ioff < inner.len() {
-                let isize = frame(&inner, ioff).map_err(|r| {
-                    corrupt(format!("inside the transaction payload at {ioff}: {r}"))
-                })?;
-                let iev = esr
-                    .read_decompressed(&inner[ioff..ioff + isize])
-                    .map_err(|e| corrupt(format!("inside the transaction payload: {e}")))?
-                    .ok_or_else(|| corrupt("empty event in transaction payload".into()))?;
-                decoder
-                    .handle(&iev, &mut out)
-                    .map_err(|source| FileError::Decode {
-                        path: path.into(),
-                        source: Box::new(source),
-                    })?;
-                ioff += isize;
-            }
+            inner
+        } else {
+            Vec::new()
+        };
+        let decode_err = |source| FileError::Decode {
+            path: path.into(),
+            source: Box::new(source),
+        };
+        decoder.handle(ev, &mut out).map_err(decode_err)?;
+        let mut ioff = 0usize;
+        while ioff < inner.len() {
+            let isize = frame(&inner, ioff)
+                .map_err(|r| corrupt(format!("inside the transaction payload at {ioff}: {r}")))?;
+            let iev = esr
+                .read_decompressed(&inner[ioff..ioff + isize])
+                .map_err(|e| corrupt(format!("inside the transaction payload: {e}")))?
+                .ok_or_else(|| corrupt("empty event in transaction payload".into()))?;
+            decoder.handle(iev, &mut out).map_err(decode_err)?;
+            ioff += isize;
         }
         for e in out.drain(..) {
             f(e);

@@ -151,6 +151,15 @@ pub async fn check_position(conn: &mut Conn, p: &BinlogPosition) -> Result<(), S
     }
 }
 
+/// Where the stream starts: a checkpoint's position (inside a transaction if it was), its
+/// format-1 row count to convert, and the prepared XA transactions it kept.
+pub struct Start {
+    pub position: BinlogPosition,
+    /// A format-1 checkpoint's rows (of every table) inside the transaction at `position`.
+    pub legacy_rows: u64,
+    pub open_xa: Vec<super::xa::OpenXa>,
+}
+
 pub struct MysqlSource {
     pub cfg: SourceConfig,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
@@ -165,17 +174,28 @@ impl MysqlSource {
     /// Streams from `start` until `shutdown` turns true, sending batches of events to `tx`.
     /// Disconnects, server restarts and read timeouts reconnect with backoff and resume
     /// exactly after the last event sent. Decode errors stop the stream.
-    /// `legacy_rows`: a format-1 checkpoint's rows inside the transaction at `start`.
     pub async fn run(
         self,
-        start: BinlogPosition,
-        legacy_rows: u64,
+        start: Start,
         tx: mpsc::Sender<Vec<SourceEvent>>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), SourceError> {
         let saved = self.history.lock().map(|h| h.clone()).unwrap_or_default();
-        let mut decoder = Decoder::new(&start, saved).with_legacy_rows(legacy_rows);
+        let dir = self
+            .cfg
+            .spill_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        let mut decoder = Decoder::new(&start.position, saved)
+            .with_legacy_rows(start.legacy_rows)
+            .with_hold((self.cfg.transaction_buffer_mb as usize) << 20, dir);
         decoder.filter = self.filter.clone();
+        for open in start.open_xa {
+            let events = self.read_prepared(&open).await?;
+            tracing::info!(xid = %open.xid.describe(), position = %open.position, events = events.len(),
+                "a prepared XA transaction of the checkpoint read again; its rows wait for its XA COMMIT");
+            decoder.restore_xa(open, events)?;
+        }
         let heartbeat = Duration::from_millis(self.cfg.heartbeat_ms.max(100));
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
@@ -284,11 +304,16 @@ impl MysqlSource {
                 }
             };
             let code = ev.header().event_type_raw();
+            let timestamp = ev.header().timestamp();
             let before = out.len();
-            decoder.handle(&ev, &mut out)?;
+            decoder.handle(ev, &mut out)?;
             if let Some(m) = &self.metrics {
                 let heartbeat = code == 27 || code == 41;
-                m.event_read(ev.header().timestamp(), heartbeat);
+                m.event_read(timestamp, heartbeat);
+                m.rolled_back_groups
+                    .store(decoder.stats.rolled_back, Ordering::Relaxed);
+                m.spilled_groups
+                    .store(decoder.stats.spilled, Ordering::Relaxed);
                 if !heartbeat {
                     let ends = out[before..]
                         .iter()
@@ -413,6 +438,51 @@ impl MysqlSource {
             }
         }
         Ok(found)
+    }
+
+    /// The events of a prepared XA transaction's group, read again from the binlog (from its
+    /// first event to its XA_PREPARE event).
+    async fn read_prepared(
+        &self,
+        open: &super::xa::OpenXa,
+    ) -> Result<Vec<mysql_common::binlog::events::Event>, SourceError> {
+        let q = |what: &'static str| move |source| SourceError::Query { what, source };
+        let mut conn = connect(&self.cfg).await?;
+        check_position(&mut conn, &open.position).await?;
+        conn.query_drop("SET @mariadb_slave_capability = 4")
+            .await
+            .map_err(q("SET @mariadb_slave_capability"))?;
+        let req = BinlogStreamRequest::new(self.cfg.server_id)
+            .with_filename(open.position.file.as_bytes())
+            .with_pos(open.position.pos)
+            .with_non_blocking();
+        let mut stream = conn
+            .get_binlog_stream(req)
+            .await
+            .map_err(q("COM_BINLOG_DUMP"))?;
+        let mut events = Vec::new();
+        let mut started = false;
+        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(60), stream.next()).await
+        {
+            let ev = ev.map_err(q("reading a prepared XA transaction's group"))?;
+            let code = ev.header().event_type_raw();
+            // The stream opens with a fake rotate and the format description.
+            if !started && matches!(code, 4 | 15) {
+                continue;
+            }
+            started = true;
+            if code == 38 {
+                return Ok(events);
+            }
+            events.push(ev);
+        }
+        Err(SourceError::Purged {
+            position: open.position.clone(),
+            reason: format!(
+                "the XA PREPARE group of {} is not whole there",
+                open.xid.describe()
+            ),
+        })
     }
 
     /// After a DDL: the definitions of the read tables it changed, read now if the stream is

@@ -8,10 +8,14 @@
 //! whose values cannot be decoded is reported once as [`SourceEvent::TableFailed`]; the stream
 //! goes on without it.
 
+mod groups;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use mysql_common::binlog::events::{Event, GtidEvent, QueryEvent, RotateEvent};
+
+pub use groups::GroupStats;
 
 use super::ddl::{self, TableName};
 use super::event_type::EventType;
@@ -76,6 +80,16 @@ pub struct Decoder {
     pub filter: Option<TableFilter>,
     /// Tables whose values failed to decode (reported once; not decoded again this run).
     failed: HashSet<(String, String)>,
+    /// The group whose events are held until its end is read.
+    held: Option<groups::HeldGroup>,
+    /// Prepared XA transactions whose outcome has not been read, with their events.
+    prepared: HashMap<super::xa::Xid, groups::PreparedXa>,
+    /// Replaying a prepared XA transaction's events at its commit: positions do not move.
+    replaying: bool,
+    /// Bytes of a group held in memory before it is spilled, and where spill files go.
+    hold_limit: usize,
+    spill_dir: std::path::PathBuf,
+    pub stats: GroupStats,
 }
 
 impl Decoder {
@@ -94,7 +108,20 @@ impl Decoder {
             payload_end: None,
             filter: None,
             failed: HashSet::new(),
+            held: None,
+            prepared: HashMap::new(),
+            replaying: false,
+            hold_limit: 32 << 20,
+            spill_dir: std::env::temp_dir(),
+            stats: GroupStats::default(),
         }
+    }
+
+    /// Groups are held up to `limit` bytes in memory, beyond in a spill file in `dir`.
+    pub fn with_hold(mut self, limit: usize, dir: std::path::PathBuf) -> Self {
+        self.hold_limit = limit;
+        self.spill_dir = dir;
+        self
     }
 
     /// Resume a checkpoint of format 1 (`row` counted rows of every table of the transaction).
@@ -161,6 +188,8 @@ impl Decoder {
 
     /// Forget the open transaction (after a disconnect): the stream restarts at `p`.
     pub fn reset_to(&mut self, p: &BinlogPosition) {
+        // A group being held is read again from its start.
+        self.held = None;
         self.file = p.file.clone();
         self.next_pos = p.pos;
         self.txn = None;
@@ -202,8 +231,8 @@ impl Decoder {
         )));
     }
 
-    /// Handles one event; appends what it produced to `out`.
-    pub fn handle(&mut self, ev: &Event, out: &mut Vec<SourceEvent>) -> Result<(), DecodeError> {
+    /// Handles one event of a group already known to have committed (or of none).
+    fn process(&mut self, ev: &Event, out: &mut Vec<SourceEvent>) -> Result<(), DecodeError> {
         let h = ev.header();
         let code = h.event_type_raw();
         let log_pos = h.log_pos() as u64;
@@ -308,7 +337,7 @@ impl Decoder {
     }
 
     fn advance(&mut self, end: u64, in_payload: bool) {
-        if !in_payload && end != 0 {
+        if !in_payload && end != 0 && !self.replaying {
             self.next_pos = end;
         }
     }
@@ -346,10 +375,11 @@ impl Decoder {
             if self.txn.is_none() {
                 self.begin(None, at.ts_ms, false, at.start);
             }
-        } else if head.starts_with("COMMIT")
-            || head.starts_with("ROLLBACK")
-            || head.starts_with("XA END")
-        {
+        } else if head.starts_with("XA END") {
+            // Inside an XA group: its XA_PREPARE event (or XA COMMIT … ONE PHASE) ends it.
+        } else if let Some(o) = super::xa::outcome(trimmed) {
+            self.on_xa_outcome(o, at, out);
+        } else if head.starts_with("COMMIT") || head.starts_with("ROLLBACK") {
             self.end_txn(out, at.end);
         } else if is_statement_dml(trimmed) {
             // A change logged as a statement (a session with binlog_format=STATEMENT): its rows

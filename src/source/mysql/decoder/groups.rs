@@ -1,0 +1,325 @@
+//! Binlog groups (transactions) as they end: a group's events are held until its end is read,
+//! then decoded (COMMIT, XID), dropped (ROLLBACK; rolled back to a savepoint), or kept until
+//! its outcome arrives (XA PREPARE). See [`super::super::held`] for why every group is held.
+
+use mysql_common::binlog::events::{Event, QueryEvent};
+
+use super::super::held::Held;
+use super::super::xa::{OpenXa, XaOutcome, Xid};
+use super::{maria_compressed_query, At, Decoder};
+use crate::model::BinlogPosition;
+use crate::source::{DecodeError, SourceEvent};
+
+/// MariaDB GTID flag: a single statement, no BEGIN/COMMIT (<https://mariadb.com/kb/en/gtid_event/>).
+const FL_STANDALONE: u8 = 1;
+
+/// The group being held.
+pub(super) struct HeldGroup {
+    events: Held,
+    /// Where the next event starts (the end of the last one held), for error messages.
+    next: u64,
+    /// `SAVEPOINT name` marks: how many events were held then.
+    savepoints: Vec<(String, usize)>,
+}
+
+/// A prepared XA transaction: its prepare group's events, replayed at `XA COMMIT`.
+pub(super) struct PreparedXa {
+    events: Held,
+    open: OpenXa,
+}
+
+/// Counters of what the groups came to, for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Groups that ended in ROLLBACK (their rows dropped).
+    pub rolled_back: u64,
+    /// Groups large enough to be held in a spill file.
+    pub spilled: u64,
+    /// `ROLLBACK TO SAVEPOINT`s that dropped held rows.
+    pub savepoint_rollbacks: u64,
+}
+
+/// How a held group ends, from its last event.
+enum End {
+    Commit,
+    Rollback,
+    XaPrepare,
+}
+
+fn query_text(ev: &Event) -> Option<String> {
+    match ev.header().event_type_raw() {
+        2 => ev
+            .read_event::<QueryEvent<'_>>()
+            .ok()
+            .map(|q| q.query().into_owned()),
+        165 => maria_compressed_query(ev.data()).ok().map(|(_, q)| q),
+        _ => None,
+    }
+}
+
+/// The word after a statement's first word(s), unquoted (`SAVEPOINT \`a\`` → `a`).
+fn savepoint_name(rest: &str) -> String {
+    rest.trim()
+        .trim_end_matches(';')
+        .trim()
+        .trim_matches('`')
+        .to_ascii_lowercase()
+}
+
+impl Decoder {
+    /// Handles one event; appends what it produced to `out`. Groups are held until their end
+    /// is read: nothing of a group that ends in ROLLBACK reaches `out`.
+    pub fn handle(&mut self, ev: Event, out: &mut Vec<SourceEvent>) -> Result<(), DecodeError> {
+        if self.held.is_some() {
+            return self.hold(ev, out);
+        }
+        if self.starts_group(&ev) {
+            self.held = Some(HeldGroup {
+                events: Held::new(self.hold_limit, &self.spill_dir),
+                next: self.next_pos,
+                savepoints: Vec::new(),
+            });
+            return self.hold(ev, out);
+        }
+        self.process(&ev, out)
+    }
+
+    /// A GTID event (MariaDB's unless FL_STANDALONE), or `BEGIN` on servers without GTIDs.
+    fn starts_group(&self, ev: &Event) -> bool {
+        match ev.header().event_type_raw() {
+            33 | 34 | 42 => true,
+            162 => ev.data().get(12).is_some_and(|f| f & FL_STANDALONE == 0),
+            2 | 165 => {
+                self.txn.is_none()
+                    && query_text(ev).is_some_and(|q| q.trim().eq_ignore_ascii_case("BEGIN"))
+            }
+            _ => false,
+        }
+    }
+
+    fn hold(&mut self, ev: Event, out: &mut Vec<SourceEvent>) -> Result<(), DecodeError> {
+        let code = ev.header().event_type_raw();
+        let end = match code {
+            16 => Some(End::Commit),
+            38 => Some(End::XaPrepare),
+            // A heartbeat's position is the reader's, not the group's: not a progress here.
+            27 | 41 => return Ok(()),
+            2 | 165 => self.held_statement(&ev)?,
+            _ => None,
+        };
+        let Some(end) = end else {
+            return self.push_held(ev);
+        };
+        let Some(group) = self.held.take() else {
+            return self.process(&ev, out);
+        };
+        if group.events.spilled() {
+            self.stats.spilled += 1;
+        }
+        match end {
+            End::Commit => {
+                for e in group.events.into_events().map_err(|e| self.spill_err(e))? {
+                    let e = e.map_err(|e| self.spill_err(e))?;
+                    self.process(&e, out)?;
+                }
+                self.process(&ev, out)
+            }
+            End::Rollback => {
+                self.stats.rolled_back += 1;
+                tracing::debug!(position = %format!("{}:{}", self.file, self.next_pos),
+                    events = group.events.len(),
+                    "a group ending in ROLLBACK: its rows never happened and are not emitted");
+                self.process(&ev, out)
+            }
+            End::XaPrepare => self.prepared_xa(group, &ev, out),
+        }
+    }
+
+    fn push_held(&mut self, ev: Event) -> Result<(), DecodeError> {
+        let end = ev.header().log_pos() as u64;
+        let r = match self.held.as_mut() {
+            Some(g) => {
+                if end != 0 {
+                    g.next = end;
+                }
+                g.events.push(ev)
+            }
+            None => Ok(()),
+        };
+        r.map_err(|e| self.spill_err(e))
+    }
+
+    fn spill_err(&self, e: std::io::Error) -> DecodeError {
+        DecodeError::Event {
+            file: self.file.to_string(),
+            pos: self.next_pos,
+            event_type: 0,
+            reason: format!(
+                "holding a large transaction in a spill file in {}: {e}; free space there or set source.spill_dir",
+                self.spill_dir.display()
+            ),
+        }
+    }
+
+    /// A statement inside a held group: whether it ends the group (savepoints are applied
+    /// here; the statement itself is held or dropped accordingly).
+    fn held_statement(&mut self, ev: &Event) -> Result<Option<End>, DecodeError> {
+        let code = ev.header().event_type_raw();
+        let q = match code {
+            2 => ev
+                .read_event::<QueryEvent<'_>>()
+                .map(|q| q.query().into_owned())
+                .map_err(|e| e.to_string()),
+            _ => maria_compressed_query(ev.data()).map(|(_, q)| q),
+        };
+        let at = self.held.as_ref().map_or(self.next_pos, |g| g.next);
+        let q = q.map_err(|r| self.err(code, at, r))?;
+        let t = q.trim();
+        let upper = t.to_ascii_uppercase();
+        let word = |w: &str| upper.starts_with(w);
+        if upper.trim_end_matches(';').trim() == "ROLLBACK" {
+            return Ok(Some(End::Rollback));
+        }
+        if let Some(rest) = upper.strip_prefix("ROLLBACK TO ") {
+            let rest = rest.trim_start().strip_prefix("SAVEPOINT ").unwrap_or(rest);
+            let name = savepoint_name(rest);
+            if let Some(g) = self.held.as_mut() {
+                if let Some(i) = g.savepoints.iter().rposition(|(n, _)| *n == name) {
+                    let keep = g.savepoints[i].1;
+                    g.savepoints.truncate(i + 1);
+                    g.events.truncate(keep).map_err(|e| self.spill_err(e))?;
+                    self.stats.savepoint_rollbacks += 1;
+                }
+            }
+            return Ok(None);
+        }
+        if let Some(rest) = upper.strip_prefix("SAVEPOINT ") {
+            if let Some(g) = self.held.as_mut() {
+                g.savepoints.push((savepoint_name(rest), g.events.len()));
+            }
+            return Ok(None);
+        }
+        if word("COMMIT") || super::super::xa::outcome(t).is_some() {
+            return Ok(Some(End::Commit));
+        }
+        if word("BEGIN") || word("XA ") || word("RELEASE SAVEPOINT") || super::is_statement_dml(t) {
+            return Ok(None);
+        }
+        // DDL after a GTID (MySQL logs DDL as GTID + statement): the group is that statement.
+        Ok(Some(End::Commit))
+    }
+
+    /// The end of an XA transaction's prepare group: its events are kept for its outcome.
+    fn prepared_xa(
+        &mut self,
+        group: HeldGroup,
+        ev: &Event,
+        out: &mut Vec<SourceEvent>,
+    ) -> Result<(), DecodeError> {
+        let at_start = self.next_pos;
+        let xid = Xid::from_prepare_event(ev.data()).map_err(|r| self.err(38, at_start, r))?;
+        let open = OpenXa {
+            xid: xid.clone(),
+            position: BinlogPosition::new(self.file.clone(), at_start),
+            ts_ms: ev.header().timestamp() as u64 * 1000,
+        };
+        tracing::debug!(xid = %xid.describe(), position = %open.position,
+            "XA transaction prepared: its rows wait for its XA COMMIT");
+        out.push(SourceEvent::XaPrepared(open.clone()));
+        self.prepared.insert(
+            xid,
+            PreparedXa {
+                events: group.events,
+                open,
+            },
+        );
+        self.process(ev, out)
+    }
+
+    /// `XA COMMIT`: the prepared rows are decoded now, at the commit group's position (so they
+    /// come in commit order); `XA ROLLBACK`: they are dropped. Either way the XA is done.
+    pub(super) fn on_xa_outcome(&mut self, o: XaOutcome, at: &At, out: &mut Vec<SourceEvent>) {
+        let (xid, commit) = match o {
+            XaOutcome::Commit(x) => (x, true),
+            XaOutcome::Rollback(x) => (x, false),
+        };
+        match (self.prepared.remove(&xid), commit) {
+            (Some(p), true) => {
+                if let Err(e) = self.replay_prepared(p, at, out) {
+                    tracing::error!(xid = %xid.describe(), error = %e,
+                        "the rows of a committed XA transaction could not be read again");
+                }
+            }
+            (Some(_), false) => {
+                tracing::debug!(xid = %xid.describe(), "XA transaction rolled back: its rows are dropped");
+            }
+            (None, true) => {
+                tracing::warn!(xid = %xid.describe(), position = %format!("{}:{}", self.file, at.start),
+                    "XA COMMIT of a transaction whose XA PREPARE the stream did not read (it was prepared \
+                     before the stream's start): its rows are not emitted");
+            }
+            (None, false) => {}
+        }
+        out.push(SourceEvent::XaEnded(xid));
+        self.end_txn(out, at.end);
+    }
+
+    fn replay_prepared(
+        &mut self,
+        p: PreparedXa,
+        at: &At,
+        out: &mut Vec<SourceEvent>,
+    ) -> Result<(), DecodeError> {
+        if self.txn.is_none() {
+            self.begin(None, at.ts_ms, false, at.start);
+        }
+        // The prepare group's table ids are its own: decode it with its own table maps.
+        let tables = std::mem::take(&mut self.tables);
+        self.replaying = true;
+        let mut r = Ok(());
+        for e in p.events.into_events().map_err(|e| self.spill_err(e))? {
+            let e = match e {
+                Ok(e) => e,
+                Err(e) => {
+                    r = Err(self.spill_err(e));
+                    break;
+                }
+            };
+            // The group's own GTID, BEGIN / XA START / XA END: the commit group is the txn.
+            let code = e.header().event_type_raw();
+            if matches!(code, 2 | 33 | 34 | 42 | 162 | 165) {
+                continue;
+            }
+            if let Err(e) = self.process(&e, out) {
+                r = Err(e);
+                break;
+            }
+        }
+        self.replaying = false;
+        self.tables = tables;
+        r
+    }
+
+    /// A prepared XA transaction read again after a restart (its outcome not yet read).
+    pub fn restore_xa(&mut self, open: OpenXa, events: Vec<Event>) -> Result<(), DecodeError> {
+        let mut held = Held::new(self.hold_limit, &self.spill_dir);
+        for e in events {
+            held.push(e).map_err(|e| self.spill_err(e))?;
+        }
+        self.prepared
+            .insert(open.xid.clone(), PreparedXa { events: held, open });
+        Ok(())
+    }
+
+    /// The prepared XA transactions whose outcome has not been read.
+    pub fn open_xa(&self) -> Vec<OpenXa> {
+        let mut v: Vec<OpenXa> = self.prepared.values().map(|p| p.open.clone()).collect();
+        v.sort_by(|a, b| a.position.cmp(&b.position));
+        v
+    }
+
+    /// Whether the file's position is inside a held group (nothing of it emitted yet).
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+}

@@ -1,0 +1,248 @@
+//! Exactly what committed: groups that end in ROLLBACK leave no record (fidelity case 02 and a
+//! 200,000-row one held in a spill file), savepoints rolled back to, XA transactions emitted at
+//! their XA COMMIT in commit order and never after XA ROLLBACK (case 01), also across a
+//! `kill -9` while prepared.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn key(id: i64) -> Option<String> {
+    Some(format!("{{\"id\":{id}}}"))
+}
+
+fn ids(recs: &[Record]) -> Vec<(String, i64)> {
+    recs.iter()
+        .map(|r| {
+            let v = r.json();
+            let img = if v["after"].is_null() {
+                &v["before"]
+            } else {
+                &v["after"]
+            };
+            (
+                v["op"].as_str().unwrap().to_string(),
+                img["id"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn case_02_groups_ending_in_rollback_leave_no_record() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    let dir = fidelity_case("02-rollback-logged-after-temp-table");
+    db.run_script(&dir.join("case.sql"));
+    let pipeline = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
+    let port = free_port();
+    let mut d = Daemon::with_config(
+        &db,
+        Some(&kafka),
+        &[("case", &pipeline)],
+        &format!("metrics:\n  address: 127.0.0.1:{port}\n"),
+    );
+    d.spawn();
+    let mut tail = kafka.tail("bug.02");
+    wait_records(&mut d, &mut tail, 3, 30);
+    tail.drain(Duration::from_secs(1));
+    let n = Value::Null;
+    assert_eq!(
+        changes(&tail.records),
+        vec![
+            (
+                "c".into(),
+                key(1),
+                n.clone(),
+                json!({"id": 1, "amount": 100, "memo": "opening"})
+            ),
+            (
+                "c".into(),
+                key(3),
+                n,
+                json!({"id": 3, "amount": 30, "memo": "real insert"})
+            ),
+            (
+                "u".into(),
+                key(1),
+                json!({"id": 1, "amount": 100, "memo": "opening"}),
+                json!({"id": 1, "amount": 150, "memo": "opening"})
+            ),
+        ]
+    );
+    let (_, body) = http_get(port, "/metrics");
+    assert_eq!(
+        sample(&body, "cdc_enricher_rolled_back_groups_total"),
+        Some("2")
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn case_01_xa_rows_come_at_xa_commit_in_commit_order_and_never_after_xa_rollback() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    let dir = fidelity_case("01-xa-prepared-then-rollback");
+    db.run_script(&dir.join("case.sql"));
+    let pipeline = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
+    let mut d = Daemon::new(&db, Some(&kafka), &[("case", &pipeline)]);
+    d.spawn();
+    let mut tail = kafka.tail("bug.01");
+    wait_records(&mut d, &mut tail, 5, 30);
+    tail.drain(Duration::from_secs(1));
+    let n = Value::Null;
+    let acct = |id: i64, owner: &str, bal: &str| json!({"id": id, "owner": owner, "balance": bal});
+    assert_eq!(
+        changes(&tail.records),
+        vec![
+            ("c".into(), key(1), n.clone(), acct(1, "alpha", "100.00")),
+            ("c".into(), key(2), n.clone(), acct(2, "bravo", "20.00")),
+            ("c".into(), key(4), n.clone(), acct(4, "delta", "40.00")),
+            (
+                "u".into(),
+                key(2),
+                acct(2, "bravo", "20.00"),
+                acct(2, "bravo", "25.00")
+            ),
+            ("c".into(), key(5), n, acct(5, "echo", "50.00")),
+        ]
+    );
+    assert_eq!(d.terminate(), 0);
+    assert_eq!(d.checkpoint().unwrap().get("open_xa"), None);
+}
+
+const ACCT: &str = "name: acct\ntable: t.acct\nsink:\n  kafka:\n    topic: acct\n";
+
+/// Prepares an XA transaction on its own connection and leaves it detached.
+fn prepare_xa(db: &MariaDb, xid: &str, sql: &str) {
+    block_on(async {
+        use mysql_async::prelude::Queryable;
+        let mut c = db.conn().await;
+        c.query_drop(format!(
+            "XA START '{xid}'; {sql}; XA END '{xid}'; XA PREPARE '{xid}'"
+        ))
+        .await
+        .unwrap();
+        c.disconnect().await.unwrap();
+    });
+}
+
+#[test]
+fn a_prepared_xa_survives_kill_9_and_comes_once_at_its_commit_and_never_after_a_rollback() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec("CREATE DATABASE t; CREATE TABLE t.acct (id INT PRIMARY KEY, v INT);"));
+    let mut d = Daemon::new(&db, Some(&kafka), &[("acct", ACCT)]);
+    d.spawn();
+    prepare_xa(&db, "x-commit", "INSERT INTO t.acct VALUES (1, 1)");
+    prepare_xa(&db, "x-rollback", "INSERT INTO t.acct VALUES (9, 9)");
+    block_on(db.exec("INSERT INTO t.acct VALUES (2, 2)"));
+    let mut tail = kafka.tail("acct");
+    wait_records(&mut d, &mut tail, 1, 30);
+    // The checkpoint moves past the prepare groups and keeps them.
+    let start = std::time::Instant::now();
+    let cp = loop {
+        let cp = d.checkpoint().unwrap_or_default();
+        if cp["open_xa"].as_array().is_some_and(|a| a.len() == 2) {
+            break cp;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{cp}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(cp["open_xa"][0]["xid"]["gtrid"], "782d636f6d6d6974"); // "x-commit"
+    d.kill9();
+    // While the daemon is down: a new binlog file, a row, the outcomes from another
+    // connection, another row.
+    block_on(db.exec(
+        "FLUSH BINARY LOGS; INSERT INTO t.acct VALUES (3, 3);
+         XA COMMIT 'x-commit'; XA ROLLBACK 'x-rollback'; INSERT INTO t.acct VALUES (4, 4);",
+    ));
+    d.spawn();
+    wait_records(&mut d, &mut tail, 4, 30);
+    tail.drain(Duration::from_secs(1));
+    assert_eq!(
+        ids(&tail.records),
+        [
+            ("c".to_string(), 2),
+            ("c".into(), 3),
+            ("c".into(), 1),
+            ("c".into(), 4)
+        ],
+        "{}",
+        d.log()
+    );
+    assert!(d
+        .log()
+        .contains("a prepared XA transaction of the checkpoint read again"));
+    assert_eq!(d.terminate(), 0);
+    assert_eq!(d.checkpoint().unwrap().get("open_xa"), None);
+}
+
+#[test]
+fn large_groups_are_held_in_a_spill_file_and_a_rolled_back_one_leaves_nothing() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE t; CREATE TABLE t.acct (id INT PRIMARY KEY, v INT);
+         CREATE TABLE t.side (id INT PRIMARY KEY) ENGINE=MyISAM;",
+    ));
+    let port = free_port();
+    let spill = tempfile::tempdir().unwrap();
+    let mut d = Daemon::with_config(
+        &db,
+        Some(&kafka),
+        &[("acct", ACCT)],
+        &format!("metrics:\n  address: 127.0.0.1:{port}\n"),
+    );
+    let cfg = std::fs::read_to_string(d.config()).unwrap().replace(
+        "  start: earliest\n",
+        &format!(
+            "  start: earliest\n  transaction_buffer_mb: 1\n  spill_dir: {}\n",
+            spill.path().display()
+        ),
+    );
+    std::fs::write(d.config(), cfg).unwrap();
+    d.spawn();
+    block_on(db.exec(
+        // 200,000 rows that never happened (the temporary table makes MariaDB log them, then
+        // ROLLBACK), then 200,000 that did, then a group mixing InnoDB and MyISAM (logged as
+        // two groups, both committed), then savepoints.
+        "BEGIN; CREATE TEMPORARY TABLE t.tmp (k INT);
+         INSERT INTO t.acct SELECT seq, 0 FROM t.seq_1_to_200000; ROLLBACK;
+         DROP TEMPORARY TABLE IF EXISTS t.tmp;
+         INSERT INTO t.acct SELECT seq, 1 FROM t.seq_300001_to_500000;
+         BEGIN; INSERT INTO t.acct VALUES (600001, 2); INSERT INTO t.side VALUES (1); COMMIT;
+         BEGIN; INSERT INTO t.acct VALUES (600002, 3); SAVEPOINT a;
+           INSERT INTO t.acct VALUES (600003, 3); CREATE TEMPORARY TABLE t.tmp2 (k INT);
+           ROLLBACK TO SAVEPOINT a; INSERT INTO t.acct VALUES (600004, 3); COMMIT;",
+    ));
+    let mut tail = kafka.tail("acct");
+    wait_records(&mut d, &mut tail, 200_003, 180);
+    tail.drain(Duration::from_secs(1));
+    let got = ids(&tail.records);
+    assert_eq!(got.len(), 200_003);
+    assert!(got[..200_000]
+        .iter()
+        .enumerate()
+        .all(|(i, (op, id))| op == "c" && *id == 300_001 + i as i64));
+    assert_eq!(
+        got[200_000..],
+        [
+            ("c".to_string(), 600_001),
+            ("c".into(), 600_002),
+            ("c".into(), 600_004)
+        ]
+    );
+    let (_, body) = http_get(port, "/metrics");
+    assert_eq!(
+        sample(&body, "cdc_enricher_rolled_back_groups_total"),
+        Some("1")
+    );
+    assert!(sample(&body, "cdc_enricher_spilled_groups_total").unwrap() >= "2");
+    // The spill files are gone once read.
+    assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
+    assert_eq!(d.terminate(), 0);
+}
