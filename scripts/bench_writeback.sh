@@ -26,7 +26,7 @@ start_standin "$W"
 q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; }
 q "CREATE DATABASE shop; CREATE TABLE shop.support (id INT PRIMARY KEY, message TEXT, sentiment VARCHAR(20), confidence DOUBLE);
    CREATE USER 'writer'@'127.0.0.1' IDENTIFIED BY 'writer-secret';
-   GRANT SELECT, INSERT, UPDATE, CREATE ON shop.* TO 'writer'@'127.0.0.1';"
+   GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON shop.* TO 'writer'@'127.0.0.1';"
 cat > "$W/cdc-enricher.yaml" <<YAML
 source: {host: 127.0.0.1, port: $P, user: cdc, password: cdc-secret, server_id: 779, heartbeat_ms: 1000}
 checkpoint: {store: {file: {path: cp.json}}, interval_ms: 100}

@@ -484,15 +484,29 @@ impl Outputs {
     ) -> Result<(), AppError> {
         recs.clear();
         router.route_to(row, only, recs)?;
+        self.dispatch(recs, row.resume_after())
+    }
+
+    /// Registers `recs` with the ack tracker (done at `resume`) and hands each to its
+    /// enrichment stage or straight to its sink.
+    fn dispatch(
+        &self,
+        recs: &mut Vec<crate::pipeline::ChangeRecord>,
+        resume: BinlogPosition,
+    ) -> Result<(), AppError> {
         let pending: u32 = {
             let g = lock(&self.sinks);
             recs.iter()
                 .map(|r| g[self.route_to[r.pipeline]].acks_for(r))
                 .sum()
         };
-        let seq = self.tracker.push(row.resume_after(), pending);
+        let seq = self.tracker.push(resume, pending);
         for r in recs.drain(..) {
-            self.metrics.pipelines[r.pipeline].record_in(r.source.ts_ms);
+            let pm = &self.metrics.pipelines[r.pipeline];
+            pm.record_in(r.source.ts_ms);
+            if r.op == crate::source::Op::Truncate {
+                pm.truncates.fetch_add(1, Ordering::Relaxed);
+            }
             match &self.enrich_tx[r.pipeline] {
                 Some(tx) => {
                     let pipeline = r.source.pipeline.to_string();
@@ -594,6 +608,11 @@ fn process(
                 } => {
                     log_statement(&router, &db, &query, parsed.as_ref());
                     out.tracker.push(resume, 0);
+                }
+                SourceEvent::Truncated(t) => {
+                    recs.clear();
+                    router.truncate(&t, &mut recs);
+                    out.dispatch(&mut recs, t.resume.clone())?;
                 }
                 SourceEvent::XaPrepared(open) => {
                     out.tracker

@@ -258,9 +258,20 @@ pub async fn run(
                     format!("change the column's type (ALTER TABLE `{db}`.`{t}` MODIFY `{}` …), or read another table", c.name));
             }
         }
-        if p.key.is_none() && s.primary_key.is_empty() {
-            fail(&mut f, format!("pipeline `{}` ({}): `{db}`.`{t}` has no primary key, and the pipeline sets no `key:`", p.name, p.file),
-                format!("add `key: [column, …]` to {} or ALTER TABLE `{db}`.`{t}` ADD PRIMARY KEY (…);", p.file));
+        // Records of a table without a key have none (a null Kafka key); a write-back and a
+        // backfill need one.
+        let needs_key = if matches!(p.sink, crate::config::SinkConfig::Mysql(_)) {
+            Some("a write-back needs a key to find the row its result belongs to")
+        } else if p.snapshot == crate::config::pipeline::SnapshotMode::Initial
+            || cfg.source.on_purged == crate::config::OnPurged::Resnapshot
+        {
+            Some("a backfill pages through the table in key order")
+        } else {
+            None
+        };
+        if let (Some(why), None, true) = (needs_key, &p.key, s.primary_key.is_empty()) {
+            fail(&mut f, format!("pipeline `{}` ({}): `{db}`.`{t}` has no primary key, and the pipeline sets no `key:`; {why}", p.name, p.file),
+                format!("add `key: [column, …]` (columns that identify a row) to {} or ALTER TABLE `{db}`.`{t}` ADD PRIMARY KEY (…);", p.file));
         }
         let sel = format!(
             "SELECT 1 FROM `{}`.`{}` LIMIT 0",

@@ -18,7 +18,7 @@ fn no_configured_secret_reaches_the_logs() {
     block_on(db.exec(&format!(
         "CREATE DATABASE shop; CREATE TABLE shop.support (id INT PRIMARY KEY, message TEXT, sentiment VARCHAR(20));
          CREATE USER 'writer'@'127.0.0.1' IDENTIFIED BY '{WRITER_SECRET}';
-         GRANT SELECT, INSERT, UPDATE, CREATE ON shop.* TO 'writer'@'127.0.0.1';"
+         GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON shop.* TO 'writer'@'127.0.0.1';"
     )));
     let pipeline = |writer_password: &str| {
         format!(

@@ -11,7 +11,7 @@ use common::*;
 /// The writer's account: it may read and write `shop` (and create the progress and
 /// dead-letter tables there).
 const WRITER: &str = "CREATE USER 'writer'@'127.0.0.1' IDENTIFIED BY 'writer-secret';
-    GRANT SELECT, INSERT, UPDATE, CREATE ON shop.* TO 'writer'@'127.0.0.1';";
+    GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON shop.* TO 'writer'@'127.0.0.1';";
 
 /// `support` with a trigger counting the daemon's writes: every UPDATE that leaves the message
 /// as it was is one of them.

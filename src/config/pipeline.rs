@@ -32,6 +32,11 @@ pub struct PipelineConfig {
     /// `enrichment` object.
     #[serde(default)]
     pub enrichment: Option<EnrichmentConfig>,
+    /// An update that changes the row's key: `split` (default) emits a `d` of the old key then
+    /// a `c` of the new one, both marked with `key_change`; `update` emits one `u` keyed by the
+    /// new key.
+    #[serde(default)]
+    pub key_changes: KeyChanges,
     /// `initial`: when the daemon starts without a checkpoint, backfill the table's existing
     /// rows (as `op: r` records, interleaved with the stream). `never` (default).
     #[serde(default)]
@@ -43,6 +48,15 @@ pub struct PipelineConfig {
     pub file: String,
     #[serde(skip)]
     pub filter_expr: Option<Expr>,
+}
+
+/// How an update that changes the row's key is emitted.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyChanges {
+    #[default]
+    Split,
+    Update,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -317,6 +331,16 @@ impl EnrichmentConfig {
 
     /// The columns the enrichment reads, each with the setting that names it: a change to
     /// none of them makes no call.
+    /// The input columns whose emptiness means "no text" (the row asks for no call): a
+    /// document's text, a prompt's columns; none for SageMaker rows (always sent).
+    pub fn text_columns(&self) -> Vec<String> {
+        self.input_columns()
+            .into_iter()
+            .filter(|(what, _)| what.ends_with(".text") || what.ends_with(".prompt"))
+            .map(|(_, c)| c)
+            .collect()
+    }
+
     pub fn input_columns(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         match self.backend() {
@@ -412,6 +436,19 @@ pub struct MysqlSinkConfig {
     /// the results. Default `<database>.cdc_enricher_writeback`.
     #[serde(default)]
     pub progress_table: Option<String>,
+    /// With `upsert`: when a row's input becomes NULL or empty, `delete` (default) its side
+    /// row, or set its output columns to `null`.
+    #[serde(default)]
+    pub on_input_gone: OnInputGone,
+}
+
+/// What the side row of a row whose input is gone becomes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInputGone {
+    #[default]
+    Delete,
+    Null,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -479,6 +516,8 @@ impl PipelineConfig {
             Op::Insert | Op::Read => Operation::Insert,
             Op::Update => Operation::Update,
             Op::Delete => Operation::Delete,
+            // A truncate deletes every row: it goes where deletes go.
+            Op::Truncate => Operation::Delete,
         };
         self.operations.contains(&o)
     }

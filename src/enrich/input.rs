@@ -79,6 +79,9 @@ impl InputSpec {
     }
 
     pub fn prepare(&self, rec: &ChangeRecord) -> Prepared {
+        if rec.op == crate::source::Op::Truncate {
+            return Prepared::Skip("truncated");
+        }
         let Some(after) = &rec.after else {
             return Prepared::Skip("deleted");
         };

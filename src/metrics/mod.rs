@@ -52,6 +52,8 @@ pub struct PipelineMetrics {
     pub writeback_dead_letters: AtomicU64,
     pub writeback_replayed: AtomicU64,
     pub writeback_retries: AtomicU64,
+    /// Derived results removed or cleared because their source row or input is gone.
+    pub writeback_removed: AtomicU64,
     /// Backfill: rows read, the table's row estimate, 1 while one runs.
     pub snapshot_rows: AtomicU64,
     pub snapshot_estimate: AtomicU64,
@@ -61,6 +63,8 @@ pub struct PipelineMetrics {
     pub stopped: AtomicU64,
     /// Records larger than the Kafka producer accepts (`message.max.bytes`).
     pub oversize_records: AtomicU64,
+    /// Truncate records emitted (`TRUNCATE TABLE`, `ALTER TABLE … TRUNCATE PARTITION`).
+    pub truncates: AtomicU64,
     /// Records routed into the pipeline (before enrichment).
     pub rows_in: AtomicU64,
     /// Commit time of the last record handed to the sink, and of the first record of the
@@ -314,7 +318,17 @@ impl Metrics {
                 .collect(),
         );
         type Get = fn(&PipelineMetrics) -> &AtomicU64;
-        let per_pipeline: [(&str, &str, Get); 18] = [
+        let per_pipeline: [(&str, &str, Get); 20] = [
+            (
+                "cdc_enricher_writeback_removed_total",
+                "Derived results deleted or cleared because their source row (or its input) is gone.",
+                |p| &p.writeback_removed,
+            ),
+            (
+                "cdc_enricher_truncates_total",
+                "Truncate records (op t) emitted for TRUNCATE TABLE and ALTER TABLE … TRUNCATE PARTITION.",
+                |p| &p.truncates,
+            ),
             (
                 "cdc_enricher_oversize_records_total",
                 "Records larger than the Kafka producer accepts (message.max.bytes), handled by the sink's on_oversize.",

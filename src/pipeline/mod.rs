@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
+use crate::config::pipeline::KeyChanges;
 use crate::config::PipelineConfig;
 use crate::model::ColumnValue;
 use crate::source::mysql::plan::TablePlan;
@@ -63,7 +64,7 @@ pub struct SourceInfo {
 /// The change record a pipeline emits: the JSON envelope, plus its key and routing.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ChangeRecord {
-    pub op: &'static str,
+    pub op: Op,
     pub before: Option<Image>,
     pub after: Option<Image>,
     pub source: SourceInfo,
@@ -71,11 +72,32 @@ pub struct ChangeRecord {
     /// Set by the Kafka sink on a record it cut to fit (`on_oversize: truncate`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oversize: Option<Oversize>,
+    /// On the `d` and `c` records of an update that changed the row's key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_change: Option<KeyChange>,
+    /// On a `t` record: the partitions truncated (`None`: the whole table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncate: Option<Truncate>,
     #[serde(skip)]
     pub key: Image,
     /// Index of the pipeline in the router's list.
     #[serde(skip)]
     pub pipeline: usize,
+}
+
+/// The old and new key of an update that changed the row's key: it is emitted as a `d` of
+/// the old key then a `c` of the new one, both carrying this.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyChange {
+    pub old: Image,
+    pub new: Image,
+}
+
+/// What a `TRUNCATE` removed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Truncate {
+    /// `ALTER TABLE … TRUNCATE PARTITION`'s partitions (`["ALL"]` for all); `None`: `TRUNCATE TABLE`.
+    pub partitions: Option<Vec<String>>,
 }
 
 /// What the Kafka sink did to a record larger than the producer accepts.
@@ -98,10 +120,6 @@ pub enum RouteError {
         table: String,
         column: String,
     },
-    #[error(
-        "pipeline `{pipeline}`: table `{table}` has no primary key; set `key:` in the pipeline"
-    )]
-    NoKey { pipeline: String, table: String },
 }
 
 /// A pipeline bound to one version of its table's layout.
@@ -200,13 +218,8 @@ impl Router {
         };
         let key_idx = match &p.key {
             Some(cols) => resolve(cols)?,
-            None if !plan.primary_key.is_empty() => plan.primary_key.clone(),
-            None => {
-                return Err(RouteError::NoKey {
-                    pipeline: p.name.clone(),
-                    table,
-                })
-            }
+            // A table without a primary key: records have no key (a null Kafka key).
+            None => plan.primary_key.clone(),
         };
         let filter = match &p.filter_expr {
             Some(e) => Some(e.bind(&|c| plan.column_index(c)).map_err(|c| missing(&c))?),
@@ -256,6 +269,47 @@ impl Router {
                  Fix the table (or the pipeline), restart, and backfill it");
             self.stopped[idx] = Some(why);
             self.newly_stopped.push(idx);
+        }
+    }
+
+    /// The `t` records of a `TRUNCATE` of `db`.`table` (`partitions`: of an
+    /// `ALTER TABLE … TRUNCATE PARTITION`), one per active pipeline of the table.
+    pub fn truncate(&self, t: &crate::source::TableTruncated, out: &mut Vec<ChangeRecord>) {
+        let Some(idxs) = self.by_table.get(&t.db).and_then(|m| m.get(&t.table)) else {
+            return;
+        };
+        for &idx in idxs.iter() {
+            if self.stopped[idx].is_some() || !self.pipelines[idx].wants(Op::Truncate) {
+                continue;
+            }
+            out.push(ChangeRecord {
+                op: Op::Truncate,
+                before: None,
+                after: None,
+                source: SourceInfo {
+                    pipeline: self.names[idx].clone(),
+                    server_id: t.server_id,
+                    db: Arc::from(t.db.as_str()),
+                    table: Arc::from(t.table.as_str()),
+                    gtid: t.position.gtid.clone(),
+                    file: t.position.file.clone(),
+                    pos: t.position.pos,
+                    event: 0,
+                    row: 0,
+                    ts_ms: t.ts_ms,
+                },
+                enrichment: serde_json::Map::new(),
+                oversize: None,
+                key_change: None,
+                truncate: Some(Truncate {
+                    partitions: t.partitions.clone(),
+                }),
+                key: Image {
+                    names: Arc::from(Vec::new()),
+                    values: Vec::new(),
+                },
+                pipeline: idx,
+            });
         }
     }
 
@@ -314,45 +368,82 @@ impl Router {
                     continue;
                 }
             }
-            let project = |img: &Option<Vec<ColumnValue>>, ix: &[usize], names: &Arc<[String]>| {
-                img.as_ref().map(|v| Image {
-                    names: names.clone(),
-                    values: ix
-                        .iter()
-                        .map(|i| v.get(*i).cloned().unwrap_or(ColumnValue::Null))
-                        .collect(),
-                })
+            let source = SourceInfo {
+                pipeline: self.names[idx].clone(),
+                server_id: row.server_id,
+                db: b.db.clone(),
+                table: b.table.clone(),
+                gtid: row.position.gtid.clone(),
+                file: row.position.file.clone(),
+                pos: row.position.pos,
+                event: row.position.event,
+                row: row.position.row,
+                ts_ms: row.ts_ms,
             };
-            let key_src = if row.after.is_some() {
-                &row.after
-            } else {
-                &row.before
-            };
-            out.push(ChangeRecord {
-                op: row.op.code(),
-                before: project(&row.before, &b.picked, &b.picked_names),
-                after: project(&row.after, &b.picked, &b.picked_names),
-                source: SourceInfo {
-                    pipeline: self.names[idx].clone(),
-                    server_id: row.server_id,
-                    db: b.db.clone(),
-                    table: b.table.clone(),
-                    gtid: row.position.gtid.clone(),
-                    file: row.position.file.clone(),
-                    pos: row.position.pos,
-                    event: row.position.event,
-                    row: row.position.row,
-                    ts_ms: row.ts_ms,
-                },
-                enrichment: serde_json::Map::new(),
-                oversize: None,
-                key: project(key_src, &b.key, &b.key_names).unwrap_or(Image {
-                    names: b.key_names.clone(),
-                    values: Vec::new(),
-                }),
-                pipeline: idx,
-            });
+            let split = self.pipelines[idx].key_changes == KeyChanges::Split;
+            out.extend(records(row, &b, source, idx, split));
         }
         Ok(())
     }
+}
+
+fn project(img: &Option<Vec<ColumnValue>>, ix: &[usize], names: &Arc<[String]>) -> Option<Image> {
+    img.as_ref().map(|v| Image {
+        names: names.clone(),
+        values: ix
+            .iter()
+            .map(|i| v.get(*i).cloned().unwrap_or(ColumnValue::Null))
+            .collect(),
+    })
+}
+
+/// The records one row makes for one pipeline: one, or — an update that changed the row's key,
+/// with `key_changes: split` — a `d` of the old key then a `c` of the new one, marked.
+fn records(
+    row: &RowChange,
+    b: &Bound,
+    source: SourceInfo,
+    pipeline: usize,
+    split: bool,
+) -> Vec<ChangeRecord> {
+    let key_of = |img: &Option<Vec<ColumnValue>>| {
+        project(img, &b.key, &b.key_names).unwrap_or(Image {
+            names: b.key_names.clone(),
+            values: Vec::new(),
+        })
+    };
+    let record = |op, before: &Option<Vec<ColumnValue>>, after: &Option<Vec<ColumnValue>>, key| {
+        ChangeRecord {
+            op,
+            before: project(before, &b.picked, &b.picked_names),
+            after: project(after, &b.picked, &b.picked_names),
+            source: source.clone(),
+            enrichment: serde_json::Map::new(),
+            oversize: None,
+            key_change: None,
+            truncate: None,
+            key,
+            pipeline,
+        }
+    };
+    if row.op == Op::Update && split && !b.key.is_empty() {
+        let (old, new) = (key_of(&row.before), key_of(&row.after));
+        if old != new {
+            let change = KeyChange {
+                old: old.clone(),
+                new: new.clone(),
+            };
+            let mut d = record(Op::Delete, &row.before, &None, old);
+            d.key_change = Some(change.clone());
+            let mut c = record(Op::Insert, &None, &row.after, new);
+            c.key_change = Some(change);
+            return vec![d, c];
+        }
+    }
+    let key = key_of(if row.after.is_some() {
+        &row.after
+    } else {
+        &row.before
+    });
+    vec![record(row.op, &row.before, &row.after, key)]
 }

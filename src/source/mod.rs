@@ -12,7 +12,7 @@ pub use crate::model::BinlogPosition;
 use crate::model::ColumnValue;
 use crate::source::mysql::plan::TablePlan;
 
-/// The operation of a change record, as the envelope spells it.
+/// The operation of a change record, as the envelope spells it (Debezium's codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     /// `c`: a row was inserted.
@@ -23,6 +23,8 @@ pub enum Op {
     Delete,
     /// `r`: a row read by a snapshot.
     Read,
+    /// `t`: the table (or some of its partitions) was truncated.
+    Truncate,
 }
 
 impl Op {
@@ -32,7 +34,14 @@ impl Op {
             Op::Update => "u",
             Op::Delete => "d",
             Op::Read => "r",
+            Op::Truncate => "t",
         }
+    }
+}
+
+impl serde::Serialize for Op {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.code())
     }
 }
 
@@ -60,6 +69,21 @@ impl RowChange {
     }
 }
 
+/// A `TRUNCATE TABLE` or `ALTER TABLE … TRUNCATE PARTITION`: rows gone with no rows event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableTruncated {
+    pub db: String,
+    pub table: String,
+    /// The partitions (`None`: the whole table).
+    pub partitions: Option<Vec<String>>,
+    /// The statement's group (its first event).
+    pub position: BinlogPosition,
+    /// Where to resume once it is done (after the statement).
+    pub resume: BinlogPosition,
+    pub server_id: u32,
+    pub ts_ms: u64,
+}
+
 /// What the source hands downstream.
 #[derive(Debug, Clone)]
 pub enum SourceEvent {
@@ -74,6 +98,8 @@ pub enum SourceEvent {
         resume: BinlogPosition,
         parsed: Option<mysql::ddl::Ddl>,
     },
+    /// Rows of a table went without rows events; a `Ddl` with the statement follows.
+    Truncated(TableTruncated),
     /// An XA transaction was prepared: its rows come at its `XA COMMIT` (never after an
     /// `XA ROLLBACK`); until then a checkpoint keeps it, to read its group again after a restart.
     XaPrepared(mysql::xa::OpenXa),

@@ -18,6 +18,7 @@ use crate::config::pipeline::OnOversize;
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::pipeline::ChangeRecord;
+use crate::source::Op;
 
 mod oversize;
 
@@ -65,6 +66,8 @@ pub struct KafkaSink {
     /// Pipelines stopped by an oversize record (`on_oversize: fail`): their records are
     /// acknowledged and dropped.
     stopped: std::collections::HashSet<usize>,
+    /// Partitions per topic, read when a truncate record first goes to it.
+    partitions: std::sync::Mutex<HashMap<Arc<str>, i32>>,
 }
 
 /// The producer's `message.max.bytes` (librdkafka's default: 1,000,000).
@@ -113,18 +116,28 @@ impl KafkaSink {
             max_bytes: max_message_bytes(cfg).saturating_sub(FRAMING_BYTES),
             metrics,
             stopped: Default::default(),
+            partitions: Default::default(),
         })
     }
 
+    /// Queues one message (`key` `None`: a null key; `partition` `None`: the partitioner's
+    /// choice), waiting while the producer's queue is full.
     fn produce(
         &self,
         topic: &str,
-        key: &[u8],
+        key: Option<&[u8]>,
+        partition: Option<i32>,
         value: Option<&[u8]>,
         seq: u64,
     ) -> Result<(), SinkError> {
         let mut rec: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(topic, seq as usize).key(key);
+            BaseRecord::with_opaque_to(topic, seq as usize);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
         if let Some(v) = value {
             rec = rec.payload(v);
         }
@@ -147,12 +160,50 @@ impl KafkaSink {
             }
         }
     }
+
+    /// The partitions of `topic` (from the broker's metadata, once per topic; 1 if it cannot
+    /// be read).
+    fn partitions(&self, topic: &Arc<str>) -> i32 {
+        let mut known = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = known.get(topic) {
+            return *n;
+        }
+        let n = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .ok()
+            .and_then(|m| m.topics().first().map(|t| t.partitions().len() as i32))
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| {
+                tracing::warn!(%topic, "cannot read the topic's partitions; truncate records go to partition 0 only");
+                1
+            });
+        known.insert(topic.clone(), n);
+        n
+    }
+}
+
+/// Whether a record is followed by a tombstone: a delete of a keyed row, when asked.
+fn tombstone_after(route: &Route, rec: &ChangeRecord) -> bool {
+    route.tombstones && rec.op == Op::Delete && !rec.key.names.is_empty()
+}
+
+/// The message key: the key columns as a JSON object; none for a table without a key (and
+/// for a truncate).
+fn message_key(rec: &ChangeRecord) -> Result<Option<Vec<u8>>, SinkError> {
+    if rec.key.names.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(key_bytes(rec)?))
 }
 
 impl Sink for KafkaSink {
     fn acks_for(&self, rec: &ChangeRecord) -> u32 {
         match self.routes.get(rec.pipeline) {
-            Some(Some(r)) if r.tombstones && rec.op == "d" => 2,
+            // A truncate goes to every partition: each partition's consumers see it in order.
+            Some(Some(r)) if rec.op == Op::Truncate => self.partitions(&r.topic) as u32,
+            Some(Some(r)) if tombstone_after(r, rec) => 2,
             _ => 1,
         }
     }
@@ -165,14 +216,22 @@ impl Sink for KafkaSink {
             self.ack_unsent(rec, seq, 0);
             return Ok(0);
         }
-        let key = key_bytes(rec)?;
+        let key = message_key(rec)?;
         let value = serde_json::to_vec(rec)?;
-        if key.len() + value.len() > self.max_bytes {
-            return self.oversize(&route, rec, seq, key.len() + value.len());
+        let size = key.as_ref().map_or(0, Vec::len) + value.len();
+        if size > self.max_bytes {
+            return self.oversize(&route, rec, seq, size);
         }
-        self.produce(&route.topic, &key, Some(&value), seq)?;
-        if route.tombstones && rec.op == "d" {
-            self.produce(&route.topic, &key, None, seq)?;
+        if rec.op == Op::Truncate {
+            let n = self.partitions(&route.topic);
+            for p in 0..n {
+                self.produce(&route.topic, None, Some(p), Some(&value), seq)?;
+            }
+            return Ok(n as u32);
+        }
+        self.produce(&route.topic, key.as_deref(), None, Some(&value), seq)?;
+        if tombstone_after(&route, rec) {
+            self.produce(&route.topic, key.as_deref(), None, None, seq)?;
             return Ok(2);
         }
         Ok(1)
@@ -187,14 +246,15 @@ impl Sink for KafkaSink {
             return Ok(false);
         };
         let topic = topic.clone();
-        let key = key_bytes(rec)?;
+        let key = message_key(rec)?;
         let value = serde_json::to_vec(rec)?;
-        if key.len() + value.len() > self.max_bytes {
-            let notice = self.notice(rec, key.len() + value.len());
-            self.produce(&topic, &key, Some(&notice), seq)?;
+        let size = key.as_ref().map_or(0, Vec::len) + value.len();
+        if size > self.max_bytes {
+            let notice = self.notice(rec, size);
+            self.produce(&topic, key.as_deref(), None, Some(&notice), seq)?;
             return Ok(true);
         }
-        self.produce(&topic, &key, Some(&value), seq)?;
+        self.produce(&topic, key.as_deref(), None, Some(&value), seq)?;
         Ok(true)
     }
 

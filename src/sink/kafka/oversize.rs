@@ -8,7 +8,7 @@ use super::{KafkaSink, Route};
 use crate::config::pipeline::OnOversize;
 use crate::model::ColumnValue;
 use crate::pipeline::{ChangeRecord, Oversize};
-use crate::sink::{key_bytes, Sink, SinkError};
+use crate::sink::{Sink, SinkError};
 
 impl KafkaSink {
     /// Acknowledges the messages of `seq` this record will not send (`sent` were sent).
@@ -50,25 +50,31 @@ impl KafkaSink {
         if let Some(pm) = pm {
             pm.oversize_records.fetch_add(1, Ordering::Relaxed);
         }
-        let key = key_bytes(rec)?;
-        let key_text = String::from_utf8_lossy(&key).into_owned();
+        let key = super::message_key(rec)?;
+        let key_text = key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        let key_len = key.as_ref().map_or(0, Vec::len);
         match route.on_oversize {
             OnOversize::Truncate => {
-                if let Some(cut) = truncate(rec, bytes, self.max_bytes, key.len()) {
+                if let Some(cut) = truncate(rec, bytes, self.max_bytes, key_len) {
                     tracing::warn!(pipeline = %rec.source.pipeline, key = %key_text, bytes,
                         limit = self.max_bytes, truncated = ?cut.oversize.as_ref().map(|o| &o.truncated),
                         "record larger than the producer accepts: its largest values were cut (on_oversize: truncate)");
                     let value = serde_json::to_vec(&cut)?;
-                    self.produce(&route.topic, &key, Some(&value), seq)?;
-                    if route.tombstones && rec.op == "d" {
-                        self.produce(&route.topic, &key, None, seq)?;
+                    self.produce(&route.topic, key.as_deref(), None, Some(&value), seq)?;
+                    if super::tombstone_after(route, rec) {
+                        self.produce(&route.topic, key.as_deref(), None, None, seq)?;
                         return Ok(2);
                     }
                     return Ok(1);
                 }
-                self.dead_letter_notice(route, rec, seq, &key, bytes)
+                self.dead_letter_notice(route, rec, seq, key.as_deref(), bytes)
             }
-            OnOversize::DeadLetter => self.dead_letter_notice(route, rec, seq, &key, bytes),
+            OnOversize::DeadLetter => {
+                self.dead_letter_notice(route, rec, seq, key.as_deref(), bytes)
+            }
             OnOversize::Fail => {
                 tracing::error!(pipeline = %rec.source.pipeline, key = %key_text,
                     position = %format!("{}:{} (rows event {}, row {})", rec.source.file, rec.source.pos, rec.source.event, rec.source.row),
@@ -91,15 +97,15 @@ impl KafkaSink {
         route: &Route,
         rec: &ChangeRecord,
         seq: u64,
-        key: &[u8],
+        key: Option<&[u8]>,
         bytes: usize,
     ) -> Result<u32, SinkError> {
         let topic = route.dead_letter.clone().unwrap_or(route.topic.clone());
-        tracing::warn!(pipeline = %rec.source.pipeline, key = %String::from_utf8_lossy(key), bytes,
+        tracing::warn!(pipeline = %rec.source.pipeline, key = %String::from_utf8_lossy(key.unwrap_or_default()), bytes,
             limit = self.max_bytes, topic = %topic,
             "record larger than the producer accepts: a notice goes to the dead letters instead (on_oversize: dead_letter)");
         let notice = self.notice(rec, bytes);
-        self.produce(&topic, key, Some(&notice), seq)?;
+        self.produce(&topic, key, None, Some(&notice), seq)?;
         self.ack_unsent(rec, seq, 1);
         Ok(1)
     }

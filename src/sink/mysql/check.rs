@@ -4,7 +4,7 @@
 
 use mysql_async::prelude::Queryable;
 
-use super::{statement, writer_opts, Bind, Output, Plan};
+use super::{removals, statement, writer_opts, Bind, Output, Plan};
 use crate::check::Failure;
 use crate::config::pipeline::{
     BackendConfig, BedrockOutput, EnrichmentConfig, MysqlSinkConfig, PipelineConfig, WriteMode,
@@ -271,6 +271,15 @@ pub async fn plan(
                 );
             }
         }
+        // Side rows follow their source (deleted with it, with its input, by a TRUNCATE).
+        let probe = format!("DELETE FROM {} WHERE FALSE", super::qualified(&target));
+        if let Err(err) = conn.query_drop(probe).await {
+            fail(
+                &mut f,
+                format!("sink.mysql: {writer} cannot DELETE from `{tdb}`.`{ttable}` ({err}); side rows follow their source row"),
+                format!("GRANT DELETE ON `{tdb}`.`{ttable}` TO {writer};"),
+            );
+        }
         let uniques: Vec<(String, String)> = conn
             .exec(
                 "SELECT INDEX_NAME, GROUP_CONCAT(COLUMN_NAME ORDER BY COLUMN_NAME SEPARATOR ',') \
@@ -309,6 +318,15 @@ pub async fn plan(
         &key,
         &guard,
     );
+    let removals = removals(
+        m.mode,
+        &source_table,
+        Some((&target, side_key.as_slice())),
+        &outputs,
+        &key,
+        &e.text_columns(),
+        m.on_input_gone,
+    );
     Ok(Plan {
         pipeline: p.name.clone(),
         mode: m.mode,
@@ -325,5 +343,6 @@ pub async fn plan(
             .progress_table
             .clone()
             .unwrap_or_else(|| format!("{tdb}.cdc_enricher_writeback")),
+        removals,
     })
 }

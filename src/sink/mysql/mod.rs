@@ -30,6 +30,7 @@ use crate::config::pipeline::{MysqlSinkConfig, OnTooLong, PipelineConfig, WriteM
 use crate::config::SourceConfig;
 use crate::metrics::Metrics;
 use crate::pipeline::ChangeRecord;
+use crate::source::Op;
 
 /// `db.table` → `` `db`.`table` ``.
 pub fn qualified(table: &str) -> String {
@@ -85,6 +86,104 @@ pub struct Plan {
     pub on_too_long: OnTooLong,
     pub dead_letter_table: String,
     pub progress_table: String,
+    /// What removes derived results when their source is gone.
+    pub removals: Removals,
+}
+
+/// The statements that make derived results follow their source: the side row of a deleted
+/// source row (upsert), the results of a row whose input became NULL or empty, everything a
+/// `TRUNCATE` left without a source row (upsert). Each is guarded like the writes: it never
+/// removes the result of a source row that holds an input again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Removals {
+    /// Parameters: the key (side table), the key (source).
+    pub deleted: Option<String>,
+    /// Parameters: the key (side table), the key (source) — upsert; the key — update.
+    pub input_gone: Option<String>,
+    /// No parameters.
+    pub truncated: Option<String>,
+}
+
+/// Which removal a record asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Removal {
+    Deleted,
+    InputGone,
+    Truncated,
+}
+
+/// Builds the [`Removals`] of a plan (`inputs`: the columns whose emptiness means "no text").
+pub fn removals(
+    mode: WriteMode,
+    source_table: &str,
+    side: Option<(&str, &[String])>,
+    outputs: &[Output],
+    key: &[(String, Bind)],
+    inputs: &[String],
+    on_input_gone: crate::config::pipeline::OnInputGone,
+) -> Removals {
+    let eq = |cols: &mut dyn Iterator<Item = &String>| {
+        cols.map(|c| format!("{} <=> ?", q(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let src_key = eq(&mut key.iter().map(|(c, _)| c));
+    let gone = if inputs.is_empty() {
+        None
+    } else {
+        Some(
+            inputs
+                .iter()
+                .map(|c| format!("({0} IS NULL OR TRIM({0}) = '')", q(c)))
+                .collect::<Vec<_>>()
+                .join(" AND "),
+        )
+    };
+    let nulls = outputs
+        .iter()
+        .map(|o| format!("{} = NULL", q(&o.column)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let src = qualified(source_table);
+    match (mode, side) {
+        (WriteMode::Upsert, Some((table, side_key))) => {
+            let side_q = qualified(table);
+            let side_eq = eq(&mut side_key.iter());
+            let correlated = key
+                .iter()
+                .zip(side_key)
+                .map(|((k, _), sk)| format!("t.{} <=> {side_q}.{}", q(k), q(sk)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            let gone_stmt = gone.map(|g| {
+                let cond = format!(
+                    "{side_eq} AND NOT EXISTS (SELECT 1 FROM {src} WHERE {src_key} AND NOT ({g}))"
+                );
+                match on_input_gone {
+                    crate::config::pipeline::OnInputGone::Delete => {
+                        format!("DELETE FROM {side_q} WHERE {cond}")
+                    }
+                    crate::config::pipeline::OnInputGone::Null => {
+                        format!("UPDATE {side_q} SET {nulls} WHERE {cond}")
+                    }
+                }
+            });
+            Removals {
+                deleted: Some(format!(
+                    "DELETE FROM {side_q} WHERE {side_eq} AND NOT EXISTS (SELECT 1 FROM {src} WHERE {src_key})"
+                )),
+                input_gone: gone_stmt,
+                truncated: Some(format!(
+                    "DELETE FROM {side_q} WHERE NOT EXISTS (SELECT 1 FROM {src} AS t WHERE {correlated})"
+                )),
+            }
+        }
+        _ => Removals {
+            deleted: None,
+            input_gone: gone.map(|g| format!("UPDATE {src} SET {nulls} WHERE {src_key} AND {g}")),
+            truncated: None,
+        },
+    }
 }
 
 /// The position a record came from, comparable in stream order.
@@ -344,10 +443,12 @@ pub fn column_sql_value(v: &ColumnValue, bind: Bind) -> SqlValue {
 
 /// What becomes of one record in the transaction.
 enum Action {
-    /// Nothing to write (a skip: delete, no text, input unchanged).
+    /// Nothing to write (a skip: input unchanged, or nothing derived to remove).
     Nothing,
     /// Written with these parameters.
     Write(Vec<SqlValue>),
+    /// A derived result removed (or cleared), with these parameters.
+    Remove(Removal, Vec<SqlValue>),
     /// Recorded in the dead-letter table with this reason.
     Dead(String),
 }
@@ -405,6 +506,38 @@ impl Writer {
         }
     }
 
+    /// The source row is gone (a delete, a truncate) or its input is: the derived result goes
+    /// too. `None`: the record is a result to write.
+    fn removal(&self, rec: &ChangeRecord) -> Option<Action> {
+        let key: Vec<SqlValue> = self
+            .plan
+            .key
+            .iter()
+            .map(|(c, b)| column_sql_value(rec.key.get(c).unwrap_or(&ColumnValue::Null), *b))
+            .collect();
+        let twice = || key.iter().chain(&key).cloned().collect::<Vec<_>>();
+        let r = &self.plan.removals;
+        let skipped = rec.enrichment.get("skipped").and_then(Value::as_str);
+        Some(match rec.op {
+            Op::Truncate if r.truncated.is_some() => Action::Remove(Removal::Truncated, Vec::new()),
+            Op::Truncate => Action::Nothing,
+            Op::Delete if r.deleted.is_some() => Action::Remove(Removal::Deleted, twice()),
+            Op::Delete => Action::Nothing,
+            _ => match skipped {
+                Some("no text") if r.input_gone.is_some() => {
+                    let params = match self.plan.mode {
+                        WriteMode::Upsert => twice(),
+                        WriteMode::Update => key,
+                    };
+                    Action::Remove(Removal::InputGone, params)
+                }
+                Some(_) => Action::Nothing,
+                None if rec.after.is_none() => Action::Nothing,
+                None => return None,
+            },
+        })
+    }
+
     /// What one record asks for.
     fn action(&self, it: &Item) -> Action {
         let rec = &it.rec;
@@ -426,8 +559,8 @@ impl Writer {
             );
             return Action::Dead(why);
         }
-        if rec.enrichment.contains_key("skipped") || rec.after.is_none() {
-            return Action::Nothing;
+        if let Some(a) = self.removal(rec) {
+            return a;
         }
         let enrichment = Value::Object(rec.enrichment.clone());
         let mut outs = Vec::with_capacity(self.plan.outputs.len());
@@ -507,6 +640,7 @@ impl Writer {
         };
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
         let (mut written, mut stale, mut dead, mut replayed) = (0u64, 0u64, 0u64, 0u64);
+        let mut removed = 0u64;
         let mut last: Option<Pos> = None;
         for (it, action) in batch.iter().zip(actions) {
             let pos = pos_of(&it.rec);
@@ -517,6 +651,19 @@ impl Writer {
             let reason = match action {
                 Action::Nothing => None,
                 Action::Dead(why) => Some(why),
+                Action::Remove(kind, params) => {
+                    let sql = match kind {
+                        Removal::Deleted => &self.plan.removals.deleted,
+                        Removal::InputGone => &self.plan.removals.input_gone,
+                        Removal::Truncated => &self.plan.removals.truncated,
+                    };
+                    if let Some(sql) = sql {
+                        let r = tx.exec_iter(sql.as_str(), params).await?;
+                        removed += r.affected_rows();
+                        r.drop_result().await?;
+                    }
+                    None
+                }
                 Action::Write(params) => {
                     match tx.exec_iter(self.plan.statement.as_str(), params).await {
                         Ok(r) => {
@@ -582,6 +729,7 @@ impl Writer {
             pm.writeback_stale.fetch_add(stale, Ordering::Relaxed);
             pm.writeback_dead_letters.fetch_add(dead, Ordering::Relaxed);
             pm.writeback_replayed.fetch_add(replayed, Ordering::Relaxed);
+            pm.writeback_removed.fetch_add(removed, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -32,6 +32,9 @@ pub struct TablePlan {
     pub columns: Vec<ColumnPlan>,
     /// Indexes of the user's primary-key columns (from the binlog, else `information_schema`).
     pub primary_key: Vec<usize>,
+    /// A system-versioned table's row-end column: the binlog's rows are the storage engine's
+    /// (history rows inserted, deletes as updates of it), to be read as the user's changes.
+    pub row_end: Option<usize>,
 }
 
 impl TablePlan {
@@ -40,6 +43,34 @@ impl TablePlan {
         self.columns
             .iter()
             .position(|c| !c.hidden && c.name == name)
+    }
+
+    /// The user's change a row of the binlog stands for, on a system-versioned table: a row
+    /// whose row end is the maximum is current; one with an earlier row end is history. An
+    /// insert of a current row is an insert; of a history row (the old version an UPDATE
+    /// keeps), nothing. An update of a current row to a current row is an update; to a history
+    /// row (a DELETE closing it), a delete. A delete removes history: nothing.
+    pub fn versioned_op(
+        &self,
+        op: crate::source::Op,
+        before: Option<&[crate::model::ColumnValue]>,
+        after: Option<&[crate::model::ColumnValue]>,
+    ) -> Option<crate::source::Op> {
+        use crate::source::Op;
+        let Some(i) = self.row_end else {
+            return Some(op);
+        };
+        let current = |img: Option<&[crate::model::ColumnValue]>| {
+            img.and_then(|v| v.get(i)).is_some_and(is_max_row_end)
+        };
+        match op {
+            Op::Insert if current(after) => Some(Op::Insert),
+            Op::Update if current(before) && current(after) => Some(Op::Update),
+            Op::Update if current(before) => Some(Op::Delete),
+            Op::Delete if current(before) => Some(Op::Delete),
+            Op::Read => Some(Op::Read),
+            _ => None,
+        }
     }
 
     /// Indexes of the columns records show, in table order.
@@ -99,13 +130,19 @@ impl TablePlan {
                 hidden,
             });
         }
-        let primary_key = primary_key(tm, schema, &columns);
+        let row_end = schema
+            .and_then(|s| s.row_end.as_deref())
+            .and_then(|n| columns.iter().position(|c| c.name == n));
+        let mut primary_key = primary_key(tm, schema, &columns);
+        // The row end is in a versioned table's key for the engine; the user's key is without.
+        primary_key.retain(|i| Some(*i) != row_end);
         Ok(TablePlan {
             table_id: tm.table_id,
             db: tm.db.clone(),
             table: tm.table.clone(),
             columns,
             primary_key,
+            row_end,
         })
     }
 }
@@ -517,5 +554,18 @@ fn string(len_bytes: u8, charset: Charset, pad_to: u16) -> Kind {
         len_bytes,
         charset,
         pad_to,
+    }
+}
+
+/// The row end of a current row: TIMESTAMP(6)'s maximum (2038 before MariaDB 11.5, 2106 after)
+/// or, with transaction-precise versioning, the largest BIGINT UNSIGNED.
+fn is_max_row_end(v: &crate::model::ColumnValue) -> bool {
+    use crate::model::ColumnValue;
+    match v {
+        ColumnValue::Text(t) => {
+            t == "2038-01-19T03:14:07.999999Z" || t == "2106-02-07T06:28:15.999999Z"
+        }
+        ColumnValue::UInt(u) => *u == u64::MAX,
+        _ => false,
     }
 }

@@ -31,6 +31,10 @@ pub struct SchemaColumn {
 pub struct TableSchema {
     pub columns: Vec<SchemaColumn>,
     pub primary_key: Vec<String>,
+    /// `WITH SYSTEM VERSIONING` (MariaDB): the name of its row-end column (`row_end` when
+    /// implicit, hidden from `SELECT *`).
+    #[serde(default)]
+    pub row_end: Option<String>,
 }
 
 impl SchemaColumn {
@@ -162,15 +166,47 @@ pub async fn load(
                 }
             })
             .collect();
+        let row_end = system_versioning(conn, db, table).await?;
         out.insert(
             (db.clone(), table.clone()),
             TableSchema {
                 columns,
                 primary_key: pk,
+                row_end,
             },
         );
     }
     Ok(out)
+}
+
+/// The row-end column of a system-versioned table (MariaDB): named in `SHOW CREATE TABLE`'s
+/// `PERIOD FOR SYSTEM_TIME (start, end)`, else the implicit `row_end`. `None`: not versioned.
+async fn system_versioning(
+    conn: &mut mysql_async::Conn,
+    db: &str,
+    table: &str,
+) -> Result<Option<String>, mysql_async::Error> {
+    let kind: Option<String> = conn
+        .exec_first(
+            "SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (db, table),
+        )
+        .await?;
+    if kind.as_deref() != Some("SYSTEM VERSIONED") {
+        return Ok(None);
+    }
+    let q = |s: &str| format!("`{}`", s.replace('`', "``"));
+    let create: Option<(String, String)> = conn
+        .query_first(format!("SHOW CREATE TABLE {}.{}", q(db), q(table)))
+        .await?;
+    let explicit = create.and_then(|(_, sql)| {
+        let at = sql.find("PERIOD FOR SYSTEM_TIME (")?;
+        let inner = &sql[at + 24..];
+        let inner = &inner[..inner.find(')')?];
+        let end = inner.split(',').nth(1)?.trim().trim_matches('`');
+        Some(end.replace("``", "`"))
+    });
+    Ok(Some(explicit.unwrap_or_else(|| "row_end".to_string())))
 }
 
 #[cfg(test)]

@@ -143,6 +143,7 @@ mod tests {
                 labels: std::sync::Arc::from(Vec::new()),
             }],
             primary_key: vec![],
+            row_end: None,
         }
     }
 

@@ -184,8 +184,10 @@ pub fn plan_from_schema(db: &str, table: &str, s: &TableSchema) -> TablePlan {
         primary_key: s
             .primary_key
             .iter()
+            .filter(|k| Some(k.as_str()) != s.row_end.as_deref())
             .filter_map(|k| s.columns.iter().position(|c| &c.name == k))
             .collect(),
+        row_end: None,
     }
 }
 

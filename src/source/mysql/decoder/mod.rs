@@ -399,6 +399,7 @@ impl Decoder {
             let resume = BinlogPosition::new(self.file.clone(), at.end);
             let parsed = ddl::parse(trimmed, schema);
             if let Some(d) = &parsed {
+                self.truncated(d, at, &resume, out);
                 let changed: Vec<TableName> = d
                     .tables
                     .iter()
@@ -517,6 +518,33 @@ impl Decoder {
         };
         self.tables.insert(id, (data.to_vec(), entry));
         Ok(())
+    }
+
+    /// A `TRUNCATE` of read tables: their rows went with no rows event.
+    fn truncated(
+        &self,
+        d: &ddl::Ddl,
+        at: &At,
+        resume: &BinlogPosition,
+        out: &mut Vec<SourceEvent>,
+    ) {
+        let partitions = match &d.kind {
+            ddl::DdlKind::Truncate => None,
+            ddl::DdlKind::TruncatePartitions(p) => Some(p.clone()),
+            _ => return,
+        };
+        let position = self.position_at(at.start, 0, 0);
+        for t in d.tables.iter().filter(|t| self.reads(t)) {
+            out.push(SourceEvent::Truncated(crate::source::TableTruncated {
+                db: t.0.clone(),
+                table: t.1.clone(),
+                partitions: partitions.clone(),
+                position: position.clone(),
+                resume: resume.clone(),
+                server_id: at.server_id,
+                ts_ms: at.ts_ms,
+            }));
+        }
     }
 
     /// Says once per DDL that the history cannot tell a table's definition.
@@ -670,6 +698,11 @@ impl Decoder {
             if row < r.skip_rows {
                 return;
             }
+            let Some(op) = plan.versioned_op(op, before.as_deref(), after.as_deref()) else {
+                return;
+            };
+            // A versioned table's delete is an update of the row end: the record has no after.
+            let after = if op == Op::Delete { None } else { after };
             out.push(SourceEvent::Row(RowChange {
                 table: plan.clone(),
                 op,

@@ -1,0 +1,394 @@
+//! Changes as consumers expect them: TRUNCATE as `t` records in binlog order (fidelity case
+//! 10), key changes as a delete of the old key and an insert of the new one, tables without a
+//! key, system-versioned tables as the user's changes, and derived rows written back following
+//! their source (fidelity case 14) across `kill -9`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn key(id: i64) -> Option<String> {
+    Some(format!("{{\"id\":{id}}}"))
+}
+
+#[test]
+fn case_10_truncate_records_in_binlog_order() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    let dir = fidelity_case("10-truncate-without-row-events");
+    db.run_script(&dir.join("case.sql"));
+    let pipeline = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
+    let port = free_port();
+    let mut d = Daemon::with_config(
+        &db,
+        Some(&kafka),
+        &[("case", &pipeline)],
+        &format!("metrics:\n  address: 127.0.0.1:{port}\n"),
+    );
+    d.spawn();
+    let mut tail = kafka.tail("bug.10");
+    wait_records(&mut d, &mut tail, 9, 30);
+    tail.drain(Duration::from_secs(1));
+    let n = Value::Null;
+    let s = |id: i64, who: &str| json!({"id": id, "who": who});
+    assert_eq!(
+        changes(&tail.records),
+        vec![
+            ("c".into(), key(1), n.clone(), s(1, "ann")),
+            ("c".into(), key(2), n.clone(), s(2, "bob")),
+            ("c".into(), key(150), n.clone(), s(150, "cy")),
+            ("t".into(), None, n.clone(), n.clone()),
+            ("c".into(), key(1), n.clone(), s(1, "dee")),
+            ("c".into(), key(200), n.clone(), s(200, "eve")),
+            ("t".into(), None, n.clone(), n.clone()),
+            ("c".into(), key(201), n.clone(), s(201, "fay")),
+            ("u".into(), key(1), s(1, "dee"), s(1, "dee2")),
+        ]
+    );
+    let t1 = tail.records[3].json();
+    assert_eq!(t1["truncate"], json!({"partitions": null}));
+    assert_eq!(t1["source"]["table"], "sessions");
+    assert_eq!(
+        tail.records[6].json()["truncate"],
+        json!({"partitions": ["p_high"]})
+    );
+    let (_, body) = http_get(port, "/metrics");
+    assert_eq!(
+        sample(
+            &body,
+            "cdc_enricher_truncates_total{pipeline=\"bug-10-truncate\"}"
+        ),
+        Some("2")
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+/// A compacted topic's view: the last value of each key, tombstones removing it.
+fn compacted(recs: &[Record]) -> BTreeMap<String, Value> {
+    let mut m = BTreeMap::new();
+    for r in recs {
+        let k = r.key.clone().expect("a key");
+        match &r.value {
+            None => {
+                m.remove(&k);
+            }
+            Some(_) => {
+                m.insert(k, r.json()["after"].clone());
+            }
+        }
+    }
+    m
+}
+
+#[test]
+fn a_key_change_is_a_delete_of_the_old_key_then_an_insert_of_the_new_one() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec("CREATE DATABASE t; CREATE TABLE t.k (id INT PRIMARY KEY, v VARCHAR(10));"));
+    let split =
+        "name: split\ntable: t.k\nsink:\n  kafka:\n    topic: split\n    tombstones: true\n";
+    let single =
+        "name: single\ntable: t.k\nkey_changes: update\nsink:\n  kafka:\n    topic: single\n";
+    let mut d = Daemon::new(&db, Some(&kafka), &[("split", split), ("single", single)]);
+    d.spawn();
+    block_on(db.exec(
+        "INSERT INTO t.k VALUES (1, 'a'), (2, 'b');
+         UPDATE t.k SET id = 10 WHERE id = 1;
+         UPDATE t.k SET v = 'bb' WHERE id = 2;
+         UPDATE t.k SET id = id + 100;",
+    ));
+    let mut tail = kafka.tail("split");
+    // 2 inserts, a key change (d, tombstone, c), an update, two key changes (3 each).
+    wait_records(&mut d, &mut tail, 12, 30);
+    tail.drain(Duration::from_secs(1));
+    let ops: Vec<(String, Option<String>)> = tail
+        .records
+        .iter()
+        .map(|r| {
+            let op = r.value.as_ref().map_or("tombstone".to_string(), |_| {
+                r.json()["op"].as_str().unwrap().to_string()
+            });
+            (op, r.key.clone())
+        })
+        .collect();
+    let o = |op: &str, k: i64| (op.to_string(), key(k));
+    assert_eq!(
+        ops,
+        [
+            o("c", 1),
+            o("c", 2),
+            o("d", 1),
+            o("tombstone", 1),
+            o("c", 10),
+            o("u", 2),
+            // `id = id + 100` updates the rows in key order: 2, then 10.
+            o("d", 2),
+            o("tombstone", 2),
+            o("c", 102),
+            o("d", 10),
+            o("tombstone", 10),
+            o("c", 110)
+        ]
+    );
+    let change = tail.records[2].json()["key_change"].clone();
+    assert_eq!(change, json!({"old": {"id": 1}, "new": {"id": 10}}));
+    assert_eq!(tail.records[4].json()["key_change"], change);
+    assert_eq!(tail.records[4].json()["before"], Value::Null);
+    // The compacted topic ends up holding exactly the table.
+    let table: Vec<(i64, String)> = block_on(db.query("SELECT id, v FROM t.k ORDER BY id"));
+    let want: BTreeMap<String, Value> = table
+        .into_iter()
+        .map(|(id, v)| (key(id).unwrap(), json!({"id": id, "v": v})))
+        .collect();
+    assert_eq!(compacted(&tail.records), want);
+    // `key_changes: update`: one `u`, keyed by the new key.
+    let single = kafka.read("single", 6, Duration::from_secs(10));
+    let ops: Vec<(String, Option<String>)> = single
+        .iter()
+        .map(|r| (r.json()["op"].as_str().unwrap().to_string(), r.key.clone()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            o("c", 1),
+            o("c", 2),
+            o("u", 10),
+            o("u", 2),
+            o("u", 102),
+            o("u", 110)
+        ]
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn tables_without_a_key_stream_with_a_null_key() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec("CREATE DATABASE t; CREATE TABLE t.log (a INT, b VARCHAR(5));"));
+    let p = "name: log\ntable: t.log\nsink:\n  kafka:\n    topic: log\n    tombstones: true\n";
+    let mut d = Daemon::new(&db, Some(&kafka), &[("log", p)]);
+    assert_eq!(d.check().0, 0, "{}", d.check().2);
+    d.spawn();
+    block_on(db.exec(
+        "INSERT INTO t.log VALUES (1, 'x'), (1, 'x'), (2, 'y');
+         UPDATE t.log SET b = 'z' WHERE a = 1;
+         DELETE FROM t.log WHERE a = 2;",
+    ));
+    let mut tail = kafka.tail("log");
+    wait_records(&mut d, &mut tail, 6, 30);
+    tail.drain(Duration::from_secs(1));
+    let n = Value::Null;
+    let r = |a: i64, b: &str| json!({"a": a, "b": b});
+    assert_eq!(
+        changes(&tail.records),
+        vec![
+            ("c".into(), None, n.clone(), r(1, "x")),
+            ("c".into(), None, n.clone(), r(1, "x")),
+            ("c".into(), None, n.clone(), r(2, "y")),
+            ("u".into(), None, r(1, "x"), r(1, "z")),
+            ("u".into(), None, r(1, "x"), r(1, "z")),
+            ("d".into(), None, r(2, "y"), n),
+        ]
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn a_system_versioned_table_emits_the_users_changes_not_its_history_rows() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE t;
+         CREATE TABLE t.implicit (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING;
+         CREATE TABLE t.explicit (id INT PRIMARY KEY, v INT,
+           s TIMESTAMP(6) GENERATED ALWAYS AS ROW START INVISIBLE,
+           e TIMESTAMP(6) GENERATED ALWAYS AS ROW END INVISIBLE,
+           PERIOD FOR SYSTEM_TIME (s, e)) WITH SYSTEM VERSIONING;",
+    ));
+    let p = |t: &str| {
+        format!("name: {t}\ntable: t.{t}\ncolumns: [id, v]\nsink:\n  kafka:\n    topic: {t}\n")
+    };
+    let mut d = Daemon::new(
+        &db,
+        Some(&kafka),
+        &[("implicit", &p("implicit")), ("explicit", &p("explicit"))],
+    );
+    d.spawn();
+    for t in ["implicit", "explicit"] {
+        block_on(db.exec(&format!(
+            "INSERT INTO t.{t} (id, v) VALUES (1, 1), (2, 2);
+             UPDATE t.{t} SET v = 10 WHERE id = 1;
+             UPDATE t.{t} SET v = 11 WHERE id = 1;
+             DELETE FROM t.{t} WHERE id = 2;
+             DELETE HISTORY FROM t.{t};"
+        )));
+    }
+    let n = Value::Null;
+    let r = |id: i64, v: i64| json!({"id": id, "v": v});
+    for t in ["implicit", "explicit"] {
+        let mut tail = kafka.tail(t);
+        wait_records(&mut d, &mut tail, 5, 30);
+        tail.drain(Duration::from_secs(1));
+        assert_eq!(
+            changes(&tail.records),
+            vec![
+                ("c".into(), key(1), n.clone(), r(1, 1)),
+                ("c".into(), key(2), n.clone(), r(2, 2)),
+                ("u".into(), key(1), r(1, 1), r(1, 10)),
+                ("u".into(), key(1), r(1, 10), r(1, 11)),
+                ("d".into(), key(2), r(2, 2), n.clone()),
+            ],
+            "{t}"
+        );
+    }
+    assert_eq!(d.terminate(), 0);
+}
+
+/// The side table's rows, `(review_id, sentiment, confidence)`.
+fn side(db: &MariaDb) -> Vec<(i64, Option<String>, Option<f64>)> {
+    block_on(db.query_or_empty(
+        "SELECT review_id, sentiment, confidence FROM bug.review_sentiment ORDER BY review_id",
+    ))
+}
+
+fn wait_side(d: &mut Daemon, db: &MariaDb, want: &[(i64, &str, f64)]) {
+    let want: Vec<(i64, Option<String>, Option<f64>)> = want
+        .iter()
+        .map(|(i, s, c)| (*i, Some(s.to_string()), Some(*c)))
+        .collect();
+    let start = Instant::now();
+    while side(db) != want {
+        d.assert_running();
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}\n{}",
+            side(db),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn case_14_derived_rows_follow_their_source_across_kill_9() {
+    let db = MariaDb::start();
+    let aws = AwsStandin::start();
+    block_on(db.exec(
+        "CREATE DATABASE bug;
+         CREATE TABLE bug.reviews (id INT PRIMARY KEY, body TEXT CHARACTER SET utf8mb4);
+         CREATE TABLE bug.review_sentiment (review_id INT PRIMARY KEY, sentiment VARCHAR(10), confidence DOUBLE);
+         CREATE USER 'cdc_writer'@'127.0.0.1' IDENTIFIED BY 'writer-pw';
+         GRANT SELECT ON bug.reviews TO 'cdc_writer'@'127.0.0.1';
+         GRANT SELECT, INSERT, UPDATE, DELETE ON bug.review_sentiment TO 'cdc_writer'@'127.0.0.1';
+         GRANT SELECT, INSERT, UPDATE, CREATE ON bug.cdc_enricher_writeback TO 'cdc_writer'@'127.0.0.1';
+         GRANT SELECT, INSERT, UPDATE, CREATE ON bug.cdc_enricher_dead_letters TO 'cdc_writer'@'127.0.0.1';",
+    ));
+    let pipeline = std::fs::read_to_string(
+        fidelity_case("14-writeback-orphans-after-delete").join("pipeline.yaml"),
+    )
+    .unwrap();
+    let mut d = Daemon::new(&db, None, &[("case", &pipeline)]);
+    d.env = AwsStandin::env();
+    d.env.push(("AWS_ENDPOINT_URL".into(), aws.url()));
+    d.env
+        .push(("CDC_WRITER_PASSWORD".into(), "writer-pw".into()));
+    d.spawn();
+    // Step 1: three reviews, enriched and written to the side table.
+    block_on(db.exec(
+        "INSERT INTO bug.reviews VALUES
+           (1, 'Great product, excellent support, I love it.'),
+           (2, 'Terrible quality, awful service, I hate it.'),
+           (3, 'Great value and excellent packaging.');",
+    ));
+    wait_side(
+        &mut d,
+        &db,
+        &[
+            (1, "POSITIVE", 0.9),
+            (2, "NEGATIVE", 0.92),
+            (3, "POSITIVE", 0.9),
+        ],
+    );
+    d.kill9();
+    // Step 2, while the daemon is down: review 2 deleted, review 3's text withdrawn.
+    block_on(db.exec(
+        "DELETE FROM bug.reviews WHERE id = 2; UPDATE bug.reviews SET body = NULL WHERE id = 3;",
+    ));
+    d.spawn();
+    wait_side(&mut d, &db, &[(1, "POSITIVE", 0.9)]);
+    d.kill9();
+    // Step 3: review 2's id reused for a new, positive review.
+    block_on(
+        db.exec("INSERT INTO bug.reviews VALUES (2, 'Excellent, great, love the new version.');"),
+    );
+    d.spawn();
+    wait_side(&mut d, &db, &[(1, "POSITIVE", 0.9), (2, "POSITIVE", 0.9)]);
+    // Exactly 4 documents reached the backend: none for the delete or the NULL body, none again
+    // after the restarts.
+    let docs: u64 = aws
+        .log()
+        .iter()
+        .map(|e| e["documents"].as_u64().unwrap())
+        .sum();
+    assert_eq!(docs, 4);
+    // Removed exactly once: the replays after kill -9 found nothing left to remove.
+    let dead: Vec<i64> = block_on(db.query("SELECT COUNT(*) FROM bug.cdc_enricher_dead_letters"));
+    assert_eq!(dead, [0]);
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn in_update_mode_a_withdrawn_input_clears_its_results() {
+    let db = MariaDb::start();
+    let aws = AwsStandin::start();
+    block_on(db.exec(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.support (id INT PRIMARY KEY, message TEXT, sentiment VARCHAR(20), confidence DOUBLE);
+         CREATE USER 'writer'@'127.0.0.1' IDENTIFIED BY 'writer-secret';
+         GRANT SELECT, INSERT, UPDATE, CREATE ON shop.* TO 'writer'@'127.0.0.1';",
+    ));
+    let p = format!(
+        "name: s\ntable: shop.support\ncolumns: [id, message]\n\
+         enrichment:\n  comprehend: {{operation: sentiment, text: message}}\n  endpoint_url: {}\n  max_wait_ms: 100\n\
+         sink:\n  mysql:\n    mode: update\n    user: writer\n    password: writer-secret\n\
+         \x20   columns: {{sentiment: /sentiment, confidence: /confidence}}\n",
+        aws.url()
+    );
+    let mut d = Daemon::new(&db, None, &[("s", &p)]);
+    d.env = AwsStandin::env();
+    d.spawn();
+    block_on(
+        db.exec("INSERT INTO shop.support (id, message) VALUES (1, 'great'), (2, 'terrible');"),
+    );
+    let rows = |db: &MariaDb| -> Vec<(i64, Option<String>)> {
+        block_on(db.query("SELECT id, sentiment FROM shop.support ORDER BY id"))
+    };
+    let wait = |d: &mut Daemon, want: Vec<(i64, Option<String>)>| {
+        let start = Instant::now();
+        while rows(&db) != want {
+            d.assert_running();
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{:?}\n{}",
+                rows(&db),
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait(
+        &mut d,
+        vec![(1, Some("POSITIVE".into())), (2, Some("NEGATIVE".into()))],
+    );
+    block_on(db.exec("UPDATE shop.support SET message = '  ' WHERE id = 2;"));
+    wait(&mut d, vec![(1, Some("POSITIVE".into())), (2, None)]);
+    let conf: Vec<Option<f64>> =
+        block_on(db.query("SELECT confidence FROM shop.support WHERE id = 2"));
+    assert_eq!(conf, [None]);
+    assert_eq!(d.terminate(), 0);
+}
