@@ -33,7 +33,7 @@ fn config_errors_name_file_line_and_column() {
     assert_eq!(
         err,
         "error: cdc-enricher.yaml:5:3: source: unknown field `hots`, expected one of `host`, `port`, `user`, `password`, \
-         `password_file`, `server_id`, `heartbeat_ms`, `start`, `on_purged`, `tls`\n"
+         `password_file`, `server_id`, `heartbeat_ms`, `start`, `on_purged`, `tls`, `transaction_buffer_mb`, `spill_dir`\n"
     );
 
     write(
@@ -68,7 +68,7 @@ fn config_errors_name_file_line_and_column() {
     assert_eq!(
         err,
         "error: pipelines/a.yaml:3:1: unknown field `colums`, expected one of `name`, `table`, `columns`, `key`, \
-         `operations`, `filter`, `enrichment`, `snapshot`, `sink`\n"
+         `operations`, `filter`, `enrichment`, `key_changes`, `snapshot`, `sink`\n"
     );
 
     write(

@@ -144,6 +144,12 @@ pub fn removals(
         .map(|o| format!("{} = NULL", q(&o.column)))
         .collect::<Vec<_>>()
         .join(", ");
+    // Only rows that hold a result are touched (no write, no binlog event, for the others).
+    let filled = outputs
+        .iter()
+        .map(|o| format!("{} IS NOT NULL", q(&o.column)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
     let src = qualified(source_table);
     match (mode, side) {
         (WriteMode::Upsert, Some((table, side_key))) => {
@@ -164,7 +170,7 @@ pub fn removals(
                         format!("DELETE FROM {side_q} WHERE {cond}")
                     }
                     crate::config::pipeline::OnInputGone::Null => {
-                        format!("UPDATE {side_q} SET {nulls} WHERE {cond}")
+                        format!("UPDATE {side_q} SET {nulls} WHERE {cond} AND ({filled})")
                     }
                 }
             });
@@ -180,7 +186,9 @@ pub fn removals(
         }
         _ => Removals {
             deleted: None,
-            input_gone: gone.map(|g| format!("UPDATE {src} SET {nulls} WHERE {src_key} AND {g}")),
+            input_gone: gone.map(|g| {
+                format!("UPDATE {src} SET {nulls} WHERE {src_key} AND {g} AND ({filled})")
+            }),
             truncated: None,
         },
     }
