@@ -193,11 +193,13 @@ impl Stages {
             let quota = crate::backend::quota_key(backend.as_ref(), e);
             let settings = enrich::Settings {
                 pipeline: i,
+                name: p.name.clone(),
                 input: enrich::input::InputSpec::from_config(e).map_err(enrich_err)?,
                 max_batch: gather,
                 max_wait: Duration::from_millis(e.max_wait_ms),
                 concurrency: e.concurrency,
                 parse_attempts: e.parse_attempts,
+                max_retry_after: Duration::from_secs(e.max_retry_after_s),
                 limiter: self.limiters.get(&quota, e.requests_per_second),
                 tokens: e.tokens_per_minute.map(|t| self.limiters.bucket(&quota, t)),
                 budget: e.budget.as_ref().map(|b| {

@@ -101,29 +101,36 @@ fn sagemaker_json_lines_and_a_line_count_mismatch_is_dead_lettered() {
         .collect();
     assert_eq!(labels, vec![json!("high"), json!("low")]);
 
-    // The endpoint leaves a line out: the batch is never aligned by guess. Both rows go to the
-    // dead letters after the parse attempts (3 calls); the next row is fine.
+    // The endpoint leaves a line out: the batch is never aligned by guess. The call is split
+    // to find the row at fault: row 4 alone is answered, row 3 alone still gets no line and
+    // goes to the dead letters after the parse attempts; the next row is fine.
     aws.reset();
     block_on(
         db.exec("INSERT INTO shop.orders VALUES (3, 1.00, 1, '[[drop]]'), (4, 2.00, 1, 'ok')"),
     );
-    let dead = kafka.read("scores.dead", 2, Duration::from_secs(60));
-    assert_eq!(dead.len(), 2, "{}", d.log());
-    for (rec, id) in dead.iter().zip([3, 4]) {
-        let v = rec.json();
-        assert_eq!(v["after"]["id"], id);
-        assert_eq!(
-            v["enrichment"],
-            json!({"backend": "sagemaker", "endpoint": "anomaly", "error": {"kind": "bad_output",
-                "message": "sent 2 rows, the endpoint answered 1 lines; a batch is never aligned by guess",
-                "attempts": 3}})
-        );
-    }
-    assert_eq!(aws.log().len(), 3);
-    block_on(db.exec("INSERT INTO shop.orders VALUES (5, 300.00, 1, 'ok')"));
+    let dead = kafka.read("scores.dead", 1, Duration::from_secs(60));
+    assert_eq!(dead.len(), 1, "{}", d.log());
+    let v = dead[0].json();
+    assert_eq!(v["after"]["id"], 3);
+    assert_eq!(
+        v["enrichment"],
+        json!({"backend": "sagemaker", "endpoint": "anomaly", "error": {"kind": "bad_output",
+            "message": "sent 1 rows, the endpoint answered 0 lines; a batch is never aligned by guess",
+            "attempts": 4}})
+    );
     wait_records(&mut d, &mut tail, 3, 60);
-    assert_eq!(tail.records[2].json()["after"]["id"], 5);
-    assert_eq!(tail.records[2].json()["enrichment"]["result"], "high");
+    assert_eq!(tail.records[2].json()["after"]["id"], 4);
+    assert_eq!(tail.records[2].json()["enrichment"]["result"], "low");
+    let sizes: Vec<Value> = aws.log().iter().map(|e| e["documents"].clone()).collect();
+    assert_eq!(
+        sizes,
+        vec![json!(2), json!(1), json!(1), json!(1), json!(1)],
+        "the pair, then each row alone: row 3 three times (parse_attempts), row 4 once"
+    );
+    block_on(db.exec("INSERT INTO shop.orders VALUES (5, 300.00, 1, 'ok')"));
+    wait_records(&mut d, &mut tail, 4, 60);
+    assert_eq!(tail.records[3].json()["after"]["id"], 5);
+    assert_eq!(tail.records[3].json()["enrichment"]["result"], "high");
     assert_eq!(d.terminate(), 0);
 }
 
@@ -187,11 +194,17 @@ fn bedrock_claude_titan_and_converse_answers_with_token_usage() {
     for (name, model, target) in models {
         let recs = kafka.read(name, 1, Duration::from_secs(60));
         assert_eq!(recs.len(), 1, "{name}: {}", d.log());
-        // Prompt and system: 11 + 2 words in; the answer: 6 words out.
+        // Prompt and system: 11 + 2 words in; the answer: 6 words out, finished, in the
+        // family's own words.
+        let stop = if name == "titan" {
+            "FINISHED"
+        } else {
+            "end_turn"
+        };
         assert_eq!(
             recs[0].json()["enrichment"],
             json!({"backend": "bedrock", "model": model, "result": "summary: the quick brown fox jumps",
-                   "usage": {"input_tokens": 13, "output_tokens": 6}}),
+                   "usage": {"input_tokens": 13, "output_tokens": 6, "stop_reason": stop}}),
             "{name}"
         );
         let log = aws.log();
@@ -238,6 +251,15 @@ fn bedrock_claude_titan_and_converse_answers_with_token_usage() {
                 &format!("cdc_enricher_ml_output_tokens_total{{pipeline=\"{name}\"}}")
             ),
             Some("6")
+        );
+        assert_eq!(
+            sample(
+                &body,
+                &format!(
+                    "cdc_enricher_ml_stop_reasons_total{{pipeline=\"{name}\",reason=\"finished\"}}"
+                )
+            ),
+            Some("1")
         );
     }
     assert_eq!(d.terminate(), 0);

@@ -62,7 +62,10 @@ pub async fn sdk_config(aws: &AwsSettings, timeout: Duration) -> aws_config::Sdk
 
 /// Classifies an SDK error once, by what it is: throttling codes and 429 are `Throttled`,
 /// timeouts `Timeout`, transport failures and 5xx `Transient`, refused credentials and missing
-/// models or endpoints `Denied`, the rest bad input.
+/// models or endpoints (`ResourceNotFoundException`, Comprehend's
+/// `ResourceUnavailableException`) `Denied`, the rest bad input. A `Retry-After` header is
+/// kept (seconds or an HTTP-date). The backends refine what only they can tell (SageMaker's
+/// `ModelError`, a missing endpoint or model answered as a validation error).
 pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
     backend: &'static str,
     operation: &str,
@@ -104,6 +107,7 @@ pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
                 "ModelTimeoutException" => ErrorKind::Timeout,
                 "ModelNotReadyException"
                 | "ServiceUnavailable"
+                | "ServiceUnavailableException"
                 | "InternalFailure"
                 | "InternalDependencyException"
                 | "InternalServerException" => ErrorKind::Transient,
@@ -111,7 +115,8 @@ pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
                 | "UnrecognizedClientException"
                 | "InvalidSignatureException"
                 | "ExpiredTokenException"
-                | "ResourceNotFoundException" => ErrorKind::Denied,
+                | "ResourceNotFoundException"
+                | "ResourceUnavailableException" => ErrorKind::Denied,
                 _ => match status {
                     429 => ErrorKind::Throttled,
                     408 => ErrorKind::Timeout,
@@ -124,13 +129,95 @@ pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
                 .raw()
                 .headers()
                 .get("retry-after")
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(|v| retry_after(v, std::time::SystemTime::now()));
             BackendError {
                 retry_after,
                 ..err(kind, message)
             }
         }
         other => err(ErrorKind::Transient, format!("{other:?}")),
+    }
+}
+
+/// A `Retry-After` header's wait from `now`: delay-seconds or an HTTP-date (RFC 9110
+/// §10.2.3; IMF-fixdate and the two obsolete forms, parsed by `httpdate`). A date already
+/// past is no wait; a value that is neither form is ignored (`None`).
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// The kind of a model container's (SageMaker `ModelError`) or a model's (Bedrock
+/// `ModelErrorException`) failure, from the status it answered with (`OriginalStatusCode`):
+/// overloaded or restarting (502, 503, 504 and the other 5xx but 500 and 501) is transient,
+/// 429 throttling, 408 or no status at all (0: the container did not answer in time) a
+/// timeout; 4xx, 500 and 501 are the input's fault (a row it cannot parse), and so is an
+/// answer without a status, where `unknown` decides.
+pub fn model_error_kind(original_status: Option<i32>, unknown: ErrorKind) -> ErrorKind {
+    match original_status {
+        None => unknown,
+        Some(0) | Some(408) => ErrorKind::Timeout,
+        Some(429) => ErrorKind::Throttled,
+        Some(500) | Some(501) => ErrorKind::BadInput,
+        Some(s) if s >= 500 => ErrorKind::Transient,
+        Some(_) => ErrorKind::BadInput,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        // 1994-11-06T08:49:37Z, RFC 9110's example date.
+        let at = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let now = at - Duration::from_secs(10);
+        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(" 0 ", now), Some(Duration::ZERO));
+        for form in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(
+                retry_after(form, now),
+                Some(Duration::from_secs(10)),
+                "{form}"
+            );
+        }
+        // A date already past: go now.
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT", at + Duration::from_secs(5)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-3", now), None);
+        assert_eq!(retry_after("1.5", now), None);
+    }
+
+    #[test]
+    fn model_errors_by_original_status() {
+        use ErrorKind::*;
+        for (status, kind) in [
+            (Some(400), BadInput),
+            (Some(422), BadInput),
+            (Some(500), BadInput),
+            (Some(502), Transient),
+            (Some(503), Transient),
+            (Some(504), Transient),
+            (Some(429), Throttled),
+            (Some(408), Timeout),
+            (Some(0), Timeout),
+            (None, Transient),
+        ] {
+            assert_eq!(model_error_kind(status, Transient), kind, "{status:?}");
+        }
+        assert_eq!(model_error_kind(None, BadInput), BadInput);
     }
 }

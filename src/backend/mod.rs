@@ -28,19 +28,25 @@ pub enum ErrorKind {
     /// The answer came but cannot be used (not the expected JSON, the wrong number of lines):
     /// retried up to the pipeline's `parse_attempts`, then a dead letter.
     BadOutput,
-    /// The input cannot be processed (too long, empty, unsupported language): do not retry.
+    /// The input cannot be processed (too long, empty, unsupported language, a row the model
+    /// container cannot parse): do not retry it alone. A whole call of several inputs that
+    /// fails this way is split to find the inputs at fault.
     BadInput,
+    /// The answer stopped before it was finished: cut at the output limit (`max_tokens`) or
+    /// by a content filter. Not retried (the same call stops at the same place).
+    Incomplete,
 }
 
 impl ErrorKind {
     /// Every kind, in the order of [`ErrorKind::index`] (for per-kind counters).
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::Throttled,
         ErrorKind::Timeout,
         ErrorKind::Transient,
         ErrorKind::Denied,
         ErrorKind::BadOutput,
         ErrorKind::BadInput,
+        ErrorKind::Incomplete,
     ];
 
     /// Retried for as long as it takes (the lag grows and shows; never a dead letter).
@@ -49,6 +55,13 @@ impl ErrorKind {
             self,
             ErrorKind::Throttled | ErrorKind::Timeout | ErrorKind::Transient | ErrorKind::Denied
         )
+    }
+
+    /// A whole call of several inputs that failed with this kind may have failed for one of
+    /// them: it is split in halves (then halves again) until the inputs that fail alone are
+    /// found, so good rows never share a poison row's fate.
+    pub fn splittable(self) -> bool {
+        matches!(self, ErrorKind::BadInput | ErrorKind::BadOutput)
     }
 
     pub fn index(self) -> usize {
@@ -63,6 +76,7 @@ impl ErrorKind {
             ErrorKind::Denied => "denied",
             ErrorKind::BadOutput => "bad_output",
             ErrorKind::BadInput => "bad_input",
+            ErrorKind::Incomplete => "incomplete",
         }
     }
 }
@@ -87,8 +101,96 @@ pub struct Input {
     pub language: String,
 }
 
+/// Why a model stopped answering, as the service said it (Converse `stopReason`, Anthropic
+/// `stop_reason`, Titan `completionReason`) and what that means here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StopReason {
+    /// The service's own word: `end_turn`, `max_tokens`, `LENGTH`, `FINISHED`, …
+    pub raw: String,
+    pub class: StopClass,
+}
+
+/// What a stop reason means for the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopClass {
+    /// The model finished (`end_turn`, `FINISHED`).
+    Finished,
+    /// Stopped at one of the request's stop sequences: finished as asked.
+    StopSequence,
+    /// Cut at the output limit (`max_tokens`, `LENGTH`, the context window): incomplete.
+    MaxTokens,
+    /// Withheld or cut by a content filter or guardrail: incomplete.
+    Filtered,
+    /// Anything else (`tool_use`, a reason this version does not know).
+    Other,
+}
+
+impl StopClass {
+    /// Every class, in the order of [`StopClass::index`] (for per-class counters).
+    pub const ALL: [StopClass; 5] = [
+        StopClass::Finished,
+        StopClass::StopSequence,
+        StopClass::MaxTokens,
+        StopClass::Filtered,
+        StopClass::Other,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopClass::Finished => "finished",
+            StopClass::StopSequence => "stop_sequence",
+            StopClass::MaxTokens => "max_tokens",
+            StopClass::Filtered => "filtered",
+            StopClass::Other => "other",
+        }
+    }
+}
+
+/// Tokens a model call used, as the service reported them, and why the model stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub stop: Option<StopReason>,
+}
+
+/// An answer that is not finished, and what the pipeline wants done with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cut {
+    /// What stopped it, naming the limit: "the answer was cut at max_tokens (50 tokens) …".
+    pub message: String,
+    /// Deliver it marked `truncated: true` (the pipeline accepts cut answers); otherwise the
+    /// row is a dead letter of kind [`ErrorKind::Incomplete`].
+    pub deliver: bool,
+}
+
+/// The answer for one input.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Answer {
+    /// What goes into the record's `enrichment`, after the backend's labels.
+    pub fields: Map<String, Value>,
+    /// Model calls only (Bedrock).
+    pub usage: Option<Usage>,
+    /// Set when the answer is not finished: never cached, never passed as finished.
+    pub cut: Option<Cut>,
+}
+
+impl From<Map<String, Value>> for Answer {
+    fn from(fields: Map<String, Value>) -> Answer {
+        Answer {
+            fields,
+            ..Answer::default()
+        }
+    }
+}
+
 /// The enrichment of one input, or why it failed.
-pub type ItemResult = Result<Map<String, Value>, BackendError>;
+pub type ItemResult = Result<Answer, BackendError>;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -112,8 +214,9 @@ pub trait Backend: Send + Sync {
     fn token_estimate(&self, _input: &Input) -> Option<u64> {
         None
     }
-    /// One call for the whole batch: `Err` when the call itself failed (then every item is
-    /// retried or failed together), else one result per input, in order.
+    /// One call for the whole batch: `Err` when the call itself failed (then the items are
+    /// retried together, or the call is split when its kind is
+    /// [`splittable`](ErrorKind::splittable)), else one result per input, in order.
     fn call<'a>(
         &'a self,
         inputs: &'a [Input],

@@ -137,6 +137,10 @@ pub struct EnrichmentConfig {
     /// rows go to the dead letters. Default 3.
     #[serde(default = "default_parse_attempts")]
     pub parse_attempts: u32,
+    /// The longest wait a service's `Retry-After` (seconds or an HTTP-date) is honoured for,
+    /// in seconds; a longer one is waited this long, with a warning. Default 300.
+    #[serde(default = "default_max_retry_after")]
+    pub max_retry_after_s: u64,
     /// A spending ceiling per window: when spent the pipeline pauses until the next window.
     #[serde(default)]
     pub budget: Option<BudgetConfig>,
@@ -264,6 +268,19 @@ pub struct BedrockConfig {
     /// With `output: json`: the fields the object must have.
     #[serde(default)]
     pub fields: Option<Vec<String>>,
+    /// An answer cut at `max_tokens`: `dead_letter` (default; the reason names the limit) or
+    /// `accept` (delivered marked `truncated: true` with its `stop_reason`). Never cached.
+    #[serde(default)]
+    pub on_max_tokens: OnMaxTokens,
+}
+
+/// What becomes of an answer the model stopped at `max_tokens`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMaxTokens {
+    #[default]
+    DeadLetter,
+    Accept,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -385,6 +402,9 @@ fn default_concurrency() -> usize {
 }
 fn default_parse_attempts() -> u32 {
     3
+}
+fn default_max_retry_after() -> u64 {
+    300
 }
 fn default_window() -> u64 {
     86_400

@@ -6,6 +6,7 @@
 //! Like the other stages it is joined by channels of typed records: it can later run as a
 //! Kafka consumer-group worker without a rewrite.
 
+mod calls;
 pub mod input;
 pub mod template;
 
@@ -13,12 +14,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use rand::Rng;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, BackendError, ErrorKind, Input, ItemResult};
+use crate::backend::{Answer, Backend, ErrorKind, Input, ItemResult};
 use crate::metrics::{Metrics, PipelineMetrics};
 use crate::pipeline::ChangeRecord;
 use crate::ratelimit::{Budget, Limiter, TokenBucket};
@@ -46,7 +46,10 @@ pub struct Deliver {
 }
 
 pub struct Settings {
+    /// The pipeline's slot in the metrics.
     pub pipeline: usize,
+    /// The pipeline's name, for the log.
+    pub name: String,
     pub input: InputSpec,
     /// Records gathered before calls are made (the calls' sizes times the concurrency).
     pub max_batch: usize,
@@ -55,6 +58,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// Calls with an unusable answer before the rows are dead letters.
     pub parse_attempts: u32,
+    /// The longest `Retry-After` honoured.
+    pub max_retry_after: Duration,
     /// The quota this pipeline's calls draw on (shared with other pipelines on the same one).
     pub limiter: Arc<Limiter>,
     /// Tokens per minute (Bedrock), shared like the quota.
@@ -128,6 +133,83 @@ enum Job {
     Done(Map<String, Value>),
     /// No call: the row can never be sent, it is a dead letter.
     Reject(String),
+}
+
+/// The enrichment as it goes into the record, after the backend's labels: the answer's
+/// fields, then `usage` (tokens and the model's `stop_reason`) where the backend reports it.
+fn rendered(answer: &Answer) -> Map<String, Value> {
+    let mut m = answer.fields.clone();
+    if let Some(u) = &answer.usage {
+        let mut usage = Map::new();
+        usage.insert("input_tokens".into(), u.input_tokens.into());
+        usage.insert("output_tokens".into(), u.output_tokens.into());
+        if let Some(stop) = &u.stop {
+            usage.insert("stop_reason".into(), stop.raw.clone().into());
+        }
+        m.insert("usage".into(), Value::Object(usage));
+    }
+    m
+}
+
+/// One record's enrichment from its job and, for a call, its answer and the number of calls
+/// it took. A finished answer is cached; a cut one never is, and is delivered marked
+/// `truncated: true` only where the pipeline accepts cut answers — else it is a dead letter
+/// of kind `incomplete`, as is every final failure.
+fn finish(
+    mut rec: ChangeRecord,
+    seq: u64,
+    job: Job,
+    result: Option<(ItemResult, u32)>,
+    cache: &mut Cache,
+    backend: &dyn Backend,
+    pm: &PipelineMetrics,
+) -> Delivered {
+    let mut m = backend.labels();
+    let mut failed = None;
+    match (job, result) {
+        (Job::Done(extra), _) => m.extend(extra),
+        (Job::Reject(why), _) => failed = Some((ErrorKind::BadInput, why, 0)),
+        (Job::Call { truncated, key }, Some((Ok(answer), attempts))) => match &answer.cut {
+            None => {
+                let r = rendered(&answer);
+                cache.put(key, &r);
+                m.extend(r);
+                if truncated {
+                    m.insert("truncated".into(), Value::Bool(true));
+                }
+            }
+            Some(cut) if cut.deliver => {
+                m.extend(rendered(&answer));
+                m.insert("truncated".into(), Value::Bool(true));
+            }
+            Some(cut) => {
+                // The tokens the cut answer used stay on the record, beside the error.
+                if let Some(Value::Object(u)) = rendered(&answer).remove("usage") {
+                    m.insert("usage".into(), Value::Object(u));
+                }
+                failed = Some((ErrorKind::Incomplete, cut.message.clone(), attempts));
+            }
+        },
+        (Job::Call { .. }, Some((Err(e), attempts))) => {
+            failed = Some((e.kind, e.message, attempts))
+        }
+        (Job::Call { .. }, None) => {
+            failed = Some((ErrorKind::Transient, "no result (internal)".into(), 0))
+        }
+    }
+    let dead = failed.is_some();
+    if let Some((kind, message, attempts)) = failed {
+        pm.enrichment_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(pipeline = %rec.source.pipeline, kind = kind.as_str(), error = %message, attempts,
+            key = %serde_json::to_string(&rec.key).unwrap_or_default(),
+            "this row cannot be enriched; it goes to the dead letters");
+        m.insert(
+            "error".into(),
+            serde_json::json!({"kind": kind.as_str(), "message": message, "attempts": attempts}),
+        );
+    }
+    rec.enrichment = m;
+    Delivered { rec, seq, dead }
 }
 
 /// Runs until `rx` closes; returns when every record taken was delivered.
@@ -207,41 +289,19 @@ async fn stage(
             };
             jobs.push(job);
         }
-        let results = call_with_retries(backend.as_ref(), &inputs, pm, &s).await;
+        let results = calls::call_with_retries(backend.as_ref(), &inputs, pm, &s).await;
         let mut results = results.into_iter();
-        let mut out = Vec::with_capacity(batch.len());
-        for ((mut rec, seq), job) in batch.drain(..).zip(jobs) {
-            let mut m = backend.labels();
-            let mut failed = None;
-            match job {
-                Job::Done(extra) => m.extend(extra),
-                Job::Reject(why) => failed = Some((ErrorKind::BadInput, why, 0)),
-                Job::Call { truncated, key } => match results.next() {
-                    Some((Ok(r), _)) => {
-                        cache.put(key, &r);
-                        m.extend(r);
-                        if truncated {
-                            m.insert("truncated".into(), Value::Bool(true));
-                        }
-                    }
-                    Some((Err(e), attempts)) => failed = Some((e.kind, e.message, attempts)),
-                    None => failed = Some((ErrorKind::Transient, "no result (internal)".into(), 0)),
-                },
-            }
-            let dead = failed.is_some();
-            if let Some((kind, message, attempts)) = failed {
-                pm.enrichment_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(pipeline = %rec.source.pipeline, kind = kind.as_str(), error = %message, attempts,
-                    key = %serde_json::to_string(&rec.key).unwrap_or_default(),
-                    "this row cannot be enriched; it goes to the dead letters");
-                m.insert(
-                    "error".into(),
-                    serde_json::json!({"kind": kind.as_str(), "message": message, "attempts": attempts}),
-                );
-            }
-            rec.enrichment = m;
-            out.push(Delivered { rec, seq, dead });
-        }
+        let out: Vec<Delivered> = batch
+            .drain(..)
+            .zip(jobs)
+            .map(|((rec, seq), job)| {
+                let result = match &job {
+                    Job::Call { .. } => results.next(),
+                    _ => None,
+                };
+                finish(rec, seq, job, result, &mut cache, backend.as_ref(), pm)
+            })
+            .collect();
         if tx.send(out).await.is_err() {
             let why = error.lock().unwrap_or_else(|p| p.into_inner()).clone();
             return Err(why.unwrap_or_else(|| "the delivery thread ended".into()));
@@ -249,228 +309,6 @@ async fn stage(
         if closed {
             return Ok(());
         }
-    }
-}
-
-/// Splits the inputs still unanswered into calls: one language per call (Comprehend takes
-/// one language code a call), at most `max_batch` inputs and `max_bytes` bytes each.
-fn plan_calls(backend: &dyn Backend, inputs: &[Input], todo: &[usize]) -> Vec<Vec<usize>> {
-    let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
-    for &i in todo {
-        groups
-            .entry(inputs[i].language.as_str())
-            .or_default()
-            .push(i);
-    }
-    let (max_n, max_bytes) = (backend.max_batch().max(1), backend.max_batch_bytes());
-    let mut calls = Vec::new();
-    for group in groups.into_values() {
-        let mut call: Vec<usize> = Vec::new();
-        let mut bytes = 0usize;
-        for i in group {
-            let b = inputs[i].text.len() + 1;
-            if !call.is_empty() && (call.len() >= max_n || bytes + b > max_bytes) {
-                calls.push(std::mem::take(&mut call));
-                bytes = 0;
-            }
-            call.push(i);
-            bytes += b;
-        }
-        if !call.is_empty() {
-            calls.push(call);
-        }
-    }
-    calls
-}
-
-type CallResult = Result<Vec<ItemResult>, BackendError>;
-
-/// One call under the pipeline's limits: budget, request quota, tokens per minute.
-async fn limited_call(
-    backend: &dyn Backend,
-    batch: Vec<Input>,
-    pm: &PipelineMetrics,
-    s: &Settings,
-) -> Result<Vec<ItemResult>, BackendError> {
-    if let Some(b) = &s.budget {
-        b.admit(&pm.budget_paused).await;
-    }
-    s.limiter.acquire().await;
-    let reserved: u64 = match &s.tokens {
-        Some(t) => {
-            let n = batch.iter().filter_map(|i| backend.token_estimate(i)).sum();
-            t.reserve(n).await;
-            n
-        }
-        None => 0,
-    };
-    pm.actual_requests.fetch_add(1, Ordering::Relaxed);
-    if batch.len() == 1 {
-        pm.single_requests.fetch_add(1, Ordering::Relaxed);
-    }
-    let started = std::time::Instant::now();
-    let r = backend.call(&batch).await;
-    pm.call_latency.observe(started.elapsed().as_secs_f64());
-    let used: u64 = match &r {
-        Ok(items) => items
-            .iter()
-            .flatten()
-            .map(|m| {
-                let n = |k: &str| {
-                    m.get("usage")
-                        .and_then(|u| u.get(k))
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0)
-                };
-                let (i, o) = (n("input_tokens"), n("output_tokens"));
-                pm.input_tokens.fetch_add(i, Ordering::Relaxed);
-                pm.output_tokens.fetch_add(o, Ordering::Relaxed);
-                i + o
-            })
-            .sum(),
-        Err(_) => 0,
-    };
-    if let Some(t) = &s.tokens {
-        // A failed call used nothing the service counts; give the reservation back.
-        t.settle(reserved, used);
-    }
-    if let Some(b) = &s.budget {
-        b.spent_tokens(used);
-    }
-    r
-}
-
-/// Calls until every input has a final answer: transient failures (throttling, timeouts, 5xx,
-/// dropped connections, refused credentials) are retried for as long as it takes, whole calls
-/// and failed items alike; an unusable answer is retried up to `parse_attempts`; bad input is
-/// final. Each answer comes with the number of calls its input was part of.
-async fn call_with_retries(
-    backend: &dyn Backend,
-    inputs: &[Input],
-    pm: &PipelineMetrics,
-    s: &Settings,
-) -> Vec<(ItemResult, u32)> {
-    let mut results: Vec<Option<ItemResult>> = vec![None; inputs.len()];
-    // How many calls each input was part of.
-    let mut attempts = vec![0u32; inputs.len()];
-    // How many unusable answers each input got (only these count against `parse_attempts`).
-    let mut bad_outputs = vec![0u32; inputs.len()];
-    let mut round = 0u32;
-    loop {
-        let todo: Vec<usize> = (0..inputs.len())
-            .filter(|i| results[*i].is_none())
-            .collect();
-        if todo.is_empty() {
-            return results
-                .into_iter()
-                .map(|r| r.unwrap_or_else(|| Err(internal())))
-                .zip(attempts)
-                .collect();
-        }
-        round += 1;
-        let calls = plan_calls(backend, inputs, &todo);
-        for call in &calls {
-            if call.iter().any(|i| attempts[*i] > 0) {
-                pm.retries.fetch_add(1, Ordering::Relaxed);
-            }
-            for &i in call {
-                attempts[i] += 1;
-            }
-        }
-        let outcomes: Vec<(Vec<usize>, CallResult)> = futures_util::stream::iter(calls)
-            .map(|call| async move {
-                let batch: Vec<Input> = call.iter().map(|i| inputs[*i].clone()).collect();
-                let r = limited_call(backend, batch, pm, s).await;
-                (call, r)
-            })
-            .buffer_unordered(s.concurrency.max(1))
-            .collect()
-            .await;
-        let mut wait: Option<BackendError> = None;
-        let mut throttled = false;
-        let mut answered = false;
-        // Decides one input's fate from one failure.
-        let mut settle = |i: usize, e: BackendError, results: &mut Vec<Option<ItemResult>>| {
-            pm.errors_by_kind[e.kind.index()].fetch_add(1, Ordering::Relaxed);
-            if e.kind == ErrorKind::BadOutput {
-                bad_outputs[i] += 1;
-            }
-            let again = e.kind.transient()
-                || (e.kind == ErrorKind::BadOutput && bad_outputs[i] < s.parse_attempts);
-            if e.kind == ErrorKind::Throttled {
-                throttled = true;
-            }
-            if again {
-                wait = Some(e);
-            } else {
-                results[i] = Some(Err(e));
-            }
-        };
-        for (call, r) in outcomes {
-            match r {
-                Ok(items) => {
-                    answered = true;
-                    pm.responses.fetch_add(1, Ordering::Relaxed);
-                    let mut items = items.into_iter();
-                    for &i in &call {
-                        match items.next() {
-                            Some(Ok(m)) => results[i] = Some(Ok(m)),
-                            Some(Err(e)) => settle(i, e, &mut results),
-                            None => settle(i, missing(backend), &mut results),
-                        }
-                    }
-                }
-                Err(e) => {
-                    if e.kind == ErrorKind::Throttled {
-                        pm.throttles.fetch_add(1, Ordering::Relaxed);
-                    }
-                    for &i in &call {
-                        settle(i, e.clone(), &mut results);
-                    }
-                }
-            }
-        }
-        if throttled {
-            s.limiter.throttled();
-        } else if answered {
-            s.limiter.succeeded();
-        }
-        if let Some(e) = wait {
-            // Throttling: the limiter, cut by AIMD, already spaces the next calls; waiting a
-            // backoff on top would leave the quota idle. Only a Retry-After is honoured.
-            let d = match e.kind {
-                ErrorKind::Throttled => e.retry_after.unwrap_or_default(),
-                _ => backoff(round, e.retry_after),
-            };
-            if e.kind == ErrorKind::Denied && round % 10 == 1 {
-                tracing::warn!(error = %e, round, "the backend refuses the pipeline's calls; fix the credentials, model or endpoint — the rows wait and are retried");
-            } else {
-                tracing::debug!(error = %e, round, backoff_ms = d.as_millis() as u64, "retrying");
-            }
-            tokio::time::sleep(d).await;
-        }
-    }
-}
-
-/// An answer that named fewer items than were sent: the rest is retried.
-fn missing(backend: &dyn Backend) -> BackendError {
-    BackendError {
-        backend: backend.name(),
-        operation: String::new(),
-        kind: ErrorKind::Transient,
-        message: "no result for this input in the answer".into(),
-        retry_after: None,
-    }
-}
-
-/// Only for an input that somehow left the retry loop without an answer.
-fn internal() -> BackendError {
-    BackendError {
-        backend: "internal",
-        operation: String::new(),
-        kind: ErrorKind::Transient,
-        message: "no result".into(),
-        retry_after: None,
     }
 }
 

@@ -41,7 +41,11 @@ pub struct PipelineMetrics {
     /// 1 while the pipeline waits for its budget's next window.
     pub budget_paused: AtomicU64,
     /// Failed calls or items by [`ErrorKind`](crate::backend::ErrorKind) (by its index).
-    pub errors_by_kind: [AtomicU64; 6],
+    pub errors_by_kind: [AtomicU64; crate::backend::ErrorKind::ALL.len()],
+    /// Whole calls that failed for what may be one input's fault and were split in halves.
+    pub batch_splits: AtomicU64,
+    /// Model answers by [`StopClass`](crate::backend::StopClass) (by its index).
+    pub stop_reasons: [AtomicU64; crate::backend::StopClass::ALL.len()],
     /// Seconds per backend call.
     pub call_latency: Histogram,
     /// Write-back (MySQL sink): rows written, results found stale (the input moved on), rows
@@ -318,7 +322,7 @@ impl Metrics {
                 .collect(),
         );
         type Get = fn(&PipelineMetrics) -> &AtomicU64;
-        let per_pipeline: [(&str, &str, Get); 20] = [
+        let per_pipeline: [(&str, &str, Get); 21] = [
             (
                 "cdc_enricher_writeback_removed_total",
                 "Derived results deleted or cleared because their source row (or its input) is gone.",
@@ -418,6 +422,11 @@ impl Metrics {
                 "cdc_enricher_ml_single_requests_total",
                 "Calls that carried a single document (Aurora_ml_single_request_cnt).",
                 |p| &p.single_requests,
+            ),
+            (
+                "cdc_enricher_ml_batch_splits_total",
+                "Whole calls that failed for what may be one row's fault (bad input, an unusable answer) and were split in halves to find it.",
+                |p| &p.batch_splits,
             ),
         ];
         for (name, help, get) in per_pipeline {
@@ -526,6 +535,21 @@ impl Metrics {
                         (
                             format!("{{pipeline=\"{}\",kind=\"{}\"}}", p.name(), k.as_str()),
                             load(&p.errors_by_kind[k.index()]),
+                        )
+                    })
+                })
+                .collect(),
+        );
+        metric(
+            "cdc_enricher_ml_stop_reasons_total",
+            "counter",
+            "Model answers by why the model stopped: finished, stop_sequence, max_tokens (cut at the output limit), filtered, other.",
+            self.live()
+                .flat_map(|p| {
+                    crate::backend::StopClass::ALL.iter().map(move |c| {
+                        (
+                            format!("{{pipeline=\"{}\",reason=\"{}\"}}", p.name(), c.as_str()),
+                            load(&p.stop_reasons[c.index()]),
                         )
                     })
                 })

@@ -29,6 +29,8 @@ pub struct Limiter {
     created: Instant,
     /// Milliseconds after `created` of the last cut, plus one (0: never).
     last_cut_ms: AtomicU64,
+    /// Milliseconds after `created` before which no call may be made (a Retry-After).
+    paused_until_ms: AtomicU64,
 }
 
 impl Limiter {
@@ -44,11 +46,37 @@ impl Limiter {
             factor: AtomicU32::new(FULL),
             created: Instant::now(),
             last_cut_ms: AtomicU64::new(0),
+            paused_until_ms: AtomicU64::new(0),
         }
     }
 
-    /// Waits until a call may be made.
+    /// No call to this quota for `d` from now, by any pipeline drawing on it (a service's
+    /// Retry-After). A later, longer pause extends it; a shorter one changes nothing.
+    pub fn pause_for(&self, d: Duration) {
+        let until = (self.created.elapsed() + d).as_micros().div_ceil(1000) as u64;
+        self.paused_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// How long the quota stays paused from now.
+    pub fn paused_for(&self) -> Duration {
+        let until = self.paused_until_ms.load(Ordering::Relaxed);
+        let now = self.created.elapsed().as_millis() as u64;
+        Duration::from_millis(until.saturating_sub(now))
+    }
+
+    async fn wait_pause(&self) {
+        loop {
+            let d = self.paused_for();
+            if d.is_zero() {
+                return;
+            }
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    /// Waits until a call may be made: after any pause, at the (cut) rate.
     pub async fn acquire(&self) {
+        self.wait_pause().await;
         self.quota.until_ready().await;
         let f = self.factor.load(Ordering::Relaxed).clamp(FLOOR, FULL);
         if f < FULL {
@@ -57,6 +85,8 @@ impl Limiter {
             let extra = base * (FULL as f64 / f as f64 - 1.0);
             tokio::time::sleep(Duration::from_secs_f64(extra)).await;
         }
+        // A pause set while this call waited for the quota holds it too.
+        self.wait_pause().await;
     }
 
     /// The service throttled a call: cut the rate by 15% (down to 1/16 of the quota), at most once
@@ -288,6 +318,23 @@ mod tests {
             l.succeeded();
         }
         assert_eq!(l.current_rate(), 10.0);
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_every_call_until_it_ends() {
+        let l = Limiter::new("k".into(), 1000.0);
+        l.pause_for(Duration::from_millis(300));
+        // A shorter pause asked later does not shorten it.
+        l.pause_for(Duration::from_millis(10));
+        assert!(l.paused_for() > Duration::from_millis(250));
+        let t = Instant::now();
+        l.acquire().await;
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(l.paused_for(), Duration::ZERO);
     }
 
     #[tokio::test]

@@ -15,12 +15,19 @@ the address from argv[2]) and prints `PORT <n>` on its first line. The daemon re
 - SageMaker (`/endpoints/{name}/invocations`): `text/csv` lines in; each line's answer is the
   sum of its numeric fields divided by 100 (one CSV value per line), or with
   `Accept: application/jsonlines` `{"score": …, "label": "high"|"low"}` per line; a line
-  containing `[[drop]]` is left out of the answer (a line-count mismatch). Real 6 MB limit.
+  containing `[[drop]]` is left out of the answer (a line-count mismatch); a line containing
+  `[[poison]]` fails the whole call as a model container does: `424`, `ModelError`, the
+  container's `OriginalStatusCode` 400 and message. Real 6 MB limit.
 - Bedrock (`/model/{id}/invoke`, `/model/{id}/converse`): Anthropic messages and Titan text
   bodies, and the Converse API. The answer: `summary: ` and the prompt's first five words of its
   last line; when the prompt says `JSON`, a fenced JSON object {"summary", "words"}; when it
-  holds `[[garbage-json]]`, text that is not JSON. At most `max_tokens` words. Usage: input
-  tokens = words of prompt and system, output tokens = words of the answer.
+  holds `[[garbage-json]]`, text that is not JSON. At most `max_tokens` words: a longer answer
+  is cut there and says so as each family does (Anthropic `stop_reason: "max_tokens"`, Titan
+  `completionReason: "LENGTH"`, Converse `stopReason: "max_tokens"`; else `end_turn` /
+  `FINISHED`). Usage: input tokens = words of prompt and system, output tokens = words of the
+  answer.
+- Comprehend batches holding a document with `[[refuse-batch]]` are refused whole (400
+  `InvalidRequestException`, outside the `ErrorList`).
 - STS AssumeRole (Query protocol, form body): session credentials ASIASTANDIN, checked with
   their session token on the calls that use them.
 - Every request's SigV4 signature is checked against the test credentials (AKIDSTANDIN, and
@@ -31,7 +38,16 @@ the address from argv[2]) and prints `PORT <n>` on its first line. The daemon re
   batches answer INTERNAL_SERVER_ERROR in the ErrorList), {"bucket": {"rate": 5, "burst": 5}}
   (a token bucket: a call finding it empty is throttled, as a service enforcing its quota),
   {"reset": N} (the next N calls have their connection closed with no answer),
-  {"garbage": N} (the next N calls answer 200 with a body that is not JSON);
+  {"garbage": N} (the next N calls answer 200 with a body that is not JSON),
+  {"retry_after": "7"} or {"retry_after": "date+10"} (throttling answers carry Retry-After:
+  seconds, or an HTTP-date that many seconds ahead),
+  {"missing_s": 20} (for 20 s the endpoint or model is not there, as each service says it:
+  SageMaker 400 `ValidationError` "Endpoint NAME of account N not found.", Bedrock 400
+  `ValidationException` "The provided model identifier is invalid.", Comprehend 400
+  `ResourceUnavailableException`),
+  {"model_error": [503, 502]} (the next calls, one status each, answer 424 as a failing model
+  container: SageMaker `ModelError` with `OriginalStatusCode`, Bedrock
+  `ModelErrorException` with `originalStatusCode`; 0 is a container that did not answer);
   GET /_log (every request with its target, documents, access key and the SDK's
   amz-sdk-request attempt header); POST /_reset.
 """
@@ -55,8 +71,10 @@ POSITIVE = {"great", "good", "fast", "love", "thanks", "excellent", "happy", "pe
 NEGATIVE = {"terrible", "bad", "slow", "hate", "awful", "waited", "broken", "worst"}
 
 FAULTS = {"throttle": 0, "throttle_rate": 0.0, "status": None, "times": 0, "delay_ms": 0,
-          "item_errors": 0, "bucket": None, "reset": 0, "garbage": 0}
-STATE = dict(FAULTS, rng=random.Random(1), log=[], tokens=0.0, refilled=0.0)
+          "item_errors": 0, "bucket": None, "reset": 0, "garbage": 0, "retry_after": None,
+          "missing_s": 0, "model_error": []}
+STATE = dict(FAULTS, rng=random.Random(1), log=[], tokens=0.0, refilled=0.0, missing_until=0.0)
+ACCOUNT = "123456789012"
 LOCK = threading.Lock()
 
 
@@ -130,6 +148,14 @@ def csv_records(text):
     return list(csv.reader(io.StringIO(text, newline="")))
 
 
+def poison_line(body):
+    """The 1-based line of a `[[poison]]` row, or None."""
+    for n, rec in enumerate(csv_records(body.decode(errors="replace")), 1):
+        if any("[[poison]]" in f for f in rec):
+            return n
+    return None
+
+
 def sagemaker(body, accept):
     text = body.decode()
     records = csv_records(text)
@@ -146,6 +172,7 @@ def sagemaker(body, accept):
 
 
 def model_answer(prompt, max_tokens):
+    """The answer, at most max_tokens words, and whether it was cut there."""
     if "[[garbage-json]]" in prompt:
         answer = "Sure! Here is the summary you asked for."
     else:
@@ -155,7 +182,8 @@ def model_answer(prompt, max_tokens):
             answer = "```json\n" + json.dumps({"summary": " ".join(words[:5]), "words": len(words)}) + "\n```"
         else:
             answer = "summary: " + " ".join(words[:5])
-    return " ".join(answer.split(" ")[:max_tokens])
+    parts = answer.split(" ")
+    return " ".join(parts[:max_tokens]), len(parts) > max_tokens
 
 
 def words(*texts):
@@ -166,25 +194,27 @@ def bedrock_invoke(model, req):
     if "anthropic." in model:
         prompt = "".join(c.get("text", "") for m in req.get("messages", []) for c in m.get("content", []))
         system = req.get("system", "")
-        answer = model_answer(prompt, req.get("max_tokens", 0))
+        answer, cut = model_answer(prompt, req.get("max_tokens", 0))
         return {"id": "msg_standin", "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": answer}], "stop_reason": "end_turn",
+                "content": [{"type": "text", "text": answer}],
+                "stop_reason": "max_tokens" if cut else "end_turn", "stop_sequence": None,
                 "usage": {"input_tokens": words(prompt, system), "output_tokens": words(answer)}}
     if "amazon.titan-text" in model:
         prompt = req.get("inputText", "")
-        answer = model_answer(prompt, req.get("textGenerationConfig", {}).get("maxTokenCount", 0))
+        answer, cut = model_answer(prompt, req.get("textGenerationConfig", {}).get("maxTokenCount", 0))
         return {"inputTextTokenCount": words(prompt),
-                "results": [{"tokenCount": words(answer), "outputText": answer, "completionReason": "FINISH"}]}
+                "results": [{"tokenCount": words(answer), "outputText": answer,
+                             "completionReason": "LENGTH" if cut else "FINISHED"}]}
     return None
 
 
 def bedrock_converse(model, req):
     prompt = "".join(c.get("text", "") for m in req.get("messages", []) for c in m.get("content", []))
     system = "".join(s.get("text", "") for s in req.get("system", []))
-    answer = model_answer(prompt, req.get("inferenceConfig", {}).get("maxTokens", 0))
+    answer, cut = model_answer(prompt, req.get("inferenceConfig", {}).get("maxTokens", 0))
     i, o = words(prompt, system), words(answer)
     return {"output": {"message": {"role": "assistant", "content": [{"text": answer}]}},
-            "stopReason": "end_turn", "usage": {"inputTokens": i, "outputTokens": o, "totalTokens": i + o},
+            "stopReason": "max_tokens" if cut else "end_turn", "usage": {"inputTokens": i, "outputTokens": o, "totalTokens": i + o},
             "metrics": {"latencyMs": 1}}
 
 
@@ -294,6 +324,32 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(status, {"__type": code, "message": message, "Message": message},
                    extra={"x-amzn-ErrorType": code})
 
+    def error_body(self, status, code, obj):
+        self.reply(status, obj, "application/json", extra={"x-amzn-ErrorType": code})
+
+    def model_error(self, service, endpoint, model, original, message):
+        """424: the model container (SageMaker) or the model (Bedrock) failed, with its status."""
+        if service == "sagemaker":
+            kind = "client" if 400 <= original < 500 else "server"
+            return self.error_body(424, "ModelError", {
+                "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL",
+                "LogStreamArn": f"arn:aws:logs:us-east-1:{ACCOUNT}:log-group:/aws/sagemaker/Endpoints/{endpoint}",
+                "Message": f"Received {kind} error ({original}) from primary with message \"{message}\". "
+                           f"See https://us-east-1.console.aws.amazon.com/cloudwatch/home in account {ACCOUNT} for more information.",
+                "OriginalMessage": message, "OriginalStatusCode": original})
+        return self.error_body(424, "ModelErrorException", {
+            "message": f"Received error ({original}) from model: {message}",
+            "originalStatusCode": original, "resourceName": model})
+
+    def missing(self, service, endpoint, model):
+        """The endpoint or model is not there (yet), as each service says it."""
+        if service == "sagemaker":
+            return self.error(400, "ValidationError", f"Endpoint {endpoint} of account {ACCOUNT} not found.")
+        if service == "bedrock":
+            return self.error(400, "ValidationException", "The provided model identifier is invalid.")
+        return self.error(400, "ResourceUnavailableException",
+                          "The specified resource is not available. Check the resource and try again.")
+
     def do_GET(self):
         if self.path == "/_log":
             with LOCK:
@@ -314,10 +370,14 @@ class Handler(BaseHTTPRequestHandler):
                     STATE["refilled"] = time.monotonic()
                 if "seed" in ctl:
                     STATE["rng"] = random.Random(ctl["seed"])
+                if ctl.get("missing_s"):
+                    STATE["missing_until"] = time.monotonic() + float(ctl["missing_s"])
+                if "model_error" in ctl:
+                    STATE["model_error"] = list(ctl["model_error"])
             return self.reply(200, {"ok": True}, "application/json")
         if self.path == "/_reset":
             with LOCK:
-                STATE.update(FAULTS, log=[])
+                STATE.update(FAULTS, log=[], missing_until=0.0, model_error=[])
             return self.reply(200, {"ok": True}, "application/json")
 
         target = self.headers.get("X-Amz-Target", "")
@@ -363,6 +423,10 @@ class Handler(BaseHTTPRequestHandler):
                 fault = "throttle"
             elif not take_bucket_token():
                 fault = "throttle"
+            elif time.monotonic() < STATE["missing_until"]:
+                fault = "missing"
+            elif STATE["model_error"]:
+                fault = ("model_error", STATE["model_error"].pop(0))
             elif STATE["status"] and STATE["times"] > 0:
                 STATE["times"] -= 1
                 fault = STATE["status"]
@@ -381,7 +445,28 @@ class Handler(BaseHTTPRequestHandler):
         if fault == "throttle":
             # Bedrock answers 429; the JSON 1.1 services and SageMaker 400 with the code.
             entry["status"] = 429 if service == "bedrock" else 400
-            return self.error(entry["status"], "ThrottlingException", "Rate exceeded")
+            extra = {"x-amzn-ErrorType": "ThrottlingException"}
+            ra = STATE["retry_after"]
+            if ra is not None:
+                if str(ra).startswith("date+"):
+                    at = time.time() + float(str(ra)[5:])
+                    import email.utils
+                    extra["Retry-After"] = email.utils.formatdate(at, usegmt=True)
+                    entry["retry_at"] = int(at)
+                else:
+                    extra["Retry-After"] = str(ra)
+                entry["retry_after"] = extra["Retry-After"]
+            return self.reply(entry["status"], {"__type": "ThrottlingException", "message": "Rate exceeded"},
+                              extra=extra)
+        if fault == "missing":
+            entry["status"] = 400
+            return self.missing(service, endpoint, model)
+        if isinstance(fault, tuple):
+            entry["status"] = 424
+            entry["original_status"] = fault[1]
+            return self.model_error(service, endpoint, model, fault[1],
+                                    "upstream connect error or disconnect/reset before headers"
+                                    if fault[1] else "Your invocation timed out while waiting for a response from container primary.")
         if isinstance(fault, int):
             entry["status"] = fault
             return self.error(fault, "InternalServerException", "scripted failure")
@@ -402,6 +487,12 @@ class Handler(BaseHTTPRequestHandler):
             if len(body) > 6_000_000:
                 entry["status"] = 400
                 return self.error(400, "ValidationError", "Request payload is larger than 6 MB")
+            bad = poison_line(body)
+            if bad is not None:
+                entry["status"] = 424
+                entry["original_status"] = 400
+                return self.model_error(service, endpoint, None, 400,
+                                        f"could not convert string to float: '[[poison]]' (line {bad})")
             accept = self.headers.get("Accept", "text/csv")
             out, _ = sagemaker(body, accept)
             entry["status"] = 200
@@ -420,6 +511,11 @@ class Handler(BaseHTTPRequestHandler):
                 entry["status"] = 400
                 return self.error(400, "BatchSizeLimitExceededException",
                                   f"{len(docs)} documents; the limit is 25")
+            refused = [i for i, t in enumerate(docs) if "[[refuse-batch]]" in t]
+            if refused:
+                entry["status"] = 400
+                return self.error(400, "InvalidRequestException",
+                                  f"Invalid document at index {refused[0]}")
             results, errors = [], []
             for i, text in enumerate(docs):
                 with LOCK:

@@ -10,8 +10,16 @@ use aws_sdk_bedrockruntime::types::{
 };
 use serde_json::{json, Map, Value};
 
-use super::{aws, Backend, BackendError, BoxFuture, ErrorKind, Input, ItemResult};
-use crate::config::pipeline::{BedrockApi, BedrockConfig, BedrockOutput, EnrichmentConfig};
+use aws_sdk_bedrockruntime::operation::converse::ConverseError;
+use aws_sdk_bedrockruntime::operation::invoke_model::InvokeModelError;
+
+use super::{
+    aws, Answer, Backend, BackendError, BoxFuture, Cut, ErrorKind, Input, ItemResult, StopClass,
+    StopReason, Usage,
+};
+use crate::config::pipeline::{
+    BedrockApi, BedrockConfig, BedrockOutput, EnrichmentConfig, OnMaxTokens,
+};
 
 /// How a model is called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +101,27 @@ pub fn parse_json_answer(text: &str, fields: Option<&[String]>) -> Result<Value,
     Ok(v)
 }
 
+/// A stop reason as the model family says it: Converse `stopReason` (end_turn, stop_sequence,
+/// max_tokens, model_context_window_exceeded, guardrail_intervened, content_filtered,
+/// tool_use, …), Anthropic `stop_reason` (end_turn, stop_sequence, max_tokens, refusal, …),
+/// Titan `completionReason` (FINISHED, LENGTH, STOP_CRITERIA_MET, CONTENT_FILTERED). The
+/// services' enumerated values, from the Bedrock API and model-parameter references.
+pub fn stop_reason(raw: &str) -> StopReason {
+    let class = match raw {
+        "end_turn" | "FINISHED" | "FINISH" => StopClass::Finished,
+        "stop_sequence" | "STOP_CRITERIA_MET" => StopClass::StopSequence,
+        "max_tokens" | "LENGTH" | "model_context_window_exceeded" => StopClass::MaxTokens,
+        "content_filtered" | "guardrail_intervened" | "CONTENT_FILTERED" | "refusal" => {
+            StopClass::Filtered
+        }
+        _ => StopClass::Other,
+    };
+    StopReason {
+        raw: raw.to_string(),
+        class,
+    }
+}
+
 impl Bedrock {
     pub async fn new(e: &EnrichmentConfig, cfg: &BedrockConfig) -> Result<Bedrock, String> {
         let sdk = aws::sdk_config(&e.aws(), e.timeout()).await;
@@ -113,8 +142,9 @@ impl Bedrock {
         }
     }
 
-    /// InvokeModel with the family's body: the answer's text and (input, output) tokens.
-    async fn invoke(&self, prompt: &str) -> Result<(String, u64, u64), BackendError> {
+    /// InvokeModel with the family's body: the answer's text, its tokens and stop reason
+    /// (Anthropic `stop_reason`, Titan `results[0].completionReason`).
+    async fn invoke(&self, prompt: &str) -> Result<(String, Usage), BackendError> {
         let c = &self.cfg;
         let body = match self.family {
             Family::Anthropic => {
@@ -152,7 +182,13 @@ impl Bedrock {
             .body(Blob::new(body.to_string().into_bytes()))
             .send()
             .await
-            .map_err(|e| aws::classify("bedrock", &c.model, &e))?;
+            .map_err(|e| {
+                let original = match e.as_service_error() {
+                    Some(InvokeModelError::ModelErrorException(m)) => m.original_status_code(),
+                    _ => None,
+                };
+                self.classify(&e, original)
+            })?;
         let answer: Value = serde_json::from_slice(out.body().as_ref()).map_err(|e| {
             self.err(
                 ErrorKind::BadOutput,
@@ -174,15 +210,34 @@ impl Bedrock {
             }
         };
         let n = |p: &str| answer.pointer(p).and_then(Value::as_u64).unwrap_or(0);
-        let (input, output) = match self.family {
-            Family::Anthropic => (n("/usage/input_tokens"), n("/usage/output_tokens")),
-            _ => (n("/inputTextTokenCount"), n("/results/0/tokenCount")),
+        let (input_tokens, output_tokens, stop) = match self.family {
+            Family::Anthropic => (
+                n("/usage/input_tokens"),
+                n("/usage/output_tokens"),
+                "/stop_reason",
+            ),
+            _ => (
+                n("/inputTextTokenCount"),
+                n("/results/0/tokenCount"),
+                "/results/0/completionReason",
+            ),
         };
-        Ok((text, input, output))
+        let stop = answer
+            .pointer(stop)
+            .and_then(Value::as_str)
+            .map(stop_reason);
+        Ok((
+            text,
+            Usage {
+                input_tokens,
+                output_tokens,
+                stop,
+            },
+        ))
     }
 
-    /// The Converse API: the answer's text and (input, output) tokens.
-    async fn converse(&self, prompt: &str) -> Result<(String, u64, u64), BackendError> {
+    /// The Converse API: the answer's text, its tokens and `stopReason`.
+    async fn converse(&self, prompt: &str) -> Result<(String, Usage), BackendError> {
         let c = &self.cfg;
         let internal = |e: aws_sdk_bedrockruntime::error::BuildError| {
             self.err(
@@ -208,10 +263,19 @@ impl Bedrock {
         if let Some(s) = &c.system {
             req = req.system(SystemContentBlock::Text(s.clone()));
         }
-        let out = req
-            .send()
-            .await
-            .map_err(|e| aws::classify("bedrock", &c.model, &e))?;
+        let out = req.send().await.map_err(|e| {
+            let original = match e.as_service_error() {
+                Some(ConverseError::ModelErrorException(m)) => m.original_status_code(),
+                _ => None,
+            };
+            self.classify(&e, original)
+        })?;
+        if *out.stop_reason() == aws_sdk_bedrockruntime::types::StopReason::MalformedModelOutput {
+            return Err(self.err(
+                ErrorKind::BadOutput,
+                "the model's output was malformed (stopReason malformed_model_output)".into(),
+            ));
+        }
         let text: String = match out.output() {
             Some(ConverseOutput::Message(m)) => m
                 .content()
@@ -223,10 +287,11 @@ impl Bedrock {
                 .collect(),
             _ => String::new(),
         };
-        if text.is_empty() {
+        let stop = stop_reason(out.stop_reason().as_str());
+        if text.is_empty() && stop.class == StopClass::Finished {
             return Err(self.err(ErrorKind::BadOutput, "the model answered no text".into()));
         }
-        let (i, o) = out
+        let (input_tokens, output_tokens) = out
             .usage()
             .map(|u| {
                 (
@@ -235,26 +300,90 @@ impl Bedrock {
                 )
             })
             .unwrap_or((0, 0));
-        Ok((text, i, o))
+        Ok((
+            text,
+            Usage {
+                input_tokens,
+                output_tokens,
+                stop: Some(stop),
+            },
+        ))
     }
 
+    /// A Bedrock failure. Beyond [`aws::classify`]: `ModelErrorException` by the model's own
+    /// status ([`aws::model_error_kind`]; without one, transient), and a validation error
+    /// saying the model id is invalid — a model not (yet) available here — waits for the
+    /// operator (`denied`) like `ResourceNotFoundException`. Shapes from the InvokeModel and
+    /// Converse API references, Errors.
+    fn classify<E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::fmt::Debug>(
+        &self,
+        e: &aws_smithy_runtime_api::client::result::SdkError<
+            E,
+            aws_smithy_runtime_api::http::Response,
+        >,
+        original_status: Option<i32>,
+    ) -> BackendError {
+        let mut err = aws::classify("bedrock", &self.cfg.model, e);
+        let Some(service) = e.as_service_error() else {
+            return err;
+        };
+        match service.code() {
+            Some("ModelErrorException") => {
+                err.kind = aws::model_error_kind(original_status, ErrorKind::Transient);
+            }
+            Some("ValidationException")
+                if service.message() == Some("The provided model identifier is invalid.") =>
+            {
+                err.kind = ErrorKind::Denied;
+            }
+            _ => {}
+        }
+        err
+    }
+
+    /// Whether an answer is unfinished, and what the pipeline wants done with it.
+    fn cut(&self, stop: Option<&StopReason>) -> Option<Cut> {
+        let stop = stop?;
+        match stop.class {
+            StopClass::MaxTokens => Some(Cut {
+                message: format!(
+                    "the model stopped at max_tokens ({} tokens; stop reason `{}`): the answer \
+                     is cut — raise enrichment.bedrock.max_tokens or ask for less",
+                    self.cfg.max_tokens, stop.raw
+                ),
+                deliver: self.cfg.on_max_tokens == OnMaxTokens::Accept,
+            }),
+            StopClass::Filtered => Some(Cut {
+                message: format!(
+                    "the model's answer was withheld or cut by a content filter (stop reason `{}`)",
+                    stop.raw
+                ),
+                deliver: false,
+            }),
+            _ => None,
+        }
+    }
+
+    /// One prompt. A cut answer is not parsed as JSON (it would fail, and calling again
+    /// would cut it at the same place): it is reported as cut, with its text as the result.
     async fn one(&self, input: &Input) -> ItemResult {
-        let (text, tin, tout) = match self.family {
+        let (text, usage) = match self.family {
             Family::Converse => self.converse(&input.text).await?,
             _ => self.invoke(&input.text).await?,
         };
-        let result = match self.cfg.output {
-            BedrockOutput::Text => Value::String(text),
-            BedrockOutput::Json => parse_json_answer(&text, self.cfg.fields.as_deref())
+        let cut = self.cut(usage.stop.as_ref());
+        let result = match (self.cfg.output, &cut) {
+            (BedrockOutput::Json, None) => parse_json_answer(&text, self.cfg.fields.as_deref())
                 .map_err(|m| self.err(ErrorKind::BadOutput, m))?,
+            _ => Value::String(text),
         };
-        let mut m = Map::new();
-        m.insert("result".into(), result);
-        m.insert(
-            "usage".into(),
-            json!({"input_tokens": tin, "output_tokens": tout}),
-        );
-        Ok(m)
+        let mut fields = Map::new();
+        fields.insert("result".into(), result);
+        Ok(Answer {
+            fields,
+            usage: Some(usage),
+            cut,
+        })
     }
 }
 
@@ -283,6 +412,7 @@ impl Backend for Bedrock {
             c.output,
             c.fields
         )
+        // on_max_tokens is not part of the scope: a cut answer is never cached.
     }
 
     fn max_batch(&self) -> usize {
@@ -348,6 +478,29 @@ mod tests {
             result_pointer: None,
             output: BedrockOutput::Text,
             fields: None,
+            on_max_tokens: OnMaxTokens::DeadLetter,
+        }
+    }
+
+    #[test]
+    fn stop_reasons_of_every_family() {
+        for (raw, class) in [
+            ("end_turn", StopClass::Finished),
+            ("FINISHED", StopClass::Finished),
+            ("max_tokens", StopClass::MaxTokens),
+            ("LENGTH", StopClass::MaxTokens),
+            ("model_context_window_exceeded", StopClass::MaxTokens),
+            ("stop_sequence", StopClass::StopSequence),
+            ("STOP_CRITERIA_MET", StopClass::StopSequence),
+            ("content_filtered", StopClass::Filtered),
+            ("guardrail_intervened", StopClass::Filtered),
+            ("CONTENT_FILTERED", StopClass::Filtered),
+            ("refusal", StopClass::Filtered),
+            ("tool_use", StopClass::Other),
+            ("something_new", StopClass::Other),
+        ] {
+            assert_eq!(stop_reason(raw).class, class, "{raw}");
+            assert_eq!(stop_reason(raw).raw, raw);
         }
     }
 

@@ -74,7 +74,7 @@ impl Comprehend {
         let mut results: Vec<Option<ItemResult>> = vec![None; n];
         for (index, m) in answers {
             if let Some(i) = slot(index, n) {
-                results[i] = Some(Ok(m));
+                results[i] = Some(Ok(m.into()));
             }
         }
         for e in errors {

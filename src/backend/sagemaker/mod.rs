@@ -2,6 +2,7 @@
 //! as RFC 4180 CSV lines in (`text/csv`), one line per row out (CSV or JSON lines), typed as
 //! the pipeline says (Aurora's SageMaker functions with `MAX_BATCH_SIZE`).
 
+use aws_sdk_sagemakerruntime::operation::invoke_endpoint::InvokeEndpointError;
 use aws_sdk_sagemakerruntime::primitives::Blob;
 use serde_json::{Map, Value};
 
@@ -75,6 +76,20 @@ impl Returns {
             }
         }
     }
+}
+
+/// Whether a validation message is about the endpoint itself ("Endpoint NAME of account N
+/// not found.", "Endpoint NAME not found."), not about the request's rows. Endpoint names
+/// are case-insensitive.
+fn names_endpoint(message: &str, endpoint: &str) -> bool {
+    let Some(rest) = message.strip_prefix("Endpoint ") else {
+        return false;
+    };
+    let named = rest
+        .get(..endpoint.len())
+        .is_some_and(|n| n.eq_ignore_ascii_case(endpoint));
+    let after = rest.get(endpoint.len()..).unwrap_or("");
+    named && after.starts_with(' ') && after.trim_end_matches('.').ends_with("not found")
 }
 
 fn v_text(v: &Value) -> String {
@@ -194,6 +209,44 @@ impl SageMaker {
         }
     }
 
+    /// An InvokeEndpoint failure. Beyond [`aws::classify`]: a `ModelError` (424: the model
+    /// container answered with an error) is classified by the container's own status
+    /// ([`aws::model_error_kind`]; without one it is taken as the input's fault, so a poison
+    /// row is isolated rather than retried for ever) and carries the container's message; a
+    /// `ValidationError` about the endpoint itself — "Endpoint NAME of account N not found.",
+    /// as while it is created or redeployed — waits for the operator (`denied`), since no row
+    /// is at fault. Shapes from the InvokeEndpoint API reference, Errors.
+    fn classify(
+        &self,
+        e: &aws_smithy_runtime_api::client::result::SdkError<
+            InvokeEndpointError,
+            aws_smithy_runtime_api::http::Response,
+        >,
+    ) -> BackendError {
+        let mut err = aws::classify("sagemaker", &self.cfg.endpoint, e);
+        let Some(service) = e.as_service_error() else {
+            return err;
+        };
+        match service {
+            InvokeEndpointError::ModelError(m) => {
+                err.kind = aws::model_error_kind(m.original_status_code(), ErrorKind::BadInput);
+                err.message = format!(
+                    "ModelError: the model container answered {}: {}",
+                    m.original_status_code()
+                        .map_or("with no status".to_string(), |s| s.to_string()),
+                    m.original_message().or(m.message()).unwrap_or("")
+                );
+            }
+            InvokeEndpointError::ValidationError(v)
+                if names_endpoint(v.message().unwrap_or(""), &self.cfg.endpoint) =>
+            {
+                err.kind = ErrorKind::Denied;
+            }
+            _ => {}
+        }
+        err
+    }
+
     /// One raw answer per line of the body.
     fn answers(&self, body: &[u8]) -> Result<Vec<Result<Value, String>>, BackendError> {
         let bad = |m: String| self.err(ErrorKind::BadOutput, m);
@@ -283,7 +336,7 @@ impl Backend for SageMaker {
                 .body(Blob::new(body.into_bytes()))
                 .send()
                 .await
-                .map_err(|e| aws::classify("sagemaker", &self.cfg.endpoint, &e))?;
+                .map_err(|e| self.classify(&e))?;
             let answers = self.answers(out.body().map(|b| b.as_ref()).unwrap_or_default())?;
             if answers.len() != inputs.len() {
                 return Err(self.err(
@@ -303,7 +356,7 @@ impl Backend for SageMaker {
                         .map_err(|m| self.err(ErrorKind::BadOutput, m))?;
                     let mut m = Map::new();
                     m.insert("result".into(), v);
-                    Ok(m)
+                    Ok(m.into())
                 })
                 .collect())
         })
@@ -342,6 +395,23 @@ mod tests {
         );
         assert_eq!(csv_records("").unwrap(), Vec::<Vec<String>>::new());
         assert!(csv_records("\"open").is_err());
+    }
+
+    #[test]
+    fn a_missing_endpoint_is_told_from_a_bad_request() {
+        assert!(names_endpoint(
+            "Endpoint anomaly of account 123456789012 not found.",
+            "anomaly"
+        ));
+        assert!(names_endpoint("Endpoint anomaly not found.", "anomaly"));
+        assert!(!names_endpoint(
+            "Endpoint anomaly-v2 of account 1 not found.",
+            "anomaly"
+        ));
+        assert!(!names_endpoint(
+            "Request payload is larger than 6 MB",
+            "anomaly"
+        ));
     }
 
     #[test]
