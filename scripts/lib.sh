@@ -22,7 +22,14 @@ need_mariadb() {
 
 # need_tansu_release: benchmarks measure against a release build of the broker (tests use the
 # debug build, which builds in half the time; its produce path is what dominates latency).
+# BENCH_TANSU_BIN overrides it (say which broker ran when recording figures).
 need_tansu_release() {
+  if [ -n "${BENCH_TANSU_BIN:-}" ]; then
+    TANSU_BIN=$BENCH_TANSU_BIN
+    export TANSU_BIN
+    log "broker for this benchmark: $TANSU_BIN (BENCH_TANSU_BIN)"
+    return
+  fi
   local root=$HOME/.cache/cdc-enricher/tansu-$TANSU_VERSION-release
   if [ ! -x "$root/bin/tansu" ]; then
     log "building the tansu Kafka broker $TANSU_VERSION in release mode, for benchmarks (once; cached in $root)"

@@ -520,6 +520,37 @@ fn retry_after_as_an_http_date_holds_every_call_to_the_quota_until_then() {
 }
 
 #[test]
+fn a_bedrock_429_with_a_date_holds_the_other_calls_of_its_own_batch_too() {
+    let (db, kafka, aws) = setup();
+    let p = pipeline(
+        &aws,
+        "summaries",
+        "articles",
+        &bedrock("anthropic.claude-3-haiku-20240307-v1:0", 50, ""),
+    );
+    let (_d, _) = daemon(&db, &kafka, &[("summaries", &p)]);
+    // One prompt a call: three rows are three calls of one round; the first is answered 429
+    // with a date 5 s ahead, and the other two must wait for it.
+    aws.control(r#"{"throttle": 1, "retry_after": "date+5"}"#);
+    block_on(
+        db.exec("INSERT INTO shop.articles VALUES (1, 'A', 'a'), (2, 'B', 'b'), (3, 'C', 'c')"),
+    );
+    let got = kafka.read("summaries", 3, Duration::from_secs(60));
+    assert_eq!(got.len(), 3);
+    let log = aws.log();
+    assert_eq!(log[0]["status"], 429);
+    let retry_at = log[0]["retry_at"].as_f64().unwrap_or(f64::MAX);
+    assert_eq!(log.len(), 4, "{log:?}");
+    for e in &log[1..] {
+        assert!(
+            e["wall"].as_f64().unwrap_or(0.0) >= retry_at,
+            "a call at {} before the Retry-After date {retry_at}",
+            e["wall"]
+        );
+    }
+}
+
+#[test]
 fn a_long_retry_after_is_capped_with_a_warning() {
     let (db, kafka, aws) = setup();
     let p = pipeline(&aws, "feedback", "support", COMPREHEND).replace(

@@ -740,6 +740,9 @@ fn validate_enrichment(e: &EnrichmentConfig, picked: Option<&[String]>) -> Resul
     if e.concurrency == 0 || e.concurrency > 256 {
         return Err("enrichment.concurrency must be between 1 and 256".into());
     }
+    if !(1..=86_400).contains(&e.max_retry_after_s) {
+        return Err("enrichment.max_retry_after_s must be 1 to 86400 (seconds)".into());
+    }
     if e.parse_attempts == 0 {
         return Err("enrichment.parse_attempts must be at least 1".into());
     }

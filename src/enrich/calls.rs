@@ -77,6 +77,10 @@ async fn limited_call(
     let started = std::time::Instant::now();
     let r = backend.call(&batch).await;
     pm.call_latency.observe(started.elapsed().as_secs_f64());
+    if let Err(e) = &r {
+        // At once, not after the round: calls of this round not yet made wait too.
+        honour_retry_after(e, s);
+    }
     let mut used = 0u64;
     for usage in r
         .iter()
@@ -189,7 +193,6 @@ impl Progress {
                     }
                 }
                 Err(e) => {
-                    honour_retry_after(&e, s);
                     if e.kind == ErrorKind::Throttled {
                         pm.throttles.fetch_add(1, Ordering::Relaxed);
                     }

@@ -200,6 +200,10 @@ fn finish(
     let dead = failed.is_some();
     if let Some((kind, message, attempts)) = failed {
         pm.enrichment_errors.fetch_add(1, Ordering::Relaxed);
+        if kind == ErrorKind::Incomplete {
+            // The call itself answered; its answer is the failure.
+            pm.errors_by_kind[kind.index()].fetch_add(1, Ordering::Relaxed);
+        }
         tracing::warn!(pipeline = %rec.source.pipeline, kind = kind.as_str(), error = %message, attempts,
             key = %serde_json::to_string(&rec.key).unwrap_or_default(),
             "this row cannot be enriched; it goes to the dead letters");

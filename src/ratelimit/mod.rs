@@ -53,7 +53,13 @@ impl Limiter {
     /// No call to this quota for `d` from now, by any pipeline drawing on it (a service's
     /// Retry-After). A later, longer pause extends it; a shorter one changes nothing.
     pub fn pause_for(&self, d: Duration) {
-        let until = (self.created.elapsed() + d).as_micros().div_ceil(1000) as u64;
+        let until = self
+            .created
+            .elapsed()
+            .saturating_add(d)
+            .as_micros()
+            .div_ceil(1000);
+        let until = u64::try_from(until).unwrap_or(u64::MAX);
         self.paused_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 

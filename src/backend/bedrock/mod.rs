@@ -122,6 +122,14 @@ pub fn stop_reason(raw: &str) -> StopReason {
     }
 }
 
+/// Whether a validation message says the model cannot be called here as configured — an
+/// invalid (not yet available) model id, or a model that needs an inference profile or
+/// provisioned throughput — which only an operator can fix (Bedrock API reference, Errors).
+fn model_unavailable(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("model identifier is invalid") || m.contains("on-demand throughput isn")
+}
+
 impl Bedrock {
     pub async fn new(e: &EnrichmentConfig, cfg: &BedrockConfig) -> Result<Bedrock, String> {
         let sdk = aws::sdk_config(&e.aws(), e.timeout()).await;
@@ -199,9 +207,23 @@ impl Bedrock {
             .result_pointer
             .as_deref()
             .unwrap_or(self.family.default_pointer());
+        let stop_pointer = match self.family {
+            Family::Anthropic => "/stop_reason",
+            _ => "/results/0/completionReason",
+        };
+        let stop = answer
+            .pointer(stop_pointer)
+            .and_then(Value::as_str)
+            .map(stop_reason);
+        // A cut or filtered answer may hold no text at all: it is reported as cut, not as an
+        // unusable answer to be asked again.
+        let cut = stop
+            .as_ref()
+            .is_some_and(|s| matches!(s.class, StopClass::MaxTokens | StopClass::Filtered));
         let text = match answer.pointer(pointer) {
             Some(Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
+            None if cut => String::new(),
             None => {
                 return Err(self.err(
                     ErrorKind::BadOutput,
@@ -210,22 +232,10 @@ impl Bedrock {
             }
         };
         let n = |p: &str| answer.pointer(p).and_then(Value::as_u64).unwrap_or(0);
-        let (input_tokens, output_tokens, stop) = match self.family {
-            Family::Anthropic => (
-                n("/usage/input_tokens"),
-                n("/usage/output_tokens"),
-                "/stop_reason",
-            ),
-            _ => (
-                n("/inputTextTokenCount"),
-                n("/results/0/tokenCount"),
-                "/results/0/completionReason",
-            ),
+        let (input_tokens, output_tokens) = match self.family {
+            Family::Anthropic => (n("/usage/input_tokens"), n("/usage/output_tokens")),
+            _ => (n("/inputTextTokenCount"), n("/results/0/tokenCount")),
         };
-        let stop = answer
-            .pointer(stop)
-            .and_then(Value::as_str)
-            .map(stop_reason);
         Ok((
             text,
             Usage {
@@ -288,7 +298,7 @@ impl Bedrock {
             _ => String::new(),
         };
         let stop = stop_reason(out.stop_reason().as_str());
-        if text.is_empty() && stop.class == StopClass::Finished {
+        if text.is_empty() && !matches!(stop.class, StopClass::MaxTokens | StopClass::Filtered) {
             return Err(self.err(ErrorKind::BadOutput, "the model answered no text".into()));
         }
         let (input_tokens, output_tokens) = out
@@ -331,9 +341,7 @@ impl Bedrock {
             Some("ModelErrorException") => {
                 err.kind = aws::model_error_kind(original_status, ErrorKind::Transient);
             }
-            Some("ValidationException")
-                if service.message() == Some("The provided model identifier is invalid.") =>
-            {
+            Some("ValidationException") if model_unavailable(service.message().unwrap_or("")) => {
                 err.kind = ErrorKind::Denied;
             }
             _ => {}
@@ -345,6 +353,12 @@ impl Bedrock {
     fn cut(&self, stop: Option<&StopReason>) -> Option<Cut> {
         let stop = stop?;
         match stop.class {
+            StopClass::MaxTokens if stop.raw == "model_context_window_exceeded" => Some(Cut {
+                message: "the prompt and the answer exceed the model's context window (stop \
+                     reason `model_context_window_exceeded`): shorten the prompt or its columns"
+                    .into(),
+                deliver: self.cfg.on_max_tokens == OnMaxTokens::Accept,
+            }),
             StopClass::MaxTokens => Some(Cut {
                 message: format!(
                     "the model stopped at max_tokens ({} tokens; stop reason `{}`): the answer \
@@ -502,6 +516,17 @@ mod tests {
             assert_eq!(stop_reason(raw).class, class, "{raw}");
             assert_eq!(stop_reason(raw).raw, raw);
         }
+    }
+
+    #[test]
+    fn an_unavailable_model_is_told_from_a_bad_prompt() {
+        assert!(model_unavailable(
+            "The provided model identifier is invalid."
+        ));
+        assert!(model_unavailable(
+            "Invocation of model ID anthropic.claude-3-5-sonnet with on-demand throughput isn't supported. Retry your request with the ID or ARN of an inference profile that contains this model."
+        ));
+        assert!(!model_unavailable("Input is too long for requested model."));
     }
 
     #[test]

@@ -111,9 +111,13 @@ impl TablePlan {
         let mut counters = Counters::default();
         let mut columns = Vec::with_capacity(tm.columns.len());
         for ((col, name), sc) in tm.columns.iter().zip(names).zip(scols) {
-            let hidden = match schema {
-                Some(_) => sc.is_none(),
-                None => is_row_hash(&name, col),
+            // A column the binlog names but the schema does not know is the server's own only
+            // where it has the server's names: the schema read for this position may be newer
+            // than the event (a column dropped since), and that column is the user's.
+            let hidden = match (schema, sc) {
+                (Some(_), Some(_)) => false,
+                (Some(_), None) => is_row_hash(&name, col) || is_implicit_period(&name),
+                (None, _) => is_row_hash(&name, col),
             };
             let ctx = ColumnCtx {
                 tm,
@@ -154,6 +158,12 @@ fn is_row_hash(name: &str, col: &MapColumn) -> bool {
         && name
             .strip_prefix("DB_ROW_HASH_")
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The invisible columns MariaDB adds to a table made `WITH SYSTEM VERSIONING` without
+/// declaring its period (mariadb.com: System-Versioned Tables, "row_start", "row_end").
+fn is_implicit_period(name: &str) -> bool {
+    name == "row_start" || name == "row_end"
 }
 
 fn column_names(tm: &TableMap, at: SchemaAt<'_>) -> Result<Vec<String>, DecodeError> {
