@@ -15,7 +15,7 @@ need_mariadb
 need_tansu_release
 log "building (release)"
 cargo build --release --locked -q
-BIN=$PWD/target/release/cdc-enricher
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/cdc-enricher
 
 W=$PWD/.bench-unread
 rm -rf "$W"; mkdir -p "$W"
@@ -32,7 +32,7 @@ q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; 
 
 wide="i1 INT, i2 INT UNSIGNED, i3 BIGINT, d1 DECIMAL(12,2), f1 DOUBLE, s1 VARCHAR(32), s2 VARCHAR(64),
   t1 TEXT, b1 VARBINARY(16), j1 JSON, dt1 DATETIME(6), e1 ENUM('new','paid','shipped'), z INT"
-wval="seq, seq, seq*3, seq/7, seq/3, CONCAT('name-', seq), MD5(seq), REPEAT('x', 40), UNHEX(MD5(seq)),
+wval="seq, seq, seq, seq*3, seq/7, seq/3, CONCAT('name-', seq), MD5(seq), REPEAT('x', 40), UNHEX(MD5(seq)),
   JSON_OBJECT('k', seq), '2024-01-01 00:00:00.5' + INTERVAL seq SECOND, ELT(1 + seq % 3, 'new', 'paid', 'shipped'), seq"
 q "CREATE DATABASE bench;
    CREATE TABLE bench.r (id INT PRIMARY KEY, a INT, b BIGINT, c VARCHAR(32), d DOUBLE, e DATETIME(6));
