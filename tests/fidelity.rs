@@ -18,15 +18,7 @@ fn run_case(
     n: usize,
     extra: &[(&str, &str)],
 ) -> (MariaDb, Kafka, Daemon, Vec<Record>) {
-    let db = MariaDb::start();
-    let kafka = Kafka::start();
-    let dir = fidelity_case(case);
-    db.run_script(&dir.join("case.sql"));
-    let pipeline = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
-    let mut pipelines = vec![("case", pipeline.as_str())];
-    pipelines.extend_from_slice(extra);
-    let mut d = Daemon::new(&db, Some(&kafka), &pipelines);
-    d.spawn();
+    let (db, kafka, mut d) = start_fidelity_case(case, extra, "");
     let mut tail = kafka.tail(topic);
     wait_records(&mut d, &mut tail, n, 60);
     tail.drain(Duration::from_secs(1));

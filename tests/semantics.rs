@@ -17,19 +17,12 @@ fn key(id: i64) -> Option<String> {
 
 #[test]
 fn case_10_truncate_records_in_binlog_order() {
-    let db = MariaDb::start();
-    let kafka = Kafka::start();
-    let dir = fidelity_case("10-truncate-without-row-events");
-    db.run_script(&dir.join("case.sql"));
-    let pipeline = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
     let port = free_port();
-    let mut d = Daemon::with_config(
-        &db,
-        Some(&kafka),
-        &[("case", &pipeline)],
+    let (_db, kafka, mut d) = start_fidelity_case(
+        "10-truncate-without-row-events",
+        &[],
         &format!("metrics:\n  address: 127.0.0.1:{port}\n"),
     );
-    d.spawn();
     let mut tail = kafka.tail("bug.10");
     wait_records(&mut d, &mut tail, 9, 30);
     tail.drain(Duration::from_secs(1));

@@ -33,19 +33,12 @@ fn ids(recs: &[Record]) -> Vec<(String, i64)> {
 
 #[test]
 fn case_02_groups_ending_in_rollback_leave_no_record() {
-    let db = MariaDb::start();
-    let kafka = Kafka::start();
-    let dir = fidelity_case("02-rollback-logged-after-temp-table");
-    db.run_script(&dir.join("case.sql"));
-    let pipeline = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
     let port = free_port();
-    let mut d = Daemon::with_config(
-        &db,
-        Some(&kafka),
-        &[("case", &pipeline)],
+    let (_db, kafka, mut d) = start_fidelity_case(
+        "02-rollback-logged-after-temp-table",
+        &[],
         &format!("metrics:\n  address: 127.0.0.1:{port}\n"),
     );
-    d.spawn();
     let mut tail = kafka.tail("bug.02");
     wait_records(&mut d, &mut tail, 3, 30);
     tail.drain(Duration::from_secs(1));
@@ -83,13 +76,7 @@ fn case_02_groups_ending_in_rollback_leave_no_record() {
 
 #[test]
 fn case_01_xa_rows_come_at_xa_commit_in_commit_order_and_never_after_xa_rollback() {
-    let db = MariaDb::start();
-    let kafka = Kafka::start();
-    let dir = fidelity_case("01-xa-prepared-then-rollback");
-    db.run_script(&dir.join("case.sql"));
-    let pipeline = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
-    let mut d = Daemon::new(&db, Some(&kafka), &[("case", &pipeline)]);
-    d.spawn();
+    let (_db, kafka, mut d) = start_fidelity_case("01-xa-prepared-then-rollback", &[], "");
     let mut tail = kafka.tail("bug.01");
     wait_records(&mut d, &mut tail, 5, 30);
     tail.drain(Duration::from_secs(1));

@@ -813,6 +813,26 @@ pub fn fidelity_case(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A fidelity case set up against the real parts: a MariaDB with the case's `case.sql` run,
+/// a broker, and the daemon spawned on the case's `pipeline.yaml` (plus `extra` pipelines)
+/// with `daemon_config` appended to its configuration.
+pub fn start_fidelity_case(
+    name: &str,
+    extra: &[(&str, &str)],
+    daemon_config: &str,
+) -> (MariaDb, Kafka, Daemon) {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    let dir = fidelity_case(name);
+    db.run_script(&dir.join("case.sql"));
+    let pipeline = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
+    let mut pipelines = vec![("case", pipeline.as_str())];
+    pipelines.extend_from_slice(extra);
+    let mut d = Daemon::with_config(&db, Some(&kafka), &pipelines, daemon_config);
+    d.spawn();
+    (db, kafka, d)
+}
+
 impl MariaDb {
     /// Runs a SQL script with the `mariadb` command-line client as admin (so client commands
     /// such as `connect` work as they do for a user); panics with its output on failure.
