@@ -105,13 +105,13 @@ impl Cache {
     }
 }
 
-/// Backoff for attempt `n` (1-based): full jitter over an exponential ceiling, at least any
-/// Retry-After the service gave.
-pub fn backoff(n: u32, retry_after: Option<Duration>) -> Duration {
+/// Backoff for attempt `n` (1-based): full jitter over an exponential ceiling (50 ms · 2^n,
+/// at most 20 s). A service's Retry-After is not added here: it pauses the whole quota
+/// (`Limiter::pause_for`).
+pub fn backoff(n: u32) -> Duration {
     let ceiling =
         Duration::from_millis(50u64.saturating_mul(1 << n.min(10))).min(Duration::from_secs(20));
-    let jittered = Duration::from_millis(rand::rng().random_range(0..=ceiling.as_millis() as u64));
-    jittered.max(retry_after.unwrap_or_default())
+    Duration::from_millis(rand::rng().random_range(0..=ceiling.as_millis() as u64))
 }
 
 /// Cuts `s` to at most `max` UTF-8 bytes at a character boundary.
@@ -333,10 +333,9 @@ mod tests {
     }
 
     #[test]
-    fn backoff_is_bounded_and_honours_retry_after() {
+    fn backoff_is_bounded() {
         for n in 1..20 {
-            assert!(backoff(n, None) <= Duration::from_secs(20));
+            assert!(backoff(n) <= Duration::from_secs(20));
         }
-        assert!(backoff(1, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
     }
 }

@@ -499,7 +499,7 @@ impl Writer {
                         if let Some(pm) = self.index.and_then(|i| self.metrics.pipelines.get(i)) {
                             pm.writeback_retries.fetch_add(1, Ordering::Relaxed);
                         }
-                        let d = crate::enrich::backoff(round.min(8), None);
+                        let d = crate::enrich::backoff(round.min(8));
                         tracing::warn!(pipeline = %self.plan.pipeline, error = %e, round,
                             backoff_ms = d.as_millis() as u64,
                             "write-back transaction failed; rolled back, retrying the batch");

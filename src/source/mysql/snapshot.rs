@@ -340,7 +340,7 @@ impl Coordinator {
                     }
                     Err(e) => {
                         round += 1;
-                        let d = crate::enrich::backoff(round.min(8), None);
+                        let d = crate::enrich::backoff(round.min(8));
                         tracing::warn!(pipeline = %name, error = %e, backoff_ms = d.as_millis() as u64,
                             "backfill interrupted; it resumes after its last chunk");
                         tokio::time::sleep(d).await;
