@@ -86,6 +86,26 @@ rate() { python3 -c "import sys; print(f'{$1/$2:,.0f}')"; }
 mbs() { python3 -c "print(f'{$1/$2/1e6:,.1f}')"; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
+# wait_checkpoint START FILE POS: one long-running poller (never a process per poll: on 2 cores
+# that steals the CPU it measures) waits until the checkpoint is in a later file than FILE or
+# at POS or beyond, and prints the seconds since START (a `date +%s.%N`).
+wait_checkpoint() {
+  python3 - "$W/e2e/cp.json" "$@" <<'PY'
+import json, sys, time
+cp, start, file, pos = sys.argv[1], float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+while True:
+    try:
+        with open(cp) as f:
+            p = json.load(f)["position"]
+        if (file and p["file"] != file) or p["pos"] >= pos:
+            break
+    except (OSError, ValueError, KeyError):
+        pass
+    time.sleep(0.02)
+print(time.time() - start)
+PY
+}
+
 declare -A R
 for t in t6 t30; do
   f=$W/$t.bin; size=$(stat -c %s "$f"); file=$([ $t = t6 ] && echo "$F6" || echo "$F30")
@@ -117,8 +137,7 @@ echo "{\"version\":1,\"position\":{\"file\":\"$F6\",\"pos\":4}}" > "$W/e2e/cp.js
 end6=$(( $(stat -c %s "$W/t6.bin") - 100 ))
 start=$(date +%s.%N)
 ( cd "$W/e2e" && exec "$BIN" run -c cdc-enricher.yaml 2>daemon.log ) & DAEMON=$!
-until python3 -c "import json,sys; p=json.load(open('$W/e2e/cp.json'))['position']; sys.exit(0 if p['file']!='$F6' or p['pos']>=$end6 else 1)" 2>/dev/null; do sleep 0.02; done
-e2e=$(python3 -c "import time; print(time.time() - $start)")
+e2e=$(wait_checkpoint "$start" "$F6" "$end6")
 kill -TERM $DAEMON; wait $DAEMON || true; DAEMON=
 log "ceiling: rdkafka producer alone"
 ceil=$("$BENCH" produce "127.0.0.1:$KP" ceiling6 "$W/t6.bin" | secs)
@@ -137,8 +156,7 @@ q "INSERT INTO bench.big SELECT * FROM bench.t6"
 # emits it.
 big_start=$(date +%s.%N)
 endpos=$(q "SHOW MASTER STATUS" | cut -f2)
-until python3 -c "import json,sys; p=json.load(open('$W/e2e/cp.json'))['position']; sys.exit(0 if p['pos']>=$endpos else 1)" 2>/dev/null; do sleep 0.05; done
-big=$(python3 -c "import time; print(time.time() - $big_start)")
+big=$(wait_checkpoint "$big_start" "" "$endpos")
 # The kernel's high-water mark of the daemon's resident set.
 rss_kb=$(awk '/^VmHWM/ {print $2}' /proc/$DAEMON/status)
 kill -TERM $DAEMON; wait $DAEMON || true; DAEMON=
@@ -154,8 +172,7 @@ sleep 1.5
 q "BEGIN; CREATE TEMPORARY TABLE bench.tmp (k INT); INSERT INTO bench.gone SELECT * FROM bench.t6; ROLLBACK;"
 held_start=$(date +%s.%N)
 endpos=$(q "SHOW MASTER STATUS" | cut -f2)
-until python3 -c "import json,sys; p=json.load(open('$W/e2e/cp.json'))['position']; sys.exit(0 if p['pos']>=$endpos else 1)" 2>/dev/null; do sleep 0.05; done
-held=$(python3 -c "import time; print(time.time() - $held_start)")
+held=$(wait_checkpoint "$held_start" "" "$endpos")
 rss_held_kb=$(awk '/^VmHWM/ {print $2}' /proc/$DAEMON/status)
 kill -TERM $DAEMON; wait $DAEMON || true; DAEMON=
 

@@ -5,16 +5,14 @@
 
 pub mod app;
 pub mod backend;
-pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod enrich;
 pub mod metrics;
 pub mod model;
-pub mod outputs;
 pub mod pipeline;
+pub mod precheck;
 pub mod ratelimit;
-pub mod reload;
 pub mod sink;
 pub mod source;

@@ -33,7 +33,7 @@ fn metrics_and_health_over_http() {
                 && sample(&body, "cdc_enricher_in_flight") == Some("0")
                 && sample(&body, "cdc_enricher_checkpoint_age_seconds").is_some()
                 // Idle and caught up (a heartbeat came after the last event): no lag.
-                && sample(&body, "cdc_enricher_pipeline_lag_seconds{pipeline=\"items\"}") == Some("0")
+                && value(&body, "cdc_enricher_pipeline_lag_seconds{pipeline=\"items\"}") == Some(0.0)
             {
                 break body;
             }
@@ -57,11 +57,11 @@ fn metrics_and_health_over_http() {
         Some("3")
     );
     assert_eq!(
-        sample(
+        value(
             &body,
             "cdc_enricher_pipeline_lag_seconds{pipeline=\"items\"}"
         ),
-        Some("0")
+        Some(0.0)
     );
     assert_eq!(
         sample(&body, "cdc_enricher_pipeline_stopped{pipeline=\"items\"}"),
@@ -175,11 +175,11 @@ fn a_lagging_pipeline_makes_the_daemon_not_ready_until_it_catches_up() {
     }
     let (_, body) = http_get(port, "/metrics");
     assert_eq!(
-        sample(
+        value(
             &body,
             "cdc_enricher_pipeline_lag_seconds{pipeline=\"slow\"}"
         ),
-        Some("0")
+        Some(0.0)
     );
     assert_eq!(
         sample(
@@ -202,6 +202,116 @@ fn a_lagging_pipeline_makes_the_daemon_not_ready_until_it_catches_up() {
             "cdc_enricher_enrichment_batch_size_count{pipeline=\"slow\"}"
         ),
         Some("4")
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+/// Every series of a scrape, checked line by line with the `prometheus-parse` crate's parser:
+/// each line is a comment or a sample of a family declared once (`# TYPE`), with a number for
+/// value; no series (name and labels) appears twice, and none has an empty `pipeline` label.
+/// Returns the series, name and labels, in order.
+fn series_of(body: &str) -> Vec<String> {
+    use prometheus_parse::{LineInfo, SampleType};
+    let mut types = std::collections::HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut series = Vec::new();
+    for line in body.lines() {
+        match LineInfo::parse(line) {
+            LineInfo::Type {
+                metric_name,
+                metric_alias,
+                sample_type,
+            } => {
+                // The parser names a histogram's family by its `_bucket` series.
+                let family = metric_alias.unwrap_or(metric_name);
+                assert!(
+                    types.insert(family.clone(), sample_type).is_none(),
+                    "second TYPE line for {family}"
+                );
+            }
+            LineInfo::Sample {
+                metric_name,
+                labels,
+                value,
+                ..
+            } => {
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| {
+                        let base = metric_name.strip_suffix(s)?;
+                        (types.get(base) == Some(&SampleType::Histogram)).then_some(base)
+                    })
+                    .unwrap_or(metric_name);
+                assert!(types.contains_key(family), "{line}: no TYPE line before it");
+                assert!(value.parse::<f64>().is_ok() || value == "+Inf", "{line}");
+                let s = format!("{metric_name}{{{}}}", labels.unwrap_or(""));
+                assert!(
+                    !s.contains("pipeline=\"\""),
+                    "{line}: a spare slot's series"
+                );
+                assert!(seen.insert(s.clone()), "duplicate series: {s}");
+                series.push(s);
+            }
+            LineInfo::Doc { .. } | LineInfo::Empty => {}
+            LineInfo::Ignored => panic!("not a line of the text format: {line}"),
+        }
+    }
+    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())));
+    assert!(parsed.is_ok(), "{parsed:?}");
+    series
+}
+
+#[test]
+fn a_scrape_parses_with_no_duplicate_series() {
+    let db = MariaDb::start();
+    block_on(db.exec(
+        "CREATE DATABASE shop; CREATE TABLE shop.a (id INT PRIMARY KEY); CREATE TABLE shop.b (id INT PRIMARY KEY);",
+    ));
+    let port = free_port();
+    let mut d = Daemon::with_config(
+        &db,
+        None,
+        &[
+            (
+                "a",
+                "name: a\ntable: shop.a\nsink:\n  jsonl:\n    path: a.jsonl\n",
+            ),
+            (
+                "b",
+                "name: b\ntable: shop.b\nsink:\n  jsonl:\n    path: b.jsonl\n",
+            ),
+        ],
+        &format!("metrics:\n  address: 127.0.0.1:{port}\n"),
+    );
+    d.spawn();
+    block_on(db.exec("INSERT INTO shop.a VALUES (1); INSERT INTO shop.b VALUES (1), (2);"));
+    let start = Instant::now();
+    let body = loop {
+        let (_, body) = http_get(port, "/metrics");
+        if sample(&body, "cdc_enricher_records_total{pipeline=\"b\"}") == Some("2") {
+            break body;
+        }
+        d.assert_running();
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let series = series_of(&body);
+    // Each pipeline's histograms once (not once per spare slot), every bucket and +Inf.
+    for p in ["a", "b"] {
+        for h in [
+            "cdc_enricher_enrichment_batch_size",
+            "cdc_enricher_ml_call_seconds",
+        ] {
+            let n = series
+                .iter()
+                .filter(|s| s.starts_with(&format!("{h}_bucket{{pipeline=\"{p}\",")))
+                .count();
+            assert_eq!(n, if h.ends_with("seconds") { 11 } else { 10 }, "{h} {p}");
+        }
+    }
+    assert_eq!(
+        sample(&body, "cdc_enricher_records_total{pipeline=\"a\"}"),
+        Some("1")
     );
     assert_eq!(d.terminate(), 0);
 }

@@ -12,7 +12,15 @@ use aws_smithy_runtime_api::http::Response;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::{BackendError, ErrorKind};
-use crate::config::pipeline::AwsSettings;
+
+/// Where and how the pipeline's calls authenticate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub profile: Option<String>,
+    pub role_arn: Option<String>,
+}
 
 /// The SDK configuration for one pipeline. Retries are ours (decided by error kind), so the
 /// SDK's are off; the attempt timeout is the pipeline's per-call timeout (the SDK has no read

@@ -6,12 +6,17 @@ pub mod aws;
 pub mod bedrock;
 pub mod comprehend;
 pub mod sagemaker;
+pub mod template;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+
+use bedrock::config::BedrockConfig;
+use comprehend::config::ComprehendConfig;
+use sagemaker::config::SageMakerConfig;
 
 /// What kind of failure, which decides what happens next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,26 +238,45 @@ pub fn score(v: f32) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The backend of an enrichment, resolved.
+pub enum BackendConfig<'a> {
+    Comprehend(&'a ComprehendConfig),
+    SageMaker(&'a SageMakerConfig),
+    Bedrock(&'a BedrockConfig),
+}
+
+/// What every backend's calls need besides its own section.
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    /// Where and how the calls authenticate.
+    pub aws: aws::AwsSettings,
+    /// Per call.
+    pub timeout: std::time::Duration,
+    /// Rows per call (the pipeline's `max_batch_size` or the backend's default).
+    pub max_batch: usize,
+    /// Input bytes per call, where set.
+    pub max_batch_bytes: Option<usize>,
+}
+
 /// The backend a pipeline's `enrichment` names.
 pub async fn build(
-    e: &crate::config::pipeline::EnrichmentConfig,
+    backend: BackendConfig<'_>,
+    call: &CallSettings,
 ) -> Result<std::sync::Arc<dyn Backend>, String> {
-    use crate::config::pipeline::BackendConfig;
-    Ok(match e.backend() {
-        Some(BackendConfig::Comprehend(c)) => {
-            std::sync::Arc::new(comprehend::Comprehend::new(e, c).await)
+    Ok(match backend {
+        BackendConfig::Comprehend(c) => {
+            std::sync::Arc::new(comprehend::Comprehend::new(call, c).await)
         }
-        Some(BackendConfig::SageMaker(s)) => {
-            std::sync::Arc::new(sagemaker::SageMaker::new(e, s).await?)
+        BackendConfig::SageMaker(s) => {
+            std::sync::Arc::new(sagemaker::SageMaker::new(call, s).await?)
         }
-        Some(BackendConfig::Bedrock(b)) => std::sync::Arc::new(bedrock::Bedrock::new(e, b).await?),
-        None => return Err("enrichment names no backend".into()),
+        BackendConfig::Bedrock(b) => std::sync::Arc::new(bedrock::Bedrock::new(call, b).await?),
     })
 }
 
 /// The quota a backend's calls draw on: the backend and what its labels name (operation,
 /// endpoint or model), in a region at an endpoint. Pipelines with the same key share limits.
-pub fn quota_key(backend: &dyn Backend, e: &crate::config::pipeline::EnrichmentConfig) -> String {
+pub fn quota_key(backend: &dyn Backend, aws: &aws::AwsSettings) -> String {
     let what: Vec<String> = backend
         .labels()
         .into_iter()
@@ -263,7 +287,36 @@ pub fn quota_key(backend: &dyn Backend, e: &crate::config::pipeline::EnrichmentC
         "{}/{}/{}/{}",
         backend.name(),
         what.join("/"),
-        e.region.as_deref().unwrap_or("default-region"),
-        e.endpoint_url.as_deref().unwrap_or("aws")
+        aws.region.as_deref().unwrap_or("default-region"),
+        aws.endpoint_url.as_deref().unwrap_or("aws")
     )
+}
+
+/// Cuts `s` to at most `max` UTF-8 bytes at a character boundary.
+pub fn truncate(s: &str, max: usize) -> (&str, bool) {
+    if s.len() <= max {
+        return (s, false);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (&s[..end], true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncates_at_a_character_boundary() {
+        let s = "é".repeat(3000); // 6000 bytes
+        let (t, cut) = truncate(&s, 5000);
+        assert!(cut);
+        assert_eq!(t.len(), 5000);
+        let s = format!("a{}", "é".repeat(2500)); // 5001 bytes
+        let (t, cut) = truncate(&s, 5000);
+        assert_eq!((t.len(), cut), (4999, true));
+        assert_eq!(truncate("abc", 5000), ("abc", false));
+    }
 }

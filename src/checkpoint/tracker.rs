@@ -174,6 +174,16 @@ impl AckTracker {
     }
 }
 
+impl crate::metrics::AckView for AckTracker {
+    fn in_flight(&self) -> usize {
+        AckTracker::in_flight(self)
+    }
+
+    fn committed(&self) -> Option<BinlogPosition> {
+        AckTracker::committed(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,11 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{parse_yaml, ConfigError};
+pub use crate::backend::aws::AwsSettings;
+pub use crate::backend::bedrock::config::{BedrockApi, BedrockConfig, BedrockOutput, OnMaxTokens};
+pub use crate::backend::comprehend::config::{ComprehendConfig, ComprehendOperation, OnTooLong};
+pub use crate::backend::sagemaker::config::{SageMakerAccept, SageMakerConfig};
+pub use crate::backend::BackendConfig;
 use crate::pipeline::filter::Expr;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,15 +151,6 @@ pub struct EnrichmentConfig {
     pub budget: Option<BudgetConfig>,
 }
 
-/// Where and how the pipeline's calls authenticate.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AwsSettings {
-    pub region: Option<String>,
-    pub endpoint_url: Option<String>,
-    pub profile: Option<String>,
-    pub role_arn: Option<String>,
-}
-
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
@@ -167,142 +163,6 @@ pub struct BudgetConfig {
     /// The window, aligned to the Unix epoch (86,400: UTC days). Default 86,400.
     #[serde(default = "default_window")]
     pub window_seconds: u64,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ComprehendConfig {
-    /// `sentiment`, `entities`, `key_phrases`, `dominant_language` or `pii_entities`.
-    pub operation: ComprehendOperation,
-    /// The column holding the text (it must be among the picked `columns`).
-    pub text: String,
-    /// The language code of every row (default `en`).
-    #[serde(default = "default_language")]
-    pub language: String,
-    /// A column holding each row's language code (it must be among the picked `columns`);
-    /// rows where it is NULL or empty use `language`.
-    #[serde(default)]
-    pub language_column: Option<String>,
-    /// Text over 5,000 UTF-8 bytes: `truncate` (default; cut at a character boundary, marked
-    /// `truncated: true`) or `dead_letter`.
-    #[serde(default)]
-    pub on_too_long: OnTooLong,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnTooLong {
-    #[default]
-    Truncate,
-    DeadLetter,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ComprehendOperation {
-    /// BatchDetectSentiment: the label, its confidence and the four scores.
-    Sentiment,
-    /// BatchDetectEntities: text, type, score and offsets of each entity.
-    Entities,
-    /// BatchDetectKeyPhrases: text, score and offsets of each phrase.
-    KeyPhrases,
-    /// BatchDetectDominantLanguage: the most likely language, its confidence, all candidates.
-    DominantLanguage,
-    /// DetectPiiEntities (no batch form: one document per call): type, score and offsets.
-    PiiEntities,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SageMakerConfig {
-    /// The endpoint's name.
-    pub endpoint: String,
-    /// The columns sent, in this order, as one CSV line per row (each must be picked).
-    pub input: Vec<String>,
-    /// The answer's format: `csv` (default; `text/csv`) or `jsonlines`
-    /// (`application/jsonlines`, one JSON value per line).
-    #[serde(default)]
-    pub accept: SageMakerAccept,
-    /// For `jsonlines`: a JSON pointer to the result inside each line's value (default: all of it).
-    #[serde(default)]
-    pub result_pointer: Option<String>,
-    /// The result's type, as Aurora's `RETURNS`: `double`, `bigint`, `varchar(n)` or `json`.
-    pub returns: String,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SageMakerAccept {
-    #[default]
-    Csv,
-    Jsonlines,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BedrockConfig {
-    /// The model id, e.g. `anthropic.claude-3-haiku-20240307-v1:0`.
-    pub model: String,
-    /// `invoke` (InvokeModel with the family's own body: `anthropic.*`, `amazon.titan-text*`)
-    /// or `converse` (the Converse API, any model). Default: `invoke` for those families,
-    /// else `converse`.
-    #[serde(default)]
-    pub api: Option<BedrockApi>,
-    /// The prompt: `{column}` is replaced by the row's value (`{{` and `}}` are braces).
-    pub prompt: String,
-    /// A system prompt.
-    #[serde(default)]
-    pub system: Option<String>,
-    /// The most tokens the answer may have (required: it bounds cost and the token quota).
-    pub max_tokens: u32,
-    #[serde(default)]
-    pub temperature: Option<f32>,
-    /// A JSON pointer to the answer's text in the model's JSON answer (InvokeModel only).
-    /// Default: `/content/0/text` (Anthropic), `/results/0/outputText` (Titan).
-    #[serde(default)]
-    pub result_pointer: Option<String>,
-    /// `text` (default) or `json`: the model's text is parsed as JSON (a ``` fence is
-    /// removed) and checked for `fields`.
-    #[serde(default)]
-    pub output: BedrockOutput,
-    /// With `output: json`: the fields the object must have.
-    #[serde(default)]
-    pub fields: Option<Vec<String>>,
-    /// An answer cut at `max_tokens`: `dead_letter` (default; the reason names the limit) or
-    /// `accept` (delivered marked `truncated: true` with its `stop_reason`). Never cached.
-    #[serde(default)]
-    pub on_max_tokens: OnMaxTokens,
-}
-
-/// What becomes of an answer the model stopped at `max_tokens`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnMaxTokens {
-    #[default]
-    DeadLetter,
-    Accept,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum BedrockApi {
-    Invoke,
-    Converse,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum BedrockOutput {
-    #[default]
-    Text,
-    Json,
-}
-
-/// The backend of an enrichment, resolved.
-pub enum BackendConfig<'a> {
-    Comprehend(&'a ComprehendConfig),
-    SageMaker(&'a SageMakerConfig),
-    Bedrock(&'a BedrockConfig),
 }
 
 impl EnrichmentConfig {
@@ -322,6 +182,16 @@ impl EnrichmentConfig {
             endpoint_url: self.endpoint_url.clone(),
             profile: self.profile.clone(),
             role_arn: self.role_arn.clone(),
+        }
+    }
+
+    /// What every backend's calls need: where to call, the timeout and the batch limits.
+    pub fn call_settings(&self) -> crate::backend::CallSettings {
+        crate::backend::CallSettings {
+            aws: self.aws(),
+            timeout: self.timeout(),
+            max_batch: self.max_batch_size(),
+            max_batch_bytes: self.max_batch_bytes,
         }
     }
 
@@ -373,7 +243,7 @@ impl EnrichmentConfig {
                 }
             }
             Some(BackendConfig::Bedrock(b)) => {
-                if let Ok(t) = crate::enrich::template::Template::parse(&b.prompt) {
+                if let Ok(t) = crate::backend::template::Template::parse(&b.prompt) {
                     for c in t.columns() {
                         out.push(("enrichment.bedrock.prompt".into(), c.to_string()));
                     }
@@ -385,9 +255,6 @@ impl EnrichmentConfig {
     }
 }
 
-fn default_language() -> String {
-    "en".into()
-}
 fn default_max_wait() -> u64 {
     100
 }
@@ -530,8 +397,8 @@ impl PipelineConfig {
         split_table(&self.table).unwrap_or_default()
     }
 
-    pub fn wants(&self, op: crate::source::Op) -> bool {
-        use crate::source::Op;
+    pub fn wants(&self, op: crate::model::Op) -> bool {
+        use crate::model::Op;
         let o = match op {
             Op::Insert | Op::Read => Operation::Insert,
             Op::Update => Operation::Update,
@@ -789,7 +656,7 @@ fn validate_enrichment(e: &EnrichmentConfig, picked: Option<&[String]>) -> Resul
             if b.model.trim().is_empty() {
                 return Err("enrichment.bedrock.model is empty".into());
             }
-            crate::enrich::template::Template::parse(&b.prompt)
+            crate::backend::template::Template::parse(&b.prompt)
                 .map_err(|m| format!("enrichment.bedrock.prompt: {m}"))?;
             if b.max_tokens == 0 {
                 return Err("enrichment.bedrock.max_tokens must be above 0".into());

@@ -3,9 +3,9 @@
 
 use crate::model::ColumnValue as Value;
 
-use super::template::Template;
 use crate::backend::comprehend::MAX_DOCUMENT_BYTES;
 use crate::backend::sagemaker::csv_line;
+use crate::backend::template::Template;
 use crate::backend::Input;
 use crate::config::pipeline::{BackendConfig, EnrichmentConfig, OnTooLong};
 use crate::pipeline::ChangeRecord;
@@ -79,7 +79,7 @@ impl InputSpec {
     }
 
     pub fn prepare(&self, rec: &ChangeRecord) -> Prepared {
-        if rec.op == crate::source::Op::Truncate {
+        if rec.op == crate::model::Op::Truncate {
             return Prepared::Skip("truncated");
         }
         let Some(after) = &rec.after else {
@@ -99,7 +99,7 @@ impl InputSpec {
                     Some(Value::Text(t)) if !t.trim().is_empty() => t,
                     _ => return Prepared::Skip("no text"),
                 };
-                let (cut, truncated) = super::truncate(t, MAX_DOCUMENT_BYTES);
+                let (cut, truncated) = crate::backend::truncate(t, MAX_DOCUMENT_BYTES);
                 if truncated && *on_too_long == OnTooLong::DeadLetter {
                     return Prepared::Reject(format!(
                         "`{text}` holds {} UTF-8 bytes; Comprehend takes at most {MAX_DOCUMENT_BYTES} (on_too_long: dead_letter)",

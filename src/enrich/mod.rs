@@ -8,7 +8,6 @@
 
 mod calls;
 pub mod input;
-pub mod template;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -67,6 +66,10 @@ pub struct Settings {
     pub budget: Option<Budget>,
     /// Answers kept for identical inputs; 0 turns the cache off.
     pub cache_entries: usize,
+    /// The position the pipeline's write-back had applied at start: records at or before it
+    /// were written before a restart and are passed on without a call (the sink acknowledges
+    /// them without writing).
+    pub applied: Option<crate::model::BinlogPosition>,
 }
 
 /// A bounded cache of answers, keyed by a 128-bit hash of the backend's scope (operation,
@@ -112,18 +115,6 @@ pub fn backoff(n: u32) -> Duration {
     let ceiling =
         Duration::from_millis(50u64.saturating_mul(1 << n.min(10))).min(Duration::from_secs(20));
     Duration::from_millis(rand::rng().random_range(0..=ceiling.as_millis() as u64))
-}
-
-/// Cuts `s` to at most `max` UTF-8 bytes at a character boundary.
-pub fn truncate(s: &str, max: usize) -> (&str, bool) {
-    if s.len() <= max {
-        return (s, false);
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    (&s[..end], true)
 }
 
 enum Job {
@@ -266,6 +257,12 @@ async fn stage(
         let mut jobs = Vec::with_capacity(batch.len());
         let mut inputs = Vec::new();
         for (rec, _) in &batch {
+            if s.applied.as_ref().is_some_and(|a| rec.position() <= *a) {
+                let mut m = Map::new();
+                m.insert("skipped".into(), Value::String("already applied".into()));
+                jobs.push(Job::Done(m));
+                continue;
+            }
             pm.logical_requests.fetch_add(1, Ordering::Relaxed);
             let job = match s.input.prepare(rec) {
                 Prepared::Skip(why) => {
@@ -319,18 +316,6 @@ async fn stage(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn truncates_at_a_character_boundary() {
-        let s = "é".repeat(3000); // 6000 bytes
-        let (t, cut) = truncate(&s, 5000);
-        assert!(cut);
-        assert_eq!(t.len(), 5000);
-        let s = format!("a{}", "é".repeat(2500)); // 5001 bytes
-        let (t, cut) = truncate(&s, 5000);
-        assert_eq!((t.len(), cut), (4999, true));
-        assert_eq!(truncate("abc", 5000), ("abc", false));
-    }
 
     #[test]
     fn backoff_is_bounded() {

@@ -1,65 +1,66 @@
-//! A minimal HTTP/1.1 responder for `/metrics`, `/health/live` and `/health/ready`.
+//! `/metrics`, `/health/live` and `/health/ready`, served by axum (on hyper).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
 use tokio::net::TcpListener;
 
 use super::Metrics;
 
-/// Binds `addr` (errors at start-up, before any event is read) and serves until the task is dropped.
+#[derive(Clone)]
+struct Shared {
+    metrics: Arc<Metrics>,
+    ready_max_lag: Option<f64>,
+}
+
+/// Binds `addr` (errors at start-up, before any event is read) and serves until the task is
+/// dropped. `/health/ready` answers 503 with the reason while the source is not connected or a
+/// pipeline lags more than `ready_max_lag` seconds.
 pub async fn serve(
     addr: &str,
     metrics: Arc<Metrics>,
     ready_max_lag: Option<f64>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
-    let local: SocketAddr = listener.local_addr()?;
-    tracing::info!(address = %local, "metrics and health endpoints");
+    tracing::info!(address = %listener.local_addr()?, "metrics and health endpoints");
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/health/live", get(|| async { "live\n" }))
+        .route("/health/ready", get(ready))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "try /metrics, /health/live, /health/ready\n",
+            )
+        })
+        .with_state(Shared {
+            metrics,
+            ready_max_lag,
+        });
     Ok(tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
-            };
-            let m = metrics.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut n = 0;
-                // Read until the end of the request head (or the buffer is full).
-                while n < buf.len() {
-                    match sock.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => {
-                            n += k;
-                            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                                break;
-                            }
-                        }
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf[..n]);
-                let path = head.split_whitespace().nth(1).unwrap_or("");
-                let (status, ctype, body) = match path {
-                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", m.render()),
-                    "/health/live" => ("200 OK", "text/plain", "live\n".to_string()),
-                    "/health/ready" => match m.not_ready(ready_max_lag) {
-                        None => ("200 OK", "text/plain", "ready\n".to_string()),
-                        Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
-                    },
-                    _ => (
-                        "404 Not Found",
-                        "text/plain",
-                        "try /metrics, /health/live, /health/ready\n".to_string(),
-                    ),
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            });
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
         }
     }))
+}
+
+async fn scrape(State(s): State<Shared>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        super::exposition::render(&s.metrics),
+    )
+}
+
+async fn ready(State(s): State<Shared>) -> impl IntoResponse {
+    match s.metrics.not_ready(s.ready_max_lag) {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
 }

@@ -1,6 +1,7 @@
 //! Prometheus metrics and health endpoints. Counters are plain atomics updated by the stages;
 //! `/metrics` renders them in the Prometheus text format. Every metric is declared here, once.
 
+mod exposition;
 mod http;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,7 +10,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use http::serve;
 
-use crate::checkpoint::AckTracker;
+use crate::model::BinlogPosition;
+
+/// What `/metrics` shows of the acknowledgements (implemented by the checkpoint's tracker, read
+/// at each scrape).
+pub trait AckView: std::fmt::Debug + Send + Sync {
+    /// Source rows whose records are not all acknowledged.
+    fn in_flight(&self) -> usize;
+    /// The position after every acknowledged record; `None` before the first.
+    fn committed(&self) -> Option<BinlogPosition>;
+}
 
 #[derive(Debug, Default)]
 pub struct PipelineMetrics {
@@ -79,15 +89,10 @@ pub struct PipelineMetrics {
     pub batch_sizes: Histogram,
 }
 
-/// A Prometheus histogram with fixed buckets, lock-free.
+/// A Prometheus histogram with fixed buckets (the `prometheus-client` crate's; observed once
+/// per call or batch, never per row).
 #[derive(Debug)]
-pub struct Histogram {
-    buckets: &'static [f64],
-    counts: Vec<AtomicU64>,
-    count: AtomicU64,
-    /// The sum in millionths.
-    sum_micro: AtomicU64,
-}
+pub struct Histogram(prometheus_client::metrics::histogram::Histogram);
 
 /// Seconds, for latencies.
 pub const SECONDS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
@@ -101,39 +106,16 @@ impl Default for Histogram {
 }
 
 impl Histogram {
-    pub fn with_buckets(buckets: &'static [f64]) -> Histogram {
-        Histogram {
-            buckets,
-            counts: buckets.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_micro: AtomicU64::new(0),
-        }
+    /// A histogram with these upper bounds (`+Inf` is added).
+    pub fn with_buckets(buckets: &[f64]) -> Histogram {
+        Histogram(prometheus_client::metrics::histogram::Histogram::new(
+            buckets.iter().copied(),
+        ))
     }
 
+    /// Counts one observation of `v` (seconds or rows, as the histogram's name says).
     pub fn observe(&self, v: f64) {
-        for (i, b) in self.buckets.iter().enumerate() {
-            if v <= *b {
-                self.counts[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micro
-            .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, name: &str, labels: &str, out: &mut String) {
-        for (i, b) in self.buckets.iter().enumerate() {
-            out.push_str(&format!(
-                "{name}_bucket{{{labels},le=\"{b}\"}} {}\n",
-                self.counts[i].load(Ordering::Relaxed)
-            ));
-        }
-        let n = self.count.load(Ordering::Relaxed);
-        out.push_str(&format!("{name}_bucket{{{labels},le=\"+Inf\"}} {n}\n"));
-        out.push_str(&format!(
-            "{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {n}\n",
-            self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6
-        ));
+        self.0.observe(v);
     }
 }
 
@@ -197,7 +179,7 @@ pub struct Metrics {
     pub caught_up: AtomicBool,
     pub connected: AtomicBool,
     pub pipelines: Vec<PipelineMetrics>,
-    pub tracker: Option<AckTracker>,
+    pub tracker: Option<Arc<dyn AckView>>,
     /// Unix time (ms) of the last checkpoint written; 0 before the first.
     pub checkpoint_saved_ms: AtomicU64,
     /// Prepared XA transactions whose outcome the checkpoint has not passed, and when the
@@ -210,7 +192,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(pipelines: &[String], tracker: Option<AckTracker>) -> Arc<Metrics> {
+    pub fn new(pipelines: &[String], tracker: Option<Arc<dyn AckView>>) -> Arc<Metrics> {
         Arc::new(Metrics {
             pipelines: (0..PIPELINE_SLOTS.max(pipelines.len()))
                 .map(|i| PipelineMetrics {
@@ -272,329 +254,5 @@ impl Metrics {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         now.saturating_sub(ts) as f64
-    }
-
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP cdc_enricher_enrichment_batch_size Records per enrichment batch.\n# TYPE cdc_enricher_enrichment_batch_size histogram\n");
-        for p in &self.pipelines {
-            p.batch_sizes.render(
-                "cdc_enricher_enrichment_batch_size",
-                &format!("pipeline=\"{}\"", p.name()),
-                &mut out,
-            );
-        }
-        out.push_str("# HELP cdc_enricher_ml_call_seconds Backend call latency.\n# TYPE cdc_enricher_ml_call_seconds histogram\n");
-        for p in &self.pipelines {
-            p.call_latency.render(
-                "cdc_enricher_ml_call_seconds",
-                &format!("pipeline=\"{}\"", p.name()),
-                &mut out,
-            );
-        }
-        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for (labels, v) in samples {
-                out.push_str(&format!("{name}{labels} {v}\n"));
-            }
-        };
-        let one = |v: String| vec![(String::new(), v)];
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
-        metric(
-            "cdc_enricher_rows_read_total",
-            "counter",
-            "Changed rows decoded from the binlog.",
-            one(load(&self.rows)),
-        );
-        metric(
-            "cdc_enricher_transactions_total",
-            "counter",
-            "Transactions and DDL statements read to their end.",
-            one(load(&self.transactions)),
-        );
-        metric(
-            "cdc_enricher_records_total",
-            "counter",
-            "Records handed to the sink, by pipeline.",
-            self.live()
-                .map(|p| (format!("{{pipeline=\"{}\"}}", p.name()), load(&p.records)))
-                .collect(),
-        );
-        type Get = fn(&PipelineMetrics) -> &AtomicU64;
-        let per_pipeline: [(&str, &str, Get); 21] = [
-            (
-                "cdc_enricher_writeback_removed_total",
-                "Derived results deleted or cleared because their source row (or its input) is gone.",
-                |p| &p.writeback_removed,
-            ),
-            (
-                "cdc_enricher_truncates_total",
-                "Truncate records (op t) emitted for TRUNCATE TABLE and ALTER TABLE … TRUNCATE PARTITION.",
-                |p| &p.truncates,
-            ),
-            (
-                "cdc_enricher_oversize_records_total",
-                "Records larger than the Kafka producer accepts (message.max.bytes), handled by the sink's on_oversize.",
-                |p| &p.oversize_records,
-            ),
-            (
-                "cdc_enricher_pipeline_rows_in_total",
-                "Records routed into the pipeline (before enrichment).",
-                |p| &p.rows_in,
-            ),
-            (
-                "cdc_enricher_snapshot_rows_total",
-                "Rows read by backfills (snapshots).",
-                |p| &p.snapshot_rows,
-            ),
-            (
-                "cdc_enricher_writeback_rows_total",
-                "Rows whose enrichment was written back into the database.",
-                |p| &p.writeback_written,
-            ),
-            (
-                "cdc_enricher_writeback_stale_total",
-                "Results not written because the row's input changed since (a newer result follows).",
-                |p| &p.writeback_stale,
-            ),
-            (
-                "cdc_enricher_writeback_dead_letters_total",
-                "Rows written to the dead-letter table (refused by the database or not enriched).",
-                |p| &p.writeback_dead_letters,
-            ),
-            (
-                "cdc_enricher_writeback_replayed_total",
-                "Records at or before the applied position after a restart, acknowledged without writing.",
-                |p| &p.writeback_replayed,
-            ),
-            (
-                "cdc_enricher_writeback_retries_total",
-                "Write-back transactions rolled back and retried (lost connections, deadlocks).",
-                |p| &p.writeback_retries,
-            ),
-            (
-                "cdc_enricher_ml_input_tokens_total",
-                "Input tokens the model reported (Bedrock).",
-                |p| &p.input_tokens,
-            ),
-            (
-                "cdc_enricher_ml_output_tokens_total",
-                "Output tokens the model reported (Bedrock).",
-                |p| &p.output_tokens,
-            ),
-            (
-                "cdc_enricher_ml_logical_requests_total",
-                "Rows that asked for enrichment (Aurora_ml_logical_request_cnt).",
-                |p| &p.logical_requests,
-            ),
-            (
-                "cdc_enricher_ml_actual_requests_total",
-                "Backend calls, retries included (Aurora_ml_actual_request_cnt).",
-                |p| &p.actual_requests,
-            ),
-            (
-                "cdc_enricher_ml_responses_total",
-                "Backend calls answered (Aurora_ml_actual_response_cnt).",
-                |p| &p.responses,
-            ),
-            (
-                "cdc_enricher_ml_retries_total",
-                "Backend calls that were retries (Aurora_ml_retry_request_cnt).",
-                |p| &p.retries,
-            ),
-            (
-                "cdc_enricher_ml_throttles_total",
-                "Backend calls answered with throttling.",
-                |p| &p.throttles,
-            ),
-            (
-                "cdc_enricher_ml_errors_total",
-                "Rows whose enrichment failed for good.",
-                |p| &p.enrichment_errors,
-            ),
-            (
-                "cdc_enricher_ml_cache_hits_total",
-                "Rows answered from the cache, with no call (Aurora_ml_cache_hit_cnt).",
-                |p| &p.cache_hits,
-            ),
-            (
-                "cdc_enricher_ml_single_requests_total",
-                "Calls that carried a single document (Aurora_ml_single_request_cnt).",
-                |p| &p.single_requests,
-            ),
-            (
-                "cdc_enricher_ml_batch_splits_total",
-                "Whole calls that failed for what may be one row's fault (bad input, an unusable answer) and were split in halves to find it.",
-                |p| &p.batch_splits,
-            ),
-        ];
-        for (name, help, get) in per_pipeline {
-            metric(
-                name,
-                "counter",
-                help,
-                self.live()
-                    .map(|p| (format!("{{pipeline=\"{}\"}}", p.name()), load(get(p))))
-                    .collect(),
-            );
-        }
-        for (name, help, get) in [
-            (
-                "cdc_enricher_snapshot_rows_estimate",
-                "The backfilled table's row estimate (information_schema.TABLES).",
-                (|p| &p.snapshot_estimate) as Get,
-            ),
-            (
-                "cdc_enricher_snapshot_running",
-                "1 while a backfill of the pipeline runs.",
-                |p| &p.snapshot_running,
-            ),
-            (
-                "cdc_enricher_pipeline_stopped",
-                "1 once the pipeline stopped (a picked, key or filter column gone, a value of its table that cannot be decoded, an oversize record under on_oversize: fail).",
-                |p| &p.stopped,
-            ),
-        ] {
-            metric(
-                name,
-                "gauge",
-                help,
-                self.live()
-                    .map(|p| (format!("{{pipeline=\"{}\"}}", p.name()), load(get(p))))
-                    .collect(),
-            );
-        }
-        let source_lag = self.lag_seconds();
-        metric(
-            "cdc_enricher_pipeline_lag_seconds",
-            "gauge",
-            "How far the pipeline is behind: now against the commit time of its oldest record in flight (the source's lag when none is).",
-            self.live()
-                .map(|p| (format!("{{pipeline=\"{}\"}}", p.name()), p.lag_seconds(source_lag).to_string()))
-                .collect(),
-        );
-        metric(
-            "cdc_enricher_xa_prepared",
-            "gauge",
-            "Prepared XA transactions whose XA COMMIT / XA ROLLBACK the checkpoint has not passed.",
-            one(load(&self.xa_open)),
-        );
-        let oldest = self.xa_oldest_prepared_ms.load(Ordering::Relaxed);
-        metric(
-            "cdc_enricher_xa_oldest_prepared_age_seconds",
-            "gauge",
-            "Seconds since the oldest of them was prepared (0: none).",
-            one(if oldest == 0 {
-                "0".to_string()
-            } else {
-                (now_ms().saturating_sub(oldest) as f64 / 1000.0).to_string()
-            }),
-        );
-        metric(
-            "cdc_enricher_rolled_back_groups_total",
-            "counter",
-            "Binlog groups that ended in ROLLBACK: their rows were held and dropped, never emitted.",
-            one(load(&self.rolled_back_groups)),
-        );
-        metric(
-            "cdc_enricher_spilled_groups_total",
-            "counter",
-            "Groups larger than source.transaction_buffer_mb, held in a spill file until their end.",
-            one(load(&self.spilled_groups)),
-        );
-        let saved = self.checkpoint_saved_ms.load(Ordering::Relaxed);
-        if saved > 0 {
-            metric(
-                "cdc_enricher_checkpoint_age_seconds",
-                "gauge",
-                "Seconds since the checkpoint was last written.",
-                one((now_ms().saturating_sub(saved) as f64 / 1000.0).to_string()),
-            );
-        }
-        metric(
-            "cdc_enricher_budget_paused",
-            "gauge",
-            "1 while the pipeline waits for the next window of its enrichment budget.",
-            self.live()
-                .map(|p| {
-                    (
-                        format!("{{pipeline=\"{}\"}}", p.name()),
-                        load(&p.budget_paused),
-                    )
-                })
-                .collect(),
-        );
-        metric(
-            "cdc_enricher_ml_call_errors_total",
-            "counter",
-            "Failed backend calls or items, by pipeline and error kind.",
-            self.live()
-                .flat_map(|p| {
-                    crate::backend::ErrorKind::ALL.iter().map(move |k| {
-                        (
-                            format!("{{pipeline=\"{}\",kind=\"{}\"}}", p.name(), k.as_str()),
-                            load(&p.errors_by_kind[k.index()]),
-                        )
-                    })
-                })
-                .collect(),
-        );
-        metric(
-            "cdc_enricher_ml_stop_reasons_total",
-            "counter",
-            "Model answers by why the model stopped: finished, stop_sequence, max_tokens (cut at the output limit), filtered, other.",
-            self.live()
-                .flat_map(|p| {
-                    crate::backend::StopClass::ALL.iter().map(move |c| {
-                        (
-                            format!("{{pipeline=\"{}\",reason=\"{}\"}}", p.name(), c.as_str()),
-                            load(&p.stop_reasons[c.index()]),
-                        )
-                    })
-                })
-                .collect(),
-        );
-        metric(
-            "cdc_enricher_reconnects_total",
-            "counter",
-            "Reconnections of the binlog stream.",
-            one(load(&self.reconnects)),
-        );
-        metric(
-            "cdc_enricher_source_connected",
-            "gauge",
-            "1 while the binlog stream is connected.",
-            one((self.connected.load(Ordering::Relaxed) as u8).to_string()),
-        );
-        metric(
-            "cdc_enricher_lag_seconds",
-            "gauge",
-            "Commit time of the last event read against now; 0 when caught up.",
-            one(self.lag_seconds().to_string()),
-        );
-        if let Some(t) = &self.tracker {
-            metric(
-                "cdc_enricher_in_flight",
-                "gauge",
-                "Source rows whose records are not all acknowledged.",
-                one(t.in_flight().to_string()),
-            );
-            if let Some(p) = t.committed() {
-                metric(
-                    "cdc_enricher_checkpoint_position",
-                    "gauge",
-                    "The acknowledged position (file, position, row inside the transaction).",
-                    vec![(format!("{{file=\"{}\"}}", p.file), p.pos.to_string())],
-                );
-                metric(
-                    "cdc_enricher_checkpoint_row",
-                    "gauge",
-                    "Row index inside the transaction at the checkpoint.",
-                    one(p.row.to_string()),
-                );
-            }
-        }
-        out
     }
 }

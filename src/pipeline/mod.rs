@@ -85,6 +85,17 @@ pub struct ChangeRecord {
     pub pipeline: usize,
 }
 
+impl ChangeRecord {
+    /// The record's resume position: its transaction's start, rows event and row.
+    pub fn position(&self) -> crate::model::BinlogPosition {
+        crate::model::BinlogPosition {
+            event: self.source.event,
+            row: self.source.row,
+            ..crate::model::BinlogPosition::new(self.source.file.clone(), self.source.pos)
+        }
+    }
+}
+
 /// The old and new key of an update that changed the row's key: it is emitted as a `d` of
 /// the old key then a `c` of the new one, both carrying this.
 #[derive(Debug, Clone, Serialize, PartialEq)]

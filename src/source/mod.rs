@@ -3,47 +3,16 @@
 //! The source is connected to the rest of the daemon only by [`SourceEvent`]s on a channel,
 //! so it can later run in another process (publishing to Kafka) without a rewrite.
 
+pub mod error;
 pub mod mysql;
 pub mod snapshot;
 
 use std::sync::Arc;
 
-pub use crate::model::BinlogPosition;
 use crate::model::ColumnValue;
+pub use crate::model::{BinlogPosition, Op};
 use crate::source::mysql::plan::TablePlan;
-
-/// The operation of a change record, as the envelope spells it (Debezium's codes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
-    /// `c`: a row was inserted.
-    Insert,
-    /// `u`: a row was updated.
-    Update,
-    /// `d`: a row was deleted.
-    Delete,
-    /// `r`: a row read by a snapshot.
-    Read,
-    /// `t`: the table (or some of its partitions) was truncated.
-    Truncate,
-}
-
-impl Op {
-    pub fn code(self) -> &'static str {
-        match self {
-            Op::Insert => "c",
-            Op::Update => "u",
-            Op::Delete => "d",
-            Op::Read => "r",
-            Op::Truncate => "t",
-        }
-    }
-}
-
-impl serde::Serialize for Op {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.code())
-    }
-}
+pub use error::DecodeError;
 
 /// One changed row, with every column of the table map (in table order; the server's own
 /// hidden columns included, which records leave out).
@@ -113,58 +82,4 @@ pub enum SourceEvent {
         error: Arc<DecodeError>,
         position: BinlogPosition,
     },
-}
-
-/// A binlog that cannot be decoded. An event-level error stops the stream; a table-level one
-/// stops the pipelines of that table ([`SourceEvent::TableFailed`]). Never skipped silently.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    #[error("table map of `{db}`.`{table}` cannot be decoded: {reason}")]
-    TableMap {
-        db: String,
-        table: String,
-        reason: String,
-    },
-    #[error("`{db}`.`{table}`{}: {reason}", describe_column(column, type_name))]
-    Column {
-        db: String,
-        table: String,
-        column: String,
-        type_name: String,
-        reason: String,
-    },
-    #[error(
-        "a row of `{db}`.`{table}`{} cannot be decoded: {reason}",
-        describe_column(column, type_name)
-    )]
-    Value {
-        db: String,
-        table: String,
-        column: String,
-        type_name: String,
-        reason: String,
-    },
-    #[error("event at {file}:{pos} (type {event_type}) cannot be decoded: {reason}")]
-    Event {
-        file: String,
-        pos: u64,
-        event_type: u8,
-        reason: String,
-    },
-    #[error(
-        "rows event at {file}:{pos} refers to table id {table_id}, for which no TABLE_MAP was seen"
-    )]
-    NoTableMap {
-        file: String,
-        pos: u64,
-        table_id: u64,
-    },
-}
-
-fn describe_column(column: &str, type_name: &str) -> String {
-    match (column.is_empty(), type_name.is_empty()) {
-        (true, _) => String::new(),
-        (false, true) => format!(", column `{column}`"),
-        (false, false) => format!(", column `{column}` ({type_name})"),
-    }
 }

@@ -722,7 +722,11 @@ pub fn http_get(port: u16, path: &str) -> (String, String) {
             Err(e) => panic!("nothing listens on 127.0.0.1:{port} after 30 s: {e}"),
         }
     };
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let (head, body) = resp.split_once("\r\n\r\n").unwrap();
@@ -734,6 +738,11 @@ pub fn sample<'a>(body: &'a str, name: &str) -> Option<&'a str> {
     body.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .map(|l| &l[name.len() + 1..])
+}
+
+/// The value of one sample as a number (`0` and `0.0` alike).
+pub fn value(body: &str, name: &str) -> Option<f64> {
+    sample(body, name).and_then(|v| v.parse().ok())
 }
 
 /// Polls `tail` until it holds `n` records; fails with the daemon's log after `secs` or if the

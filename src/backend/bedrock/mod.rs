@@ -17,9 +17,10 @@ use super::{
     aws, Answer, Backend, BackendError, BoxFuture, Cut, ErrorKind, Input, ItemResult, StopClass,
     StopReason, Usage,
 };
-use crate::config::pipeline::{
-    BedrockApi, BedrockConfig, BedrockOutput, EnrichmentConfig, OnMaxTokens,
-};
+pub mod config;
+
+use super::CallSettings;
+use config::{BedrockApi, BedrockConfig, BedrockOutput, OnMaxTokens};
 
 /// How a model is called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +83,7 @@ pub fn parse_json_answer(text: &str, fields: Option<&[String]>) -> Result<Value,
     let v: Value = serde_json::from_str(t).map_err(|e| {
         format!(
             "the model's answer is not JSON ({e}): `{}`",
-            crate::enrich::truncate(text, 120).0
+            super::truncate(text, 120).0
         )
     })?;
     if let Some(fields) = fields {
@@ -131,8 +132,8 @@ fn model_unavailable(message: &str) -> bool {
 }
 
 impl Bedrock {
-    pub async fn new(e: &EnrichmentConfig, cfg: &BedrockConfig) -> Result<Bedrock, String> {
-        let sdk = aws::sdk_config(&e.aws(), e.timeout()).await;
+    pub async fn new(call: &CallSettings, cfg: &BedrockConfig) -> Result<Bedrock, String> {
+        let sdk = aws::sdk_config(&call.aws, call.timeout).await;
         Ok(Bedrock {
             client: aws_sdk_bedrockruntime::Client::new(&sdk),
             family: Family::resolve(cfg)?,

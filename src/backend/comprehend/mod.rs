@@ -6,7 +6,10 @@ use aws_sdk_comprehend::types::{BatchItemError, LanguageCode};
 use serde_json::{json, Map, Value};
 
 use super::{aws, score, Backend, BackendError, BoxFuture, ErrorKind, Input, ItemResult};
-use crate::config::pipeline::{ComprehendConfig, ComprehendOperation, EnrichmentConfig};
+pub mod config;
+
+use super::CallSettings;
+use config::{ComprehendConfig, ComprehendOperation};
 
 /// The most documents BatchDetect* takes in one call.
 pub const MAX_BATCH: usize = 25;
@@ -20,8 +23,8 @@ pub struct Comprehend {
 }
 
 impl Comprehend {
-    pub async fn new(e: &EnrichmentConfig, cfg: &ComprehendConfig) -> Comprehend {
-        let sdk = aws::sdk_config(&e.aws(), e.timeout()).await;
+    pub async fn new(call: &CallSettings, cfg: &ComprehendConfig) -> Comprehend {
+        let sdk = aws::sdk_config(&call.aws, call.timeout).await;
         Comprehend {
             client: aws_sdk_comprehend::Client::new(&sdk),
             op: cfg.operation,
@@ -29,7 +32,7 @@ impl Comprehend {
             max_batch: if cfg.operation == ComprehendOperation::PiiEntities {
                 1
             } else {
-                e.max_batch_size().min(MAX_BATCH)
+                call.max_batch.min(MAX_BATCH)
             },
         }
     }

@@ -7,7 +7,10 @@ use aws_sdk_sagemakerruntime::primitives::Blob;
 use serde_json::{Map, Value};
 
 use super::{aws, Backend, BackendError, BoxFuture, ErrorKind, Input, ItemResult};
-use crate::config::pipeline::{EnrichmentConfig, SageMakerAccept, SageMakerConfig};
+pub mod config;
+
+use super::CallSettings;
+use config::{SageMakerAccept, SageMakerConfig};
 
 /// Rows per call unless the pipeline says otherwise (Aurora's `MAX_BATCH_SIZE` default).
 pub const DEFAULT_BATCH: usize = 10_000;
@@ -100,7 +103,7 @@ fn v_text(v: &Value) -> String {
 }
 
 fn clip(s: &str) -> String {
-    crate::enrich::truncate(s, 80).0.to_string()
+    super::truncate(s, 80).0.to_string()
 }
 
 /// One row's values as an RFC 4180 CSV line (no line end): NULL is an empty field; a field
@@ -113,7 +116,7 @@ pub fn csv_line(values: &[Option<&crate::model::ColumnValue>]) -> String {
             line.push(',');
         }
         field.clear();
-        crate::enrich::template::push_value(&mut field, *v);
+        super::template::push_value(&mut field, *v);
         if field.contains([',', '"', '\r', '\n']) {
             line.push('"');
             line.push_str(&field.replace('"', "\"\""));
@@ -188,14 +191,14 @@ pub struct SageMaker {
 }
 
 impl SageMaker {
-    pub async fn new(e: &EnrichmentConfig, cfg: &SageMakerConfig) -> Result<SageMaker, String> {
-        let sdk = aws::sdk_config(&e.aws(), e.timeout()).await;
+    pub async fn new(call: &CallSettings, cfg: &SageMakerConfig) -> Result<SageMaker, String> {
+        let sdk = aws::sdk_config(&call.aws, call.timeout).await;
         Ok(SageMaker {
             client: aws_sdk_sagemakerruntime::Client::new(&sdk),
             returns: Returns::parse(&cfg.returns)?,
             cfg: cfg.clone(),
-            max_batch: e.max_batch_size(),
-            max_bytes: e.max_batch_bytes.unwrap_or(MAX_BODY_BYTES),
+            max_batch: call.max_batch,
+            max_bytes: call.max_batch_bytes.unwrap_or(MAX_BODY_BYTES),
         })
     }
 

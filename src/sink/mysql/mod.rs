@@ -10,8 +10,6 @@
 //! the result was computed from (`… AND input <=> ?`); 0 matched rows means the row moved on,
 //! and its newer change brings its own result.
 
-pub mod check;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,8 +27,8 @@ use crate::checkpoint::AckTracker;
 use crate::config::pipeline::{MysqlSinkConfig, OnTooLong, PipelineConfig, WriteMode};
 use crate::config::SourceConfig;
 use crate::metrics::Metrics;
+use crate::model::Op;
 use crate::pipeline::ChangeRecord;
-use crate::source::Op;
 
 /// `db.table` → `` `db`.`table` ``.
 pub fn qualified(table: &str) -> String {
@@ -198,11 +196,7 @@ pub fn removals(
 type Pos = BinlogPosition;
 
 fn pos_of(rec: &ChangeRecord) -> Pos {
-    BinlogPosition {
-        event: rec.source.event,
-        row: rec.source.row,
-        ..BinlogPosition::new(rec.source.file.clone(), rec.source.pos)
-    }
+    rec.position()
 }
 
 struct Item {
@@ -219,6 +213,8 @@ pub struct MysqlSink {
     /// Set when the writer stopped for good.
     failed: Arc<Mutex<Option<String>>>,
     cap: usize,
+    /// The applied position read at start.
+    applied: Option<BinlogPosition>,
 }
 
 impl MysqlSink {
@@ -248,6 +244,7 @@ impl MysqlSink {
         .await
         .map_err(err)?;
         let applied = applied_position(&mut conn, &plan).await.map_err(err)?;
+        let resumed = applied.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(Mutex::new(None));
@@ -276,7 +273,14 @@ impl MysqlSink {
             pending,
             failed,
             cap: (m.batch_size * 20).max(1000),
+            applied: resumed,
         })
+    }
+
+    /// The position this pipeline's write-back had applied when it started: records at or
+    /// before it were written before a restart, and need no enrichment call again.
+    pub fn applied(&self) -> Option<BinlogPosition> {
+        self.applied.clone()
     }
 
     fn hand_over(&mut self, rec: &ChangeRecord, seq: u64, dead: bool) -> Result<(), SinkError> {

@@ -364,7 +364,7 @@ impl Scan {
                 .read_event::<QueryEvent<'_>>()
                 .ok()
                 .map(|q| (q.schema().into_owned(), q.query().into_owned())),
-            165 => super::decoder::maria_compressed_query(ev.data()).ok(),
+            165 => super::query::maria_compressed_query(ev.data()).ok(),
             _ => None,
         };
         let Some((db, q)) = statement else {

@@ -56,7 +56,7 @@ fn number(n: JsonNumber) -> JsonNode {
         JsonNumber::Double(f) => JsonNode::Number(serde_json::to_string(&f).unwrap_or_default()),
         JsonNumber::Decimal(d) => {
             let mut s = d.to_string();
-            super::values::trim_integer_zeros(&mut s);
+            super::decimal::trim_integer_zeros(&mut s);
             JsonNode::Number(s)
         }
     }

@@ -9,7 +9,7 @@ use super::schema::{SchemaColumn, TableSchema};
 use super::schema_history::SchemaAt;
 use super::table_map::{types, Flavor, MapColumn, TableMap};
 use super::values::Kind;
-use crate::source::DecodeError;
+use crate::source::error::DecodeError;
 
 /// How one column is read, and whether records show it.
 #[derive(Debug, Clone)]
@@ -52,11 +52,11 @@ impl TablePlan {
     /// row (a DELETE closing it), a delete. A delete removes history: nothing.
     pub fn versioned_op(
         &self,
-        op: crate::source::Op,
+        op: crate::model::Op,
         before: Option<&[crate::model::ColumnValue]>,
         after: Option<&[crate::model::ColumnValue]>,
-    ) -> Option<crate::source::Op> {
-        use crate::source::Op;
+    ) -> Option<crate::model::Op> {
+        use crate::model::Op;
         let Some(i) = self.row_end else {
             return Some(op);
         };

@@ -5,8 +5,9 @@
 use mysql_common::binlog::events::{Event, QueryEvent};
 
 use super::super::held::Held;
+use super::super::query::maria_compressed_query;
 use super::super::xa::{OpenXa, XaOutcome, Xid};
-use super::{maria_compressed_query, At, Decoder};
+use super::{At, Decoder};
 use crate::model::BinlogPosition;
 use crate::source::{DecodeError, SourceEvent};
 

@@ -1,24 +1,17 @@
 //! Preflight: everything verified before the first event is read. Each failure says what is
 //! wrong and the statement or setting that fixes it.
 
+mod failure;
+pub mod writeback;
+
+pub use failure::Failure;
+
 use mysql_async::prelude::Queryable;
 
 use crate::config::{Config, PipelineConfig};
 use crate::model::BinlogPosition;
 use crate::source::mysql::schema::{self, Schemas};
 use crate::source::mysql::stream::{self, SourceError};
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    pub problem: String,
-    pub fix: String,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}\n    fix: {}", self.problem, self.fix)
-    }
-}
 
 pub struct Report {
     pub failures: Vec<Failure>,
@@ -335,7 +328,7 @@ pub async fn run(
         let Some(s) = schemas.get(&p.db_table()) else {
             continue;
         };
-        match crate::sink::mysql::check::plan(&cfg.source, p, m, s).await {
+        match writeback::plan(&cfg.source, p, m, s).await {
             Ok(plan) => {
                 writeback.insert(p.name.clone(), plan);
             }

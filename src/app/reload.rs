@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::app::AppError;
+use super::outputs::Stages;
+use super::AppError;
 use crate::config::{Config, ConfigError, PipelineConfig};
 use crate::enrich;
-use crate::outputs::Stages;
 use crate::pipeline::Router;
 use crate::source::mysql::snapshot::{Ask, Job, PipelineSlots};
 use crate::source::SourceEvent;
@@ -39,7 +39,7 @@ pub struct Reloader {
     pub active: Vec<bool>,
     pub route_to: Vec<usize>,
     pub enrich_tx: Vec<Option<mpsc::Sender<enrich::Pending>>>,
-    pub tasks: Arc<std::sync::Mutex<Vec<crate::outputs::StageTask>>>,
+    pub tasks: Arc<std::sync::Mutex<Vec<super::outputs::StageTask>>>,
     pub tables: Tables,
     /// The backfill signal table, decoded whatever the pipelines.
     pub signal: Option<(String, String)>,
@@ -59,7 +59,7 @@ fn same(a: &PipelineConfig, b: &PipelineConfig) -> bool {
 impl Reloader {
     pub async fn reload(&mut self) -> Result<(), AppError> {
         let new = self.cfg.load_pipelines()?;
-        let report = crate::check::run(&self.cfg, &new, None).await?;
+        let report = crate::precheck::run(&self.cfg, &new, None).await?;
         if !report.failures.is_empty() {
             for f in &report.failures {
                 tracing::error!(problem = %f.problem, fix = %f.fix, "reload check failed");

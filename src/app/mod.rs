@@ -1,6 +1,12 @@
 //! Wires the stages: binlog source → pipeline router → sinks, with the checkpoint writer
 //! beside them. Stages talk only through typed records on channels.
 
+mod error;
+pub mod outputs;
+pub mod reload;
+
+pub use error::AppError;
+
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,57 +14,15 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::check;
-use crate::checkpoint::{AckTracker, CheckpointError, Store};
+use crate::checkpoint::{AckTracker, Store};
 use crate::config::{Config, ConfigError, StartFrom};
 use crate::enrich;
 use crate::metrics::Metrics;
-use crate::pipeline::{RouteError, Router};
+use crate::pipeline::Router;
+use crate::precheck;
 use crate::sink::SinkError;
-use crate::source::mysql::stream::{self, MysqlSource, SourceError};
+use crate::source::mysql::stream::{self, MysqlSource};
 use crate::source::{BinlogPosition, SourceEvent};
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("preflight check failed ({0} problems, listed above)")]
-    Preflight(usize),
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error(transparent)]
-    Route(#[from] RouteError),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error(
-        "stopped after the shutdown timeout ({ms} ms) with {in_flight} rows not delivered; \
-             the checkpoint stays before them and they are sent again after a restart"
-    )]
-    ShutdownTimeout { ms: u64, in_flight: usize },
-    #[error("enrichment stage of pipeline `{pipeline}` stopped: {reason}")]
-    Enrichment { pipeline: String, reason: String },
-    #[error(transparent)]
-    Snapshot(#[from] crate::source::mysql::snapshot::SnapshotError),
-    #[error("reload: {0}")]
-    Reload(String),
-    #[error("cannot serve metrics on {address}: {source}; change `metrics.address`")]
-    Metrics {
-        address: String,
-        source: std::io::Error,
-    },
-}
-
-impl AppError {
-    /// 2 for problems found before anything ran (config, preflight), 1 for the rest.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            AppError::Config(_) | AppError::Preflight(_) | AppError::Metrics { .. } => 2,
-            _ => 1,
-        }
-    }
-}
 
 /// Loads config and pipelines, then runs the preflight checks and prints the report.
 pub async fn check(config: &Path) -> Result<(), AppError> {
@@ -66,7 +30,7 @@ pub async fn check(config: &Path) -> Result<(), AppError> {
     let pipelines = cfg.load_pipelines()?;
     let mut store = Store::from_config(&cfg);
     let cp = store.load().await?;
-    let report = check::run(&cfg, &pipelines, cp.as_ref().map(|c| &c.position)).await?;
+    let report = precheck::run(&cfg, &pipelines, cp.as_ref().map(|c| &c.position)).await?;
     report_failures(&report.failures)?;
     println!(
         "ok: {} ({}), {} pipelines, checkpoint {}",
@@ -120,7 +84,7 @@ pub async fn backfill(config: &Path, pipeline: &str, filter: Option<&str>) -> Re
     Ok(())
 }
 
-fn report_failures(f: &[check::Failure]) -> Result<(), AppError> {
+fn report_failures(f: &[precheck::Failure]) -> Result<(), AppError> {
     if f.is_empty() {
         return Ok(());
     }
@@ -136,7 +100,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let pipelines = cfg.load_pipelines()?;
     let mut store = Store::from_config(&cfg);
     let saved = store.load().await?;
-    let report = check::run(&cfg, &pipelines, saved.as_ref().map(|c| &c.position)).await?;
+    let report = precheck::run(&cfg, &pipelines, saved.as_ref().map(|c| &c.position)).await?;
     report_failures(&report.failures)?;
 
     if let Some(why) = &report.purged {
@@ -190,7 +154,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
 
     let tracker = AckTracker::with_open_xa(resume.clone(), open_xa.clone());
     let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
-    let metrics = Metrics::new(&names, Some(tracker.clone()));
+    let metrics = Metrics::new(&names, Some(Arc::new(tracker.clone())));
     let _metrics_server = match &cfg.metrics {
         Some(m) => Some(
             crate::metrics::serve(&m.address, metrics.clone(), m.ready_max_lag_seconds)
@@ -202,7 +166,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         ),
         None => None,
     };
-    let stages = crate::outputs::Stages {
+    let stages = outputs::Stages {
         cfg: cfg.clone(),
         tracker: tracker.clone(),
         metrics: metrics.clone(),
@@ -263,7 +227,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     }
     let router = Router::new(pipelines.clone());
     // The tables decoded: shared with the reloader, which adds those of new pipelines.
-    let wanted: crate::reload::Tables = Arc::new(std::sync::RwLock::new(
+    let wanted: reload::Tables = Arc::new(std::sync::RwLock::new(
         tables_read.iter().cloned().collect(),
     ));
     let filter_tables = wanted.clone();
@@ -296,7 +260,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let proc_metrics = metrics.clone();
     let proc_sinks = sinks.clone();
     let (swap_tx, swap_rx) = std::sync::mpsc::channel();
-    let mut reloader = crate::reload::Reloader {
+    let mut reloader = reload::Reloader {
         cfg: cfg.clone(),
         stages,
         all: pipelines.clone(),
@@ -452,7 +416,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     }
 }
 
-use crate::outputs::{lock, Sinks};
+use outputs::{lock, Sinks};
 
 /// The pipeline stage's link to the backfill coordinator.
 pub struct SnapshotLink {
@@ -533,7 +497,7 @@ fn process(
     mut router: Router,
     mut out: Outputs,
     mut snap: Option<SnapshotLink>,
-    swaps: std::sync::mpsc::Receiver<crate::reload::Swap>,
+    swaps: std::sync::mpsc::Receiver<reload::Swap>,
 ) -> Result<(), AppError> {
     use crate::source::snapshot::Signal;
     let mut recs = Vec::new();

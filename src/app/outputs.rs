@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::app::AppError;
+use super::AppError;
 use crate::checkpoint::AckTracker;
 use crate::config::{Config, PipelineConfig, SinkConfig};
 use crate::enrich;
@@ -98,6 +98,8 @@ impl Stages {
     ) -> Result<Built, AppError> {
         let mut built = Built::default();
         let mut new_sinks: Vec<Box<dyn Sink>> = Vec::new();
+        // Pipeline → the position its write-back had applied (no calls again up to it).
+        let mut applied: HashMap<usize, crate::model::BinlogPosition> = HashMap::new();
         let base = lock(&self.sinks).len();
         let max = items.iter().map(|(i, _)| *i + 1).max().unwrap_or(0);
         let mut routes: Vec<Option<kafka::Route>> = vec![None; max];
@@ -146,18 +148,20 @@ impl Stages {
                             message: "no write-back plan (the preflight did not check it)".into(),
                         })?;
                     built.route_to.push((*i, base + new_sinks.len()));
-                    new_sinks.push(Box::new(
-                        crate::sink::mysql::MysqlSink::start(
-                            &self.cfg.source,
-                            p,
-                            m,
-                            plan,
-                            self.tracker.clone(),
-                            self.metrics.clone(),
-                            *i,
-                        )
-                        .await?,
-                    ));
+                    let sink = crate::sink::mysql::MysqlSink::start(
+                        &self.cfg.source,
+                        p,
+                        m,
+                        plan,
+                        self.tracker.clone(),
+                        self.metrics.clone(),
+                        *i,
+                    )
+                    .await?;
+                    if let Some(a) = sink.applied() {
+                        applied.insert(*i, a);
+                    }
+                    new_sinks.push(Box::new(sink));
                 }
                 SinkConfig::Jsonl(j) => {
                     let path = if j.path == "-" {
@@ -186,11 +190,16 @@ impl Stages {
                 pipeline: p.name.clone(),
                 reason,
             };
-            let backend = crate::backend::build(e).await.map_err(enrich_err)?;
+            let kind = e
+                .backend()
+                .ok_or_else(|| enrich_err("enrichment names no backend".into()))?;
+            let backend = crate::backend::build(kind, &e.call_settings())
+                .await
+                .map_err(enrich_err)?;
             let gather = backend.max_batch() * e.concurrency;
             let (etx, erx) = mpsc::channel(4 * gather.clamp(256, 40_000));
             let deliver = self.delivery_thread(&p.name, route)?;
-            let quota = crate::backend::quota_key(backend.as_ref(), e);
+            let quota = crate::backend::quota_key(backend.as_ref(), &e.aws());
             let settings = enrich::Settings {
                 pipeline: i,
                 name: p.name.clone(),
@@ -211,6 +220,7 @@ impl Stages {
                     )
                 }),
                 cache_entries: e.cache_entries,
+                applied: applied.remove(&i),
             };
             let task = tokio::spawn(enrich::run(
                 settings,

@@ -4,12 +4,12 @@
 
 use mysql_async::prelude::Queryable;
 
-use super::{removals, statement, writer_opts, Bind, Output, Plan};
-use crate::check::Failure;
+use super::Failure;
 use crate::config::pipeline::{
     BackendConfig, BedrockOutput, EnrichmentConfig, MysqlSinkConfig, PipelineConfig, WriteMode,
 };
 use crate::config::SourceConfig;
+use crate::sink::mysql::{qualified, removals, statement, writer_opts, Bind, Output, Plan};
 use crate::source::mysql::schema::{self, SchemaColumn, TableSchema};
 
 /// What the enrichment holds at a pointer.
@@ -272,7 +272,7 @@ pub async fn plan(
             }
         }
         // Side rows follow their source (deleted with it, with its input, by a TRUNCATE).
-        let probe = format!("DELETE FROM {} WHERE FALSE", super::qualified(&target));
+        let probe = format!("DELETE FROM {} WHERE FALSE", qualified(&target));
         if let Err(err) = conn.query_drop(probe).await {
             fail(
                 &mut f,
