@@ -15,4 +15,5 @@ pub mod pipeline;
 pub mod precheck;
 pub mod ratelimit;
 pub mod sink;
+pub mod snapshot;
 pub mod source;

@@ -8,7 +8,7 @@ use cdc_enricher::config::{Config, PipelineConfig};
 
 /// The fields serde accepts where `yaml` puts the unknown key `zz_unknown`.
 fn fields<T: serde::de::DeserializeOwned>(yaml: &str) -> BTreeSet<String> {
-    let err = match serde_yaml::from_str::<T>(yaml) {
+    let err = match serde_yaml_ng::from_str::<T>(yaml) {
         Ok(_) => panic!("`{yaml}` parsed"),
         Err(e) => e.to_string(),
     };

@@ -344,3 +344,58 @@ fn an_output_column_of_the_wrong_type_is_a_startup_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// What no retry cures — a grant revoked, a column of the side table dropped — stops the
+/// write-back with the server's message and the fix (instead of retrying forever); the rows
+/// not written are read again after the fix and a restart.
+#[test]
+fn a_revoked_grant_or_a_dropped_column_stops_the_write_back_with_the_fix_and_loses_no_row() {
+    let (db, aws) = setup(SUPPORT);
+    let p = sentiment_pipeline(&aws, "");
+    let mut d = start(&db, &[("s", &p)]);
+    let written = "SELECT COUNT(*) FROM shop.support WHERE sentiment IS NOT NULL";
+    block_on(db.exec("INSERT INTO shop.support (id, message) VALUES (1, 'good one')"));
+    wait_count(&mut d, &db, written, 1, 60);
+
+    block_on(db.exec("REVOKE UPDATE ON shop.* FROM 'writer'@'127.0.0.1'"));
+    block_on(db.exec("INSERT INTO shop.support (id, message) VALUES (2, 'terrible two')"));
+    assert_eq!(d.wait_exit(60), 1);
+    let log = d.log();
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: write-back of pipeline `support_sentiment`: the database refused the write-back:")
+            && last.contains("UPDATE command denied to user 'writer'")
+            && last.contains("grant the write-back account"),
+        "{log}"
+    );
+    block_on(db.exec("GRANT UPDATE ON shop.* TO 'writer'@'127.0.0.1'"));
+    d.spawn();
+    wait_count(&mut d, &db, written, 2, 60);
+
+    block_on(db.exec(
+        "ALTER TABLE shop.support DROP COLUMN confidence;
+         INSERT INTO shop.support (id, message) VALUES (3, 'good three');",
+    ));
+    assert_eq!(d.wait_exit(60), 1);
+    let log = d.log();
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("Unknown column 'confidence'") && last.contains("add the column back"),
+        "{log}"
+    );
+    block_on(db.exec("ALTER TABLE shop.support ADD COLUMN confidence DOUBLE AFTER sentiment"));
+    d.spawn();
+    wait_count(&mut d, &db, written, 3, 60);
+    let rows: Vec<(i64, Option<String>, Option<f64>)> =
+        block_on(db.query("SELECT id, sentiment, confidence FROM shop.support ORDER BY id"));
+    // (The column dropped and added again lost the confidences written before.)
+    assert_eq!(
+        rows,
+        vec![
+            (1, Some("POSITIVE".to_string()), None),
+            (2, Some("NEGATIVE".to_string()), None),
+            (3, Some("POSITIVE".to_string()), Some(0.9)),
+        ]
+    );
+    assert_eq!(d.terminate(), 0);
+}

@@ -2,6 +2,7 @@
 
 use crate::checkpoint::CheckpointError;
 use crate::config::ConfigError;
+use crate::pipeline::stage::StageError;
 use crate::pipeline::RouteError;
 use crate::sink::SinkError;
 use crate::source::mysql::stream::SourceError;
@@ -28,7 +29,7 @@ pub enum AppError {
     #[error("enrichment stage of pipeline `{pipeline}` stopped: {reason}")]
     Enrichment { pipeline: String, reason: String },
     #[error(transparent)]
-    Snapshot(#[from] crate::source::mysql::snapshot::SnapshotError),
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("reload: {0}")]
     Reload(String),
     #[error("cannot serve metrics on {address}: {source}; change `metrics.address`")]
@@ -36,9 +37,66 @@ pub enum AppError {
         address: String,
         source: std::io::Error,
     },
+    /// A task of the daemon panicked: a bug of ours, never the data's or the config's.
+    #[error(
+        "internal error: the {task} task failed ({message}); the checkpoint stays before \
+             what was not delivered — please report this with the log"
+    )]
+    Internal { task: &'static str, message: String },
+}
+
+/// Where an error comes from, for the operator: what to look at first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// The config file or a pipeline file: fix it and start again.
+    Configuration,
+    /// The source server or its binlog.
+    Source,
+    /// A sink (Kafka, the write-back database, a file) or the checkpoint store.
+    Sink,
+    /// An enrichment backend.
+    Backend,
+    /// A bug of the daemon's.
+    Internal,
+}
+
+impl From<StageError> for AppError {
+    fn from(e: StageError) -> AppError {
+        match e {
+            StageError::Route(e) => AppError::Route(e),
+            StageError::Sink(e) => AppError::Sink(e),
+            StageError::Enrichment { pipeline, reason } => {
+                AppError::Enrichment { pipeline, reason }
+            }
+        }
+    }
 }
 
 impl AppError {
+    /// What the error concerns.
+    pub fn domain(&self) -> Domain {
+        match self {
+            AppError::Config(_)
+            | AppError::Preflight(_)
+            | AppError::Reload(_)
+            | AppError::Metrics { .. } => Domain::Configuration,
+            AppError::Source(_) | AppError::Route(_) | AppError::Snapshot(_) => Domain::Source,
+            AppError::Sink(_) | AppError::Checkpoint(_) | AppError::ShutdownTimeout { .. } => {
+                Domain::Sink
+            }
+            AppError::Enrichment { .. } => Domain::Backend,
+            AppError::Internal { .. } => Domain::Internal,
+        }
+    }
+
+    /// A task that ended without a result (it panicked or was cancelled).
+    pub fn task(task: &'static str, e: tokio::task::JoinError) -> AppError {
+        AppError::Internal {
+            task,
+            message: e.to_string(),
+        }
+    }
+
     /// 2 for problems found before anything ran (config, preflight), 1 for the rest.
     pub fn exit_code(&self) -> u8 {
         match self {

@@ -14,16 +14,10 @@ use crate::checkpoint::AckTracker;
 use crate::config::{Config, PipelineConfig, SinkConfig};
 use crate::enrich;
 use crate::metrics::Metrics;
+use crate::pipeline::stage::Route;
 use crate::sink::jsonl::JsonlSink;
 use crate::sink::kafka::{self, KafkaSink};
-use crate::sink::{Sink, SinkError};
-
-pub type Sinks = Arc<std::sync::Mutex<Vec<Box<dyn Sink>>>>;
-
-pub fn lock(s: &Sinks) -> std::sync::MutexGuard<'_, Vec<Box<dyn Sink>>> {
-    // A sink that panicked mid-send stops the daemon anyway; its state is not read again.
-    s.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sink::{lock, Sink, SinkError, Sinks};
 
 /// Shared by every build: the daemon's config, the ack tracker, the metrics, the sinks and the
 /// rate limiters (so a pipeline added by a reload draws on the same quotas).
@@ -41,11 +35,35 @@ pub type StageTask = (String, tokio::task::JoinHandle<Result<(), String>>);
 /// What a build made, by pipeline index.
 #[derive(Default)]
 pub struct Built {
-    /// Pipeline → its sink's index in `sinks`.
-    pub route_to: Vec<(usize, usize)>,
-    /// Pipeline → its enrichment stage's input.
-    pub enrich_tx: Vec<(usize, mpsc::Sender<enrich::Pending>)>,
+    /// Pipeline index → where its records go.
+    pub routes: Vec<(usize, Route)>,
     pub tasks: Vec<StageTask>,
+}
+
+impl Built {
+    fn route(&mut self, i: usize) -> &mut Route {
+        let k = match self.routes.iter().position(|r| r.0 == i) {
+            Some(k) => k,
+            None => {
+                self.routes.push((i, Route::default()));
+                self.routes.len() - 1
+            }
+        };
+        &mut self.routes[k].1
+    }
+
+    /// The routes as a list by pipeline index, `n` long (no route where none was built), and
+    /// the stages' tasks. Consumes the build: an enrichment stage ends once every holder of its
+    /// input (its route) is gone.
+    pub fn into_routes(self, n: usize) -> (Vec<Route>, Vec<StageTask>) {
+        let mut v = vec![Route::default(); n];
+        for (i, r) in self.routes {
+            if let Some(slot) = v.get_mut(i) {
+                *slot = r;
+            }
+        }
+        (v, self.tasks)
+    }
 }
 
 impl Stages {
@@ -98,47 +116,18 @@ impl Stages {
     ) -> Result<Built, AppError> {
         let mut built = Built::default();
         let mut new_sinks: Vec<Box<dyn Sink>> = Vec::new();
-        // Pipeline → the position its write-back had applied (no calls again up to it).
-        let mut applied: HashMap<usize, crate::model::BinlogPosition> = HashMap::new();
         let base = lock(&self.sinks).len();
-        let max = items.iter().map(|(i, _)| *i + 1).max().unwrap_or(0);
-        let mut routes: Vec<Option<kafka::Route>> = vec![None; max];
-        for (i, p) in items {
-            if let SinkConfig::Kafka(k) = &p.sink {
-                routes[*i] = p.topic().map(|t| kafka::Route {
-                    topic: Arc::from(t.as_str()),
-                    tombstones: k.tombstones,
-                    dead_letter: p.dead_letter_topic().map(|d| Arc::from(d.as_str())),
-                    on_oversize: k.on_oversize,
-                });
+        if let Some(k) = self.kafka_sink(items).await? {
+            for i in k.1 {
+                built.route(i).sink = Some(base);
             }
+            new_sinks.push(k.0);
         }
-        if let (Some(kcfg), true) = (&self.cfg.kafka, routes.iter().any(Option::is_some)) {
-            if kcfg.create_topics {
-                let names: Vec<String> = routes
-                    .iter()
-                    .flatten()
-                    .flat_map(|r| {
-                        std::iter::once(r.topic.to_string())
-                            .chain(r.dead_letter.as_deref().map(str::to_string))
-                    })
-                    .collect();
-                kafka::create_topics(kcfg, &names).await?;
-            }
-            for (i, r) in routes.iter().enumerate() {
-                if r.is_some() {
-                    built.route_to.push((i, base + new_sinks.len()));
-                }
-            }
-            new_sinks.push(Box::new(KafkaSink::new(
-                kcfg,
-                routes,
-                self.tracker.clone(),
-                self.metrics.clone(),
-            )?));
-        }
+        // Pipeline → the position its write-back had applied (no calls again up to it).
+        let mut applied = HashMap::new();
         for (i, p) in items {
-            match &p.sink {
+            let sink: Box<dyn Sink> = match &p.sink {
+                SinkConfig::Kafka(_) => continue,
                 SinkConfig::Mysql(m) => {
                     let plan = plans
                         .get(&p.name)
@@ -147,7 +136,6 @@ impl Stages {
                             pipeline: p.name.clone(),
                             message: "no write-back plan (the preflight did not check it)".into(),
                         })?;
-                    built.route_to.push((*i, base + new_sinks.len()));
                     let sink = crate::sink::mysql::MysqlSink::start(
                         &self.cfg.source,
                         p,
@@ -161,77 +149,129 @@ impl Stages {
                     if let Some(a) = sink.applied() {
                         applied.insert(*i, a);
                     }
-                    new_sinks.push(Box::new(sink));
+                    Box::new(sink)
                 }
                 SinkConfig::Jsonl(j) => {
-                    let path = if j.path == "-" {
-                        j.path.clone()
-                    } else {
-                        self.cfg.resolve(Path::new(&j.path)).display().to_string()
+                    let path = match j.path.as_str() {
+                        "-" => j.path.clone(),
+                        _ => self.cfg.resolve(Path::new(&j.path)).display().to_string(),
                     };
-                    built.route_to.push((*i, base + new_sinks.len()));
-                    new_sinks.push(Box::new(JsonlSink::open(&path, self.tracker.clone())?));
+                    Box::new(JsonlSink::open(&path, self.tracker.clone())?)
                 }
-                SinkConfig::Kafka(_) => {}
-            }
+            };
+            built.route(*i).sink = Some(base + new_sinks.len());
+            new_sinks.push(sink);
         }
         lock(&self.sinks).extend(new_sinks);
-
         // Enrichment stages: one task per enriched pipeline, between the router and the sink.
         for (i, p) in items {
-            let Some(e) = &p.enrichment else {
+            let (Some(e), Some(sink)) = (&p.enrichment, built.route(*i).sink) else {
                 continue;
             };
-            let i = *i;
-            let Some(route) = built.route_to.iter().find(|r| r.0 == i).map(|r| r.1) else {
-                continue;
-            };
-            let enrich_err = |reason: String| AppError::Enrichment {
-                pipeline: p.name.clone(),
-                reason,
-            };
-            let kind = e
-                .backend()
-                .ok_or_else(|| enrich_err("enrichment names no backend".into()))?;
-            let backend = crate::backend::build(kind, &e.call_settings())
-                .await
-                .map_err(enrich_err)?;
-            let gather = backend.max_batch() * e.concurrency;
-            let (etx, erx) = mpsc::channel(4 * gather.clamp(256, 40_000));
-            let deliver = self.delivery_thread(&p.name, route)?;
-            let quota = crate::backend::quota_key(backend.as_ref(), &e.aws());
-            let settings = enrich::Settings {
-                pipeline: i,
-                name: p.name.clone(),
-                input: enrich::input::InputSpec::from_config(e).map_err(enrich_err)?,
-                max_batch: gather,
-                max_wait: Duration::from_millis(e.max_wait_ms),
-                concurrency: e.concurrency,
-                parse_attempts: e.parse_attempts,
-                max_retry_after: Duration::from_secs(e.max_retry_after_s),
-                limiter: self.limiters.get(&quota, e.requests_per_second),
-                tokens: e.tokens_per_minute.map(|t| self.limiters.bucket(&quota, t)),
-                budget: e.budget.as_ref().map(|b| {
-                    crate::ratelimit::Budget::new(
-                        p.name.clone(),
-                        b.requests,
-                        b.tokens,
-                        b.window_seconds,
-                    )
-                }),
-                cache_entries: e.cache_entries,
-                applied: applied.remove(&i),
-            };
-            let task = tokio::spawn(enrich::run(
-                settings,
-                backend,
-                erx,
-                deliver,
-                self.metrics.clone(),
-            ));
+            let (tx, task) = self
+                .enrichment_stage(*i, p, e, sink, applied.remove(i))
+                .await?;
+            built.route(*i).enrich = Some(tx);
             built.tasks.push((p.name.clone(), task));
-            built.enrich_tx.push((i, etx));
         }
         Ok(built)
+    }
+
+    /// The one Kafka sink of this build (shared by its Kafka pipelines, whose topics it creates
+    /// where the config says so), and the pipelines it serves.
+    async fn kafka_sink(
+        &self,
+        items: &[(usize, &PipelineConfig)],
+    ) -> Result<Option<(Box<dyn Sink>, Vec<usize>)>, AppError> {
+        let max = items.iter().map(|(i, _)| *i + 1).max().unwrap_or(0);
+        let mut routes: Vec<Option<kafka::Route>> = vec![None; max];
+        for (i, p) in items {
+            if let SinkConfig::Kafka(k) = &p.sink {
+                routes[*i] = p.topic().map(|t| kafka::Route {
+                    topic: Arc::from(t.as_str()),
+                    tombstones: k.tombstones,
+                    dead_letter: p.dead_letter_topic().map(|d| Arc::from(d.as_str())),
+                    on_oversize: k.on_oversize,
+                });
+            }
+        }
+        let served: Vec<usize> = (0..max).filter(|i| routes[*i].is_some()).collect();
+        let Some(kcfg) = self.cfg.kafka.as_ref().filter(|_| !served.is_empty()) else {
+            return Ok(None);
+        };
+        if kcfg.create_topics {
+            let names: Vec<String> = routes
+                .iter()
+                .flatten()
+                .flat_map(|r| {
+                    std::iter::once(r.topic.to_string())
+                        .chain(r.dead_letter.as_deref().map(str::to_string))
+                })
+                .collect();
+            kafka::create_topics(kcfg, &names).await?;
+        }
+        let sink = KafkaSink::new(kcfg, routes, self.tracker.clone(), self.metrics.clone())?;
+        Ok(Some((Box::new(sink), served)))
+    }
+
+    /// Starts pipeline `i`'s enrichment stage, delivering to sink `route`; returns its input.
+    async fn enrichment_stage(
+        &self,
+        i: usize,
+        p: &PipelineConfig,
+        e: &crate::config::pipeline::EnrichmentConfig,
+        route: usize,
+        applied: Option<crate::model::BinlogPosition>,
+    ) -> Result<
+        (
+            mpsc::Sender<enrich::Pending>,
+            tokio::task::JoinHandle<Result<(), String>>,
+        ),
+        AppError,
+    > {
+        let enrich_err = |reason: String| AppError::Enrichment {
+            pipeline: p.name.clone(),
+            reason,
+        };
+        let kind = e
+            .backend()
+            .ok_or_else(|| enrich_err("enrichment names no backend".into()))?;
+        let backend = crate::backend::build(kind, &e.call_settings())
+            .await
+            .map_err(enrich_err)?;
+        let gather = backend.max_batch() * e.concurrency;
+        let (etx, erx) = mpsc::channel(4 * gather.clamp(256, 40_000));
+        let deliver = self.delivery_thread(&p.name, route)?;
+        let quota = crate::backend::quota_key(backend.as_ref(), &e.aws());
+        let settings = enrich::Settings {
+            pipeline: i,
+            name: p.name.clone(),
+            input: enrich::input::InputSpec::from_config(e).map_err(enrich_err)?,
+            max_batch: gather,
+            max_wait: Duration::from_millis(e.max_wait_ms),
+            concurrency: e.concurrency,
+            parse_attempts: e.parse_attempts,
+            max_retry_after: Duration::from_secs(e.max_retry_after_s),
+            limiter: self.limiters.get(&quota, e.requests_per_second),
+            tokens: e.tokens_per_minute.map(|t| self.limiters.bucket(&quota, t)),
+            budget: e.budget.as_ref().map(|b| {
+                crate::ratelimit::Budget::new(
+                    p.name.clone(),
+                    b.requests,
+                    b.tokens,
+                    b.window_seconds,
+                )
+            }),
+            cache_entries: e.cache_entries,
+            applied,
+        };
+        let task = tokio::spawn(enrich::run(
+            settings,
+            backend,
+            erx,
+            deliver,
+            self.metrics.clone(),
+        ));
+        Ok((etx, task))
     }
 }

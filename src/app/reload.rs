@@ -15,21 +15,14 @@ use tokio::sync::{mpsc, oneshot};
 use super::outputs::Stages;
 use super::AppError;
 use crate::config::{Config, ConfigError, PipelineConfig};
-use crate::enrich;
+use crate::pipeline::stage::{Route, Swap};
 use crate::pipeline::Router;
-use crate::source::mysql::snapshot::{Ask, Job, PipelineSlots};
+use crate::snapshot::PipelineSlots;
+use crate::source::snapshot::{Ask, Job};
 use crate::source::SourceEvent;
 
 /// The tables the binlog decoder decodes, shared with its filter.
 pub type Tables = Arc<std::sync::RwLock<HashSet<(String, String)>>>;
-
-/// What the pipeline stage swaps in between two batches.
-pub struct Swap {
-    pub router: Router,
-    pub route_to: Vec<usize>,
-    pub enrich_tx: Vec<Option<mpsc::Sender<enrich::Pending>>>,
-    pub done: oneshot::Sender<()>,
-}
 
 pub struct Reloader {
     pub cfg: Config,
@@ -37,8 +30,8 @@ pub struct Reloader {
     /// Every pipeline the process has known, by its stable index.
     pub all: Vec<PipelineConfig>,
     pub active: Vec<bool>,
-    pub route_to: Vec<usize>,
-    pub enrich_tx: Vec<Option<mpsc::Sender<enrich::Pending>>>,
+    /// Where each pipeline's records go, by index.
+    pub routes: Vec<Route>,
     pub tasks: Arc<std::sync::Mutex<Vec<super::outputs::StageTask>>>,
     pub tables: Tables,
     /// The backfill signal table, decoded whatever the pipelines.
@@ -51,12 +44,15 @@ pub struct Reloader {
     pub wake: mpsc::Sender<Vec<SourceEvent>>,
 }
 
-/// Two definitions are the same pipeline when everything they say is the same.
-fn same(a: &PipelineConfig, b: &PipelineConfig) -> bool {
-    format!("{a:?}") == format!("{b:?}")
+/// What a reload changes: the pipelines removed (by index) and added (with their new index).
+struct Change {
+    removed: Vec<usize>,
+    added: Vec<(usize, PipelineConfig)>,
 }
 
 impl Reloader {
+    /// Reads and checks the pipelines folder again, then swaps the changed pipelines in. A
+    /// refused reload changes nothing.
     pub async fn reload(&mut self) -> Result<(), AppError> {
         let new = self.cfg.load_pipelines()?;
         let report = crate::precheck::run(&self.cfg, &new, None).await?;
@@ -66,63 +62,84 @@ impl Reloader {
             }
             return Err(AppError::Preflight(report.failures.len()));
         }
+        let Some(change) = self.diff(&new)? else {
+            tracing::info!("reload: the pipelines are unchanged");
+            return Ok(());
+        };
+        let items: Vec<(usize, &PipelineConfig)> =
+            change.added.iter().map(|(i, p)| (*i, p)).collect();
+        for (i, p) in &items {
+            let _ = self.stages.metrics.pipelines[*i].name.set(p.name.clone());
+        }
+        // Build what the added pipelines deliver to, before anything changes for the others.
+        let built = self.stages.build(&items, &report.writeback).await?;
+        let mut all = self.all.clone();
+        let mut active = self.active.clone();
+        let mut routes = self.routes.clone();
+        all.extend(change.added.iter().map(|(_, p)| p.clone()));
+        active.resize(all.len(), true);
+        routes.resize(all.len(), Route::default());
+        for &i in &change.removed {
+            active[i] = false;
+            // Dropping the stage's input lets it drain what it holds, then end.
+            routes[i] = Route::default();
+        }
+        for (i, r) in built.routes {
+            routes[i] = r;
+        }
+        self.swap(Router::with_active(all.clone(), &active), routes.clone())
+            .await?;
+        self.after_swap(&change, built.tasks, all.len());
+        let names = |ix: &mut dyn Iterator<Item = &PipelineConfig>| {
+            ix.map(|p| p.name.clone()).collect::<Vec<_>>().join(", ")
+        };
+        tracing::info!(
+            removed = %names(&mut change.removed.iter().map(|i| &all[*i])),
+            added = %names(&mut change.added.iter().map(|(_, p)| p)),
+            "pipelines reloaded"
+        );
+        self.all = all;
+        self.active = active;
+        self.routes = routes;
+        Ok(())
+    }
+
+    /// The live pipelines the new definitions drop or change, and the new ones (a changed
+    /// pipeline is both); `None` when nothing changed.
+    fn diff(&self, new: &[PipelineConfig]) -> Result<Option<Change>, AppError> {
         let live: Vec<usize> = (0..self.all.len()).filter(|i| self.active[*i]).collect();
         let removed: Vec<usize> = live
             .iter()
             .copied()
-            .filter(|i| !new.iter().any(|n| same(n, &self.all[*i])))
+            .filter(|i| !new.contains(&self.all[*i]))
             .collect();
-        let added: Vec<PipelineConfig> = new
+        let first = self.all.len();
+        let added: Vec<(usize, PipelineConfig)> = new
             .iter()
-            .filter(|n| !live.iter().any(|i| same(n, &self.all[*i])))
-            .cloned()
+            .filter(|n| !live.iter().any(|i| self.all[*i] == **n))
+            .enumerate()
+            .map(|(k, p)| (first + k, p.clone()))
             .collect();
         if removed.is_empty() && added.is_empty() {
-            tracing::info!("reload: the pipelines are unchanged");
-            return Ok(());
+            return Ok(None);
         }
-        let first = self.all.len();
-        if first + added.len() > self.stages.metrics.pipelines.len() {
+        let slots = self.stages.metrics.pipelines.len();
+        if first + added.len() > slots {
             return Err(ConfigError::File {
                 file: self.cfg.path.display().to_string(),
                 message: format!(
-                    "reload: {} pipeline definitions since start exceed the {} slots; restart the daemon",
+                    "reload: {} pipeline definitions since start exceed the {slots} slots; restart the daemon",
                     first + added.len(),
-                    self.stages.metrics.pipelines.len()
                 ),
             }
             .into());
         }
-        // Build what the added pipelines deliver to, before anything changes for the others.
-        let items: Vec<(usize, &PipelineConfig)> = added
-            .iter()
-            .enumerate()
-            .map(|(k, p)| (first + k, p))
-            .collect();
-        for (i, p) in &items {
-            let _ = self.stages.metrics.pipelines[*i].name.set(p.name.clone());
-        }
-        let built = self.stages.build(&items, &report.writeback).await?;
-        let mut all = self.all.clone();
-        let mut active = self.active.clone();
-        let mut route_to = self.route_to.clone();
-        let mut enrich_tx = self.enrich_tx.clone();
-        all.extend(added.iter().cloned());
-        active.resize(all.len(), true);
-        route_to.resize(all.len(), usize::MAX);
-        enrich_tx.resize(all.len(), None);
-        for &i in &removed {
-            active[i] = false;
-            // Dropping the stage's input lets it drain what it holds, then end.
-            enrich_tx[i] = None;
-        }
-        for (i, r) in built.route_to {
-            route_to[i] = r;
-        }
-        for (i, tx) in built.enrich_tx {
-            enrich_tx[i] = Some(tx);
-        }
-        let router = Router::with_active(all.clone(), &active);
+        Ok(Some(Change { removed, added }))
+    }
+
+    /// Hands the new router and routes to the pipeline stage and waits (up to 5 minutes) until
+    /// it took them, between two batches.
+    async fn swap(&self, router: Router, routes: Vec<Route>) -> Result<(), AppError> {
         {
             let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
             t.extend(router.tables());
@@ -131,8 +148,7 @@ impl Reloader {
         let (done_tx, done_rx) = oneshot::channel();
         let swap = Swap {
             router,
-            route_to: route_to.clone(),
-            enrich_tx: enrich_tx.clone(),
+            routes,
             done: done_tx,
         };
         if self.swaps.send(swap).is_err() || self.wake.send(Vec::new()).await.is_err() {
@@ -149,7 +165,13 @@ impl Reloader {
                 "the pipeline stage has not taken the reload yet; it will at its next batch"
             );
         }
-        for &i in &removed {
+        Ok(())
+    }
+
+    /// Retires the removed pipelines' metrics, keeps the new stages' tasks, updates the
+    /// backfill coordinator's view, and asks it for the added pipelines' initial backfills.
+    fn after_swap(&self, change: &Change, tasks: Vec<super::outputs::StageTask>, n: usize) {
+        for &i in &change.removed {
             self.stages.metrics.pipelines[i]
                 .retired
                 .store(true, Ordering::Relaxed);
@@ -157,42 +179,30 @@ impl Reloader {
         self.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend(built.tasks);
+            .extend(tasks);
         {
             let mut s = self.slots.write().unwrap_or_else(|p| p.into_inner());
-            s.resize(all.len(), None);
-            for &i in &removed {
+            s.resize(n, None);
+            for &i in &change.removed {
                 s[i] = None;
             }
-            for (i, p) in &items {
-                s[*i] = Some((*p).clone());
+            for (i, p) in &change.added {
+                s[*i] = Some(p.clone());
             }
         }
-        if let Some(asks) = &self.asks {
-            for (i, p) in &items {
-                if p.snapshot == crate::config::pipeline::SnapshotMode::Initial {
-                    let _ = asks.send(Ask::Job(Job {
-                        pipeline: *i,
-                        request: None,
-                        filter: None,
-                        after: None,
-                        rows_done: 0,
-                    }));
-                }
-            }
-        }
-        let names = |ix: &mut dyn Iterator<Item = &PipelineConfig>| {
-            ix.map(|p| p.name.clone()).collect::<Vec<_>>().join(", ")
+        let Some(asks) = &self.asks else {
+            return;
         };
-        tracing::info!(
-            removed = %names(&mut removed.iter().map(|i| &all[*i])),
-            added = %names(&mut added.iter()),
-            "pipelines reloaded"
-        );
-        self.all = all;
-        self.active = active;
-        self.route_to = route_to;
-        self.enrich_tx = enrich_tx;
-        Ok(())
+        for (i, p) in &change.added {
+            if p.snapshot == crate::config::pipeline::SnapshotMode::Initial {
+                let _ = asks.send(Ask::Job(Job {
+                    pipeline: *i,
+                    request: None,
+                    filter: None,
+                    after: None,
+                    rows_done: 0,
+                }));
+            }
+        }
     }
 }

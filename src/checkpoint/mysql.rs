@@ -2,6 +2,7 @@
 //!
 //! Needs CREATE (once, for the table) and INSERT, UPDATE, SELECT on it.
 
+use crate::source::mysql::sql::quote_ident as quote;
 use mysql_async::prelude::Queryable;
 
 use super::CheckpointError;
@@ -12,10 +13,6 @@ pub struct MysqlStore {
     table: String,
     name: String,
     conn: Option<mysql_async::Conn>,
-}
-
-fn quote(ident: &str) -> String {
-    format!("`{}`", ident.replace('`', "``"))
 }
 
 impl MysqlStore {

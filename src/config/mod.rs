@@ -217,7 +217,7 @@ fn default_partitions() -> i32 {
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
     /// The store: a local file (default `./cdc-enricher.checkpoint.json`) or a MySQL table.
-    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    #[serde(default, with = "serde_yaml_ng::with::singleton_map")]
     pub store: CheckpointStoreConfig,
     /// How often the acknowledged position is written. Default: 1000 ms.
     #[serde(default = "default_checkpoint_interval")]
@@ -283,7 +283,7 @@ pub fn parse_yaml_str<T: serde::de::DeserializeOwned>(
         column: e.column,
         message: e.message,
     })?;
-    serde_yaml::from_str(&text).map_err(|e| match e.location() {
+    serde_yaml_ng::from_str(&text).map_err(|e| match e.location() {
         Some(loc) => ConfigError::At {
             file: file.to_string(),
             line: loc.line(),
@@ -297,7 +297,7 @@ pub fn parse_yaml_str<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// serde_yaml appends " at line L column C"; the location is already in front.
+/// serde_yaml_ng appends " at line L column C"; the location is already in front.
 fn strip_location(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_string(),

@@ -10,9 +10,9 @@ pub use crate::backend::bedrock::config::{BedrockApi, BedrockConfig, BedrockOutp
 pub use crate::backend::comprehend::config::{ComprehendConfig, ComprehendOperation, OnTooLong};
 pub use crate::backend::sagemaker::config::{SageMakerAccept, SageMakerConfig};
 pub use crate::backend::BackendConfig;
-use crate::pipeline::filter::Expr;
+use crate::model::filter::Expr;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Unique name; used in metrics, logs and the `{pipeline}` topic variable.
@@ -47,7 +47,7 @@ pub struct PipelineConfig {
     #[serde(default)]
     pub snapshot: SnapshotMode,
     /// Where records go: `kafka: {topic: …}` or `jsonl: {path: …}`.
-    #[serde(with = "serde_yaml::with::singleton_map")]
+    #[serde(with = "serde_yaml_ng::with::singleton_map")]
     pub sink: SinkConfig,
     #[serde(skip)]
     pub file: String,
@@ -277,7 +277,7 @@ fn default_window() -> u64 {
     86_400
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkConfig {
     Kafka(KafkaSinkConfig),
@@ -287,7 +287,7 @@ pub enum SinkConfig {
     Mysql(MysqlSinkConfig),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MysqlSinkConfig {
     /// `update`: set the output columns on the source row, found by the pipeline's key;
@@ -352,7 +352,7 @@ fn default_write_wait() -> u64 {
     50
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
     /// Topic name; `{pipeline}`, `{db}` and `{table}` are replaced.
@@ -386,7 +386,7 @@ pub enum OnOversize {
     Truncate,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlSinkConfig {
     pub path: String,

@@ -319,7 +319,7 @@ pub(super) async fn call_with_retries(
 async fn wait_before_retry(e: &BackendError, round: u32, s: &Settings) {
     let d = match e.kind {
         ErrorKind::Throttled => Duration::ZERO,
-        _ => super::backoff(round),
+        _ => crate::ratelimit::backoff(round),
     };
     if e.kind == ErrorKind::Denied && round % 10 == 1 {
         tracing::warn!(pipeline = %s.name, error = %e, round,

@@ -8,7 +8,8 @@ use crate::backend::sagemaker::csv_line;
 use crate::backend::template::Template;
 use crate::backend::Input;
 use crate::config::pipeline::{BackendConfig, EnrichmentConfig, OnTooLong};
-use crate::pipeline::ChangeRecord;
+use crate::model::record::ChangeRecord;
+use crate::model::record::Skip;
 
 pub enum InputSpec {
     Document {
@@ -28,7 +29,7 @@ pub enum InputSpec {
 /// What one record needs.
 pub enum Prepared {
     /// No call: the reason goes into the record (`skipped`).
-    Skip(&'static str),
+    Skip(Skip),
     /// A call; `truncated` when the text was cut to the service's limit.
     Call { input: Input, truncated: bool },
     /// The input can never be sent (too long under `on_too_long: dead_letter`).
@@ -80,13 +81,13 @@ impl InputSpec {
 
     pub fn prepare(&self, rec: &ChangeRecord) -> Prepared {
         if rec.op == crate::model::Op::Truncate {
-            return Prepared::Skip("truncated");
+            return Prepared::Skip(Skip::Truncated);
         }
         let Some(after) = &rec.after else {
-            return Prepared::Skip("deleted");
+            return Prepared::Skip(Skip::Deleted);
         };
         if self.unchanged(rec) {
-            return Prepared::Skip("input unchanged");
+            return Prepared::Skip(Skip::InputUnchanged);
         }
         match self {
             InputSpec::Document {
@@ -97,7 +98,7 @@ impl InputSpec {
             } => {
                 let t = match after.get(text) {
                     Some(Value::Text(t)) if !t.trim().is_empty() => t,
-                    _ => return Prepared::Skip("no text"),
+                    _ => return Prepared::Skip(Skip::NoText),
                 };
                 let (cut, truncated) = crate::backend::truncate(t, MAX_DOCUMENT_BYTES);
                 if truncated && *on_too_long == OnTooLong::DeadLetter {
@@ -132,7 +133,7 @@ impl InputSpec {
             }
             InputSpec::Prompt { template } => {
                 if template.columns().iter().all(|c| is_empty(after, c)) {
-                    return Prepared::Skip("no text");
+                    return Prepared::Skip(Skip::NoText);
                 }
                 Prepared::Call {
                     input: Input {
@@ -146,6 +147,6 @@ impl InputSpec {
     }
 }
 
-fn is_empty(row: &crate::pipeline::Image, c: &str) -> bool {
+fn is_empty(row: &crate::model::record::Image, c: &str) -> bool {
     row.get(c).is_none_or(Value::is_blank)
 }

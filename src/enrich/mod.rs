@@ -13,13 +13,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use crate::backend::{Answer, Backend, ErrorKind, Input, ItemResult};
 use crate::metrics::{Metrics, PipelineMetrics};
-use crate::pipeline::ChangeRecord;
+use crate::model::record::{ChangeRecord, Enrichment, Failure, Skip};
 use crate::ratelimit::{Budget, Limiter, TokenBucket};
 use input::{InputSpec, Prepared};
 
@@ -108,20 +107,16 @@ impl Cache {
     }
 }
 
-/// Backoff for attempt `n` (1-based): full jitter over an exponential ceiling (50 ms · 2^n,
-/// at most 20 s). A service's Retry-After is not added here: it pauses the whole quota
-/// (`Limiter::pause_for`).
-pub fn backoff(n: u32) -> Duration {
-    let ceiling =
-        Duration::from_millis(50u64.saturating_mul(1 << n.min(10))).min(Duration::from_secs(20));
-    Duration::from_millis(rand::rng().random_range(0..=ceiling.as_millis() as u64))
-}
-
 enum Job {
     /// Sent to the backend (its input is the next of the batch); `key` is its cache key.
     Call { truncated: bool, key: u128 },
-    /// No call: the enrichment is already known.
-    Done(Map<String, Value>),
+    /// No call: the cache had the answer (`truncated`: the input was cut to fit).
+    Cached {
+        fields: Map<String, Value>,
+        truncated: bool,
+    },
+    /// No call: nothing to enrich.
+    Skip(Skip),
     /// No call: the row can never be sent, it is a dead letter.
     Reject(String),
 }
@@ -155,55 +150,65 @@ fn finish(
     backend: &dyn Backend,
     pm: &PipelineMetrics,
 ) -> Delivered {
-    let mut m = backend.labels();
-    let mut failed = None;
-    match (job, result) {
-        (Job::Done(extra), _) => m.extend(extra),
-        (Job::Reject(why), _) => failed = Some((ErrorKind::BadInput, why, 0)),
+    let labels = backend.labels();
+    let failed = |kind: ErrorKind, message: String, attempts: u32, usage: Option<Value>| {
+        Enrichment::Failed {
+            labels: labels.clone(),
+            usage,
+            error: Failure {
+                kind: kind.as_str(),
+                message,
+                attempts,
+            },
+        }
+    };
+    rec.enrichment = match (job, result) {
+        (Job::Cached { fields, truncated }, _) => Enrichment::Answered {
+            labels,
+            fields,
+            truncated,
+        },
+        (Job::Skip(reason), _) => Enrichment::Skipped { labels, reason },
+        (Job::Reject(why), _) => failed(ErrorKind::BadInput, why, 0, None),
         (Job::Call { truncated, key }, Some((Ok(answer), attempts))) => match &answer.cut {
             None => {
-                let r = rendered(&answer);
-                cache.put(key, &r);
-                m.extend(r);
-                if truncated {
-                    m.insert("truncated".into(), Value::Bool(true));
+                let fields = rendered(&answer);
+                cache.put(key, &fields);
+                Enrichment::Answered {
+                    labels,
+                    fields,
+                    truncated,
                 }
             }
-            Some(cut) if cut.deliver => {
-                m.extend(rendered(&answer));
-                m.insert("truncated".into(), Value::Bool(true));
-            }
-            Some(cut) => {
-                // The tokens the cut answer used stay on the record, beside the error.
-                if let Some(Value::Object(u)) = rendered(&answer).remove("usage") {
-                    m.insert("usage".into(), Value::Object(u));
-                }
-                failed = Some((ErrorKind::Incomplete, cut.message.clone(), attempts));
-            }
+            Some(cut) if cut.deliver => Enrichment::Answered {
+                labels,
+                fields: rendered(&answer),
+                truncated: true,
+            },
+            // The tokens the cut answer used stay on the record, beside the error.
+            Some(cut) => failed(
+                ErrorKind::Incomplete,
+                cut.message.clone(),
+                attempts,
+                rendered(&answer).remove("usage"),
+            ),
         },
-        (Job::Call { .. }, Some((Err(e), attempts))) => {
-            failed = Some((e.kind, e.message, attempts))
-        }
+        (Job::Call { .. }, Some((Err(e), attempts))) => failed(e.kind, e.message, attempts, None),
         (Job::Call { .. }, None) => {
-            failed = Some((ErrorKind::Transient, "no result (internal)".into(), 0))
+            failed(ErrorKind::Transient, "no result (internal)".into(), 0, None)
         }
-    }
-    let dead = failed.is_some();
-    if let Some((kind, message, attempts)) = failed {
+    };
+    let dead = matches!(rec.enrichment, Enrichment::Failed { .. });
+    if let Enrichment::Failed { error, .. } = &rec.enrichment {
         pm.enrichment_errors.fetch_add(1, Ordering::Relaxed);
-        if kind == ErrorKind::Incomplete {
+        if error.kind == ErrorKind::Incomplete.as_str() {
             // The call itself answered; its answer is the failure.
-            pm.errors_by_kind[kind.index()].fetch_add(1, Ordering::Relaxed);
+            pm.errors_by_kind[ErrorKind::Incomplete.index()].fetch_add(1, Ordering::Relaxed);
         }
-        tracing::warn!(pipeline = %rec.source.pipeline, kind = kind.as_str(), error = %message, attempts,
-            key = %serde_json::to_string(&rec.key).unwrap_or_default(),
+        tracing::warn!(pipeline = %rec.source.pipeline, kind = error.kind, error = %error.message,
+            attempts = error.attempts, key = %serde_json::to_string(&rec.key).unwrap_or_default(),
             "this row cannot be enriched; it goes to the dead letters");
-        m.insert(
-            "error".into(),
-            serde_json::json!({"kind": kind.as_str(), "message": message, "attempts": attempts}),
-        );
     }
-    rec.enrichment = m;
     Delivered { rec, seq, dead }
 }
 
@@ -258,28 +263,19 @@ async fn stage(
         let mut inputs = Vec::new();
         for (rec, _) in &batch {
             if s.applied.as_ref().is_some_and(|a| rec.position() <= *a) {
-                let mut m = Map::new();
-                m.insert("skipped".into(), Value::String("already applied".into()));
-                jobs.push(Job::Done(m));
+                jobs.push(Job::Skip(Skip::AlreadyApplied));
                 continue;
             }
             pm.logical_requests.fetch_add(1, Ordering::Relaxed);
             let job = match s.input.prepare(rec) {
-                Prepared::Skip(why) => {
-                    let mut m = Map::new();
-                    m.insert("skipped".into(), Value::String(why.into()));
-                    Job::Done(m)
-                }
+                Prepared::Skip(reason) => Job::Skip(reason),
                 Prepared::Reject(why) => Job::Reject(why),
                 Prepared::Call { input, truncated } => {
                     let key = cache.key(&input);
                     match cache.get(key) {
-                        Some(mut hit) => {
+                        Some(fields) => {
                             pm.cache_hits.fetch_add(1, Ordering::Relaxed);
-                            if truncated {
-                                hit.insert("truncated".into(), Value::Bool(true));
-                            }
-                            Job::Done(hit)
+                            Job::Cached { fields, truncated }
                         }
                         None => {
                             inputs.push(input);
@@ -309,18 +305,6 @@ async fn stage(
         }
         if closed {
             return Ok(());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_bounded() {
-        for n in 1..20 {
-            assert!(backoff(n) <= Duration::from_secs(20));
         }
     }
 }

@@ -1,9 +1,11 @@
-//! The change-event model shared by every stage: operations, positions and column values. A leaf: it
+//! The change-event model shared by every stage: operations, positions, column values and the change record. A leaf: it
 //! imports nothing of the daemon.
 
+pub mod filter;
 pub mod json;
 pub mod op;
 pub mod position;
+pub mod record;
 pub mod value;
 
 pub use op::Op;

@@ -2,125 +2,22 @@
 //! operation list and the filter, and projects the picked and key columns into typed
 //! [`ChangeRecord`]s. It knows nothing of where rows come from or go.
 
-pub mod filter;
+pub use crate::model::filter;
+pub mod stage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::ser::{SerializeMap, Serializer};
-use serde::Serialize;
-
 use crate::config::pipeline::KeyChanges;
 use crate::config::PipelineConfig;
+pub use crate::model::record::{
+    ChangeRecord, Enrichment, Image, KeyChange, Oversize, SourceInfo, Truncate,
+};
 use crate::model::ColumnValue;
+use crate::model::Op;
 use crate::source::mysql::plan::TablePlan;
-use crate::source::{Op, RowChange};
+use crate::source::RowChange;
 use filter::Expr;
-
-/// Column names and values, serialized as a JSON object in column order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Image {
-    pub names: Arc<[String]>,
-    pub values: Vec<ColumnValue>,
-}
-
-impl Serialize for Image {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.values.len()))?;
-        for (n, v) in self.names.iter().zip(&self.values) {
-            m.serialize_entry(n, v)?;
-        }
-        m.end()
-    }
-}
-
-impl Image {
-    pub fn get(&self, name: &str) -> Option<&ColumnValue> {
-        self.names
-            .iter()
-            .position(|n| n == name)
-            .map(|i| &self.values[i])
-    }
-}
-
-/// Where a record came from: the `source` object of the envelope.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SourceInfo {
-    pub pipeline: Arc<str>,
-    pub server_id: u32,
-    pub db: Arc<str>,
-    pub table: Arc<str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gtid: Option<Arc<str>>,
-    pub file: Arc<str>,
-    pub pos: u64,
-    /// The rows event's index in its transaction.
-    pub event: u64,
-    /// The row's index in its rows event.
-    pub row: u64,
-    pub ts_ms: u64,
-}
-
-/// The change record a pipeline emits: the JSON envelope, plus its key and routing.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ChangeRecord {
-    pub op: Op,
-    pub before: Option<Image>,
-    pub after: Option<Image>,
-    pub source: SourceInfo,
-    pub enrichment: serde_json::Map<String, serde_json::Value>,
-    /// Set by the Kafka sink on a record it cut to fit (`on_oversize: truncate`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub oversize: Option<Oversize>,
-    /// On the `d` and `c` records of an update that changed the row's key.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_change: Option<KeyChange>,
-    /// On a `t` record: the partitions truncated (`None`: the whole table).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub truncate: Option<Truncate>,
-    #[serde(skip)]
-    pub key: Image,
-    /// Index of the pipeline in the router's list.
-    #[serde(skip)]
-    pub pipeline: usize,
-}
-
-impl ChangeRecord {
-    /// The record's resume position: its transaction's start, rows event and row.
-    pub fn position(&self) -> crate::model::BinlogPosition {
-        crate::model::BinlogPosition {
-            event: self.source.event,
-            row: self.source.row,
-            ..crate::model::BinlogPosition::new(self.source.file.clone(), self.source.pos)
-        }
-    }
-}
-
-/// The old and new key of an update that changed the row's key: it is emitted as a `d` of
-/// the old key then a `c` of the new one, both carrying this.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct KeyChange {
-    pub old: Image,
-    pub new: Image,
-}
-
-/// What a `TRUNCATE` removed.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Truncate {
-    /// `ALTER TABLE … TRUNCATE PARTITION`'s partitions (`["ALL"]` for all); `None`: `TRUNCATE TABLE`.
-    pub partitions: Option<Vec<String>>,
-}
-
-/// What the Kafka sink did to a record larger than the producer accepts.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Oversize {
-    /// The record's size as it was (key and value), bytes.
-    pub bytes: usize,
-    /// The producer's `message.max.bytes`.
-    pub limit: usize,
-    /// The values cut, as `after.column` / `before.column`.
-    pub truncated: Vec<String>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
@@ -309,7 +206,7 @@ impl Router {
                     row: 0,
                     ts_ms: t.ts_ms,
                 },
-                enrichment: serde_json::Map::new(),
+                enrichment: Enrichment::None,
                 oversize: None,
                 key_change: None,
                 truncate: Some(Truncate {
@@ -429,7 +326,7 @@ fn records(
             before: project(before, &b.picked, &b.picked_names),
             after: project(after, &b.picked, &b.picked_names),
             source: source.clone(),
-            enrichment: serde_json::Map::new(),
+            enrichment: Enrichment::None,
             oversize: None,
             key_change: None,
             truncate: None,

@@ -11,6 +11,7 @@ use mysql_async::prelude::Queryable;
 use crate::config::{Config, PipelineConfig};
 use crate::model::BinlogPosition;
 use crate::source::mysql::schema::{self, Schemas};
+use crate::source::mysql::sql::quote_ident;
 use crate::source::mysql::stream::{self, SourceError};
 
 pub struct Report {
@@ -267,9 +268,9 @@ pub async fn run(
                 format!("add `key: [column, …]` (columns that identify a row) to {} or ALTER TABLE `{db}`.`{t}` ADD PRIMARY KEY (…);", p.file));
         }
         let sel = format!(
-            "SELECT 1 FROM `{}`.`{}` LIMIT 0",
-            db.replace('`', "``"),
-            t.replace('`', "``")
+            "SELECT 1 FROM {}.{} LIMIT 0",
+            quote_ident(&db),
+            quote_ident(&t)
         );
         if let Err(e) = conn.query_drop(sel).await {
             fail(
@@ -311,7 +312,7 @@ pub async fn run(
         let key = p.key.clone().unwrap_or_else(|| s.primary_key.clone());
         for k in &key {
             if let Some(c) = s.column(k) {
-                if !crate::source::mysql::snapshot::orderable_key(c) {
+                if !crate::snapshot::orderable_key(c) {
                     fail(&mut f, format!("pipeline `{}` ({}): snapshot: key column `{k}` is {}, which a backfill cannot page through", p.name, p.file, c.column_type),
                         "use integer, decimal, string, binary or date key columns (`key:` in the pipeline), or `snapshot: never`");
                 }

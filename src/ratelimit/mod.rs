@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{Quota, RateLimiter};
+use rand::Rng;
 
 /// The factor is kept in thousandths: 1000 is the full configured rate.
 const FULL: u32 = 1000;
@@ -303,9 +304,27 @@ impl Budget {
     }
 }
 
+/// Backoff for attempt `n` (1-based): "full jitter" over an exponential ceiling (50 ms · 2^n,
+/// at most 20 s), as in <https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/>.
+/// (Kept here rather than taken from `backon`, whose jitter is added to the delay, not drawn
+/// under it.) A service's Retry-After is not added here: it pauses the whole quota
+/// (`Limiter::pause_for`).
+pub fn backoff(n: u32) -> Duration {
+    let ceiling =
+        Duration::from_millis(50u64.saturating_mul(1 << n.min(10))).min(Duration::from_secs(20));
+    Duration::from_millis(rand::rng().random_range(0..=ceiling.as_millis() as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_is_bounded() {
+        for n in 1..20 {
+            assert!(backoff(n) <= Duration::from_secs(20));
+        }
+    }
 
     #[test]
     fn aimd_cuts_and_recovers() {

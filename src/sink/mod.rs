@@ -5,9 +5,10 @@ pub mod jsonl;
 pub mod kafka;
 pub mod mysql;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::pipeline::ChangeRecord;
+use crate::model::record::ChangeRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -46,4 +47,14 @@ pub trait Sink: Send {
     fn poll(&mut self) -> Result<(), SinkError>;
     /// Waits until everything sent is acknowledged, or `timeout`.
     fn flush(&mut self, timeout: Duration) -> Result<(), SinkError>;
+}
+
+/// Every sink of the process, shared by the pipeline stage and the delivery threads (indexes
+/// are stable: a sink is never removed while the process runs).
+pub type Sinks = Arc<std::sync::Mutex<Vec<Box<dyn Sink>>>>;
+
+/// The sinks, locked (a poisoned lock is taken as it is).
+pub fn lock(s: &Sinks) -> std::sync::MutexGuard<'_, Vec<Box<dyn Sink>>> {
+    // A sink that panicked mid-send stops the daemon anyway; its state is not read again.
+    s.lock().unwrap_or_else(|p| p.into_inner())
 }

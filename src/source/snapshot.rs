@@ -6,14 +6,15 @@
 //! already in the stream) and emits the rest as `op: r` records. So no row is ever emitted with
 //! stale values after its newer change.
 //!
-//! These are the plain records the two sides exchange; the MySQL side is in
-//! [`crate::source::mysql::snapshot`].
+//! These are the plain records the two sides exchange; the coordinator (the MySQL side) is
+//! in the `snapshot` folder.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::mysql::plan::TablePlan;
 use super::{BinlogPosition, Op, RowChange};
+use crate::model::ColumnValue;
 use crate::model::ColumnValue as Value;
 
 /// One chunk of a backfill, read between a low and a high watermark.
@@ -36,6 +37,25 @@ pub struct Request {
     pub id: String,
     pub pipeline: String,
     pub filter: Option<String>,
+}
+
+/// One backfill to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub pipeline: usize,
+    /// The request that asked for it (none for `snapshot: initial` and re-snapshots).
+    pub request: Option<String>,
+    pub filter: Option<String>,
+    /// Resume after this key, from a saved progress row.
+    pub after: Option<Vec<ColumnValue>>,
+    pub rows_done: u64,
+}
+
+/// What the coordinator is asked: a backfill request read from the binlog, or a job (a
+/// pipeline with `snapshot: initial` added by a reload).
+pub enum Ask {
+    Request(Request),
+    Job(Job),
 }
 
 /// What a signal-table row says.

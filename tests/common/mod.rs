@@ -528,6 +528,22 @@ impl Daemon {
             .map(|s| serde_json::from_str(&s).unwrap())
     }
 
+    /// Waits up to `secs` for the daemon to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, secs: u64) -> i32 {
+        let mut c = self.child.take().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            if start.elapsed() > Duration::from_secs(secs) {
+                let _ = c.kill();
+                panic!("daemon still running after {secs} s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn assert_running(&mut self) {
         if let Some(c) = self.child.as_mut() {
             if let Some(s) = c.try_wait().unwrap() {

@@ -106,80 +106,50 @@ fn clip(s: &str) -> String {
     super::truncate(s, 80).0.to_string()
 }
 
-/// One row's values as an RFC 4180 CSV line (no line end): NULL is an empty field; a field
-/// holding `,` `"` CR or LF is quoted, with `"` doubled.
+/// One row's values as an RFC 4180 CSV line (no line end), written by the `csv` crate: NULL is
+/// an empty field; a field holding `,` `"` CR or LF is quoted, with `"` doubled (a row of one
+/// empty field is `""`, so that the line is not blank).
 pub fn csv_line(values: &[Option<&crate::model::ColumnValue>]) -> String {
-    let mut line = String::new();
-    let mut field = String::new();
-    for (i, v) in values.iter().enumerate() {
-        if i > 0 {
-            line.push(',');
-        }
-        field.clear();
-        super::template::push_value(&mut field, *v);
-        if field.contains([',', '"', '\r', '\n']) {
-            line.push('"');
-            line.push_str(&field.replace('"', "\"\""));
-            line.push('"');
-        } else {
-            line.push_str(&field);
-        }
-    }
+    let fields: Vec<String> = values
+        .iter()
+        .map(|v| {
+            let mut f = String::new();
+            super::template::push_value(&mut f, *v);
+            f
+        })
+        .collect();
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .buffer_capacity(256)
+        .from_writer(Vec::new());
+    // Writing into a Vec cannot fail, and the fields are UTF-8.
+    let bytes = w
+        .write_record(&fields)
+        .ok()
+        .and_then(|()| w.into_inner().ok())
+        .unwrap_or_default();
+    let mut line = String::from_utf8(bytes).unwrap_or_default();
+    line.pop();
     line
 }
 
-/// Splits a CSV answer into records of fields (quotes respected; CRLF or LF line ends; a
-/// final line end is optional).
+/// Splits a CSV answer into records of fields (RFC 4180, read by the `csv` crate: quotes
+/// respected, CRLF or LF line ends, a final line end optional, a blank line no record). An
+/// answer with an odd number of `"` has a quoted field that is not closed: an error.
 pub fn csv_records(body: &str) -> Result<Vec<Vec<String>>, String> {
-    let mut records = Vec::new();
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut quoted = false;
-    let mut at_start = true;
-    let mut chars = body.chars().peekable();
-    while let Some(c) = chars.next() {
-        if quoted {
-            if c == '"' {
-                if chars.peek() == Some(&'"') {
-                    chars.next();
-                    field.push('"');
-                } else {
-                    quoted = false;
-                }
-            } else {
-                field.push(c);
-            }
-            continue;
-        }
-        match c {
-            '"' if at_start => {
-                quoted = true;
-                at_start = false;
-            }
-            ',' => {
-                fields.push(std::mem::take(&mut field));
-                at_start = true;
-            }
-            '\r' if chars.peek() == Some(&'\n') => {}
-            '\n' => {
-                fields.push(std::mem::take(&mut field));
-                records.push(std::mem::take(&mut fields));
-                at_start = true;
-            }
-            c => {
-                field.push(c);
-                at_start = false;
-            }
-        }
-    }
-    if quoted {
+    if body.bytes().filter(|b| *b == b'"').count() % 2 == 1 {
         return Err("a quoted field is not closed".into());
     }
-    if !field.is_empty() || !fields.is_empty() {
-        fields.push(field);
-        records.push(fields);
-    }
-    Ok(records)
+    csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(body.as_bytes())
+        .records()
+        .map(|r| {
+            r.map(|r| r.iter().map(str::to_string).collect())
+                .map_err(|e| e.to_string())
+        })
+        .collect()
 }
 
 pub struct SageMaker {
@@ -383,6 +353,20 @@ mod tests {
         assert_eq!(
             csv_line(&[Some(&a), Some(&b), Some(&c), None, Some(&d)]),
             "plain,\"a,b\",\"say \"\"hi\"\"\nbye\",,2.5"
+        );
+    }
+
+    #[test]
+    fn csv_edges_a_lone_null_a_blank_line_a_stray_quote() {
+        // A row of one NULL is `""`, not a blank line (which readers skip).
+        assert_eq!(csv_line(&[None]), "\"\"");
+        assert_eq!(csv_records("\"\"\n").unwrap(), vec![vec![String::new()]]);
+        // A blank line is no record: the line count then differs and the call is split.
+        assert_eq!(csv_records("1\n\n2\n").unwrap().len(), 2);
+        assert!(csv_records("a\"b\n").is_err());
+        assert_eq!(
+            csv_records("\"a\nb\",1\r\n").unwrap(),
+            vec![vec!["a\nb".to_string(), "1".to_string()]]
         );
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{Sink, SinkError};
 use crate::checkpoint::AckTracker;
-use crate::pipeline::ChangeRecord;
+use crate::model::record::ChangeRecord;
 
 pub struct JsonlSink {
     path: String,

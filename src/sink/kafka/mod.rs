@@ -17,8 +17,8 @@ use crate::checkpoint::AckTracker;
 use crate::config::pipeline::OnOversize;
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
+use crate::model::record::ChangeRecord;
 use crate::model::Op;
-use crate::pipeline::ChangeRecord;
 
 mod oversize;
 

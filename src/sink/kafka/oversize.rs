@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 
 use super::{KafkaSink, Route};
 use crate::config::pipeline::OnOversize;
+use crate::model::record::{ChangeRecord, Oversize};
 use crate::model::ColumnValue;
-use crate::pipeline::{ChangeRecord, Oversize};
 use crate::sink::{Sink, SinkError};
 
 impl KafkaSink {

@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, TxOpts, Value as SqlValue};
 use serde_json::Value;
 
 use crate::model::{BinlogPosition, ColumnValue};
+use crate::source::mysql::sql::quote_ident as q;
+pub use crate::source::mysql::sql::{column_sql_value, qualified, Bind};
 use tokio::sync::mpsc;
 
 use super::{Sink, SinkError};
@@ -27,21 +28,8 @@ use crate::checkpoint::AckTracker;
 use crate::config::pipeline::{MysqlSinkConfig, OnTooLong, PipelineConfig, WriteMode};
 use crate::config::SourceConfig;
 use crate::metrics::Metrics;
+use crate::model::record::{ChangeRecord, Enrichment, Skip};
 use crate::model::Op;
-use crate::pipeline::ChangeRecord;
-
-/// `db.table` → `` `db`.`table` ``.
-pub fn qualified(table: &str) -> String {
-    table
-        .split('.')
-        .map(|p| format!("`{}`", p.replace('`', "``")))
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-fn q(ident: &str) -> String {
-    format!("`{}`", ident.replace('`', "``"))
-}
 
 /// The writer's connection options: the source's host, port and TLS, its own account;
 /// found rows (not changed rows) are counted, so a guard that matched is told from one that
@@ -61,13 +49,6 @@ pub struct Output {
     pub column: String,
     pub pointer: String,
     pub max_chars: Option<usize>,
-}
-
-/// How a value from the record is bound: as it is, or base64-decoded (binary columns).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Bind {
-    Plain,
-    Base64,
 }
 
 /// Everything the writer needs, resolved at start-up against the live schema.
@@ -435,24 +416,6 @@ pub fn sql_value(v: &Value) -> SqlValue {
     }
 }
 
-/// A column value of a record as a statement parameter (binary columns base64-decoded).
-pub fn column_sql_value(v: &ColumnValue, bind: Bind) -> SqlValue {
-    match v {
-        ColumnValue::Null => SqlValue::NULL,
-        ColumnValue::Int(i) => SqlValue::Int(*i),
-        ColumnValue::UInt(u) => SqlValue::UInt(*u),
-        ColumnValue::Float(f) => SqlValue::Double(*f),
-        ColumnValue::Text(s) if bind == Bind::Base64 => {
-            match base64::engine::general_purpose::STANDARD.decode(s) {
-                Ok(b) => SqlValue::Bytes(b),
-                Err(_) => SqlValue::Bytes(s.clone().into_bytes()),
-            }
-        }
-        ColumnValue::Text(s) => SqlValue::Bytes(s.clone().into_bytes()),
-        ColumnValue::Json(j) => SqlValue::Bytes(j.get().as_bytes().to_vec()),
-    }
-}
-
 /// What becomes of one record in the transaction.
 enum Action {
     /// Nothing to write (a skip: input unchanged, or nothing derived to remove).
@@ -478,6 +441,30 @@ struct Writer {
     pending: Arc<AtomicUsize>,
 }
 
+/// The fix for a server error that no retry cures (a grant revoked, the side table or a
+/// column dropped, the account gone); `None` for what a retry may cure (a lost connection, a
+/// deadlock, a lock wait, a server restarting). Codes: <https://mariadb.com/kb/en/mariadb-error-code-reference/>.
+fn no_retry_cures(e: &mysql_async::Error) -> Option<&'static str> {
+    let mysql_async::Error::Server(se) = e else {
+        return None;
+    };
+    Some(match se.code {
+        // ER_DBACCESS_DENIED_ERROR, ER_TABLEACCESS_DENIED_ERROR, ER_COLUMNACCESS_DENIED_ERROR,
+        // ER_SPECIFIC_ACCESS_DENIED_ERROR
+        1044 | 1142 | 1143 | 1227 => {
+            "grant the write-back account what `cdc-enricher check` lists (SELECT, INSERT, UPDATE, \
+             DELETE on the side table; INSERT, UPDATE on the dead-letter and progress tables)"
+        }
+        // ER_ACCESS_DENIED_ERROR: the account or its password
+        1045 => "check the sink's user and password (the account may have been dropped or its password changed)",
+        // ER_BAD_DB_ERROR, ER_NO_SUCH_TABLE
+        1049 | 1146 => "create the table again (or point the pipeline's sink at the right one)",
+        // ER_BAD_FIELD_ERROR
+        1054 => "add the column back (or remove it from the pipeline's sink columns)",
+        _ => return None,
+    })
+}
+
 impl Writer {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Item>) -> Result<(), String> {
         let mut batch: Vec<Item> = Vec::new();
@@ -498,12 +485,22 @@ impl Writer {
                 round += 1;
                 match self.write(&batch).await {
                     Ok(()) => break,
+                    Err(e) if no_retry_cures(&e).is_some() => {
+                        let fix = no_retry_cures(&e).unwrap_or_default();
+                        tracing::error!(pipeline = %self.plan.pipeline, error = %e, fix,
+                            "the write-back cannot go on: no retry cures this; the checkpoint stays before \
+                             the rows not written");
+                        return Err(format!(
+                            "the database refused the write-back: {e}; {fix}, then restart (the rows not \
+                             written are read again from the checkpoint)"
+                        ));
+                    }
                     Err(e) => {
                         self.conn = None;
                         if let Some(pm) = self.index.and_then(|i| self.metrics.pipelines.get(i)) {
                             pm.writeback_retries.fetch_add(1, Ordering::Relaxed);
                         }
-                        let d = crate::enrich::backoff(round.min(8));
+                        let d = crate::ratelimit::backoff(round.min(8));
                         tracing::warn!(pipeline = %self.plan.pipeline, error = %e, round,
                             backoff_ms = d.as_millis() as u64,
                             "write-back transaction failed; rolled back, retrying the batch");
@@ -529,14 +526,17 @@ impl Writer {
             .collect();
         let twice = || key.iter().chain(&key).cloned().collect::<Vec<_>>();
         let r = &self.plan.removals;
-        let skipped = rec.enrichment.get("skipped").and_then(Value::as_str);
+        let skipped = match &rec.enrichment {
+            Enrichment::Skipped { reason, .. } => Some(*reason),
+            _ => None,
+        };
         Some(match rec.op {
             Op::Truncate if r.truncated.is_some() => Action::Remove(Removal::Truncated, Vec::new()),
             Op::Truncate => Action::Nothing,
             Op::Delete if r.deleted.is_some() => Action::Remove(Removal::Deleted, twice()),
             Op::Delete => Action::Nothing,
             _ => match skipped {
-                Some("no text") if r.input_gone.is_some() => {
+                Some(Skip::NoText) if r.input_gone.is_some() => {
                     let params = match self.plan.mode {
                         WriteMode::Upsert => twice(),
                         WriteMode::Update => key,
@@ -554,27 +554,21 @@ impl Writer {
     fn action(&self, it: &Item) -> Action {
         let rec = &it.rec;
         if it.dead {
-            let e = rec.enrichment.get("error");
-            let field = |k: &str| {
-                e.and_then(|e| e.get(k))
-                    .map(|v| match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                    .unwrap_or_default()
+            let why = match &rec.enrichment {
+                Enrichment::Failed { error, .. } => {
+                    format!(
+                        "{}: {} (attempts: {})",
+                        error.kind, error.message, error.attempts
+                    )
+                }
+                _ => ": (attempts: )".to_string(),
             };
-            let why = format!(
-                "{}: {} (attempts: {})",
-                field("kind"),
-                field("message"),
-                field("attempts")
-            );
             return Action::Dead(why);
         }
         if let Some(a) = self.removal(rec) {
             return a;
         }
-        let enrichment = Value::Object(rec.enrichment.clone());
+        let enrichment = Value::Object(rec.enrichment.to_fields());
         let mut outs = Vec::with_capacity(self.plan.outputs.len());
         for o in &self.plan.outputs {
             let Some(v) = enrichment.pointer(&o.pointer) else {

@@ -138,6 +138,13 @@ pub fn decode_bytes(
         for e in out.drain(..) {
             f(e);
         }
+        // A committed group's records, a slice at a time.
+        while decoder.releasing() {
+            decoder.release_more(&mut out).map_err(decode_err)?;
+            for e in out.drain(..) {
+                f(e);
+            }
+        }
         events += 1;
         off += size;
     }

@@ -148,7 +148,7 @@ impl Held {
     /// The held events in order, from memory or read back from the spill file.
     pub fn into_events(
         mut self,
-    ) -> std::io::Result<Box<dyn Iterator<Item = std::io::Result<Event>>>> {
+    ) -> std::io::Result<Box<dyn Iterator<Item = std::io::Result<Event>> + Send + Sync>> {
         let Some(mut s) = self.spill.take() else {
             return Ok(Box::new(std::mem::take(&mut self.mem).into_iter().map(Ok)));
         };

@@ -22,7 +22,7 @@ pub mod query;
 pub mod rows;
 pub mod schema;
 pub mod schema_history;
-pub mod snapshot;
+pub mod sql;
 pub mod stream;
 pub mod table_map;
 pub mod temporal;

@@ -195,7 +195,7 @@ async fn system_versioning(
     if kind.as_deref() != Some("SYSTEM VERSIONED") {
         return Ok(None);
     }
-    let q = |s: &str| format!("`{}`", s.replace('`', "``"));
+    let q = super::sql::quote_ident;
     let create: Option<(String, String)> = conn
         .query_first(format!("SHOW CREATE TABLE {}.{}", q(db), q(table)))
         .await?;

@@ -305,41 +305,48 @@ impl MysqlSource {
             };
             let code = ev.header().event_type_raw();
             let timestamp = ev.header().timestamp();
-            let before = out.len();
-            decoder.handle(ev, &mut out)?;
-            if let Some(m) = &self.metrics {
-                let heartbeat = code == 27 || code == 41;
-                m.event_read(timestamp, heartbeat);
-                m.rolled_back_groups
-                    .store(decoder.stats.rolled_back, Ordering::Relaxed);
-                m.spilled_groups
-                    .store(decoder.stats.spilled, Ordering::Relaxed);
-                if !heartbeat {
-                    let ends = out[before..]
-                        .iter()
-                        .filter(|e| !matches!(e, SourceEvent::Row(_)))
-                        .count();
-                    m.transactions.fetch_add(ends as u64, Ordering::Relaxed);
+            let mut next = Some(ev);
+            // One pass for the event, then one per slice of a committed group it released.
+            while next.is_some() || decoder.releasing() {
+                let before = out.len();
+                match next.take() {
+                    Some(ev) => decoder.handle(ev, &mut out)?,
+                    None => decoder.release_more(&mut out)?,
                 }
-            }
-            if matches!(out.last(), Some(SourceEvent::Ddl { .. })) {
-                self.record_ddl(decoder, &live_from).await?;
-            }
-            // Send rows in batches, and at every transaction end so latency stays low.
-            if out.len() >= 256
-                || (!out.is_empty() && !matches!(out.last(), Some(SourceEvent::Row(_))))
-                || (code == 27 && !out.is_empty())
-            {
-                let batch = std::mem::replace(&mut out, Vec::with_capacity(512));
                 if let Some(m) = &self.metrics {
-                    let rows = batch
-                        .iter()
-                        .filter(|e| matches!(e, SourceEvent::Row(_)))
-                        .count();
-                    m.rows.fetch_add(rows as u64, Ordering::Relaxed);
+                    let heartbeat = code == 27 || code == 41;
+                    m.event_read(timestamp, heartbeat);
+                    m.rolled_back_groups
+                        .store(decoder.stats.rolled_back, Ordering::Relaxed);
+                    m.spilled_groups
+                        .store(decoder.stats.spilled, Ordering::Relaxed);
+                    if !heartbeat {
+                        let ends = out[before..]
+                            .iter()
+                            .filter(|e| !matches!(e, SourceEvent::Row(_)))
+                            .count();
+                        m.transactions.fetch_add(ends as u64, Ordering::Relaxed);
+                    }
                 }
-                if tx.send(batch).await.is_err() {
-                    return Ok(StreamEnd::Shutdown);
+                if matches!(out.last(), Some(SourceEvent::Ddl { .. })) {
+                    self.record_ddl(decoder, &live_from).await?;
+                }
+                // Send rows in batches, and at every transaction end so latency stays low.
+                if out.len() >= 256
+                    || (!out.is_empty() && !matches!(out.last(), Some(SourceEvent::Row(_))))
+                    || (code == 27 && !out.is_empty())
+                {
+                    let batch = std::mem::replace(&mut out, Vec::with_capacity(512));
+                    if let Some(m) = &self.metrics {
+                        let rows = batch
+                            .iter()
+                            .filter(|e| matches!(e, SourceEvent::Row(_)))
+                            .count();
+                        m.rows.fetch_add(rows as u64, Ordering::Relaxed);
+                    }
+                    if tx.send(batch).await.is_err() {
+                        return Ok(StreamEnd::Shutdown);
+                    }
                 }
             }
         }

@@ -23,6 +23,17 @@ pub(super) struct HeldGroup {
     savepoints: Vec<(String, usize)>,
 }
 
+/// Records decoded from a committed group per slice (the stream sends each slice before the
+/// next is decoded, so a 1M-row group never sits in memory as records).
+const RELEASE_SLICE: usize = 1024;
+
+/// A committed group being decoded a slice at a time.
+pub(super) struct Release {
+    events: Box<dyn Iterator<Item = std::io::Result<Event>> + Send + Sync>,
+    /// The group's last event (COMMIT, XID), decoded after the others.
+    end: Event,
+}
+
 /// A prepared XA transaction: its prepare group's events, replayed at `XA COMMIT`.
 pub(super) struct PreparedXa {
     events: Held,
@@ -70,7 +81,13 @@ fn savepoint_name(rest: &str) -> String {
 impl Decoder {
     /// Handles one event; appends what it produced to `out`. Groups are held until their end
     /// is read: nothing of a group that ends in ROLLBACK reaches `out`.
+    /// A committed group's records are produced a slice at a time: while [`Self::releasing`],
+    /// call [`Self::release_more`] (each call appends up to about 1,024 records) before the next
+    /// event; an event handed over meanwhile first releases the rest at once.
     pub fn handle(&mut self, ev: Event, out: &mut Vec<SourceEvent>) -> Result<(), DecodeError> {
+        while self.release.is_some() {
+            self.release_more(out)?;
+        }
         if self.held.is_some() {
             return self.hold(ev, out);
         }
@@ -119,11 +136,9 @@ impl Decoder {
         }
         match end {
             End::Commit => {
-                for e in group.events.into_events().map_err(|e| self.spill_err(e))? {
-                    let e = e.map_err(|e| self.spill_err(e))?;
-                    self.process(&e, out)?;
-                }
-                self.process(&ev, out)
+                let events = group.events.into_events().map_err(|e| self.spill_err(e))?;
+                self.release = Some(Release { events, end: ev });
+                self.release_more(out)
             }
             End::Rollback => {
                 self.stats.rolled_back += 1;
@@ -134,6 +149,30 @@ impl Decoder {
             }
             End::XaPrepare => self.prepared_xa(group, &ev, out),
         }
+    }
+
+    /// Whether a committed group still has records to release.
+    pub fn releasing(&self) -> bool {
+        self.release.is_some()
+    }
+
+    /// Decodes the next slice of the committed group being released (its end event last).
+    pub fn release_more(&mut self, out: &mut Vec<SourceEvent>) -> Result<(), DecodeError> {
+        let Some(mut r) = self.release.take() else {
+            return Ok(());
+        };
+        let start = out.len();
+        while out.len() - start < RELEASE_SLICE {
+            match r.events.next() {
+                Some(e) => {
+                    let e = e.map_err(|e| self.spill_err(e))?;
+                    self.process(&e, out)?;
+                }
+                None => return self.process(&r.end, out),
+            }
+        }
+        self.release = Some(r);
+        Ok(())
     }
 
     fn push_held(&mut self, ev: Event) -> Result<(), DecodeError> {

@@ -83,6 +83,8 @@ pub struct Decoder {
     failed: HashSet<(String, String)>,
     /// The group whose events are held until its end is read.
     held: Option<groups::HeldGroup>,
+    /// A committed group being decoded a slice at a time.
+    release: Option<groups::Release>,
     /// Prepared XA transactions whose outcome has not been read, with their events.
     prepared: HashMap<super::xa::Xid, groups::PreparedXa>,
     /// Replaying a prepared XA transaction's events at its commit: positions do not move.
@@ -110,6 +112,7 @@ impl Decoder {
             filter: None,
             failed: HashSet::new(),
             held: None,
+            release: None,
             prepared: HashMap::new(),
             replaying: false,
             hold_limit: 32 << 20,

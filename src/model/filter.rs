@@ -3,7 +3,7 @@
 //! with `=`, `!=`/`<>`, `<`, `<=`, `>`, `>=`, `IS [NOT] NULL`, `[NOT] IN (…)`,
 //! `[NOT] LIKE '%x_'`, `AND`, `OR`, `NOT` and parentheses. Comparisons with NULL are false.
 
-use crate::model::ColumnValue as Value;
+use super::ColumnValue as Value;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {

@@ -15,15 +15,16 @@ use serde_json::{json, Value};
 use crate::model::{ColumnValue, JsonText};
 use tokio::sync::mpsc;
 
-use super::plan::{ColumnPlan, TablePlan};
-use super::schema::{self, SchemaColumn, TableSchema};
-use super::temporal;
-use super::values::Kind;
 use crate::checkpoint::AckTracker;
 use crate::config::{PipelineConfig, SnapshotConfig, SourceConfig};
 use crate::metrics::Metrics;
-use crate::pipeline::filter::Expr;
-use crate::source::snapshot::{at_or_after, Chunk, Request};
+use crate::model::filter::Expr;
+use crate::source::mysql::plan::{ColumnPlan, TablePlan};
+use crate::source::mysql::schema::{self, SchemaColumn, TableSchema};
+use crate::source::mysql::sql::{column_sql_value, qualified, quote_ident as q, Bind};
+use crate::source::mysql::temporal;
+use crate::source::mysql::values::Kind;
+use crate::source::snapshot::{at_or_after, Ask, Chunk, Job};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -34,14 +35,6 @@ pub enum SnapshotError {
         table: String,
         source: mysql_async::Error,
     },
-}
-
-fn q(ident: &str) -> String {
-    format!("`{}`", ident.replace('`', "``"))
-}
-
-fn qualified(table: &str) -> String {
-    table.split('.').map(q).collect::<Vec<_>>().join(".")
 }
 
 /// Creates the signal table where missing.
@@ -191,27 +184,8 @@ pub fn plan_from_schema(db: &str, table: &str, s: &TableSchema) -> TablePlan {
     }
 }
 
-/// One backfill to run.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub pipeline: usize,
-    /// The request that asked for it (none for `snapshot: initial` and re-snapshots).
-    pub request: Option<String>,
-    pub filter: Option<String>,
-    /// Resume after this key, from a saved progress row.
-    pub after: Option<Vec<ColumnValue>>,
-    pub rows_done: u64,
-}
-
 /// Every pipeline the process has known, by its stable index (`None`: removed by a reload).
 pub type PipelineSlots = Arc<std::sync::RwLock<Vec<Option<PipelineConfig>>>>;
-
-/// What the coordinator is asked: a backfill request read from the binlog, or a job (a
-/// pipeline with `snapshot: initial` added by a reload).
-pub enum Ask {
-    Request(Request),
-    Job(Job),
-}
 
 pub struct Coordinator {
     pub source: SourceConfig,
@@ -340,7 +314,7 @@ impl Coordinator {
                     }
                     Err(e) => {
                         round += 1;
-                        let d = crate::enrich::backoff(round.min(8));
+                        let d = crate::ratelimit::backoff(round.min(8));
                         tracing::warn!(pipeline = %name, error = %e, backoff_ms = d.as_millis() as u64,
                             "backfill interrupted; it resumes after its last chunk");
                         tokio::time::sleep(d).await;
@@ -434,7 +408,7 @@ impl Coordinator {
             source,
         };
         let (db, table) = p.db_table();
-        let mut conn = Conn::new(super::stream::opts(&self.source))
+        let mut conn = Conn::new(crate::source::mysql::stream::opts(&self.source))
             .await
             .map_err(serr)?;
         // TIMESTAMP values in UTC, as the binlog carries them.
@@ -526,12 +500,12 @@ impl Coordinator {
                         .iter()
                         .zip(&key_cols)
                         .map(|(v, c)| {
-                            crate::sink::mysql::column_sql_value(
+                            column_sql_value(
                                 v,
                                 if c.is_binary() {
-                                    crate::sink::mysql::Bind::Base64
+                                    Bind::Base64
                                 } else {
-                                    crate::sink::mysql::Bind::Plain
+                                    Bind::Plain
                                 },
                             )
                         })

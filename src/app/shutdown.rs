@@ -1,0 +1,215 @@
+//! The running daemon's tasks, the main loop (signals, reloads, a task that ends) and the
+//! orderly stop: the binlog reader stops, the pipeline stage and the enrichment stages drain
+//! within `shutdown_timeout_ms`, the sinks flush, and the checkpoint is saved once more.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinError, JoinHandle};
+
+use super::outputs::StageTask;
+use super::reload::Reloader;
+use super::AppError;
+use crate::checkpoint::{AckTracker, Writer};
+use crate::pipeline::stage::StageError;
+use crate::sink::{lock, SinkError, Sinks};
+use crate::snapshot::SnapshotError;
+use crate::source::mysql::stream::SourceError;
+
+/// The daemon's tasks while it runs.
+pub struct Running {
+    pub source: JoinHandle<Result<(), SourceError>>,
+    pub stage: JoinHandle<Result<(), StageError>>,
+    pub checkpoint: JoinHandle<Writer>,
+    pub backfill: Option<JoinHandle<Result<(), SnapshotError>>>,
+    /// Tells the source and the checkpoint writer to stop.
+    pub stop: watch::Sender<bool>,
+    pub enrich_tasks: Arc<Mutex<Vec<StageTask>>>,
+    pub sinks: Sinks,
+    pub tracker: AckTracker,
+}
+
+/// Why the main loop ended: a signal, or a task that ended first (with its result).
+pub enum Ended {
+    Signal,
+    Source(Result<Result<(), SourceError>, JoinError>),
+    Stage(Result<Result<(), StageError>, JoinError>),
+}
+
+impl Running {
+    /// Runs until SIGTERM / SIGINT or until the source or the pipeline stage ends; SIGHUP
+    /// reloads the pipelines meanwhile.
+    pub async fn wait(&mut self, reloader: &mut Reloader) -> Ended {
+        let mut hangup = reload_signal();
+        loop {
+            tokio::select! {
+                _ = shutdown_signal() => {
+                    tracing::info!("shutdown requested; stopping the binlog reader and flushing");
+                    return Ended::Signal;
+                }
+                r = &mut self.source => return Ended::Source(r),
+                r = &mut self.stage => return Ended::Stage(r),
+                Some(()) = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading the pipelines");
+                    if let Err(e) = reloader.reload().await {
+                        tracing::error!(error = %e, "reload refused; the pipelines run as they were");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops everything in order and returns the first error (the source's before the others).
+    /// The reloader must be dropped before: it holds senders of the channels that must close.
+    pub async fn stop(self, ended: Ended, shutdown_timeout_ms: u64) -> Result<(), AppError> {
+        let _ = self.stop.send(true);
+        // A backfill in progress resumes after its last acknowledged chunk at the next start.
+        if let Some(t) = &self.backfill {
+            t.abort();
+        }
+        let (source_done, stage_done) = match ended {
+            Ended::Signal => (None, None),
+            Ended::Source(r) => (Some(r), None),
+            Ended::Stage(r) => (None, Some(r)),
+        };
+        let source_result = match source_done {
+            Some(r) => r,
+            None => self.source.await,
+        };
+        let timeout = Duration::from_millis(shutdown_timeout_ms);
+        let mut result = drain(
+            self.stage,
+            stage_done,
+            &self.enrich_tasks,
+            timeout,
+            &self.tracker,
+        )
+        .await;
+        if let Err(AppError::ShutdownTimeout { .. }) = &result {
+            tracing::error!(timeout_ms = shutdown_timeout_ms, in_flight = self.tracker.in_flight(),
+                "enrichment did not drain before the shutdown timeout; the checkpoint stays before the rows still in flight");
+        }
+        if let (Some(e), Ok(())) = (flush(&self.sinks).await, &result) {
+            result = Err(e.into());
+        }
+        let mut writer = self
+            .checkpoint
+            .await
+            .map_err(|e| AppError::task("checkpoint writer", e))?;
+        writer.save_if_changed().await?;
+        let last = self.tracker.committed().map(|p| p.to_string());
+        tracing::info!(position = %last.unwrap_or_default(), "checkpoint saved; stopped");
+        match source_result {
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(AppError::task("binlog source", e)),
+            Ok(Ok(())) => result,
+        }
+    }
+}
+
+/// The pipeline stage finishes, then the enrichment stages drain what they hold — within
+/// `timeout`: a backend that stays unreachable is retried forever by design and must not hold
+/// the daemon. Rows abandoned then are not acknowledged, so the checkpoint stays before them
+/// and they are sent again after a restart.
+async fn drain(
+    stage: JoinHandle<Result<(), StageError>>,
+    stage_done: Option<Result<Result<(), StageError>, JoinError>>,
+    enrich_tasks: &Mutex<Vec<StageTask>>,
+    timeout: Duration,
+    tracker: &AckTracker,
+) -> Result<(), AppError> {
+    let tasks: Vec<StageTask> =
+        std::mem::take(&mut *enrich_tasks.lock().unwrap_or_else(|p| p.into_inner()));
+    let aborts: Vec<_> = tasks.iter().map(|(_, t)| t.abort_handle()).collect();
+    let drained = tokio::time::timeout(timeout, async move {
+        let stage_result = match stage_done {
+            Some(r) => r,
+            None => stage.await,
+        };
+        let mut result = match stage_result {
+            Ok(r) => r.map_err(AppError::from),
+            Err(e) => Err(AppError::task("pipeline stage", e)),
+        };
+        for (name, t) in tasks {
+            let r = t
+                .await
+                .unwrap_or_else(|e| Err(format!("task panicked: {e}")));
+            if let (Err(reason), Ok(())) = (r, &result) {
+                result = Err(AppError::Enrichment {
+                    pipeline: name,
+                    reason,
+                });
+            }
+        }
+        result
+    })
+    .await;
+    drained.unwrap_or_else(|_| {
+        for a in &aborts {
+            a.abort();
+        }
+        Err(AppError::ShutdownTimeout {
+            ms: timeout.as_millis() as u64,
+            in_flight: tracker.in_flight(),
+        })
+    })
+}
+
+/// Delivers what was sent, whatever stopped the stages, so the checkpoint gets as far as it
+/// can; returns the first sink's error.
+async fn flush(sinks: &Sinks) -> Option<SinkError> {
+    let sinks = sinks.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut first_err = None;
+        for s in lock(&sinks).iter_mut() {
+            if let Err(e) = s.flush(Duration::from_secs(30)) {
+                tracing::error!(error = %e, "flush at shutdown");
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err
+    })
+    .await
+    .unwrap_or(None)
+}
+
+/// SIGHUP, as a stream (never fires where there are no Unix signals).
+fn reload_signal() -> mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    if tx.send(()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,229 @@
+//! The change record a pipeline emits: the envelope consumers read (Debezium's shape: `op`,
+//! `before`, `after`, `source`), with the enrichment, and the key and pipeline it is routed by.
+
+use std::sync::Arc;
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use super::{BinlogPosition, ColumnValue, Op};
+
+/// Column names and values, serialized as a JSON object in column order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    pub names: Arc<[String]>,
+    pub values: Vec<ColumnValue>,
+}
+
+impl Serialize for Image {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.values.len()))?;
+        for (n, v) in self.names.iter().zip(&self.values) {
+            m.serialize_entry(n, v)?;
+        }
+        m.end()
+    }
+}
+
+impl Image {
+    pub fn get(&self, name: &str) -> Option<&ColumnValue> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| &self.values[i])
+    }
+}
+
+/// Where a record came from: the `source` object of the envelope.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SourceInfo {
+    pub pipeline: Arc<str>,
+    pub server_id: u32,
+    pub db: Arc<str>,
+    pub table: Arc<str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gtid: Option<Arc<str>>,
+    pub file: Arc<str>,
+    pub pos: u64,
+    /// The rows event's index in its transaction.
+    pub event: u64,
+    /// The row's index in its rows event.
+    pub row: u64,
+    pub ts_ms: u64,
+}
+
+/// The change record a pipeline emits: the JSON envelope, plus its key and routing.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChangeRecord {
+    pub op: Op,
+    pub before: Option<Image>,
+    pub after: Option<Image>,
+    pub source: SourceInfo,
+    pub enrichment: Enrichment,
+    /// Set by the Kafka sink on a record it cut to fit (`on_oversize: truncate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oversize: Option<Oversize>,
+    /// On the `d` and `c` records of an update that changed the row's key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_change: Option<KeyChange>,
+    /// On a `t` record: the partitions truncated (`None`: the whole table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncate: Option<Truncate>,
+    #[serde(skip)]
+    pub key: Image,
+    /// Index of the pipeline in the router's list.
+    #[serde(skip)]
+    pub pipeline: usize,
+}
+
+impl ChangeRecord {
+    /// The record's resume position: its transaction's start, rows event and row.
+    pub fn position(&self) -> BinlogPosition {
+        BinlogPosition {
+            event: self.source.event,
+            row: self.source.row,
+            ..BinlogPosition::new(self.source.file.clone(), self.source.pos)
+        }
+    }
+}
+
+/// The old and new key of an update that changed the row's key: it is emitted as a `d` of
+/// the old key then a `c` of the new one, both carrying this.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KeyChange {
+    pub old: Image,
+    pub new: Image,
+}
+
+/// What a `TRUNCATE` removed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Truncate {
+    /// `ALTER TABLE … TRUNCATE PARTITION`'s partitions (`["ALL"]` for all); `None`: `TRUNCATE TABLE`.
+    pub partitions: Option<Vec<String>>,
+}
+
+/// What the Kafka sink did to a record larger than the producer accepts.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Oversize {
+    /// The record's size as it was (key and value), bytes.
+    pub bytes: usize,
+    /// The producer's `message.max.bytes`.
+    pub limit: usize,
+    /// The values cut, as `after.column` / `before.column`.
+    pub truncated: Vec<String>,
+}
+
+/// A JSON object, in insertion order.
+pub type Fields = serde_json::Map<String, serde_json::Value>;
+
+/// What the enrichment stage made of a record; sinks serialise it as the envelope's
+/// `enrichment` object: the backend's labels (`backend`, `operation` or `model`…), then the
+/// outcome's own keys — the answer's fields and `usage`, `truncated: true`, `skipped: why`, or
+/// `error: {kind, message, attempts}`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Enrichment {
+    /// The pipeline enriches nothing (`{}`).
+    #[default]
+    None,
+    /// The backend answered (or the cache did). `fields`: the answer's fields, then `usage`
+    /// where the backend reports tokens; `truncated`: the input was cut to fit, or the answer
+    /// was cut at the model's limit and the pipeline accepts cut answers.
+    Answered {
+        labels: Fields,
+        fields: Fields,
+        truncated: bool,
+    },
+    /// No call was made for the record.
+    Skipped { labels: Fields, reason: Skip },
+    /// The record cannot be enriched: it goes to the dead letters. `usage`: the tokens a cut
+    /// answer used.
+    Failed {
+        labels: Fields,
+        usage: Option<serde_json::Value>,
+        error: Failure,
+    },
+}
+
+/// Why no call was made (`skipped` in the envelope).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// A delete: there is no row left to enrich.
+    Deleted,
+    /// The input text is NULL or empty.
+    NoText,
+    /// The write-back had applied the record before a restart.
+    AlreadyApplied,
+    /// A `TRUNCATE` record.
+    Truncated,
+    /// An update that changed none of the enrichment's input columns.
+    InputUnchanged,
+}
+
+impl Skip {
+    /// As the envelope spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::Deleted => "deleted",
+            Skip::NoText => "no text",
+            Skip::AlreadyApplied => "already applied",
+            Skip::Truncated => "truncated",
+            Skip::InputUnchanged => "input unchanged",
+        }
+    }
+}
+
+/// Why a record cannot be enriched (`error` in the envelope).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Failure {
+    /// The error kind (`bad_input`, `bad_output`, `incomplete`, …: the backend's `ErrorKind`).
+    pub kind: &'static str,
+    pub message: String,
+    /// Calls made for the record.
+    pub attempts: u32,
+}
+
+impl Enrichment {
+    /// The envelope's `enrichment` object.
+    pub fn to_fields(&self) -> Fields {
+        let mut m = Fields::new();
+        match self {
+            Enrichment::None => {}
+            Enrichment::Answered {
+                labels,
+                fields,
+                truncated,
+            } => {
+                m.extend(labels.clone());
+                m.extend(fields.clone());
+                if *truncated {
+                    m.insert("truncated".into(), true.into());
+                }
+            }
+            Enrichment::Skipped { labels, reason } => {
+                m.extend(labels.clone());
+                m.insert("skipped".into(), reason.as_str().into());
+            }
+            Enrichment::Failed {
+                labels,
+                usage,
+                error,
+            } => {
+                m.extend(labels.clone());
+                if let Some(u) = usage {
+                    m.insert("usage".into(), u.clone());
+                }
+                m.insert(
+                    "error".into(),
+                    serde_json::json!({"kind": error.kind, "message": error.message, "attempts": error.attempts}),
+                );
+            }
+        }
+        m
+    }
+}
+
+impl Serialize for Enrichment {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_fields().serialize(s)
+    }
+}
