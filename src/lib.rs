@@ -3,6 +3,8 @@
 //! Data flow: [`source`] (binlog) → [`pipeline`] (route, project, filter) → [`sink`]
 //! (Kafka, JSONL), with [`checkpoint`] and [`config`] beside them; [`app`] wires them.
 
+#![warn(clippy::too_many_lines)]
+
 pub mod app;
 pub mod backend;
 pub mod checkpoint;

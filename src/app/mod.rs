@@ -147,6 +147,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let source_task = tokio::spawn(source.run(resume.start, tx.clone(), stop_rx.clone()));
 
     let (swap_tx, swap_rx) = std::sync::mpsc::channel();
+    let interval = Duration::from_millis(cfg.checkpoint.interval_ms.max(10));
     let (backfill, asks, link) = match backfills {
         Some(b) => (Some(b.task), Some(b.asks), Some(b.link)),
         None => (None, None, None),
@@ -161,17 +162,8 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         source: source_task,
         stage: spawn_stage(rx, Router::new(pipelines.clone()), outputs, link, swap_rx),
         checkpoint: tokio::spawn(
-            crate::checkpoint::Writer {
-                store,
-                tracker: tracker.clone(),
-                history: resume.history.clone(),
-                last: saved,
-            }
-            .run(
-                Duration::from_millis(cfg.checkpoint.interval_ms.max(10)),
-                stop_rx,
-                metrics.clone(),
-            ),
+            crate::checkpoint::Writer::new(store, tracker.clone(), resume.history.clone(), saved)
+                .run(interval, stop_rx, metrics.clone()),
         ),
         backfill,
         stop: stop_tx,

@@ -245,6 +245,62 @@ pub enum BackendConfig<'a> {
     Bedrock(&'a BedrockConfig),
 }
 
+impl BackendConfig<'_> {
+    /// As the pipeline file names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendConfig::Comprehend(_) => "comprehend",
+            BackendConfig::SageMaker(_) => "sagemaker",
+            BackendConfig::Bedrock(_) => "bedrock",
+        }
+    }
+
+    /// Rows one call may carry: Comprehend's batch APIs take 25 documents (DetectPiiEntities
+    /// one), a SageMaker call as many rows as fit its body (10,000 by default, Aurora's
+    /// `MAX_BATCH_SIZE`), a Bedrock call one prompt.
+    pub fn max_batch(&self) -> usize {
+        match self {
+            BackendConfig::Comprehend(c)
+                if c.operation == comprehend::config::ComprehendOperation::PiiEntities =>
+            {
+                1
+            }
+            BackendConfig::Comprehend(_) => comprehend::MAX_BATCH,
+            BackendConfig::SageMaker(_) => sagemaker::DEFAULT_BATCH,
+            BackendConfig::Bedrock(_) => 1,
+        }
+    }
+
+    /// Per-call timeout when the pipeline sets none (as Aurora's `aurora_ml_inference_timeout`):
+    /// 30 s, SageMaker 70 s (its own limit is 60 s).
+    pub fn default_timeout(&self) -> Duration {
+        match self {
+            BackendConfig::SageMaker(_) => Duration::from_millis(70_000),
+            _ => Duration::from_millis(30_000),
+        }
+    }
+
+    /// What can be checked of the backend's own section without calling it.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            BackendConfig::Comprehend(_) => Ok(()),
+            BackendConfig::SageMaker(s) => sagemaker::validate(s),
+            BackendConfig::Bedrock(b) => bedrock::validate(b),
+        }
+    }
+}
+
+/// `p` is empty or a JSON pointer (RFC 6901: it starts with `/`).
+pub fn check_pointer(what: &str, p: &str) -> Result<(), String> {
+    if p.is_empty() || p.starts_with('/') {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} `{p}` is not a JSON pointer (it starts with `/`)"
+        ))
+    }
+}
+
 /// What every backend's calls need besides its own section.
 #[derive(Debug, Clone)]
 pub struct CallSettings {

@@ -22,6 +22,22 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A writer to `store` of what `tracker` acknowledges, with `history`; `last`: what the
+    /// store holds now.
+    pub fn new(
+        store: Store,
+        tracker: AckTracker,
+        history: Arc<Mutex<SchemaHistory>>,
+        last: Option<Checkpoint>,
+    ) -> Writer {
+        Writer {
+            store,
+            tracker,
+            history,
+            last,
+        }
+    }
+
     /// The checkpoint to save now: the acknowledged position and the history (versions no
     /// position after it can need dropped). `None`: nothing was acknowledged yet.
     fn current(&self) -> Option<Checkpoint> {

@@ -195,25 +195,19 @@ impl EnrichmentConfig {
         }
     }
 
+    /// Rows per call: the pipeline's `max_batch_size`, else the backend's most.
     pub fn max_batch_size(&self) -> usize {
-        self.max_batch_size.unwrap_or(match self.backend() {
-            // DetectPiiEntities has no batch form.
-            Some(BackendConfig::Comprehend(c))
-                if c.operation == ComprehendOperation::PiiEntities =>
-            {
-                1
-            }
-            Some(BackendConfig::Comprehend(_)) => crate::backend::comprehend::MAX_BATCH,
-            Some(BackendConfig::SageMaker(_)) => crate::backend::sagemaker::DEFAULT_BATCH,
-            _ => 1,
-        })
+        self.max_batch_size
+            .unwrap_or_else(|| self.backend().map_or(1, |b| b.max_batch()))
     }
 
+    /// Per call: the pipeline's `timeout_ms`, else the backend's default.
     pub fn timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.timeout_ms.unwrap_or(match self.backend() {
-            Some(BackendConfig::SageMaker(_)) => 70_000,
-            _ => 30_000,
-        }))
+        match (self.timeout_ms, self.backend()) {
+            (Some(ms), _) => std::time::Duration::from_millis(ms),
+            (None, Some(b)) => b.default_timeout(),
+            (None, None) => std::time::Duration::from_millis(30_000),
+        }
     }
 
     /// The columns the enrichment reads, each with the setting that names it: a change to
@@ -470,100 +464,99 @@ pub fn load_dir(dir: &Path, have_kafka: bool) -> Result<Vec<PipelineConfig>, Con
             file: p.file.clone(),
             message,
         };
-        if p.name.is_empty()
-            || !p
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(bad(
-                "name must be non-empty and use only letters, digits, `-`, `_` and `.`".into(),
-            ));
-        }
         if let Some(other) = out.iter().find(|o| o.name == p.name) {
             return Err(bad(format!("the name is also used by {}", other.file)));
         }
-        if split_table(&p.table).is_none() {
-            return Err(bad(format!(
-                "table `{}` must be written `database.table`",
-                p.table
-            )));
-        }
-        for (what, list) in [("columns", &p.columns), ("key", &p.key)] {
-            if let Some(list) = list {
-                if list.is_empty() {
-                    return Err(bad(format!(
-                        "`{what}` is empty; leave it out for the default"
-                    )));
-                }
-                let mut seen = std::collections::HashSet::new();
-                for c in list {
-                    if !seen.insert(c) {
-                        return Err(bad(format!("column `{c}` appears twice in `{what}`")));
-                    }
-                }
-            }
-        }
-        if p.operations.is_empty() {
-            return Err(bad(
-                "`operations` is empty: the pipeline would emit nothing".into(),
-            ));
-        }
-        if let Some(f) = &p.filter {
-            let e = Expr::parse(f).map_err(|e| bad(format!("filter `{f}`: {e}")))?;
-            p.filter_expr = Some(e);
-        }
-        if let Some(e) = &mut p.enrichment {
-            // `endpoint_url: ${AWS_ENDPOINT_URL:-}` left empty means AWS's own endpoint.
-            for v in [
-                &mut e.endpoint_url,
-                &mut e.region,
-                &mut e.profile,
-                &mut e.role_arn,
-            ] {
-                if v.as_deref().is_some_and(|u| u.trim().is_empty()) {
-                    *v = None;
-                }
-            }
-        }
-        if let Some(e) = &p.enrichment {
-            validate_enrichment(e, p.columns.as_deref()).map_err(bad)?;
-        }
-        if let SinkConfig::Mysql(m) = &p.sink {
-            validate_mysql_sink(m, &p).map_err(bad)?;
-        }
-        if let SinkConfig::Kafka(k) = &p.sink {
-            if !have_kafka {
-                return Err(bad(
-                    "the sink is Kafka but the daemon config has no `kafka` section".into(),
-                ));
-            }
-            let topics = [
-                (&k.topic, p.topic()),
-                (
-                    k.dead_letter_topic.as_ref().unwrap_or(&k.topic),
-                    p.dead_letter_topic(),
-                ),
-            ];
-            for (template, t) in topics {
-                let t = t.unwrap_or_default();
-                if template.is_empty() || t.contains('{') || t.contains('}') {
-                    return Err(bad(format!(
-                        "topic `{template}`: only {{pipeline}}, {{db}} and {{table}} can be replaced"
-                    )));
-                }
-                if t.len() > 249
-                    || !t
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-                {
-                    return Err(bad(format!("topic `{t}` is not a valid Kafka topic name")));
-                }
-            }
+        if let Err(message) = validate(&mut p, have_kafka) {
+            return Err(ConfigError::Pipeline {
+                pipeline: p.name.clone(),
+                file: p.file.clone(),
+                message,
+            });
         }
         out.push(p);
     }
     Ok(out)
+}
+
+/// What can be checked of one pipeline without a server (its filter is parsed here).
+fn validate(p: &mut PipelineConfig, have_kafka: bool) -> Result<(), String> {
+    let name_ok = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+    if p.name.is_empty() || !p.name.chars().all(name_ok) {
+        return Err("name must be non-empty and use only letters, digits, `-`, `_` and `.`".into());
+    }
+    if split_table(&p.table).is_none() {
+        return Err(format!(
+            "table `{}` must be written `database.table`",
+            p.table
+        ));
+    }
+    for (what, list) in [("columns", &p.columns), ("key", &p.key)] {
+        let Some(list) = list else {
+            continue;
+        };
+        if list.is_empty() {
+            return Err(format!("`{what}` is empty; leave it out for the default"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(c) = list.iter().find(|c| !seen.insert(*c)) {
+            return Err(format!("column `{c}` appears twice in `{what}`"));
+        }
+    }
+    if p.operations.is_empty() {
+        return Err("`operations` is empty: the pipeline would emit nothing".into());
+    }
+    if let Some(f) = &p.filter {
+        p.filter_expr = Some(Expr::parse(f).map_err(|e| format!("filter `{f}`: {e}"))?);
+    }
+    if let Some(e) = &mut p.enrichment {
+        // `endpoint_url: ${AWS_ENDPOINT_URL:-}` left empty means AWS's own endpoint.
+        for v in [
+            &mut e.endpoint_url,
+            &mut e.region,
+            &mut e.profile,
+            &mut e.role_arn,
+        ] {
+            if v.as_deref().is_some_and(|u| u.trim().is_empty()) {
+                *v = None;
+            }
+        }
+    }
+    if let Some(e) = &p.enrichment {
+        validate_enrichment(e, p.columns.as_deref())?;
+    }
+    match &p.sink {
+        SinkConfig::Mysql(m) => validate_mysql_sink(m, p),
+        SinkConfig::Kafka(_) if !have_kafka => {
+            Err("the sink is Kafka but the daemon config has no `kafka` section".into())
+        }
+        SinkConfig::Kafka(k) => validate_topics(p, k),
+        SinkConfig::Jsonl(_) => Ok(()),
+    }
+}
+
+/// The topics (and dead-letter topic) a pipeline's templates give are valid Kafka names.
+fn validate_topics(p: &PipelineConfig, k: &KafkaSinkConfig) -> Result<(), String> {
+    let topics = [
+        (&k.topic, p.topic()),
+        (
+            k.dead_letter_topic.as_ref().unwrap_or(&k.topic),
+            p.dead_letter_topic(),
+        ),
+    ];
+    for (template, t) in topics {
+        let t = t.unwrap_or_default();
+        if template.is_empty() || t.contains('{') || t.contains('}') {
+            return Err(format!(
+                "topic `{template}`: only {{pipeline}}, {{db}} and {{table}} can be replaced"
+            ));
+        }
+        let valid = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        if t.len() > 249 || !t.chars().all(valid) {
+            return Err(format!("topic `{t}` is not a valid Kafka topic name"));
+        }
+    }
+    Ok(())
 }
 
 /// What can be checked of an enrichment without a server.
@@ -573,23 +566,35 @@ fn validate_enrichment(e: &EnrichmentConfig, picked: Option<&[String]>) -> Resul
             "enrichment needs exactly one backend: `comprehend`, `sagemaker` or `bedrock`".into(),
         );
     };
-    let name = match backend {
-        BackendConfig::Comprehend(_) => "comprehend",
-        BackendConfig::SageMaker(_) => "sagemaker",
-        BackendConfig::Bedrock(_) => "bedrock",
-    };
-    let limit = match backend {
-        BackendConfig::Comprehend(c) if c.operation == ComprehendOperation::PiiEntities => 1,
-        BackendConfig::Comprehend(_) => crate::backend::comprehend::MAX_BATCH,
-        BackendConfig::SageMaker(_) => crate::backend::sagemaker::DEFAULT_BATCH,
-        BackendConfig::Bedrock(_) => 1,
-    };
+    let (name, limit) = (backend.name(), backend.max_batch());
     let batch = e.max_batch_size();
     if !(1..=limit).contains(&batch) {
         return Err(format!(
             "enrichment.max_batch_size {batch} must be between 1 and {limit} for {name}"
         ));
     }
+    if e.tokens_per_minute.is_some() && !matches!(backend, BackendConfig::Bedrock(_)) {
+        return Err(
+            "enrichment.tokens_per_minute is for bedrock (only models count tokens)".into(),
+        );
+    }
+    validate_limits(e)?;
+    backend.validate()?;
+    if let Some(cols) = picked {
+        for (what, c) in e.input_columns() {
+            if !cols.contains(&c) {
+                return Err(format!(
+                    "{what} `{c}` must be one of the picked columns ({})",
+                    cols.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The enrichment's rates, sizes, timeouts and budget are in range.
+fn validate_limits(e: &EnrichmentConfig) -> Result<(), String> {
     if let Some(b) = e.max_batch_bytes {
         let max = crate::backend::sagemaker::MAX_BODY_BYTES;
         if b == 0 || b > max {
@@ -616,11 +621,6 @@ fn validate_enrichment(e: &EnrichmentConfig, picked: Option<&[String]>) -> Resul
     if e.tokens_per_minute == Some(0) {
         return Err("enrichment.tokens_per_minute must be above 0".into());
     }
-    if e.tokens_per_minute.is_some() && !matches!(backend, BackendConfig::Bedrock(_)) {
-        return Err(
-            "enrichment.tokens_per_minute is for bedrock (only models count tokens)".into(),
-        );
-    }
     if let Some(b) = &e.budget {
         if b.requests.is_none() && b.tokens.is_none() {
             return Err(
@@ -632,75 +632,9 @@ fn validate_enrichment(e: &EnrichmentConfig, picked: Option<&[String]>) -> Resul
             return Err("enrichment.budget.window_seconds must be above 0".into());
         }
     }
-    match backend {
-        BackendConfig::Comprehend(_) => {}
-        BackendConfig::SageMaker(s) => {
-            if s.endpoint.trim().is_empty() {
-                return Err("enrichment.sagemaker.endpoint is empty".into());
-            }
-            if s.input.is_empty() {
-                return Err("enrichment.sagemaker.input names no column".into());
-            }
-            crate::backend::sagemaker::Returns::parse(&s.returns)
-                .map_err(|m| format!("enrichment.sagemaker.returns: {m}"))?;
-            if let Some(ptr) = &s.result_pointer {
-                if s.accept != SageMakerAccept::Jsonlines {
-                    return Err(
-                        "enrichment.sagemaker.result_pointer needs `accept: jsonlines`".into(),
-                    );
-                }
-                check_pointer("enrichment.sagemaker.result_pointer", ptr)?;
-            }
-        }
-        BackendConfig::Bedrock(b) => {
-            if b.model.trim().is_empty() {
-                return Err("enrichment.bedrock.model is empty".into());
-            }
-            crate::backend::template::Template::parse(&b.prompt)
-                .map_err(|m| format!("enrichment.bedrock.prompt: {m}"))?;
-            if b.max_tokens == 0 {
-                return Err("enrichment.bedrock.max_tokens must be above 0".into());
-            }
-            if let Some(t) = b.temperature {
-                if !(0.0..=1.0).contains(&t) {
-                    return Err(format!(
-                        "enrichment.bedrock.temperature {t} must be between 0 and 1"
-                    ));
-                }
-            }
-            if b.fields.is_some() && b.output != BedrockOutput::Json {
-                return Err("enrichment.bedrock.fields needs `output: json`".into());
-            }
-            if let Some(ptr) = &b.result_pointer {
-                check_pointer("enrichment.bedrock.result_pointer", ptr)?;
-            }
-            crate::backend::bedrock::Family::resolve(b)?;
-        }
-    }
-    if let Some(cols) = picked {
-        for (what, c) in e.input_columns() {
-            if !cols.contains(&c) {
-                return Err(format!(
-                    "{what} `{c}` must be one of the picked columns ({})",
-                    cols.join(", ")
-                ));
-            }
-        }
-    }
     Ok(())
 }
 
-fn check_pointer(what: &str, p: &str) -> Result<(), String> {
-    if p.is_empty() || p.starts_with('/') {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what} `{p}` is not a JSON pointer (it starts with `/`)"
-        ))
-    }
-}
-
-/// What can be checked of a write-back sink without a server.
 fn validate_mysql_sink(m: &MysqlSinkConfig, p: &PipelineConfig) -> Result<(), String> {
     let Some(e) = &p.enrichment else {
         return Err("sink.mysql writes an enrichment back: the pipeline needs `enrichment`".into());
@@ -710,7 +644,7 @@ fn validate_mysql_sink(m: &MysqlSinkConfig, p: &PipelineConfig) -> Result<(), St
     }
     let inputs = e.input_columns();
     for (col, ptr) in &m.columns {
-        check_pointer(&format!("sink.mysql.columns.{col}"), ptr)?;
+        crate::backend::check_pointer(&format!("sink.mysql.columns.{col}"), ptr)?;
         if ptr.is_empty() {
             return Err(format!(
                 "sink.mysql.columns.{col}: name a field of the enrichment (`/result`, `/sentiment`), not all of it"

@@ -57,106 +57,69 @@ fn lex(s: &str) -> Result<Vec<(usize, Tok)>, String> {
             i += 1;
             continue;
         }
-        let tok = match c {
-            '(' => {
-                i += 1;
-                Tok::LParen
-            }
-            ')' => {
-                i += 1;
-                Tok::RParen
-            }
-            ',' => {
-                i += 1;
-                Tok::Comma
-            }
-            '=' => {
-                i += 1;
-                Tok::Op("=")
-            }
-            '!' if b.get(i + 1) == Some(&b'=') => {
-                i += 2;
-                Tok::Op("!=")
-            }
-            '<' if b.get(i + 1) == Some(&b'>') => {
-                i += 2;
-                Tok::Op("!=")
-            }
-            '<' if b.get(i + 1) == Some(&b'=') => {
-                i += 2;
-                Tok::Op("<=")
-            }
-            '>' if b.get(i + 1) == Some(&b'=') => {
-                i += 2;
-                Tok::Op(">=")
-            }
-            '<' => {
-                i += 1;
-                Tok::Op("<")
-            }
-            '>' => {
-                i += 1;
-                Tok::Op(">")
-            }
-            '\'' => {
-                let mut v = String::new();
-                i += 1;
-                loop {
-                    match s[i..].chars().next() {
-                        None => {
-                            return Err(format!(
-                                "unterminated string starting at character {}",
-                                start + 1
-                            ))
-                        }
-                        Some('\'') if s[i + 1..].starts_with('\'') => {
-                            v.push('\'');
-                            i += 2;
-                        }
-                        Some('\'') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(ch) => {
-                            v.push(ch);
-                            i += ch.len_utf8();
-                        }
-                    }
-                }
-                Tok::Str(v)
-            }
-            '`' => {
+        let next = b.get(i + 1).copied();
+        let (tok, len) = match (c, next) {
+            ('(', _) => (Tok::LParen, 1),
+            (')', _) => (Tok::RParen, 1),
+            (',', _) => (Tok::Comma, 1),
+            ('=', _) => (Tok::Op("="), 1),
+            ('!', Some(b'=')) | ('<', Some(b'>')) => (Tok::Op("!="), 2),
+            ('<', Some(b'=')) => (Tok::Op("<="), 2),
+            ('>', Some(b'=')) => (Tok::Op(">="), 2),
+            ('<', _) => (Tok::Op("<"), 1),
+            ('>', _) => (Tok::Op(">"), 1),
+            ('\'', _) => string(s, start)?,
+            ('`', _) => {
                 let end = s[i + 1..].find('`').ok_or_else(|| {
                     format!("unterminated `identifier` at character {}", start + 1)
                 })?;
-                let v = s[i + 1..i + 1 + end].to_string();
-                i += end + 2;
-                Tok::Ident(v)
+                (Tok::Ident(s[i + 1..i + 1 + end].to_string()), end + 2)
             }
-            c if c.is_ascii_digit()
-                || (c == '-' && b.get(i + 1).is_some_and(|d| d.is_ascii_digit())) =>
-            {
-                i += 1;
-                while i < b.len()
-                    && (b[i].is_ascii_digit() || b[i] == b'.' || b[i] == b'e' || b[i] == b'E')
-                {
-                    i += 1;
-                }
-                Tok::Num(s[start..i].to_string())
+            (c, d) if c.is_ascii_digit() || (c == '-' && d.is_some_and(|d| d.is_ascii_digit())) => {
+                let n = 1 + b[i + 1..]
+                    .iter()
+                    .take_while(|x| x.is_ascii_digit() || matches!(x, b'.' | b'e' | b'E'))
+                    .count();
+                (Tok::Num(s[start..start + n].to_string()), n)
             }
-            c if c.is_alphabetic() || c == '_' => {
-                while i < b.len()
-                    && ((b[i] as char).is_alphanumeric() || b[i] == b'_' || b[i] >= 0x80)
-                {
-                    i += 1;
-                }
-                Tok::Ident(s[start..i].to_string())
+            (c, _) if c.is_alphabetic() || c == '_' => {
+                let n = b[i..]
+                    .iter()
+                    .take_while(|x| (**x as char).is_alphanumeric() || **x == b'_' || **x >= 0x80)
+                    .count();
+                (Tok::Ident(s[start..start + n].to_string()), n)
             }
-            other => return Err(format!("unexpected `{other}` at character {}", start + 1)),
+            (other, _) => return Err(format!("unexpected `{other}` at character {}", start + 1)),
         };
+        i += len;
         out.push((start, tok));
     }
     Ok(out)
+}
+
+/// A quoted string starting at `start` (`''` is a quote); the token and its length in bytes.
+fn string(s: &str, start: usize) -> Result<(Tok, usize), String> {
+    let mut v = String::new();
+    let mut i = start + 1;
+    loop {
+        match s[i..].chars().next() {
+            None => {
+                return Err(format!(
+                    "unterminated string starting at character {}",
+                    start + 1
+                ))
+            }
+            Some('\'') if s[i + 1..].starts_with('\'') => {
+                v.push('\'');
+                i += 2;
+            }
+            Some('\'') => return Ok((Tok::Str(v), i + 1 - start)),
+            Some(ch) => {
+                v.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+    }
 }
 
 struct Parser {

@@ -137,6 +137,28 @@ fn guardable(c: &SchemaColumn) -> bool {
         ))
 }
 
+/// The failures found for one pipeline's sink, each prefixed with the pipeline.
+struct Findings {
+    head: String,
+    list: Vec<Failure>,
+}
+
+impl Findings {
+    fn fail(&mut self, problem: String, fix: String) {
+        self.list.push(Failure {
+            problem: format!("{}: {problem}", self.head),
+            fix,
+        });
+    }
+}
+
+/// The side or source table the sink writes, as `db.table` and its two parts.
+struct Target {
+    name: String,
+    db: String,
+    table: String,
+}
+
 /// Checks the sink of `p` and builds its plan. `source` is the source table's schema (loaded
 /// by the main preflight).
 pub async fn plan(
@@ -145,188 +167,56 @@ pub async fn plan(
     m: &MysqlSinkConfig,
     source: &TableSchema,
 ) -> Result<Plan, Vec<Failure>> {
-    let mut f = Vec::new();
-    let head = format!("pipeline `{}` ({})", p.name, p.file);
-    let fail = |f: &mut Vec<Failure>, problem: String, fix: String| {
-        f.push(Failure {
-            problem: format!("{head}: {problem}"),
-            fix,
-        })
+    let mut f = Findings {
+        head: format!("pipeline `{}` ({})", p.name, p.file),
+        list: Vec::new(),
     };
     let Some(e) = &p.enrichment else {
-        return Err(f);
+        return Err(f.list);
     };
     let (sdb, stable) = p.db_table();
     let source_table = format!("{sdb}.{stable}");
-    let target = match m.mode {
+    let name = match m.mode {
         WriteMode::Update => source_table.clone(),
         WriteMode::Upsert => m.table.clone().unwrap_or_default(),
     };
-    let (tdb, ttable) = crate::config::pipeline::split_table(&target).unwrap_or_default();
+    let (db, table) = crate::config::pipeline::split_table(&name).unwrap_or_default();
+    let target = Target { name, db, table };
     let writer = format!("'{}'", m.user);
-    let mut conn = match mysql_async::Conn::new(writer_opts(src, m)).await {
-        Ok(c) => c,
-        Err(err) => {
-            fail(&mut f, format!("sink.mysql cannot connect as {writer}: {err}"),
-                "check sink.mysql.user and password, and that the account may connect from this host".into());
-            return Err(f);
-        }
+    let Some((mut conn, t)) = connect_and_load(src, m, &target, &writer, &mut f).await else {
+        return Err(f.list);
     };
-    let schemas = match schema::load(&mut conn, &[(tdb.clone(), ttable.clone())]).await {
-        Ok(s) => s,
-        Err(err) => {
-            fail(
-                &mut f,
-                format!("sink.mysql cannot read information_schema as {writer}: {err}"),
-                "GRANT SELECT on the written table to the writer".into(),
-            );
-            return Err(f);
-        }
-    };
-    let Some(t) = schemas.get(&(tdb.clone(), ttable.clone())) else {
-        fail(
-            &mut f,
-            format!(
-                "sink.mysql: table `{tdb}`.`{ttable}` does not exist (or {writer} cannot see it)"
-            ),
-            format!(
-                "create it, or GRANT SELECT, INSERT, UPDATE ON `{tdb}`.`{ttable}` TO {writer};"
-            ),
-        );
-        return Err(f);
-    };
-    let mut outputs = Vec::new();
-    for (col, ptr) in &m.columns {
-        let Some(c) = t.column(col) else {
-            let have: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
-            fail(
-                &mut f,
-                format!("sink.mysql.columns.{col}: `{tdb}`.`{ttable}` has no column `{col}`"),
-                format!(
-                    "add it (ALTER TABLE `{tdb}`.`{ttable}` ADD COLUMN `{col}` …) or use one of: {}",
-                    have.join(", ")
-                ),
-            );
-            continue;
-        };
-        let kind = kind_at(e, ptr);
-        if let Err(ty) = holds(c, kind) {
-            fail(
-                &mut f,
-                format!(
-                    "sink.mysql.columns.{col}: `{tdb}`.`{ttable}`.`{col}` is {ty}, which cannot hold {} at {ptr}",
-                    kind.describe()
-                ),
-                format!("make `{col}` {}", kind.fix()),
-            );
-            continue;
-        }
-        outputs.push(Output {
-            column: col.clone(),
-            pointer: ptr.clone(),
-            max_chars: max_chars(c),
-        });
-    }
+    let outputs = outputs(e, m, &t, &target, &mut f);
     // The source key: the pipeline's, else the table's primary key.
     let key_names = p.key.clone().unwrap_or_else(|| source.primary_key.clone());
     let key: Vec<(String, Bind)> = key_names
         .iter()
         .map(|k| (k.clone(), bind_for(source.column(k))))
         .collect();
-    let mut guard = Vec::new();
-    let mut unguarded = Vec::new();
-    for (_, c) in e.input_columns() {
-        match source.column(&c) {
-            Some(sc) if guardable(sc) => guard.push((c.clone(), bind_for(Some(sc)))),
-            _ => unguarded.push(c),
-        }
-    }
-    if !unguarded.is_empty() {
-        tracing::warn!(pipeline = %p.name, columns = ?unguarded,
-            "these input columns do not compare exactly (floating point, JSON, temporal, spatial) and are left out of the stale-write guard");
-    }
+    let guard = guard(p, e, source);
     let side_key: Vec<String> = m.key.clone().unwrap_or_else(|| key_names.clone());
     if m.mode == WriteMode::Upsert {
-        if side_key.len() != key_names.len() {
-            fail(
-                &mut f,
-                format!(
-                    "sink.mysql.key names {} columns, the source key ({}) {}",
-                    side_key.len(),
-                    key_names.join(", "),
-                    key_names.len()
-                ),
-                "name one side-table column per source key column, in the same order".into(),
-            );
-        }
-        for k in &side_key {
-            if t.column(k).is_none() {
-                fail(
-                    &mut f,
-                    format!("sink.mysql.key: `{tdb}`.`{ttable}` has no column `{k}`"),
-                    format!(
-                        "add it, or set sink.mysql.key to the side table's columns holding {}",
-                        key_names.join(", ")
-                    ),
-                );
-            }
-        }
-        // Side rows follow their source (deleted with it, with its input, by a TRUNCATE).
-        let probe = format!("DELETE FROM {} WHERE FALSE", qualified(&target));
-        if let Err(err) = conn.query_drop(probe).await {
-            fail(
-                &mut f,
-                format!("sink.mysql: {writer} cannot DELETE from `{tdb}`.`{ttable}` ({err}); side rows follow their source row"),
-                format!("GRANT DELETE ON `{tdb}`.`{ttable}` TO {writer};"),
-            );
-        }
-        let uniques: Vec<(String, String)> = conn
-            .exec(
-                "SELECT INDEX_NAME, GROUP_CONCAT(COLUMN_NAME ORDER BY COLUMN_NAME SEPARATOR ',') \
-                 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
-                 GROUP BY INDEX_NAME",
-                (tdb.as_str(), ttable.as_str()),
-            )
-            .await
-            .unwrap_or_default();
-        let mut want = side_key.clone();
-        want.sort();
-        let want = want.join(",");
-        if !uniques.iter().any(|(_, cols)| *cols == want) {
-            fail(
-                &mut f,
-                format!(
-                    "sink.mysql: `{tdb}`.`{ttable}` has no PRIMARY or UNIQUE key on ({}), so an upsert would insert duplicates",
-                    side_key.join(", ")
-                ),
-                format!(
-                    "ALTER TABLE `{tdb}`.`{ttable}` ADD UNIQUE KEY ({});",
-                    side_key.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
-                ),
-            );
-        }
+        upsert_checks(
+            &mut conn, &t, &target, &side_key, &key_names, &writer, &mut f,
+        )
+        .await;
     }
     let _ = conn.disconnect().await;
-    if !f.is_empty() {
-        return Err(f);
+    if !f.list.is_empty() {
+        return Err(f.list);
     }
-    let statement = statement(
-        m.mode,
-        &source_table,
-        Some((&target, side_key.as_slice())),
-        &outputs,
-        &key,
-        &guard,
-    );
+    let side = Some((target.name.as_str(), side_key.as_slice()));
+    let statement = statement(m.mode, &source_table, side, &outputs, &key, &guard);
     let removals = removals(
         m.mode,
         &source_table,
-        Some((&target, side_key.as_slice())),
+        side,
         &outputs,
         &key,
         &e.text_columns(),
         m.on_input_gone,
     );
+    let tdb = &target.db;
     Ok(Plan {
         pipeline: p.name.clone(),
         mode: m.mode,
@@ -345,4 +235,172 @@ pub async fn plan(
             .unwrap_or_else(|| format!("{tdb}.cdc_enricher_writeback")),
         removals,
     })
+}
+
+/// Connects with the writer's account and loads the written table's schema.
+async fn connect_and_load(
+    src: &SourceConfig,
+    m: &MysqlSinkConfig,
+    target: &Target,
+    writer: &str,
+    f: &mut Findings,
+) -> Option<(mysql_async::Conn, TableSchema)> {
+    let (tdb, ttable) = (&target.db, &target.table);
+    let mut conn = match mysql_async::Conn::new(writer_opts(src, m)).await {
+        Ok(c) => c,
+        Err(err) => {
+            f.fail(format!("sink.mysql cannot connect as {writer}: {err}"),
+                "check sink.mysql.user and password, and that the account may connect from this host".into());
+            return None;
+        }
+    };
+    let mut schemas = match schema::load(&mut conn, &[(tdb.clone(), ttable.clone())]).await {
+        Ok(s) => s,
+        Err(err) => {
+            f.fail(
+                format!("sink.mysql cannot read information_schema as {writer}: {err}"),
+                "GRANT SELECT on the written table to the writer".into(),
+            );
+            return None;
+        }
+    };
+    let Some(t) = schemas.remove(&(tdb.clone(), ttable.clone())) else {
+        f.fail(
+            format!(
+                "sink.mysql: table `{tdb}`.`{ttable}` does not exist (or {writer} cannot see it)"
+            ),
+            format!(
+                "create it, or GRANT SELECT, INSERT, UPDATE ON `{tdb}`.`{ttable}` TO {writer};"
+            ),
+        );
+        return None;
+    };
+    Some((conn, t))
+}
+
+/// The output columns: each exists and can hold what its pointer names.
+fn outputs(
+    e: &EnrichmentConfig,
+    m: &MysqlSinkConfig,
+    t: &TableSchema,
+    target: &Target,
+    f: &mut Findings,
+) -> Vec<Output> {
+    let (tdb, ttable) = (&target.db, &target.table);
+    let mut outputs = Vec::new();
+    for (col, ptr) in &m.columns {
+        let Some(c) = t.column(col) else {
+            let have: Vec<&str> = t.columns.iter().map(|c| c.name.as_str()).collect();
+            f.fail(
+                format!("sink.mysql.columns.{col}: `{tdb}`.`{ttable}` has no column `{col}`"),
+                format!(
+                    "add it (ALTER TABLE `{tdb}`.`{ttable}` ADD COLUMN `{col}` …) or use one of: {}",
+                    have.join(", ")
+                ),
+            );
+            continue;
+        };
+        let kind = kind_at(e, ptr);
+        if let Err(ty) = holds(c, kind) {
+            f.fail(
+                format!(
+                    "sink.mysql.columns.{col}: `{tdb}`.`{ttable}`.`{col}` is {ty}, which cannot hold {} at {ptr}",
+                    kind.describe()
+                ),
+                format!("make `{col}` {}", kind.fix()),
+            );
+            continue;
+        }
+        outputs.push(Output {
+            column: col.clone(),
+            pointer: ptr.clone(),
+            max_chars: max_chars(c),
+        });
+    }
+    outputs
+}
+
+/// The input columns that compare exactly, for the stale-write guard (the others are left
+/// out, with a warning).
+fn guard(p: &PipelineConfig, e: &EnrichmentConfig, source: &TableSchema) -> Vec<(String, Bind)> {
+    let mut guard = Vec::new();
+    let mut unguarded = Vec::new();
+    for (_, c) in e.input_columns() {
+        match source.column(&c) {
+            Some(sc) if guardable(sc) => guard.push((c.clone(), bind_for(Some(sc)))),
+            _ => unguarded.push(c),
+        }
+    }
+    if !unguarded.is_empty() {
+        tracing::warn!(pipeline = %p.name, columns = ?unguarded,
+            "these input columns do not compare exactly (floating point, JSON, temporal, spatial) and are left out of the stale-write guard");
+    }
+    guard
+}
+
+/// An upsert's side table: one key column per source key column, DELETE granted (side rows
+/// follow their source), and a PRIMARY or UNIQUE key on the side key.
+async fn upsert_checks(
+    conn: &mut mysql_async::Conn,
+    t: &TableSchema,
+    target: &Target,
+    side_key: &[String],
+    key_names: &[String],
+    writer: &str,
+    f: &mut Findings,
+) {
+    let (tdb, ttable) = (&target.db, &target.table);
+    if side_key.len() != key_names.len() {
+        f.fail(
+            format!(
+                "sink.mysql.key names {} columns, the source key ({}) {}",
+                side_key.len(),
+                key_names.join(", "),
+                key_names.len()
+            ),
+            "name one side-table column per source key column, in the same order".into(),
+        );
+    }
+    for k in side_key {
+        if t.column(k).is_none() {
+            f.fail(
+                format!("sink.mysql.key: `{tdb}`.`{ttable}` has no column `{k}`"),
+                format!(
+                    "add it, or set sink.mysql.key to the side table's columns holding {}",
+                    key_names.join(", ")
+                ),
+            );
+        }
+    }
+    let probe = format!("DELETE FROM {} WHERE FALSE", qualified(&target.name));
+    if let Err(err) = conn.query_drop(probe).await {
+        f.fail(
+            format!("sink.mysql: {writer} cannot DELETE from `{tdb}`.`{ttable}` ({err}); side rows follow their source row"),
+            format!("GRANT DELETE ON `{tdb}`.`{ttable}` TO {writer};"),
+        );
+    }
+    let uniques: Vec<(String, String)> = conn
+        .exec(
+            "SELECT INDEX_NAME, GROUP_CONCAT(COLUMN_NAME ORDER BY COLUMN_NAME SEPARATOR ',') \
+             FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
+             GROUP BY INDEX_NAME",
+            (tdb.as_str(), ttable.as_str()),
+        )
+        .await
+        .unwrap_or_default();
+    let mut want = side_key.to_vec();
+    want.sort();
+    let want = want.join(",");
+    if !uniques.iter().any(|(_, cols)| *cols == want) {
+        f.fail(
+            format!(
+                "sink.mysql: `{tdb}`.`{ttable}` has no PRIMARY or UNIQUE key on ({}), so an upsert would insert duplicates",
+                side_key.join(", ")
+            ),
+            format!(
+                "ALTER TABLE `{tdb}`.`{ttable}` ADD UNIQUE KEY ({});",
+                side_key.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
 }

@@ -398,7 +398,60 @@ impl Coordinator {
         let Some(p) = self.pipeline(job.pipeline) else {
             return Ok(());
         };
-        let p = &p;
+        let serr = |source| SnapshotError::Signal {
+            table: self.cfg.signal_table.clone(),
+            source,
+        };
+        let mut conn = Conn::new(crate::source::mysql::stream::opts(&self.source))
+            .await
+            .map_err(serr)?;
+        // TIMESTAMP values in UTC, as the binlog carries them.
+        conn.query_drop("SET time_zone = '+00:00'")
+            .await
+            .map_err(serr)?;
+        let paging = self.paging(&mut conn, &p, job).await?;
+        let pm = self.metrics.pipelines.get(job.pipeline);
+        if let Some(pm) = pm {
+            pm.snapshot_estimate
+                .store(paging.estimate.unwrap_or(0), Ordering::Relaxed);
+            pm.snapshot_running.store(1, Ordering::Relaxed);
+        }
+        self.save_progress(&mut conn, &p, job, false)
+            .await
+            .map_err(serr)?;
+        tracing::info!(pipeline = %p.name, table = %format!("{}.{}", paging.plan.db, paging.plan.table),
+            estimate = ?paging.estimate, resume_after = ?job.after, "backfill starts");
+        let progress = Progress::new(job.rows_done);
+        loop {
+            let n = self.chunk(&mut conn, &p, &paging, job).await?;
+            job.rows_done += n as u64;
+            let finished = n < self.cfg.chunk_size;
+            self.save_progress(&mut conn, &p, job, finished)
+                .await
+                .map_err(serr)?;
+            if let Some(pm) = pm {
+                pm.snapshot_rows.fetch_add(n as u64, Ordering::Relaxed);
+                if finished {
+                    pm.snapshot_running.store(0, Ordering::Relaxed);
+                }
+            }
+            if finished {
+                tracing::info!(pipeline = %p.name, rows = job.rows_done,
+                    seconds = progress.started.elapsed().as_secs_f64(), "backfill done");
+                let _ = conn.disconnect().await;
+                return Ok(());
+            }
+            progress.log(&p.name, job.rows_done, paging.estimate);
+        }
+    }
+
+    /// The table's layout, key, filter and paging statements for a job.
+    async fn paging(
+        &self,
+        conn: &mut Conn,
+        p: &PipelineConfig,
+        job: &Job,
+    ) -> Result<Paging, SnapshotError> {
         let perr = |message: String| SnapshotError::Pipeline {
             pipeline: p.name.clone(),
             message,
@@ -408,17 +461,10 @@ impl Coordinator {
             source,
         };
         let (db, table) = p.db_table();
-        let mut conn = Conn::new(crate::source::mysql::stream::opts(&self.source))
+        let mut schemas = schema::load(conn, &[(db.clone(), table.clone())])
             .await
             .map_err(serr)?;
-        // TIMESTAMP values in UTC, as the binlog carries them.
-        conn.query_drop("SET time_zone = '+00:00'")
-            .await
-            .map_err(serr)?;
-        let schemas = schema::load(&mut conn, &[(db.clone(), table.clone())])
-            .await
-            .map_err(serr)?;
-        let Some(s) = schemas.get(&(db.clone(), table.clone())) else {
+        let Some(s) = schemas.remove(&(db.clone(), table.clone())) else {
             return Err(perr(format!("table `{db}`.`{table}` does not exist")));
         };
         let key: Vec<String> = p.key.clone().unwrap_or_else(|| s.primary_key.clone());
@@ -465,130 +511,159 @@ impl Coordinator {
             )
             .await
             .map_err(serr)?;
-        let pm = self.metrics.pipelines.get(job.pipeline);
-        if let Some(pm) = pm {
-            pm.snapshot_estimate
-                .store(estimate.unwrap_or(0), Ordering::Relaxed);
-            pm.snapshot_running.store(1, Ordering::Relaxed);
-        }
         let cols: Vec<String> = s.columns.iter().map(|c| q(&c.name)).collect();
         let klist = key.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
         let marks = vec!["?"; key.len()].join(", ");
         let base = format!("SELECT {} FROM {}.{}", cols.join(", "), q(&db), q(&table));
-        let first = format!("{base} ORDER BY {klist} LIMIT {}", self.cfg.chunk_size);
-        let next = format!(
-            "{base} WHERE ({klist}) > ({marks}) ORDER BY {klist} LIMIT {}",
-            self.cfg.chunk_size
-        );
-        self.save_progress(&mut conn, p, job, false)
+        Ok(Paging {
+            first: format!("{base} ORDER BY {klist} LIMIT {}", self.cfg.chunk_size),
+            next: format!(
+                "{base} WHERE ({klist}) > ({marks}) ORDER BY {klist} LIMIT {}",
+                self.cfg.chunk_size
+            ),
+            schema: s,
+            key_cols,
+            key_idx,
+            plan,
+            filter,
+            estimate,
+        })
+    }
+
+    /// One chunk: a low watermark, the next rows in key order, the chunk handed to the
+    /// pipeline stage, a high watermark; returns once the chunk's records are acknowledged
+    /// (and `job.after` is the chunk's last key), with the number of rows read.
+    async fn chunk(
+        &self,
+        conn: &mut Conn,
+        p: &PipelineConfig,
+        paging: &Paging,
+        job: &mut Job,
+    ) -> Result<usize, SnapshotError> {
+        let perr = |message: String| SnapshotError::Pipeline {
+            pipeline: p.name.clone(),
+            message,
+        };
+        let serr = |source| SnapshotError::Signal {
+            table: self.cfg.signal_table.clone(),
+            source,
+        };
+        let nonce = rand::random::<u64>();
+        self.watermark(conn, "low", &p.name, nonce)
             .await
             .map_err(serr)?;
-        tracing::info!(pipeline = %p.name, table = %format!("{db}.{table}"), estimate = ?estimate,
-            resume_after = ?job.after, "backfill starts");
-        let started = Instant::now();
-        let start_rows = job.rows_done;
-        let mut last_log = Instant::now();
-        loop {
-            let nonce = rand::random::<u64>();
-            self.watermark(&mut conn, "low", &p.name, nonce)
-                .await
-                .map_err(serr)?;
-            let rows: Vec<mysql_async::Row> = match &job.after {
-                None => conn.exec(first.as_str(), ()).await,
-                Some(after) => {
-                    let params: Vec<SqlValue> = after
-                        .iter()
-                        .zip(&key_cols)
-                        .map(|(v, c)| {
-                            column_sql_value(
-                                v,
-                                if c.is_binary() {
-                                    Bind::Base64
-                                } else {
-                                    Bind::Plain
-                                },
-                            )
-                        })
-                        .collect();
-                    conn.exec(next.as_str(), params).await
-                }
-            }
-            .map_err(serr)?;
-            let n = rows.len();
-            let decoded: Vec<Vec<ColumnValue>> = rows
-                .into_iter()
-                .map(|r| {
-                    r.unwrap_raw()
-                        .into_iter()
-                        .zip(&s.columns)
-                        .map(|(v, c)| {
-                            column_value(c, v.unwrap_or(SqlValue::NULL))
-                                .map_err(|e| perr(format!("column `{}`: {e}", c.name)))
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .collect::<Result<_, _>>()?;
-            let last_key: Option<Vec<ColumnValue>> = decoded
-                .last()
-                .map(|r| key_idx.iter().map(|i| r[*i].clone()).collect());
-            let emitted: Vec<Vec<ColumnValue>> = match &filter {
-                Some(f) => decoded.into_iter().filter(|r| f.eval(r)).collect(),
-                None => decoded,
-            };
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            self.chunks
-                .send(Chunk {
-                    nonce,
-                    pipeline: job.pipeline,
-                    plan: plan.clone(),
-                    rows: emitted,
-                    done: done_tx,
-                })
-                .map_err(|_| perr("the pipeline stage ended".into()))?;
-            self.watermark(&mut conn, "high", &p.name, nonce)
-                .await
-                .map_err(serr)?;
-            let at = done_rx
-                .await
-                .map_err(|_| perr("the pipeline stage ended before the high watermark".into()))?;
-            // The chunk counts as done once its records (and all before them) are acknowledged.
-            while !self
-                .tracker
-                .committed()
-                .is_some_and(|c| at_or_after(&c, &at))
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            job.rows_done += n as u64;
-            if let Some(k) = last_key {
-                job.after = Some(k);
-            }
-            let finished = n < self.cfg.chunk_size;
-            self.save_progress(&mut conn, p, job, finished)
-                .await
-                .map_err(serr)?;
-            if let Some(pm) = pm {
-                pm.snapshot_rows.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            if finished {
-                if let Some(pm) = pm {
-                    pm.snapshot_running.store(0, Ordering::Relaxed);
-                }
-                tracing::info!(pipeline = %p.name, rows = job.rows_done,
-                    seconds = started.elapsed().as_secs_f64(), "backfill done");
-                let _ = conn.disconnect().await;
-                return Ok(());
-            }
-            if last_log.elapsed() >= Duration::from_secs(5) {
-                last_log = Instant::now();
-                let rate = (job.rows_done - start_rows) as f64
-                    / started.elapsed().as_secs_f64().max(0.001);
-                let eta = estimate
-                    .map(|e| e.saturating_sub(job.rows_done) as f64 / rate.max(0.001))
-                    .map(|s| s.round() as u64);
-                tracing::info!(pipeline = %p.name, rows = job.rows_done, estimate = ?estimate,
-                    rows_per_s = rate.round() as u64, eta_s = ?eta, "backfill progress");
+        let rows: Vec<mysql_async::Row> = match &job.after {
+            None => conn.exec(paging.first.as_str(), ()).await,
+            Some(after) => {
+                let params: Vec<SqlValue> = after
+                    .iter()
+                    .zip(&paging.key_cols)
+                    .map(|(v, c)| {
+                        let bind = if c.is_binary() {
+                            Bind::Base64
+                        } else {
+                            Bind::Plain
+                        };
+                        column_sql_value(v, bind)
+                    })
+                    .collect();
+                conn.exec(paging.next.as_str(), params).await
             }
         }
+        .map_err(serr)?;
+        let n = rows.len();
+        let decoded: Vec<Vec<ColumnValue>> = rows
+            .into_iter()
+            .map(|r| {
+                r.unwrap_raw()
+                    .into_iter()
+                    .zip(&paging.schema.columns)
+                    .map(|(v, c)| {
+                        column_value(c, v.unwrap_or(SqlValue::NULL))
+                            .map_err(|e| perr(format!("column `{}`: {e}", c.name)))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<_, _>>()?;
+        let last_key: Option<Vec<ColumnValue>> = decoded
+            .last()
+            .map(|r| paging.key_idx.iter().map(|i| r[*i].clone()).collect());
+        let emitted: Vec<Vec<ColumnValue>> = match &paging.filter {
+            Some(f) => decoded.into_iter().filter(|r| f.eval(r)).collect(),
+            None => decoded,
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        self.chunks
+            .send(Chunk {
+                nonce,
+                pipeline: job.pipeline,
+                plan: paging.plan.clone(),
+                rows: emitted,
+                done: done_tx,
+            })
+            .map_err(|_| perr("the pipeline stage ended".into()))?;
+        self.watermark(conn, "high", &p.name, nonce)
+            .await
+            .map_err(serr)?;
+        let at = done_rx
+            .await
+            .map_err(|_| perr("the pipeline stage ended before the high watermark".into()))?;
+        // The chunk counts as done once its records (and all before them) are acknowledged.
+        while !self
+            .tracker
+            .committed()
+            .is_some_and(|c| at_or_after(&c, &at))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(k) = last_key {
+            job.after = Some(k);
+        }
+        Ok(n)
+    }
+}
+
+/// What a backfill pages with: the table, its key (columns and their places in a row), the
+/// decode plan, the `--where` filter and the two SELECTs (the first chunk, and the chunk after
+/// a key).
+struct Paging {
+    schema: TableSchema,
+    key_cols: Vec<SchemaColumn>,
+    key_idx: Vec<usize>,
+    plan: Arc<TablePlan>,
+    filter: Option<Expr>,
+    first: String,
+    next: String,
+    estimate: Option<u64>,
+}
+
+/// A backfill's progress log (every 5 s: rows, rate, time left).
+struct Progress {
+    started: Instant,
+    start_rows: u64,
+    last_log: std::cell::Cell<Instant>,
+}
+
+impl Progress {
+    fn new(rows_done: u64) -> Progress {
+        Progress {
+            started: Instant::now(),
+            start_rows: rows_done,
+            last_log: std::cell::Cell::new(Instant::now()),
+        }
+    }
+
+    fn log(&self, pipeline: &str, rows_done: u64, estimate: Option<u64>) {
+        if self.last_log.get().elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        self.last_log.set(Instant::now());
+        let rate =
+            (rows_done - self.start_rows) as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        let eta = estimate
+            .map(|e| e.saturating_sub(rows_done) as f64 / rate.max(0.001))
+            .map(|s| s.round() as u64);
+        tracing::info!(pipeline = %pipeline, rows = rows_done, estimate = ?estimate,
+            rows_per_s = rate.round() as u64, eta_s = ?eta, "backfill progress");
     }
 }

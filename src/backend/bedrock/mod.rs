@@ -64,6 +64,33 @@ impl Family {
     }
 }
 
+/// What can be checked of `enrichment.bedrock` without calling the model.
+pub fn validate(b: &BedrockConfig) -> Result<(), String> {
+    if b.model.trim().is_empty() {
+        return Err("enrichment.bedrock.model is empty".into());
+    }
+    super::template::Template::parse(&b.prompt)
+        .map_err(|m| format!("enrichment.bedrock.prompt: {m}"))?;
+    if b.max_tokens == 0 {
+        return Err("enrichment.bedrock.max_tokens must be above 0".into());
+    }
+    if let Some(t) = b.temperature {
+        if !(0.0..=1.0).contains(&t) {
+            return Err(format!(
+                "enrichment.bedrock.temperature {t} must be between 0 and 1"
+            ));
+        }
+    }
+    if b.fields.is_some() && b.output != BedrockOutput::Json {
+        return Err("enrichment.bedrock.fields needs `output: json`".into());
+    }
+    if let Some(ptr) = &b.result_pointer {
+        super::check_pointer("enrichment.bedrock.result_pointer", ptr)?;
+    }
+    Family::resolve(b)?;
+    Ok(())
+}
+
 pub struct Bedrock {
     client: aws_sdk_bedrockruntime::Client,
     cfg: BedrockConfig,

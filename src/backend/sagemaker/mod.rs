@@ -152,6 +152,24 @@ pub fn csv_records(body: &str) -> Result<Vec<Vec<String>>, String> {
         .collect()
 }
 
+/// What can be checked of `enrichment.sagemaker` without calling the endpoint.
+pub fn validate(s: &SageMakerConfig) -> Result<(), String> {
+    if s.endpoint.trim().is_empty() {
+        return Err("enrichment.sagemaker.endpoint is empty".into());
+    }
+    if s.input.is_empty() {
+        return Err("enrichment.sagemaker.input names no column".into());
+    }
+    Returns::parse(&s.returns).map_err(|m| format!("enrichment.sagemaker.returns: {m}"))?;
+    if let Some(ptr) = &s.result_pointer {
+        if s.accept != SageMakerAccept::Jsonlines {
+            return Err("enrichment.sagemaker.result_pointer needs `accept: jsonlines`".into());
+        }
+        super::check_pointer("enrichment.sagemaker.result_pointer", ptr)?;
+    }
+    Ok(())
+}
+
 pub struct SageMaker {
     client: aws_sdk_sagemakerruntime::Client,
     cfg: SageMakerConfig,

@@ -638,79 +638,23 @@ impl Writer {
             }
             return Ok(());
         }
-        if self.conn.is_none() {
-            self.conn = Some(Conn::new(self.opts.clone()).await?);
-        }
-        let Some(conn) = self.conn.as_mut() else {
-            return Ok(());
+        // Taken for the transaction; put back only once it committed (a failed one reconnects).
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => Conn::new(self.opts.clone()).await?,
         };
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
-        let (mut written, mut stale, mut dead, mut replayed) = (0u64, 0u64, 0u64, 0u64);
-        let mut removed = 0u64;
+        let mut tally = Tally::default();
         let mut last: Option<Pos> = None;
         for (it, action) in batch.iter().zip(actions) {
             let pos = pos_of(&it.rec);
             if self.applied.as_ref().is_some_and(|a| &pos <= a) {
-                replayed += 1;
+                tally.replayed += 1;
                 continue;
             }
-            let reason = match action {
-                Action::Nothing => None,
-                Action::Dead(why) => Some(why),
-                Action::Remove(kind, params) => {
-                    let sql = match kind {
-                        Removal::Deleted => &self.plan.removals.deleted,
-                        Removal::InputGone => &self.plan.removals.input_gone,
-                        Removal::Truncated => &self.plan.removals.truncated,
-                    };
-                    if let Some(sql) = sql {
-                        let r = tx.exec_iter(sql.as_str(), params).await?;
-                        removed += r.affected_rows();
-                        r.drop_result().await?;
-                    }
-                    None
-                }
-                Action::Write(params) => {
-                    match tx.exec_iter(self.plan.statement.as_str(), params).await {
-                        Ok(r) => {
-                            let n = r.affected_rows();
-                            r.drop_result().await?;
-                            if n == 0 {
-                                stale += 1;
-                                tracing::debug!(pipeline = %self.plan.pipeline,
-                                    key = %serde_json::to_string(&it.rec.key).unwrap_or_default(),
-                                    "stale result: the row's input changed since; not written");
-                            } else {
-                                written += 1;
-                            }
-                            None
-                        }
-                        Err(e) if value_refused(&e) => {
-                            Some(format!("the database refused the value: {e}"))
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            };
-            if let Some(why) = reason {
-                dead += 1;
-                tracing::warn!(pipeline = %self.plan.pipeline, error = %why,
-                    key = %serde_json::to_string(&it.rec.key).unwrap_or_default(),
-                    "write-back dead letter");
-                tx.exec_drop(
-                    format!(
-                        "INSERT INTO {} (pipeline, record_key, position, error, record) VALUES (?, ?, ?, ?, ?)",
-                        qualified(&self.plan.dead_letter_table)
-                    ),
-                    (
-                        self.plan.pipeline.as_str(),
-                        serde_json::to_string(&it.rec.key).unwrap_or_default(),
-                        pos.to_string(),
-                        why,
-                        serde_json::to_string(&it.rec).unwrap_or_default(),
-                    ),
-                )
-                .await?;
+            if let Some(why) = self.apply(&mut tx, it, action, &mut tally).await? {
+                tally.dead += 1;
+                self.dead_letter(&mut tx, it, &pos, why).await?;
             }
             last = Some(pos);
         }
@@ -727,18 +671,105 @@ impl Writer {
             .await?;
         }
         tx.commit().await?;
+        self.conn = Some(conn);
         if last.is_some() {
             self.applied = last;
         }
         if let Some(pm) = self.index.and_then(|i| self.metrics.pipelines.get(i)) {
-            pm.writeback_written.fetch_add(written, Ordering::Relaxed);
-            pm.writeback_stale.fetch_add(stale, Ordering::Relaxed);
-            pm.writeback_dead_letters.fetch_add(dead, Ordering::Relaxed);
-            pm.writeback_replayed.fetch_add(replayed, Ordering::Relaxed);
-            pm.writeback_removed.fetch_add(removed, Ordering::Relaxed);
+            pm.writeback_written
+                .fetch_add(tally.written, Ordering::Relaxed);
+            pm.writeback_stale.fetch_add(tally.stale, Ordering::Relaxed);
+            pm.writeback_dead_letters
+                .fetch_add(tally.dead, Ordering::Relaxed);
+            pm.writeback_replayed
+                .fetch_add(tally.replayed, Ordering::Relaxed);
+            pm.writeback_removed
+                .fetch_add(tally.removed, Ordering::Relaxed);
         }
         Ok(())
     }
+
+    /// Runs one record's action in `tx`; `Some(why)`: it is a dead letter.
+    async fn apply(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        it: &Item,
+        action: Action,
+        tally: &mut Tally,
+    ) -> Result<Option<String>, mysql_async::Error> {
+        Ok(match action {
+            Action::Nothing => None,
+            Action::Dead(why) => Some(why),
+            Action::Remove(kind, params) => {
+                let sql = match kind {
+                    Removal::Deleted => &self.plan.removals.deleted,
+                    Removal::InputGone => &self.plan.removals.input_gone,
+                    Removal::Truncated => &self.plan.removals.truncated,
+                };
+                if let Some(sql) = sql {
+                    let r = tx.exec_iter(sql.as_str(), params).await?;
+                    tally.removed += r.affected_rows();
+                    r.drop_result().await?;
+                }
+                None
+            }
+            Action::Write(params) => match tx.exec_iter(self.plan.statement.as_str(), params).await
+            {
+                Ok(r) => {
+                    let n = r.affected_rows();
+                    r.drop_result().await?;
+                    if n == 0 {
+                        tally.stale += 1;
+                        tracing::debug!(pipeline = %self.plan.pipeline,
+                            key = %serde_json::to_string(&it.rec.key).unwrap_or_default(),
+                            "stale result: the row's input changed since; not written");
+                    } else {
+                        tally.written += 1;
+                    }
+                    None
+                }
+                Err(e) if value_refused(&e) => Some(format!("the database refused the value: {e}")),
+                Err(e) => return Err(e),
+            },
+        })
+    }
+
+    /// A row of the dead-letter table, in the same transaction.
+    async fn dead_letter(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        it: &Item,
+        pos: &Pos,
+        why: String,
+    ) -> Result<(), mysql_async::Error> {
+        tracing::warn!(pipeline = %self.plan.pipeline, error = %why,
+            key = %serde_json::to_string(&it.rec.key).unwrap_or_default(),
+            "write-back dead letter");
+        tx.exec_drop(
+            format!(
+                "INSERT INTO {} (pipeline, record_key, position, error, record) VALUES (?, ?, ?, ?, ?)",
+                qualified(&self.plan.dead_letter_table)
+            ),
+            (
+                self.plan.pipeline.as_str(),
+                serde_json::to_string(&it.rec.key).unwrap_or_default(),
+                pos.to_string(),
+                why,
+                serde_json::to_string(&it.rec).unwrap_or_default(),
+            ),
+        )
+        .await
+    }
+}
+
+/// What one write-back transaction did, for the metrics.
+#[derive(Default)]
+struct Tally {
+    written: u64,
+    stale: u64,
+    dead: u64,
+    replayed: u64,
+    removed: u64,
 }
 
 /// The statement for a plan: parameters are outputs, key, guard (update) or key, outputs,

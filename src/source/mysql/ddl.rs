@@ -345,7 +345,7 @@ impl Scan {
         use mysql_common::binlog::events::{QueryEvent, RotateEvent};
         let h = ev.header();
         let code = h.event_type_raw();
-        if code == 4 {
+        if super::event_type::EventType::from_code(code) == super::event_type::EventType::Rotate {
             if let Ok(r) = ev.read_event::<RotateEvent<'_>>() {
                 let name = String::from_utf8_lossy(r.name_raw()).into_owned();
                 // A fake rotate may carry the checksum in its name: only a real one moves on.

@@ -3,6 +3,7 @@
 //! Events are framed here, with every length checked against the bytes that remain, before
 //! `mysql_common` sees them: a truncated or corrupt file gives an error naming the offset.
 
+use super::event_type::EventType;
 use mysql_common::binlog::consts::BinlogVersion;
 use mysql_common::binlog::events::TransactionPayloadEvent;
 use mysql_common::binlog::EventStreamReader;
@@ -102,7 +103,9 @@ pub fn decode_bytes(
             .read(&buf[off..off + size])
             .map_err(|e| corrupt(e.to_string()))?
             .ok_or_else(|| corrupt("empty event".into()))?;
-        let inner = if ev.header().event_type_raw() == 40 {
+        let inner = if EventType::from_code(ev.header().event_type_raw())
+            == EventType::TransactionPayload
+        {
             // TRANSACTION_PAYLOAD: decompress fully, then frame the inner events the same way.
             let tpe: TransactionPayloadEvent<'_> = ev
                 .read_event()

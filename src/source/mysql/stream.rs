@@ -1,6 +1,7 @@
 //! The live replication stream: `mysql_async`'s binlog stream with reconnects, heartbeats
 //! and read timeouts, feeding the shared [`Decoder`].
 
+use super::event_type::EventType;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,31 @@ pub enum SourceError {
         position: BinlogPosition,
         reason: String,
     },
+    /// The server writes no binlog: nothing can be streamed (this is not a purge: no
+    /// re-snapshot helps).
+    #[error(
+        "the server at {addr} has binary logging off; start it with log_bin (and binlog_format = ROW, \
+         binlog_row_image = FULL), then restart cdc-enricher"
+    )]
+    BinlogOff { addr: String },
+}
+
+/// ER_NO_BINARY_LOGGING (<https://mariadb.com/kb/en/mariadb-error-code-reference/>).
+const ER_NO_BINARY_LOGGING: u16 = 1381;
+
+/// Whether the server writes a binlog (`@@GLOBAL.log_bin`).
+pub async fn binlog_on(conn: &mut Conn) -> Result<bool, SourceError> {
+    let v: Option<String> = conn
+        .query_first("SELECT CAST(@@GLOBAL.log_bin AS CHAR)")
+        .await
+        .map_err(|source| SourceError::Query {
+            what: "@@GLOBAL.log_bin",
+            source,
+        })?;
+    Ok(matches!(
+        v.as_deref().map(str::to_ascii_uppercase).as_deref(),
+        Some("ON" | "1")
+    ))
 }
 
 impl From<crate::source::DecodeError> for SourceError {
@@ -102,10 +128,15 @@ pub async fn current_position(conn: &mut Conn) -> Result<BinlogPosition, SourceE
                 source,
             })?,
     };
-    let row = row.ok_or_else(|| SourceError::Purged {
-        position: BinlogPosition::new("", 0),
-        reason: "the server has binary logging off (SHOW MASTER STATUS is empty)".into(),
-    })?;
+    let Some(row) = row else {
+        return Err(SourceError::BinlogOff {
+            addr: format!(
+                "{}:{}",
+                conn.opts().ip_or_hostname(),
+                conn.opts().tcp_port()
+            ),
+        });
+    };
     let file: String = row.get(0).unwrap_or_default();
     let pos: u64 = row.get(1).unwrap_or(4);
     Ok(BinlogPosition::new(file, pos))
@@ -113,13 +144,24 @@ pub async fn current_position(conn: &mut Conn) -> Result<BinlogPosition, SourceE
 
 /// The oldest binlog the server still has.
 pub async fn binary_logs(conn: &mut Conn) -> Result<Vec<(String, u64)>, SourceError> {
-    let rows: Vec<mysql_async::Row> =
-        conn.query("SHOW BINARY LOGS")
-            .await
-            .map_err(|source| SourceError::Query {
+    let rows: Vec<mysql_async::Row> = match conn.query("SHOW BINARY LOGS").await {
+        Ok(rows) => rows,
+        Err(mysql_async::Error::Server(se)) if se.code == ER_NO_BINARY_LOGGING => {
+            return Err(SourceError::BinlogOff {
+                addr: format!(
+                    "{}:{}",
+                    conn.opts().ip_or_hostname(),
+                    conn.opts().tcp_port()
+                ),
+            })
+        }
+        Err(source) => {
+            return Err(SourceError::Query {
                 what: "SHOW BINARY LOGS",
                 source,
-            })?;
+            })
+        }
+    };
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -238,6 +280,43 @@ impl MysqlSource {
         shutdown: &mut watch::Receiver<bool>,
         first: bool,
     ) -> Result<StreamEnd, SourceError> {
+        let (mut stream, live_from) = self.open(decoder, resume, heartbeat, first).await?;
+        let mut out: Vec<SourceEvent> = Vec::with_capacity(512);
+        let read_timeout = heartbeat * 2;
+        let _connected = Connected::new(self.metrics.clone());
+        loop {
+            let next = tokio::select! {
+                r = tokio::time::timeout(read_timeout, stream.next()) => r,
+                _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
+            };
+            let reason = match next {
+                Ok(Some(Ok(ev))) => {
+                    if !self.decode(ev, decoder, &live_from, &mut out, tx).await? {
+                        return Ok(StreamEnd::Shutdown);
+                    }
+                    continue;
+                }
+                Err(_) => format!("no event nor heartbeat for {} ms", read_timeout.as_millis()),
+                Ok(None) => "the server closed the stream".to_string(),
+                Ok(Some(Err(e))) => self.read_error(e, decoder.resume_position()).await?,
+            };
+            // What was decoded is sent before reconnecting: the decoder resumes after it.
+            if !out.is_empty() && tx.send(out).await.is_err() {
+                return Ok(StreamEnd::Shutdown);
+            }
+            return Ok(StreamEnd::Disconnected(reason));
+        }
+    }
+
+    /// Connects, checks that `resume` is still on the server, loads the schema history and
+    /// asks for the binlog from `resume` (with heartbeats, and MariaDB's GTID events).
+    async fn open(
+        &self,
+        decoder: &mut Decoder,
+        resume: &BinlogPosition,
+        heartbeat: Duration,
+        first: bool,
+    ) -> Result<(mysql_async::BinlogStream, BinlogPosition), SourceError> {
         let mut conn = connect(&self.cfg).await?;
         if !first {
             tracing::info!(position = %resume, "reconnected to MySQL");
@@ -261,95 +340,97 @@ impl MysqlSource {
         let req = BinlogStreamRequest::new(self.cfg.server_id)
             .with_filename(resume.file.as_bytes())
             .with_pos(resume.pos);
-        let mut stream = conn
+        let stream = conn
             .get_binlog_stream(req)
             .await
             .map_err(q("COM_BINLOG_DUMP"))?;
-        let mut out: Vec<SourceEvent> = Vec::with_capacity(512);
-        let read_timeout = heartbeat * 2;
-        let _connected = Connected::new(self.metrics.clone());
-        loop {
-            let next = tokio::select! {
-                r = tokio::time::timeout(read_timeout, stream.next()) => r,
-                _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
-            };
-            let ev: Result<mysql_common::binlog::events::Event, String> = match next {
-                Ok(Some(Ok(ev))) => Ok(ev),
-                Err(_) => Err(format!(
-                    "no event nor heartbeat for {} ms",
-                    read_timeout.as_millis()
-                )),
-                Ok(None) => Err("the server closed the stream".to_string()),
-                Ok(Some(Err(e))) => {
-                    if let mysql_async::Error::Server(se) = &e {
-                        // 1236: ER_MASTER_FATAL_ERROR_READING_BINLOG (purged or unknown position)
-                        if se.code == 1236 {
-                            return Err(SourceError::Purged {
-                                position: decoder.resume_position(),
-                                reason: se.message.clone(),
-                            });
-                        }
-                    }
-                    Err(e.to_string())
+        Ok((stream, live_from))
+    }
+
+    /// An error reading the stream: the reason to reconnect, or an error no reconnect cures
+    /// (1236, ER_MASTER_FATAL_ERROR_READING_BINLOG: the position is purged or unknown — or the
+    /// server has binary logging off, asked on a connection of its own).
+    async fn read_error(
+        &self,
+        e: mysql_async::Error,
+        position: BinlogPosition,
+    ) -> Result<String, SourceError> {
+        let mysql_async::Error::Server(se) = &e else {
+            return Ok(e.to_string());
+        };
+        if se.code != 1236 {
+            return Ok(e.to_string());
+        }
+        if let Ok(mut c) = connect(&self.cfg).await {
+            let on = binlog_on(&mut c).await;
+            let _ = c.disconnect().await;
+            if let Ok(false) = on {
+                return Err(SourceError::BinlogOff {
+                    addr: addr(&self.cfg),
+                });
+            }
+        }
+        Err(SourceError::Purged {
+            position,
+            reason: se.message.clone(),
+        })
+    }
+
+    /// Decodes one event (and the slices of a committed group it releases), counts it, and
+    /// sends full batches and every transaction's end. `false`: the pipeline stage is gone.
+    async fn decode(
+        &self,
+        ev: mysql_common::binlog::events::Event,
+        decoder: &mut Decoder,
+        live_from: &BinlogPosition,
+        out: &mut Vec<SourceEvent>,
+        tx: &mpsc::Sender<Vec<SourceEvent>>,
+    ) -> Result<bool, SourceError> {
+        let timestamp = ev.header().timestamp();
+        let heartbeat = EventType::from_code(ev.header().event_type_raw()) == EventType::Heartbeat;
+        let mut next = Some(ev);
+        while next.is_some() || decoder.releasing() {
+            let before = out.len();
+            match next.take() {
+                Some(ev) => decoder.handle(ev, out)?,
+                None => decoder.release_more(out)?,
+            }
+            if let Some(m) = &self.metrics {
+                m.event_read(timestamp, heartbeat);
+                m.rolled_back_groups
+                    .store(decoder.stats.rolled_back, Ordering::Relaxed);
+                m.spilled_groups
+                    .store(decoder.stats.spilled, Ordering::Relaxed);
+                if !heartbeat {
+                    let ends = out[before..]
+                        .iter()
+                        .filter(|e| !matches!(e, SourceEvent::Row(_)))
+                        .count();
+                    m.transactions.fetch_add(ends as u64, Ordering::Relaxed);
                 }
-            };
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(reason) => {
-                    // What was decoded is sent before reconnecting: the decoder resumes after it.
-                    if !out.is_empty() && tx.send(out).await.is_err() {
-                        return Ok(StreamEnd::Shutdown);
-                    }
-                    return Ok(StreamEnd::Disconnected(reason));
-                }
-            };
-            let code = ev.header().event_type_raw();
-            let timestamp = ev.header().timestamp();
-            let mut next = Some(ev);
-            // One pass for the event, then one per slice of a committed group it released.
-            while next.is_some() || decoder.releasing() {
-                let before = out.len();
-                match next.take() {
-                    Some(ev) => decoder.handle(ev, &mut out)?,
-                    None => decoder.release_more(&mut out)?,
-                }
+            }
+            if matches!(out.last(), Some(SourceEvent::Ddl { .. })) {
+                self.record_ddl(decoder, live_from).await?;
+            }
+            // Send rows in batches, and at every transaction end so latency stays low.
+            if out.len() >= 256
+                || (!out.is_empty() && !matches!(out.last(), Some(SourceEvent::Row(_))))
+                || (heartbeat && !out.is_empty())
+            {
+                let batch = std::mem::replace(out, Vec::with_capacity(512));
                 if let Some(m) = &self.metrics {
-                    let heartbeat = code == 27 || code == 41;
-                    m.event_read(timestamp, heartbeat);
-                    m.rolled_back_groups
-                        .store(decoder.stats.rolled_back, Ordering::Relaxed);
-                    m.spilled_groups
-                        .store(decoder.stats.spilled, Ordering::Relaxed);
-                    if !heartbeat {
-                        let ends = out[before..]
-                            .iter()
-                            .filter(|e| !matches!(e, SourceEvent::Row(_)))
-                            .count();
-                        m.transactions.fetch_add(ends as u64, Ordering::Relaxed);
-                    }
+                    let rows = batch
+                        .iter()
+                        .filter(|e| matches!(e, SourceEvent::Row(_)))
+                        .count();
+                    m.rows.fetch_add(rows as u64, Ordering::Relaxed);
                 }
-                if matches!(out.last(), Some(SourceEvent::Ddl { .. })) {
-                    self.record_ddl(decoder, &live_from).await?;
-                }
-                // Send rows in batches, and at every transaction end so latency stays low.
-                if out.len() >= 256
-                    || (!out.is_empty() && !matches!(out.last(), Some(SourceEvent::Row(_))))
-                    || (code == 27 && !out.is_empty())
-                {
-                    let batch = std::mem::replace(&mut out, Vec::with_capacity(512));
-                    if let Some(m) = &self.metrics {
-                        let rows = batch
-                            .iter()
-                            .filter(|e| matches!(e, SourceEvent::Row(_)))
-                            .count();
-                        m.rows.fetch_add(rows as u64, Ordering::Relaxed);
-                    }
-                    if tx.send(batch).await.is_err() {
-                        return Ok(StreamEnd::Shutdown);
-                    }
+                if tx.send(batch).await.is_err() {
+                    return Ok(false);
                 }
             }
         }
+        Ok(true)
     }
 }
 
@@ -472,13 +553,13 @@ impl MysqlSource {
         while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(60), stream.next()).await
         {
             let ev = ev.map_err(q("reading a prepared XA transaction's group"))?;
-            let code = ev.header().event_type_raw();
+            let code = EventType::from_code(ev.header().event_type_raw());
             // The stream opens with a fake rotate and the format description.
-            if !started && matches!(code, 4 | 15) {
+            if !started && matches!(code, EventType::Rotate | EventType::FormatDescription) {
                 continue;
             }
             started = true;
-            if code == 38 {
+            if code == EventType::XaPrepare {
                 return Ok(events);
             }
             events.push(ev);

@@ -131,37 +131,67 @@ pub fn decode_value(
         Kind::Float => ColumnValue::float32(f32::from_bits(c.le(4)? as u32)),
         Kind::Double => ColumnValue::float(f64::from_bits(c.le(8)?)),
         Kind::Decimal { precision, scale } => decimal(c, *precision, *scale)?,
-        Kind::Year => {
-            let y = c.u8()?;
-            ColumnValue::Text(if y == 0 {
-                "0000".into()
-            } else {
-                format!("{}", 1900 + y as u32)
-            })
+        Kind::String { .. }
+        | Kind::Blob { .. }
+        | Kind::Compressed { .. }
+        | Kind::Json { .. }
+        | Kind::Geometry { .. }
+        | Kind::Vector { .. } => sized(kind, c, bad_text)?,
+        Kind::Enum { bytes, labels } => {
+            let idx = c.le(*bytes as usize)? as usize;
+            match idx {
+                // The invalid value a non-strict sql_mode stores: the empty string.
+                0 => ColumnValue::Text(String::new()),
+                i => labels
+                    .get(i - 1)
+                    .map(|l| ColumnValue::Text(l.clone()))
+                    .unwrap_or(ColumnValue::UInt(i as u64)),
+            }
         }
-        Kind::Date => ColumnValue::Text(temporal::date_from_packed(c.le(3)? as u32)),
+        Kind::Set { bytes, labels } => set(c.le(*bytes as usize)?, labels),
+        Kind::Bit { bytes } => ColumnValue::UInt(c.be(*bytes as usize)?),
+        Kind::Inet4 | Kind::Inet6 | Kind::Uuid => ColumnValue::Text(address(kind, c)?),
+        Kind::Null => ColumnValue::Null,
+        _ => ColumnValue::Text(temporal_text(kind, c)?),
+    })
+}
+
+/// A YEAR, DATE, TIME, DATETIME or TIMESTAMP value, as the server prints it.
+#[inline]
+fn temporal_text(kind: &Kind, c: &mut Cursor<'_>) -> Result<String, ValueError> {
+    Ok(match kind {
+        Kind::Year => match c.u8()? {
+            0 => "0000".into(),
+            y => format!("{}", 1900 + y as u32),
+        },
+        Kind::Date => temporal::date_from_packed(c.le(3)? as u32),
         Kind::TimeOld => {
             let raw = c.le(3)? as u32;
-            ColumnValue::Text(temporal::time_from_decimal(((raw << 8) as i32) >> 8))
+            temporal::time_from_decimal(((raw << 8) as i32) >> 8)
         }
-        Kind::Time2 { fsp } => ColumnValue::Text(temporal::time_from_packed(
-            temporal::time2_packed(c, *fsp)?,
-            *fsp,
-        )),
-        Kind::TimeHires { fsp } => ColumnValue::Text(temporal::time_hires(c, *fsp)?),
-        Kind::DateTimeOld => ColumnValue::Text(temporal::datetime_from_decimal(c.le(8)?)),
-        Kind::DateTime2 { fsp } => ColumnValue::Text(temporal::datetime_from_packed(
-            temporal::datetime2_packed(c, *fsp)?,
-            *fsp,
-        )),
-        Kind::DateTimeHires { fsp } => ColumnValue::Text(temporal::datetime_hires(c, *fsp)?),
-        Kind::TimestampOld => ColumnValue::Text(temporal::timestamp(c.le(4)? as i64, 0, 0)),
+        Kind::Time2 { fsp } => temporal::time_from_packed(temporal::time2_packed(c, *fsp)?, *fsp),
+        Kind::TimeHires { fsp } => temporal::time_hires(c, *fsp)?,
+        Kind::DateTimeOld => temporal::datetime_from_decimal(c.le(8)?),
+        Kind::DateTime2 { fsp } => {
+            temporal::datetime_from_packed(temporal::datetime2_packed(c, *fsp)?, *fsp)
+        }
+        Kind::DateTimeHires { fsp } => temporal::datetime_hires(c, *fsp)?,
+        Kind::TimestampOld => temporal::timestamp(c.le(4)? as i64, 0, 0),
         Kind::Timestamp2 { fsp } => {
             let secs = c.be(4)? as i64;
             let micros = temporal::fraction56(c, *fsp)?;
-            ColumnValue::Text(temporal::timestamp(secs, micros, *fsp))
+            temporal::timestamp(secs, micros, *fsp)
         }
-        Kind::TimestampHires { fsp } => ColumnValue::Text(temporal::timestamp_hires(c, *fsp)?),
+        Kind::TimestampHires { fsp } => temporal::timestamp_hires(c, *fsp)?,
+        other => return Err(format!("internal: {other:?} is not a temporal type")),
+    })
+}
+
+/// A length-prefixed value: a string, a blob (text or JSON), a compressed column, MySQL's
+/// binary JSON, a geometry (base64 WKB) or a vector.
+#[inline]
+fn sized(kind: &Kind, c: &mut Cursor<'_>, bad_text: &mut usize) -> Result<ColumnValue, ValueError> {
+    Ok(match kind {
         Kind::String {
             len_bytes,
             charset,
@@ -183,8 +213,7 @@ pub fn decode_value(
             json,
         } => {
             let len = c.le(*len_bytes as usize)? as usize;
-            let b = c.take(len)?;
-            text_or_json(*charset, *json, b, bad_text)?
+            text_or_json(*charset, *json, c.take(len)?, bad_text)?
         }
         Kind::Compressed {
             len_bytes,
@@ -200,20 +229,6 @@ pub fn decode_value(
             let node = super::mysql_json::binary_to_node(c.take(len)?)?;
             ColumnValue::Json(JsonText::from_node(&node)?)
         }
-        Kind::Enum { bytes, labels } => {
-            let idx = c.le(*bytes as usize)? as usize;
-            match idx {
-                // The invalid value a non-strict sql_mode stores: the empty string.
-                0 => ColumnValue::Text(String::new()),
-                i => labels
-                    .get(i - 1)
-                    .map(|l| ColumnValue::Text(l.clone()))
-                    .unwrap_or(ColumnValue::UInt(i as u64)),
-            }
-        }
-        Kind::Set { bytes, labels } => set(c.le(*bytes as usize)?, labels),
-        Kind::Bit { bytes } => ColumnValue::UInt(c.be(*bytes as usize)?),
-        Kind::Inet4 | Kind::Inet6 | Kind::Uuid => ColumnValue::Text(address(kind, c)?),
         Kind::Geometry { len_bytes } => {
             let len = c.le(*len_bytes as usize)? as usize;
             let b = c.take(len)?;
@@ -225,7 +240,7 @@ pub fn decode_value(
             let len = c.le(*len_bytes as usize)? as usize;
             vector(c.take(len)?)?
         }
-        Kind::Null => ColumnValue::Null,
+        other => return Err(format!("internal: {other:?} is not a length-prefixed type")),
     })
 }
 

@@ -4,6 +4,7 @@
 
 use mysql_common::binlog::events::{Event, QueryEvent};
 
+use super::super::event_type::EventType;
 use super::super::held::Held;
 use super::super::query::maria_compressed_query;
 use super::super::xa::{OpenXa, XaOutcome, Xid};
@@ -58,13 +59,17 @@ enum End {
     XaPrepare,
 }
 
+fn event_type(ev: &Event) -> EventType {
+    EventType::from_code(ev.header().event_type_raw())
+}
+
 fn query_text(ev: &Event) -> Option<String> {
-    match ev.header().event_type_raw() {
-        2 => ev
+    match event_type(ev) {
+        EventType::Query => ev
             .read_event::<QueryEvent<'_>>()
             .ok()
             .map(|q| q.query().into_owned()),
-        165 => maria_compressed_query(ev.data()).ok().map(|(_, q)| q),
+        EventType::QueryCompressed => maria_compressed_query(ev.data()).ok().map(|(_, q)| q),
         _ => None,
     }
 }
@@ -104,10 +109,10 @@ impl Decoder {
 
     /// A GTID event (MariaDB's unless FL_STANDALONE), or `BEGIN` on servers without GTIDs.
     fn starts_group(&self, ev: &Event) -> bool {
-        match ev.header().event_type_raw() {
-            33 | 34 | 42 => true,
-            162 => ev.data().get(12).is_some_and(|f| f & FL_STANDALONE == 0),
-            2 | 165 => {
+        match event_type(ev) {
+            EventType::MysqlGtid { .. } => true,
+            EventType::MariaGtid => ev.data().get(12).is_some_and(|f| f & FL_STANDALONE == 0),
+            EventType::Query | EventType::QueryCompressed => {
                 self.txn.is_none()
                     && query_text(ev).is_some_and(|q| q.trim().eq_ignore_ascii_case("BEGIN"))
             }
@@ -116,13 +121,12 @@ impl Decoder {
     }
 
     fn hold(&mut self, ev: Event, out: &mut Vec<SourceEvent>) -> Result<(), DecodeError> {
-        let code = ev.header().event_type_raw();
-        let end = match code {
-            16 => Some(End::Commit),
-            38 => Some(End::XaPrepare),
+        let end = match event_type(&ev) {
+            EventType::Xid => Some(End::Commit),
+            EventType::XaPrepare => Some(End::XaPrepare),
             // A heartbeat's position is the reader's, not the group's: not a progress here.
-            27 | 41 => return Ok(()),
-            2 | 165 => self.held_statement(&ev)?,
+            EventType::Heartbeat => return Ok(()),
+            EventType::Query | EventType::QueryCompressed => self.held_statement(&ev)?,
             _ => None,
         };
         let Some(end) = end else {
@@ -205,8 +209,8 @@ impl Decoder {
     /// here; the statement itself is held or dropped accordingly).
     fn held_statement(&mut self, ev: &Event) -> Result<Option<End>, DecodeError> {
         let code = ev.header().event_type_raw();
-        let q = match code {
-            2 => ev
+        let q = match event_type(ev) {
+            EventType::Query => ev
                 .read_event::<QueryEvent<'_>>()
                 .map(|q| q.query().into_owned())
                 .map_err(|e| e.to_string()),
@@ -326,8 +330,13 @@ impl Decoder {
                 }
             };
             // The group's own GTID, BEGIN / XA START / XA END: the commit group is the txn.
-            let code = e.header().event_type_raw();
-            if matches!(code, 2 | 33 | 34 | 42 | 162 | 165) {
+            if matches!(
+                event_type(&e),
+                EventType::Query
+                    | EventType::QueryCompressed
+                    | EventType::MysqlGtid { .. }
+                    | EventType::MariaGtid
+            ) {
                 continue;
             }
             if let Err(e) = self.process(&e, out) {

@@ -309,32 +309,10 @@ impl Decoder {
                 tracing::warn!(position = %format!("{}:{start}", self.file), event_type = code,
                     "a LOAD DATA logged as a statement; its rows are not in the binlog and cannot be emitted");
             }
-            EventType::Incident => {
-                return Err(self.err(
-                    code,
-                    start,
-                    "INCIDENT event: the server reports lost changes; \
-                    re-snapshot the tables, then restart from a position after this event",
-                ));
-            }
-            EventType::MariaStartEncryption => {
-                return Err(self.err(
-                    code,
-                    start,
-                    "the binlog is encrypted; a replica connection \
-                    receives it decrypted, so read it over the network rather than from a file",
-                ));
-            }
-            EventType::PreGaRows => {
-                return Err(self.err(
-                    code,
-                    start,
-                    "pre-GA rows events of MySQL 5.1.0–5.1.15 are not supported",
-                ));
-            }
-            EventType::Unknown(_) => {
-                return Err(self.err(code, start, "unknown event type; refusing to skip it"));
-            }
+            refused @ (EventType::Incident
+            | EventType::MariaStartEncryption
+            | EventType::PreGaRows
+            | EventType::Unknown(_)) => return Err(self.err(code, start, refusal(refused))),
         }
         self.advance(end, in_payload);
         Ok(())
@@ -838,4 +816,20 @@ fn is_statement_dml(q: &str) -> bool {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Why an event stops the stream (it is never skipped).
+fn refusal(t: EventType) -> &'static str {
+    match t {
+        EventType::Incident => {
+            "INCIDENT event: the server reports lost changes; \
+             re-snapshot the tables, then restart from a position after this event"
+        }
+        EventType::MariaStartEncryption => {
+            "the binlog is encrypted; a replica connection \
+             receives it decrypted, so read it over the network rather than from a file"
+        }
+        EventType::PreGaRows => "pre-GA rows events of MySQL 5.1.0–5.1.15 are not supported",
+        _ => "unknown event type; refusing to skip it",
+    }
 }
