@@ -25,14 +25,42 @@ use crate::snapshot::PipelineSlots;
 use crate::source::mysql::stream::{self, MysqlSource};
 use crate::source::SourceEvent;
 
-/// Loads config and pipelines, then runs the preflight checks and prints the report.
-pub async fn check(config: &Path) -> Result<(), AppError> {
+/// What the preflight read and found: the config, the pipelines, the checkpoint store and what
+/// it holds, and the report (its failures already printed and refused).
+struct Checked {
+    cfg: Config,
+    pipelines: Vec<PipelineConfig>,
+    store: Store,
+    saved: Option<crate::checkpoint::Checkpoint>,
+    report: precheck::Report,
+}
+
+/// Loads the config, the pipelines and the checkpoint, then runs every preflight check.
+async fn preflight(config: &Path) -> Result<Checked, AppError> {
     let cfg = Config::load(config)?;
     let pipelines = cfg.load_pipelines()?;
     let mut store = Store::from_config(&cfg);
-    let cp = store.load().await?;
-    let report = precheck::run(&cfg, &pipelines, cp.as_ref().map(|c| &c.position)).await?;
+    let saved = store.load().await?;
+    let report = precheck::run(&cfg, &pipelines, saved.as_ref().map(|c| &c.position)).await?;
     report_failures(&report.failures)?;
+    Ok(Checked {
+        cfg,
+        pipelines,
+        store,
+        saved,
+        report,
+    })
+}
+
+/// Loads config and pipelines, then runs the preflight checks and prints the report.
+pub async fn check(config: &Path) -> Result<(), AppError> {
+    let Checked {
+        cfg,
+        pipelines,
+        saved: cp,
+        report,
+        ..
+    } = preflight(config).await?;
     println!(
         "ok: {} ({}), {} pipelines, checkpoint {}",
         stream::addr(&cfg.source),
@@ -99,12 +127,13 @@ fn report_failures(f: &[precheck::Failure]) -> Result<(), AppError> {
 /// backfills, the binlog source, the pipeline stage, the checkpoint writer; then the main loop
 /// ([`shutdown::Running::wait`]) and the orderly stop.
 pub async fn run(config: &Path) -> Result<(), AppError> {
-    let cfg = Config::load(config)?;
-    let pipelines = cfg.load_pipelines()?;
-    let mut store = Store::from_config(&cfg);
-    let saved = store.load().await?;
-    let report = precheck::run(&cfg, &pipelines, saved.as_ref().map(|c| &c.position)).await?;
-    report_failures(&report.failures)?;
+    let Checked {
+        cfg,
+        pipelines,
+        store,
+        saved,
+        report,
+    } = preflight(config).await?;
     let resume = start::resolve(&cfg, saved.as_ref(), report.purged.as_deref()).await?;
     tracing::info!(position = %resume.start.position, from_checkpoint = saved.is_some(), store = %store.describe(),
         pipelines = pipelines.len(), "starting");

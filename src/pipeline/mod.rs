@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 use crate::config::pipeline::KeyChanges;
 use crate::config::PipelineConfig;
-pub use crate::model::record::{
-    ChangeRecord, Enrichment, Image, KeyChange, Oversize, SourceInfo, Truncate,
-};
+pub use crate::model::record::{ChangeRecord, Enrichment, Image, KeyChange, SourceInfo, Truncate};
 use crate::model::ColumnValue;
 use crate::model::Op;
 use crate::source::mysql::plan::TablePlan;
@@ -219,15 +217,6 @@ impl Router {
                 pipeline: idx,
             });
         }
-    }
-
-    /// The records `row` makes, one per pipeline that takes it.
-    pub fn route(
-        &mut self,
-        row: &RowChange,
-        out: &mut Vec<ChangeRecord>,
-    ) -> Result<(), RouteError> {
-        self.route_to(row, None, out)
     }
 
     /// As [`Router::route`], for one pipeline only when `only` is set (a backfilled row belongs

@@ -10,12 +10,11 @@ pub use failure::Failure;
 
 use crate::config::{Config, PipelineConfig};
 use crate::model::BinlogPosition;
-use crate::source::mysql::schema::{self, Schemas};
+use crate::source::mysql::schema;
 use crate::source::mysql::stream::{self, SourceError};
 
 pub struct Report {
     pub failures: Vec<Failure>,
-    pub schemas: Schemas,
     pub server_version: String,
     /// The write-back plans of pipelines with a MySQL sink, by pipeline name.
     pub writeback: std::collections::HashMap<String, crate::sink::mysql::Plan>,
@@ -90,7 +89,6 @@ pub async fn run(
     }
     Ok(Report {
         failures: f,
-        schemas,
         server_version: server.version,
         writeback,
         purged,

@@ -131,6 +131,7 @@ impl Limiter {
     }
 
     /// The rate now, in requests per second.
+    #[cfg(test)]
     pub fn current_rate(&self) -> f64 {
         self.requests_per_second * self.factor.load(Ordering::Relaxed) as f64 / FULL as f64
     }
@@ -166,7 +167,7 @@ impl Registry {
     pub fn bucket(&self, key: &str, per_minute: u64) -> Arc<TokenBucket> {
         let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(key.to_string())
-            .or_insert_with(|| Arc::new(TokenBucket::new(key.to_string(), per_minute)))
+            .or_insert_with(|| Arc::new(TokenBucket::new(per_minute)))
             .clone()
     }
 }
@@ -176,15 +177,14 @@ impl Registry {
 /// what it did not use. `governor` is not used here: its cells cannot be given back, which a
 /// reservation settled after the call needs.
 pub struct TokenBucket {
-    pub key: String,
     per_minute: f64,
     state: Mutex<(f64, Instant)>,
 }
 
 impl TokenBucket {
-    pub fn new(key: String, per_minute: u64) -> TokenBucket {
+    /// A bucket of `per_minute` tokens, full.
+    pub fn new(per_minute: u64) -> TokenBucket {
         TokenBucket {
-            key,
             per_minute: per_minute as f64,
             state: Mutex::new((per_minute as f64, Instant::now())),
         }
@@ -223,6 +223,7 @@ impl TokenBucket {
     }
 
     /// Tokens there now.
+    #[cfg(test)]
     pub fn available(&self) -> f64 {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.refill(&mut s);
@@ -364,7 +365,7 @@ mod tests {
 
     #[tokio::test]
     async fn token_bucket_reserves_and_settles() {
-        let b = TokenBucket::new("k".into(), 600); // 10 a second
+        let b = TokenBucket::new(600); // 10 a second
         b.reserve(500).await;
         assert!(b.available() < 101.0);
         // The call used 100 of 500: 400 come back.

@@ -241,23 +241,31 @@ impl Coordinator {
         let mut seen_requests = HashSet::new();
         let mut has_progress = HashSet::new();
         for (pipeline, payload) in progress_rows(conn, &self.cfg.signal_table).await? {
-            let v: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
-            if let Some(r) = v["request"].as_str() {
-                seen_requests.insert(r.to_string());
+            let saved: SavedProgress = match serde_json::from_str(&payload) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(pipeline = %pipeline, table = %self.cfg.signal_table, error = %e,
+                        "a backfill progress row cannot be read; that backfill does not resume \
+                         (request it again with `cdc-enricher backfill`)");
+                    continue;
+                }
+            };
+            if let Some(r) = &saved.request {
+                seen_requests.insert(r.clone());
             }
             has_progress.insert(pipeline.clone());
             let Some(i) = self.pipeline_index(&pipeline) else {
                 continue;
             };
-            if v["done"] == Value::Bool(false) && !all {
+            if !saved.done && !all {
                 jobs.push(Job {
                     pipeline: i,
-                    request: v["request"].as_str().map(str::to_string),
-                    filter: v["filter"].as_str().map(str::to_string),
-                    after: v["after"]
-                        .as_array()
+                    request: saved.request,
+                    filter: saved.filter,
+                    after: saved
+                        .after
                         .map(|a| a.iter().map(ColumnValue::from_json_value).collect()),
-                    rows_done: v["rows"].as_u64().unwrap_or(0),
+                    rows_done: saved.rows,
                 });
             }
         }
@@ -353,8 +361,16 @@ impl Coordinator {
         job: &Job,
         done: bool,
     ) -> Result<(), mysql_async::Error> {
-        let payload = json!({"request": job.request, "filter": job.filter, "after": job.after,
-            "rows": job.rows_done, "done": done});
+        let payload = json!(SavedProgress {
+            request: job.request.clone(),
+            filter: job.filter.clone(),
+            after: job
+                .after
+                .as_ref()
+                .map(|a| a.iter().map(|v| json!(v)).collect()),
+            rows: job.rows_done,
+            done,
+        });
         conn.exec_drop(
             format!(
                 "INSERT INTO {} (id, kind, pipeline, payload) VALUES (?, 'progress', ?, ?) \
@@ -393,15 +409,19 @@ impl Coordinator {
         .await
     }
 
+    fn signal_err(&self, source: mysql_async::Error) -> SnapshotError {
+        SnapshotError::Signal {
+            table: self.cfg.signal_table.clone(),
+            source,
+        }
+    }
+
     /// Reads the job's table chunk by chunk until the end.
     async fn backfill(&self, job: &mut Job) -> Result<(), SnapshotError> {
         let Some(p) = self.pipeline(job.pipeline) else {
             return Ok(());
         };
-        let serr = |source| SnapshotError::Signal {
-            table: self.cfg.signal_table.clone(),
-            source,
-        };
+        let serr = |source| self.signal_err(source);
         let mut conn = Conn::new(crate::source::mysql::stream::opts(&self.source))
             .await
             .map_err(serr)?;
@@ -452,14 +472,8 @@ impl Coordinator {
         p: &PipelineConfig,
         job: &Job,
     ) -> Result<Paging, SnapshotError> {
-        let perr = |message: String| SnapshotError::Pipeline {
-            pipeline: p.name.clone(),
-            message,
-        };
-        let serr = |source| SnapshotError::Signal {
-            table: self.cfg.signal_table.clone(),
-            source,
-        };
+        let perr = |message: String| pipeline_err(p, message);
+        let serr = |source| self.signal_err(source);
         let (db, table) = p.db_table();
         let mut schemas = schema::load(conn, &[(db.clone(), table.clone())])
             .await
@@ -540,14 +554,8 @@ impl Coordinator {
         paging: &Paging,
         job: &mut Job,
     ) -> Result<usize, SnapshotError> {
-        let perr = |message: String| SnapshotError::Pipeline {
-            pipeline: p.name.clone(),
-            message,
-        };
-        let serr = |source| SnapshotError::Signal {
-            table: self.cfg.signal_table.clone(),
-            source,
-        };
+        let perr = |message: String| pipeline_err(p, message);
+        let serr = |source| self.signal_err(source);
         let nonce = rand::random::<u64>();
         self.watermark(conn, "low", &p.name, nonce)
             .await
@@ -665,5 +673,25 @@ impl Progress {
             .map(|s| s.round() as u64);
         tracing::info!(pipeline = %pipeline, rows = rows_done, estimate = ?estimate,
             rows_per_s = rate.round() as u64, eta_s = ?eta, "backfill progress");
+    }
+}
+
+/// A backfill's progress row in the signal table (`kind = 'progress'`, JSON in `payload`): the
+/// request that asked for it, its `--where` filter, the last key done (its values as JSON), the
+/// rows read, and whether it finished.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedProgress {
+    request: Option<String>,
+    filter: Option<String>,
+    after: Option<Vec<Value>>,
+    #[serde(default)]
+    rows: u64,
+    done: bool,
+}
+
+fn pipeline_err(p: &PipelineConfig, message: String) -> SnapshotError {
+    SnapshotError::Pipeline {
+        pipeline: p.name.clone(),
+        message,
     }
 }
