@@ -422,6 +422,56 @@ fn a_stop_while_the_backend_throttles_exits_at_the_timeout_and_loses_nothing() {
     assert_eq!(d.terminate(), 0);
 }
 
+/// A stop while a large transaction is being released (a slice at a time) to a backend that
+/// throttles: the binlog reader stops between slices instead of pushing the rest of the group
+/// through, so the stop is bounded by the shutdown timeout, and the checkpoint stays before the
+/// transaction.
+#[test]
+fn a_stop_during_a_large_transaction_to_a_throttling_backend_is_bounded() {
+    let (db, kafka, aws) = setup();
+    let mut d = Daemon::with_config(
+        &db,
+        Some(&kafka),
+        &[("feedback", &pipeline(&aws, 50))],
+        "shutdown_timeout_ms: 1500\n",
+    );
+    d.env = AwsStandin::env();
+    aws.control(r#"{"throttle": 1000000}"#);
+    d.spawn();
+    let before: Vec<(String, u64, String, String)> = block_on(db.query("SHOW MASTER STATUS"));
+    block_on(db.exec(
+        "INSERT INTO shop.support (id, message) SELECT seq, CONCAT('good ', seq) FROM shop.seq_1_to_50000",
+    ));
+    let start = Instant::now();
+    while aws.log().is_empty() {
+        d.assert_running();
+        assert!(start.elapsed() < Duration::from_secs(60), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let the release fill every channel up to the throttled stage.
+    std::thread::sleep(Duration::from_secs(2));
+    let stop = Instant::now();
+    assert_eq!(d.terminate(), 1);
+    assert!(
+        stop.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        stop.elapsed()
+    );
+    assert!(
+        d.log()
+            .contains("error: stopped after the shutdown timeout (1500 ms)"),
+        "{}",
+        d.log()
+    );
+    // Nothing of the transaction was delivered: the checkpoint is at or before its start.
+    let cp = d.checkpoint().expect("a checkpoint");
+    assert_eq!(cp["position"]["file"], before[0].0.as_str());
+    assert!(
+        cp["position"]["pos"].as_u64().unwrap() <= before[0].1,
+        "{cp}"
+    );
+}
+
 #[test]
 fn pii_entities_one_document_per_call() {
     let (db, kafka, aws) = setup();

@@ -68,6 +68,10 @@ impl From<StageError> for AppError {
             StageError::Enrichment { pipeline, reason } => {
                 AppError::Enrichment { pipeline, reason }
             }
+            StageError::EnrichmentEnded { pipeline } => AppError::Enrichment {
+                pipeline,
+                reason: "its task ended".into(),
+            },
         }
     }
 }

@@ -30,7 +30,10 @@ pub struct Stages {
 }
 
 /// An enrichment stage's task, with its pipeline's name.
-pub type StageTask = (String, tokio::task::JoinHandle<Result<(), String>>);
+pub type StageTask = (
+    String,
+    tokio::task::JoinHandle<Result<(), enrich::StageEnd>>,
+);
 
 /// What a build made, by pipeline index.
 #[derive(Default)]
@@ -93,7 +96,7 @@ impl Stages {
                             false => g[route].send(&d.rec, d.seq),
                         };
                         if let Err(e) = sent {
-                            *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                            *err.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                             return;
                         }
                         m.pipelines[d.rec.pipeline].record_out(d.rec.source.ts_ms);
@@ -225,7 +228,7 @@ impl Stages {
     ) -> Result<
         (
             mpsc::Sender<enrich::Pending>,
-            tokio::task::JoinHandle<Result<(), String>>,
+            tokio::task::JoinHandle<Result<(), enrich::StageEnd>>,
         ),
         AppError,
     > {

@@ -12,6 +12,7 @@ use super::outputs::StageTask;
 use super::reload::Reloader;
 use super::AppError;
 use crate::checkpoint::{AckTracker, Writer};
+use crate::enrich;
 use crate::pipeline::stage::StageError;
 use crate::sink::{lock, SinkError, Sinks};
 use crate::snapshot::SnapshotError;
@@ -73,11 +74,25 @@ impl Running {
             Ended::Source(r) => (Some(r), None),
             Ended::Stage(r) => (None, Some(r)),
         };
+        let timeout = Duration::from_millis(shutdown_timeout_ms);
+        let mut source = self.source;
+        let mut reader_late = false;
         let source_result = match source_done {
             Some(r) => r,
-            None => self.source.await,
+            // The reader stops at its next event or slice; bounded all the same.
+            None => match tokio::time::timeout(timeout, &mut source).await {
+                Ok(r) => r,
+                Err(_) => {
+                    source.abort();
+                    tracing::error!(
+                        timeout_ms = shutdown_timeout_ms,
+                        "the binlog reader did not stop in time"
+                    );
+                    reader_late = true;
+                    Ok(Ok(()))
+                }
+            },
         };
-        let timeout = Duration::from_millis(shutdown_timeout_ms);
         let mut result = drain(
             self.stage,
             stage_done,
@@ -86,6 +101,12 @@ impl Running {
             &self.tracker,
         )
         .await;
+        if reader_late && result.is_ok() {
+            result = Err(AppError::ShutdownTimeout {
+                ms: shutdown_timeout_ms,
+                in_flight: self.tracker.in_flight(),
+            });
+        }
         if let Err(AppError::ShutdownTimeout { .. }) = &result {
             tracing::error!(timeout_ms = shutdown_timeout_ms, in_flight = self.tracker.in_flight(),
                 "enrichment did not drain before the shutdown timeout; the checkpoint stays before the rows still in flight");
@@ -127,22 +148,31 @@ async fn drain(
             Some(r) => r,
             None => stage.await,
         };
-        let mut result = match stage_result {
-            Ok(r) => r.map_err(AppError::from),
-            Err(e) => Err(AppError::task("pipeline stage", e)),
-        };
+        let mut ended: Vec<(String, AppError)> = Vec::new();
         for (name, t) in tasks {
-            let r = t
-                .await
-                .unwrap_or_else(|e| Err(format!("task panicked: {e}")));
-            if let (Err(reason), Ok(())) = (r, &result) {
-                result = Err(AppError::Enrichment {
-                    pipeline: name,
-                    reason,
-                });
-            }
+            let err = match t.await {
+                Ok(Ok(())) => continue,
+                Ok(Err(enrich::StageEnd::Sink(e))) => AppError::Sink(e),
+                Ok(Err(e)) => AppError::Enrichment {
+                    pipeline: name.clone(),
+                    reason: e.to_string(),
+                },
+                Err(e) => AppError::task("enrichment stage", e),
+            };
+            ended.push((name, err));
         }
-        result
+        // The stage's "its enrichment stage ended" is told by that stage's own reason.
+        match stage_result {
+            Ok(Err(StageError::EnrichmentEnded { pipeline })) => {
+                match ended.iter().position(|(n, _)| *n == pipeline) {
+                    Some(k) => Err(ended.swap_remove(k).1),
+                    None => Err(StageError::EnrichmentEnded { pipeline }.into()),
+                }
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(AppError::task("pipeline stage", e)),
+            Ok(Ok(())) => ended.into_iter().next().map_or(Ok(()), |(_, e)| Err(e)),
+        }
     })
     .await;
     drained.unwrap_or_else(|_| {

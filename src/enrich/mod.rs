@@ -20,6 +20,7 @@ use crate::backend::{Answer, Backend, ErrorKind, Input, ItemResult};
 use crate::metrics::{Metrics, PipelineMetrics};
 use crate::model::record::{ChangeRecord, Enrichment, Failure, Skip};
 use crate::ratelimit::{Budget, Limiter, TokenBucket};
+use crate::sink::SinkError;
 use input::{InputSpec, Prepared};
 
 /// A record waiting for enrichment, with the sequence number its acknowledgement names.
@@ -38,7 +39,7 @@ pub struct Delivered {
 /// `error` says why.
 pub struct Deliver {
     pub tx: mpsc::Sender<Vec<Delivered>>,
-    pub error: Arc<std::sync::Mutex<Option<String>>>,
+    pub error: Arc<std::sync::Mutex<Option<SinkError>>>,
     /// Fires when the thread has handed over everything it was sent.
     pub done: tokio::sync::oneshot::Receiver<()>,
 }
@@ -212,6 +213,17 @@ fn finish(
     Delivered { rec, seq, dead }
 }
 
+/// Why an enrichment stage ended before its input closed.
+#[derive(Debug, thiserror::Error)]
+pub enum StageEnd {
+    /// Its sink failed (the delivery thread's error): the daemon stops with it.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The delivery thread ended without saying why (it panicked).
+    #[error("the delivery thread ended")]
+    DeliveryEnded,
+}
+
 /// Runs until `rx` closes; returns when every record taken was delivered.
 pub async fn run(
     s: Settings,
@@ -219,7 +231,7 @@ pub async fn run(
     rx: mpsc::Receiver<Pending>,
     deliver: Deliver,
     metrics: Arc<Metrics>,
-) -> Result<(), String> {
+) -> Result<(), StageEnd> {
     let Deliver { tx, error, done } = deliver;
     let r = stage(s, backend, rx, &tx, &error, metrics).await;
     // Everything handed to the delivery thread reaches the sink before the stage counts as done.
@@ -233,9 +245,9 @@ async fn stage(
     backend: Arc<dyn Backend>,
     mut rx: mpsc::Receiver<Pending>,
     tx: &mpsc::Sender<Vec<Delivered>>,
-    error: &std::sync::Mutex<Option<String>>,
+    error: &std::sync::Mutex<Option<SinkError>>,
     metrics: Arc<Metrics>,
-) -> Result<(), String> {
+) -> Result<(), StageEnd> {
     let pm = &metrics.pipelines[s.pipeline];
     let mut batch: Vec<Pending> = Vec::new();
     let mut cache = Cache::new(s.cache_entries, backend.as_ref());
@@ -300,8 +312,8 @@ async fn stage(
             })
             .collect();
         if tx.send(out).await.is_err() {
-            let why = error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            return Err(why.unwrap_or_else(|| "the delivery thread ended".into()));
+            let why = error.lock().unwrap_or_else(|p| p.into_inner()).take();
+            return Err(why.map_or(StageEnd::DeliveryEnded, StageEnd::Sink));
         }
         if closed {
             return Ok(());

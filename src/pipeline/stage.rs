@@ -44,6 +44,9 @@ pub enum StageError {
     Sink(#[from] SinkError),
     #[error("enrichment stage of pipeline `{pipeline}` stopped: {reason}")]
     Enrichment { pipeline: String, reason: String },
+    /// The pipeline's enrichment stage ended (its own result says why).
+    #[error("enrichment stage of pipeline `{pipeline}` stopped: its task ended")]
+    EnrichmentEnded { pipeline: String },
 }
 
 /// The stage's link to the backfill coordinator.
@@ -122,10 +125,7 @@ impl Outputs {
                 Some(tx) => {
                     let pipeline = r.source.pipeline.to_string();
                     tx.blocking_send((r, seq))
-                        .map_err(|_| StageError::Enrichment {
-                            pipeline,
-                            reason: "its task ended".into(),
-                        })?;
+                        .map_err(|_| StageError::EnrichmentEnded { pipeline })?;
                 }
                 None => {
                     let sink = self.route(&r)?;

@@ -241,9 +241,16 @@ impl Coordinator {
         let mut seen_requests = HashSet::new();
         let mut has_progress = HashSet::new();
         for (pipeline, payload) in progress_rows(conn, &self.cfg.signal_table).await? {
+            // A pipeline with a progress row, even one that cannot be read, is not backfilled
+            // again from scratch on its own (`snapshot: initial`).
+            has_progress.insert(pipeline.clone());
             let saved: SavedProgress = match serde_json::from_str(&payload) {
                 Ok(s) => s,
                 Err(e) => {
+                    let v: Value = serde_json::from_str(&payload).unwrap_or(Value::Null);
+                    if let Some(r) = v["request"].as_str() {
+                        seen_requests.insert(r.to_string());
+                    }
                     tracing::warn!(pipeline = %pipeline, table = %self.cfg.signal_table, error = %e,
                         "a backfill progress row cannot be read; that backfill does not resume \
                          (request it again with `cdc-enricher backfill`)");
@@ -253,7 +260,6 @@ impl Coordinator {
             if let Some(r) = &saved.request {
                 seen_requests.insert(r.clone());
             }
-            has_progress.insert(pipeline.clone());
             let Some(i) = self.pipeline_index(&pipeline) else {
                 continue;
             };

@@ -243,10 +243,13 @@ impl MysqlSink {
         };
         let f = failed.clone();
         tokio::spawn(async move {
-            if let Err(e) = w.run(rx).await {
+            let mut rx = rx;
+            if let Err(e) = w.run(&mut rx).await {
                 tracing::error!(error = %e, "write-back stopped");
                 *f.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             }
+            // Closed only now: a sender that finds it closed finds the reason set too.
+            drop(rx);
         });
         Ok(MysqlSink {
             pipeline: p.name.clone(),
@@ -466,7 +469,7 @@ fn no_retry_cures(e: &mysql_async::Error) -> Option<&'static str> {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Item>) -> Result<(), String> {
+    async fn run(mut self, rx: &mut mpsc::UnboundedReceiver<Item>) -> Result<(), String> {
         let mut batch: Vec<Item> = Vec::new();
         loop {
             match rx.recv().await {

@@ -291,7 +291,10 @@ impl MysqlSource {
             };
             let reason = match next {
                 Ok(Some(Ok(ev))) => {
-                    if !self.decode(ev, decoder, &live_from, &mut out, tx).await? {
+                    if !self
+                        .decode(ev, decoder, &live_from, &mut out, tx, shutdown)
+                        .await?
+                    {
                         return Ok(StreamEnd::Shutdown);
                     }
                     continue;
@@ -385,11 +388,17 @@ impl MysqlSource {
         live_from: &BinlogPosition,
         out: &mut Vec<SourceEvent>,
         tx: &mpsc::Sender<Vec<SourceEvent>>,
+        shutdown: &mut watch::Receiver<bool>,
     ) -> Result<bool, SourceError> {
         let timestamp = ev.header().timestamp();
         let heartbeat = EventType::from_code(ev.header().event_type_raw()) == EventType::Heartbeat;
         let mut next = Some(ev);
         while next.is_some() || decoder.releasing() {
+            // A shutdown stops a release between slices (what was not sent is not acknowledged:
+            // the group is read again from its start after a restart).
+            if next.is_none() && *shutdown.borrow() {
+                return Ok(false);
+            }
             let before = out.len();
             match next.take() {
                 Some(ev) => decoder.handle(ev, out)?,
@@ -425,8 +434,11 @@ impl MysqlSource {
                         .count();
                     m.rows.fetch_add(rows as u64, Ordering::Relaxed);
                 }
-                if tx.send(batch).await.is_err() {
-                    return Ok(false);
+                tokio::select! {
+                    r = tx.send(batch) => if r.is_err() {
+                        return Ok(false);
+                    },
+                    _ = shutdown.changed() => return Ok(false),
                 }
             }
         }

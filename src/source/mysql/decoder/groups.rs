@@ -367,8 +367,9 @@ impl Decoder {
         v
     }
 
-    /// Whether the file's position is inside a held group (nothing of it emitted yet).
+    /// Whether the file's position is inside a held group (nothing of it emitted yet) or a
+    /// committed group being released.
     pub fn holding(&self) -> bool {
-        self.held.is_some()
+        self.held.is_some() || self.release.is_some()
     }
 }

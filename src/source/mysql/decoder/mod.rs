@@ -192,8 +192,9 @@ impl Decoder {
 
     /// Forget the open transaction (after a disconnect): the stream restarts at `p`.
     pub fn reset_to(&mut self, p: &BinlogPosition) {
-        // A group being held is read again from its start.
+        // A group being held (or released in part) is read again from its start.
         self.held = None;
+        self.release = None;
         self.file = p.file.clone();
         self.next_pos = p.pos;
         self.txn = None;
