@@ -17,10 +17,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cdc_enricher::config::{SourceConfig, StartFrom, TlsConfig};
-use cdc_enricher::source::mysql::file::decode_file;
-use cdc_enricher::source::mysql::stream::MysqlSource;
-use cdc_enricher::source::{BinlogPosition, SourceEvent};
+use cdc_enricher::decode_file;
+use cdc_enricher::MysqlSource;
+use cdc_enricher::{BinlogPosition, SourceEvent};
+use cdc_enricher::{SourceConfig, StartFrom, TlsConfig};
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -90,7 +90,7 @@ fn stream(a: &[String]) {
             history: Default::default(),
         };
         let t0 = Instant::now();
-        let start = cdc_enricher::source::mysql::stream::Start {
+        let start = cdc_enricher::Start {
             position: start_pos,
             legacy_rows: 0,
             open_xa: Vec::new(),
@@ -143,7 +143,7 @@ fn produce(brokers: &str, topic: &str, file: &str) {
     })
     .expect("decode");
     // tansu does not create topics on first use.
-    let kcfg = cdc_enricher::config::KafkaConfig {
+    let kcfg = cdc_enricher::KafkaConfig {
         brokers: brokers.to_string(),
         properties: Default::default(),
         create_topics: true,
@@ -154,10 +154,7 @@ fn produce(brokers: &str, topic: &str, file: &str) {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(cdc_enricher::sink::kafka::create_topics(
-            &kcfg,
-            &[topic.to_string()],
-        ))
+        .block_on(cdc_enricher::create_topics(&kcfg, &[topic.to_string()]))
         .expect("create topic");
     let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)

@@ -77,6 +77,10 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// The `cdc-enricher` command line (`run`, `check`, `backfill`, `decode-file`, `tail`): parses
+/// the arguments, starts the logs and the async runtime, runs the command. Exit code 0 when
+/// it ends well, 2 for a configuration problem found before anything ran (config, preflight,
+/// the metrics address), 1 for the rest (the error is printed as `error: …` on stderr).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);

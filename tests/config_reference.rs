@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use cdc_enricher::config::{Config, PipelineConfig};
+use cdc_enricher::{Config, PipelineConfig};
 
 /// The fields serde accepts where `yaml` puts the unknown key `zz_unknown`.
 fn fields<T: serde::de::DeserializeOwned>(yaml: &str) -> BTreeSet<String> {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use cdc_enricher::config::{Config, SinkConfig};
+use cdc_enricher::{Config, SinkConfig};
 
 #[test]
 fn shipped_config_and_pipelines_validate() {

@@ -234,8 +234,8 @@ fn case_11_rare_charsets_and_mariadb_collation_ids_even_after_the_table_is_gone(
         .join("data/binlog.000001")
         .display()
         .to_string();
-    cdc_enricher::source::mysql::file::decode_file(&file, |ev| {
-        if let cdc_enricher::source::SourceEvent::Row(r) = ev {
+    cdc_enricher::decode_file(&file, |ev| {
+        if let cdc_enricher::SourceEvent::Row(r) = ev {
             if r.table.table == "charset_zoo" {
                 let after = r.after.expect("an after image");
                 let m: serde_json::Map<String, Value> = r

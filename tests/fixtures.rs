@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use cdc_enricher::model::ColumnValue;
-use cdc_enricher::source::mysql::file::decode_file;
-use cdc_enricher::source::SourceEvent;
+use cdc_enricher::decode_file;
+use cdc_enricher::ColumnValue;
+use cdc_enricher::SourceEvent;
 use serde_json::{json, Value};
 
 fn dir() -> PathBuf {

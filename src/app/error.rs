@@ -80,16 +80,16 @@ impl AppError {
     /// What the error concerns.
     pub fn domain(&self) -> Domain {
         match self {
-            AppError::Config(_)
-            | AppError::Preflight(_)
-            | AppError::Reload(_)
-            | AppError::Metrics { .. } => Domain::Configuration,
+            AppError::Config(_) | AppError::Preflight(_) | AppError::Metrics { .. } => {
+                Domain::Configuration
+            }
             AppError::Source(_) | AppError::Route(_) | AppError::Snapshot(_) => Domain::Source,
             AppError::Sink(_) | AppError::Checkpoint(_) | AppError::ShutdownTimeout { .. } => {
                 Domain::Sink
             }
             AppError::Enrichment { .. } => Domain::Backend,
-            AppError::Internal { .. } => Domain::Internal,
+            // The pipeline stage ended under a reload: its own error says why.
+            AppError::Internal { .. } | AppError::Reload(_) => Domain::Internal,
         }
     }
 
@@ -101,10 +101,11 @@ impl AppError {
         }
     }
 
-    /// 2 for problems found before anything ran (config, preflight), 1 for the rest.
+    /// 2 for a configuration problem (found before anything ran: config, preflight, the
+    /// metrics address), 1 for the rest.
     pub fn exit_code(&self) -> u8 {
-        match self {
-            AppError::Config(_) | AppError::Preflight(_) | AppError::Metrics { .. } => 2,
+        match self.domain() {
+            Domain::Configuration => 2,
             _ => 1,
         }
     }

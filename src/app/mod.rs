@@ -8,7 +8,7 @@ pub mod reload;
 mod shutdown;
 mod start;
 
-pub use error::{AppError, Domain};
+pub use error::AppError;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};

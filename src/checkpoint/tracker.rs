@@ -62,6 +62,7 @@ pub struct AckTracker {
 }
 
 impl AckTracker {
+    #[cfg(test)]
     pub fn new(start: Option<BinlogPosition>) -> Self {
         Self::with_open_xa(start, Vec::new())
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use pipeline::{Operation, PipelineConfig, SinkConfig};
+pub use pipeline::{PipelineConfig, SinkConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -109,12 +109,18 @@ pub struct MetricsConfig {
     pub ready_max_lag_seconds: Option<f64>,
 }
 
+/// `source:` — the MySQL or MariaDB server whose binlog is read, as a replica would read it
+/// (the account needs REPLICATION SLAVE, REPLICATION CLIENT or BINLOG MONITOR, and SELECT on
+/// the pipelines' tables; `cdc-enricher check` says which grant is missing).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
+    /// Host name or IP address of the server.
     pub host: String,
+    /// TCP port. Default: 3306.
     #[serde(default = "default_port")]
     pub port: u16,
+    /// The replication account.
     pub user: String,
     /// The password, usually as `${ENV_VAR}`. Mutually exclusive with `password_file`.
     #[serde(default)]
@@ -134,6 +140,7 @@ pub struct SourceConfig {
     /// `resnapshot` (start at the current end and backfill every pipeline).
     #[serde(default)]
     pub on_purged: OnPurged,
+    /// TLS to the server (default: none).
     #[serde(default)]
     pub tls: TlsConfig,
     /// A transaction's events are held until its end is read (a group may end in ROLLBACK):
@@ -156,17 +163,22 @@ fn default_heartbeat_ms() -> u64 {
     5000
 }
 
+/// `source.start`: where the binlog is read from when there is no checkpoint.
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum StartFrom {
+    /// The server's current end (`SHOW MASTER STATUS`): only changes made from now on.
     #[default]
     Latest,
+    /// The oldest binlog file the server still has (`SHOW BINARY LOGS`).
     Earliest,
 }
 
+/// `source.tls`: TLS to the source server.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
+    /// `disabled` (default), `required`, `verify_ca` or `verify_identity`.
     #[serde(default)]
     pub mode: TlsMode,
     /// PEM file of the CA that signed the server's certificate.
@@ -174,9 +186,11 @@ pub struct TlsConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// How TLS to the source server is used and checked.
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsMode {
+    /// Plain TCP.
     #[default]
     Disabled,
     /// Encrypt, accept any certificate.
@@ -187,6 +201,8 @@ pub enum TlsMode {
     VerifyIdentity,
 }
 
+/// `kafka:` — the brokers the Kafka sinks produce to (one idempotent producer for all
+/// pipelines).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
@@ -306,6 +322,11 @@ fn strip_location(msg: &str) -> String {
 }
 
 impl Config {
+    /// Reads the daemon's config file (YAML) and the pipeline files it names, with `${ENV}`
+    /// and `${ENV:-default}` substituted, and validates them.
+    ///
+    /// Errors: a `ConfigError` naming the file, line and column (or the pipeline and key) and
+    /// what to change; nothing is started on an error.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let mut cfg: Config = parse_yaml(path)?;
         cfg.path = path.to_path_buf();

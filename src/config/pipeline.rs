@@ -6,12 +6,14 @@ use serde::Deserialize;
 
 use super::{parse_yaml, ConfigError};
 pub use crate::backend::aws::AwsSettings;
-pub use crate::backend::bedrock::config::{BedrockApi, BedrockConfig, BedrockOutput, OnMaxTokens};
-pub use crate::backend::comprehend::config::{ComprehendConfig, ComprehendOperation, OnTooLong};
-pub use crate::backend::sagemaker::config::{SageMakerAccept, SageMakerConfig};
+pub use crate::backend::bedrock::config::{BedrockConfig, BedrockOutput};
+pub use crate::backend::comprehend::config::{ComprehendConfig, OnTooLong};
+pub use crate::backend::sagemaker::config::SageMakerConfig;
 pub use crate::backend::BackendConfig;
 use crate::model::filter::Expr;
 
+/// One pipeline, one YAML file in `pipelines/`: which rows of which table, enriched how,
+/// go to which sink. See the README's configuration reference for every key.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
@@ -49,8 +51,10 @@ pub struct PipelineConfig {
     /// Where records go: `kafka: {topic: …}` or `jsonl: {path: …}`.
     #[serde(with = "serde_yaml_ng::with::singleton_map")]
     pub sink: SinkConfig,
+    /// The file the pipeline was read from (for error messages; not a YAML key).
     #[serde(skip)]
     pub file: String,
+    /// `filter` parsed when the file is loaded (not a YAML key).
     #[serde(skip)]
     pub filter_expr: Option<Expr>,
 }
@@ -271,9 +275,12 @@ fn default_window() -> u64 {
     86_400
 }
 
+/// A pipeline's `sink:` — exactly one of `kafka`, `jsonl` or `mysql`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SinkConfig {
+    /// A Kafka topic (templated), with tombstones, a dead-letter topic and what to do with
+    /// records over the producer's `message.max.bytes`.
     Kafka(KafkaSinkConfig),
     /// JSON lines, for debugging: `path: "-"` is standard output.
     Jsonl(JsonlSinkConfig),
@@ -387,10 +394,14 @@ pub struct JsonlSinkConfig {
 }
 
 impl PipelineConfig {
+    /// `table` as `(database, table)` (two empty strings if it is not `db.table`, which
+    /// loading refuses).
     pub fn db_table(&self) -> (String, String) {
         split_table(&self.table).unwrap_or_default()
     }
 
+    /// Whether `operations` lets records of `op` through (a backfill's `r` counts as an
+    /// insert, a truncate as a delete).
     pub fn wants(&self, op: crate::model::Op) -> bool {
         use crate::model::Op;
         let o = match op {

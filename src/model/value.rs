@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 /// the shortest decimal form, `Text` → a string, `Json` → the document itself.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ColumnValue {
+    /// SQL NULL.
     Null,
     /// TINYINT … BIGINT, YEAR-less integers, BIT.
     Int(i64),
@@ -25,6 +26,7 @@ pub enum ColumnValue {
 }
 
 impl ColumnValue {
+    /// Whether the value is SQL NULL.
     pub fn is_null(&self) -> bool {
         matches!(self, ColumnValue::Null)
     }

@@ -56,15 +56,21 @@ pub struct TableTruncated {
 /// What the source hands downstream.
 #[derive(Debug, Clone)]
 pub enum SourceEvent {
+    /// One changed row of a table some pipeline reads: its before and after images, its
+    /// table and its position (a rows event yields one per row, in order).
     Row(RowChange),
     /// A transaction or statement ended: everything before `0` is done.
     Progress(BinlogPosition),
     /// A statement logged as text ran (DDL and the like): `parsed` says which tables it
     /// changes, where the statement is one [`mysql::ddl`] knows.
     Ddl {
+        /// The statement's default database (`USE db`), empty if none.
         db: String,
+        /// The statement's text (as logged: may hold secrets, see the DDL log filter).
         query: String,
+        /// Where to resume once the statement is done (after it).
         resume: BinlogPosition,
+        /// The tables it changes, if the statement is one the parser knows.
         parsed: Option<mysql::ddl::Ddl>,
     },
     /// Rows of a table went without rows events; a `Ddl` with the statement follows.
@@ -77,9 +83,13 @@ pub enum SourceEvent {
     /// Values of a table some pipeline reads cannot be decoded from `position` on: the
     /// pipelines of that table stop; the stream goes on without it.
     TableFailed {
+        /// The table's database.
         db: String,
+        /// The table.
         table: String,
+        /// What could not be decoded (column, type, reason).
         error: Arc<DecodeError>,
+        /// The rows event where decoding failed.
         position: BinlogPosition,
     },
 }

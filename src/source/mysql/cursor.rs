@@ -13,11 +13,6 @@ impl<'a> Cursor<'a> {
         Cursor { data, pos: 0 }
     }
 
-    /// Bytes read so far.
-    pub fn pos(&self) -> usize {
-        self.pos
-    }
-
     pub fn is_empty(&self) -> bool {
         self.pos >= self.data.len()
     }

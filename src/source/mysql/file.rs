@@ -12,30 +12,50 @@ use super::decoder::Decoder;
 use super::schema_history::SchemaHistory;
 use crate::source::{BinlogPosition, SourceEvent};
 
+/// Why a binlog file could not be read to its end. None is retryable: the file is what it is.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
+    /// The file cannot be opened or read.
     #[error("cannot read binlog file {path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// The file does not start with the binlog magic (`FE 62 69 6E`, "\xfebin").
     #[error("{path} is not a binlog file: it does not start with the magic bytes FE 62 69 6E")]
-    NotBinlog { path: String },
+    NotBinlog {
+        /// The file.
+        path: String,
+    },
+    /// The file ends inside an event (a copy taken while the server wrote it, or cut).
     #[error("{path}: truncated event at offset {offset}: {reason}")]
     Truncated {
+        /// The file.
         path: String,
+        /// Byte offset of the event's first byte in the file.
         offset: u64,
+        /// Which length did not fit.
         reason: String,
     },
+    /// An event's header or body is inconsistent (a length below the header's, a bad
+    /// checksum, a body `mysql_common` refuses).
     #[error("{path}: corrupt event at offset {offset}: {reason}")]
     Corrupt {
+        /// The file.
         path: String,
+        /// Byte offset of the event's first byte in the file.
         offset: u64,
+        /// What is wrong with it.
         reason: String,
     },
+    /// An event was framed but its content could not be decoded.
     #[error("{path}: {source}")]
     Decode {
+        /// The file.
         path: String,
+        /// The decoder's error (it names the event, table, column and position).
         source: Box<crate::source::DecodeError>,
     },
 }

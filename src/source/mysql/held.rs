@@ -62,10 +62,6 @@ impl Held {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Whether the group went to disk.
     pub fn spilled(&self) -> bool {
         self.spill.is_some()

@@ -39,7 +39,6 @@ pub struct RowsType {
 #[derive(Debug)]
 pub struct RowsEvent<'a> {
     pub kind: RowsKind,
-    pub table_id: u64,
     pub column_count: usize,
     pub present_before: &'a [u8],
     pub present_after: Option<&'a [u8]>,
@@ -61,7 +60,7 @@ pub fn parse_rows_event(
     table_id_len: usize,
 ) -> Result<RowsEvent<'_>, String> {
     let mut c = Cursor::new(data);
-    let table_id = c.le(table_id_len)?;
+    c.le(table_id_len)?; // the table id: the caller read it first (`table_id`)
     let _flags = c.le(2)?;
     if t.v2 {
         let extra = c.le(2)? as usize;
@@ -82,7 +81,6 @@ pub fn parse_rows_event(
     };
     Ok(RowsEvent {
         kind: t.kind,
-        table_id,
         column_count,
         present_before,
         present_after,

@@ -196,17 +196,26 @@ pub async fn check_position(conn: &mut Conn, p: &BinlogPosition) -> Result<(), S
 /// Where the stream starts: a checkpoint's position (inside a transaction if it was), its
 /// format-1 row count to convert, and the prepared XA transactions it kept.
 pub struct Start {
+    /// Where to resume: the transaction's start, and the rows event and row inside it.
     pub position: BinlogPosition,
     /// A format-1 checkpoint's rows (of every table) inside the transaction at `position`.
     pub legacy_rows: u64,
+    /// The XA transactions prepared before `position` whose outcome was not read yet: their
+    /// prepare groups are read again first.
     pub open_xa: Vec<super::xa::OpenXa>,
 }
 
+/// The binlog source: connects as a replica (`COM_BINLOG_DUMP` at a file and position), decodes
+/// the rows of the tables some pipeline reads and hands [`SourceEvent`]s downstream in binlog
+/// order, reconnecting with backoff. Positions: the README's "Delivery guarantees".
 pub struct MysqlSource {
+    /// The server and how to read it.
     pub cfg: SourceConfig,
+    /// Where the stream's counters go (none in the benchmarks).
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The tables some pipeline reads (a reload may add to them).
     pub tables: Arc<std::sync::RwLock<std::collections::HashSet<TableName>>>,
+    /// Which tables' rows are decoded (`None`: every table's).
     pub filter: Option<super::decoder::TableFilter>,
     /// Where the schema history is published for the checkpoint writer after it changes.
     pub history: Arc<std::sync::Mutex<SchemaHistory>>,

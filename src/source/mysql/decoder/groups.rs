@@ -38,7 +38,6 @@ pub(super) struct Release {
 /// A prepared XA transaction: its prepare group's events, replayed at `XA COMMIT`.
 pub(super) struct PreparedXa {
     events: Held,
-    open: OpenXa,
 }
 
 /// Counters of what the groups came to, for the metrics.
@@ -269,12 +268,11 @@ impl Decoder {
         };
         tracing::debug!(xid = %xid.describe(), position = %open.position,
             "XA transaction prepared: its rows wait for its XA COMMIT");
-        out.push(SourceEvent::XaPrepared(open.clone()));
+        out.push(SourceEvent::XaPrepared(open));
         self.prepared.insert(
             xid,
             PreparedXa {
                 events: group.events,
-                open,
             },
         );
         self.process(ev, out)
@@ -356,20 +354,7 @@ impl Decoder {
             held.push(e).map_err(|e| self.spill_err(e))?;
         }
         self.prepared
-            .insert(open.xid.clone(), PreparedXa { events: held, open });
+            .insert(open.xid.clone(), PreparedXa { events: held });
         Ok(())
-    }
-
-    /// The prepared XA transactions whose outcome has not been read.
-    pub fn open_xa(&self) -> Vec<OpenXa> {
-        let mut v: Vec<OpenXa> = self.prepared.values().map(|p| p.open.clone()).collect();
-        v.sort_by(|a, b| a.position.cmp(&b.position));
-        v
-    }
-
-    /// Whether the file's position is inside a held group (nothing of it emitted yet) or a
-    /// committed group being released.
-    pub fn holding(&self) -> bool {
-        self.held.is_some() || self.release.is_some()
     }
 }
