@@ -224,6 +224,10 @@ impl Enrichment {
 
 impl Serialize for Enrichment {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.to_fields().serialize(s)
+        match self {
+            // Most records: `{}` without building the fields.
+            Enrichment::None => s.serialize_map(Some(0))?.end(),
+            _ => self.to_fields().serialize(s),
+        }
     }
 }

@@ -31,6 +31,8 @@ pub enum RouteError {
 /// A pipeline bound to one version of its table's layout.
 struct Bound {
     picked: Vec<usize>,
+    /// No column is picked twice: the picked values can be moved out of the row.
+    picked_distinct: bool,
     picked_names: Arc<[String]>,
     key: Vec<usize>,
     key_names: Arc<[String]>,
@@ -46,6 +48,9 @@ pub struct Router {
     by_table: HashMap<String, HashMap<String, Arc<[usize]>>>,
     /// Bindings by (pipeline, plan address): rebuilt when a TABLE_MAP changes the layout.
     bound: HashMap<(usize, usize), (Arc<TablePlan>, Arc<Bound>)>,
+    /// The pipelines of the last routed row's table, by its plan (kept alive here, so its
+    /// address cannot be reused): consecutive rows of one table skip the lookups.
+    last: Option<(Arc<TablePlan>, Arc<[usize]>)>,
     /// Pipelines stopped by a schema change they cannot follow, with why.
     pub stopped: Vec<Option<String>>,
     /// Pipelines stopped since the caller last looked (for the metrics).
@@ -82,6 +87,7 @@ impl Router {
             names,
             by_table,
             bound: HashMap::new(),
+            last: None,
         }
     }
 
@@ -134,7 +140,11 @@ impl Router {
         let names = |ix: &[usize]| -> Arc<[String]> {
             ix.iter().map(|i| plan.columns[*i].name.clone()).collect()
         };
+        let mut sorted = picked.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
         let b = Arc::new(Bound {
+            picked_distinct: sorted.len() == picked.len(),
             picked_names: names(&picked),
             key_names: names(&key_idx),
             picked,
@@ -219,24 +229,24 @@ impl Router {
         }
     }
 
-    /// As [`Router::route`], for one pipeline only when `only` is set (a backfilled row belongs
-    /// to the pipeline that asked for it).
+    /// Routes one row: the records of every active pipeline of its table that wants its
+    /// operation and whose filter passes (of `only`, when set: a backfilled row belongs to the
+    /// pipeline that asked for it), pushed to `out`.
+    ///
+    /// The row's values are moved into the last pipeline's records (cloned for the others),
+    /// so `row` is left with its images emptied.
     pub fn route_to(
         &mut self,
-        row: &RowChange,
+        row: &mut RowChange,
         only: Option<usize>,
         out: &mut Vec<ChangeRecord>,
     ) -> Result<(), RouteError> {
-        let plan = &row.table;
-        let Some(idxs) = self
-            .by_table
-            .get(plan.db.as_str())
-            .and_then(|m| m.get(plan.table.as_str()))
-        else {
+        let Some(idxs) = self.pipelines_of(&row.table) else {
             return Ok(());
         };
-        let idxs = idxs.clone();
-        for &idx in idxs.iter() {
+        let plan = row.table.clone();
+        let plan = &plan;
+        for (n, &idx) in idxs.iter().enumerate() {
             if only.is_some_and(|o| o != idx) || !self.pipelines[idx].wants(row.op) {
                 continue;
             }
@@ -278,9 +288,26 @@ impl Router {
                 ts_ms: row.ts_ms,
             };
             let split = self.pipelines[idx].key_changes == KeyChanges::Split;
-            out.extend(records(row, &b, source, idx, split));
+            let take = n + 1 == idxs.len() && b.picked_distinct;
+            records(row, &b, source, idx, split, take, out);
         }
         Ok(())
+    }
+
+    /// The active pipelines of `plan`'s table (`None`: no pipeline reads it).
+    fn pipelines_of(&mut self, plan: &Arc<TablePlan>) -> Option<Arc<[usize]>> {
+        if let Some((p, idxs)) = &self.last {
+            if Arc::ptr_eq(p, plan) {
+                return Some(idxs.clone());
+            }
+        }
+        let idxs = self
+            .by_table
+            .get(plan.db.as_str())
+            .and_then(|m| m.get(plan.table.as_str()))?
+            .clone();
+        self.last = Some((plan.clone(), idxs.clone()));
+        Some(idxs)
     }
 }
 
@@ -294,34 +321,58 @@ fn project(img: &Option<Vec<ColumnValue>>, ix: &[usize], names: &Arc<[String]>) 
     })
 }
 
-/// The records one row makes for one pipeline: one, or — an update that changed the row's key,
-/// with `key_changes: split` — a `d` of the old key then a `c` of the new one, marked.
+/// As [`project`], moving the values out of `img` (`ix` must not repeat an index).
+fn project_take(
+    img: &mut Option<Vec<ColumnValue>>,
+    ix: &[usize],
+    names: &Arc<[String]>,
+) -> Option<Image> {
+    img.as_mut().map(|v| Image {
+        names: names.clone(),
+        values: ix
+            .iter()
+            .map(|i| {
+                v.get_mut(*i).map_or(ColumnValue::Null, |x| {
+                    std::mem::replace(x, ColumnValue::Null)
+                })
+            })
+            .collect(),
+    })
+}
+
+/// The records one row makes for one pipeline, pushed to `out`: one, or — an update that
+/// changed the row's key, with `key_changes: split` — a `d` of the old key then a `c` of the
+/// new one, marked. With `take` the picked values are moved out of `row` (its last pipeline).
 fn records(
-    row: &RowChange,
+    row: &mut RowChange,
     b: &Bound,
     source: SourceInfo,
     pipeline: usize,
     split: bool,
-) -> Vec<ChangeRecord> {
+    take: bool,
+    out: &mut Vec<ChangeRecord>,
+) {
     let key_of = |img: &Option<Vec<ColumnValue>>| {
         project(img, &b.key, &b.key_names).unwrap_or(Image {
             names: b.key_names.clone(),
             values: Vec::new(),
         })
     };
-    let record = |op, before: &Option<Vec<ColumnValue>>, after: &Option<Vec<ColumnValue>>, key| {
-        ChangeRecord {
-            op,
-            before: project(before, &b.picked, &b.picked_names),
-            after: project(after, &b.picked, &b.picked_names),
-            source: source.clone(),
-            enrichment: Enrichment::None,
-            oversize: None,
-            key_change: None,
-            truncate: None,
-            key,
-            pipeline,
-        }
+    let image = |img: &mut Option<Vec<ColumnValue>>| match take {
+        true => project_take(img, &b.picked, &b.picked_names),
+        false => project(img, &b.picked, &b.picked_names),
+    };
+    let record = |op, before, after, key, source| ChangeRecord {
+        op,
+        before,
+        after,
+        source,
+        enrichment: Enrichment::None,
+        oversize: None,
+        key_change: None,
+        truncate: None,
+        key,
+        pipeline,
     };
     if row.op == Op::Update && split && !b.key.is_empty() {
         let (old, new) = (key_of(&row.before), key_of(&row.after));
@@ -330,11 +381,18 @@ fn records(
                 old: old.clone(),
                 new: new.clone(),
             };
-            let mut d = record(Op::Delete, &row.before, &None, old);
+            let mut d = record(
+                Op::Delete,
+                image(&mut row.before),
+                None,
+                old,
+                source.clone(),
+            );
             d.key_change = Some(change.clone());
-            let mut c = record(Op::Insert, &None, &row.after, new);
+            let mut c = record(Op::Insert, None, image(&mut row.after), new, source);
             c.key_change = Some(change);
-            return vec![d, c];
+            out.extend([d, c]);
+            return;
         }
     }
     let key = key_of(if row.after.is_some() {
@@ -342,5 +400,6 @@ fn records(
     } else {
         &row.before
     });
-    vec![record(row.op, &row.before, &row.after, key)]
+    let (before, after) = (image(&mut row.before), image(&mut row.after));
+    out.push(record(row.op, before, after, key, source));
 }

@@ -67,17 +67,19 @@ pub struct Outputs {
 }
 
 impl Outputs {
-    /// Routes one row (to `only` when set) and hands its records on.
+    /// Routes one row (to `only` when set) and hands its records on (the row's values move
+    /// into them).
     fn row(
         &self,
         router: &mut Router,
-        row: &RowChange,
+        row: &mut RowChange,
         only: Option<usize>,
         recs: &mut Vec<ChangeRecord>,
     ) -> Result<(), StageError> {
         recs.clear();
+        let resume = row.resume_after();
         router.route_to(row, only, recs)?;
-        self.dispatch(recs, row.resume_after())?;
+        self.dispatch(recs, resume)?;
         self.mark_stopped(router);
         Ok(())
     }
@@ -108,13 +110,14 @@ impl Outputs {
         resume: BinlogPosition,
     ) -> Result<(), StageError> {
         let mut pending = 0u32;
-        {
-            let g = lock(&self.sinks);
-            for r in recs.iter() {
-                pending += g[self.route(r)?].acks_for(r);
-            }
+        // One lock of the sinks for the row (not one per record), let go before waiting on an
+        // enrichment stage: its delivery thread takes the same lock.
+        let g = lock(&self.sinks);
+        for r in recs.iter() {
+            pending += g[self.route(r)?].acks_for(r);
         }
         let seq = self.tracker.push(resume, pending);
+        let mut sinks = Some(g);
         for r in recs.drain(..) {
             let pm = &self.metrics.pipelines[r.pipeline];
             pm.record_in(r.source.ts_ms);
@@ -123,13 +126,14 @@ impl Outputs {
             }
             match &self.routes[r.pipeline].enrich {
                 Some(tx) => {
+                    sinks = None;
                     let pipeline = r.source.pipeline.to_string();
                     tx.blocking_send((r, seq))
                         .map_err(|_| StageError::EnrichmentEnded { pipeline })?;
                 }
                 None => {
                     let sink = self.route(&r)?;
-                    lock(&self.sinks)[sink].send(&r, seq)?;
+                    sinks.get_or_insert_with(|| lock(&self.sinks))[sink].send(&r, seq)?;
                     pm.record_out(r.source.ts_ms);
                 }
             }
@@ -173,14 +177,14 @@ fn event(
     recs: &mut Vec<ChangeRecord>,
 ) -> Result<(), StageError> {
     match ev {
-        SourceEvent::Row(row) => {
+        SourceEvent::Row(mut row) => {
             if let Some(l) = snap {
                 if row.table.db == l.signal.0 && row.table.table == l.signal.1 {
                     return signal_row(&row, router, out, l, recs);
                 }
                 l.windows.observe(&row);
             }
-            out.row(router, &row, None, recs)?;
+            out.row(router, &mut row, None, recs)?;
         }
         SourceEvent::Progress(p) => {
             out.tracker.push(p, 0);
@@ -240,8 +244,8 @@ fn signal_row(
         }
         Signal::High(nonce) => {
             if let Some((chunk, rows)) = l.windows.high(nonce, row) {
-                for r in &rows {
-                    out.row(router, r, Some(chunk.pipeline), recs)?;
+                for mut r in rows {
+                    out.row(router, &mut r, Some(chunk.pipeline), recs)?;
                 }
                 let _ = chunk.done.send(row.resume_after());
             }

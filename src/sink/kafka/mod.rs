@@ -209,7 +209,7 @@ impl Sink for KafkaSink {
     }
 
     fn send(&mut self, rec: &ChangeRecord, seq: u64) -> Result<u32, SinkError> {
-        let Some(Some(route)) = self.routes.get(rec.pipeline).cloned() else {
+        let Some(Some(route)) = self.routes.get(rec.pipeline) else {
             return Ok(0);
         };
         if self.stopped.contains(&rec.pipeline) {
@@ -220,6 +220,7 @@ impl Sink for KafkaSink {
         let value = serde_json::to_vec(rec)?;
         let size = key.as_ref().map_or(0, Vec::len) + value.len();
         if size > self.max_bytes {
+            let route = route.clone();
             return self.oversize(&route, rec, seq, size);
         }
         if rec.op == Op::Truncate {
@@ -230,7 +231,7 @@ impl Sink for KafkaSink {
             return Ok(n as u32);
         }
         self.produce(&route.topic, key.as_deref(), None, Some(&value), seq)?;
-        if tombstone_after(&route, rec) {
+        if tombstone_after(route, rec) {
             self.produce(&route.topic, key.as_deref(), None, None, seq)?;
             return Ok(2);
         }

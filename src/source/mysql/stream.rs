@@ -519,6 +519,7 @@ impl MysqlSource {
     ) -> Result<Vec<(TableName, BinlogPosition)>, SourceError> {
         tracing::info!(from = %from, to = %to,
             "reading the statements of the binlog backlog for DDL (schema history)");
+        let started = std::time::Instant::now();
         let q = |what: &'static str| move |source| SourceError::Query { what, source };
         let mut conn = connect(&self.cfg).await?;
         conn.query_drop("SET @mariadb_slave_capability = 4")
@@ -546,6 +547,11 @@ impl MysqlSource {
                 break;
             }
         }
+        tracing::info!(
+            ddls = found.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "binlog backlog read for DDL"
+        );
         Ok(found)
     }
 

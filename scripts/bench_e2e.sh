@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# End-to-end benchmark, side by side in one run: binlog -> daemon -> Kafka (tansu, release
+# build) against the rdkafka producer alone sending the same records (the ceiling), in turn
+# (E C E C E C), on the same 1M-row binlog (t6: 6 columns, transactions of 10,000 rows).
+# Every measurement starts on a fresh, empty broker (tansu's memory storage keeps every
+# record: a broker holding the earlier runs' millions would slow the later runs).
+# Prints rows/s and e2e / ceiling (median of the pairs). With OTHER=path/to/cdc-enricher a
+# second daemon build runs in the same rotation (E O C ...) and the two are compared.
+# With PERF=1 one more e2e run is recorded by `perf record -g` (report in .bench-e2e/perf.txt).
+#
+# Usage: scripts/bench_e2e.sh [rows]   (default 1000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+ROWS=${1:-1000000}
+need_mariadb
+need_tansu_release
+log "building (release)"
+cargo build --release --locked -q
+cargo bench --locked --bench binlog --no-run -q 2>/dev/null
+T=${CARGO_TARGET_DIR:-$PWD/target}
+BENCH=$(ls -t "$T"/release/deps/binlog-* | grep -v '\.d$' | head -1)
+BIN=$T/release/cdc-enricher
+
+W=$PWD/.bench-e2e
+rm -rf "$W"; mkdir -p "$W"
+DAEMON=
+cleanup() {
+  [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null
+  stop_pidfile "$W/db/server.pid"; stop_pidfile "$W/kafka/tansu.pid"
+}
+trap cleanup EXIT
+P=$(free_port)
+start_mariadb "$W/db" "$P"
+# fresh_broker: a new empty broker on a new port (KP).
+fresh_broker() {
+  stop_pidfile "$W/kafka/tansu.pid"
+  KP=$(free_port)
+  start_tansu "$W/kafka" "$KP"
+}
+q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; }
+q "CREATE DATABASE bench;
+   CREATE TABLE bench.t6 (id INT PRIMARY KEY, a INT, b BIGINT, c VARCHAR(32), d DOUBLE, e DATETIME(6));
+   FLUSH BINARY LOGS;"
+FILE=$(q "SHOW MASTER STATUS" | cut -f1)
+log "writing $ROWS rows into bench.t6"
+for ((i = 0; i < ROWS; i += 10000)); do
+  hi=$((i + 10000 < ROWS ? i + 10000 : ROWS))
+  echo "INSERT INTO bench.t6 SELECT seq, seq*7, seq*1000003, CONCAT('row-', seq), seq/3,
+    '2024-01-01 00:00:00.123456' + INTERVAL seq SECOND FROM bench.seq_$((i + 1))_to_$hi;"
+done | mariadb --no-defaults -h127.0.0.1 -P"$P" -uadmin -padminpw
+q "FLUSH BINARY LOGS"
+cp "$W/db/data/$FILE" "$W/t6.bin"
+END=$(( $(stat -c %s "$W/t6.bin") - 100 ))
+
+secs() { grep -o '"seconds":[0-9.e-]*' | cut -d: -f2; }
+# cpu PID: CPU seconds (user + system) the process has used so far.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$1/stat"; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { print a - b }'; }
+MARIADB_PID=$(cat "$W/db/server.pid")
+# e2e BINARY N: the daemon from the binlog's start until its checkpoint passes the last row
+# (one long-running poller of the checkpoint file: never a process per poll). Topic e2e-N.
+e2e() {
+  local bin=$1 n=$2 d=$W/e2e-$2
+  fresh_broker
+  mkdir -p "$d/pipelines"
+  cat > "$d/cdc-enricher.yaml" <<YAML
+source: {host: 127.0.0.1, port: $P, user: cdc, password: cdc-secret, server_id: $((700 + n)), heartbeat_ms: 1000}
+kafka: {brokers: "127.0.0.1:$KP", properties: {linger.ms: "5", batch.num.messages: "10000"}}
+checkpoint: {store: {file: {path: cp.json}}, interval_ms: 50}
+YAML
+  printf 'name: t6\ntable: bench.t6\nsink: {kafka: {topic: e2e-%s}}\n' "$n" > "$d/pipelines/t6.yaml"
+  echo "{\"version\":1,\"position\":{\"file\":\"$FILE\",\"pos\":4}}" > "$d/cp.json"
+  local start k0 m0; start=$(date +%s.%N)
+  k0=$(cpu "$(cat "$W/kafka/tansu.pid")"); m0=$(cpu "$MARIADB_PID")
+  ( cd "$d" && exec ${PREFIX:-} "$bin" run -c cdc-enricher.yaml 2>daemon.log ) & DAEMON=$!
+  python3 - "$d/cp.json" "$start" "$FILE" "$END" <<'PY'
+import json, sys, time
+cp, start, file, pos = sys.argv[1], float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+while True:
+    try:
+        with open(cp) as f:
+            p = json.load(f)["position"]
+        if p["file"] != file or p["pos"] >= pos:
+            break
+    except (OSError, ValueError, KeyError):
+        pass
+    time.sleep(0.02)
+print(time.time() - start)
+PY
+  # CPU seconds of the run: daemon, broker, MariaDB (the cores they share).
+  echo "$(cpu "$DAEMON") $(minus "$(cpu "$(cat "$W/kafka/tansu.pid")")" "$k0") $(minus "$(cpu "$MARIADB_PID")" "$m0")" > "$d/cpu"
+  for t in /proc/"$DAEMON"/task/*; do
+    printf '%s %s\n' "$(cpu "$DAEMON/task/${t##*/}")" "$(cat "$t/comm")"
+  done | sort -rn > "$d/threads"
+  kill -TERM "$DAEMON"; wait "$DAEMON" || true; DAEMON=
+}
+ceiling() {
+  fresh_broker
+  local k0; k0=$(cpu "$(cat "$W/kafka/tansu.pid")")
+  "$BENCH" produce "127.0.0.1:$KP" "ceiling-$1" "$W/t6.bin" | secs
+  minus "$(cpu "$(cat "$W/kafka/tansu.pid")")" "$k0" > "$W/ceiling-$1.cpu"
+}
+
+E=(); O=(); C=()
+for i in 1 2 3; do
+  log "round $i"
+  E+=("$(e2e "$BIN" "$i")")
+  [ -n "${OTHER:-}" ] && O+=("$(e2e "$OTHER" "$((i + 10))")")
+  C+=("$(ceiling "$i")")
+done
+if [ -n "${PERF:-}" ]; then
+  log "perf record of one more e2e run"
+  PREFIX="perf record -g -o $W/perf.data" e2e "$BIN" 99 >/dev/null
+  perf report -i "$W/perf.data" --no-children --sort dso,sym --stdio > "$W/perf.txt" 2>/dev/null || true
+  log "profile: $W/perf.txt"
+fi
+log "seconds: e2e ${E[*]}; other ${O[*]:-none}; ceiling ${C[*]}"
+echo "CPU seconds of the last round (daemon, broker, MariaDB), e2e: $(cat "$W/e2e-3/cpu");" \
+  "ceiling's broker: $(cat "$W/ceiling-3.cpu") (the producer's own CPU is not counted: it reads the binlog first)"
+echo "the daemon's threads, CPU seconds (last round): $(head -6 "$W/e2e-3/threads" | tr '\n' ';')"
+python3 - "$ROWS" "${E[*]}" "${O[*]:-}" "${C[*]}" <<'PY'
+import statistics, sys
+rows = int(sys.argv[1])
+e = [float(x) for x in sys.argv[2].split()]
+o = [float(x) for x in sys.argv[3].split()] if sys.argv[3].strip() else []
+c = [float(x) for x in sys.argv[4].split()]
+med = statistics.median
+print("| run | seconds (median of 3) | rows/s |")
+print("|---|---|---|")
+print(f"| binlog -> daemon -> Kafka (this build) | {med(e):.3f} | {rows/med(e):,.0f} |")
+if o:
+    print(f"| binlog -> daemon -> Kafka (OTHER) | {med(o):.3f} | {rows/med(o):,.0f} |")
+print(f"| rdkafka producer alone, same records (ceiling) | {med(c):.3f} | {rows/med(c):,.0f} |")
+pairs = sorted(y / x for x, y in zip(e, c))
+print(f"| e2e / ceiling (median of the pairs) | {med(pairs):.2f} (pairs: {pairs[0]:.2f}–{pairs[-1]:.2f}) | |")
+if o:
+    pairs = sorted(y / x for x, y in zip(e, o))
+    print(f"| this ÷ OTHER, speed (median of the pairs) | {med(pairs):.2f} (pairs: {pairs[0]:.2f}–{pairs[-1]:.2f}) | |")
+PY
