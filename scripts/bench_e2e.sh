@@ -38,18 +38,7 @@ fresh_broker() {
   KP=$(free_port)
   start_tansu "$W/kafka" "$KP"
 }
-q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; }
-q "CREATE DATABASE bench;
-   CREATE TABLE bench.t6 (id INT PRIMARY KEY, a INT, b BIGINT, c VARCHAR(32), d DOUBLE, e DATETIME(6));
-   FLUSH BINARY LOGS;"
-FILE=$(q "SHOW MASTER STATUS" | cut -f1)
-log "writing $ROWS rows into bench.t6"
-for ((i = 0; i < ROWS; i += 10000)); do
-  hi=$((i + 10000 < ROWS ? i + 10000 : ROWS))
-  echo "INSERT INTO bench.t6 SELECT seq, seq*7, seq*1000003, CONCAT('row-', seq), seq/3,
-    '2024-01-01 00:00:00.123456' + INTERVAL seq SECOND FROM bench.seq_$((i + 1))_to_$hi;"
-done | mariadb --no-defaults -h127.0.0.1 -P"$P" -uadmin -padminpw
-q "FLUSH BINARY LOGS"
+FILE=$(write_t6 "$P" "$ROWS")
 cp "$W/db/data/$FILE" "$W/t6.bin"
 END=$(( $(stat -c %s "$W/t6.bin") - 100 ))
 

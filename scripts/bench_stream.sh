@@ -23,18 +23,7 @@ cleanup() { stop_pidfile "$W/db/server.pid"; }
 trap cleanup EXIT
 P=$(free_port)
 start_mariadb "$W/db" "$P"
-q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; }
-q "CREATE DATABASE bench;
-   CREATE TABLE bench.t6 (id INT PRIMARY KEY, a INT, b BIGINT, c VARCHAR(32), d DOUBLE, e DATETIME(6));
-   FLUSH BINARY LOGS;"
-FILE=$(q "SHOW MASTER STATUS" | cut -f1)
-log "writing $ROWS rows into bench.t6"
-for ((i = 0; i < ROWS; i += 10000)); do
-  hi=$((i + 10000 < ROWS ? i + 10000 : ROWS))
-  echo "INSERT INTO bench.t6 SELECT seq, seq*7, seq*1000003, CONCAT('row-', seq), seq/3,
-    '2024-01-01 00:00:00.123456' + INTERVAL seq SECOND FROM bench.seq_$((i + 1))_to_$hi;"
-done | mariadb --no-defaults -h127.0.0.1 -P"$P" -uadmin -padminpw
-q "FLUSH BINARY LOGS"
+FILE=$(write_t6 "$P" "$ROWS")
 
 secs() { grep -o '"seconds":[0-9.e-]*' | cut -d: -f2; }
 run() { taskset -c 0 "$1" stream 127.0.0.1 "$P" cdc cdc-secret "$FILE" 4 "$ROWS" | secs; }

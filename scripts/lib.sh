@@ -115,6 +115,25 @@ start_tansu() {
   return 1
 }
 
+# write_t6 PORT ROWS: creates bench.t6 (6 columns) on the benchmark server at PORT and writes
+# ROWS rows into it in transactions of 10,000, in a binlog file of their own; prints its name.
+write_t6() {
+  local port=$1 rows=$2 i hi file
+  local q=(mariadb --no-defaults -N -B -h127.0.0.1 -P"$port" -uadmin -padminpw -e)
+  "${q[@]}" "CREATE DATABASE bench;
+     CREATE TABLE bench.t6 (id INT PRIMARY KEY, a INT, b BIGINT, c VARCHAR(32), d DOUBLE, e DATETIME(6));
+     FLUSH BINARY LOGS;"
+  file=$("${q[@]}" "SHOW MASTER STATUS" | cut -f1)
+  log "writing $rows rows into bench.t6"
+  for ((i = 0; i < rows; i += 10000)); do
+    hi=$((i + 10000 < rows ? i + 10000 : rows))
+    echo "INSERT INTO bench.t6 SELECT seq, seq*7, seq*1000003, CONCAT('row-', seq), seq/3,
+      '2024-01-01 00:00:00.123456' + INTERVAL seq SECOND FROM bench.seq_$((i + 1))_to_$hi;"
+  done | mariadb --no-defaults -h127.0.0.1 -P"$port" -uadmin -padminpw
+  "${q[@]}" "FLUSH BINARY LOGS"
+  echo "$file"
+}
+
 stop_pidfile() {
   [ -f "$1" ] && kill "$(cat "$1")" 2>/dev/null; rm -f "$1"
 }
