@@ -5,7 +5,9 @@
 # Every measurement starts on a fresh, empty broker (tansu's memory storage keeps every
 # record: a broker holding the earlier runs' millions would slow the later runs).
 # Prints rows/s and e2e / ceiling (median of the pairs). With OTHER=path/to/cdc-enricher a
-# second daemon build runs in the same rotation (E O C ...) and the two are compared.
+# second daemon build runs in the same rotation (E O C ...) and the two are compared; with
+# OTHER_PROPS='"queue.buffering.max.messages": "100000"' (YAML map entries) the second daemon
+# (OTHER, or this build) runs with those producer properties added.
 # With PERF=1 one more e2e run is recorded by `perf record -g` (report in .bench-e2e/perf.txt).
 #
 # Usage: scripts/bench_e2e.sh [rows]   (default 1000000)
@@ -47,15 +49,15 @@ secs() { grep -o '"seconds":[0-9.e-]*' | cut -d: -f2; }
 cpu() { awk -v t="$(getconf CLK_TCK)" '{ print ($14 + $15) / t }' "/proc/$1/stat"; }
 minus() { awk -v a="$1" -v b="$2" 'BEGIN { print a - b }'; }
 MARIADB_PID=$(cat "$W/db/server.pid")
-# e2e BINARY N: the daemon from the binlog's start until its checkpoint passes the last row
+# e2e BINARY N [PROPS]: the daemon from the binlog's start until its checkpoint passes the last row
 # (one long-running poller of the checkpoint file: never a process per poll). Topic e2e-N.
 e2e() {
-  local bin=$1 n=$2 d=$W/e2e-$2
+  local bin=$1 n=$2 props=${3:+, $3} d=$W/e2e-$2
   fresh_broker
   mkdir -p "$d/pipelines"
   cat > "$d/cdc-enricher.yaml" <<YAML
 source: {host: 127.0.0.1, port: $P, user: cdc, password: cdc-secret, server_id: $((700 + n)), heartbeat_ms: 1000}
-kafka: {brokers: "127.0.0.1:$KP", properties: {linger.ms: "5", batch.num.messages: "10000"}}
+kafka: {brokers: "127.0.0.1:$KP", properties: {linger.ms: "5", batch.num.messages: "10000"$props}}
 checkpoint: {store: {file: {path: cp.json}}, interval_ms: 50}
 YAML
   printf 'name: t6\ntable: bench.t6\nsink: {kafka: {topic: e2e-%s}}\n' "$n" > "$d/pipelines/t6.yaml"
@@ -91,11 +93,12 @@ ceiling() {
   minus "$(cpu "$(cat "$W/kafka/tansu.pid")")" "$k0" > "$W/ceiling-$1.cpu"
 }
 
+[ -n "${OTHER_PROPS:-}" ] && OTHER=${OTHER:-$BIN}
 E=(); O=(); C=()
 for i in 1 2 3; do
   log "round $i"
   E+=("$(e2e "$BIN" "$i")")
-  [ -n "${OTHER:-}" ] && O+=("$(e2e "$OTHER" "$((i + 10))")")
+  [ -n "${OTHER:-}" ] && O+=("$(e2e "$OTHER" "$((i + 10))" "${OTHER_PROPS:-}")")
   C+=("$(ceiling "$i")")
 done
 if [ -n "${PERF:-}" ]; then

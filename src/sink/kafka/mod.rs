@@ -24,6 +24,39 @@ mod oversize;
 
 struct AckContext {
     tracker: AckTracker,
+    room: Arc<QueueRoom>,
+}
+
+/// Wakes a thread waiting for room in the producer's queue as soon as a delivery report frees
+/// some (a fixed sleep instead made the pipeline stage wait up to a whole tick per full queue).
+#[derive(Default)]
+struct QueueRoom {
+    waiting: std::sync::atomic::AtomicBool,
+    waiter: std::sync::Mutex<Option<std::thread::Thread>>,
+}
+
+impl QueueRoom {
+    /// Parks the calling thread until a delivery report or `at_most` (a wake-up that came
+    /// before the park is not lost: `unpark` leaves a token).
+    fn wait(&self, at_most: Duration) {
+        use std::sync::atomic::Ordering;
+        if let Ok(mut w) = self.waiter.lock() {
+            *w = Some(std::thread::current());
+        }
+        self.waiting.store(true, Ordering::Release);
+        std::thread::park_timeout(at_most);
+        self.waiting.store(false, Ordering::Release);
+    }
+
+    /// Called for every delivery report: costs one atomic load unless a thread waits.
+    fn notify(&self) {
+        use std::sync::atomic::Ordering;
+        if self.waiting.swap(false, Ordering::AcqRel) {
+            if let Some(t) = self.waiter.lock().ok().and_then(|mut w| w.take()) {
+                t.unpark();
+            }
+        }
+    }
 }
 
 impl ClientContext for AckContext {}
@@ -33,13 +66,17 @@ impl ProducerContext for AckContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         match result {
-            Ok(_) => self.tracker.ack(seq as u64),
+            Ok(_) => {
+                self.tracker.ack(seq as u64);
+                self.room.notify();
+            }
             Err((e, msg)) => {
                 use rdkafka::Message;
                 self.tracker.fail(format!(
                     "delivery to topic {} failed: {e}; the checkpoint stays before this record",
                     msg.topic()
                 ));
+                self.room.notify();
             }
         }
     }
@@ -56,6 +93,7 @@ pub struct Route {
 
 pub struct KafkaSink {
     producer: ThreadedProducer<AckContext>,
+    room: Arc<QueueRoom>,
     /// Route per pipeline index; `None` for pipelines with another sink.
     routes: Vec<Option<Route>>,
     tracker: AckTracker,
@@ -104,13 +142,16 @@ impl KafkaSink {
         tracker: AckTracker,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SinkError> {
+        let room = Arc::new(QueueRoom::default());
         let producer: ThreadedProducer<AckContext> = client_config(cfg)
             .create_with_context(AckContext {
                 tracker: tracker.clone(),
+                room: room.clone(),
             })
             .map_err(|e| SinkError::Kafka(format!("cannot create the producer: {e}")))?;
         Ok(KafkaSink {
             producer,
+            room,
             routes,
             tracker,
             max_bytes: max_message_bytes(cfg).saturating_sub(FRAMING_BYTES),
@@ -149,7 +190,7 @@ impl KafkaSink {
                     if let Some(f) = self.tracker.failure() {
                         return Err(SinkError::Kafka(f));
                     }
-                    std::thread::sleep(Duration::from_millis(1));
+                    self.room.wait(Duration::from_millis(10));
                     rec = r;
                 }
                 Err((e, _)) => {
