@@ -376,3 +376,22 @@ mod tests {
         assert_eq!(truncate("abc", 5000), ("abc", false));
     }
 }
+    /// A service's numbers (scores, vectors) are read exactly: serde_json's default parser
+    /// can be one unit in the last place off; the `float_roundtrip` feature is on.
+    #[test]
+    fn answer_numbers_are_parsed_exactly() {
+        for (text, exact) in [
+            ("-0.10268735746339075", -0.102_687_357_463_390_75_f64),
+            ("0.014330974336443831", 0.014_330_974_336_443_831),
+            ("0.09234319553633355", 0.092_343_195_536_333_55),
+        ] {
+            let v: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                v.as_f64().map(f64::to_bits),
+                Some(exact.to_bits()),
+                "{text}"
+            );
+            assert_eq!(v.to_string(), text);
+        }
+    }
+
