@@ -274,7 +274,7 @@ async fn stage(
         let mut jobs = Vec::with_capacity(batch.len());
         let mut inputs = Vec::new();
         for (rec, _) in &batch {
-            if s.applied.as_ref().is_some_and(|a| rec.position() <= *a) {
+            if s.applied.as_ref().is_some_and(|a| !rec.after_applied(a)) {
                 jobs.push(Job::Skip(Skip::AlreadyApplied));
                 continue;
             }

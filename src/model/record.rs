@@ -85,6 +85,20 @@ impl ChangeRecord {
             ..BinlogPosition::new(self.source.file.clone(), self.source.pos)
         }
     }
+
+    /// Whether the record comes after `applied` (what a write-back had applied): a change
+    /// after it in stream order — or a backfill row (`op: r`) at it. Every row of a backfill
+    /// chunk carries its high watermark's position, so rows of one chunk written in separate
+    /// transactions share `applied`; they are never replays, since a chunk is emitted once
+    /// (after a restart its watermark in the binlog finds no open chunk, and the chunk is read
+    /// again under a new watermark).
+    pub fn after_applied(&self, applied: &BinlogPosition) -> bool {
+        match self.position().cmp(applied) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Equal => self.op == Op::Read,
+            std::cmp::Ordering::Less => false,
+        }
+    }
 }
 
 /// The old and new key of an update that changed the row's key: it is emitted as a `d` of

@@ -629,7 +629,11 @@ impl Writer {
         // A batch with nothing to write (skips: deletes, no text, the daemon's own updates
         // echoed back by the binlog) needs no transaction: replaying it after a crash writes
         // nothing either. Not recording its position keeps the database quiet.
-        let fresh = |it: &Item| self.applied.as_ref().is_none_or(|a| &pos_of(&it.rec) > a);
+        let fresh = |it: &Item| {
+            self.applied
+                .as_ref()
+                .is_none_or(|a| it.rec.after_applied(a))
+        };
         if !batch
             .iter()
             .zip(&actions)
@@ -651,7 +655,11 @@ impl Writer {
         let mut last: Option<Pos> = None;
         for (it, action) in batch.iter().zip(actions) {
             let pos = pos_of(&it.rec);
-            if self.applied.as_ref().is_some_and(|a| &pos <= a) {
+            if self
+                .applied
+                .as_ref()
+                .is_some_and(|a| !it.rec.after_applied(a))
+            {
                 tally.replayed += 1;
                 continue;
             }
