@@ -91,10 +91,10 @@ fn every_config_field_has_a_readme_row_and_every_row_a_field() {
     let enr = |inner: &str| fields::<PipelineConfig>(&format!("enrichment:\n{inner}"));
     let shared: BTreeSet<String> = enr("  zz_unknown: 1\n")
         .into_iter()
-        .filter(|f| !["comprehend", "sagemaker", "bedrock"].contains(&f.as_str()))
+        .filter(|f| !["comprehend", "sagemaker", "bedrock", "embedding"].contains(&f.as_str()))
         .collect();
     assert_eq!(rows(&readme, "Shared settings (every backend):"), shared);
-    for b in ["comprehend", "sagemaker", "bedrock"] {
+    for b in ["comprehend", "sagemaker", "bedrock", "embedding"] {
         let heading = readme
             .lines()
             .find(|l| l.starts_with(&format!("`{b}:`")))

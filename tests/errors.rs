@@ -212,7 +212,7 @@ fn enrichment_config_errors_name_the_setting() {
     let cases = [
         (
             with("  comprehend: {operation: sentiment, text: title}\n  sagemaker: {endpoint: e, input: [id], returns: double}\n"),
-            "enrichment needs exactly one backend: `comprehend`, `sagemaker` or `bedrock`",
+            "enrichment needs exactly one backend: `comprehend`, `sagemaker`, `bedrock` or `embedding`",
         ),
         (
             with(&format!("{bedrock}    prompt: \"Summarize {{title\"\n")),
@@ -248,7 +248,7 @@ fn enrichment_config_errors_name_the_setting() {
         ),
         (
             with("  comprehend: {operation: sentiment, text: title}\n  tokens_per_minute: 1000\n"),
-            "enrichment.tokens_per_minute is for bedrock (only models count tokens)",
+            "enrichment.tokens_per_minute is for bedrock and embedding (only models count tokens)",
         ),
     ];
     for (body, message) in cases {
@@ -271,7 +271,7 @@ fn enrichment_config_errors_name_the_setting() {
     let (code, _, err) = d.check();
     assert_eq!(code, 2);
     assert!(
-        err.starts_with("error: pipelines/a.yaml:6:3: enrichment: unknown field `endpont_url`, expected one of `comprehend`, `sagemaker`, `bedrock`, `region`, `endpoint_url`"),
+        err.starts_with("error: pipelines/a.yaml:6:3: enrichment: unknown field `endpont_url`, expected one of `comprehend`, `sagemaker`, `bedrock`, `embedding`, `region`, `endpoint_url`"),
         "{err}"
     );
 

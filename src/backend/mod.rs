@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod bedrock;
 pub mod comprehend;
+pub mod embedding;
 pub mod sagemaker;
 pub mod template;
 
@@ -16,6 +17,7 @@ use serde_json::{Map, Value};
 
 use bedrock::config::BedrockConfig;
 use comprehend::config::ComprehendConfig;
+use embedding::config::EmbeddingConfig;
 use sagemaker::config::SageMakerConfig;
 
 /// What kind of failure, which decides what happens next.
@@ -243,6 +245,7 @@ pub enum BackendConfig<'a> {
     Comprehend(&'a ComprehendConfig),
     SageMaker(&'a SageMakerConfig),
     Bedrock(&'a BedrockConfig),
+    Embedding(&'a EmbeddingConfig),
 }
 
 impl BackendConfig<'_> {
@@ -252,12 +255,14 @@ impl BackendConfig<'_> {
             BackendConfig::Comprehend(_) => "comprehend",
             BackendConfig::SageMaker(_) => "sagemaker",
             BackendConfig::Bedrock(_) => "bedrock",
+            BackendConfig::Embedding(_) => "embedding",
         }
     }
 
     /// Rows one call may carry: Comprehend's batch APIs take 25 documents (DetectPiiEntities
     /// one), a SageMaker call as many rows as fit its body (10,000 by default, Aurora's
-    /// `MAX_BATCH_SIZE`), a Bedrock call one prompt.
+    /// `MAX_BATCH_SIZE`), a Bedrock call one prompt, an embedding call one text (Titan) or 96
+    /// (Cohere).
     pub fn max_batch(&self) -> usize {
         match self {
             BackendConfig::Comprehend(c)
@@ -268,6 +273,9 @@ impl BackendConfig<'_> {
             BackendConfig::Comprehend(_) => comprehend::MAX_BATCH,
             BackendConfig::SageMaker(_) => sagemaker::DEFAULT_BATCH,
             BackendConfig::Bedrock(_) => 1,
+            BackendConfig::Embedding(e) => {
+                embedding::Family::resolve(&e.model).map_or(1, embedding::Family::max_batch)
+            }
         }
     }
 
@@ -286,6 +294,7 @@ impl BackendConfig<'_> {
             BackendConfig::Comprehend(_) => Ok(()),
             BackendConfig::SageMaker(s) => sagemaker::validate(s),
             BackendConfig::Bedrock(b) => bedrock::validate(b),
+            BackendConfig::Embedding(e) => embedding::validate(e),
         }
     }
 }
@@ -327,6 +336,9 @@ pub async fn build(
             std::sync::Arc::new(sagemaker::SageMaker::new(call, s).await?)
         }
         BackendConfig::Bedrock(b) => std::sync::Arc::new(bedrock::Bedrock::new(call, b).await?),
+        BackendConfig::Embedding(e) => {
+            std::sync::Arc::new(embedding::Embedding::new(call, e).await?)
+        }
     })
 }
 
@@ -364,18 +376,6 @@ pub fn truncate(s: &str, max: usize) -> (&str, bool) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn truncates_at_a_character_boundary() {
-        let s = "é".repeat(3000); // 6000 bytes
-        let (t, cut) = truncate(&s, 5000);
-        assert!(cut);
-        assert_eq!(t.len(), 5000);
-        let s = format!("a{}", "é".repeat(2500)); // 5001 bytes
-        let (t, cut) = truncate(&s, 5000);
-        assert_eq!((t.len(), cut), (4999, true));
-        assert_eq!(truncate("abc", 5000), ("abc", false));
-    }
-}
     /// A service's numbers (scores, vectors) are read exactly: serde_json's default parser
     /// can be one unit in the last place off; the `float_roundtrip` feature is on.
     #[test]
@@ -395,3 +395,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn truncates_at_a_character_boundary() {
+        let s = "é".repeat(3000); // 6000 bytes
+        let (t, cut) = truncate(&s, 5000);
+        assert!(cut);
+        assert_eq!(t.len(), 5000);
+        let s = format!("a{}", "é".repeat(2500)); // 5001 bytes
+        let (t, cut) = truncate(&s, 5000);
+        assert_eq!((t.len(), cut), (4999, true));
+        assert_eq!(truncate("abc", 5000), ("abc", false));
+    }
+}

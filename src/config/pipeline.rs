@@ -8,6 +8,7 @@ use super::{parse_yaml, ConfigError};
 pub use crate::backend::aws::AwsSettings;
 pub use crate::backend::bedrock::config::{BedrockConfig, BedrockOutput};
 pub use crate::backend::comprehend::config::{ComprehendConfig, OnTooLong};
+pub use crate::backend::embedding::config::EmbeddingConfig;
 pub use crate::backend::sagemaker::config::SageMakerConfig;
 pub use crate::backend::BackendConfig;
 use crate::model::filter::Expr;
@@ -102,6 +103,10 @@ pub struct EnrichmentConfig {
     /// A Bedrock foundation model: a prompt template over the row's columns.
     #[serde(default)]
     pub bedrock: Option<BedrockConfig>,
+    /// A Bedrock embedding model (Titan Text Embeddings v2, Cohere Embed): a text template over
+    /// the row's columns in, a vector out.
+    #[serde(default)]
+    pub embedding: Option<EmbeddingConfig>,
     /// AWS region; default from the environment / profile chain.
     #[serde(default)]
     pub region: Option<String>,
@@ -172,10 +177,15 @@ pub struct BudgetConfig {
 impl EnrichmentConfig {
     /// The one backend named (checked when the pipeline is loaded).
     pub fn backend(&self) -> Option<BackendConfig<'_>> {
-        match (&self.comprehend, &self.sagemaker, &self.bedrock) {
-            (Some(c), None, None) => Some(BackendConfig::Comprehend(c)),
-            (None, Some(s), None) => Some(BackendConfig::SageMaker(s)),
-            (None, None, Some(b)) => Some(BackendConfig::Bedrock(b)),
+        let named = [
+            self.comprehend.as_ref().map(BackendConfig::Comprehend),
+            self.sagemaker.as_ref().map(BackendConfig::SageMaker),
+            self.bedrock.as_ref().map(BackendConfig::Bedrock),
+            self.embedding.as_ref().map(BackendConfig::Embedding),
+        ];
+        let mut named = named.into_iter().flatten();
+        match (named.next(), named.next()) {
+            (Some(one), None) => Some(one),
             _ => None,
         }
     }
@@ -244,6 +254,13 @@ impl EnrichmentConfig {
                 if let Ok(t) = crate::backend::template::Template::parse(&b.prompt) {
                     for c in t.columns() {
                         out.push(("enrichment.bedrock.prompt".into(), c.to_string()));
+                    }
+                }
+            }
+            Some(BackendConfig::Embedding(e)) => {
+                if let Ok(t) = crate::backend::template::Template::parse(&e.text) {
+                    for c in t.columns() {
+                        out.push(("enrichment.embedding.text".into(), c.to_string()));
                     }
                 }
             }
@@ -328,6 +345,26 @@ pub struct MysqlSinkConfig {
     /// row, or set its output columns to `null`.
     #[serde(default)]
     pub on_input_gone: OnInputGone,
+    /// How a vector (an embedding) is stored: `json` (default: a JSON array, into a JSON or
+    /// utf8mb4 text column), `float32` (little-endian IEEE 754 single floats, 4 bytes a number,
+    /// into a BLOB or VARBINARY column) or `vector` (the server's binary form of `VECTOR(n)`,
+    /// MariaDB 11.7+ / MySQL 9: the same 4-byte little-endian floats). `check` verifies the
+    /// column's type, and its size against the vector's dimension.
+    #[serde(default)]
+    pub vector_format: VectorFormat,
+}
+
+/// How the write-back stores a vector; see [`MysqlSinkConfig::vector_format`].
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VectorFormat {
+    /// A JSON array of numbers.
+    #[default]
+    Json,
+    /// Little-endian float32, 4 bytes a number (BLOB, VARBINARY, BINARY).
+    Float32,
+    /// `VECTOR(n)`, bound in the server's binary form (little-endian float32).
+    Vector,
 }
 
 /// What the side row of a row whose input is gone becomes.
@@ -574,7 +611,9 @@ fn validate_topics(p: &PipelineConfig, k: &KafkaSinkConfig) -> Result<(), String
 fn validate_enrichment(e: &EnrichmentConfig, picked: Option<&[String]>) -> Result<(), String> {
     let Some(backend) = e.backend() else {
         return Err(
-            "enrichment needs exactly one backend: `comprehend`, `sagemaker` or `bedrock`".into(),
+            "enrichment needs exactly one backend: `comprehend`, `sagemaker`, `bedrock` or \
+             `embedding`"
+                .into(),
         );
     };
     let (name, limit) = (backend.name(), backend.max_batch());
@@ -584,9 +623,15 @@ fn validate_enrichment(e: &EnrichmentConfig, picked: Option<&[String]>) -> Resul
             "enrichment.max_batch_size {batch} must be between 1 and {limit} for {name}"
         ));
     }
-    if e.tokens_per_minute.is_some() && !matches!(backend, BackendConfig::Bedrock(_)) {
+    if e.tokens_per_minute.is_some()
+        && !matches!(
+            backend,
+            BackendConfig::Bedrock(_) | BackendConfig::Embedding(_)
+        )
+    {
         return Err(
-            "enrichment.tokens_per_minute is for bedrock (only models count tokens)".into(),
+            "enrichment.tokens_per_minute is for bedrock and embedding (only models count tokens)"
+                .into(),
         );
     }
     validate_limits(e)?;

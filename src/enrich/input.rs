@@ -51,6 +51,9 @@ impl InputSpec {
             Some(BackendConfig::Bedrock(b)) => InputSpec::Prompt {
                 template: Template::parse(&b.prompt)?,
             },
+            Some(BackendConfig::Embedding(e)) => InputSpec::Prompt {
+                template: Template::parse(&e.text)?,
+            },
             None => return Err("no backend".into()),
         })
     }

@@ -6,7 +6,8 @@ use mysql_async::prelude::Queryable;
 
 use super::Failure;
 use crate::config::pipeline::{
-    BackendConfig, BedrockOutput, EnrichmentConfig, MysqlSinkConfig, PipelineConfig, WriteMode,
+    BackendConfig, BedrockOutput, EnrichmentConfig, MysqlSinkConfig, PipelineConfig, VectorFormat,
+    WriteMode,
 };
 use crate::config::SourceConfig;
 use crate::sink::mysql::{qualified, removals, statement, writer_opts, Bind, Output, Plan};
@@ -19,6 +20,8 @@ enum Kind {
     Number,
     Integer,
     Json,
+    /// An embedding: an array of numbers, stored as the sink's `vector_format` says.
+    Vector,
     /// A field of a model's JSON answer: any column; the database refuses what it cannot hold
     /// (and the row goes to the dead letters).
     Any,
@@ -31,13 +34,14 @@ impl Kind {
             Kind::Number => "a number",
             Kind::Integer => "an integer",
             Kind::Json => "JSON",
+            Kind::Vector => "a vector",
             Kind::Any => "a field of the model's JSON",
         }
     }
 
     fn fix(self) -> &'static str {
         match self {
-            Kind::Text | Kind::Json => "a utf8mb4 VARCHAR, TEXT or JSON column",
+            Kind::Text | Kind::Json | Kind::Vector => "a utf8mb4 VARCHAR, TEXT or JSON column",
             Kind::Number => "a DOUBLE or DECIMAL column",
             Kind::Integer => "an integer, DECIMAL or DOUBLE column",
             Kind::Any => "any column",
@@ -67,6 +71,9 @@ fn kind_at(e: &EnrichmentConfig, pointer: &str) -> Kind {
         }
         (Some(BackendConfig::Bedrock(_)), "usage") => Kind::Integer,
         (Some(BackendConfig::Bedrock(_)), "result") => Kind::Any,
+        (Some(BackendConfig::Embedding(_)), "embedding") if pointer == "/embedding" => Kind::Vector,
+        (Some(BackendConfig::Embedding(_)), "embedding") => Kind::Number,
+        (Some(BackendConfig::Embedding(_)), "dimensions" | "usage") => Kind::Integer,
         _ => Kind::Json,
     }
 }
@@ -95,7 +102,7 @@ fn holds(c: &SchemaColumn, kind: Kind) -> Result<(), String> {
         }
     }
     let ok = match kind {
-        Kind::Text | Kind::Json => text,
+        Kind::Text | Kind::Json | Kind::Vector => text,
         Kind::Number => REAL.contains(&t) || text,
         Kind::Integer => INTEGER.contains(&t) || REAL.contains(&t) || text,
         Kind::Any => true,
@@ -104,6 +111,43 @@ fn holds(c: &SchemaColumn, kind: Kind) -> Result<(), String> {
         Ok(())
     } else {
         Err(c.column_type.to_uppercase())
+    }
+}
+
+/// Whether `c` can hold a vector of `dims` numbers stored as `format` says: `json` as JSON or
+/// text; `float32` in a BLOB, or a (VAR)BINARY of at least 4 × `dims` bytes; `vector` in a
+/// `VECTOR(dims)`. `Err`: the problem and its fix.
+fn holds_vector(
+    c: &SchemaColumn,
+    format: VectorFormat,
+    dims: u32,
+) -> Result<bool, (String, String)> {
+    let t = c.data_type.as_str();
+    let ty = c.column_type.to_uppercase();
+    let size = || -> Option<u64> {
+        let (open, close) = (c.column_type.find('(')?, c.column_type.find(')')?);
+        c.column_type.get(open + 1..close)?.parse().ok()
+    };
+    let bytes = u64::from(dims) * 4;
+    match format {
+        VectorFormat::Json => holds(c, Kind::Vector)
+            .map(|()| false)
+            .map_err(|ty| (format!("{ty}, which cannot hold a vector as JSON"),
+                "a JSON or utf8mb4 TEXT column, or set sink.mysql.vector_format".into())),
+        VectorFormat::Float32 => match t {
+            "blob" | "mediumblob" | "longblob" => Ok(true),
+            "tinyblob" if bytes <= 255 => Ok(true),
+            "binary" | "varbinary" if size().is_some_and(|n| n >= bytes) => Ok(true),
+            _ => Err((
+                format!("{ty}, which cannot hold {dims} float32 numbers ({bytes} bytes)"),
+                format!("a BLOB or VARBINARY({bytes}) column"),
+            )),
+        },
+        VectorFormat::Vector if t == "vector" && size() == Some(u64::from(dims)) => Ok(true),
+        VectorFormat::Vector => Err((
+            format!("{ty}, not VECTOR({dims})"),
+            format!("a VECTOR({dims}) column (MariaDB 11.7+ or MySQL 9), or set sink.mysql.vector_format to float32 or json"),
+        )),
     }
 }
 
@@ -301,7 +345,22 @@ fn outputs(
             continue;
         };
         let kind = kind_at(e, ptr);
-        if let Err(ty) = holds(c, kind) {
+        let mut float32 = false;
+        if let (Kind::Vector, Some(BackendConfig::Embedding(emb))) = (kind, e.backend()) {
+            let dims = crate::backend::embedding::dimensions(emb).unwrap_or(0);
+            match holds_vector(c, m.vector_format, dims) {
+                Ok(f) => float32 = f,
+                Err((problem, fix)) => {
+                    f.fail(
+                        format!(
+                            "sink.mysql.columns.{col}: `{tdb}`.`{ttable}`.`{col}` is {problem}"
+                        ),
+                        format!("make `{col}` {fix}"),
+                    );
+                    continue;
+                }
+            }
+        } else if let Err(ty) = holds(c, kind) {
             f.fail(
                 format!(
                     "sink.mysql.columns.{col}: `{tdb}`.`{ttable}`.`{col}` is {ty}, which cannot hold {} at {ptr}",
@@ -314,7 +373,8 @@ fn outputs(
         outputs.push(Output {
             column: col.clone(),
             pointer: ptr.clone(),
-            max_chars: max_chars(c),
+            max_chars: if float32 { None } else { max_chars(c) },
+            float32,
         });
     }
     outputs

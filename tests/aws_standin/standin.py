@@ -26,6 +26,12 @@ the address from argv[2]) and prints `PORT <n>` on its first line. The daemon re
   `completionReason: "LENGTH"`, Converse `stopReason: "max_tokens"`; else `end_turn` /
   `FINISHED`). Usage: input tokens = words of prompt and system, output tokens = words of the
   answer.
+- Bedrock embeddings (`/model/{id}/invoke`): Titan Text Embeddings v2 (`amazon.titan-embed-text-v2`:
+  one `inputText` of at most 50,000 characters, `dimensions` 256/512/1024, `normalize`) and
+  Cohere Embed (`cohere.embed-*`: `texts`, 1 to 96 of at most 2,048 characters each, and
+  `input_type` required; 1,024 numbers, 384 for `-light-` models). A text's vector is derived
+  from it deterministically by `embed()` (documented there, so tests compute the same numbers);
+  an over-limit request is a 400 `ValidationException` naming the limit, as Bedrock answers.
 - Comprehend batches holding a document with `[[refuse-batch]]` are refused whole (400
   `InvalidRequestException`, outside the `ErrorList`).
 - STS AssumeRole (Query protocol, form body): session credentials ASIASTANDIN, checked with
@@ -56,6 +62,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import math
 import random
 import sys
 import threading
@@ -190,7 +197,57 @@ def words(*texts):
     return sum(len((t or "").split()) for t in texts)
 
 
+class Invalid(Exception):
+    """A request Bedrock refuses: 400 ValidationException with this message."""
+
+
+def embed(text, dims, normalize):
+    """The stand-in's vector of `text`: with s = the sum of the text's UTF-8 bytes plus its
+    length in bytes times 131, number i (from 0) is ((s * (i + 1) * 7919 + i * 104729) mod 2001
+    - 1000) / 1000; with `normalize` each is divided by the vector's Euclidean norm (summed in
+    order, IEEE 754 double; the square root correctly rounded)."""
+    b = text.encode()
+    s = sum(b) + 131 * len(b)
+    v = [((s * (i + 1) * 7919 + i * 104729) % 2001 - 1000) / 1000.0 for i in range(dims)]
+    if normalize:
+        norm = 0.0
+        for x in v:
+            norm += x * x
+        norm = math.sqrt(norm)
+        if norm > 0:
+            v = [x / norm for x in v]
+    return v
+
+
+def bedrock_embed(model, req):
+    if "amazon.titan-embed-text-v2" in model:
+        text = req.get("inputText")
+        if not isinstance(text, str) or not text:
+            raise Invalid("Malformed input request: inputText must be a non-empty string")
+        if len(text) > 50000:
+            raise Invalid("Malformed input request: expected maxLength: 50000, actual: %d" % len(text))
+        dims = req.get("dimensions", 1024)
+        if dims not in (256, 512, 1024):
+            raise Invalid("Malformed input request: dimensions must be one of 256, 512, 1024")
+        v = embed(text, dims, req.get("normalize", True))
+        return {"embedding": v, "embeddingsByType": {"float": v}, "inputTextTokenCount": words(text)}
+    texts = req.get("texts")
+    if not isinstance(texts, list) or not 1 <= len(texts) <= 96:
+        raise Invalid("Malformed input request: texts must hold 1 to 96 texts, not %s"
+                      % (len(texts) if isinstance(texts, list) else "none"))
+    if req.get("input_type") not in ("search_document", "search_query", "classification", "clustering"):
+        raise Invalid("Malformed input request: input_type is required")
+    for t in texts:
+        if len(t) > 2048:
+            raise Invalid("Malformed input request: expected maxLength: 2048, actual: %d" % len(t))
+    dims = 384 if "-light-" in model else 1024
+    return {"id": "standin", "response_type": "embeddings_floats", "texts": texts,
+            "embeddings": [embed(t, dims, False) for t in texts]}
+
+
 def bedrock_invoke(model, req):
+    if "amazon.titan-embed" in model or "cohere.embed" in model:
+        return bedrock_embed(model, req)
     if "anthropic." in model:
         prompt = "".join(c.get("text", "") for m in req.get("messages", []) for c in m.get("content", []))
         system = req.get("system", "")
@@ -498,7 +555,11 @@ class Handler(BaseHTTPRequestHandler):
             entry["status"] = 200
             return self.reply(200, out, accept, extra={"x-Amzn-Invoked-Production-Variant": "AllTraffic"})
         if service == "bedrock":
-            answer = bedrock_converse(model, req) if target == "bedrock:Converse" else bedrock_invoke(model, req)
+            try:
+                answer = bedrock_converse(model, req) if target == "bedrock:Converse" else bedrock_invoke(model, req)
+            except Invalid as e:
+                entry["status"] = 400
+                return self.error(400, "ValidationException", str(e))
             if answer is None:
                 entry["status"] = 400
                 return self.error(400, "ValidationException", f"the stand-in knows no InvokeModel body for {model}")

@@ -158,6 +158,32 @@ fn model_unavailable(message: &str) -> bool {
     m.contains("model identifier is invalid") || m.contains("on-demand throughput isn")
 }
 
+/// A Bedrock failure of `model`. Beyond [`aws::classify`]: `ModelErrorException` by the
+/// model's own status ([`aws::model_error_kind`]; without one, transient), and a validation
+/// error saying the model id is invalid — a model not (yet) available here — waits for the
+/// operator (`denied`) like `ResourceNotFoundException`. Shapes from the InvokeModel and
+/// Converse API references, Errors.
+pub fn classify<E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::fmt::Debug>(
+    model: &str,
+    e: &aws_smithy_runtime_api::client::result::SdkError<E, aws_smithy_runtime_api::http::Response>,
+    original_status: Option<i32>,
+) -> BackendError {
+    let mut err = aws::classify("bedrock", model, e);
+    let Some(service) = e.as_service_error() else {
+        return err;
+    };
+    match service.code() {
+        Some("ModelErrorException") => {
+            err.kind = aws::model_error_kind(original_status, ErrorKind::Transient);
+        }
+        Some("ValidationException") if model_unavailable(service.message().unwrap_or("")) => {
+            err.kind = ErrorKind::Denied;
+        }
+        _ => {}
+    }
+    err
+}
+
 impl Bedrock {
     pub async fn new(call: &CallSettings, cfg: &BedrockConfig) -> Result<Bedrock, String> {
         let sdk = aws::sdk_config(&call.aws, call.timeout).await;
@@ -348,11 +374,6 @@ impl Bedrock {
         ))
     }
 
-    /// A Bedrock failure. Beyond [`aws::classify`]: `ModelErrorException` by the model's own
-    /// status ([`aws::model_error_kind`]; without one, transient), and a validation error
-    /// saying the model id is invalid — a model not (yet) available here — waits for the
-    /// operator (`denied`) like `ResourceNotFoundException`. Shapes from the InvokeModel and
-    /// Converse API references, Errors.
     fn classify<E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::fmt::Debug>(
         &self,
         e: &aws_smithy_runtime_api::client::result::SdkError<
@@ -361,20 +382,7 @@ impl Bedrock {
         >,
         original_status: Option<i32>,
     ) -> BackendError {
-        let mut err = aws::classify("bedrock", &self.cfg.model, e);
-        let Some(service) = e.as_service_error() else {
-            return err;
-        };
-        match service.code() {
-            Some("ModelErrorException") => {
-                err.kind = aws::model_error_kind(original_status, ErrorKind::Transient);
-            }
-            Some("ValidationException") if model_unavailable(service.message().unwrap_or("")) => {
-                err.kind = ErrorKind::Denied;
-            }
-            _ => {}
-        }
-        err
+        classify(&self.cfg.model, e, original_status)
     }
 
     /// Whether an answer is unfinished, and what the pipeline wants done with it.

@@ -49,6 +49,21 @@ pub struct Output {
     pub column: String,
     pub pointer: String,
     pub max_chars: Option<usize>,
+    /// A vector bound as little-endian float32 bytes (`vector_format: float32` or `vector`);
+    /// otherwise as JSON.
+    pub float32: bool,
+}
+
+/// A JSON array of numbers as little-endian IEEE 754 float32, 4 bytes a number: the binary
+/// form of MariaDB's and MySQL's `VECTOR(n)` (MariaDB: "Vector Overview"; MySQL 9: "The VECTOR
+/// Type"), and what a BLOB of floats holds. `None` when `v` is not an array of numbers.
+pub fn float32_le(v: &Value) -> Option<Vec<u8>> {
+    let a = v.as_array()?;
+    let mut out = Vec::with_capacity(a.len() * 4);
+    for n in a {
+        out.extend_from_slice(&(n.as_f64()? as f32).to_le_bytes());
+    }
+    Some(out)
 }
 
 /// Everything the writer needs, resolved at start-up against the live schema.
@@ -580,6 +595,16 @@ impl Writer {
                     o.pointer, o.column
                 ));
             };
+            if o.float32 {
+                let Some(bytes) = float32_le(v) else {
+                    return Action::Dead(format!(
+                        "the enrichment at {} is not an array of numbers for the float32 column `{}`",
+                        o.pointer, o.column
+                    ));
+                };
+                outs.push(SqlValue::Bytes(bytes));
+                continue;
+            }
             let v = match (v, o.max_chars) {
                 (Value::String(s), Some(max)) if s.chars().count() > max => {
                     if self.plan.on_too_long == OnTooLong::DeadLetter {
@@ -845,11 +870,13 @@ mod tests {
                 column: "sentiment".into(),
                 pointer: "/sentiment".into(),
                 max_chars: Some(20),
+                float32: false,
             },
             Output {
                 column: "conf`idence".into(),
                 pointer: "/confidence".into(),
                 max_chars: None,
+                float32: false,
             },
         ];
         let key = vec![("id".to_string(), Bind::Plain)];
@@ -871,6 +898,35 @@ mod tests {
             "INSERT INTO `shop`.`summaries` (`article_id`, `sentiment`) SELECT ?, ? FROM `shop`.`articles` \
              WHERE `id` <=> ? AND `message` <=> ? LIMIT 1 ON DUPLICATE KEY UPDATE `sentiment` = VALUES(`sentiment`)"
         );
+    }
+
+    /// A `VECTOR(n)` column (MariaDB 11.7+, MySQL 9) takes the same statement as any output,
+    /// with the vector bound as little-endian float32 bytes (the servers' binary form).
+    #[test]
+    fn vectors_bind_as_little_endian_float32() {
+        let outs = vec![Output {
+            column: "embedding".into(),
+            pointer: "/embedding".into(),
+            max_chars: None,
+            float32: true,
+        }];
+        let key = vec![("id".to_string(), Bind::Plain)];
+        assert_eq!(
+            statement(WriteMode::Update, "shop.products", None, &outs, &key, &[]),
+            "UPDATE `shop`.`products` SET `embedding` = ? WHERE `id` <=> ?"
+        );
+        let v = serde_json::json!([1.0, -0.5, 0.1]);
+        let mut want = Vec::new();
+        for f in [1.0f32, -0.5, 0.1] {
+            want.extend_from_slice(&f.to_le_bytes());
+        }
+        assert_eq!(float32_le(&v), Some(want));
+        assert_eq!(
+            float32_le(&v).map(|b| b[..4].to_vec()),
+            Some(vec![0x00, 0x00, 0x80, 0x3f])
+        );
+        assert_eq!(float32_le(&serde_json::json!([1, "x"])), None);
+        assert_eq!(float32_le(&serde_json::json!("[1]")), None);
     }
 
     #[test]
