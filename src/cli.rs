@@ -49,6 +49,18 @@ enum Cmd {
         #[arg(long = "where")]
         filter: Option<String>,
     },
+    /// Ask the running daemon to enrich a pipeline's rows again after its model, prompt or
+    /// parameters changed: the rows whose stored lineage differs (a write-back storing
+    /// `/lineage` in the source row), else every row.
+    Reenrich {
+        #[arg(long, short, default_value = "cdc-enricher.yaml")]
+        config: PathBuf,
+        /// The pipeline to enrich again.
+        pipeline: String,
+        /// Only rows matching this filter (the pipelines' filter language).
+        #[arg(long = "where")]
+        filter: Option<String>,
+    },
     /// Decode binlog files and print their rows as JSON lines.
     DecodeFile { files: Vec<PathBuf> },
     /// Print a Kafka topic's records as JSON lines (key, value, partition, offset).
@@ -77,7 +89,8 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// The `cdc-enricher` command line (`run`, `check`, `backfill`, `decode-file`, `tail`): parses
+/// The `cdc-enricher` command line (`run`, `check`, `backfill`, `reenrich`, `decode-file`,
+/// `tail`): parses
 /// the arguments, starts the logs and the async runtime, runs the command. Exit code 0 when
 /// it ends well, 2 for a configuration problem found before anything ran (config, preflight,
 /// the metrics address), 1 for the rest (the error is printed as `error: …` on stderr).
@@ -102,6 +115,11 @@ pub fn main() -> ExitCode {
             pipeline,
             filter,
         } => finish(rt.block_on(crate::app::backfill(&config, &pipeline, filter.as_deref()))),
+        Cmd::Reenrich {
+            config,
+            pipeline,
+            filter,
+        } => finish(rt.block_on(crate::app::reenrich(&config, &pipeline, filter.as_deref()))),
         Cmd::DecodeFile { files } => decode_files(&files),
         Cmd::Tail {
             brokers,

@@ -4,11 +4,13 @@
 mod backfills;
 mod error;
 pub mod outputs;
+mod reenrich;
 pub mod reload;
 mod shutdown;
 mod start;
 
 pub use error::AppError;
+pub use reenrich::reenrich;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -76,23 +78,45 @@ pub async fn check(config: &Path) -> Result<(), AppError> {
 /// the running daemon reads it from the binlog.
 pub async fn backfill(config: &Path, pipeline: &str, filter: Option<&str>) -> Result<(), AppError> {
     let cfg = Config::load(config)?;
-    let file = config.display().to_string();
-    let Some(sn) = &cfg.snapshot else {
-        return Err(ConfigError::File {
-            file,
-            message: "backfills need a `snapshot:` section (its signal_table)".into(),
-        }
-        .into());
-    };
     let pipelines = cfg.load_pipelines()?;
-    let Some(p) = pipelines.iter().find(|p| p.name == pipeline) else {
+    let p = find_pipeline(config, &pipelines, pipeline)?;
+    let id = request_backfill(config, &cfg, p, filter).await?;
+    println!(
+        "backfill of `{pipeline}` requested ({id}); the running daemon reads it from the binlog"
+    );
+    Ok(())
+}
+
+/// The pipeline named `name`; the error lists the names there are.
+fn find_pipeline<'a>(
+    config: &Path,
+    pipelines: &'a [PipelineConfig],
+    name: &str,
+) -> Result<&'a PipelineConfig, AppError> {
+    pipelines.iter().find(|p| p.name == name).ok_or_else(|| {
         let names: Vec<&str> = pipelines.iter().map(|p| p.name.as_str()).collect();
-        return Err(ConfigError::File {
-            file,
+        ConfigError::File {
+            file: config.display().to_string(),
             message: format!(
-                "no pipeline `{pipeline}`; the pipelines are: {}",
+                "no pipeline `{name}`; the pipelines are: {}",
                 names.join(", ")
             ),
+        }
+        .into()
+    })
+}
+
+/// Checks `filter` and writes a backfill request for `p` into the signal table: its id.
+async fn request_backfill(
+    config: &Path,
+    cfg: &Config,
+    p: &PipelineConfig,
+    filter: Option<&str>,
+) -> Result<String, AppError> {
+    let Some(sn) = &cfg.snapshot else {
+        return Err(ConfigError::File {
+            file: config.display().to_string(),
+            message: "backfills need a `snapshot:` section (its signal_table)".into(),
         }
         .into());
     };
@@ -104,12 +128,9 @@ pub async fn backfill(config: &Path, pipeline: &str, filter: Option<&str>) -> Re
         })?;
     }
     let mut conn = stream::connect(&cfg.source).await?;
-    let id = crate::snapshot::request(&mut conn, &sn.signal_table, pipeline, filter).await?;
+    let id = crate::snapshot::request(&mut conn, &sn.signal_table, &p.name, filter).await?;
     let _ = conn.disconnect().await;
-    println!(
-        "backfill of `{pipeline}` requested ({id}); the running daemon reads it from the binlog"
-    );
-    Ok(())
+    Ok(id)
 }
 
 fn report_failures(f: &[precheck::Failure]) -> Result<(), AppError> {

@@ -12,6 +12,8 @@ enum Part {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
     parts: Vec<Part>,
+    /// The template as written.
+    source: String,
 }
 
 impl Template {
@@ -71,7 +73,15 @@ impl Template {
         if !parts.iter().any(|p| matches!(p, Part::Column(_))) {
             return Err("names no column: every row would get the same prompt".into());
         }
-        Ok(Template { parts })
+        Ok(Template {
+            parts,
+            source: s.to_string(),
+        })
+    }
+
+    /// The template as written in the pipeline.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// The columns named, in order of first use.

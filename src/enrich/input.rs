@@ -58,6 +58,21 @@ impl InputSpec {
         })
     }
 
+    /// How the input is made, for the lineage: the document column and language settings, the
+    /// CSV columns in order, or the template as written.
+    pub fn describe(&self) -> String {
+        match self {
+            InputSpec::Document {
+                text,
+                language,
+                language_column,
+                on_too_long,
+            } => format!("document|{text}|{language}|{language_column:?}|{on_too_long:?}"),
+            InputSpec::Csv { columns } => format!("csv|{}", columns.join(",")),
+            InputSpec::Prompt { template } => format!("template|{}", template.source()),
+        }
+    }
+
     /// The columns the input is made of.
     fn columns(&self) -> Vec<&str> {
         match self {

@@ -8,6 +8,7 @@
 
 mod calls;
 pub mod input;
+pub mod lineage;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -148,10 +149,10 @@ fn finish(
     job: Job,
     result: Option<(ItemResult, u32)>,
     cache: &mut Cache,
-    backend: &dyn Backend,
+    labels: &Map<String, Value>,
     pm: &PipelineMetrics,
 ) -> Delivered {
-    let labels = backend.labels();
+    let labels = labels.clone();
     let failed = |kind: ErrorKind, message: String, attempts: u32, usage: Option<Value>| {
         Enrichment::Failed {
             labels: labels.clone(),
@@ -251,6 +252,13 @@ async fn stage(
     let pm = &metrics.pipelines[s.pipeline];
     let mut batch: Vec<Pending> = Vec::new();
     let mut cache = Cache::new(s.cache_entries, backend.as_ref());
+    // What produced the answers, first in every record's enrichment: the backend's labels,
+    // then the lineage.
+    let mut labels = backend.labels();
+    labels.insert(
+        "lineage".into(),
+        lineage::of(backend.as_ref(), &s.input).into(),
+    );
     loop {
         // Wait for the first record, then fill until full or the linger runs out.
         match rx.recv().await {
@@ -308,7 +316,7 @@ async fn stage(
                     Job::Call { .. } => results.next(),
                     _ => None,
                 };
-                finish(rec, seq, job, result, &mut cache, backend.as_ref(), pm)
+                finish(rec, seq, job, result, &mut cache, &labels, pm)
             })
             .collect();
         if tx.send(out).await.is_err() {

@@ -53,7 +53,7 @@ impl Kind {
 fn kind_at(e: &EnrichmentConfig, pointer: &str) -> Kind {
     let first = pointer.split('/').nth(1).unwrap_or("");
     match (e.backend(), first) {
-        (_, "backend" | "operation" | "endpoint" | "model") => Kind::Text,
+        (_, "backend" | "operation" | "endpoint" | "model" | "lineage") => Kind::Text,
         (Some(BackendConfig::Comprehend(_)), "sentiment" | "language") => Kind::Text,
         (Some(BackendConfig::Comprehend(_)), "confidence" | "scores") => Kind::Number,
         (Some(BackendConfig::SageMaker(s)), "result") => {

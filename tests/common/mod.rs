@@ -909,3 +909,20 @@ pub fn changes(
         })
         .collect()
 }
+
+/// An enrichment without its `lineage`, for comparing the rest exactly; the lineage itself
+/// must be there, 16 lowercase hex digits.
+pub fn sans_lineage(mut e: serde_json::Value) -> serde_json::Value {
+    let lineage = e
+        .as_object_mut()
+        .and_then(|m| m.shift_remove("lineage"))
+        .unwrap_or_else(|| panic!("no lineage in {e}"));
+    let l = lineage.as_str().unwrap_or_default();
+    assert!(
+        l.len() == 16
+            && l.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "lineage `{lineage}`"
+    );
+    e
+}

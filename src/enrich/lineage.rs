@@ -1,0 +1,27 @@
+//! Lineage: what produced an enrichment, so a consumer or the write-back can tell answers of
+//! one model, prompt and parameters from those of another, and `reenrich` can find the rows
+//! whose stored answer came from something else.
+
+use sha2::{Digest, Sha256};
+
+use super::input::InputSpec;
+use crate::backend::Backend;
+
+/// A pipeline's lineage: 16 hex digits (64 bits) of the SHA-256 of the backend's name, its
+/// scope — the operation, endpoint or model and every parameter that shapes the answer
+/// (system prompt, `max_tokens`, temperature, output, fields, `returns`, dimensions…) — and
+/// how the input is made (the template as written, the CSV columns, the document column and
+/// language). Equal lineages: the same answer for the same row; a change to any of these
+/// changes it. Limits, batching, retries and the sink do not enter it.
+pub fn of(backend: &dyn Backend, input: &InputSpec) -> String {
+    let mut h = Sha256::new();
+    for part in [backend.name(), &backend.cache_scope(), &input.describe()] {
+        // Each part length-prefixed: no two different lists of parts hash the same bytes.
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,207 @@
+//! Lineage and re-enrichment: every enrichment names what produced it (a hash of the backend,
+//! model, prompt and parameters); after a prompt change `reenrich` calls the model again for
+//! exactly the rows whose stored lineage is the old one — against the spawned MariaDB, the AWS
+//! stand-in and the real binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const SETUP: &str = "CREATE DATABASE shop;
+    CREATE TABLE shop.articles (id INT PRIMARY KEY, body TEXT, summary VARCHAR(200),
+      summary_lineage CHAR(16));
+    CREATE USER 'writer'@'127.0.0.1' IDENTIFIED BY 'writer-secret';
+    GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON shop.* TO 'writer'@'127.0.0.1';
+    GRANT CREATE, SELECT, INSERT, UPDATE ON shop.cdc_signal TO 'cdc'@'127.0.0.1';";
+
+fn pipeline(aws: &AwsStandin, prompt: &str) -> String {
+    format!(
+        "name: summaries\ntable: shop.articles\ncolumns: [id, body]\n\
+         enrichment:\n  bedrock:\n    model: anthropic.claude-3-haiku-20240307-v1:0\n    prompt: \"{prompt}\"\n    max_tokens: 50\n\
+         \x20 endpoint_url: {}\n  max_wait_ms: 50\n  timeout_ms: 5000\n\
+         sink:\n  mysql:\n    mode: update\n    user: writer\n    password: writer-secret\n\
+         \x20   columns: {{summary: /result, summary_lineage: /lineage}}\n",
+        aws.url()
+    )
+}
+
+fn daemon(db: &MariaDb, aws: &AwsStandin, prompt: &str) -> Daemon {
+    let mut d = Daemon::with_config(
+        db,
+        None,
+        &[("summaries", &pipeline(aws, prompt))],
+        "snapshot:\n  signal_table: shop.cdc_signal\n",
+    );
+    d.env = AwsStandin::env();
+    d
+}
+
+/// Waits until every row of `ids` has a summary of lineage `lineage` (any lineage: `None`);
+/// returns (id, summary, lineage) of every row.
+fn wait_rows(
+    d: &mut Daemon,
+    db: &MariaDb,
+    n: usize,
+    lineage: Option<&str>,
+) -> Vec<(i64, String, String)> {
+    let start = Instant::now();
+    loop {
+        let rows: Vec<(i64, Option<String>, Option<String>)> = block_on(
+            db.query("SELECT id, summary, summary_lineage FROM shop.articles ORDER BY id"),
+        );
+        let done: Vec<(i64, String, String)> = rows
+            .iter()
+            .filter_map(|(id, s, l)| Some((*id, s.clone()?, l.clone()?)))
+            .filter(|(_, _, l)| lineage.is_none_or(|want| l == want))
+            .collect();
+        if done.len() == n {
+            return done;
+        }
+        d.assert_running();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{rows:?}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The prompts of the Bedrock calls in `log`.
+fn prompts(log: &[Value]) -> Vec<String> {
+    log.iter()
+        .filter(|e| e["target"] == "bedrock:InvokeModel")
+        .map(|e| {
+            e["request"]["messages"][0]["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn reenrich_after_a_prompt_change_calls_again_exactly_the_rows_of_the_old_lineage() {
+    let db = MariaDb::start();
+    block_on(db.exec(SETUP));
+    let aws = AwsStandin::start();
+    // Rows 1–5 under prompt A.
+    let mut d = daemon(&db, &aws, "Summarize {body}");
+    d.spawn();
+    block_on(db.exec(
+        "INSERT INTO shop.articles (id, body) SELECT seq, CONCAT('alpha beta gamma delta epsilon ', seq) FROM shop.seq_1_to_5",
+    ));
+    let old = wait_rows(&mut d, &db, 5, None);
+    let la = old[0].2.clone();
+    assert!(old.iter().all(|r| r.2 == la), "{old:?}");
+    assert_eq!(old[0].1, "summary: Summarize alpha beta gamma delta");
+    d.terminate();
+
+    // Prompt B: a new lineage; rows 6–7 are enriched under it.
+    std::fs::write(
+        d.dir.path().join("pipelines/summaries.yaml"),
+        pipeline(&aws, "Summarize briefly:\\n{body}"),
+    )
+    .unwrap();
+    d.spawn();
+    block_on(db.exec(
+        "INSERT INTO shop.articles (id, body) VALUES (6, 'one two three four five six'), (7, 'seven eight nine')",
+    ));
+    let rows = wait_rows(&mut d, &db, 7, None);
+    let lb = rows[5].2.clone();
+    assert_ne!(lb, la, "a new prompt is a new lineage");
+    assert_eq!(rows[6].2, lb);
+    assert_eq!(rows[5].1, "summary: one two three four five");
+
+    let before = aws.log().len();
+    let out = d
+        .command(&["reenrich", "-c", "cdc-enricher.yaml", "summaries"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("the rows whose `summary_lineage` is not {lb}")),
+        "{stdout}"
+    );
+    let rows = wait_rows(&mut d, &db, 7, Some(&lb));
+    for (id, summary, _) in &rows[..5] {
+        assert_eq!(
+            summary, "summary: alpha beta gamma delta epsilon",
+            "row {id}"
+        );
+    }
+    // Give a stray call time to show, then: exactly rows 1–5 were asked again, once each.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut again = prompts(&aws.log()[before..]);
+    again.sort();
+    let want: Vec<String> = (1..=5)
+        .map(|i| format!("Summarize briefly:\nalpha beta gamma delta epsilon {i}"))
+        .collect();
+    assert_eq!(again, want);
+    d.terminate();
+}
+
+/// A pipeline whose sink stores no lineage in the source row is re-enriched whole; one
+/// without an enrichment is refused with the reason.
+#[test]
+fn reenrich_says_what_it_asks_for() {
+    let db = MariaDb::start();
+    block_on(db.exec(SETUP));
+    let aws = AwsStandin::start();
+    let kafka_p = pipeline(&aws, "Summarize {body}")
+        .split("sink:")
+        .next()
+        .unwrap()
+        .to_string()
+        + "sink:\n  jsonl:\n    path: out.jsonl\n";
+    let plain = "name: plain\ntable: shop.articles\nsink:\n  jsonl:\n    path: plain.jsonl\n";
+    let mut d = Daemon::with_config(
+        &db,
+        None,
+        &[("summaries", &kafka_p), ("plain", plain)],
+        "snapshot:\n  signal_table: shop.cdc_signal\n",
+    );
+    d.env = AwsStandin::env();
+    let out = d
+        .command(&[
+            "reenrich",
+            "-c",
+            "cdc-enricher.yaml",
+            "summaries",
+            "--where",
+            "id > 3",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "every row matching `id > 3` (the sink stores no lineage in the source row to compare)"
+        ),
+        "{stdout}"
+    );
+    let out = d
+        .command(&["reenrich", "-c", "cdc-enricher.yaml", "plain"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("pipeline `plain` (pipelines/plain.yaml): it has no enrichment: there is nothing to re-enrich"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
