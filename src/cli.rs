@@ -48,6 +48,10 @@ enum Cmd {
         /// Only rows matching this filter (the pipelines' filter language).
         #[arg(long = "where")]
         filter: Option<String>,
+        /// Read the rows and print what they would take (rows, calls, tokens, cost); send
+        /// nothing and request nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Ask the running daemon to enrich a pipeline's rows again after its model, prompt or
     /// parameters changed: the rows whose stored lineage differs (a write-back storing
@@ -60,6 +64,10 @@ enum Cmd {
         /// Only rows matching this filter (the pipelines' filter language).
         #[arg(long = "where")]
         filter: Option<String>,
+        /// Read the rows and print what they would take (rows, calls, tokens, cost); send
+        /// nothing and request nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Decode binlog files and print their rows as JSON lines.
     DecodeFile { files: Vec<PathBuf> },
@@ -114,12 +122,24 @@ pub fn main() -> ExitCode {
             config,
             pipeline,
             filter,
-        } => finish(rt.block_on(crate::app::backfill(&config, &pipeline, filter.as_deref()))),
+            dry_run,
+        } => finish(rt.block_on(crate::app::backfill(
+            &config,
+            &pipeline,
+            filter.as_deref(),
+            dry_run,
+        ))),
         Cmd::Reenrich {
             config,
             pipeline,
             filter,
-        } => finish(rt.block_on(crate::app::reenrich(&config, &pipeline, filter.as_deref()))),
+            dry_run,
+        } => finish(rt.block_on(crate::app::reenrich(
+            &config,
+            &pipeline,
+            filter.as_deref(),
+            dry_run,
+        ))),
         Cmd::DecodeFile { files } => decode_files(&files),
         Cmd::Tail {
             brokers,

@@ -22,6 +22,7 @@ fn pipeline(aws: &AwsStandin, prompt: &str) -> String {
         "name: summaries\ntable: shop.articles\ncolumns: [id, body]\n\
          enrichment:\n  bedrock:\n    model: anthropic.claude-3-haiku-20240307-v1:0\n    prompt: \"{prompt}\"\n    max_tokens: 50\n\
          \x20 endpoint_url: {}\n  max_wait_ms: 50\n  timeout_ms: 5000\n\
+         \x20 prices: {{per_call: 0.01, per_1k_output_tokens: 2}}\n\
          sink:\n  mysql:\n    mode: update\n    user: writer\n    password: writer-secret\n\
          \x20   columns: {{summary: /result, summary_lineage: /lineage}}\n",
         aws.url()
@@ -116,7 +117,42 @@ fn reenrich_after_a_prompt_change_calls_again_exactly_the_rows_of_the_old_lineag
     assert_eq!(rows[6].2, lb);
     assert_eq!(rows[5].1, "summary: one two three four five");
 
+    // The dry run reads the rows, counts, and sends nothing: 5 prompts of 51 bytes (13 tokens
+    // each at 4 bytes a token), 50 output tokens each at most; 5 calls at 0.01 and 250 output
+    // tokens at 2 per 1,000: 0.55.
     let before = aws.log().len();
+    let out = d
+        .command(&[
+            "reenrich",
+            "-c",
+            "cdc-enricher.yaml",
+            "summaries",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "dry run of the re-enrichment of `summaries` (the rows whose `summary_lineage` is not \
+             {lb}, lineage {lb}) (nothing was sent): 7 rows read, 5 would be emitted; 5 need a call \
+             (5 distinct inputs), 0 have no input, 0 would be dead letters; 5 calls; tokens at most \
+             315 (65 input, estimated at 4 bytes a token; 250 output, at the max_tokens ceiling); \
+             cost at most 0.5500 (enrichment.prices)"
+        )
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(aws.log().len(), before, "a dry run calls nothing");
+    let requests: Vec<i64> =
+        block_on(db.query("SELECT COUNT(*) FROM shop.cdc_signal WHERE kind = 'backfill'"));
+    assert_eq!(requests, vec![0], "a dry run requests nothing");
+
     let out = d
         .command(&["reenrich", "-c", "cdc-enricher.yaml", "summaries"])
         .output()
@@ -170,6 +206,44 @@ fn reenrich_says_what_it_asks_for() {
         "snapshot:\n  signal_table: shop.cdc_signal\n",
     );
     d.env = AwsStandin::env();
+    // backfill --dry-run: of rows 2–5 (--where), row 3 has no text and rows 4 and 5 the same
+    // text (one call for both).
+    block_on(db.exec(
+        "INSERT INTO shop.articles (id, body) VALUES (1, 'a b'), (2, 'c d'), (3, NULL), (4, 'e f'), (5, 'e f')",
+    ));
+    let out = d
+        .command(&[
+            "backfill",
+            "-c",
+            "cdc-enricher.yaml",
+            "summaries",
+            "--where",
+            "id > 1",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "dry run of the backfill of `summaries` (nothing was sent): 5 rows read, 4 would be \
+         emitted; 3 need a call (2 distinct inputs), 1 have no input, 0 would be dead letters; 2 \
+         calls; tokens at most 108 (8 input, estimated at 4 bytes a token; 100 output, at the \
+         max_tokens ceiling); cost at most 0.2200 (enrichment.prices)"
+    );
+    let out = d
+        .command(&["backfill", "-c", "cdc-enricher.yaml", "plain", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "dry run of the backfill of `plain` (nothing was sent): 5 rows read, 5 would be emitted; \
+         the pipeline enriches nothing: no calls"
+    );
     let out = d
         .command(&[
             "reenrich",

@@ -2,6 +2,7 @@
 //! beside them. Stages talk only through typed records on channels.
 
 mod backfills;
+mod dryrun;
 mod error;
 pub mod outputs;
 mod reenrich;
@@ -76,10 +77,22 @@ pub async fn check(config: &Path) -> Result<(), AppError> {
 
 /// `cdc-enricher backfill`: checks the request, then writes it into the signal table, where
 /// the running daemon reads it from the binlog.
-pub async fn backfill(config: &Path, pipeline: &str, filter: Option<&str>) -> Result<(), AppError> {
+/// With `dry_run`, reads the rows instead and prints what they would take.
+pub async fn backfill(
+    config: &Path,
+    pipeline: &str,
+    filter: Option<&str>,
+    dry_run: bool,
+) -> Result<(), AppError> {
     let cfg = Config::load(config)?;
     let pipelines = cfg.load_pipelines()?;
     let p = find_pipeline(config, &pipelines, pipeline)?;
+    if dry_run {
+        let e = dryrun::estimate(&cfg, p, filter).await?;
+        let what = format!("backfill of `{pipeline}`");
+        println!("{}", dryrun::report(&what, &e, p.enrichment.is_some()));
+        return Ok(());
+    }
     let id = request_backfill(config, &cfg, p, filter).await?;
     println!(
         "backfill of `{pipeline}` requested ({id}); the running daemon reads it from the binlog"

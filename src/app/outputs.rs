@@ -264,6 +264,7 @@ impl Stages {
                     b.tokens,
                     b.window_seconds,
                 )
+                .with_cache_weights(b.cache_read_weight, b.cache_write_weight)
             }),
             cache_entries: e.cache_entries,
             applied,

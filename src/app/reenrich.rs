@@ -10,8 +10,14 @@ use crate::config::{Config, ConfigError, PipelineConfig};
 use crate::enrich::input::InputSpec;
 
 /// Requests the re-enrichment of `pipeline` (only rows matching `filter`, where given) from the
-/// running daemon, through the signal table, and prints what it asked for.
-pub async fn reenrich(config: &Path, pipeline: &str, filter: Option<&str>) -> Result<(), AppError> {
+/// running daemon, through the signal table, and prints what it asked for. With `dry_run`,
+/// reads those rows instead and prints what they would take.
+pub async fn reenrich(
+    config: &Path,
+    pipeline: &str,
+    filter: Option<&str>,
+    dry_run: bool,
+) -> Result<(), AppError> {
     let cfg = Config::load(config)?;
     let pipelines = cfg.load_pipelines()?;
     let p = find_pipeline(config, &pipelines, pipeline)?;
@@ -35,6 +41,12 @@ pub async fn reenrich(config: &Path, pipeline: &str, filter: Option<&str>) -> Re
             ),
         ),
     };
+    if dry_run {
+        let e = super::dryrun::estimate(&cfg, p, filter.as_deref()).await?;
+        let what = format!("re-enrichment of `{pipeline}` ({rows}, lineage {current})");
+        println!("{}", super::dryrun::report(&what, &e, true));
+        return Ok(());
+    }
     let id = request_backfill(config, &cfg, p, filter.as_deref()).await?;
     println!(
         "re-enrichment of `{pipeline}` requested ({id}): {rows}, lineage {current}; the running \

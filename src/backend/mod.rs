@@ -159,10 +159,17 @@ impl StopClass {
 }
 
 /// Tokens a model call used, as the service reported them, and why the model stopped.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Usage {
+    /// Input tokens not read from the prompt cache.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Input tokens read from the prompt cache (Anthropic `cache_read_input_tokens`, Converse
+    /// `cacheReadInputTokens`).
+    pub cache_read_tokens: u64,
+    /// Input tokens written to the prompt cache (Anthropic `cache_creation_input_tokens`,
+    /// Converse `cacheWriteInputTokens`).
+    pub cache_write_tokens: u64,
     pub stop: Option<StopReason>,
 }
 
@@ -216,10 +223,16 @@ pub trait Backend: Send + Sync {
     fn max_batch_bytes(&self) -> usize {
         usize::MAX
     }
+    /// Tokens a call for `input` may use: (its input estimate, the answer's ceiling), for
+    /// the tokens-per-minute limit and dry-run estimates; `None` where the service counts no
+    /// tokens.
+    fn tokens(&self, _input: &Input) -> Option<(u64, u64)> {
+        None
+    }
     /// Tokens a call for `input` may use at most (its input estimate plus the answer's
     /// ceiling), for a tokens-per-minute limit; `None` where the service counts no tokens.
-    fn token_estimate(&self, _input: &Input) -> Option<u64> {
-        None
+    fn token_estimate(&self, input: &Input) -> Option<u64> {
+        self.tokens(input).map(|(i, o)| i + o)
     }
     /// One call for the whole batch: `Err` when the call itself failed (then the items are
     /// retried together, or the call is split when its kind is

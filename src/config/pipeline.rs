@@ -158,6 +158,29 @@ pub struct EnrichmentConfig {
     /// A spending ceiling per window: when spent the pipeline pauses until the next window.
     #[serde(default)]
     pub budget: Option<BudgetConfig>,
+    /// What calls cost, for the estimates of `backfill --dry-run` and `reenrich --dry-run`
+    /// (nothing is charged or limited by it).
+    #[serde(default)]
+    pub prices: Option<PricesConfig>,
+}
+
+/// `enrichment.prices`: what the provider charges, in any one currency (the estimate prints
+/// the same unit). Every price defaults to 0.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PricesConfig {
+    /// Per call (a request).
+    #[serde(default)]
+    pub per_call: f64,
+    /// Per row enriched (a document, a CSV line, a text).
+    #[serde(default)]
+    pub per_row: f64,
+    /// Per 1,000 input tokens (models).
+    #[serde(default)]
+    pub per_1k_input_tokens: f64,
+    /// Per 1,000 output tokens (models; estimated at the `max_tokens` ceiling).
+    #[serde(default)]
+    pub per_1k_output_tokens: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -172,6 +195,21 @@ pub struct BudgetConfig {
     /// The window, aligned to the Unix epoch (86,400: UTC days). Default 86,400.
     #[serde(default = "default_window")]
     pub window_seconds: u64,
+    /// What a token read from the prompt cache counts for against `tokens` (Anthropic prices
+    /// a cache read at a tenth of an input token). Default 0.1.
+    #[serde(default = "default_cache_read_weight")]
+    pub cache_read_weight: f64,
+    /// What a token written to the prompt cache counts for (Anthropic: 1.25 input tokens).
+    /// Default 1.25.
+    #[serde(default = "default_cache_write_weight")]
+    pub cache_write_weight: f64,
+}
+
+fn default_cache_read_weight() -> f64 {
+    0.1
+}
+fn default_cache_write_weight() -> f64 {
+    1.25
 }
 
 impl EnrichmentConfig {
@@ -686,6 +724,29 @@ fn validate_limits(e: &EnrichmentConfig) -> Result<(), String> {
         }
         if b.window_seconds == 0 {
             return Err("enrichment.budget.window_seconds must be above 0".into());
+        }
+        for (name, w) in [
+            ("cache_read_weight", b.cache_read_weight),
+            ("cache_write_weight", b.cache_write_weight),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(format!(
+                    "enrichment.budget.{name} {w} must be a number of 0 or more"
+                ));
+            }
+        }
+    }
+    if let Some(p) = &e.prices {
+        let all = [
+            ("per_call", p.per_call),
+            ("per_row", p.per_row),
+            ("per_1k_input_tokens", p.per_1k_input_tokens),
+            ("per_1k_output_tokens", p.per_1k_output_tokens),
+        ];
+        if let Some((name, v)) = all.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+            return Err(format!(
+                "enrichment.prices.{name} {v} must be a number of 0 or more"
+            ));
         }
     }
     Ok(())

@@ -92,17 +92,29 @@ async fn limited_call(
             .fetch_add(usage.input_tokens, Ordering::Relaxed);
         pm.output_tokens
             .fetch_add(usage.output_tokens, Ordering::Relaxed);
+        pm.cache_read_tokens
+            .fetch_add(usage.cache_read_tokens, Ordering::Relaxed);
+        pm.cache_write_tokens
+            .fetch_add(usage.cache_write_tokens, Ordering::Relaxed);
         if let Some(stop) = &usage.stop {
             pm.stop_reasons[stop.class.index()].fetch_add(1, Ordering::Relaxed);
         }
-        used += usage.input_tokens + usage.output_tokens;
+        // The quota counts every token the model processed, cached or not.
+        used += usage.input_tokens
+            + usage.output_tokens
+            + usage.cache_read_tokens
+            + usage.cache_write_tokens;
+        if let Some(b) = &s.budget {
+            b.spent_tokens(b.weigh(
+                usage.input_tokens + usage.output_tokens,
+                usage.cache_read_tokens,
+                usage.cache_write_tokens,
+            ));
+        }
     }
     if let Some(t) = &s.tokens {
         // A failed call used nothing the service counts; give the reservation back.
         t.settle(reserved, used);
-    }
-    if let Some(b) = &s.budget {
-        b.spent_tokens(used);
     }
     r
 }

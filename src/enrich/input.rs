@@ -107,6 +107,11 @@ impl InputSpec {
         if self.unchanged(rec) {
             return Prepared::Skip(Skip::InputUnchanged);
         }
+        self.prepare_row(after)
+    }
+
+    /// What a row image (a new or backfilled row) sends, or why it sends nothing.
+    pub fn prepare_row(&self, after: &crate::model::record::Image) -> Prepared {
         match self {
             InputSpec::Document {
                 text,

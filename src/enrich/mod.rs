@@ -131,6 +131,13 @@ fn rendered(answer: &Answer) -> Map<String, Value> {
         let mut usage = Map::new();
         usage.insert("input_tokens".into(), u.input_tokens.into());
         usage.insert("output_tokens".into(), u.output_tokens.into());
+        if u.cache_read_tokens + u.cache_write_tokens > 0 {
+            usage.insert("cache_read_input_tokens".into(), u.cache_read_tokens.into());
+            usage.insert(
+                "cache_write_input_tokens".into(),
+                u.cache_write_tokens.into(),
+            );
+        }
         if let Some(stop) = &u.stop {
             usage.insert("stop_reason".into(), stop.raw.clone().into());
         }

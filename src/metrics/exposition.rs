@@ -122,6 +122,8 @@ const PIPELINE_COUNTERS: &[(&str, &str, Get)] = &[
     ("cdc_enricher_writeback_retries", "Write-back transactions rolled back and retried (lost connections, deadlocks).", |p| &p.writeback_retries),
     ("cdc_enricher_ml_input_tokens", "Input tokens the model reported (Bedrock).", |p| &p.input_tokens),
     ("cdc_enricher_ml_output_tokens", "Output tokens the model reported (Bedrock).", |p| &p.output_tokens),
+    ("cdc_enricher_ml_cache_read_tokens", "Input tokens the model read from its prompt cache (cache_prompt).", |p| &p.cache_read_tokens),
+    ("cdc_enricher_ml_cache_write_tokens", "Input tokens the model wrote to its prompt cache (cache_prompt).", |p| &p.cache_write_tokens),
     ("cdc_enricher_ml_logical_requests", "Rows that asked for enrichment (Aurora_ml_logical_request_cnt).", |p| &p.logical_requests),
     ("cdc_enricher_ml_actual_requests", "Backend calls, retries included (Aurora_ml_actual_request_cnt).", |p| &p.actual_requests),
     ("cdc_enricher_ml_responses", "Backend calls answered (Aurora_ml_actual_response_cnt).", |p| &p.responses),

@@ -48,6 +48,9 @@ pub struct PipelineMetrics {
     /// Tokens the model reported (Bedrock).
     pub input_tokens: AtomicU64,
     pub output_tokens: AtomicU64,
+    /// Input tokens read from and written to the model's prompt cache.
+    pub cache_read_tokens: AtomicU64,
+    pub cache_write_tokens: AtomicU64,
     /// 1 while the pipeline waits for its budget's next window.
     pub budget_paused: AtomicU64,
     /// Failed calls or items by [`ErrorKind`](crate::backend::ErrorKind) (by its index).

@@ -65,7 +65,7 @@ fn kind_at(e: &EnrichmentConfig, pointer: &str) -> Kind {
             }
         }
         (Some(BackendConfig::Bedrock(b)), "result")
-            if pointer == "/result" && b.output == BedrockOutput::Text =>
+            if pointer == "/result" && b.output == BedrockOutput::Text && b.schema.is_none() =>
         {
             Kind::Text
         }

@@ -239,6 +239,8 @@ pub struct Budget {
     requests: Option<u64>,
     tokens: Option<u64>,
     window: u64,
+    /// What a token read from and written to the prompt cache counts for, against `tokens`.
+    cache_weights: (f64, f64),
     /// (window number, requests used, tokens used, pause logged in this window)
     state: Mutex<(u64, u64, u64, bool)>,
 }
@@ -255,8 +257,22 @@ impl Budget {
             requests,
             tokens,
             window: window_seconds.max(1),
+            cache_weights: (1.0, 1.0),
             state: Mutex::new((0, 0, 0, false)),
         }
+    }
+
+    /// Prompt-cache tokens count at these weights (read, write) against the token budget.
+    pub fn with_cache_weights(mut self, read: f64, write: f64) -> Budget {
+        self.cache_weights = (read, write);
+        self
+    }
+
+    /// The tokens a call spends against the budget: `plain` (uncached input and output) at
+    /// their count, cache reads and writes at their weights, rounded up.
+    pub fn weigh(&self, plain: u64, cache_read: u64, cache_write: u64) -> u64 {
+        let (r, w) = self.cache_weights;
+        plain + (cache_read as f64 * r + cache_write as f64 * w).ceil() as u64
     }
 
     fn now() -> Duration {
@@ -393,6 +409,18 @@ mod tests {
         let third = tokio::time::timeout(Duration::from_millis(200), b.admit(&paused)).await;
         assert!(third.is_err());
         assert_eq!(paused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn cache_tokens_weigh_in_budgets_at_their_weights() {
+        let b = Budget::new("p".into(), None, Some(1000), 60).with_cache_weights(0.1, 1.25);
+        assert_eq!(b.weigh(10, 100, 0), 20);
+        assert_eq!(b.weigh(10, 0, 100), 135);
+        assert_eq!(b.weigh(0, 3, 0), 1, "rounded up");
+        assert_eq!(
+            Budget::new("p".into(), None, Some(1), 60).weigh(5, 7, 11),
+            23
+        );
     }
 
     #[test]

@@ -25,7 +25,13 @@ the address from argv[2]) and prints `PORT <n>` on its first line. The daemon re
   is cut there and says so as each family does (Anthropic `stop_reason: "max_tokens"`, Titan
   `completionReason: "LENGTH"`, Converse `stopReason: "max_tokens"`; else `end_turn` /
   `FINISHED`). Usage: input tokens = words of prompt and system, output tokens = words of the
-  answer.
+  answer. With a tool (Anthropic `tools` + `tool_choice`, Converse `toolConfig` + `toolChoice`
+  naming it) the answer is the tool's input, filled from the schema by `schema_answer()`
+  (stop reason `tool_use`); `[[schema-violation]]` in the prompt makes an answer that breaks
+  the schema (a tool input without its properties; JSON text whose `words` is "many").
+  Prompt caching: the blocks marked `cache_control` (Anthropic) or before a `cachePoint`
+  (Converse) are a cached prefix: the first call with it reports its words as cache-write
+  tokens, every later one as cache-read tokens, and input tokens count only the rest.
 - Bedrock embeddings (`/model/{id}/invoke`): Titan Text Embeddings v2 (`amazon.titan-embed-text-v2`:
   one `inputText` of at most 50,000 characters, `dimensions` 256/512/1024, `normalize`) and
   Cohere Embed (`cohere.embed-*`: `texts`, 1 to 96 of at most 2,048 characters each, and
@@ -186,11 +192,71 @@ def model_answer(prompt, max_tokens):
         last = [l for l in prompt.splitlines() if l.strip()][-1:] or [""]
         words = last[0].split()
         if "JSON" in prompt:
-            answer = "```json\n" + json.dumps({"summary": " ".join(words[:5]), "words": len(words)}) + "\n```"
+            n = "many" if "[[schema-violation]]" in prompt else len(words)
+            answer = "```json\n" + json.dumps({"summary": " ".join(words[:5]), "words": n}) + "\n```"
         else:
             answer = "summary: " + " ".join(words[:5])
     parts = answer.split(" ")
     return " ".join(parts[:max_tokens]), len(parts) > max_tokens
+
+
+def schema_answer(schema, prompt):
+    """A tool's input for `schema` (Converse toolSpec.inputSchema.json, Anthropic
+    input_schema): each property of the object filled from the prompt's last line — a string
+    with its first five words (an enum's first value), an integer or number with its word count,
+    a boolean true, an array of strings with its words. A prompt with `[[schema-violation]]`
+    is answered with an object of none of the properties (as a model that ignores the schema)."""
+    if "[[schema-violation]]" in prompt:
+        return {"unexpected": True}
+    last = ([l for l in prompt.splitlines() if l.strip()][-1:] or [""])[0].split()
+
+    def fill(s):
+        t = s.get("type")
+        if "enum" in s:
+            return s["enum"][0]
+        if t == "object":
+            return {k: fill(v) for k, v in s.get("properties", {}).items()}
+        if t in ("integer", "number"):
+            return len(last)
+        if t == "boolean":
+            return True
+        if t == "array":
+            return list(last)
+        return " ".join(last[:5])
+    return fill(schema)
+
+
+PROMPT_CACHE = set()
+
+
+def prompt_cache(model, cached_text):
+    """(read, write) tokens of a cached prompt prefix: written the first time the model sees it,
+    read every time after (the cache never expires here)."""
+    if not cached_text:
+        return 0, 0
+    n = words(cached_text)
+    with LOCK:
+        hit = (model, cached_text) in PROMPT_CACHE
+        PROMPT_CACHE.add((model, cached_text))
+    return (n, 0) if hit else (0, n)
+
+
+def anthropic_cached(req):
+    """The text of the blocks marked cache_control (system and the user message)."""
+    blocks = list(req.get("system", [])) if isinstance(req.get("system"), list) else []
+    blocks += [c for m in req.get("messages", []) for c in m.get("content", [])]
+    return "".join(b.get("text", "") for b in blocks if b.get("cache_control"))
+
+
+def converse_cached(req):
+    """The text of the blocks before the last cachePoint of the system prompt and of the
+    user message."""
+    out = []
+    for blocks in [req.get("system", [])] + [m.get("content", []) for m in req.get("messages", [])]:
+        points = [i for i, b in enumerate(blocks) if "cachePoint" in b]
+        if points:
+            out += [b.get("text", "") for b in blocks[:points[-1]]]
+    return "".join(out)
 
 
 def words(*texts):
@@ -251,11 +317,29 @@ def bedrock_invoke(model, req):
     if "anthropic." in model:
         prompt = "".join(c.get("text", "") for m in req.get("messages", []) for c in m.get("content", []))
         system = req.get("system", "")
+        if isinstance(system, list):
+            system = "".join(b.get("text", "") for b in system)
+        tools = req.get("tools") or []
+        if tools:
+            tool = tools[0]
+            chosen = req.get("tool_choice", {})
+            if chosen.get("type") != "tool" or chosen.get("name") != tool.get("name"):
+                raise Invalid("tool_choice must name the tool")
+            answer = schema_answer(tool.get("input_schema", {}), prompt)
+            return {"id": "msg_standin", "type": "message", "role": "assistant", "model": model,
+                    "content": [{"type": "tool_use", "id": "toolu_standin", "name": tool["name"], "input": answer}],
+                    "stop_reason": "tool_use", "stop_sequence": None,
+                    "usage": {"input_tokens": words(prompt, system), "output_tokens": words(json.dumps(answer))}}
         answer, cut = model_answer(prompt, req.get("max_tokens", 0))
+        cached = anthropic_cached(req)
+        read, write = prompt_cache(model, cached)
+        usage = {"input_tokens": words(prompt, system) - words(cached), "output_tokens": words(answer)}
+        if cached:
+            usage.update(cache_read_input_tokens=read, cache_creation_input_tokens=write)
         return {"id": "msg_standin", "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": answer}],
                 "stop_reason": "max_tokens" if cut else "end_turn", "stop_sequence": None,
-                "usage": {"input_tokens": words(prompt, system), "output_tokens": words(answer)}}
+                "usage": usage}
     if "amazon.titan-text" in model:
         prompt = req.get("inputText", "")
         answer, cut = model_answer(prompt, req.get("textGenerationConfig", {}).get("maxTokenCount", 0))
@@ -268,10 +352,26 @@ def bedrock_invoke(model, req):
 def bedrock_converse(model, req):
     prompt = "".join(c.get("text", "") for m in req.get("messages", []) for c in m.get("content", []))
     system = "".join(s.get("text", "") for s in req.get("system", []))
+    tools = req.get("toolConfig", {}).get("tools", [])
+    if tools:
+        spec = tools[0].get("toolSpec", {})
+        if req["toolConfig"].get("toolChoice", {}).get("tool", {}).get("name") != spec.get("name"):
+            raise Invalid("toolChoice must name the tool")
+        answer = schema_answer(spec.get("inputSchema", {}).get("json", {}), prompt)
+        i, o = words(prompt, system), words(json.dumps(answer))
+        return {"output": {"message": {"role": "assistant", "content": [
+                    {"toolUse": {"toolUseId": "tooluse_standin", "name": spec["name"], "input": answer}}]}},
+                "stopReason": "tool_use", "usage": {"inputTokens": i, "outputTokens": o, "totalTokens": i + o},
+                "metrics": {"latencyMs": 1}}
     answer, cut = model_answer(prompt, req.get("inferenceConfig", {}).get("maxTokens", 0))
-    i, o = words(prompt, system), words(answer)
+    cached = converse_cached(req)
+    read, write = prompt_cache(model, cached)
+    i, o = words(prompt, system) - words(cached), words(answer)
+    usage = {"inputTokens": i, "outputTokens": o, "totalTokens": i + o + read + write}
+    if cached:
+        usage.update(cacheReadInputTokens=read, cacheWriteInputTokens=write)
     return {"output": {"message": {"role": "assistant", "content": [{"text": answer}]}},
-            "stopReason": "max_tokens" if cut else "end_turn", "usage": {"inputTokens": i, "outputTokens": o, "totalTokens": i + o},
+            "stopReason": "max_tokens" if cut else "end_turn", "usage": usage,
             "metrics": {"latencyMs": 1}}
 
 

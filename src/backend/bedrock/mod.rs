@@ -18,9 +18,11 @@ use super::{
     StopReason, Usage,
 };
 pub mod config;
+pub mod schema;
 
 use super::CallSettings;
-use config::{BedrockApi, BedrockConfig, BedrockOutput, OnMaxTokens};
+use config::{BedrockApi, BedrockConfig, BedrockOutput, OnMaxTokens, SchemaMode};
+use schema::{AnswerSchema, ANSWER_TOOL, ANSWER_TOOL_DESCRIPTION};
 
 /// How a model is called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +89,24 @@ pub fn validate(b: &BedrockConfig) -> Result<(), String> {
     if let Some(ptr) = &b.result_pointer {
         super::check_pointer("enrichment.bedrock.result_pointer", ptr)?;
     }
-    Family::resolve(b)?;
+    if let Some(s) = &b.schema {
+        AnswerSchema::compile(s)?;
+    }
+    let family = Family::resolve(b)?;
+    if b.cache_prompt && b.system.is_none() && b.prefix.is_none() {
+        return Err(
+            "enrichment.bedrock.cache_prompt caches the system prompt and the prefix: set \
+             `system` or `prefix`"
+                .into(),
+        );
+    }
+    if b.cache_prompt && family == Family::Titan {
+        return Err(format!(
+            "enrichment.bedrock.cache_prompt: {} has no prompt caching on InvokeModel; use an \
+             Anthropic model, or `api: converse` with a model that caches prompts",
+            b.model
+        ));
+    }
     Ok(())
 }
 
@@ -95,6 +114,7 @@ pub struct Bedrock {
     client: aws_sdk_bedrockruntime::Client,
     cfg: BedrockConfig,
     family: Family,
+    schema: Option<AnswerSchema>,
 }
 
 /// The model's text as JSON: a Markdown code fence around it is removed first.
@@ -184,14 +204,47 @@ pub fn classify<E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std
     err
 }
 
+/// Converse's `toolConfig` with one tool, the answer tool, whose input schema is `schema`, and
+/// a `toolChoice` naming it (Converse API reference, ToolConfiguration).
+fn answer_tool(
+    schema: &Value,
+) -> Result<
+    aws_sdk_bedrockruntime::types::ToolConfiguration,
+    aws_sdk_bedrockruntime::error::BuildError,
+> {
+    use aws_sdk_bedrockruntime::types::{
+        SpecificToolChoice, Tool, ToolChoice, ToolConfiguration, ToolInputSchema, ToolSpecification,
+    };
+    let spec = ToolSpecification::builder()
+        .name(ANSWER_TOOL)
+        .description(ANSWER_TOOL_DESCRIPTION)
+        .input_schema(ToolInputSchema::Json(schema::to_document(schema)))
+        .build()?;
+    ToolConfiguration::builder()
+        .tools(Tool::ToolSpec(spec))
+        .tool_choice(ToolChoice::Tool(
+            SpecificToolChoice::builder().name(ANSWER_TOOL).build()?,
+        ))
+        .build()
+}
+
 impl Bedrock {
     pub async fn new(call: &CallSettings, cfg: &BedrockConfig) -> Result<Bedrock, String> {
         let sdk = aws::sdk_config(&call.aws, call.timeout).await;
         Ok(Bedrock {
             client: aws_sdk_bedrockruntime::Client::new(&sdk),
             family: Family::resolve(cfg)?,
+            schema: cfg.schema.as_ref().map(AnswerSchema::compile).transpose()?,
             cfg: cfg.clone(),
         })
+    }
+
+    /// The schema to answer through a tool, where the pipeline has one and the API (Converse,
+    /// or InvokeModel for Anthropic) has tool use.
+    fn tool_schema(&self) -> Option<&serde_json::Value> {
+        let s = self.schema.as_ref()?;
+        let has_tools = matches!(self.family, Family::Anthropic | Family::Converse);
+        (has_tools && self.cfg.schema_mode == SchemaMode::Tool).then_some(&s.schema)
     }
 
     fn err(&self, kind: ErrorKind, message: String) -> BackendError {
@@ -204,37 +257,64 @@ impl Bedrock {
         }
     }
 
+    /// The family's InvokeModel body (Anthropic messages API on Bedrock; Titan text): the
+    /// system prompt, the static `prefix` and the row's prompt — with `cache_prompt`, the
+    /// system prompt and the prefix marked `cache_control: {type: ephemeral}` (Anthropic
+    /// prompt caching); the answer tool where the pipeline has a schema.
+    fn invoke_body(&self, prompt: &str) -> Value {
+        let c = &self.cfg;
+        if self.family != Family::Anthropic {
+            let text = [c.system.as_deref(), c.prefix.as_deref(), Some(prompt)]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("\n\n");
+            let mut g = json!({"maxTokenCount": c.max_tokens});
+            if let Some(t) = c.temperature {
+                g["temperature"] = json!(t);
+            }
+            return json!({"inputText": text, "textGenerationConfig": g});
+        }
+        let block = |text: &str, cached: bool| {
+            let mut b = json!({"type": "text", "text": text});
+            if cached && c.cache_prompt {
+                b["cache_control"] = json!({"type": "ephemeral"});
+            }
+            b
+        };
+        let content: Vec<Value> = c
+            .prefix
+            .iter()
+            .map(|p| block(p, true))
+            .chain(std::iter::once(block(prompt, false)))
+            .collect();
+        let mut b = json!({
+            "anthropic_version": "bedrock-2023-05-31",
+            "max_tokens": c.max_tokens,
+            "messages": [{"role": "user", "content": content}],
+        });
+        if let Some(s) = &c.system {
+            b["system"] = match c.cache_prompt {
+                true => json!([block(s, true)]),
+                false => json!(s),
+            };
+        }
+        if let Some(t) = c.temperature {
+            b["temperature"] = json!(t);
+        }
+        if let Some(s) = self.tool_schema() {
+            b["tools"] = json!([{"name": ANSWER_TOOL,
+                "description": ANSWER_TOOL_DESCRIPTION, "input_schema": s}]);
+            b["tool_choice"] = json!({"type": "tool", "name": ANSWER_TOOL});
+        }
+        b
+    }
+
     /// InvokeModel with the family's body: the answer's text, its tokens and stop reason
     /// (Anthropic `stop_reason`, Titan `results[0].completionReason`).
     async fn invoke(&self, prompt: &str) -> Result<(String, Usage), BackendError> {
         let c = &self.cfg;
-        let body = match self.family {
-            Family::Anthropic => {
-                let mut b = json!({
-                    "anthropic_version": "bedrock-2023-05-31",
-                    "max_tokens": c.max_tokens,
-                    "messages": [{"role": "user", "content": [{"type": "text", "text": prompt}]}],
-                });
-                if let Some(s) = &c.system {
-                    b["system"] = json!(s);
-                }
-                if let Some(t) = c.temperature {
-                    b["temperature"] = json!(t);
-                }
-                b
-            }
-            _ => {
-                let text = match &c.system {
-                    Some(s) => format!("{s}\n\n{prompt}"),
-                    None => prompt.to_string(),
-                };
-                let mut g = json!({"maxTokenCount": c.max_tokens});
-                if let Some(t) = c.temperature {
-                    g["temperature"] = json!(t);
-                }
-                json!({"inputText": text, "textGenerationConfig": g})
-            }
-        };
+        let body = self.invoke_body(prompt);
         let out = self
             .client
             .invoke_model()
@@ -274,7 +354,16 @@ impl Bedrock {
         let cut = stop
             .as_ref()
             .is_some_and(|s| matches!(s.class, StopClass::MaxTokens | StopClass::Filtered));
+        // Through the answer tool: its input is the answer (Anthropic `tool_use` content).
+        let tool_input = self.tool_schema().and_then(|_| {
+            answer["content"]
+                .as_array()?
+                .iter()
+                .find(|b| b["type"] == "tool_use" && b["name"] == ANSWER_TOOL)
+                .map(|b| b["input"].to_string())
+        });
         let text = match answer.pointer(pointer) {
+            _ if tool_input.is_some() => tool_input.unwrap_or_default(),
             Some(Value::String(s)) => s.clone(),
             Some(other) => other.to_string(),
             None if cut => String::new(),
@@ -286,18 +375,22 @@ impl Bedrock {
             }
         };
         let n = |p: &str| answer.pointer(p).and_then(Value::as_u64).unwrap_or(0);
-        let (input_tokens, output_tokens) = match self.family {
-            Family::Anthropic => (n("/usage/input_tokens"), n("/usage/output_tokens")),
-            _ => (n("/inputTextTokenCount"), n("/results/0/tokenCount")),
-        };
-        Ok((
-            text,
-            Usage {
-                input_tokens,
-                output_tokens,
+        let usage = match self.family {
+            Family::Anthropic => Usage {
+                input_tokens: n("/usage/input_tokens"),
+                output_tokens: n("/usage/output_tokens"),
+                cache_read_tokens: n("/usage/cache_read_input_tokens"),
+                cache_write_tokens: n("/usage/cache_creation_input_tokens"),
                 stop,
             },
-        ))
+            _ => Usage {
+                input_tokens: n("/inputTextTokenCount"),
+                output_tokens: n("/results/0/tokenCount"),
+                stop,
+                ..Usage::default()
+            },
+        };
+        Ok((text, usage))
     }
 
     /// The Converse API: the answer's text, its tokens and `stopReason`.
@@ -309,8 +402,20 @@ impl Bedrock {
                 format!("cannot build the request: {e}"),
             )
         };
-        let message = Message::builder()
-            .role(ConversationRole::User)
+        let cache_point = || {
+            aws_sdk_bedrockruntime::types::CachePointBlock::builder()
+                .r#type(aws_sdk_bedrockruntime::types::CachePointType::Default)
+                .build()
+        };
+        let mut message = Message::builder().role(ConversationRole::User);
+        if let Some(p) = &c.prefix {
+            message = message.content(ContentBlock::Text(p.clone()));
+            if c.cache_prompt {
+                message =
+                    message.content(ContentBlock::CachePoint(cache_point().map_err(internal)?));
+            }
+        }
+        let message = message
             .content(ContentBlock::Text(prompt.to_string()))
             .build()
             .map_err(internal)?;
@@ -326,6 +431,14 @@ impl Bedrock {
             .inference_config(inference.build());
         if let Some(s) = &c.system {
             req = req.system(SystemContentBlock::Text(s.clone()));
+            if c.cache_prompt {
+                req = req.system(SystemContentBlock::CachePoint(
+                    cache_point().map_err(internal)?,
+                ));
+            }
+        }
+        if let Some(s) = self.tool_schema() {
+            req = req.tool_config(answer_tool(s).map_err(internal)?);
         }
         let out = req.send().await.map_err(|e| {
             let original = match e.as_service_error() {
@@ -345,7 +458,11 @@ impl Bedrock {
                 .content()
                 .iter()
                 .filter_map(|b| match b {
-                    ContentBlock::Text(t) => Some(t.as_str()),
+                    ContentBlock::Text(t) => Some(t.clone()),
+                    // Through the answer tool: its input is the answer.
+                    ContentBlock::ToolUse(t) if t.name() == ANSWER_TOOL => {
+                        Some(schema::from_document(t.input()).to_string())
+                    }
                     _ => None,
                 })
                 .collect(),
@@ -355,23 +472,21 @@ impl Bedrock {
         if text.is_empty() && !matches!(stop.class, StopClass::MaxTokens | StopClass::Filtered) {
             return Err(self.err(ErrorKind::BadOutput, "the model answered no text".into()));
         }
-        let (input_tokens, output_tokens) = out
-            .usage()
-            .map(|u| {
-                (
-                    u.input_tokens().max(0) as u64,
-                    u.output_tokens().max(0) as u64,
-                )
-            })
-            .unwrap_or((0, 0));
-        Ok((
-            text,
-            Usage {
-                input_tokens,
-                output_tokens,
+        let n = |v: i32| v.max(0) as u64;
+        let usage = match out.usage() {
+            Some(u) => Usage {
+                input_tokens: n(u.input_tokens()),
+                output_tokens: n(u.output_tokens()),
+                cache_read_tokens: u.cache_read_input_tokens().map_or(0, n),
+                cache_write_tokens: u.cache_write_input_tokens().map_or(0, n),
                 stop: Some(stop),
             },
-        ))
+            None => Usage {
+                stop: Some(stop),
+                ..Usage::default()
+            },
+        };
+        Ok((text, usage))
     }
 
     fn classify<E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::fmt::Debug>(
@@ -422,9 +537,16 @@ impl Bedrock {
             _ => self.invoke(&input.text).await?,
         };
         let cut = self.cut(usage.stop.as_ref());
-        let result = match (self.cfg.output, &cut) {
-            (BedrockOutput::Json, None) => parse_json_answer(&text, self.cfg.fields.as_deref())
-                .map_err(|m| self.err(ErrorKind::BadOutput, m))?,
+        let json = self.cfg.output == BedrockOutput::Json || self.schema.is_some();
+        let result = match (json, &cut) {
+            (true, None) => {
+                let v = parse_json_answer(&text, self.cfg.fields.as_deref())
+                    .map_err(|m| self.err(ErrorKind::BadOutput, m))?;
+                if let Some(s) = &self.schema {
+                    s.check(&v).map_err(|m| self.err(ErrorKind::BadOutput, m))?;
+                }
+                v
+            }
             _ => Value::String(text),
         };
         let mut fields = Map::new();
@@ -452,7 +574,7 @@ impl Backend for Bedrock {
     fn cache_scope(&self) -> String {
         let c = &self.cfg;
         format!(
-            "{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}",
+            "{}|{:?}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}",
             c.model,
             self.family,
             c.system,
@@ -460,8 +582,11 @@ impl Backend for Bedrock {
             c.temperature,
             c.result_pointer,
             c.output,
-            c.fields
-        )
+            c.fields,
+            c.schema.as_ref().map(Value::to_string).unwrap_or_default(),
+            c.schema_mode,
+        ) + &format!("|{:?}", c.prefix)
+        // cache_prompt is not part of the scope: caching the prefix does not change answers.
         // on_max_tokens is not part of the scope: a cut answer is never cached.
     }
 
@@ -469,10 +594,12 @@ impl Backend for Bedrock {
         1
     }
 
-    fn token_estimate(&self, input: &Input) -> Option<u64> {
-        let system = self.cfg.system.as_deref().map_or(0, str::len);
+    fn tokens(&self, input: &Input) -> Option<(u64, u64)> {
+        let system = self.cfg.system.as_deref().map_or(0, str::len)
+            + self.cfg.prefix.as_deref().map_or(0, str::len);
         // About four bytes a token for English text, rounded up; settled on the real count.
-        Some((input.text.len() + system).div_ceil(4) as u64 + u64::from(self.cfg.max_tokens))
+        let input = (input.text.len() + system).div_ceil(4) as u64;
+        Some((input, u64::from(self.cfg.max_tokens)))
     }
 
     fn call<'a>(
@@ -528,6 +655,10 @@ mod tests {
             result_pointer: None,
             output: BedrockOutput::Text,
             fields: None,
+            schema: None,
+            schema_mode: SchemaMode::Tool,
+            prefix: None,
+            cache_prompt: false,
             on_max_tokens: OnMaxTokens::DeadLetter,
         }
     }

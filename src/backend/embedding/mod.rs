@@ -212,8 +212,7 @@ impl Embedding {
                 let tokens = answer.get("inputTextTokenCount").and_then(Value::as_u64);
                 let usage = Usage {
                     input_tokens: tokens.unwrap_or(0),
-                    output_tokens: 0,
-                    stop: None,
+                    ..Usage::default()
                 };
                 Ok(vec![self.answer(
                     self.vector(answer.get("embedding"))?,
@@ -270,9 +269,9 @@ impl Backend for Embedding {
         self.family.max_batch()
     }
 
-    fn token_estimate(&self, input: &Input) -> Option<u64> {
+    fn tokens(&self, input: &Input) -> Option<(u64, u64)> {
         // About four bytes a token; an embedding has no output tokens.
-        (self.family == Family::Titan).then(|| input.text.len().div_ceil(4) as u64)
+        (self.family == Family::Titan).then(|| (input.text.len().div_ceil(4) as u64, 0))
     }
 
     fn call<'a>(
