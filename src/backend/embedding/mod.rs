@@ -107,6 +107,8 @@ pub struct Embedding {
     cfg: EmbeddingConfig,
     family: Family,
     dimensions: u32,
+    /// Texts a call: the pipeline's `max_batch_size`, at most the model's.
+    max_batch: usize,
 }
 
 impl Embedding {
@@ -117,6 +119,9 @@ impl Embedding {
             client: aws_sdk_bedrockruntime::Client::new(&sdk),
             family: Family::resolve(&cfg.model)?,
             dimensions: dimensions(cfg)?,
+            max_batch: call
+                .max_batch
+                .clamp(1, Family::resolve(&cfg.model)?.max_batch()),
             cfg: cfg.clone(),
         })
     }
@@ -266,7 +271,7 @@ impl Backend for Embedding {
     }
 
     fn max_batch(&self) -> usize {
-        self.family.max_batch()
+        self.max_batch
     }
 
     fn tokens(&self, input: &Input) -> Option<(u64, u64)> {
