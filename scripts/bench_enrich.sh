@@ -3,7 +3,8 @@
 # latency; the pipeline may make RPS calls per second of up to 25 documents. Quota use =
 # documents/s ÷ (RPS × 25). Run clean, with 30% of calls throttled at random, and against a
 # service whose own token bucket allows only 80% of RPS (the pipeline is told RPS): AIMD has to
-# find the real quota.
+# find the real quota. Then embeddings: EMBED_ROWS (default 480) rows through Cohere Embed on
+# the stand-in, 96 texts a call against one text a call, at the same RPS and latency.
 # Usage: scripts/bench_enrich.sh [rows] [rps] [latency_ms]   (defaults 10000 10 50)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,10 @@ until grep -q PORT "$W/standin.port" 2>/dev/null; do sleep 0.1; done
 SP=$(cut -d' ' -f2 "$W/standin.port")
 ctl() { python3 -c "import urllib.request; urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:$SP/$1', data=b'$2'))" >/dev/null; }
 q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; }
-q "CREATE DATABASE shop; CREATE TABLE shop.support (id INT PRIMARY KEY, message TEXT);"
+q "CREATE DATABASE shop; CREATE TABLE shop.support (id INT PRIMARY KEY, message TEXT);
+   CREATE TABLE shop.products_a (id INT PRIMARY KEY, description TEXT);
+   CREATE TABLE shop.products_b (id INT PRIMARY KEY, description TEXT);"
+EMBED_ROWS=${EMBED_ROWS:-480}
 cat > "$W/cdc-enricher.yaml" <<YAML
 source: {host: 127.0.0.1, port: $P, user: cdc, password: cdc-secret, server_id: 778, heartbeat_ms: 1000}
 kafka: {brokers: "127.0.0.1:$KP"}
@@ -46,6 +50,22 @@ enrichment:
   max_wait_ms: 100
 sink: {kafka: {topic: feedback}}
 YAML
+# embed NAME TABLE BATCH: Cohere Embed on TABLE, BATCH texts a call.
+embed() {
+  cat > "$W/pipelines/$1.yaml" <<YAML
+name: $1
+table: shop.$2
+enrichment:
+  embedding: {model: cohere.embed-english-v3, text: "{description}"}
+  endpoint_url: "http://127.0.0.1:$SP"
+  requests_per_second: $RPS
+  max_batch_size: $3
+  max_wait_ms: 100
+sink: {kafka: {topic: $1}}
+YAML
+}
+embed embed_batched products_a 96
+embed embed_single products_b 1
 export AWS_ACCESS_KEY_ID=AKIDSTANDIN AWS_SECRET_ACCESS_KEY=standin-secret AWS_REGION=us-east-1
 export AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent AWS_EC2_METADATA_DISABLED=true
 ( cd "$W" && exec "$BIN" run -c cdc-enricher.yaml 2>daemon.log ) & DAEMON=$!
@@ -77,6 +97,29 @@ log "service bucket: the service allows $REAL calls/s, the pipeline is told $RPS
 bkt=$(run bucket $((2 * ROWS + 1)))
 calls_bkt=$(python3 -c "import json,urllib.request; l=json.load(urllib.request.urlopen('http://127.0.0.1:$SP/_log')); print(len(l), sum(1 for e in l if e['status']==400))")
 
+# timed_insert TABLE: EMBED_ROWS rows into TABLE, seconds until the checkpoint covers them.
+timed_insert() {
+  q "INSERT INTO shop.$1 SELECT seq, CONCAT('a sturdy oak chair, model ', seq) FROM shop.seq_1_to_$EMBED_ROWS"
+  local start; start=$(date +%s.%N)
+  local end; end=$(q "SHOW MASTER STATUS" | cut -f2)
+  until python3 -c "import json,sys; p=json.load(open('$W/cp.json'))['position']; sys.exit(0 if p['pos']>=$end else 1)" 2>/dev/null; do sleep 0.05; done
+  python3 -c "import time; print(time.time() - $start)"
+}
+ctl _reset ""
+ctl _control "{\"delay_ms\": $LAT}"
+log "embeddings: $EMBED_ROWS rows, Cohere 96 texts a call, then one text a call"
+emb96=$(timed_insert products_a)
+emb1=$(timed_insert products_b)
+python3 - "$EMBED_ROWS" "$emb96" "$emb1" <<'PY'
+import sys
+n, a, b = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+print()
+print("| embeddings (Cohere Embed) | rows | seconds | rows/s |")
+print("|---|---|---|---|")
+print(f"| 96 texts a call | {n} | {a:.2f} | {n/a:,.0f} |")
+print(f"| one text a call | {n} | {b:.2f} | {n/b:,.0f} |")
+print(f"| batched ÷ one a call | | | {b/a:.1f}x |")
+PY
 python3 - "$ROWS" "$RPS" "$clean" "$thr" "$calls_clean" $calls_thr "$bkt" $calls_bkt <<'PY'
 import sys
 rows, rps, clean, thr, calls_clean, calls_thr, throttled = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
