@@ -71,6 +71,26 @@ fn wait_rows(
     }
 }
 
+/// `cdc-enricher COMMAND -c cdc-enricher.yaml ARGS…` in the daemon's folder: (exit code,
+/// stdout, stderr).
+fn cli(d: &Daemon, command: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec![command, "-c", "cdc-enricher.yaml"];
+    all.extend_from_slice(args);
+    let out = d.command(&all).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The same, which must succeed: its stdout.
+fn cli_ok(d: &Daemon, command: &str, args: &[&str]) -> String {
+    let (code, out, err) = cli(d, command, args);
+    assert_eq!(code, 0, "{command} {args:?}: {out}{err}");
+    out
+}
+
 /// The prompts of the Bedrock calls in `log`.
 fn prompts(log: &[Value]) -> Vec<String> {
     log.iter()
@@ -121,22 +141,7 @@ fn reenrich_after_a_prompt_change_calls_again_exactly_the_rows_of_the_old_lineag
     // each at 4 bytes a token), 50 output tokens each at most; 5 calls at 0.01 and 250 output
     // tokens at 2 per 1,000: 0.55.
     let before = aws.log().len();
-    let out = d
-        .command(&[
-            "reenrich",
-            "-c",
-            "cdc-enricher.yaml",
-            "summaries",
-            "--dry-run",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = cli_ok(&d, "reenrich", &["summaries", "--dry-run"]);
     assert_eq!(
         stdout.trim(),
         format!(
@@ -153,16 +158,7 @@ fn reenrich_after_a_prompt_change_calls_again_exactly_the_rows_of_the_old_lineag
         block_on(db.query("SELECT COUNT(*) FROM shop.cdc_signal WHERE kind = 'backfill'"));
     assert_eq!(requests, vec![0], "a dry run requests nothing");
 
-    let out = d
-        .command(&["reenrich", "-c", "cdc-enricher.yaml", "summaries"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = cli_ok(&d, "reenrich", &["summaries"]);
     assert!(
         stdout.contains(&format!("the rows whose `summary_lineage` is not {lb}")),
         "{stdout}"
@@ -211,71 +207,36 @@ fn reenrich_says_what_it_asks_for() {
     block_on(db.exec(
         "INSERT INTO shop.articles (id, body) VALUES (1, 'a b'), (2, 'c d'), (3, NULL), (4, 'e f'), (5, 'e f')",
     ));
-    let out = d
-        .command(&[
-            "backfill",
-            "-c",
-            "cdc-enricher.yaml",
-            "summaries",
-            "--where",
-            "id > 1",
-            "--dry-run",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        cli_ok(
+            &d,
+            "backfill",
+            &["summaries", "--where", "id > 1", "--dry-run"]
+        )
+        .trim(),
         "dry run of the backfill of `summaries` (nothing was sent): 5 rows read, 4 would be \
          emitted; 3 need a call (2 distinct inputs), 1 have no input, 0 would be dead letters; 2 \
          calls; tokens at most 108 (8 input, estimated at 4 bytes a token; 100 output, at the \
          max_tokens ceiling); cost at most 0.2200 (enrichment.prices)"
     );
-    let out = d
-        .command(&["backfill", "-c", "cdc-enricher.yaml", "plain", "--dry-run"])
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        cli_ok(&d, "backfill", &["plain", "--dry-run"]).trim(),
         "dry run of the backfill of `plain` (nothing was sent): 5 rows read, 5 would be emitted; \
          the pipeline enriches nothing: no calls"
     );
-    let out = d
-        .command(&[
-            "reenrich",
-            "-c",
-            "cdc-enricher.yaml",
-            "summaries",
-            "--where",
-            "id > 3",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = cli_ok(&d, "reenrich", &["summaries", "--where", "id > 3"]);
     assert!(
         stdout.contains(
             "every row matching `id > 3` (the sink stores no lineage in the source row to compare)"
         ),
         "{stdout}"
     );
-    let out = d
-        .command(&["reenrich", "-c", "cdc-enricher.yaml", "plain"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let (code, _, err) = cli(&d, "reenrich", &["plain"]);
+    assert_eq!(code, 2, "{err}");
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("pipeline `plain` (pipelines/plain.yaml): it has no enrichment: there is nothing to re-enrich"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains(
+            "pipeline `plain` (pipelines/plain.yaml): it has no enrichment: there is nothing to re-enrich"
+        ),
+        "{err}"
     );
 }

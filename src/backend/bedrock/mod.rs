@@ -178,6 +178,15 @@ fn model_unavailable(message: &str) -> bool {
     m.contains("model identifier is invalid") || m.contains("on-demand throughput isn")
 }
 
+/// What produced a Bedrock answer, first in the record's enrichment: `{"backend": "bedrock",
+/// "model": model}` (text models and embedding models alike).
+pub fn labels(model: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("backend".into(), "bedrock".into());
+    m.insert("model".into(), model.into());
+    m
+}
+
 /// A Bedrock failure of `model`. Beyond [`aws::classify`]: `ModelErrorException` by the
 /// model's own status ([`aws::model_error_kind`]; without one, transient), and a validation
 /// error saying the model id is invalid — a model not (yet) available here — waits for the
@@ -565,10 +574,7 @@ impl Backend for Bedrock {
     }
 
     fn labels(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("backend".into(), "bedrock".into());
-        m.insert("model".into(), self.cfg.model.clone().into());
-        m
+        labels(&self.cfg.model)
     }
 
     fn cache_scope(&self) -> String {

@@ -256,10 +256,7 @@ impl Backend for Embedding {
     }
 
     fn labels(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("backend".into(), "bedrock".into());
-        m.insert("model".into(), self.cfg.model.clone().into());
-        m
+        super::bedrock::labels(&self.cfg.model)
     }
 
     fn cache_scope(&self) -> String {
