@@ -240,3 +240,70 @@ fn reenrich_says_what_it_asks_for() {
         "{err}"
     );
 }
+
+fn hup(d: &Daemon) {
+    let pid = d.child.as_ref().expect("running").id();
+    let s = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(s.success());
+}
+
+/// With `reenrich_on_change`, a hot reload that changes the prompt starts the re-enrichment
+/// by itself: every row gets the new prompt's answer and lineage, with no command run.
+#[test]
+fn a_reload_that_changes_the_lineage_enriches_the_rows_again_by_itself() {
+    let db = MariaDb::start();
+    block_on(db.exec(SETUP));
+    let aws = AwsStandin::start();
+    let with = |prompt: &str| {
+        pipeline(&aws, prompt).replace("  prices:", "  reenrich_on_change: true\n  prices:")
+    };
+    let mut d = Daemon::with_config(
+        &db,
+        None,
+        &[("summaries", &with("Summarize {body}"))],
+        "snapshot:\n  signal_table: shop.cdc_signal\n",
+    );
+    d.env = AwsStandin::env();
+    d.spawn();
+    block_on(db.exec(
+        "INSERT INTO shop.articles (id, body) SELECT seq, CONCAT('alpha beta gamma delta epsilon ', seq) FROM shop.seq_1_to_3",
+    ));
+    let old = wait_rows(&mut d, &db, 3, None);
+    let la = old[0].2.clone();
+    std::fs::write(
+        d.dir.path().join("pipelines/summaries.yaml"),
+        with("Summarize briefly:\\n{body}"),
+    )
+    .unwrap();
+    hup(&d);
+    let start = Instant::now();
+    loop {
+        let rows: Vec<(i64, Option<String>, Option<String>)> = block_on(
+            db.query("SELECT id, summary, summary_lineage FROM shop.articles ORDER BY id"),
+        );
+        let done = rows.iter().all(|(_, s, l)| {
+            s.as_deref() == Some("summary: alpha beta gamma delta epsilon")
+                && l.as_deref().is_some_and(|l| l != la)
+        });
+        if done {
+            break;
+        }
+        d.assert_running();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{rows:?}\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        d.log()
+            .contains("the reload changed the pipeline's lineage"),
+        "{}",
+        d.log()
+    );
+    d.terminate();
+}

@@ -5,7 +5,7 @@ mod backfills;
 mod dryrun;
 mod error;
 pub mod outputs;
-mod reenrich;
+pub mod reenrich;
 pub mod reload;
 mod shutdown;
 mod start;

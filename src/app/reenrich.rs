@@ -22,7 +22,29 @@ pub async fn reenrich(
     let pipelines = cfg.load_pipelines()?;
     let p = find_pipeline(config, &pipelines, pipeline)?;
     let current = current_lineage(p).await?;
-    let (filter, rows) = match lineage_column(p) {
+    let (filter, rows) = stale_rows(p, &current, filter);
+    if dry_run {
+        let e = super::dryrun::estimate(&cfg, p, filter.as_deref()).await?;
+        let what = format!("re-enrichment of `{pipeline}` ({rows}, lineage {current})");
+        println!("{}", super::dryrun::report(&what, &e, true));
+        return Ok(());
+    }
+    let id = request_backfill(config, &cfg, p, filter.as_deref()).await?;
+    println!(
+        "re-enrichment of `{pipeline}` requested ({id}): {rows}, lineage {current}; the running \
+         daemon reads it from the binlog"
+    );
+    Ok(())
+}
+
+/// The backfill filter that picks the rows to enrich again for lineage `current` (with the
+/// user's `filter`), and how to say which rows those are.
+pub fn stale_rows(
+    p: &PipelineConfig,
+    current: &str,
+    filter: Option<&str>,
+) -> (Option<String>, String) {
+    match lineage_column(p) {
         Some(col) => {
             let stale = format!("({col} IS NULL OR {col} != '{current}')");
             let f = match filter {
@@ -40,19 +62,7 @@ pub async fn reenrich(
                     .unwrap_or_default()
             ),
         ),
-    };
-    if dry_run {
-        let e = super::dryrun::estimate(&cfg, p, filter.as_deref()).await?;
-        let what = format!("re-enrichment of `{pipeline}` ({rows}, lineage {current})");
-        println!("{}", super::dryrun::report(&what, &e, true));
-        return Ok(());
     }
-    let id = request_backfill(config, &cfg, p, filter.as_deref()).await?;
-    println!(
-        "re-enrichment of `{pipeline}` requested ({id}): {rows}, lineage {current}; the running \
-         daemon reads it from the binlog"
-    );
-    Ok(())
 }
 
 /// The lineage the pipeline's enrichment has now (the backend is built, not called).

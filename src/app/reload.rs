@@ -71,6 +71,7 @@ impl Reloader {
         for (i, p) in &items {
             let _ = self.stages.metrics.pipelines[*i].name.set(p.name.clone());
         }
+        let reenrich = self.lineage_changes(&change).await;
         // Build what the added pipelines deliver to, before anything changes for the others.
         let built = self.stages.build(&items, &report.writeback).await?;
         let mut all = self.all.clone();
@@ -90,6 +91,7 @@ impl Reloader {
         self.swap(Router::with_active(all.clone(), &active), routes.clone())
             .await?;
         self.after_swap(&change, built.tasks, all.len());
+        self.start_reenrichments(reenrich);
         let names = |ix: &mut dyn Iterator<Item = &PipelineConfig>| {
             ix.map(|p| p.name.clone()).collect::<Vec<_>>().join(", ")
         };
@@ -166,6 +168,55 @@ impl Reloader {
             );
         }
         Ok(())
+    }
+
+    /// The changed pipelines that ask to be enriched again when their lineage changes and whose
+    /// lineage did: (new index, the backfill's filter).
+    async fn lineage_changes(&self, change: &Change) -> Vec<(usize, Option<String>)> {
+        let mut out = Vec::new();
+        for (i, p) in &change.added {
+            if !p.enrichment.as_ref().is_some_and(|e| e.reenrich_on_change) {
+                continue;
+            }
+            let old = change.removed.iter().map(|r| &self.all[*r]);
+            let Some(old) = old.clone().find(|o| o.name == p.name) else {
+                continue;
+            };
+            let was = super::reenrich::current_lineage(old).await.ok();
+            let now = super::reenrich::current_lineage(p).await.ok();
+            let (Some(was), Some(now)) = (was, now) else {
+                continue;
+            };
+            if was != now {
+                let (filter, rows) = super::reenrich::stale_rows(p, &now, None);
+                tracing::info!(pipeline = %p.name, was = %was, now = %now, rows = %rows,
+                    "the reload changed the pipeline's lineage; it is enriched again (reenrich_on_change)");
+                out.push((*i, filter));
+            }
+        }
+        out
+    }
+
+    /// Asks the backfill coordinator for the re-enrichments a reload started.
+    fn start_reenrichments(&self, jobs: Vec<(usize, Option<String>)>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let Some(asks) = &self.asks else {
+            tracing::warn!(
+                "reenrich_on_change needs a `snapshot:` section (its signal table); nothing was started"
+            );
+            return;
+        };
+        for (pipeline, filter) in jobs {
+            let _ = asks.send(Ask::Job(Job {
+                pipeline,
+                request: None,
+                filter,
+                after: None,
+                rows_done: 0,
+            }));
+        }
     }
 
     /// Retires the removed pipelines' metrics, keeps the new stages' tasks, updates the

@@ -158,6 +158,11 @@ pub struct EnrichmentConfig {
     /// A spending ceiling per window: when spent the pipeline pauses until the next window.
     #[serde(default)]
     pub budget: Option<BudgetConfig>,
+    /// When a hot reload changes the pipeline's lineage (model, prompt, parameters), start its
+    /// re-enrichment by itself, as `cdc-enricher reenrich` would. Needs a `snapshot:` section.
+    /// Default false.
+    #[serde(default)]
+    pub reenrich_on_change: bool,
     /// What calls cost, for the estimates of `backfill --dry-run` and `reenrich --dry-run`
     /// (nothing is charged or limited by it).
     #[serde(default)]
