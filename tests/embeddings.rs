@@ -233,7 +233,7 @@ fn vectors_are_written_back_as_json_and_as_float32_blobs() {
 fn check_refuses_columns_that_cannot_hold_the_vector() {
     let db = MariaDb::start();
     block_on(db.exec(&format!(
-        "{PRODUCTS} {WRITER} ALTER TABLE shop.products ADD COLUMN emb_int INT;"
+        "{PRODUCTS} {WRITER} ALTER TABLE shop.products ADD COLUMN emb_int INT, ADD COLUMN lin8 VARCHAR(8);"
     )));
     let aws = AwsStandin::start();
     for (columns, format, problem, fix) in [
@@ -254,6 +254,12 @@ fn check_refuses_columns_that_cannot_hold_the_vector() {
             "json",
             "`shop`.`products`.`emb_int` is INT(11), which cannot hold a vector as JSON",
             "make `emb_int` a JSON or utf8mb4 TEXT column",
+        ),
+        (
+            "emb_json: /embedding, lin8: /lineage",
+            "json",
+            "`shop`.`products`.`lin8` is VARCHAR(8), shorter than a lineage (16 characters)",
+            "make `lin8` CHAR(16)",
         ),
     ] {
         let p = pipeline(&aws, "vec", TITAN, &writeback(columns, format));

@@ -26,7 +26,8 @@ pub struct Estimate {
     pub emitted: u64,
     /// Emitted rows that need a call.
     pub to_call: u64,
-    /// Distinct inputs among them (the cache answers repeats, within `cache_entries`).
+    /// Inputs needing a call: the distinct ones where the cache is on (it answers repeats,
+    /// within `cache_entries`), else every one.
     pub distinct: u64,
     /// Emitted rows with nothing to send (no text): no call.
     pub no_input: u64,
@@ -89,13 +90,19 @@ pub async fn estimate(
                 .map_err(perr)?;
             let input = InputSpec::from_config(e).map_err(perr)?;
             Some((backend, input, e.max_batch_size(), e.prices.clone()))
+                .map(|x| (x, e.cache_entries > 0))
         }
         None => None,
     };
-    let mut tally = Tally::default();
+    // With the cache on, a repeated input is answered by it: calls for distinct inputs only.
+    let mut tally = Tally {
+        dedupe: enrich.as_ref().is_some_and(|(_, cached)| *cached),
+        ..Tally::default()
+    };
     let cols: Vec<String> = s.columns.iter().map(|c| q(&c.name)).collect();
     let sql = format!("SELECT {} FROM {}.{}", cols.join(", "), q(&db), q(&table));
-    let mut result = conn.query_iter(sql).await.map_err(query)?;
+    // The binary protocol, as the backfill reads: values typed as the backfill types them.
+    let mut result = conn.exec_iter(sql, ()).await.map_err(query)?;
     while let Some(row) = result.next().await.map_err(query)? {
         tally.est.read += 1;
         let values = decode(&s, row).map_err(perr)?;
@@ -103,7 +110,7 @@ pub async fn estimate(
             continue;
         }
         tally.est.emitted += 1;
-        if let Some((backend, input, ..)) = &enrich {
+        if let Some(((backend, input, ..), _)) = &enrich {
             let image = Image {
                 names: names.clone(),
                 values,
@@ -114,7 +121,7 @@ pub async fn estimate(
     drop(result);
     let _ = conn.disconnect().await;
     let mut est = tally.est;
-    if let Some((_, _, batch, prices)) = enrich {
+    if let Some(((_, _, batch, prices), _)) = enrich {
         est.calls = est.distinct.div_ceil(batch.max(1) as u64);
         est.tokens = tally.counts_tokens.then_some(tally.tokens);
         est.cost = prices.map(|pr| {
@@ -133,6 +140,8 @@ pub async fn estimate(
 struct Tally {
     est: Estimate,
     seen: HashSet<u128>,
+    /// Count a repeated input once (the cache is on).
+    dedupe: bool,
     tokens: (u64, u64),
     counts_tokens: bool,
 }
@@ -144,7 +153,7 @@ impl Tally {
             Prepared::Reject(_) => self.est.rejected += 1,
             Prepared::Call { input, .. } => {
                 self.est.to_call += 1;
-                if !self.seen.insert(fingerprint(&input)) {
+                if !self.seen.insert(fingerprint(&input)) && self.dedupe {
                     return;
                 }
                 self.est.distinct += 1;

@@ -59,15 +59,16 @@ impl InputSpec {
     }
 
     /// How the input is made, for the lineage: the document column and language settings, the
-    /// CSV columns in order, or the template as written.
+    /// CSV columns in order, or the template as written. (`on_too_long` is left out: it decides
+    /// whether a long text is cut or dead-lettered, not the answer to a text.)
     pub fn describe(&self) -> String {
         match self {
             InputSpec::Document {
                 text,
                 language,
                 language_column,
-                on_too_long,
-            } => format!("document|{text}|{language}|{language_column:?}|{on_too_long:?}"),
+                ..
+            } => format!("document|{text}|{language}|{language_column:?}"),
             InputSpec::Csv { columns } => format!("csv|{}", columns.join(",")),
             InputSpec::Prompt { template } => format!("template|{}", template.source()),
         }

@@ -137,7 +137,9 @@ fn holds_vector(
         VectorFormat::Float32 => match t {
             "blob" | "mediumblob" | "longblob" => Ok(true),
             "tinyblob" if bytes <= 255 => Ok(true),
-            "binary" | "varbinary" if size().is_some_and(|n| n >= bytes) => Ok(true),
+            // BINARY(n) pads to n bytes: only the exact size reads back as the vector.
+            "binary" if size() == Some(bytes) => Ok(true),
+            "varbinary" if size().is_some_and(|n| n >= bytes) => Ok(true),
             _ => Err((
                 format!("{ty}, which cannot hold {dims} float32 numbers ({bytes} bytes)"),
                 format!("a BLOB or VARBINARY({bytes}) column"),
@@ -367,6 +369,16 @@ fn outputs(
                     kind.describe()
                 ),
                 format!("make `{col}` {}", kind.fix()),
+            );
+            continue;
+        }
+        if ptr == "/lineage" && max_chars(c).is_some_and(|n| n < 16) {
+            f.fail(
+                format!(
+                    "sink.mysql.columns.{col}: `{tdb}`.`{ttable}`.`{col}` is {}, shorter than a lineage (16 characters): a cut lineage never matches, and reenrich would redo every row",
+                    c.column_type.to_uppercase()
+                ),
+                format!("make `{col}` CHAR(16)"),
             );
             continue;
         }

@@ -355,11 +355,14 @@ def bedrock_converse(model, req):
     tools = req.get("toolConfig", {}).get("tools", [])
     if tools:
         spec = tools[0].get("toolSpec", {})
-        if req["toolConfig"].get("toolChoice", {}).get("tool", {}).get("name") != spec.get("name"):
-            raise Invalid("toolChoice must name the tool")
+        chosen = req["toolConfig"].get("toolChoice")
+        if chosen is not None and chosen.get("tool", {}).get("name") != spec.get("name"):
+            raise Invalid("toolChoice names another tool")
         answer = schema_answer(spec.get("inputSchema", {}).get("json", {}), prompt)
         i, o = words(prompt, system), words(json.dumps(answer))
+        # Text before the tool call, as many Converse models write.
         return {"output": {"message": {"role": "assistant", "content": [
+                    {"text": "Here is the result:"},
                     {"toolUse": {"toolUseId": "tooluse_standin", "name": spec["name"], "input": answer}}]}},
                 "stopReason": "tool_use", "usage": {"inputTokens": i, "outputTokens": o, "totalTokens": i + o},
                 "metrics": {"latencyMs": 1}}

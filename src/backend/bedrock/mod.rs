@@ -217,6 +217,7 @@ pub fn classify<E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std
 /// a `toolChoice` naming it (Converse API reference, ToolConfiguration).
 fn answer_tool(
     schema: &Value,
+    forced: bool,
 ) -> Result<
     aws_sdk_bedrockruntime::types::ToolConfiguration,
     aws_sdk_bedrockruntime::error::BuildError,
@@ -229,12 +230,22 @@ fn answer_tool(
         .description(ANSWER_TOOL_DESCRIPTION)
         .input_schema(ToolInputSchema::Json(schema::to_document(schema)))
         .build()?;
-    ToolConfiguration::builder()
-        .tools(Tool::ToolSpec(spec))
-        .tool_choice(ToolChoice::Tool(
+    let mut config = ToolConfiguration::builder().tools(Tool::ToolSpec(spec));
+    if forced {
+        config = config.tool_choice(ToolChoice::Tool(
             SpecificToolChoice::builder().name(ANSWER_TOOL).build()?,
-        ))
-        .build()
+        ));
+    }
+    config.build()
+}
+
+/// Whether a model on Converse takes a `toolChoice` naming one tool (the Converse API
+/// reference: Anthropic Claude, Mistral Large and Amazon Nova); others are offered the tool
+/// with the default choice (`auto`) and may answer in text, which is then parsed and validated.
+fn takes_tool_choice(model: &str) -> bool {
+    ["anthropic.", "mistral.mistral-large", "amazon.nova"]
+        .iter()
+        .any(|f| model.contains(f))
 }
 
 impl Bedrock {
@@ -447,7 +458,8 @@ impl Bedrock {
             }
         }
         if let Some(s) = self.tool_schema() {
-            req = req.tool_config(answer_tool(s).map_err(internal)?);
+            let forced = takes_tool_choice(&c.model);
+            req = req.tool_config(answer_tool(s, forced).map_err(internal)?);
         }
         let out = req.send().await.map_err(|e| {
             let original = match e.as_service_error() {
@@ -463,18 +475,25 @@ impl Bedrock {
             ));
         }
         let text: String = match out.output() {
-            Some(ConverseOutput::Message(m)) => m
-                .content()
-                .iter()
-                .filter_map(|b| match b {
-                    ContentBlock::Text(t) => Some(t.clone()),
-                    // Through the answer tool: its input is the answer.
+            Some(ConverseOutput::Message(m)) => {
+                // Through the answer tool, its input is the answer (whatever text the model
+                // wrote around the call); otherwise the text.
+                let tool = m.content().iter().find_map(|b| match b {
                     ContentBlock::ToolUse(t) if t.name() == ANSWER_TOOL => {
                         Some(schema::from_document(t.input()).to_string())
                     }
                     _ => None,
+                });
+                tool.unwrap_or_else(|| {
+                    m.content()
+                        .iter()
+                        .filter_map(|b| match b {
+                            ContentBlock::Text(t) => Some(t.as_str()),
+                            _ => None,
+                        })
+                        .collect()
                 })
-                .collect(),
+            }
             _ => String::new(),
         };
         let stop = stop_reason(out.stop_reason().as_str());

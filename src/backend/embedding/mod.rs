@@ -31,7 +31,16 @@ impl Family {
     pub fn resolve(model: &str) -> Result<Family, String> {
         if model.contains("amazon.titan-embed-text-v2") {
             Ok(Family::Titan)
-        } else if model.contains("cohere.embed-") {
+        } else if [
+            "cohere.embed-english-v3",
+            "cohere.embed-multilingual-v3",
+            "cohere.embed-english-light-v3",
+            "cohere.embed-multilingual-light-v3",
+        ]
+        .iter()
+        .any(|m| model.contains(m))
+        {
+            // v3 only: Embed v4 answers another shape (vectors by type, 1,536 numbers).
             Ok(Family::Cohere)
         } else {
             Err(format!(
@@ -261,9 +270,14 @@ impl Backend for Embedding {
 
     fn cache_scope(&self) -> String {
         let c = &self.cfg;
+        // What the request carries: `input_type` as sent (unset is `search_document`).
+        let input_type = match self.family {
+            Family::Cohere => c.input_type.unwrap_or_default().as_str(),
+            Family::Titan => "",
+        };
         format!(
-            "embedding|{}|{}|{}|{:?}",
-            c.model, self.dimensions, c.normalize, c.input_type
+            "embedding|{}|{}|{}|{input_type}",
+            c.model, self.dimensions, c.normalize
         )
     }
 
@@ -323,5 +337,7 @@ mod tests {
             Ok(96)
         );
         assert!(Family::resolve("amazon.titan-text-express-v1").is_err());
+        // Embed v4 answers another shape: refused at load, not dead-lettered row by row.
+        assert!(Family::resolve("cohere.embed-v4:0").is_err());
     }
 }

@@ -33,25 +33,36 @@ struct AckContext {
 struct QueueRoom {
     waiting: std::sync::atomic::AtomicBool,
     waiter: std::sync::Mutex<Option<std::thread::Thread>>,
+    /// Delivery reports so far: a wait skips its park when one came since `seen`.
+    deliveries: std::sync::atomic::AtomicU64,
 }
 
 impl QueueRoom {
-    /// Parks the calling thread until a delivery report or `at_most` (a wake-up that came
-    /// before the park is not lost: `unpark` leaves a token).
-    fn wait(&self, at_most: Duration) {
+    /// The delivery reports so far (read before a send, for [`QueueRoom::wait`]).
+    fn seen(&self) -> u64 {
+        self.deliveries.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Parks the calling thread until a delivery report or `at_most` — not at all when a
+    /// report came since `seen` (read before the send that found the queue full). A report
+    /// after `waiting` is set unparks it (an `unpark` before the park leaves a token).
+    fn wait(&self, seen: u64, at_most: Duration) {
         use std::sync::atomic::Ordering;
         if let Ok(mut w) = self.waiter.lock() {
             *w = Some(std::thread::current());
         }
-        self.waiting.store(true, Ordering::Release);
-        std::thread::park_timeout(at_most);
+        self.waiting.store(true, Ordering::SeqCst);
+        if self.deliveries.load(Ordering::SeqCst) == seen {
+            std::thread::park_timeout(at_most);
+        }
         self.waiting.store(false, Ordering::Release);
     }
 
     /// Called for every delivery report: costs one atomic load unless a thread waits.
     fn notify(&self) {
         use std::sync::atomic::Ordering;
-        if self.waiting.swap(false, Ordering::AcqRel) {
+        self.deliveries.fetch_add(1, Ordering::SeqCst);
+        if self.waiting.swap(false, Ordering::SeqCst) {
             if let Some(t) = self.waiter.lock().ok().and_then(|mut w| w.take()) {
                 t.unpark();
             }
@@ -183,6 +194,7 @@ impl KafkaSink {
             rec = rec.payload(v);
         }
         loop {
+            let seen = self.room.seen();
             match self.producer.send(rec) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
@@ -190,7 +202,7 @@ impl KafkaSink {
                     if let Some(f) = self.tracker.failure() {
                         return Err(SinkError::Kafka(f));
                     }
-                    self.room.wait(Duration::from_millis(10));
+                    self.room.wait(seen, Duration::from_millis(10));
                     rec = r;
                 }
                 Err((e, _)) => {
