@@ -315,6 +315,29 @@ mod tests {
         }
     }
 
+    /// The pipeline's `max_batch_size` is the batch, up to the model's own most.
+    #[tokio::test]
+    async fn the_pipelines_batch_size_is_honoured_up_to_the_models() {
+        let mut call = CallSettings {
+            aws: aws::AwsSettings {
+                region: Some("us-east-1".into()),
+                endpoint_url: Some("http://127.0.0.1:9".into()),
+                ..Default::default()
+            },
+            timeout: std::time::Duration::from_secs(1),
+            max_batch: 1,
+            max_batch_bytes: None,
+        };
+        let cohere = cfg("cohere.embed-english-v3", None);
+        let e = Embedding::new(&call, &cohere).await.unwrap();
+        assert_eq!(e.max_batch(), 1);
+        call.max_batch = 500;
+        let e = Embedding::new(&call, &cohere).await.unwrap();
+        assert_eq!(e.max_batch(), 96);
+        let titan = cfg("amazon.titan-embed-text-v2:0", None);
+        assert_eq!(Embedding::new(&call, &titan).await.unwrap().max_batch(), 1);
+    }
+
     #[test]
     fn families_and_dimensions() {
         let titan = "amazon.titan-embed-text-v2:0";
