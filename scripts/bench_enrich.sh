@@ -71,14 +71,21 @@ export AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent AWS
 ( cd "$W" && exec "$BIN" run -c cdc-enricher.yaml 2>daemon.log ) & DAEMON=$!
 sleep 2
 
-# run LABEL FIRST_ID: insert ROWS rows, time until the checkpoint covers them.
-run() {
-  local first=$2
-  q "INSERT INTO shop.support SELECT seq, CONCAT('good review number ', seq) FROM shop.seq_${first}_to_$((first + ROWS - 1))"
+# timed SQL: runs the INSERT, prints the seconds until the checkpoint covers it.
+timed() {
+  q "$1"
   local start; start=$(date +%s.%N)
   local end; end=$(q "SHOW MASTER STATUS" | cut -f2)
   until python3 -c "import json,sys; p=json.load(open('$W/cp.json'))['position']; sys.exit(0 if p['pos']>=$end else 1)" 2>/dev/null; do sleep 0.05; done
   python3 -c "import time; print(time.time() - $start)"
+}
+# run LABEL FIRST_ID: ROWS rows into shop.support, timed.
+run() {
+  timed "INSERT INTO shop.support SELECT seq, CONCAT('good review number ', seq) FROM shop.seq_${2}_to_$(($2 + ROWS - 1))"
+}
+# timed_insert TABLE: EMBED_ROWS rows into TABLE, timed.
+timed_insert() {
+  timed "INSERT INTO shop.$1 SELECT seq, CONCAT('a sturdy oak chair, model ', seq) FROM shop.seq_1_to_$EMBED_ROWS"
 }
 ctl _control "{\"delay_ms\": $LAT}"
 log "clean: $ROWS rows, $RPS calls/s, ${LAT} ms latency"
@@ -97,14 +104,6 @@ log "service bucket: the service allows $REAL calls/s, the pipeline is told $RPS
 bkt=$(run bucket $((2 * ROWS + 1)))
 calls_bkt=$(python3 -c "import json,urllib.request; l=json.load(urllib.request.urlopen('http://127.0.0.1:$SP/_log')); print(len(l), sum(1 for e in l if e['status']==400))")
 
-# timed_insert TABLE: EMBED_ROWS rows into TABLE, seconds until the checkpoint covers them.
-timed_insert() {
-  q "INSERT INTO shop.$1 SELECT seq, CONCAT('a sturdy oak chair, model ', seq) FROM shop.seq_1_to_$EMBED_ROWS"
-  local start; start=$(date +%s.%N)
-  local end; end=$(q "SHOW MASTER STATUS" | cut -f2)
-  until python3 -c "import json,sys; p=json.load(open('$W/cp.json'))['position']; sys.exit(0 if p['pos']>=$end else 1)" 2>/dev/null; do sleep 0.05; done
-  python3 -c "import time; print(time.time() - $start)"
-}
 ctl _reset ""
 ctl _control "{\"delay_ms\": $LAT}"
 log "embeddings: $EMBED_ROWS rows, Cohere 96 texts a call, then one text a call"

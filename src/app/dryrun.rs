@@ -89,14 +89,13 @@ pub async fn estimate(
                 .await
                 .map_err(perr)?;
             let input = InputSpec::from_config(e).map_err(perr)?;
-            Some((backend, input, e.max_batch_size(), e.prices.clone()))
-                .map(|x| (x, e.cache_entries > 0))
+            Some((backend, input, e))
         }
         None => None,
     };
     // With the cache on, a repeated input is answered by it: calls for distinct inputs only.
     let mut tally = Tally {
-        dedupe: enrich.as_ref().is_some_and(|(_, cached)| *cached),
+        dedupe: enrich.as_ref().is_some_and(|(.., e)| e.cache_entries > 0),
         ..Tally::default()
     };
     let cols: Vec<String> = s.columns.iter().map(|c| q(&c.name)).collect();
@@ -110,7 +109,7 @@ pub async fn estimate(
             continue;
         }
         tally.est.emitted += 1;
-        if let Some(((backend, input, ..), _)) = &enrich {
+        if let Some((backend, input, _)) = &enrich {
             let image = Image {
                 names: names.clone(),
                 values,
@@ -121,10 +120,10 @@ pub async fn estimate(
     drop(result);
     let _ = conn.disconnect().await;
     let mut est = tally.est;
-    if let Some(((_, _, batch, prices), _)) = enrich {
-        est.calls = est.distinct.div_ceil(batch.max(1) as u64);
+    if let Some((.., e)) = enrich {
+        est.calls = est.distinct.div_ceil(e.max_batch_size().max(1) as u64);
         est.tokens = tally.counts_tokens.then_some(tally.tokens);
-        est.cost = prices.map(|pr| {
+        est.cost = e.prices.as_ref().map(|pr| {
             let (i, o) = est.tokens.unwrap_or((0, 0));
             est.calls as f64 * pr.per_call
                 + est.distinct as f64 * pr.per_row

@@ -187,6 +187,17 @@ pub fn labels(model: &str) -> Map<String, Value> {
     m
 }
 
+/// A failure of a call to `model` found in its answer (not an SDK error: see [`classify`]).
+pub fn error(model: &str, kind: ErrorKind, message: String) -> BackendError {
+    BackendError {
+        backend: "bedrock",
+        operation: model.to_string(),
+        kind,
+        message,
+        retry_after: None,
+    }
+}
+
 /// A Bedrock failure of `model`. Beyond [`aws::classify`]: `ModelErrorException` by the
 /// model's own status ([`aws::model_error_kind`]; without one, transient), and a validation
 /// error saying the model id is invalid — a model not (yet) available here — waits for the
@@ -268,13 +279,7 @@ impl Bedrock {
     }
 
     fn err(&self, kind: ErrorKind, message: String) -> BackendError {
-        BackendError {
-            backend: "bedrock",
-            operation: self.cfg.model.clone(),
-            kind,
-            message,
-            retry_after: None,
-        }
+        error(&self.cfg.model, kind, message)
     }
 
     /// The family's InvokeModel body (Anthropic messages API on Bedrock; Titan text): the

@@ -136,13 +136,7 @@ impl Embedding {
     }
 
     fn err(&self, kind: ErrorKind, message: String) -> BackendError {
-        BackendError {
-            backend: "bedrock",
-            operation: self.cfg.model.clone(),
-            kind,
-            message,
-            retry_after: None,
-        }
+        super::bedrock::error(&self.cfg.model, kind, message)
     }
 
     fn body(&self, inputs: &[Input]) -> Value {
