@@ -31,8 +31,8 @@ command -v valgrind >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninter
 log "building (release)"
 cargo build --release --locked -q
 cargo bench --locked --bench binlog --no-run -q 2>/dev/null
-BENCH=$(ls -t target/release/deps/binlog-* | grep -v '\.d$' | head -1)
-BIN=$PWD/target/release/cdc-enricher
+BENCH=$(ls -t "${CARGO_TARGET_DIR:-$PWD/target}"/release/deps/binlog-* | grep -v '\.d$' | head -1)
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/cdc-enricher
 
 W=$PWD/.bench
 rm -rf "$W"; mkdir -p "$W"

@@ -13,7 +13,7 @@ ROWS=${1:-10000}; RPS=${2:-10}; LAT=${3:-50}
 need_mariadb
 need_tansu_release
 cargo build --release --locked -q
-BIN=$PWD/target/release/cdc-enricher
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/cdc-enricher
 W=$PWD/.bench-enrich
 rm -rf "$W"; mkdir -p "$W/pipelines"
 DAEMON=; STANDIN=

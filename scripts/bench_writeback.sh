@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 ROWS=${1:-20000}
 need_mariadb
 cargo build --release --locked -q
-BIN=$PWD/target/release/cdc-enricher
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/cdc-enricher
 W=$PWD/.bench-writeback
 rm -rf "$W"; mkdir -p "$W/pipelines"
 DAEMON=; STANDIN=

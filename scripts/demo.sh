@@ -9,7 +9,7 @@ need_mariadb
 need_tansu
 log "building cdc-enricher (release)"
 cargo build --release --locked
-BIN=target/release/cdc-enricher
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/cdc-enricher
 
 DEMO=$PWD/.demo
 rm -rf "$DEMO"; mkdir -p "$DEMO"
