@@ -81,6 +81,8 @@ log "records in ml.order_anomaly (a SageMaker score per order)"
 $BIN tail --brokers "$KAFKA_BROKERS" ml.order_anomaly --count 4 --idle-ms 10000
 log "records in ml.article_summaries (a Bedrock summary per article, as JSON, with tokens)"
 $BIN tail --brokers "$KAFKA_BROKERS" ml.article_summaries --count 2 --idle-ms 10000
+log "records in ml.support_digest (one Bedrock call per window of support messages; it closes 15 s into the stream)"
+$BIN tail --brokers "$KAFKA_BROKERS" ml.support_digest --count 1 --idle-ms 30000
 
 # show_when COUNT_SQL N SHOW_SQL: waits (up to 20 s) until COUNT_SQL says N, then shows SHOW_SQL.
 show_when() {

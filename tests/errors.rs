@@ -250,6 +250,26 @@ fn enrichment_config_errors_name_the_setting() {
             with("  comprehend: {operation: sentiment, text: title}\n  tokens_per_minute: 1000\n"),
             "enrichment.tokens_per_minute is for bedrock and embedding (only models count tokens)",
         ),
+        (
+            with(&format!("{bedrock}    prompt: \"Digest: {{title}}\"\n  window: {{rows: 5, row: \"{{title}}\"}}\n")),
+            "enrichment.bedrock.prompt must name `{rows}`: the window's rows go there",
+        ),
+        (
+            with(&format!("{bedrock}    prompt: \"{{rows}} {{title}}\"\n  window: {{rows: 5, row: \"{{title}}\"}}\n")),
+            "enrichment.bedrock.prompt names `{title}`; a windowed prompt takes `{rows}`, `{count}` and the group column (row columns go in enrichment.window.row)",
+        ),
+        (
+            with(&format!("{bedrock}    prompt: \"{{rows}}\"\n  window: {{every: 5 mnutes, row: \"{{title}}\"}}\n")),
+            "enrichment.window.every `5 mnutes`: unknown time unit \"mnutes\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations) (write `30s`, `5m`, `1h`)",
+        ),
+        (
+            with(&format!("{bedrock}    prompt: \"{{rows}}\"\n  window: {{rows: 5, row: \"{{qty}}\"}}\n")),
+            "enrichment.window.row `qty` must be one of the picked columns (id, title)",
+        ),
+        (
+            with("  comprehend: {operation: sentiment, text: title}\n  window: {rows: 5, row: \"{title}\"}\n"),
+            "enrichment.window is for bedrock and embedding (a prompt over rows), not comprehend",
+        ),
     ];
     for (body, message) in cases {
         write(&d, "pipelines/a.yaml", &body);

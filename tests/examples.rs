@@ -21,6 +21,7 @@ fn shipped_config_and_pipelines_validate() {
             "order_anomaly",
             "orders",
             "product_descriptions",
+            "support_digest",
             "support_feedback",
             "support_sentiment_writeback"
         ]
@@ -35,9 +36,10 @@ fn shipped_config_and_pipelines_validate() {
         .collect();
     assert_eq!(
         kinds,
-        ["kafka", "kafka", "kafka", "mysql", "kafka", "mysql"]
+        ["kafka", "kafka", "kafka", "mysql", "kafka", "kafka", "mysql"]
     );
-    assert_eq!(pipelines[4].topic().as_deref(), Some("cdc.shop.support"));
+    assert_eq!(pipelines[4].topic().as_deref(), Some("ml.support_digest"));
+    assert_eq!(pipelines[5].topic().as_deref(), Some("cdc.shop.support"));
     assert_eq!(
         pipelines[0].topic().as_deref(),
         Some("ml.article_summaries")

@@ -60,6 +60,13 @@ pub async fn estimate(
         what: "the dry run's SELECT of the table",
         source,
     };
+    if p.enrichment.as_ref().is_some_and(|e| e.window.is_some()) {
+        return Err(perr(
+            "--dry-run estimates one call per row; a windowed pipeline (enrichment.window) \
+             makes one per window, which it does not estimate"
+                .into(),
+        ));
+    }
     let mut conn = stream::connect(&cfg.source).await?;
     let (db, table) = p.db_table();
     let s = schema::load(&mut conn, &[(db.clone(), table.clone())])

@@ -176,12 +176,16 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
     let metrics = Metrics::new(&names, Some(Arc::new(tracker.clone())));
     let _metrics_server = serve_metrics(&cfg, &metrics).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let clock = Arc::new(crate::model::clock::StreamClock::default());
     let stages = outputs::Stages {
         cfg: cfg.clone(),
         tracker: tracker.clone(),
         metrics: metrics.clone(),
         sinks: Arc::new(Mutex::new(Vec::new())),
         limiters: Arc::new(crate::ratelimit::Registry::default()),
+        clock: clock.clone(),
+        stopping: stop_rx.clone(),
     };
     let indexed: Vec<(usize, &PipelineConfig)> = pipelines.iter().enumerate().collect();
     let built = stages.build(&indexed, &report.writeback).await?;
@@ -205,7 +209,6 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     read.extend(signal.clone());
     let tables: reload::Tables = Arc::new(RwLock::new(read.into_iter().collect()));
     let (tx, rx) = mpsc::channel::<Vec<SourceEvent>>(16);
-    let (stop_tx, stop_rx) = watch::channel(false);
     let source = binlog_source(&cfg, &metrics, &tables, &resume.history);
     let source_task = tokio::spawn(source.run(resume.start, tx.clone(), stop_rx.clone()));
 
@@ -220,6 +223,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         routes: routes.clone(),
         tracker: tracker.clone(),
         metrics: metrics.clone(),
+        clock,
     };
     let mut running = shutdown::Running {
         source: source_task,

@@ -27,6 +27,10 @@ pub struct Stages {
     pub metrics: Arc<Metrics>,
     pub sinks: Sinks,
     pub limiters: Arc<crate::ratelimit::Registry>,
+    /// The stream's commit time (windowed pipelines close windows by it).
+    pub clock: Arc<crate::model::clock::StreamClock>,
+    /// True once the daemon is stopping.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An enrichment stage's task, with its pipeline's name.
@@ -175,6 +179,7 @@ impl Stages {
                 .enrichment_stage(*i, p, e, sink, applied.remove(i))
                 .await?;
             built.route(*i).enrich = Some(tx);
+            built.route(*i).windowed = e.window.is_some();
             built.tasks.push((p.name.clone(), task));
         }
         Ok(built)
@@ -268,6 +273,11 @@ impl Stages {
             }),
             cache_entries: e.cache_entries,
             applied,
+            window: e.window.as_ref().map(|_| enrich::WindowLink {
+                clock: self.clock.clone(),
+                acks: self.tracker.clone(),
+                stopping: self.stopping.clone(),
+            }),
         };
         let task = tokio::spawn(enrich::run(
             settings,

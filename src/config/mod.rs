@@ -3,6 +3,7 @@
 
 mod env;
 pub mod pipeline;
+pub mod window;
 
 use std::path::{Path, PathBuf};
 

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use super::window::WindowConfig;
 use super::{parse_yaml, ConfigError};
 pub use crate::backend::aws::AwsSettings;
 pub use crate::backend::bedrock::config::{BedrockConfig, BedrockOutput};
@@ -167,6 +168,10 @@ pub struct EnrichmentConfig {
     /// (nothing is charged or limited by it).
     #[serde(default)]
     pub prices: Option<PricesConfig>,
+    /// A prompt over a window of rows (Bedrock and embedding): one call and one record per
+    /// window instead of per row.
+    #[serde(default)]
+    pub window: Option<WindowConfig>,
 }
 
 /// `enrichment.prices`: what the provider charges, in any one currency (the estimate prints
@@ -274,13 +279,27 @@ impl EnrichmentConfig {
     pub fn text_columns(&self) -> Vec<String> {
         self.input_columns()
             .into_iter()
-            .filter(|(what, _)| what.ends_with(".text") || what.ends_with(".prompt"))
+            .filter(|(what, _)| {
+                what.ends_with(".text") || what.ends_with(".prompt") || what.ends_with(".row")
+            })
             .map(|(_, c)| c)
             .collect()
     }
 
     pub fn input_columns(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        if let Some(w) = &self.window {
+            // The prompt names the window's placeholders; the rows' columns are the row's.
+            if let Ok(t) = w.row_template() {
+                for c in t.columns() {
+                    out.push(("enrichment.window.row".into(), c.to_string()));
+                }
+            }
+            if let Some(g) = &w.group {
+                out.push(("enrichment.window.group".into(), g.clone()));
+            }
+            return out;
+        }
         match self.backend() {
             Some(BackendConfig::Comprehend(c)) => {
                 out.push(("enrichment.comprehend.text".into(), c.text.clone()));
@@ -490,6 +509,8 @@ impl PipelineConfig {
             Op::Delete => Operation::Delete,
             // A truncate deletes every row: it goes where deletes go.
             Op::Truncate => Operation::Delete,
+            // Made by the enrichment stage, never routed.
+            Op::Window => return true,
         };
         self.operations.contains(&o)
     }
@@ -616,7 +637,13 @@ fn validate(p: &mut PipelineConfig, have_kafka: bool) -> Result<(), String> {
     if let Some(e) = &p.enrichment {
         validate_enrichment(e, p.columns.as_deref())?;
     }
+    let windowed = p.enrichment.as_ref().is_some_and(|e| e.window.is_some());
     match &p.sink {
+        SinkConfig::Mysql(_) if windowed => Err(
+            "enrichment.window emits one record per window, which goes to Kafka or JSONL; \
+             the write-back updates rows and cannot take it"
+                .into(),
+        ),
         SinkConfig::Mysql(m) => validate_mysql_sink(m, p),
         SinkConfig::Kafka(_) if !have_kafka => {
             Err("the sink is Kafka but the daemon config has no `kafka` section".into())
@@ -679,6 +706,18 @@ fn validate_enrichment(e: &EnrichmentConfig, picked: Option<&[String]>) -> Resul
     }
     validate_limits(e)?;
     backend.validate()?;
+    if let Some(w) = &e.window {
+        let (prompt, what) = match backend {
+            BackendConfig::Bedrock(b) => (&b.prompt, "enrichment.bedrock.prompt"),
+            BackendConfig::Embedding(m) => (&m.text, "enrichment.embedding.text"),
+            _ => return Err(format!(
+                "enrichment.window is for bedrock and embedding (a prompt over rows), not {name}"
+            )),
+        };
+        let t = crate::backend::template::Template::parse(prompt)
+            .map_err(|m| format!("{what}: {m}"))?;
+        w.validate(&t, what)?;
+    }
     if let Some(cols) = picked {
         for (what, c) in e.input_columns() {
             if !cols.contains(&c) {

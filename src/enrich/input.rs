@@ -11,6 +11,8 @@ use crate::config::pipeline::{BackendConfig, EnrichmentConfig, OnTooLong};
 use crate::model::record::ChangeRecord;
 use crate::model::record::Skip;
 
+use super::window::WindowSpec;
+
 pub enum InputSpec {
     Document {
         text: String,
@@ -24,6 +26,8 @@ pub enum InputSpec {
     Prompt {
         template: Template,
     },
+    /// A windowed pipeline: a row's input is its section of the window's prompt.
+    Window(std::sync::Arc<WindowSpec>),
 }
 
 /// What one record needs.
@@ -38,6 +42,15 @@ pub enum Prepared {
 
 impl InputSpec {
     pub fn from_config(e: &EnrichmentConfig) -> Result<InputSpec, String> {
+        if let Some(w) = &e.window {
+            let prompt = match e.backend() {
+                Some(BackendConfig::Bedrock(b)) => &b.prompt,
+                Some(BackendConfig::Embedding(m)) => &m.text,
+                _ => return Err("enrichment.window is for bedrock and embedding".into()),
+            };
+            let spec = WindowSpec::new(w, Template::parse(prompt)?)?;
+            return Ok(InputSpec::Window(std::sync::Arc::new(spec)));
+        }
         Ok(match e.backend() {
             Some(BackendConfig::Comprehend(c)) => InputSpec::Document {
                 text: c.text.clone(),
@@ -71,6 +84,7 @@ impl InputSpec {
             } => format!("document|{text}|{language}|{language_column:?}"),
             InputSpec::Csv { columns } => format!("csv|{}", columns.join(",")),
             InputSpec::Prompt { template } => format!("template|{}", template.source()),
+            InputSpec::Window(spec) => spec.describe(),
         }
     }
 
@@ -86,6 +100,7 @@ impl InputSpec {
                 .collect(),
             InputSpec::Csv { columns } => columns.iter().map(String::as_str).collect(),
             InputSpec::Prompt { template } => template.columns(),
+            InputSpec::Window(spec) => spec.columns(),
         }
     }
 
@@ -155,6 +170,16 @@ impl InputSpec {
                     truncated: false,
                 }
             }
+            InputSpec::Window(spec) => match spec.section(after) {
+                Some(text) => Prepared::Call {
+                    input: Input {
+                        text,
+                        language: String::new(),
+                    },
+                    truncated: false,
+                },
+                None => Prepared::Skip(Skip::NoText),
+            },
             InputSpec::Prompt { template } => {
                 if template.columns().iter().all(|c| is_empty(after, c)) {
                     return Prepared::Skip(Skip::NoText);

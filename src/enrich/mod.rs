@@ -9,6 +9,8 @@
 mod calls;
 pub mod input;
 pub mod lineage;
+pub mod window;
+mod windowed;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -71,6 +73,18 @@ pub struct Settings {
     /// were written before a restart and are passed on without a call (the sink acknowledges
     /// them without writing).
     pub applied: Option<crate::model::BinlogPosition>,
+    /// Set for a windowed pipeline (`enrichment.window`).
+    pub window: Option<WindowLink>,
+}
+
+/// What a windowed pipeline's stage needs besides its settings: the stream clock its windows
+/// close by, the ack tracker (a window's rows after its first, and rows that join no window,
+/// are acknowledged by the stage), and whether the daemon is stopping (open windows are then
+/// left to be read again after the restart; when a reload retires the stage they are sent).
+pub struct WindowLink {
+    pub clock: Arc<crate::model::clock::StreamClock>,
+    pub acks: crate::checkpoint::AckTracker,
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A bounded cache of answers, keyed by a 128-bit hash of the backend's scope (operation,
@@ -221,6 +235,27 @@ fn finish(
     Delivered { rec, seq, dead }
 }
 
+/// What produced the answers, first in every record's enrichment: the backend's labels, then
+/// the lineage.
+fn labels(backend: &dyn Backend, input: &InputSpec) -> Map<String, Value> {
+    let mut labels = backend.labels();
+    labels.insert("lineage".into(), lineage::of(backend, input).into());
+    labels
+}
+
+/// Hands `out` to the delivery thread; when it stopped, why.
+async fn hand_on(
+    tx: &mpsc::Sender<Vec<Delivered>>,
+    out: Vec<Delivered>,
+    error: &std::sync::Mutex<Option<SinkError>>,
+) -> Result<(), StageEnd> {
+    if tx.send(out).await.is_err() {
+        let why = error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        return Err(why.map_or(StageEnd::DeliveryEnded, StageEnd::Sink));
+    }
+    Ok(())
+}
+
 /// Why an enrichment stage ended before its input closed.
 #[derive(Debug, thiserror::Error)]
 pub enum StageEnd {
@@ -234,14 +269,21 @@ pub enum StageEnd {
 
 /// Runs until `rx` closes; returns when every record taken was delivered.
 pub async fn run(
-    s: Settings,
+    mut s: Settings,
     backend: Arc<dyn Backend>,
     rx: mpsc::Receiver<Pending>,
     deliver: Deliver,
     metrics: Arc<Metrics>,
 ) -> Result<(), StageEnd> {
     let Deliver { tx, error, done } = deliver;
-    let r = stage(s, backend, rx, &tx, &error, metrics).await;
+    let windowed = match (&s.input, s.window.take()) {
+        (InputSpec::Window(spec), Some(link)) => Some((spec.clone(), link)),
+        _ => None,
+    };
+    let r = match windowed {
+        Some(w) => windowed::stage(s, w, backend, rx, &tx, &error, metrics).await,
+        None => stage(s, backend, rx, &tx, &error, metrics).await,
+    };
     // Everything handed to the delivery thread reaches the sink before the stage counts as done.
     drop(tx);
     let _ = done.await;
@@ -259,13 +301,7 @@ async fn stage(
     let pm = &metrics.pipelines[s.pipeline];
     let mut batch: Vec<Pending> = Vec::new();
     let mut cache = Cache::new(s.cache_entries, backend.as_ref());
-    // What produced the answers, first in every record's enrichment: the backend's labels,
-    // then the lineage.
-    let mut labels = backend.labels();
-    labels.insert(
-        "lineage".into(),
-        lineage::of(backend.as_ref(), &s.input).into(),
-    );
+    let labels = labels(backend.as_ref(), &s.input);
     loop {
         // Wait for the first record, then fill until full or the linger runs out.
         match rx.recv().await {
@@ -326,10 +362,7 @@ async fn stage(
                 finish(rec, seq, job, result, &mut cache, &labels, pm)
             })
             .collect();
-        if tx.send(out).await.is_err() {
-            let why = error.lock().unwrap_or_else(|p| p.into_inner()).take();
-            return Err(why.map_or(StageEnd::DeliveryEnded, StageEnd::Sink));
-        }
+        hand_on(tx, out, error).await?;
         if closed {
             return Ok(());
         }

@@ -132,6 +132,9 @@ const PIPELINE_COUNTERS: &[(&str, &str, Get)] = &[
     ("cdc_enricher_ml_errors", "Rows whose enrichment failed for good.", |p| &p.enrichment_errors),
     ("cdc_enricher_ml_cache_hits", "Rows answered from the cache, with no call (Aurora_ml_cache_hit_cnt).", |p| &p.cache_hits),
     ("cdc_enricher_ml_single_requests", "Calls that carried a single document (Aurora_ml_single_request_cnt).", |p| &p.single_requests),
+    ("cdc_enricher_windows", "Windows closed and sent as one call each (enrichment.window).", |p| &p.windows),
+    ("cdc_enricher_window_rows", "Rows gathered into windows.", |p| &p.window_rows),
+    ("cdc_enricher_window_rows_skipped", "Rows of a windowed pipeline that joined no window (deletes, truncates, rows without text, updates that left the row's columns as they were).", |p| &p.window_rows_skipped),
     ("cdc_enricher_ml_batch_splits", "Whole calls that failed for what may be one row's fault (bad input, an unusable answer) and were split in halves to find it.", |p| &p.batch_splits),
 ];
 
@@ -140,6 +143,7 @@ const PIPELINE_GAUGES: &[(&str, &str, Get)] = &[
     ("cdc_enricher_snapshot_rows_estimate", "The backfilled table's row estimate (information_schema.TABLES).", |p| &p.snapshot_estimate),
     ("cdc_enricher_snapshot_running", "1 while a backfill of the pipeline runs.", |p| &p.snapshot_running),
     ("cdc_enricher_pipeline_stopped", "1 once the pipeline stopped (a picked, key or filter column gone, a value of its table that cannot be decoded, an oversize record under on_oversize: fail).", |p| &p.stopped),
+    ("cdc_enricher_window_open_rows", "Rows waiting in open windows (the checkpoint stays before the first of them).", |p| &p.window_open_rows),
     ("cdc_enricher_budget_paused", "1 while the pipeline waits for the next window of its enrichment budget.", |p| &p.budget_paused),
 ];
 

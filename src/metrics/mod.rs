@@ -90,6 +90,12 @@ pub struct PipelineMetrics {
     pub burst_start_ts_ms: AtomicU64,
     /// Records per enrichment batch.
     pub batch_sizes: Histogram,
+    /// Windowed pipelines: windows closed, rows gathered into them, rows that joined none
+    /// (deletes, rows without text), and rows waiting in open windows.
+    pub windows: AtomicU64,
+    pub window_rows: AtomicU64,
+    pub window_rows_skipped: AtomicU64,
+    pub window_open_rows: AtomicU64,
 }
 
 /// A Prometheus histogram with fixed buckets (the `prometheus-client` crate's; observed once

@@ -1,6 +1,7 @@
 //! The change-event model shared by every stage: operations, positions, column values and the change record. A leaf: it
 //! imports nothing of the daemon.
 
+pub mod clock;
 pub mod filter;
 pub mod json;
 pub mod op;

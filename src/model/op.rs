@@ -13,6 +13,8 @@ pub enum Op {
     Read,
     /// `t`: the table (or some of its partitions) was truncated.
     Truncate,
+    /// `w`: a window of rows, enriched by one call (`enrichment.window`).
+    Window,
 }
 
 impl Op {
@@ -23,6 +25,7 @@ impl Op {
             Op::Delete => "d",
             Op::Read => "r",
             Op::Truncate => "t",
+            Op::Window => "w",
         }
     }
 }

@@ -69,6 +69,9 @@ pub struct ChangeRecord {
     /// On a `t` record: the partitions truncated (`None`: the whole table).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truncate: Option<Truncate>,
+    /// On a `w` record: the window's rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<Box<Window>>,
     #[serde(skip)]
     pub key: Image,
     /// Index of the pipeline in the router's list.
@@ -107,6 +110,28 @@ impl ChangeRecord {
 pub struct KeyChange {
     pub old: Image,
     pub new: Image,
+}
+
+/// A window of rows enriched by one call (`op: "w"`): which rows, in stream order.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Window {
+    /// 16 hex digits of the SHA-256 of the pipeline and the first and last rows' positions and
+    /// keys: the same rows give the same id (a window rebuilt after a crash has it again).
+    pub id: String,
+    /// The group column and its value (`enrichment.window.group`), else absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<Image>,
+    /// Rows in the window.
+    pub rows: usize,
+    /// The first row's position.
+    pub first: BinlogPosition,
+    /// The last row's position.
+    pub last: BinlogPosition,
+    /// The first and last rows' commit times, ms since the Unix epoch.
+    pub first_ts_ms: u64,
+    pub last_ts_ms: u64,
+    /// Each row's key, in stream order.
+    pub keys: Vec<Image>,
 }
 
 /// What a `TRUNCATE` removed.

@@ -220,6 +220,7 @@ impl Router {
                 truncate: Some(Truncate {
                     partitions: t.partitions.clone(),
                 }),
+                window: None,
                 key: Image {
                     names: Arc::from(Vec::new()),
                     values: Vec::new(),
@@ -371,6 +372,7 @@ fn records(
         oversize: None,
         key_change: None,
         truncate: None,
+        window: None,
         key,
         pipeline,
     };

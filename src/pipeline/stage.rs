@@ -12,6 +12,7 @@ use super::{ChangeRecord, RouteError, Router};
 use crate::checkpoint::{AckTracker, XaChange};
 use crate::enrich;
 use crate::metrics::Metrics;
+use crate::model::clock::StreamClock;
 use crate::model::{BinlogPosition, Op};
 use crate::sink::{lock, SinkError, Sinks};
 use crate::source::snapshot::{Ask, Chunk, Signal, Windows};
@@ -25,6 +26,9 @@ pub struct Route {
     pub sink: Option<usize>,
     /// The pipeline's enrichment stage, which hands records on to `sink`.
     pub enrich: Option<mpsc::Sender<enrich::Pending>>,
+    /// The enrichment gathers rows into windows: each record is acknowledged once (by its
+    /// window's output, or at once when it joins none), whatever its sink would send for it.
+    pub windowed: bool,
 }
 
 /// What a reload hands the stage, taken between two batches.
@@ -64,6 +68,8 @@ pub struct Outputs {
     pub routes: Vec<Route>,
     pub tracker: AckTracker,
     pub metrics: Arc<Metrics>,
+    /// Moved after each event's records are handed on (windowed enrichment reads it).
+    pub clock: Arc<StreamClock>,
 }
 
 impl Outputs {
@@ -114,7 +120,10 @@ impl Outputs {
         // enrichment stage: its delivery thread takes the same lock.
         let g = lock(&self.sinks);
         for r in recs.iter() {
-            pending += g[self.route(r)?].acks_for(r);
+            pending += match self.routes.get(r.pipeline).is_some_and(|x| x.windowed) {
+                true => 1,
+                false => g[self.route(r)?].acks_for(r),
+            };
         }
         let seq = self.tracker.push(resume, pending);
         let mut sinks = Some(g);
@@ -184,10 +193,16 @@ fn event(
                 }
                 l.windows.observe(&row);
             }
+            let ts = row.ts_ms;
             out.row(router, &mut row, None, recs)?;
+            out.clock.advance(ts);
         }
-        SourceEvent::Progress(p) => {
-            out.tracker.push(p, 0);
+        SourceEvent::Progress { position, ts_ms } => {
+            out.tracker.push(position, 0);
+            match ts_ms {
+                Some(ts) => out.clock.advance(ts),
+                None => out.clock.caught_up(crate::model::clock::wall_ms()),
+            }
         }
         SourceEvent::Ddl {
             db,

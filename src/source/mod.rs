@@ -59,8 +59,15 @@ pub enum SourceEvent {
     /// One changed row of a table some pipeline reads: its before and after images, its
     /// table and its position (a rows event yields one per row, in order).
     Row(RowChange),
-    /// A transaction or statement ended: everything before `0` is done.
-    Progress(BinlogPosition),
+    /// A transaction or statement ended: everything before `position` is done. `ts_ms`: its
+    /// event's timestamp (ms since the Unix epoch); `None` for a heartbeat — the reader is at
+    /// the end of the binlog with nothing new.
+    Progress {
+        /// Where to resume once everything before is done.
+        position: BinlogPosition,
+        /// The event's timestamp, ms since the Unix epoch; `None` for a heartbeat.
+        ts_ms: Option<u64>,
+    },
     /// A statement logged as text ran (DDL and the like): `parsed` says which tables it
     /// changes, where the statement is one [`mysql::ddl`] knows.
     Ddl {

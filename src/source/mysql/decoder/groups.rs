@@ -303,7 +303,7 @@ impl Decoder {
             (None, false) => {}
         }
         out.push(SourceEvent::XaEnded(xid));
-        self.end_txn(out, at.end);
+        self.end_txn(out, at);
     }
 
     fn replay_prepared(

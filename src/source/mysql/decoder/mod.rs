@@ -222,7 +222,8 @@ impl Decoder {
         });
     }
 
-    fn end_txn(&mut self, out: &mut Vec<SourceEvent>, end: u64) {
+    fn end_txn(&mut self, out: &mut Vec<SourceEvent>, at: &At) {
+        let end = at.end;
         self.txn = None;
         self.legacy = None;
         if let Some(s) = &self.skip {
@@ -230,10 +231,10 @@ impl Decoder {
                 self.skip = None;
             }
         }
-        out.push(SourceEvent::Progress(BinlogPosition::new(
-            self.file.clone(),
-            end,
-        )));
+        out.push(SourceEvent::Progress {
+            position: BinlogPosition::new(self.file.clone(), end),
+            ts_ms: Some(at.ts_ms),
+        });
     }
 
     /// Handles one event of a group already known to have committed (or of none).
@@ -262,10 +263,11 @@ impl Decoder {
             EventType::FileMarker | EventType::NoData => {}
             EventType::Heartbeat => {
                 if self.txn.is_none() && log_pos != 0 {
-                    out.push(SourceEvent::Progress(BinlogPosition::new(
-                        self.file.clone(),
-                        log_pos,
-                    )));
+                    // The reader is at the end of the binlog with nothing new.
+                    out.push(SourceEvent::Progress {
+                        position: BinlogPosition::new(self.file.clone(), log_pos),
+                        ts_ms: None,
+                    });
                 }
                 return Ok(());
             }
@@ -285,9 +287,9 @@ impl Decoder {
                 if in_payload {
                     self.payload_end = None;
                 }
-                self.end_txn(out, end);
+                self.end_txn(out, &at);
             }
-            EventType::XaPrepare => self.end_txn(out, end),
+            EventType::XaPrepare => self.end_txn(out, &at),
             EventType::MysqlGtid { anonymous, .. } => self.on_mysql_gtid(ev, anonymous, &at)?,
             EventType::MariaGtid => self.on_maria_gtid(ev.data(), &at)?,
             EventType::TableMap => {
@@ -363,7 +365,7 @@ impl Decoder {
         } else if let Some(o) = super::xa::outcome(trimmed) {
             self.on_xa_outcome(o, at, out);
         } else if head.starts_with("COMMIT") || head.starts_with("ROLLBACK") {
-            self.end_txn(out, at.end);
+            self.end_txn(out, at);
         } else if is_statement_dml(trimmed) {
             // A change logged as a statement (a session with binlog_format=STATEMENT): its rows
             // are not in the binlog. Said loudly; the position moves on.
@@ -372,10 +374,10 @@ impl Decoder {
                 "a change was logged as a statement, not as rows; its rows cannot be emitted \
                  (set binlog_format=ROW for every session)");
             if self.txn.is_none() {
-                out.push(SourceEvent::Progress(BinlogPosition::new(
-                    self.file.clone(),
-                    at.end,
-                )));
+                out.push(SourceEvent::Progress {
+                    position: BinlogPosition::new(self.file.clone(), at.end),
+                    ts_ms: Some(at.ts_ms),
+                });
             }
         } else {
             // DDL or another statement logged as text: its own transaction.
@@ -644,7 +646,7 @@ impl Decoder {
             .get(tid_len..tid_len + 2)
             .is_some_and(|f| f[0] & 1 != 0);
         if standalone && stmt_end {
-            self.end_txn(out, at.end);
+            self.end_txn(out, at);
         }
         Ok(())
     }

@@ -1,0 +1,266 @@
+//! Prompts over windows of rows (`enrichment.window`) through the real binary, MariaDB, tansu
+//! and the AWS stand-in: one call and one record (`op: "w"`) per window, the exact prompt the
+//! model got, windows rebuilt from the same rows (same id, same rows) across a graceful
+//! restart and a `kill -9`, time windows per group closed by the stream, and rows that join no
+//! window (deletes) acknowledged without holding the checkpoint.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const MODEL: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+
+fn digest_pipeline(aws: &AwsStandin) -> String {
+    format!(
+        "name: digest\ntable: support.messages\n\
+         enrichment:\n  bedrock:\n    model: \"{MODEL}\"\n\
+         \x20   prompt: \"Summarize these {{count}} support messages:\\n{{rows}}\"\n    max_tokens: 50\n\
+         \x20 window:\n    rows: 20\n    row: \"- {{subject}}: {{body}}\"\n\
+         \x20 endpoint_url: {}\n  max_wait_ms: 20\n  timeout_ms: 5000\n\
+         sink:\n  kafka:\n    topic: digest\n",
+        aws.url()
+    )
+}
+
+fn insert(db: &MariaDb, ids: std::ops::RangeInclusive<i64>) {
+    let sql: String = ids
+        .map(|i| {
+            format!("INSERT INTO support.messages VALUES ({i}, 'mail', 's{i}', 'b{i} x y z');\n")
+        })
+        .collect();
+    block_on(db.exec(&sql));
+}
+
+/// The section of row `i` as the window's `row` template renders it.
+fn section(i: i64) -> String {
+    format!("- s{i}: b{i} x y z")
+}
+
+fn ids(w: &Value) -> Vec<i64> {
+    w["window"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_twenty_row_window_is_one_call_and_one_record_through_restart_and_kill_9() {
+    let db = MariaDb::start();
+    block_on(db.exec(
+        "CREATE DATABASE support; CREATE TABLE support.messages \
+         (id INT PRIMARY KEY, channel VARCHAR(10), subject VARCHAR(100), body TEXT);",
+    ));
+    let (kafka, aws) = (Kafka::start(), AwsStandin::start());
+    let body = digest_pipeline(&aws);
+    let mut d = Daemon::new(&db, Some(&kafka), &[("digest", &body)]);
+    d.env = AwsStandin::env();
+    d.spawn();
+    let mut tail = kafka.tail("digest");
+
+    // 30 rows: one window of 20, 10 left open.
+    insert(&db, 1..=30);
+    wait_records(&mut d, &mut tail, 1, 60);
+    let w = tail.records[0].json();
+    assert_eq!(w["op"], "w");
+    assert_eq!(ids(&w), (1..=20).collect::<Vec<_>>());
+    assert_eq!(w["window"]["rows"], 20);
+    assert_eq!(w["before"], Value::Null);
+    assert_eq!(w["source"]["table"], "messages");
+    // The stand-in answers the first five words of the prompt's last line: row 20's section.
+    let twenty = section(20);
+    let last: Vec<&str> = twenty.split(' ').take(5).collect();
+    assert_eq!(
+        w["enrichment"]["result"],
+        format!("summary: {}", last.join(" "))
+    );
+    assert_eq!(w["enrichment"]["model"], MODEL);
+    let prompt = format!(
+        "Summarize these 20 support messages:\n{}",
+        (1..=20).map(section).collect::<Vec<_>>().join("\n")
+    );
+    let calls: Vec<Value> = aws
+        .log()
+        .into_iter()
+        .filter(|e| e["model"] == MODEL)
+        .collect();
+    assert_eq!(calls.len(), 1, "one call for 20 rows: {calls:?}");
+    assert_eq!(
+        calls[0]["request"]["messages"][0]["content"][0]["text"],
+        json!(prompt),
+        "{:?}",
+        calls[0]["request"]
+    );
+
+    // A graceful restart with 10 rows in the open window: they are not sent, and come again.
+    assert_eq!(d.terminate(), 0, "{}", d.log());
+    assert!(
+        d.log()
+            .contains("stopping with open windows: their rows are read again after the restart"),
+        "{}",
+        d.log()
+    );
+    d.spawn();
+    insert(&db, 31..=40);
+    wait_records(&mut d, &mut tail, 2, 60);
+    assert_eq!(ids(&tail.records[1].json()), (21..=40).collect::<Vec<_>>());
+
+    // A kill -9 with 15 rows in the open window (read, and the checkpoint written since).
+    insert(&db, 41..=55);
+    std::thread::sleep(Duration::from_millis(1500));
+    d.kill9();
+    d.spawn();
+    insert(&db, 56..=60);
+    wait_records(&mut d, &mut tail, 3, 60);
+    tail.drain(Duration::from_secs(2));
+
+    // Every window once per id; a repeat (none expected here) would be the same record.
+    let mut by_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for r in &tail.records {
+        let v = r.json();
+        by_id
+            .entry(v["window"]["id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(v);
+    }
+    let mut windows: Vec<Vec<i64>> = by_id.values().map(|v| ids(&v[0])).collect();
+    windows.sort();
+    assert_eq!(
+        windows,
+        vec![
+            (1..=20).collect::<Vec<_>>(),
+            (21..=40).collect(),
+            (41..=60).collect()
+        ]
+    );
+    assert_eq!(
+        tail.records.len(),
+        3,
+        "one record per window: {:?}",
+        tail.records
+    );
+    // Three calls in all: the open windows' rows were never sent alone.
+    let n = aws.log().iter().filter(|e| e["model"] == MODEL).count();
+    assert_eq!(n, 3);
+    d.terminate();
+}
+
+#[test]
+fn time_windows_per_group_close_by_the_stream_and_deletes_join_none() {
+    let db = MariaDb::start();
+    block_on(db.exec(
+        "CREATE DATABASE support; CREATE TABLE support.messages \
+         (id INT PRIMARY KEY, channel VARCHAR(10), subject VARCHAR(100), body TEXT);",
+    ));
+    let (kafka, aws) = (Kafka::start(), AwsStandin::start());
+    let body = format!(
+        "name: by_channel\ntable: support.messages\n\
+         enrichment:\n  bedrock:\n    model: \"{MODEL}\"\n\
+         \x20   prompt: \"[{{channel}}] {{count}} messages:\\n{{rows}}\"\n    max_tokens: 50\n\
+         \x20 window:\n    every: 2s\n    group: channel\n    row: \"{{body}}\"\n    separator: \" | \"\n\
+         \x20 endpoint_url: {}\n  max_wait_ms: 20\n  timeout_ms: 5000\n\
+         sink:\n  kafka:\n    topic: by_channel\n",
+        aws.url()
+    );
+    let port = free_port();
+    let mut d = Daemon::with_config(
+        &db,
+        Some(&kafka),
+        &[("by_channel", &body)],
+        &format!("metrics:\n  address: 127.0.0.1:{port}\n"),
+    );
+    d.env = AwsStandin::env();
+    d.spawn();
+    let mut tail = kafka.tail("by_channel");
+    // One transaction (one commit time): both groups' windows hold all their rows.
+    block_on(db.exec(
+        "BEGIN;
+         INSERT INTO support.messages VALUES (1, 'mail', 's', 'refund please');
+         INSERT INTO support.messages VALUES (2, 'chat', 's', 'login broken');
+         INSERT INTO support.messages VALUES (3, 'mail', 's', 'invoice wrong');
+         DELETE FROM support.messages WHERE id = 2;
+         COMMIT;",
+    ));
+    // Nothing else is written: the windows close once the reader, at the end of the binlog,
+    // is a second past their end (heartbeats every 500 ms).
+    wait_records(&mut d, &mut tail, 2, 30);
+    tail.drain(Duration::from_secs(1));
+    assert_eq!(tail.records.len(), 2, "{:?}", tail.records);
+    let mut got: Vec<(Option<String>, Vec<i64>, Value)> = tail
+        .records
+        .iter()
+        .map(|r| {
+            let v = r.json();
+            (r.key.clone(), ids(&v), v["window"]["group"].clone())
+        })
+        .collect();
+    got.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        got,
+        vec![
+            (
+                Some(r#"{"channel":"mail"}"#.to_string()),
+                vec![1, 3],
+                json!({"channel": "mail"})
+            ),
+            (
+                Some(r#"{"channel":"chat"}"#.to_string()),
+                vec![2],
+                json!({"channel": "chat"})
+            ),
+        ]
+    );
+    let prompts: Vec<Value> = aws
+        .log()
+        .into_iter()
+        .filter(|e| e["model"] == MODEL)
+        .map(|e| e["request"]["messages"][0]["content"][0]["text"].clone())
+        .collect();
+    let mut prompts: Vec<&str> = prompts.iter().map(|p| p.as_str().unwrap()).collect();
+    prompts.sort();
+    assert_eq!(
+        prompts,
+        vec![
+            "[chat] 1 messages:\nlogin broken",
+            "[mail] 2 messages:\nrefund please | invoice wrong"
+        ]
+    );
+    let (_, metrics) = http_get(port, "/metrics");
+    for (name, want) in [
+        ("cdc_enricher_windows_total", 2.0),
+        ("cdc_enricher_window_rows_total", 3.0),
+        ("cdc_enricher_window_rows_skipped_total", 1.0),
+        ("cdc_enricher_window_open_rows", 0.0),
+    ] {
+        let series = format!("{name}{{pipeline=\"by_channel\"}}");
+        assert_eq!(value(&metrics, &series), Some(want), "{series}\n{metrics}");
+    }
+    // Nothing holds the checkpoint: it reaches the end of the binlog.
+    let rows: Vec<(String, u64, String, String)> = block_on(db.query("SHOW MASTER STATUS"));
+    let end = (rows[0].0.clone(), rows[0].1);
+    let start = std::time::Instant::now();
+    loop {
+        let cp = d.checkpoint().unwrap_or_default();
+        let at = (
+            cp["position"]["file"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            cp["position"]["pos"].as_u64().unwrap_or_default(),
+        );
+        if at == end {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "checkpoint {cp} short of the end {end:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.terminate();
+}
