@@ -710,9 +710,11 @@ fn validate_enrichment(e: &EnrichmentConfig, picked: Option<&[String]>) -> Resul
         let (prompt, what) = match backend {
             BackendConfig::Bedrock(b) => (&b.prompt, "enrichment.bedrock.prompt"),
             BackendConfig::Embedding(m) => (&m.text, "enrichment.embedding.text"),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "enrichment.window is for bedrock and embedding (a prompt over rows), not {name}"
-            )),
+            ))
+            }
         };
         let t = crate::backend::template::Template::parse(prompt)
             .map_err(|m| format!("{what}: {m}"))?;

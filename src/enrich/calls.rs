@@ -61,7 +61,7 @@ async fn limited_call(
     if let Some(b) = &s.budget {
         b.admit(&pm.budget_paused).await;
     }
-    s.limiter.acquire().await;
+    let sent = s.limiter.acquire().await;
     let reserved: u64 = match &s.tokens {
         Some(t) => {
             let n = batch.iter().filter_map(|i| backend.token_estimate(i)).sum();
@@ -77,10 +77,18 @@ async fn limited_call(
     let started = std::time::Instant::now();
     let r = backend.call(&batch).await;
     pm.call_latency.observe(started.elapsed().as_secs_f64());
-    if let Err(e) = &r {
-        // At once, not after the round: calls of this round not yet made wait too.
-        honour_retry_after(e, s);
+    match &r {
+        Ok(_) => s.limiter.answered(sent),
+        Err(e) => {
+            if e.kind == ErrorKind::Throttled {
+                s.limiter.throttled(sent);
+            }
+            // At once, not after the round: calls of this round not yet made wait too.
+            honour_retry_after(e, s);
+        }
     }
+    pm.paced_rate_bits
+        .store(s.limiter.current_rate().to_bits(), Ordering::Relaxed);
     let mut used = 0u64;
     for usage in r
         .iter()
@@ -138,8 +146,6 @@ struct Round {
     halves: Vec<Vec<usize>>,
     /// A failure that asks for another round after a wait.
     wait: Option<BackendError>,
-    throttled: bool,
-    answered: bool,
 }
 
 impl Progress {
@@ -194,7 +200,6 @@ impl Progress {
         for (call, result) in outcomes {
             match result {
                 Ok(items) => {
-                    r.answered = true;
                     pm.responses.fetch_add(1, Ordering::Relaxed);
                     let mut items = items.into_iter();
                     for &i in &call {
@@ -240,9 +245,6 @@ impl Progress {
         pm.errors_by_kind[e.kind.index()].fetch_add(1, Ordering::Relaxed);
         if e.kind == ErrorKind::BadOutput {
             self.bad_outputs[i] += 1;
-        }
-        if e.kind == ErrorKind::Throttled {
-            r.throttled = true;
         }
         let again = e.kind.transient()
             || (e.kind == ErrorKind::BadOutput && self.bad_outputs[i] < parse_attempts);
@@ -314,19 +316,15 @@ pub(super) async fn call_with_retries(
             .await;
         let r = progress.settle(outcomes, backend, pm, s);
         halves = r.halves;
-        if r.throttled {
-            s.limiter.throttled();
-        } else if r.answered {
-            s.limiter.succeeded();
-        }
         if let Some(e) = r.wait {
             wait_before_retry(&e, round, s).await;
         }
     }
 }
 
-/// Throttling: the limiter, cut by AIMD (and paused by any Retry-After), already spaces the
-/// next calls; waiting a backoff on top would leave the quota idle. Other failures wait a
+/// Throttling: the limiter (paced by what the throttling showed, and paused by any
+/// Retry-After) already spaces the next calls; waiting a backoff on top would leave the quota
+/// idle. Other failures wait a
 /// backoff; a refusal is logged as a warning every 10 rounds.
 async fn wait_before_retry(e: &BackendError, round: u32, s: &Settings) {
     let d = match e.kind {

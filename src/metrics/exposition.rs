@@ -162,6 +162,12 @@ fn pipeline_families(
             vec![(None, ConstGauge::new(load(get(p)) as i64))]
         })?;
     }
+    per_pipeline(
+        enc,
+        ("cdc_enricher_ml_paced_requests_per_second", "The rate the pipeline's calls are paced at now: its quota's requests_per_second, or lower where the service's throttling showed a token bucket allowing less (0 before the first call).", MetricType::Gauge),
+        live,
+        |p| vec![(None, ConstGauge::new(f64::from_bits(load(&p.paced_rate_bits))))],
+    )?;
     let source_lag = m.lag_seconds();
     per_pipeline(
         enc,

@@ -96,6 +96,8 @@ pub struct PipelineMetrics {
     pub window_rows: AtomicU64,
     pub window_rows_skipped: AtomicU64,
     pub window_open_rows: AtomicU64,
+    /// The rate the pipeline's calls are paced at (an `f64`'s bits), requests per second.
+    pub paced_rate_bits: AtomicU64,
 }
 
 /// A Prometheus histogram with fixed buckets (the `prometheus-client` crate's; observed once

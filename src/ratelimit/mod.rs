@@ -1,54 +1,63 @@
 //! Rate limits for backend calls. `governor` enforces the configured quota (requests per
-//! second); on top of it an AIMD factor cuts the rate by 15% on a throttling answer and
-//! recovers it step by step on successes (a burst of throttling answers cuts it once per
-//! second, as a congestion window is cut once per round trip). Limiters are shared by key (backend, operation,
-//! region, endpoint): pipelines that draw on one quota share one limiter.
+//! second); under it, [`pacing`] learns the rate the service really allows from its throttling
+//! answers — a token bucket's throttling slows the calls to the spacing the service accepts,
+//! random throttling does not slow them — and every caller of the quota takes its slot from
+//! one schedule at that spacing. Limiters are shared by key (backend, operation, region,
+//! endpoint): pipelines that draw on one quota share one limiter.
+
+pub mod pacing;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{Quota, RateLimiter};
 use rand::Rng;
 
-/// The factor is kept in thousandths: 1000 is the full configured rate.
-const FULL: u32 = 1000;
-/// The rate never drops below 1/16 of the quota.
-const FLOOR: u32 = FULL / 16;
-/// Each answered call gives back 1% of the quota.
-const STEP: u32 = 10;
-/// Throttling answers within this long of a cut do not cut again.
-const CUT_WINDOW: Duration = Duration::from_secs(1);
+use pacing::{Pacing, Verdict};
 
+/// The calls to one quota.
 pub struct Limiter {
     pub key: String,
     pub requests_per_second: f64,
     quota: governor::DefaultDirectRateLimiter,
-    factor: AtomicU32,
+    /// The configured interval between calls.
+    base: Duration,
+    pacing: Mutex<Pacing>,
+    /// The next free slot (time after `created`) when calls are paced slower than the quota.
+    next_slot: Mutex<Duration>,
     created: Instant,
-    /// Milliseconds after `created` of the last cut, plus one (0: never).
-    last_cut_ms: AtomicU64,
     /// Milliseconds after `created` before which no call may be made (a Retry-After).
     paused_until_ms: AtomicU64,
 }
 
+/// When a call was sent (time after its limiter was made): reported back with its outcome.
+#[derive(Debug, Clone, Copy)]
+pub struct Sent(Duration);
+
 impl Limiter {
     pub fn new(key: String, requests_per_second: f64) -> Limiter {
-        let period = Duration::from_secs_f64(1.0 / requests_per_second.max(0.001));
-        let quota = Quota::with_period(period)
+        let base = Duration::from_secs_f64(1.0 / requests_per_second.max(0.001));
+        let quota = Quota::with_period(base)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::MIN);
         Limiter {
             key,
             requests_per_second,
             quota: RateLimiter::direct(quota),
-            factor: AtomicU32::new(FULL),
+            base,
+            pacing: Mutex::new(Pacing::new(base)),
+            next_slot: Mutex::new(Duration::ZERO),
             created: Instant::now(),
-            last_cut_ms: AtomicU64::new(0),
             paused_until_ms: AtomicU64::new(0),
         }
+    }
+
+    fn pacing(&self) -> std::sync::MutexGuard<'_, Pacing> {
+        // Plain arithmetic under the lock: a panic cannot leave it half-updated.
+        self.pacing.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// No call to this quota for `d` from now, by any pipeline drawing on it (a service's
@@ -81,59 +90,53 @@ impl Limiter {
         }
     }
 
-    /// Waits until a call may be made: after any pause, at the (cut) rate.
-    pub async fn acquire(&self) {
+    /// Waits until a call may be made — after any pause, within the quota, at the learned
+    /// pacing — and returns when it is sent, to report with its outcome.
+    pub async fn acquire(&self) -> Sent {
         self.wait_pause().await;
         self.quota.until_ready().await;
-        let f = self.factor.load(Ordering::Relaxed).clamp(FLOOR, FULL);
-        if f < FULL {
-            // Cut rate: stretch the interval the quota enforces by FULL / f.
-            let base = 1.0 / self.requests_per_second.max(0.001);
-            let extra = base * (FULL as f64 / f as f64 - 1.0);
-            tokio::time::sleep(Duration::from_secs_f64(extra)).await;
+        let interval = self.pacing().interval();
+        if interval > self.base {
+            let slot = {
+                let mut next = self.next_slot.lock().unwrap_or_else(|p| p.into_inner());
+                let slot = (*next).max(self.created.elapsed());
+                *next = slot + interval;
+                slot
+            };
+            tokio::time::sleep_until((self.created + slot).into()).await;
         }
-        // A pause set while this call waited for the quota holds it too.
+        // A pause set while this call waited holds it too.
         self.wait_pause().await;
+        Sent(self.created.elapsed())
     }
 
-    /// The service throttled a call: cut the rate by 15% (down to 1/16 of the quota), at most once
-    /// per second.
-    pub fn throttled(&self) {
-        self.throttled_at(self.created.elapsed());
+    /// The call sent at `sent` was answered (not throttled).
+    pub fn answered(&self, sent: Sent) {
+        self.pacing().accepted(sent.0, self.created.elapsed());
     }
 
-    fn throttled_at(&self, now: Duration) {
-        let now_ms = now.as_millis() as u64 + 1;
-        let last = self.last_cut_ms.load(Ordering::Relaxed);
-        if last != 0 && now_ms.saturating_sub(last) < CUT_WINDOW.as_millis() as u64 {
-            return;
+    /// The call sent at `sent` was throttled: a token bucket's throttling slows the pacing,
+    /// random throttling does not (see [`pacing`]).
+    pub fn throttled(&self, sent: Sent) {
+        let (verdict, interval) = {
+            let mut p = self.pacing();
+            let v = p.throttled(sent.0, self.created.elapsed());
+            (v, p.interval())
+        };
+        let rate = 1.0 / interval.as_secs_f64();
+        match verdict {
+            Verdict::Spacing => tracing::debug!(quota = %self.key, calls_per_second = rate,
+                "throttled closer to the previous accepted call than accepted calls were: a token bucket; pacing the calls"),
+            Verdict::Random => tracing::debug!(quota = %self.key, calls_per_second = rate,
+                "throttled though spaced as accepted calls were: not the rate's doing; the pacing stays"),
+            Verdict::Blind => tracing::debug!(quota = %self.key, calls_per_second = rate,
+                "throttled with no accepted call to compare with"),
         }
-        if self
-            .last_cut_ms
-            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            let _ = self
-                .factor
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
-                    Some((f * 85 / 100).max(FLOOR))
-                });
-        }
     }
 
-    /// A call succeeded: give back a step of the rate.
-    pub fn succeeded(&self) {
-        let _ = self
-            .factor
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
-                Some((f + STEP).min(FULL))
-            });
-    }
-
-    /// The rate now, in requests per second.
-    #[cfg(test)]
+    /// The rate calls are paced at now, in requests per second.
     pub fn current_rate(&self) -> f64 {
-        self.requests_per_second * self.factor.load(Ordering::Relaxed) as f64 / FULL as f64
+        1.0 / self.pacing().interval().as_secs_f64()
     }
 }
 
@@ -343,23 +346,31 @@ mod tests {
         }
     }
 
-    #[test]
-    fn aimd_cuts_and_recovers() {
-        let l = Limiter::new("k".into(), 10.0);
-        assert_eq!(l.current_rate(), 10.0);
-        l.throttled_at(Duration::from_millis(10));
-        assert_eq!(l.current_rate(), 8.5);
-        // A burst within the window cuts once.
-        l.throttled_at(Duration::from_millis(500));
-        assert_eq!(l.current_rate(), 8.5);
-        for s in 2..40 {
-            l.throttled_at(Duration::from_secs(s));
+    #[tokio::test]
+    async fn a_buckets_throttling_paces_the_calls_and_randoms_does_not() {
+        let l = Limiter::new("k".into(), 100.0);
+        let ms = |n: u64| Sent(Duration::from_millis(n));
+        // Accepted 20 ms apart; one throttled 20 ms after the last: spaced as accepted calls
+        // were, so not the rate's doing.
+        for t in [0, 20, 40] {
+            l.answered(ms(t));
         }
-        assert_eq!(l.current_rate(), 10.0 * FLOOR as f64 / FULL as f64);
-        for _ in 0..1000 {
-            l.succeeded();
+        l.throttled(ms(60));
+        assert_eq!(l.current_rate(), 100.0);
+        // One throttled 5 ms after an accepted call: paced at the accepted spacing (+1%).
+        l.throttled(ms(45));
+        let rate = l.current_rate();
+        assert!((49.0..50.0).contains(&rate), "{rate}");
+        // Every call takes its slot in one schedule at that pacing.
+        let start = Instant::now();
+        for _ in 0..6 {
+            l.acquire().await;
         }
-        assert_eq!(l.current_rate(), 10.0);
+        assert!(
+            start.elapsed() >= Duration::from_millis(5 * 20),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test]

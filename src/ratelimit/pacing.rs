@@ -1,0 +1,425 @@
+//! Learning the rate a service really allows from its throttling answers, and telling a
+//! token bucket's throttling from random throttling.
+//!
+//! A service that enforces its quota with a token bucket throttles a call only when the bucket
+//! is empty: the calls it throttles were sent closer to the previous accepted call than the
+//! calls it accepts. Random throttling (a shared fleet shedding load, a noisy neighbour) hits
+//! calls whatever their spacing. So each throttled call's *gap* — its send time minus the send
+//! time of the latest accepted call before it — is compared with the smallest gap an accepted
+//! call had recently: below it, the throttling is explained by spacing (a bucket) and the
+//! calls are spaced at that known-good gap; at or above it, spacing does not explain it and the
+//! rate is kept (slowing down would not help). Near a bucket's rate the send times' jitter on
+//! the way to the service blurs the gaps, so throttling that spacing does not explain is also
+//! put to a trial: when more than the background share of calls is throttled, the calls are
+//! slowed by 5% for a few calls; if so few are throttled then that chance cannot explain it
+//! (under 1.25% likely at the share before), it was the rate (the slower
+//! pacing stays), else it is random (the pacing goes back, and that share becomes the
+//! background later throttling must exceed). From the known-good gap the pacing steps back
+//! down toward the highest throttled gap (the bucket's interval is between the two), and every
+//! so often forgets a little of that floor to find out whether the service allows more now.
+//!
+//! Pure arithmetic over send times (durations since the limiter was made), so tests drive it
+//! with exact times.
+
+use std::time::Duration;
+
+/// The slowest pacing: 16 times the configured interval.
+const MAX_SLOWDOWN: u32 = 16;
+/// The latest accepted calls whose gaps make the known-good spacing (their smallest).
+const GOOD_GAPS: usize = 16;
+/// How long an accepted call's gap counts as the known-good spacing.
+const KEEP_GAP: Duration = Duration::from_secs(10);
+/// Calls are spaced this much above a throttled gap (the floor) at best.
+const FLOOR_MARGIN: f64 = 1.03;
+/// …and this much above the known-good gap after a throttle (send-time jitter).
+const GOOD_MARGIN: f64 = 1.01;
+/// Accepted calls between two steps down toward the floor.
+const PROBE_EVERY: u32 = 8;
+/// Accepted calls between two forgettings of the floor once the pacing settled by it.
+const SETTLED_PROBE_EVERY: u32 = 80;
+/// What the first forgetting takes off the floor (the service may allow more now); each one
+/// not answered by a bucket's throttling takes twice the last (at most half the floor).
+const FORGET: f64 = 0.02;
+/// Calls a share of throttled calls is measured over (before and during a trial).
+const TRIAL_CALLS: u32 = 12;
+/// How much a trial slows the calls.
+const TRIAL_SLOWDOWN: f64 = 1.05;
+/// A trial starts when the share of throttled calls passes the background by this much.
+const TRIAL_EXCESS: f64 = 0.05;
+/// Calls after a trial that found random throttling before another may start.
+const TRIAL_COOLDOWN: u32 = 200;
+/// Throttled calls with no accepted call for a second before them: the pacing is cut by a
+/// third (nothing to learn the spacing from, and calls keep failing).
+const BLIND_THROTTLES: u32 = 3;
+
+/// What a throttling answer was taken for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Sent closer to the previous accepted call than any accepted call was: a token bucket
+    /// at its rate. The calls are spaced further.
+    Spacing,
+    /// Spaced as far as calls the service accepted: not the rate's doing. Nothing changes.
+    Random,
+    /// No accepted call to compare with (at the start, or every call throttled): the pacing
+    /// is cut after a few of these.
+    Blind,
+}
+
+/// Whether `k` throttled of `n` calls is too few to be chance if calls were throttled at
+/// random at `was`: under 1.25% likely (the binomial distribution's lower tail; 5% over the
+/// up to four looks a trial takes).
+fn few_for(k: u32, n: u32, was: f64) -> bool {
+    let mut tail = 0.0;
+    let mut term = (1.0 - was).powi(n as i32); // P(X = 0)
+    for i in 0..=k.min(n) {
+        tail += term;
+        // P(X = i + 1) from P(X = i).
+        term *= f64::from(n - i) / f64::from(i + 1) * was / (1.0 - was).max(f64::EPSILON);
+    }
+    tail < 0.0125
+}
+
+/// A trial that tells the rate's throttling from random throttling.
+#[derive(Debug, Clone, Copy)]
+enum Trial {
+    /// The share of throttled calls measured afresh at the current interval.
+    Baseline,
+    /// Calls slowed by [`TRIAL_SLOWDOWN`] from `before`, where `was` of them were throttled:
+    /// `calls` so far, `throttled` of them throttled without a spacing to explain it.
+    Slower {
+        before: Duration,
+        was: f64,
+        calls: u32,
+        throttled: u32,
+    },
+}
+
+/// The spacing of calls to one quota.
+#[derive(Debug)]
+pub struct Pacing {
+    /// The configured interval (1 / `requests_per_second`): calls are never closer.
+    base: Duration,
+    /// The interval calls are spaced at now, `base` to `base × 16`.
+    interval: Duration,
+    /// The largest gap of a throttled call explained by spacing: the service's interval is
+    /// above it (zero: none seen, or forgotten).
+    floor: Duration,
+    /// Send time of the latest accepted call.
+    last_accepted: Option<Duration>,
+    /// The gaps of the latest accepted calls, and when each was seen.
+    good_gaps: std::collections::VecDeque<(Duration, Duration)>,
+    /// Accepted calls since the pacing last moved down (or was cut).
+    successes: u32,
+    /// Blind throttles in a row.
+    blind: u32,
+    /// The share of the floor the next forgetting takes.
+    forget: f64,
+    /// Calls at the current interval, and those of them throttled without a spacing to
+    /// explain it.
+    level: (u32, u32),
+    /// A trial under way.
+    trial: Option<Trial>,
+    /// The share of calls throttled at random, as the last trial found it.
+    background: f64,
+    /// Calls until another trial may start.
+    cooldown: u32,
+}
+
+impl Pacing {
+    pub fn new(base: Duration) -> Pacing {
+        Pacing {
+            base,
+            interval: base,
+            floor: Duration::ZERO,
+            last_accepted: None,
+            good_gaps: std::collections::VecDeque::with_capacity(GOOD_GAPS),
+            successes: 0,
+            blind: 0,
+            forget: FORGET,
+            level: (0, 0),
+            trial: None,
+            background: 0.0,
+            cooldown: 0,
+        }
+    }
+
+    /// The interval calls are spaced at now.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn set_interval(&mut self, d: Duration) {
+        self.interval = d.clamp(self.base, self.base * MAX_SLOWDOWN);
+        self.level = (0, 0);
+    }
+
+    /// Counts a call's outcome at the current interval; every [`TRIAL_CALLS`] calls, starts,
+    /// moves on or judges a trial.
+    fn count(&mut self, unexplained: bool) {
+        self.level.0 += 1;
+        self.level.1 += u32::from(unexplained);
+        self.cooldown = self.cooldown.saturating_sub(1);
+        if self.level.0 < TRIAL_CALLS {
+            return;
+        }
+        let (n, k) = self.level;
+        self.level = (0, 0);
+        let share = f64::from(k) / f64::from(n);
+        match self.trial.take() {
+            None if share > self.background + TRIAL_EXCESS && self.cooldown == 0 => {
+                // Measure the share afresh first: the calls that raised it would make any
+                // later share look lower (regression to the mean).
+                self.trial = Some(Trial::Baseline);
+            }
+            None => {}
+            Some(Trial::Baseline) if share <= self.background + TRIAL_EXCESS => {}
+            Some(Trial::Baseline) => {
+                let before = self.interval;
+                self.set_interval(before.mul_f64(TRIAL_SLOWDOWN));
+                if self.interval > before {
+                    self.trial = Some(Trial::Slower {
+                        before,
+                        was: share,
+                        calls: 0,
+                        throttled: 0,
+                    });
+                }
+            }
+            Some(Trial::Slower {
+                before,
+                was,
+                calls,
+                throttled,
+            }) => self.judge(before, was, calls + n, throttled + k),
+        }
+    }
+
+    /// Judges a trial of `calls` slower calls, `throttled` of them throttled, against the
+    /// share `was` before (a trial too short to tell goes on, up to four blocks).
+    fn judge(&mut self, before: Duration, was: f64, calls: u32, throttled: u32) {
+        let now = f64::from(throttled) / f64::from(calls);
+        if few_for(throttled, calls, was) {
+            // Slower calls, too few throttled for chance: the rate's doing. The pacing stays.
+            self.floor = self.floor.max(before);
+            self.forget = FORGET;
+        } else if now < was && calls < 4 * TRIAL_CALLS {
+            self.trial = Some(Trial::Slower {
+                before,
+                was,
+                calls,
+                throttled,
+            });
+        } else {
+            // As many throttled when slower: random. Back, and that is the background.
+            self.background = (was + now) / 2.0;
+            self.cooldown = TRIAL_COOLDOWN;
+            self.set_interval(before);
+        }
+    }
+
+    /// The known-good gap: the smallest of the latest accepted calls' gaps seen within
+    /// [`KEEP_GAP`] of `now`.
+    fn good(&self, now: Duration) -> Option<Duration> {
+        self.good_gaps
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(*at) <= KEEP_GAP)
+            .map(|(g, _)| *g)
+            .min()
+    }
+
+    fn gap(&self, sent: Duration) -> Option<Duration> {
+        self.last_accepted
+            .filter(|last| sent > *last)
+            .map(|last| sent - last)
+    }
+
+    /// A call sent at `sent` was answered (not throttled); `now` is when the answer came.
+    pub fn accepted(&mut self, sent: Duration, now: Duration) {
+        if let Some(g) = self.gap(sent) {
+            if self.good_gaps.len() == GOOD_GAPS {
+                self.good_gaps.pop_front();
+            }
+            self.good_gaps.push_back((g, now));
+        }
+        self.last_accepted = Some(self.last_accepted.map_or(sent, |l| l.max(sent)));
+        self.blind = 0;
+        self.successes += 1;
+        self.count(false);
+        if self.interval <= self.base || self.trial.is_some() {
+            return;
+        }
+        let target = self.floor.mul_f64(FLOOR_MARGIN).max(self.base);
+        if self.interval > target.mul_f64(1.01) {
+            if self.successes >= PROBE_EVERY {
+                // Halfway down toward the floor.
+                self.successes = 0;
+                self.set_interval(target + (self.interval - target) / 2);
+            }
+        } else if self.successes >= SETTLED_PROBE_EVERY {
+            // Settled within a few percent of the floor: forget a little of it now and then,
+            // to find out whether the service allows more now.
+            self.successes = 0;
+            self.floor = self.floor.mul_f64(1.0 - self.forget);
+            self.forget = (self.forget * 2.0).min(0.5);
+        }
+    }
+
+    /// A call sent at `sent` was throttled; `now` is when the answer came.
+    pub fn throttled(&mut self, sent: Duration, now: Duration) -> Verdict {
+        self.successes = 0;
+        let quiet = self
+            .last_accepted
+            .is_none_or(|l| now.saturating_sub(l) > Duration::from_secs(1));
+        let Some(gap) = self.gap(sent).filter(|_| !quiet) else {
+            self.blind += 1;
+            if self.blind >= BLIND_THROTTLES {
+                self.blind = 0;
+                self.set_interval(self.interval.mul_f64(1.5));
+            }
+            return Verdict::Blind;
+        };
+        match self.good(now) {
+            Some(good) if gap >= good => {
+                self.count(true);
+                Verdict::Random
+            }
+            good => {
+                self.trial = None;
+                self.floor = self.floor.max(gap);
+                self.forget = FORGET;
+                // Back to a spacing the service accepted (or a quarter above the gap), and
+                // above every throttled gap (send times jitter on their way to the service).
+                let safe = good
+                    .map_or(gap.mul_f64(1.25), |g| g.mul_f64(GOOD_MARGIN))
+                    .max(self.floor.mul_f64(FLOOR_MARGIN));
+                if safe > self.interval {
+                    self.set_interval(safe);
+                }
+                Verdict::Spacing
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A service whose token bucket (burst 1) refills every `every`: true when it accepts a
+    /// call arriving at `at`.
+    fn bucket(every: Duration) -> impl FnMut(Duration) -> bool {
+        let mut next = Duration::ZERO;
+        move |at| {
+            let ok = at >= next;
+            if ok {
+                next = at + every;
+            }
+            ok
+        }
+    }
+
+    /// Drives `p` with calls at its interval from `from` for `secs` against `service` (true:
+    /// accepted), each answered 50 ms after it is sent; returns (accepted, throttled).
+    fn drive(
+        p: &mut Pacing,
+        from: u64,
+        secs: u64,
+        mut service: impl FnMut(Duration) -> bool,
+    ) -> (u32, u32) {
+        let (mut t, mut ok, mut no) = (Duration::from_secs(from), 0, 0);
+        while t < Duration::from_secs(from + secs) {
+            let answered = t + 50 * MS;
+            if service(t) {
+                p.accepted(t, answered);
+                ok += 1;
+            } else {
+                p.throttled(t, answered);
+                no += 1;
+            }
+            t += p.interval();
+        }
+        (ok, no)
+    }
+
+    #[test]
+    fn finds_a_token_buckets_rate_and_stays_just_under_it() {
+        // Told 10/s; the service allows 8/s (125 ms).
+        let mut p = Pacing::new(100 * MS);
+        let (ok, no) = drive(&mut p, 0, 60, bucket(125 * MS));
+        let rate = ok as f64 / 60.0;
+        assert!(rate >= 0.95 * 8.0, "{rate}/s accepted, {no} throttled");
+        assert!(no <= 40, "{no} throttled for {ok} accepted");
+        assert!(
+            p.interval() >= 125 * MS && p.interval() <= 135 * MS,
+            "{:?}",
+            p.interval()
+        );
+    }
+
+    #[test]
+    fn random_throttling_does_not_slow_the_calls() {
+        let mut p = Pacing::new(100 * MS);
+        // 30% of calls throttled whatever their spacing (a fixed pseudo-random sequence).
+        let mut x: u32 = 12345;
+        let (ok, no) = drive(&mut p, 0, 60, |_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) % 100 >= 30
+        });
+        let sent = ok + no;
+        assert!(sent >= 580, "{sent} calls in 60 s at 10/s");
+        assert_eq!(p.interval(), 100 * MS);
+    }
+
+    #[test]
+    fn a_buckets_rate_is_found_through_jitter() {
+        // Arrival times jitter by up to 2 ms (a reproducible sequence): gaps near the
+        // bucket's interval are throttled or not by chance, and look alike on the sender's
+        // clock; the trials find that slowing down stops it.
+        let mut p = Pacing::new(100 * MS);
+        let mut b = bucket(125 * MS);
+        let mut x: u32 = 777;
+        let (ok, no) = drive(&mut p, 0, 60, |t| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            b(t + Duration::from_micros(u64::from((x >> 8) % 2001)))
+        });
+        let rate = f64::from(ok) / 60.0;
+        assert!(rate >= 0.9 * 8.0, "{rate}/s accepted, {no} throttled");
+        assert!(no <= 30, "{no} throttled for {ok} accepted");
+    }
+
+    #[test]
+    fn every_call_throttled_cuts_the_rate() {
+        let mut p = Pacing::new(100 * MS);
+        for i in 0..3 {
+            assert_eq!(
+                p.throttled(i * 100 * MS, i * 100 * MS + 50 * MS),
+                Verdict::Blind
+            );
+        }
+        assert_eq!(p.interval(), 150 * MS);
+        for i in 3..60 {
+            p.throttled(i * 100 * MS, i * 100 * MS + 50 * MS);
+        }
+        assert_eq!(p.interval(), 1600 * MS, "at most 16 times slower");
+    }
+
+    #[test]
+    fn a_bucket_that_allows_more_later_is_found_again() {
+        let mut p = Pacing::new(100 * MS);
+        drive(&mut p, 0, 30, bucket(200 * MS));
+        assert!(
+            p.interval() >= 200 * MS && p.interval() <= 215 * MS,
+            "{:?}",
+            p.interval()
+        );
+        // The service now allows 9/s: the pacing forgets its floor and finds the new rate.
+        let (ok, no) = drive(&mut p, 30, 120, bucket(111 * MS));
+        assert!(
+            p.interval() >= 111 * MS && p.interval() <= 125 * MS,
+            "{:?} ({ok} accepted, {no} throttled)",
+            p.interval()
+        );
+    }
+}
