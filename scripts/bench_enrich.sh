@@ -12,8 +12,13 @@ cd "$(dirname "$0")/.."
 ROWS=${1:-10000}; RPS=${2:-10}; LAT=${3:-50}
 need_mariadb
 need_tansu_release
-cargo build --release --locked -q
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/cdc-enricher
+# BENCH_BIN: a binary built before (say which commit it is when recording figures).
+if [ -n "${BENCH_BIN:-}" ]; then
+  BIN=$BENCH_BIN
+else
+  cargo build --release --locked -q
+  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/cdc-enricher
+fi
 W=$PWD/.bench-enrich
 rm -rf "$W"; mkdir -p "$W/pipelines"
 DAEMON=; STANDIN=

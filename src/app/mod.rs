@@ -173,6 +173,9 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         pipelines = pipelines.len(), "starting");
 
     let tracker = AckTracker::with_open_xa(resume.checkpoint.clone(), resume.start.open_xa.clone());
+    if let Some(c) = &saved {
+        tracker.restore_windows(c.windows.clone());
+    }
     let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
     let metrics = Metrics::new(&names, Some(Arc::new(tracker.clone())));
     let _metrics_server = serve_metrics(&cfg, &metrics).await?;
@@ -253,6 +256,9 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         wake: tx,
     };
     let ended = running.wait(&mut reloader).await;
+    // Stopping from here on (windowed stages then leave open windows to the restart), before
+    // anything closes.
+    let _ = running.stop.send(true);
     // The reloader holds senders of the source channel and of the enrichment stages: without
     // it they close when their producers end, so the stages drain and stop.
     drop(reloader);

@@ -277,6 +277,11 @@ impl Stages {
                 clock: self.clock.clone(),
                 acks: self.tracker.clone(),
                 stopping: self.stopping.clone(),
+                delivered: self
+                    .tracker
+                    .delivered_windows()
+                    .remove(&p.name)
+                    .unwrap_or_default(),
             }),
         };
         let task = tokio::spawn(enrich::run(

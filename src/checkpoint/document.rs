@@ -8,7 +8,8 @@
 //! The MySQL store of format 1 kept the bare position; that is read as format 1 too.
 //!
 //! Beside the position, format 2 keeps `open_xa` (prepared XA transactions whose outcome the
-//! position has not passed) and `schema_history` (table definitions by position).
+//! position has not passed), `schema_history` (table definitions by position) and `windows`
+//! (per windowed pipeline and group, the last row of the last window delivered).
 
 use std::sync::Arc;
 
@@ -30,6 +31,9 @@ pub struct Checkpoint {
     /// XA transactions prepared before `position` whose outcome comes after it: their prepare
     /// groups are read again after a restart.
     pub open_xa: Vec<OpenXa>,
+    /// Windowed pipelines: per group, the last row of the last window delivered (rows read
+    /// again up to it join no window).
+    pub windows: super::DeliveredWindows,
 }
 
 impl Checkpoint {
@@ -39,6 +43,7 @@ impl Checkpoint {
             legacy_rows: 0,
             schema_history: SchemaHistory::default(),
             open_xa: Vec::new(),
+            windows: Default::default(),
         }
     }
 }
@@ -52,6 +57,8 @@ struct V2 {
     open_xa: Vec<OpenXa>,
     #[serde(default, skip_serializing_if = "SchemaHistory::is_empty")]
     schema_history: SchemaHistory,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    windows: super::DeliveredWindows,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +87,7 @@ pub fn to_text(c: &Checkpoint) -> String {
         position: c.position.clone(),
         open_xa: c.open_xa.clone(),
         schema_history: c.schema_history.clone(),
+        windows: c.windows.clone(),
     })
     .unwrap_or_default()
 }
@@ -95,6 +103,7 @@ pub fn parse(text: &str) -> Result<Checkpoint, String> {
             Ok(Checkpoint {
                 schema_history: d.schema_history,
                 open_xa: d.open_xa,
+                windows: d.windows,
                 ..Checkpoint::new(d.position)
             })
         }

@@ -11,7 +11,7 @@ pub use document::Checkpoint;
 
 pub use file::FileStore;
 pub use mysql::MysqlStore;
-pub use tracker::{AckTracker, XaChange};
+pub use tracker::{AckTracker, DeliveredWindows, WindowMark, XaChange};
 pub use writer::Writer;
 
 use crate::config::{CheckpointStoreConfig, Config};

@@ -24,7 +24,25 @@ struct Entry {
     remaining: u32,
     /// XA changes that hold once this entry is done.
     xa: Vec<XaChange>,
+    /// Windows delivered once this entry is done (by itself, whatever the entries before).
+    windows: Vec<WindowMark>,
 }
+
+/// A window of a windowed pipeline was delivered: its group (the group's values as JSON, empty
+/// without a group) and its last row's position. Within a group, windows follow one another in
+/// stream order, so every row of the group up to `last` was delivered: after a restart, rows of
+/// the group read again up to it join no window (else they would make windows with other
+/// edges than those already delivered).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowMark {
+    pub pipeline: String,
+    pub group: String,
+    pub last: BinlogPosition,
+}
+
+/// Per windowed pipeline, per group: the last row's position of the last window delivered.
+pub type DeliveredWindows =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, BinlogPosition>>;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -37,9 +55,25 @@ struct Inner {
     /// XA changes waiting for the next entry (the end of their group).
     next_xa: Vec<XaChange>,
     failure: Option<String>,
+    /// The windows delivered (kept in the checkpoint).
+    windows: DeliveredWindows,
 }
 
 impl Inner {
+    fn delivered(&mut self, marks: Vec<WindowMark>) {
+        for m in marks {
+            let last = self
+                .windows
+                .entry(m.pipeline)
+                .or_default()
+                .entry(m.group)
+                .or_insert_with(|| m.last.clone());
+            if m.last > *last {
+                *last = m.last;
+            }
+        }
+    }
+
     fn apply(&mut self, changes: Vec<XaChange>) {
         for c in changes {
             match c {
@@ -121,6 +155,7 @@ impl AckTracker {
             resume,
             remaining: pending,
             xa,
+            windows: Vec::new(),
         });
         g.base + g.entries.len() as u64 - 1
     }
@@ -133,6 +168,10 @@ impl AckTracker {
         };
         if let Some(e) = g.entries.get_mut(i as usize) {
             e.remaining = e.remaining.saturating_sub(1);
+            if e.remaining == 0 && !e.windows.is_empty() {
+                let marks = std::mem::take(&mut e.windows);
+                g.delivered(marks);
+            }
         }
         while g.entries.front().is_some_and(|e| e.remaining == 0) {
             let Some(e) = g.entries.pop_front() else {
@@ -142,6 +181,26 @@ impl AckTracker {
             g.committed = Some(e.resume);
             g.apply(e.xa);
         }
+    }
+
+    /// Records `mark` once `seq` is done (at once if it is): `seq` is the window record's.
+    pub fn mark_window(&self, seq: u64, mark: WindowMark) {
+        let mut g = self.lock();
+        let i = seq.checked_sub(g.base).map(|i| i as usize);
+        match i.and_then(|i| g.entries.get_mut(i)) {
+            Some(e) if e.remaining > 0 => e.windows.push(mark),
+            _ => g.delivered(vec![mark]),
+        }
+    }
+
+    /// The windows delivered, for the checkpoint.
+    pub fn delivered_windows(&self) -> DeliveredWindows {
+        self.lock().windows.clone()
+    }
+
+    /// Starts from the windows a checkpoint kept.
+    pub fn restore_windows(&self, windows: DeliveredWindows) {
+        self.lock().windows = windows;
     }
 
     /// A record could not be delivered: the daemon must stop, and the checkpoint stays before it.

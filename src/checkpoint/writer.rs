@@ -47,6 +47,7 @@ impl Writer {
         Some(Checkpoint {
             schema_history,
             open_xa: self.tracker.open_xa(),
+            windows: self.tracker.delivered_windows(),
             ..Checkpoint::new(position)
         })
     }
@@ -61,6 +62,7 @@ impl Writer {
                 && l.legacy_rows == 0
                 && l.schema_history == now.schema_history
                 && l.open_xa == now.open_xa
+                && l.windows == now.windows
         });
         if unchanged {
             return Ok(false);

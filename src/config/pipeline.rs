@@ -639,11 +639,7 @@ fn validate(p: &mut PipelineConfig, have_kafka: bool) -> Result<(), String> {
     }
     let windowed = p.enrichment.as_ref().is_some_and(|e| e.window.is_some());
     match &p.sink {
-        SinkConfig::Mysql(_) if windowed => Err(
-            "enrichment.window emits one record per window, which goes to Kafka or JSONL; \
-             the write-back updates rows and cannot take it"
-                .into(),
-        ),
+        SinkConfig::Mysql(m) if windowed => validate_window_sink(m),
         SinkConfig::Mysql(m) => validate_mysql_sink(m, p),
         SinkConfig::Kafka(_) if !have_kafka => {
             Err("the sink is Kafka but the daemon config has no `kafka` section".into())
@@ -796,6 +792,44 @@ fn validate_limits(e: &EnrichmentConfig) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A windowed pipeline's write-back: upserted into a side table keyed by the window's id.
+fn validate_window_sink(m: &MysqlSinkConfig) -> Result<(), String> {
+    if m.mode != WriteMode::Upsert || m.table.is_none() {
+        return Err(
+            "sink.mysql of a windowed pipeline: `mode: upsert` with `table: database.table` \
+             (a side table keyed by the window's id; there is no source row to update)"
+                .into(),
+        );
+    }
+    if m.key.as_ref().is_some_and(|k| k.len() != 1) {
+        return Err(
+            "sink.mysql.key of a windowed pipeline: one column, for the window's id".into(),
+        );
+    }
+    if m.columns.is_empty() {
+        return Err("sink.mysql.columns names no output column".into());
+    }
+    for (col, ptr) in &m.columns {
+        crate::backend::check_pointer(&format!("sink.mysql.columns.{col}"), ptr)?;
+        if ptr.is_empty() || ptr == "/window" {
+            return Err(format!(
+                "sink.mysql.columns.{col}: name a field (`/result`, `/window/rows`), not a whole object"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl MysqlSinkConfig {
+    /// The side table's column for the window's id (`key`, default `window_id`).
+    pub fn window_key(&self) -> String {
+        self.key
+            .as_ref()
+            .and_then(|k| k.first().cloned())
+            .unwrap_or_else(|| "window_id".into())
+    }
 }
 
 fn validate_mysql_sink(m: &MysqlSinkConfig, p: &PipelineConfig) -> Result<(), String> {

@@ -79,6 +79,11 @@ impl WindowConfig {
                     "enrichment.window.every `{e}` is under 1s (commit times are in seconds)"
                 ));
             }
+            if d > std::time::Duration::from_secs(7 * 86_400) {
+                return Err(format!(
+                    "enrichment.window.every `{e}` is over a week (an open window holds the checkpoint)"
+                ));
+            }
         }
         if self.max_bytes == 0 {
             return Err("enrichment.window.max_bytes must be above 0".into());

@@ -61,7 +61,6 @@ async fn limited_call(
     if let Some(b) = &s.budget {
         b.admit(&pm.budget_paused).await;
     }
-    let sent = s.limiter.acquire().await;
     let reserved: u64 = match &s.tokens {
         Some(t) => {
             let n = batch.iter().filter_map(|i| backend.token_estimate(i)).sum();
@@ -70,6 +69,8 @@ async fn limited_call(
         }
         None => 0,
     };
+    // Last: the pacing learns from when the call really went out.
+    let sent = s.limiter.acquire().await;
     pm.actual_requests.fetch_add(1, Ordering::Relaxed);
     if batch.len() == 1 {
         pm.single_requests.fetch_add(1, Ordering::Relaxed);
@@ -82,6 +83,8 @@ async fn limited_call(
         Err(e) => {
             if e.kind == ErrorKind::Throttled {
                 s.limiter.throttled(sent);
+            } else {
+                s.limiter.answered_otherwise(sent);
             }
             // At once, not after the round: calls of this round not yet made wait too.
             honour_retry_after(e, s);

@@ -79,12 +79,15 @@ pub struct Settings {
 
 /// What a windowed pipeline's stage needs besides its settings: the stream clock its windows
 /// close by, the ack tracker (a window's rows after its first, and rows that join no window,
-/// are acknowledged by the stage), and whether the daemon is stopping (open windows are then
-/// left to be read again after the restart; when a reload retires the stage they are sent).
+/// are acknowledged by the stage; delivered windows are marked in it, for the checkpoint),
+/// whether the daemon is stopping (open windows are then left to be read again after the
+/// restart; when a reload retires the stage they are sent), and the windows delivered before.
 pub struct WindowLink {
     pub clock: Arc<crate::model::clock::StreamClock>,
     pub acks: crate::checkpoint::AckTracker,
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Per group, the last row of the last window delivered before (from the checkpoint).
+    pub delivered: std::collections::BTreeMap<String, crate::model::BinlogPosition>,
 }
 
 /// A bounded cache of answers, keyed by a 128-bit hash of the backend's scope (operation,

@@ -7,7 +7,7 @@
 //! checkpoint is before the first row of every window not yet delivered, so the same rows
 //! come again and make the same windows, with the same ids.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -92,6 +92,8 @@ struct Member {
 /// A window still taking rows.
 struct Open {
     group: Option<Image>,
+    /// The group's key (its values as JSON; empty without a group).
+    gkey: String,
     members: Vec<Member>,
     /// The rows' sections, joined.
     text: String,
@@ -113,20 +115,60 @@ pub struct Closed {
     /// A row's section was cut to the window's `max_bytes`.
     pub truncated: bool,
     pub seqs: Vec<u64>,
+    /// The group's key (its values as JSON; empty without a group).
+    pub group: String,
 }
 
 /// The open windows of one pipeline, by group value.
 pub struct Gatherer {
     spec: Arc<WindowSpec>,
     open: HashMap<String, Open>,
+    /// Per group, the last row of the last window delivered before a restart.
+    delivered: BTreeMap<String, BinlogPosition>,
 }
 
 impl Gatherer {
-    pub fn new(spec: Arc<WindowSpec>) -> Gatherer {
+    /// `delivered`: per group, the last row of the last window delivered (from the
+    /// checkpoint).
+    pub fn new(spec: Arc<WindowSpec>, delivered: BTreeMap<String, BinlogPosition>) -> Gatherer {
         Gatherer {
             spec,
             open: HashMap::new(),
+            delivered,
         }
+    }
+
+    /// The group of `rec`: its image (`None` without a group) and its key (the values as
+    /// JSON; empty without a group).
+    fn group_of(&self, rec: &ChangeRecord) -> (Option<Image>, String) {
+        let group = self.spec.group.as_ref().map(|g| Image {
+            names: Arc::from(vec![g.clone()]),
+            values: vec![rec
+                .after
+                .as_ref()
+                .and_then(|a| a.get(g))
+                .cloned()
+                .unwrap_or(ColumnValue::Null)],
+        });
+        let key = group
+            .as_ref()
+            .map(|g| serde_json::to_string(&g.values).unwrap_or_default())
+            .unwrap_or_default();
+        (group, key)
+    }
+
+    /// Whether `rec` was in a window delivered before a restart (its group's windows reached
+    /// past it): it joins no window again. A backfill row at that very position may not have
+    /// been (a chunk's rows share their watermark's position): it is taken.
+    pub fn was_delivered(&self, rec: &ChangeRecord) -> bool {
+        if self.delivered.is_empty() {
+            return false;
+        }
+        let (_, key) = self.group_of(rec);
+        self.delivered.get(&key).is_some_and(|last| {
+            let at = rec.position();
+            at < *last || (at == *last && rec.op != Op::Read)
+        })
     }
 
     /// Rows waiting in open windows.
@@ -140,19 +182,7 @@ impl Gatherer {
     pub fn push(&mut self, rec: &ChangeRecord, seq: u64, section: String) -> Vec<Closed> {
         let mut closed = self.close_where(|o| o.end_ms.is_some_and(|e| rec.source.ts_ms >= e));
         let spec = self.spec.clone();
-        let group = spec.group.as_ref().map(|g| Image {
-            names: Arc::from(vec![g.clone()]),
-            values: vec![rec
-                .after
-                .as_ref()
-                .and_then(|a| a.get(g))
-                .cloned()
-                .unwrap_or(ColumnValue::Null)],
-        });
-        let gkey = group
-            .as_ref()
-            .map(|g| serde_json::to_string(&g.values).unwrap_or_default())
-            .unwrap_or_default();
+        let (group, gkey) = self.group_of(rec);
         let (section, cut) = crate::backend::truncate(&section, spec.max_bytes);
         let over = self.open.get(&gkey).is_some_and(|o| {
             !o.members.is_empty()
@@ -163,6 +193,7 @@ impl Gatherer {
         }
         let o = self.open.entry(gkey.clone()).or_insert_with(|| Open {
             group,
+            gkey: gkey.clone(),
             members: Vec::new(),
             text: String::new(),
             truncated: false,
@@ -261,6 +292,7 @@ impl Gatherer {
             },
             truncated: o.truncated,
             seqs: o.members.iter().map(|m| m.seq).collect(),
+            group: o.gkey,
         })
     }
 }
@@ -347,7 +379,7 @@ mod tests {
             "rows: 3\nrow: \"- {body}\"\nseparator: \"\\n\"",
             "Digest of {count}:\n{rows}",
         );
-        let mut g = Gatherer::new(s);
+        let mut g = Gatherer::new(s, BTreeMap::new());
         let rows: Vec<ChangeRecord> = (1..=4)
             .map(|i| row(i, "mail", &format!("b{i}"), 5_000))
             .collect();
@@ -371,7 +403,7 @@ mod tests {
     fn the_same_rows_make_the_same_window_id_and_others_another() {
         let s = spec("rows: 2\nrow: \"{body}\"", "{rows}");
         let ids = |a: i64, b: i64| {
-            let mut g = Gatherer::new(s.clone());
+            let mut g = Gatherer::new(s.clone(), BTreeMap::new());
             push(&mut g, &row(a, "x", "t", 1), 1);
             push(&mut g, &row(b, "x", "t", 1), 2)[0]
                 .rec
@@ -392,7 +424,7 @@ mod tests {
             "rows: 2\ngroup: channel\nrow: \"{body}\"",
             "[{channel}] {rows}",
         );
-        let mut g = Gatherer::new(s);
+        let mut g = Gatherer::new(s, BTreeMap::new());
         assert!(push(&mut g, &row(1, "mail", "a", 1), 1).is_empty());
         assert!(push(&mut g, &row(2, "chat", "b", 1), 2).is_empty());
         let closed = push(&mut g, &row(3, "mail", "c", 1), 3);
@@ -408,7 +440,7 @@ mod tests {
     #[test]
     fn a_time_window_closes_when_the_stream_passes_its_end() {
         let s = spec("every: 10s\nrow: \"{body}\"", "{rows}");
-        let mut g = Gatherer::new(s);
+        let mut g = Gatherer::new(s, BTreeMap::new());
         assert!(push(&mut g, &row(1, "x", "a", 20_000), 1).is_empty());
         assert!(push(&mut g, &row(2, "x", "b", 29_000), 2).is_empty());
         // A later commit time, not yet at the end (30 s): nothing closes.
@@ -433,7 +465,7 @@ mod tests {
     #[test]
     fn the_byte_cap_closes_a_window_before_the_row_that_would_pass_it() {
         let s = spec("rows: 10\nmax_bytes: 7\nrow: \"{body}\"", "{rows}");
-        let mut g = Gatherer::new(s);
+        let mut g = Gatherer::new(s, BTreeMap::new());
         assert!(push(&mut g, &row(1, "x", "abc", 1), 1).is_empty());
         let closed = push(&mut g, &row(2, "x", "defg", 1), 2);
         assert_eq!(

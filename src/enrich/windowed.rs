@@ -21,6 +21,7 @@ use super::{
     finish, hand_on, labels, Cache, Delivered, Job, Pending, Settings, StageEnd, WindowLink,
 };
 use crate::backend::Backend;
+use crate::checkpoint::WindowMark;
 use crate::metrics::{Metrics, PipelineMetrics};
 use crate::sink::SinkError;
 
@@ -44,7 +45,7 @@ pub(super) async fn stage(
     let pm = &metrics.pipelines[s.pipeline];
     let mut cache = Cache::new(s.cache_entries, backend.as_ref());
     let labels = labels(backend.as_ref(), &s.input);
-    let mut windows = Gatherer::new(spec);
+    let mut windows = Gatherer::new(spec, link.delivered.clone());
     loop {
         let mut closed = Vec::new();
         let mut ended = false;
@@ -88,8 +89,14 @@ pub(super) async fn stage(
         pm.window_open_rows
             .store(windows.open_rows() as u64, Ordering::Relaxed);
         if !closed.is_empty() {
-            let (out, rest) = enrich(&s, backend.as_ref(), closed, &mut cache, &labels, pm).await;
+            let (out, rest, marks) =
+                enrich(&s, backend.as_ref(), closed, &mut cache, &labels, pm).await;
+            // Before the records can be acknowledged: each window is marked delivered with it.
+            for (seq, mark) in marks {
+                link.acks.mark_window(seq, mark);
+            }
             hand_on(tx, out, error).await?;
+            pm.rows_settled(rest.len() as u64);
             for seq in rest {
                 link.acks.ack(seq);
             }
@@ -110,10 +117,17 @@ fn take(
     windows: &mut Gatherer,
     (rec, seq): Pending,
 ) -> Vec<Closed> {
+    if windows.was_delivered(&rec) {
+        pm.window_rows_replayed.fetch_add(1, Ordering::Relaxed);
+        pm.rows_settled(1);
+        link.acks.ack(seq);
+        return Vec::new();
+    }
     match s.input.prepare(&rec) {
         Prepared::Call { input, .. } => windows.push(&rec, seq, input.text),
         Prepared::Skip(_) | Prepared::Reject(_) => {
             pm.window_rows_skipped.fetch_add(1, Ordering::Relaxed);
+            pm.rows_settled(1);
             link.acks.ack(seq);
             Vec::new()
         }
@@ -121,8 +135,9 @@ fn take(
 }
 
 /// One call per closed window (batched where the backend takes several inputs a call);
-/// returns the window records to deliver and the sequence numbers to acknowledge once they
-/// are handed on (every window's rows after its first).
+/// returns the window records to deliver, the sequence numbers to acknowledge once they are
+/// handed on (every window's rows after its first), and each window's delivery mark with the
+/// sequence number its record acknowledges.
 async fn enrich(
     s: &Settings,
     backend: &dyn Backend,
@@ -130,7 +145,7 @@ async fn enrich(
     cache: &mut Cache,
     labels: &serde_json::Map<String, serde_json::Value>,
     pm: &PipelineMetrics,
-) -> (Vec<Delivered>, Vec<u64>) {
+) -> (Vec<Delivered>, Vec<u64>, Vec<(u64, WindowMark)>) {
     pm.batch_sizes.observe(closed.len() as f64);
     let mut jobs = Vec::with_capacity(closed.len());
     let mut inputs = Vec::new();
@@ -159,6 +174,7 @@ async fn enrich(
     }
     let mut results = call_with_retries(backend, &inputs, pm, s).await.into_iter();
     let mut rest = Vec::new();
+    let mut marks = Vec::new();
     let mut out = Vec::with_capacity(closed.len());
     for (c, job) in closed.into_iter().zip(jobs) {
         let result = match &job {
@@ -169,7 +185,17 @@ async fn enrich(
             continue;
         };
         rest.extend_from_slice(others);
+        if let Some(w) = &c.rec.window {
+            marks.push((
+                first,
+                WindowMark {
+                    pipeline: s.name.clone(),
+                    group: c.group.clone(),
+                    last: w.last.clone(),
+                },
+            ));
+        }
         out.push(finish(c.rec, first, job, result, cache, labels, pm));
     }
-    (out, rest)
+    (out, rest, marks)
 }

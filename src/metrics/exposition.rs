@@ -135,6 +135,7 @@ const PIPELINE_COUNTERS: &[(&str, &str, Get)] = &[
     ("cdc_enricher_windows", "Windows closed and sent as one call each (enrichment.window).", |p| &p.windows),
     ("cdc_enricher_window_rows", "Rows gathered into windows.", |p| &p.window_rows),
     ("cdc_enricher_window_rows_skipped", "Rows of a windowed pipeline that joined no window (deletes, truncates, rows without text, updates that left the row's columns as they were).", |p| &p.window_rows_skipped),
+    ("cdc_enricher_window_rows_replayed", "Rows read again after a restart that were in a window delivered before (they join no window again).", |p| &p.window_rows_replayed),
     ("cdc_enricher_ml_batch_splits", "Whole calls that failed for what may be one row's fault (bad input, an unusable answer) and were split in halves to find it.", |p| &p.batch_splits),
 ];
 

@@ -96,6 +96,10 @@ pub struct PipelineMetrics {
     pub window_rows: AtomicU64,
     pub window_rows_skipped: AtomicU64,
     pub window_open_rows: AtomicU64,
+    /// Rows read again after a restart that were in a window delivered before.
+    pub window_rows_replayed: AtomicU64,
+    /// Rows of a windowed pipeline settled without a record of their own (for the lag).
+    pub rows_settled: AtomicU64,
     /// The rate the pipeline's calls are paced at (an `f64`'s bits), requests per second.
     pub paced_rate_bits: AtomicU64,
 }
@@ -148,7 +152,7 @@ impl PipelineMetrics {
 
     /// A record of this pipeline entered (routed), committed at `ts_ms`.
     pub fn record_in(&self, ts_ms: u64) {
-        if self.rows_in.load(Ordering::Relaxed) == self.records.load(Ordering::Relaxed) {
+        if self.rows_in.load(Ordering::Relaxed) == self.rows_out() {
             // Nothing pending: a new burst starts with this record.
             self.burst_start_ts_ms.store(ts_ms, Ordering::Relaxed);
         }
@@ -164,8 +168,19 @@ impl PipelineMetrics {
     /// Seconds the pipeline is behind: with records pending, now against the commit time of the
     /// oldest of them (bounded below by the last record out and the start of the current
     /// burst); with none pending, the source's own lag.
+    /// Rows that left the pipeline: records handed to the sink, and rows settled without a
+    /// record of their own (a window's rows after its first, rows that joined no window).
+    fn rows_out(&self) -> u64 {
+        self.records.load(Ordering::Relaxed) + self.rows_settled.load(Ordering::Relaxed)
+    }
+
+    /// `n` rows left a windowed pipeline without a record of their own.
+    pub fn rows_settled(&self, n: u64) {
+        self.rows_settled.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn lag_seconds(&self, source_lag: f64) -> f64 {
-        if self.rows_in.load(Ordering::Relaxed) <= self.records.load(Ordering::Relaxed) {
+        if self.rows_in.load(Ordering::Relaxed) <= self.rows_out() {
             return source_lag;
         }
         let since = self

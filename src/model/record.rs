@@ -90,12 +90,17 @@ impl ChangeRecord {
     }
 
     /// Whether the record comes after `applied` (what a write-back had applied): a change
-    /// after it in stream order — or a backfill row (`op: r`) at it. Every row of a backfill
+    /// after it in stream order — or a backfill row (`op: r`) at it, or any window (`op: w`). Every row of a backfill
     /// chunk carries its high watermark's position, so rows of one chunk written in separate
     /// transactions share `applied`; they are never replays, since a chunk is emitted once
     /// (after a restart its watermark in the binlog finds no open chunk, and the chunk is read
     /// again under a new watermark).
     pub fn after_applied(&self, applied: &BinlogPosition) -> bool {
+        // A window is written by its id (an upsert: a repeat writes the same row), and
+        // windows close out of position order: never taken for a replay by position.
+        if self.op == Op::Window {
+            return true;
+        }
         match self.position().cmp(applied) {
             std::cmp::Ordering::Greater => true,
             std::cmp::Ordering::Equal => self.op == Op::Read,

@@ -10,7 +10,9 @@ use crate::config::pipeline::{
     WriteMode,
 };
 use crate::config::SourceConfig;
-use crate::sink::mysql::{qualified, removals, statement, writer_opts, Bind, Output, Plan};
+use crate::sink::mysql::{
+    qualified, removals, statement, writer_opts, Bind, Output, Plan, Removals,
+};
 use crate::source::mysql::schema::{self, SchemaColumn, TableSchema};
 
 /// What the enrichment holds at a pointer.
@@ -52,6 +54,13 @@ impl Kind {
 /// What the enrichment of `e` puts at `pointer`.
 fn kind_at(e: &EnrichmentConfig, pointer: &str) -> Kind {
     let first = pointer.split('/').nth(1).unwrap_or("");
+    if e.window.is_some() && first == "window" {
+        return match pointer {
+            "/window/id" => Kind::Text,
+            "/window/rows" | "/window/first_ts_ms" | "/window/last_ts_ms" => Kind::Integer,
+            _ => Kind::Json,
+        };
+    }
     match (e.backend(), first) {
         (_, "backend" | "operation" | "endpoint" | "model" | "lineage") => Kind::Text,
         (Some(BackendConfig::Comprehend(_)), "sentiment" | "language") => Kind::Text,
@@ -233,6 +242,18 @@ pub async fn plan(
         return Err(f.list);
     };
     let outputs = outputs(e, m, &t, &target, &mut f);
+    if e.window.is_some() {
+        let side_key = vec![m.window_key()];
+        upsert_checks(
+            &mut conn, &t, &target, &side_key, &side_key, &writer, &mut f,
+        )
+        .await;
+        let _ = conn.disconnect().await;
+        if !f.list.is_empty() {
+            return Err(f.list);
+        }
+        return Ok(window_plan(p, m, &target, outputs, &side_key[0]));
+    }
     // The source key: the pipeline's, else the table's primary key.
     let key_names = p.key.clone().unwrap_or_else(|| source.primary_key.clone());
     let key: Vec<(String, Bind)> = key_names
@@ -262,7 +283,6 @@ pub async fn plan(
         &e.text_columns(),
         m.on_input_gone,
     );
-    let tdb = &target.db;
     Ok(Plan {
         pipeline: p.name.clone(),
         mode: m.mode,
@@ -271,16 +291,46 @@ pub async fn plan(
         key,
         guard,
         on_too_long: m.on_too_long,
-        dead_letter_table: m
-            .dead_letter_table
-            .clone()
-            .unwrap_or_else(|| format!("{tdb}.cdc_enricher_dead_letters")),
-        progress_table: m
-            .progress_table
-            .clone()
-            .unwrap_or_else(|| format!("{tdb}.cdc_enricher_writeback")),
+        dead_letter_table: dead_letter_table(m, &target),
+        progress_table: progress_table(m, &target),
         removals,
     })
+}
+
+fn dead_letter_table(m: &MysqlSinkConfig, target: &Target) -> String {
+    m.dead_letter_table
+        .clone()
+        .unwrap_or_else(|| format!("{}.cdc_enricher_dead_letters", target.db))
+}
+
+fn progress_table(m: &MysqlSinkConfig, target: &Target) -> String {
+    m.progress_table
+        .clone()
+        .unwrap_or_else(|| format!("{}.cdc_enricher_writeback", target.db))
+}
+
+/// A windowed pipeline's plan: each window upserted into the side table by its id, with no
+/// guard (a window has no source row) and no removals (rows that join no window never reach
+/// the sink).
+fn window_plan(
+    p: &PipelineConfig,
+    m: &MysqlSinkConfig,
+    target: &Target,
+    outputs: Vec<Output>,
+    id_column: &str,
+) -> Plan {
+    Plan {
+        pipeline: p.name.clone(),
+        mode: m.mode,
+        statement: crate::sink::mysql::window_statement(&target.name, id_column, &outputs),
+        outputs,
+        key: vec![(id_column.to_string(), Bind::Plain)],
+        guard: Vec::new(),
+        on_too_long: m.on_too_long,
+        dead_letter_table: dead_letter_table(m, target),
+        progress_table: progress_table(m, target),
+        removals: Removals::default(),
+    }
 }
 
 /// Connects with the writer's account and loads the written table's schema.

@@ -107,7 +107,15 @@ impl Limiter {
         }
         // A pause set while this call waited holds it too.
         self.wait_pause().await;
-        Sent(self.created.elapsed())
+        let sent = self.created.elapsed();
+        self.pacing().sending(sent);
+        Sent(sent)
+    }
+
+    /// The call sent at `sent` failed for another reason than throttling (it says nothing of
+    /// the spacing the service accepts).
+    pub fn answered_otherwise(&self, sent: Sent) {
+        self.pacing().answered_otherwise(sent.0);
     }
 
     /// The call sent at `sent` was answered (not throttled).

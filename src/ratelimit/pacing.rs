@@ -36,7 +36,7 @@ const GOOD_MARGIN: f64 = 1.01;
 /// Accepted calls between two steps down toward the floor.
 const PROBE_EVERY: u32 = 8;
 /// Accepted calls between two forgettings of the floor once the pacing settled by it.
-const SETTLED_PROBE_EVERY: u32 = 80;
+const SETTLED_PROBE_EVERY: u32 = 160;
 /// What the first forgetting takes off the floor (the service may allow more now); each one
 /// not answered by a bucket's throttling takes twice the last (at most half the floor).
 const FORGET: f64 = 0.02;
@@ -48,7 +48,8 @@ const TRIAL_SLOWDOWN: f64 = 1.05;
 const TRIAL_EXCESS: f64 = 0.05;
 /// Calls after a trial that found random throttling before another may start.
 const TRIAL_COOLDOWN: u32 = 200;
-/// Throttled calls with no accepted call for a second before them: the pacing is cut by a
+/// Throttled calls in a row with nothing to compare them with — no call accepted or in
+/// flight within a second before them, or no accepted spacing yet: the pacing is cut by a
 /// third (nothing to learn the spacing from, and calls keep failing).
 const BLIND_THROTTLES: u32 = 3;
 
@@ -60,8 +61,8 @@ pub enum Verdict {
     Spacing,
     /// Spaced as far as calls the service accepted: not the rate's doing. Nothing changes.
     Random,
-    /// No accepted call to compare with (at the start, or every call throttled): the pacing
-    /// is cut after a few of these.
+    /// Nothing to compare with (no accepted spacing yet, or every call throttled): the pacing
+    /// is cut after a few of these in a row.
     Blind,
 }
 
@@ -69,6 +70,10 @@ pub enum Verdict {
 /// random at `was`: under 1.25% likely (the binomial distribution's lower tail; 5% over the
 /// up to four looks a trial takes).
 fn few_for(k: u32, n: u32, was: f64) -> bool {
+    if was >= 1.0 {
+        // Every call throttled before: any call answered now is not chance.
+        return k < n;
+    }
     let mut tail = 0.0;
     let mut term = (1.0 - was).powi(n as i32); // P(X = 0)
     for i in 0..=k.min(n) {
@@ -104,8 +109,11 @@ pub struct Pacing {
     /// The largest gap of a throttled call explained by spacing: the service's interval is
     /// above it (zero: none seen, or forgotten).
     floor: Duration,
-    /// Send time of the latest accepted call.
-    last_accepted: Option<Duration>,
+    /// Send times of the latest accepted calls, and of the calls not answered yet (taken for
+    /// accepted until they are answered: a throttling answer comes at once, a model's answer
+    /// may take seconds).
+    accepted_sends: std::collections::BTreeSet<Duration>,
+    in_flight: std::collections::BTreeSet<Duration>,
     /// The gaps of the latest accepted calls, and when each was seen.
     good_gaps: std::collections::VecDeque<(Duration, Duration)>,
     /// Accepted calls since the pacing last moved down (or was cut).
@@ -123,6 +131,9 @@ pub struct Pacing {
     background: f64,
     /// Calls until another trial may start.
     cooldown: u32,
+    /// The interval before the last step down, until the step has as many accepted calls
+    /// behind it as a step needs: a throttling meanwhile is the step's doing.
+    stepped_from: Option<Duration>,
 }
 
 impl Pacing {
@@ -131,7 +142,8 @@ impl Pacing {
             base,
             interval: base,
             floor: Duration::ZERO,
-            last_accepted: None,
+            accepted_sends: std::collections::BTreeSet::new(),
+            in_flight: std::collections::BTreeSet::new(),
             good_gaps: std::collections::VecDeque::with_capacity(GOOD_GAPS),
             successes: 0,
             blind: 0,
@@ -140,6 +152,7 @@ impl Pacing {
             trial: None,
             background: 0.0,
             cooldown: 0,
+            stepped_from: None,
         }
     }
 
@@ -227,23 +240,49 @@ impl Pacing {
             .min()
     }
 
+    /// How long after the latest call before it that was not throttled (accepted, or not
+    /// answered yet) the call sent at `sent` went out.
     fn gap(&self, sent: Duration) -> Option<Duration> {
-        self.last_accepted
-            .filter(|last| sent > *last)
-            .map(|last| sent - last)
+        let prev =
+            |set: &std::collections::BTreeSet<Duration>| set.range(..sent).next_back().copied();
+        prev(&self.accepted_sends)
+            .max(prev(&self.in_flight))
+            .map(|p| sent - p)
+    }
+
+    /// A call goes out at `sent`; its outcome comes to [`accepted`](Pacing::accepted),
+    /// [`throttled`](Pacing::throttled) or [`answered_otherwise`](Pacing::answered_otherwise).
+    pub fn sending(&mut self, sent: Duration) {
+        self.in_flight.insert(sent);
+    }
+
+    /// The call sent at `sent` failed for another reason (a timeout, a 5xx): it tells nothing
+    /// of the spacing.
+    pub fn answered_otherwise(&mut self, sent: Duration) {
+        self.in_flight.remove(&sent);
     }
 
     /// A call sent at `sent` was answered (not throttled); `now` is when the answer came.
     pub fn accepted(&mut self, sent: Duration, now: Duration) {
-        if let Some(g) = self.gap(sent) {
+        self.in_flight.remove(&sent);
+        // A gap after an idle spell (a call that did not wait for its slot) says nothing of
+        // the spacing the service accepts.
+        if let Some(g) = self.gap(sent).filter(|g| *g <= self.interval * 4) {
             if self.good_gaps.len() == GOOD_GAPS {
                 self.good_gaps.pop_front();
             }
             self.good_gaps.push_back((g, now));
         }
-        self.last_accepted = Some(self.last_accepted.map_or(sent, |l| l.max(sent)));
+        self.accepted_sends.insert(sent);
+        while self.accepted_sends.len() > GOOD_GAPS * 4 {
+            self.accepted_sends.pop_first();
+        }
         self.blind = 0;
         self.successes += 1;
+        if self.successes >= PROBE_EVERY / 2 {
+            // The last step down held.
+            self.stepped_from = None;
+        }
         self.count(false);
         if self.interval <= self.base || self.trial.is_some() {
             return;
@@ -253,6 +292,7 @@ impl Pacing {
             if self.successes >= PROBE_EVERY {
                 // Halfway down toward the floor.
                 self.successes = 0;
+                self.stepped_from = Some(self.interval);
                 self.set_interval(target + (self.interval - target) / 2);
             }
         } else if self.successes >= SETTLED_PROBE_EVERY {
@@ -267,10 +307,17 @@ impl Pacing {
     /// A call sent at `sent` was throttled; `now` is when the answer came.
     pub fn throttled(&mut self, sent: Duration, now: Duration) -> Verdict {
         self.successes = 0;
-        let quiet = self
-            .last_accepted
-            .is_none_or(|l| now.saturating_sub(l) > Duration::from_secs(1));
-        let Some(gap) = self.gap(sent).filter(|_| !quiet) else {
+        self.in_flight.remove(&sent);
+        if let Some(from) = self.stepped_from.take() {
+            // Throttled right after a step down: the step's doing, whatever the gap says.
+            self.trial = None;
+            self.floor = self.floor.max(self.interval);
+            self.forget = FORGET;
+            self.set_interval(from);
+            return Verdict::Spacing;
+        }
+        let gap = self.gap(sent).filter(|g| *g <= Duration::from_secs(1));
+        let (Some(gap), Some(good)) = (gap, self.good(now)) else {
             self.blind += 1;
             if self.blind >= BLIND_THROTTLES {
                 self.blind = 0;
@@ -278,25 +325,22 @@ impl Pacing {
             }
             return Verdict::Blind;
         };
-        match self.good(now) {
-            Some(good) if gap >= good => {
-                self.count(true);
-                Verdict::Random
+        if gap >= good {
+            self.count(true);
+            Verdict::Random
+        } else {
+            self.trial = None;
+            self.floor = self.floor.max(gap);
+            self.forget = FORGET;
+            // Back to a spacing the service accepted, and above every throttled gap (send
+            // times jitter on their way to the service).
+            let safe = good
+                .mul_f64(GOOD_MARGIN)
+                .max(self.floor.mul_f64(FLOOR_MARGIN));
+            if safe > self.interval {
+                self.set_interval(safe);
             }
-            good => {
-                self.trial = None;
-                self.floor = self.floor.max(gap);
-                self.forget = FORGET;
-                // Back to a spacing the service accepted (or a quarter above the gap), and
-                // above every throttled gap (send times jitter on their way to the service).
-                let safe = good
-                    .map_or(gap.mul_f64(1.25), |g| g.mul_f64(GOOD_MARGIN))
-                    .max(self.floor.mul_f64(FLOOR_MARGIN));
-                if safe > self.interval {
-                    self.set_interval(safe);
-                }
-                Verdict::Spacing
-            }
+            Verdict::Spacing
         }
     }
 }
@@ -390,6 +434,57 @@ mod tests {
     }
 
     #[test]
+    fn a_bucket_is_found_with_slow_answers_and_many_calls_in_flight() {
+        // Told 10/s, the service allows 8/s; an accepted call is answered after 2 s (a model),
+        // a throttled one at once: some 20 calls are in flight at any time.
+        let mut p = Pacing::new(100 * MS);
+        let mut service = bucket(125 * MS);
+        let mut answers: std::collections::BTreeMap<Duration, Vec<(Duration, bool)>> =
+            Default::default();
+        let (mut t, mut ok, mut no) = (Duration::ZERO, 0u32, 0u32);
+        while t < Duration::from_secs(60) {
+            while let Some(e) = answers.first_entry() {
+                if *e.key() > t {
+                    break;
+                }
+                let (at, due) = e.remove_entry();
+                for (sent, accepted) in due {
+                    match accepted {
+                        true => p.accepted(sent, at),
+                        false => drop(p.throttled(sent, at)),
+                    }
+                }
+            }
+            p.sending(t);
+            let accepted = service(t);
+            let latency = if accepted { 2000 * MS } else { 5 * MS };
+            answers.entry(t + latency).or_default().push((t, accepted));
+            if accepted {
+                ok += 1;
+            } else {
+                no += 1;
+            }
+            t += p.interval();
+        }
+        let rate = f64::from(ok) / 60.0;
+        assert!(rate >= 0.9 * 8.0, "{rate}/s accepted, {no} throttled");
+        assert!(no <= 40, "{no} throttled for {ok} accepted");
+    }
+
+    #[test]
+    fn an_idle_spell_is_not_taken_for_the_spacing_the_service_wants() {
+        let mut p = Pacing::new(100 * MS);
+        p.accepted(Duration::ZERO, 50 * MS);
+        // A minute without calls, then calls at the quota's rate; one throttled at random.
+        let t0 = Duration::from_secs(60);
+        for i in 0..5 {
+            p.accepted(t0 + i * 100 * MS, t0 + i * 100 * MS + 50 * MS);
+        }
+        p.throttled(t0 + 500 * MS, t0 + 550 * MS);
+        assert_eq!(p.interval(), 100 * MS);
+    }
+
+    #[test]
     fn every_call_throttled_cuts_the_rate() {
         let mut p = Pacing::new(100 * MS);
         for i in 0..3 {
@@ -415,7 +510,7 @@ mod tests {
             p.interval()
         );
         // The service now allows 9/s: the pacing forgets its floor and finds the new rate.
-        let (ok, no) = drive(&mut p, 30, 120, bucket(111 * MS));
+        let (ok, no) = drive(&mut p, 30, 240, bucket(111 * MS));
         assert!(
             p.interval() >= 111 * MS && p.interval() <= 125 * MS,
             "{:?} ({ok} accepted, {no} throttled)",

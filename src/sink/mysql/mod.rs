@@ -549,6 +549,8 @@ impl Writer {
             _ => None,
         };
         Some(match rec.op {
+            // A window is written, never removed.
+            Op::Window => return None,
             Op::Truncate if r.truncated.is_some() => Action::Remove(Removal::Truncated, Vec::new()),
             Op::Truncate => Action::Nothing,
             Op::Delete if r.deleted.is_some() => Action::Remove(Removal::Deleted, twice()),
@@ -587,9 +589,19 @@ impl Writer {
             return a;
         }
         let enrichment = Value::Object(rec.enrichment.to_fields());
+        // A window's own fields, for pointers under `/window/`.
+        let window = rec
+            .window
+            .as_ref()
+            .and_then(|w| serde_json::to_value(w).ok())
+            .map(|w| serde_json::json!({ "window": w }));
         let mut outs = Vec::with_capacity(self.plan.outputs.len());
         for o in &self.plan.outputs {
-            let Some(v) = enrichment.pointer(&o.pointer) else {
+            let found = match &window {
+                Some(w) if o.pointer.starts_with("/window/") => w.pointer(&o.pointer),
+                _ => enrichment.pointer(&o.pointer),
+            };
+            let Some(v) = found else {
                 return Action::Dead(format!(
                     "the enrichment has no value at {} for column `{}`",
                     o.pointer, o.column
@@ -619,6 +631,11 @@ impl Writer {
                 (v, _) => v.clone(),
             };
             outs.push(sql_value(&v));
+        }
+        if let Some(w) = &rec.window {
+            // INSERT INTO side (id, outputs…) VALUES (?, ?…)
+            let id = SqlValue::Bytes(w.id.clone().into_bytes());
+            return Action::Write(std::iter::once(id).chain(outs).collect());
         }
         let after = rec.after.as_ref();
         let get = |c: &str| after.and_then(|a| a.get(c)).unwrap_or(&ColumnValue::Null);
@@ -806,6 +823,25 @@ struct Tally {
     dead: u64,
     replayed: u64,
     removed: u64,
+}
+
+/// A windowed pipeline's statement: `INSERT INTO side (id, outputs…) VALUES (?, ?…) ON
+/// DUPLICATE KEY UPDATE outputs…` — parameters the window's id, then the outputs.
+pub fn window_statement(side: &str, id_column: &str, outputs: &[Output]) -> String {
+    let cols: Vec<String> = std::iter::once(q(id_column))
+        .chain(outputs.iter().map(|o| q(&o.column)))
+        .collect();
+    let set: Vec<String> = outputs
+        .iter()
+        .map(|o| format!("{0} = VALUES({0})", q(&o.column)))
+        .collect();
+    format!(
+        "INSERT INTO {} ({}) VALUES ({}) ON DUPLICATE KEY UPDATE {}",
+        qualified(side),
+        cols.join(", "),
+        vec!["?"; cols.len()].join(", "),
+        set.join(", ")
+    )
 }
 
 /// The statement for a plan: parameters are outputs, key, guard (update) or key, outputs,
