@@ -46,7 +46,8 @@ pub fn stale_rows(
 ) -> (Option<String>, String) {
     match lineage_column(p) {
         Some(col) => {
-            let stale = format!("({col} IS NULL OR {col} != '{current}')");
+            // Quoted as the filter language quotes identifiers (a column named like a keyword).
+            let stale = format!("(`{col}` IS NULL OR `{col}` != '{current}')");
             let f = match filter {
                 Some(f) => format!("{stale} AND ({f})"),
                 None => stale,

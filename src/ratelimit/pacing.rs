@@ -30,9 +30,10 @@ const GOOD_GAPS: usize = 16;
 /// How long an accepted call's gap counts as the known-good spacing.
 const KEEP_GAP: Duration = Duration::from_secs(10);
 /// Calls are spaced this much above a throttled gap (the floor) at best.
-const FLOOR_MARGIN: f64 = 1.03;
-/// …and this much above the known-good gap after a throttle (send-time jitter).
-const GOOD_MARGIN: f64 = 1.01;
+const FLOOR_MARGIN: f64 = 1.015;
+/// A throttled gap this much below every accepted gap is the spacing's doing; closer to them,
+/// the send times' jitter could explain it.
+const SPACING_MARGIN: f64 = 1.03;
 /// Accepted calls between two steps down toward the floor.
 const PROBE_EVERY: u32 = 8;
 /// Accepted calls between two forgettings of the floor once the pacing settled by it.
@@ -171,7 +172,13 @@ impl Pacing {
     fn count(&mut self, unexplained: bool) {
         self.level.0 += 1;
         self.level.1 += u32::from(unexplained);
-        self.cooldown = self.cooldown.saturating_sub(1);
+        if self.cooldown > 0 {
+            self.cooldown -= 1;
+            if self.cooldown == 0 {
+                // The service may have changed since: the next trial judges afresh.
+                self.background = 0.0;
+            }
+        }
         if self.level.0 < TRIAL_CALLS {
             return;
         }
@@ -325,18 +332,18 @@ impl Pacing {
             }
             return Verdict::Blind;
         };
-        if gap >= good {
+        // Clearly closer than any accepted call (send times jitter by a few percent).
+        if gap.mul_f64(SPACING_MARGIN) >= good {
             self.count(true);
             Verdict::Random
         } else {
             self.trial = None;
             self.floor = self.floor.max(gap);
             self.forget = FORGET;
-            // Back to a spacing the service accepted, and above every throttled gap (send
-            // times jitter on their way to the service).
-            let safe = good
-                .mul_f64(GOOD_MARGIN)
-                .max(self.floor.mul_f64(FLOOR_MARGIN));
+            // Halfway to a spacing the service accepted (a bucket that throttles every other
+            // call accepts gaps of two intervals: the one it wants is between), and above
+            // every throttled gap (send times jitter on their way to the service).
+            let safe = ((gap + good) / 2).max(self.floor.mul_f64(FLOOR_MARGIN));
             if safe > self.interval {
                 self.set_interval(safe);
             }
@@ -482,6 +489,26 @@ mod tests {
         }
         p.throttled(t0 + 500 * MS, t0 + 550 * MS);
         assert_eq!(p.interval(), 100 * MS);
+    }
+
+    #[test]
+    fn a_bucket_after_random_throttling_is_still_found() {
+        // What was learned of a service throttling at random does not hide a bucket later.
+        let mut p = Pacing::new(100 * MS);
+        let mut x: u32 = 99;
+        drive(&mut p, 0, 60, |_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) % 100 >= 30
+        });
+        let mut b = bucket(125 * MS);
+        let mut y: u32 = 5;
+        let (ok, no) = drive(&mut p, 60, 60, |t| {
+            y = y.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            b(t + Duration::from_micros(u64::from((y >> 8) % 2001)))
+        });
+        let rate = f64::from(ok) / 60.0;
+        assert!(rate >= 0.9 * 8.0, "{rate}/s accepted, {no} throttled");
+        assert!(no <= 40, "{no} throttled for {ok} accepted");
     }
 
     #[test]
