@@ -5,18 +5,20 @@
 //! is empty: the calls it throttles were sent closer to the previous accepted call than the
 //! calls it accepts. Random throttling (a shared fleet shedding load, a noisy neighbour) hits
 //! calls whatever their spacing. So each throttled call's *gap* — its send time minus the send
-//! time of the latest accepted call before it — is compared with the smallest gap an accepted
-//! call had recently: below it, the throttling is explained by spacing (a bucket) and the
-//! calls are spaced at that known-good gap; at or above it, spacing does not explain it and the
+//! time of the latest call before it that was not throttled (accepted, or still in flight) —
+//! is compared with the smallest gap an accepted call had recently: clearly below it (3%), the
+//! throttling is the spacing's doing (a bucket) and the calls are spaced halfway between the
+//! two (the bucket's interval is between them); otherwise spacing does not explain it and the
 //! rate is kept (slowing down would not help). Near a bucket's rate the send times' jitter on
 //! the way to the service blurs the gaps, so throttling that spacing does not explain is also
-//! put to a trial: when more than the background share of calls is throttled, the calls are
-//! slowed by 5% for a few calls; if so few are throttled then that chance cannot explain it
-//! (under 1.25% likely at the share before), it was the rate (the slower
-//! pacing stays), else it is random (the pacing goes back, and that share becomes the
-//! background later throttling must exceed). From the known-good gap the pacing steps back
-//! down toward the highest throttled gap (the bucket's interval is between the two), and every
-//! so often forgets a little of that floor to find out whether the service allows more now.
+//! put to a trial: when more than the background share of calls is throttled, the share is
+//! measured afresh, then the calls are slowed by 5% for a dozen calls or a few dozen; if so few
+//! are throttled then that chance cannot explain it (under 1.25% likely at the share before),
+//! it was the rate (the slower pacing stays), else it is random (the pacing goes back, and that
+//! share is the background later throttling must exceed, until the next trial may start). The
+//! pacing then steps back down toward the highest throttled spacing (the floor) — a throttling
+//! right after a step undoes it — and every so often forgets a little of the floor to find out
+//! whether the service allows more now.
 //!
 //! Pure arithmetic over send times (durations since the limiter was made), so tests drive it
 //! with exact times.
