@@ -322,6 +322,9 @@ fn windows_are_upserted_into_a_side_table_by_their_id_once_each_across_kill_9() 
     std::thread::sleep(Duration::from_secs(1));
     let got = digests(&db);
     assert_eq!(got.len(), 2, "{got:?}");
+    let dead: Vec<i64> =
+        block_on(db.query("SELECT COUNT(*) FROM support.cdc_enricher_dead_letters"));
+    assert_eq!(dead, vec![0], "no window refused by the side table");
     let keys = |ids: std::ops::RangeInclusive<i64>| {
         serde_json::to_string(&ids.map(|i| json!({ "id": i })).collect::<Vec<_>>()).unwrap()
     };

@@ -173,7 +173,8 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         pipelines = pipelines.len(), "starting");
 
     let tracker = AckTracker::with_open_xa(resume.checkpoint.clone(), resume.start.open_xa.clone());
-    if let Some(c) = &saved {
+    // Only with the checkpoint the stream resumes from (not one set aside as purged).
+    if let (Some(c), Some(_)) = (&saved, &resume.checkpoint) {
         tracker.restore_windows(c.windows.clone());
     }
     let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();

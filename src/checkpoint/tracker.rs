@@ -24,21 +24,27 @@ struct Entry {
     remaining: u32,
     /// XA changes that hold once this entry is done.
     xa: Vec<XaChange>,
-    /// Windows delivered once this entry is done (by itself, whatever the entries before).
-    windows: Vec<WindowMark>,
+    /// Windows whose record acknowledges this entry: done with it (by itself, whatever the
+    /// entries before).
+    windows: Vec<(String, String)>,
 }
 
-/// A window of a windowed pipeline was delivered: its group (the group's values as JSON, empty
-/// without a group) and its last row's position. Within a group, windows follow one another in
-/// stream order, so every row of the group up to `last` was delivered: after a restart, rows of
-/// the group read again up to it join no window (else they would make windows with other
-/// edges than those already delivered).
+/// A window of a windowed pipeline: its group (the group's values as JSON, empty without a
+/// group) and its last row's position. Within a group, windows follow one another in stream
+/// order; a mark counts as delivered only once its window and every earlier window of its group
+/// were acknowledged (acknowledgements may come out of order), so every row of the group up to
+/// `last` was delivered: after a restart, rows of the group read again up to it join no window
+/// (else they would make windows with other edges than those already delivered).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowMark {
     pub pipeline: String,
     pub group: String,
     pub last: BinlogPosition,
 }
+
+/// A window handed on and not yet counted as delivered: the sequence number its record
+/// acknowledges, its last row, and whether that sequence number is done.
+type PendingWindow = (u64, BinlogPosition, bool);
 
 /// Per windowed pipeline, per group: the last row's position of the last window delivered.
 pub type DeliveredWindows =
@@ -57,20 +63,31 @@ struct Inner {
     failure: Option<String>,
     /// The windows delivered (kept in the checkpoint).
     windows: DeliveredWindows,
+    /// Per (pipeline, group), windows handed on and not yet counted as delivered, in stream
+    /// order: (sequence number, last row, acknowledged).
+    pending_windows: std::collections::HashMap<(String, String), VecDeque<PendingWindow>>,
 }
 
 impl Inner {
-    fn delivered(&mut self, marks: Vec<WindowMark>) {
-        for m in marks {
-            let last = self
-                .windows
-                .entry(m.pipeline)
-                .or_default()
-                .entry(m.group)
-                .or_insert_with(|| m.last.clone());
-            if m.last > *last {
-                *last = m.last;
-            }
+    /// The window of `group` acknowledging `seq` is acknowledged: every leading acknowledged
+    /// window of its group counts as delivered.
+    fn window_done(&mut self, group: (String, String), seq: u64) {
+        let Some(q) = self.pending_windows.get_mut(&group) else {
+            return;
+        };
+        if let Some(w) = q.iter_mut().find(|w| w.0 == seq) {
+            w.2 = true;
+        }
+        let mut last = None;
+        while q.front().is_some_and(|w| w.2) {
+            last = q.pop_front().map(|w| w.1);
+        }
+        if q.is_empty() {
+            self.pending_windows.remove(&group);
+        }
+        if let Some(last) = last {
+            let (pipeline, g) = group;
+            self.windows.entry(pipeline).or_default().insert(g, last);
         }
     }
 
@@ -169,8 +186,10 @@ impl AckTracker {
         if let Some(e) = g.entries.get_mut(i as usize) {
             e.remaining = e.remaining.saturating_sub(1);
             if e.remaining == 0 && !e.windows.is_empty() {
-                let marks = std::mem::take(&mut e.windows);
-                g.delivered(marks);
+                let groups = std::mem::take(&mut e.windows);
+                for group in groups {
+                    g.window_done(group, seq);
+                }
             }
         }
         while g.entries.front().is_some_and(|e| e.remaining == 0) {
@@ -183,19 +202,39 @@ impl AckTracker {
         }
     }
 
-    /// Records `mark` once `seq` is done (at once if it is): `seq` is the window record's.
+    /// A window is handed on, its record acknowledging `seq`: it counts as delivered once
+    /// `seq` is done and every window of its group marked before it is. Called in stream
+    /// order for a group, before the record can be acknowledged.
     pub fn mark_window(&self, seq: u64, mark: WindowMark) {
         let mut g = self.lock();
+        let group = (mark.pipeline, mark.group);
+        g.pending_windows
+            .entry(group.clone())
+            .or_default()
+            .push_back((seq, mark.last, false));
         let i = seq.checked_sub(g.base).map(|i| i as usize);
         match i.and_then(|i| g.entries.get_mut(i)) {
-            Some(e) if e.remaining > 0 => e.windows.push(mark),
-            _ => g.delivered(vec![mark]),
+            Some(e) if e.remaining > 0 => e.windows.push(group),
+            _ => g.window_done(group, seq),
         }
     }
 
-    /// The windows delivered, for the checkpoint.
+    /// The windows delivered, for the checkpoint: those whose last row is past the committed
+    /// position (rows at or before it are never read again, so their marks are not needed).
     pub fn delivered_windows(&self) -> DeliveredWindows {
-        self.lock().windows.clone()
+        let g = self.lock();
+        let mut out = DeliveredWindows::new();
+        for (pipeline, groups) in &g.windows {
+            let live: std::collections::BTreeMap<String, BinlogPosition> = groups
+                .iter()
+                .filter(|(_, last)| g.committed.as_ref().is_none_or(|c| **last >= *c))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !live.is_empty() {
+                out.insert(pipeline.clone(), live);
+            }
+        }
+        out
     }
 
     /// Starts from the windows a checkpoint kept.
@@ -272,6 +311,40 @@ mod tests {
         assert_eq!(t.in_flight(), 0);
         t.push(p(200, 0), 0);
         assert_eq!(t.committed(), Some(p(200, 0)));
+    }
+
+    #[test]
+    fn a_window_counts_as_delivered_only_after_the_earlier_windows_of_its_group() {
+        let t = AckTracker::new(None);
+        let mark = |group: &str, pos: u64| WindowMark {
+            pipeline: "w".into(),
+            group: group.into(),
+            last: p(pos, 0),
+        };
+        let first = t.push(p(1, 0), 1);
+        let second = t.push(p(2, 0), 1);
+        let other = t.push(p(3, 0), 1);
+        t.mark_window(first, mark("a", 10));
+        t.mark_window(second, mark("a", 20));
+        t.mark_window(other, mark("b", 30));
+        // The second window of `a` and the one of `b` acknowledged first: `b` is delivered,
+        // `a` is not (its first window may never be).
+        t.ack(second);
+        t.ack(other);
+        let got = t.delivered_windows();
+        assert_eq!(got["w"].get("a"), None);
+        assert_eq!(got["w"]["b"], p(30, 0));
+        t.ack(first);
+        assert_eq!(t.delivered_windows()["w"]["a"], p(20, 0));
+        // Marks at or before the committed position are no longer kept.
+        let late = t.push(p(40, 0), 0);
+        t.mark_window(late, mark("c", 35));
+        assert_eq!(t.committed(), Some(p(40, 0)));
+        assert!(
+            t.delivered_windows().is_empty(),
+            "{:?}",
+            t.delivered_windows()
+        );
     }
 
     #[test]

@@ -811,11 +811,36 @@ fn validate_window_sink(m: &MysqlSinkConfig) -> Result<(), String> {
     if m.columns.is_empty() {
         return Err("sink.mysql.columns names no output column".into());
     }
+    let id = m.window_key();
     for (col, ptr) in &m.columns {
         crate::backend::check_pointer(&format!("sink.mysql.columns.{col}"), ptr)?;
         if ptr.is_empty() || ptr == "/window" {
             return Err(format!(
                 "sink.mysql.columns.{col}: name a field (`/result`, `/window/rows`), not a whole object"
+            ));
+        }
+        if *col == id {
+            return Err(format!(
+                "sink.mysql.columns.{col}: `{col}` is the side table's key, which holds the window's id already"
+            ));
+        }
+        let field = ptr
+            .strip_prefix("/window/")
+            .map(|f| f.split('/').next().unwrap_or(""));
+        const FIELDS: [&str; 8] = [
+            "id",
+            "group",
+            "rows",
+            "first",
+            "last",
+            "first_ts_ms",
+            "last_ts_ms",
+            "keys",
+        ];
+        if let Some(f) = field.filter(|f| !FIELDS.contains(f)) {
+            return Err(format!(
+                "sink.mysql.columns.{col}: a window has no `{f}`; use one of /window/{}",
+                FIELDS.join(", /window/")
             ));
         }
     }

@@ -244,6 +244,7 @@ pub async fn plan(
     let outputs = outputs(e, m, &t, &target, &mut f);
     if e.window.is_some() {
         let side_key = vec![m.window_key()];
+        window_columns(&t, &target, &side_key[0], &outputs, &mut f);
         upsert_checks(
             &mut conn, &t, &target, &side_key, &side_key, &writer, &mut f,
         )
@@ -307,6 +308,45 @@ fn progress_table(m: &MysqlSinkConfig, target: &Target) -> String {
     m.progress_table
         .clone()
         .unwrap_or_else(|| format!("{}.cdc_enricher_writeback", target.db))
+}
+
+/// A windowed pipeline's side table: the id column holds 16 characters, and the commit times
+/// (ms since the epoch) a BIGINT.
+fn window_columns(
+    t: &TableSchema,
+    target: &Target,
+    id_column: &str,
+    outputs: &[Output],
+    f: &mut Findings,
+) {
+    let (tdb, ttable) = (&target.db, &target.table);
+    if let Some(c) = t.column(id_column) {
+        let text = TEXT.contains(&c.data_type.as_str()) && max_chars(c).is_none_or(|n| n >= 16);
+        if !text {
+            f.fail(
+                format!(
+                    "sink.mysql.key: `{tdb}`.`{ttable}`.`{id_column}` is {}, which cannot hold a window's id (16 hex digits)",
+                    c.column_type.to_uppercase()
+                ),
+                format!("make `{id_column}` CHAR(16)"),
+            );
+        }
+    }
+    for o in outputs {
+        let ts = o.pointer == "/window/first_ts_ms" || o.pointer == "/window/last_ts_ms";
+        let wide = t
+            .column(&o.column)
+            .is_some_and(|c| matches!(c.data_type.as_str(), "bigint" | "decimal"));
+        if ts && !wide {
+            f.fail(
+                format!(
+                    "sink.mysql.columns.{}: {} is milliseconds since the epoch, too large for `{tdb}`.`{ttable}`.`{}`",
+                    o.column, o.pointer, o.column
+                ),
+                format!("make `{}` BIGINT", o.column),
+            );
+        }
+    }
 }
 
 /// A windowed pipeline's plan: each window upserted into the side table by its id, with no

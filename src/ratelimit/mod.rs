@@ -365,17 +365,18 @@ mod tests {
         }
         l.throttled(ms(60));
         assert_eq!(l.current_rate(), 100.0);
-        // One throttled 5 ms after an accepted call: paced at the accepted spacing (+1%).
+        // One throttled 5 ms after an accepted call: paced halfway between its gap and the
+        // accepted spacing (12.5 ms: 80 calls/s).
         l.throttled(ms(45));
         let rate = l.current_rate();
-        assert!((49.0..50.0).contains(&rate), "{rate}");
+        assert!((79.0..81.0).contains(&rate), "{rate}");
         // Every call takes its slot in one schedule at that pacing.
         let start = Instant::now();
         for _ in 0..6 {
             l.acquire().await;
         }
         assert!(
-            start.elapsed() >= Duration::from_millis(5 * 20),
+            start.elapsed() >= Duration::from_micros(5 * 12_500),
             "{:?}",
             start.elapsed()
         );

@@ -134,9 +134,10 @@ pub struct Pacing {
     background: f64,
     /// Calls until another trial may start.
     cooldown: u32,
-    /// The interval before the last step down, until the step has as many accepted calls
-    /// behind it as a step needs: a throttling meanwhile is the step's doing.
-    stepped_from: Option<Duration>,
+    /// The interval before the last step down and when the step was made, until the step
+    /// has half a step's accepted calls behind it: a call sent after the step and throttled
+    /// meanwhile is the step's doing.
+    stepped_from: Option<(Duration, Duration)>,
 }
 
 impl Pacing {
@@ -301,7 +302,7 @@ impl Pacing {
             if self.successes >= PROBE_EVERY {
                 // Halfway down toward the floor.
                 self.successes = 0;
-                self.stepped_from = Some(self.interval);
+                self.stepped_from = Some((self.interval, now));
                 self.set_interval(target + (self.interval - target) / 2);
             }
         } else if self.successes >= SETTLED_PROBE_EVERY {
@@ -315,10 +316,11 @@ impl Pacing {
 
     /// A call sent at `sent` was throttled; `now` is when the answer came.
     pub fn throttled(&mut self, sent: Duration, now: Duration) -> Verdict {
-        self.successes = 0;
         self.in_flight.remove(&sent);
-        if let Some(from) = self.stepped_from.take() {
+        if let Some((from, _)) = self.stepped_from.filter(|(_, at)| sent >= *at) {
             // Throttled right after a step down: the step's doing, whatever the gap says.
+            self.stepped_from = None;
+            self.successes = 0;
             self.trial = None;
             self.floor = self.floor.max(self.interval);
             self.forget = FORGET;
@@ -327,6 +329,7 @@ impl Pacing {
         }
         let gap = self.gap(sent).filter(|g| *g <= Duration::from_secs(1));
         let (Some(gap), Some(good)) = (gap, self.good(now)) else {
+            self.successes = 0;
             self.blind += 1;
             if self.blind >= BLIND_THROTTLES {
                 self.blind = 0;
@@ -339,6 +342,7 @@ impl Pacing {
             self.count(true);
             Verdict::Random
         } else {
+            self.successes = 0;
             self.trial = None;
             self.floor = self.floor.max(gap);
             self.forget = FORGET;
