@@ -316,11 +316,13 @@ impl Pacing {
 
     /// A call sent at `sent` was throttled; `now` is when the answer came.
     pub fn throttled(&mut self, sent: Duration, now: Duration) -> Verdict {
+        // Any throttling holds back the next step down (without it, steps into random
+        // throttling cost more throttled calls than they win: measured, BENCHMARKS.md).
+        self.successes = 0;
         self.in_flight.remove(&sent);
         if let Some((from, _)) = self.stepped_from.filter(|(_, at)| sent >= *at) {
             // Throttled right after a step down: the step's doing, whatever the gap says.
             self.stepped_from = None;
-            self.successes = 0;
             self.trial = None;
             self.floor = self.floor.max(self.interval);
             self.forget = FORGET;
@@ -329,7 +331,6 @@ impl Pacing {
         }
         let gap = self.gap(sent).filter(|g| *g <= Duration::from_secs(1));
         let (Some(gap), Some(good)) = (gap, self.good(now)) else {
-            self.successes = 0;
             self.blind += 1;
             if self.blind >= BLIND_THROTTLES {
                 self.blind = 0;
@@ -342,7 +343,6 @@ impl Pacing {
             self.count(true);
             Verdict::Random
         } else {
-            self.successes = 0;
             self.trial = None;
             self.floor = self.floor.max(gap);
             self.forget = FORGET;
