@@ -26,6 +26,24 @@ fn digest_pipeline(aws: &AwsStandin) -> String {
     )
 }
 
+/// A server with `support.messages (id, channel, subject, body)`.
+fn messages_db() -> MariaDb {
+    let db = MariaDb::start();
+    block_on(db.exec(
+        "CREATE DATABASE support; CREATE TABLE support.messages \
+         (id INT PRIMARY KEY, channel VARCHAR(10), subject VARCHAR(100), body TEXT);",
+    ));
+    db
+}
+
+/// The stand-in's answer to a window whose last row is `i`: the first five words of the
+/// prompt's last line, row `i`'s section.
+fn summary_of(i: i64) -> String {
+    let section = section(i);
+    let words: Vec<&str> = section.split(' ').take(5).collect();
+    format!("summary: {}", words.join(" "))
+}
+
 fn insert(db: &MariaDb, ids: std::ops::RangeInclusive<i64>) {
     let sql: String = ids
         .map(|i| {
@@ -51,11 +69,7 @@ fn ids(w: &Value) -> Vec<i64> {
 
 #[test]
 fn a_twenty_row_window_is_one_call_and_one_record_through_restart_and_kill_9() {
-    let db = MariaDb::start();
-    block_on(db.exec(
-        "CREATE DATABASE support; CREATE TABLE support.messages \
-         (id INT PRIMARY KEY, channel VARCHAR(10), subject VARCHAR(100), body TEXT);",
-    ));
+    let db = messages_db();
     let (kafka, aws) = (Kafka::start(), AwsStandin::start());
     let body = digest_pipeline(&aws);
     let mut d = Daemon::new(&db, Some(&kafka), &[("digest", &body)]);
@@ -72,13 +86,7 @@ fn a_twenty_row_window_is_one_call_and_one_record_through_restart_and_kill_9() {
     assert_eq!(w["window"]["rows"], 20);
     assert_eq!(w["before"], Value::Null);
     assert_eq!(w["source"]["table"], "messages");
-    // The stand-in answers the first five words of the prompt's last line: row 20's section.
-    let twenty = section(20);
-    let last: Vec<&str> = twenty.split(' ').take(5).collect();
-    assert_eq!(
-        w["enrichment"]["result"],
-        format!("summary: {}", last.join(" "))
-    );
+    assert_eq!(w["enrichment"]["result"], summary_of(20));
     assert_eq!(w["enrichment"]["model"], MODEL);
     let prompt = format!(
         "Summarize these 20 support messages:\n{}",
@@ -152,11 +160,7 @@ fn a_twenty_row_window_is_one_call_and_one_record_through_restart_and_kill_9() {
 
 #[test]
 fn time_windows_per_group_close_by_the_stream_and_deletes_join_none() {
-    let db = MariaDb::start();
-    block_on(db.exec(
-        "CREATE DATABASE support; CREATE TABLE support.messages \
-         (id INT PRIMARY KEY, channel VARCHAR(10), subject VARCHAR(100), body TEXT);",
-    ));
+    let db = messages_db();
     let (kafka, aws) = (Kafka::start(), AwsStandin::start());
     let body = format!(
         "name: by_channel\ntable: support.messages\n\
@@ -333,23 +337,14 @@ fn windows_are_upserted_into_a_side_table_by_their_id_once_each_across_kill_9() 
         assert_eq!(row.2, 5);
         let stored: Value = serde_json::from_str(&row.3).unwrap();
         assert_eq!(stored.to_string(), keys(ids.clone()), "{row:?}");
-        let last: Vec<String> = section(*ids.end())
-            .split(' ')
-            .take(5)
-            .map(String::from)
-            .collect();
-        assert_eq!(row.1, format!("summary: {}", last.join(" ")));
+        assert_eq!(row.1, summary_of(*ids.end()));
     }
     d.terminate();
 }
 
 #[test]
 fn windows_of_other_groups_delivered_before_a_kill_9_are_not_rebuilt_with_other_edges() {
-    let db = MariaDb::start();
-    block_on(db.exec(
-        "CREATE DATABASE support; CREATE TABLE support.messages \
-         (id INT PRIMARY KEY, channel VARCHAR(10), subject VARCHAR(100), body TEXT);",
-    ));
+    let db = messages_db();
     let (kafka, aws) = (Kafka::start(), AwsStandin::start());
     let body = format!(
         "name: grouped\ntable: support.messages\n\

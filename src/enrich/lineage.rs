@@ -14,9 +14,14 @@ use crate::backend::Backend;
 /// language). Equal lineages: the same answer for the same row; a change to any of these
 /// changes it. Limits, batching, retries and the sink do not enter it.
 pub fn of(backend: &dyn Backend, input: &InputSpec) -> String {
+    short_hash(&[backend.name(), &backend.cache_scope(), &input.describe()])
+}
+
+/// 16 hex digits (64 bits) of the SHA-256 of `parts`, each length-prefixed: no two different
+/// lists of parts hash the same bytes. (Lineages and window ids.)
+pub fn short_hash(parts: &[&str]) -> String {
     let mut h = Sha256::new();
-    for part in [backend.name(), &backend.cache_scope(), &input.describe()] {
-        // Each part length-prefixed: no two different lists of parts hash the same bytes.
+    for part in parts {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }

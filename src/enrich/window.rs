@@ -10,8 +10,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
 use crate::backend::template::Template;
 use crate::backend::Input;
 use crate::config::window::{WindowConfig, COUNT, ROWS};
@@ -300,21 +298,14 @@ impl Gatherer {
 /// 16 hex digits of the SHA-256 of the pipeline and the first and last rows' positions and
 /// keys (backfill rows of one chunk share a position; their keys tell them apart).
 fn window_id(pipeline: &str, first: &Member, last: &Member) -> String {
-    let mut h = Sha256::new();
-    let mut part = |s: &str| {
-        h.update((s.len() as u64).to_le_bytes());
-        h.update(s.as_bytes());
-    };
-    part(pipeline);
-    for m in [first, last] {
+    let [(fp, fk), (lp, lk)] = [first, last].map(|m| {
         let p = &m.position;
-        part(&format!("{}:{}:{}:{}", p.file, p.pos, p.event, p.row));
-        part(&serde_json::to_string(&m.key).unwrap_or_default());
-    }
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        (
+            format!("{}:{}:{}:{}", p.file, p.pos, p.event, p.row),
+            serde_json::to_string(&m.key).unwrap_or_default(),
+        )
+    });
+    super::lineage::short_hash(&[pipeline, &fp, &fk, &lp, &lk])
 }
 
 #[cfg(test)]
