@@ -831,17 +831,22 @@ pub fn window_statement(side: &str, id_column: &str, outputs: &[Output]) -> Stri
     let cols: Vec<String> = std::iter::once(q(id_column))
         .chain(outputs.iter().map(|o| q(&o.column)))
         .collect();
-    let set: Vec<String> = outputs
-        .iter()
-        .map(|o| format!("{0} = VALUES({0})", q(&o.column)))
-        .collect();
     format!(
         "INSERT INTO {} ({}) VALUES ({}) ON DUPLICATE KEY UPDATE {}",
         qualified(side),
         cols.join(", "),
         vec!["?"; cols.len()].join(", "),
-        set.join(", ")
+        update_outputs(outputs)
     )
+}
+
+/// `ON DUPLICATE KEY UPDATE`'s list: every output column from the row that was not inserted.
+fn update_outputs(outputs: &[Output]) -> String {
+    outputs
+        .iter()
+        .map(|o| format!("{0} = VALUES({0})", q(&o.column)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The statement for a plan: parameters are outputs, key, guard (update) or key, outputs,
@@ -867,17 +872,13 @@ pub fn statement(
                 .chain(outputs.iter().map(|o| q(&o.column)))
                 .collect();
             let marks = vec!["?"; cols.len()].join(", ");
-            let set: Vec<String> = outputs
-                .iter()
-                .map(|o| format!("{0} = VALUES({0})", q(&o.column)))
-                .collect();
             format!(
                 "INSERT INTO {} ({}) SELECT {marks} FROM {} WHERE {} LIMIT 1 ON DUPLICATE KEY UPDATE {}",
                 qualified(table),
                 cols.join(", "),
                 qualified(source_table),
                 cond.join(" AND "),
-                set.join(", ")
+                update_outputs(outputs)
             )
         }
         _ => {
