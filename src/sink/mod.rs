@@ -1,6 +1,7 @@
 //! Sinks: where change records go. A sink acknowledges each record to the [`AckTracker`]
 //! once it is durably delivered; only then can its position be checkpointed.
 
+pub mod envelope;
 pub mod jsonl;
 pub mod kafka;
 pub mod mysql;
@@ -28,8 +29,10 @@ pub enum SinkError {
 }
 
 /// The message key: the key columns as a JSON object.
-pub fn key_bytes(rec: &ChangeRecord) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(&rec.key)
+pub fn key_bytes(rec: &ChangeRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    envelope::write_image(&mut out, &rec.key);
+    out
 }
 
 pub trait Sink: Send {

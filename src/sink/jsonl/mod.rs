@@ -45,7 +45,8 @@ impl Sink for JsonlSink {
     }
 
     fn send(&mut self, rec: &ChangeRecord, seq: u64) -> Result<u32, SinkError> {
-        let mut line = serde_json::to_vec(rec)?;
+        let mut line = Vec::with_capacity(512);
+        crate::sink::envelope::write_record(rec, &mut line)?;
         line.push(b'\n');
         self.out.write_all(&line).map_err(|source| SinkError::Io {
             path: self.path.clone(),

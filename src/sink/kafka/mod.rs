@@ -117,6 +117,8 @@ pub struct KafkaSink {
     stopped: std::collections::HashSet<usize>,
     /// Partitions per topic, read when a truncate record first goes to it.
     partitions: std::sync::Mutex<HashMap<Arc<str>, i32>>,
+    /// The last record's encoded value, its buffer kept for the next.
+    value: Vec<u8>,
 }
 
 /// The producer's `message.max.bytes` (librdkafka's default: 1,000,000).
@@ -169,6 +171,7 @@ impl KafkaSink {
             metrics,
             stopped: Default::default(),
             partitions: Default::default(),
+            value: Vec::with_capacity(1024),
         })
     }
 
@@ -235,6 +238,39 @@ impl KafkaSink {
         known.insert(topic.clone(), n);
         n
     }
+
+    /// Sends `rec`, encoding its value into `value` (empty): `Ok(0)` when the pipeline has
+    /// no route here.
+    fn send_encoded(
+        &mut self,
+        rec: &ChangeRecord,
+        seq: u64,
+        value: &mut Vec<u8>,
+    ) -> Result<u32, SinkError> {
+        let Some(Some(route)) = self.routes.get(rec.pipeline) else {
+            return Ok(0);
+        };
+        let key = message_key(rec);
+        super::envelope::write_record(rec, value)?;
+        let size = key.as_ref().map_or(0, Vec::len) + value.len();
+        if size > self.max_bytes {
+            let route = route.clone();
+            return self.oversize(&route, rec, seq, size);
+        }
+        if rec.op == Op::Truncate {
+            let n = self.partitions(&route.topic);
+            for p in 0..n {
+                self.produce(&route.topic, None, Some(p), Some(value), seq)?;
+            }
+            return Ok(n as u32);
+        }
+        self.produce(&route.topic, key.as_deref(), None, Some(value), seq)?;
+        if tombstone_after(route, rec) {
+            self.produce(&route.topic, key.as_deref(), None, None, seq)?;
+            return Ok(2);
+        }
+        Ok(1)
+    }
 }
 
 /// Whether a record is followed by a tombstone: a delete of a keyed row, when asked.
@@ -244,11 +280,8 @@ fn tombstone_after(route: &Route, rec: &ChangeRecord) -> bool {
 
 /// The message key: the key columns as a JSON object; none for a table without a key (and
 /// for a truncate).
-fn message_key(rec: &ChangeRecord) -> Result<Option<Vec<u8>>, SinkError> {
-    if rec.key.names.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(key_bytes(rec)?))
+fn message_key(rec: &ChangeRecord) -> Option<Vec<u8>> {
+    (!rec.key.names.is_empty()).then(|| key_bytes(rec))
 }
 
 impl Sink for KafkaSink {
@@ -262,33 +295,19 @@ impl Sink for KafkaSink {
     }
 
     fn send(&mut self, rec: &ChangeRecord, seq: u64) -> Result<u32, SinkError> {
-        let Some(Some(route)) = self.routes.get(rec.pipeline) else {
+        if !matches!(self.routes.get(rec.pipeline), Some(Some(_))) {
             return Ok(0);
-        };
+        }
         if self.stopped.contains(&rec.pipeline) {
             self.ack_unsent(rec, seq, 0);
             return Ok(0);
         }
-        let key = message_key(rec)?;
-        let value = serde_json::to_vec(rec)?;
-        let size = key.as_ref().map_or(0, Vec::len) + value.len();
-        if size > self.max_bytes {
-            let route = route.clone();
-            return self.oversize(&route, rec, seq, size);
-        }
-        if rec.op == Op::Truncate {
-            let n = self.partitions(&route.topic);
-            for p in 0..n {
-                self.produce(&route.topic, None, Some(p), Some(&value), seq)?;
-            }
-            return Ok(n as u32);
-        }
-        self.produce(&route.topic, key.as_deref(), None, Some(&value), seq)?;
-        if tombstone_after(route, rec) {
-            self.produce(&route.topic, key.as_deref(), None, None, seq)?;
-            return Ok(2);
-        }
-        Ok(1)
+        // The value is encoded into a buffer kept between records (librdkafka copies it).
+        let mut value = std::mem::take(&mut self.value);
+        value.clear();
+        let sent = self.send_encoded(rec, seq, &mut value);
+        self.value = value;
+        sent
     }
 
     fn send_dead_letter(&mut self, rec: &ChangeRecord, seq: u64) -> Result<bool, SinkError> {
@@ -300,8 +319,9 @@ impl Sink for KafkaSink {
             return Ok(false);
         };
         let topic = topic.clone();
-        let key = message_key(rec)?;
-        let value = serde_json::to_vec(rec)?;
+        let key = message_key(rec);
+        let mut value = Vec::with_capacity(512);
+        super::envelope::write_record(rec, &mut value)?;
         let size = key.as_ref().map_or(0, Vec::len) + value.len();
         if size > self.max_bytes {
             let notice = self.notice(rec, size);

@@ -50,7 +50,7 @@ impl KafkaSink {
         if let Some(pm) = pm {
             pm.oversize_records.fetch_add(1, Ordering::Relaxed);
         }
-        let key = super::message_key(rec)?;
+        let key = super::message_key(rec);
         let key_text = key
             .as_deref()
             .map(|k| String::from_utf8_lossy(k).into_owned())
@@ -62,7 +62,8 @@ impl KafkaSink {
                     tracing::warn!(pipeline = %rec.source.pipeline, key = %key_text, bytes,
                         limit = self.max_bytes, truncated = ?cut.oversize.as_ref().map(|o| &o.truncated),
                         "record larger than the producer accepts: its largest values were cut (on_oversize: truncate)");
-                    let value = serde_json::to_vec(&cut)?;
+                    let mut value = Vec::with_capacity(bytes);
+                    crate::sink::envelope::write_record(&cut, &mut value)?;
                     self.produce(&route.topic, key.as_deref(), None, Some(&value), seq)?;
                     if super::tombstone_after(route, rec) {
                         self.produce(&route.topic, key.as_deref(), None, None, seq)?;
