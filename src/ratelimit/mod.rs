@@ -358,16 +358,16 @@ mod tests {
     async fn a_buckets_throttling_paces_the_calls_and_randoms_does_not() {
         let l = Limiter::new("k".into(), 100.0);
         let ms = |n: u64| Sent(Duration::from_millis(n));
-        // Accepted 20 ms apart; one throttled 20 ms after the last: spaced as accepted calls
-        // were, so not the rate's doing.
-        for t in [0, 20, 40] {
+        // Accepted 20 ms apart (four gaps: enough to compare with); one throttled 20 ms after
+        // the last: spaced as accepted calls were, so not the rate's doing.
+        for t in [0, 20, 40, 60, 80] {
             l.answered(ms(t));
         }
-        l.throttled(ms(60));
+        l.throttled(ms(100));
         assert_eq!(l.current_rate(), 100.0);
         // One throttled 5 ms after an accepted call: paced halfway between its gap and the
         // accepted spacing (12.5 ms: 80 calls/s).
-        l.throttled(ms(45));
+        l.throttled(ms(85));
         let rate = l.current_rate();
         assert!((79.0..81.0).contains(&rate), "{rate}");
         // Every call takes its slot in one schedule at that pacing.
