@@ -1,24 +1,23 @@
-//! Learning the rate a service really allows from its throttling answers, and telling a
-//! token bucket's throttling from random throttling.
+//! Learning the rate a service really allows from its throttling answers, and telling a token
+//! bucket's throttling from random throttling.
 //!
-//! A service that enforces its quota with a token bucket throttles a call only when the bucket
-//! is empty: the calls it throttles were sent closer to the previous accepted call than the
-//! calls it accepts. Random throttling (a shared fleet shedding load, a noisy neighbour) hits
-//! calls whatever their spacing. So each throttled call's *gap* — its send time minus the send
-//! time of the latest call before it that was not throttled (accepted, or still in flight) —
-//! is compared with the smallest gap an accepted call had recently (once a few were): clearly below it (3%), the
-//! throttling is the spacing's doing (a bucket) and the calls are spaced halfway between the
-//! two (the bucket's interval is between them); otherwise spacing does not explain it and the
-//! rate is kept (slowing down would not help). Near a bucket's rate the send times' jitter on
-//! the way to the service blurs the gaps, so throttling that spacing does not explain is also
-//! put to a trial: when more than the background share of calls is throttled, the share is
-//! measured afresh, then the calls are slowed by 5% for a dozen calls or a few dozen; if so few
-//! are throttled then that chance cannot explain it (under 1.25% likely at the share before),
-//! it was the rate (the slower pacing stays), else it is random (the pacing goes back, and that
-//! share is the background later throttling must exceed, until the next trial may start). The
-//! pacing then steps back down toward the highest throttled spacing (the floor) — a throttling
-//! right after a step undoes it — and every so often forgets a little of the floor to find out
-//! whether the service allows more now.
+//! A service that enforces its quota with a token bucket throttles a call only when the bucket is
+//! empty: the calls it throttles were sent closer to the previous accepted call than the calls it
+//! accepts. Random throttling (a shared fleet shedding load, a noisy neighbour) hits calls whatever
+//! their spacing. So each throttled call's *gap* — its send time minus the send time of the latest
+//! call before it that was not throttled (accepted, or still in flight) — is compared with the
+//! smallest gap an accepted call had recently (once a few were): clearly below it (3%), the
+//! throttling is the spacing's doing (a bucket) and the calls are spaced halfway between the two
+//! (the bucket's interval is between them); otherwise spacing does not explain it and the rate is
+//! kept (slowing down would not help). Near a bucket's rate the send times' jitter on the way to
+//! the service blurs the gaps, so throttling that spacing does not explain is also put to a trial:
+//! when more than the background share of calls is throttled, the share is measured afresh, then
+//! the calls are slowed by 5% for a dozen calls or a few dozen; if so few are throttled then that
+//! chance cannot explain it (under 1.25% likely at the share before), it was the rate (the slower
+//! pacing stays), else it is random (the pacing goes back, and that share is the background later
+//! throttling must exceed, until the next trial may start). The pacing then steps back down toward
+//! the highest throttled spacing (the floor) — a throttling right after a step undoes it — and
+//! every so often forgets a little of the floor to find out whether the service allows more now.
 //!
 //! Pure arithmetic over send times (durations since the limiter was made), so tests drive it
 //! with exact times.
