@@ -136,9 +136,9 @@ impl Limiter {
             Verdict::Spacing => tracing::debug!(quota = %self.key, calls_per_second = rate,
                 "throttled closer to the previous accepted call than accepted calls were: a token bucket; pacing the calls"),
             Verdict::Random => tracing::debug!(quota = %self.key, calls_per_second = rate,
-                "throttled though spaced as accepted calls were: not the rate's doing; the pacing stays"),
+                "throttled though spaced as accepted calls were (or too few accepted yet to tell): not taken for the rate's doing; the pacing stays"),
             Verdict::Blind => tracing::debug!(quota = %self.key, calls_per_second = rate,
-                "throttled with no accepted call to compare with"),
+                "throttled with no recent accepted gap to compare with"),
         }
     }
 

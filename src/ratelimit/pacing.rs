@@ -55,8 +55,8 @@ const TRIAL_EXCESS: f64 = 0.05;
 /// Calls after a trial that found random throttling before another may start.
 const TRIAL_COOLDOWN: u32 = 200;
 /// Throttled calls in a row with nothing to compare them with — no call accepted or in
-/// flight within a second before them, or no accepted spacing yet: the pacing is cut by a
-/// third (nothing to learn the spacing from, and calls keep failing).
+/// flight within a second before them, or no accepted gap within [`KEEP_GAP`]: the pacing is
+/// cut by a third (nothing to learn the spacing from, and calls keep failing).
 const BLIND_THROTTLES: u32 = 3;
 
 /// What a throttling answer was taken for.
@@ -65,10 +65,12 @@ pub enum Verdict {
     /// Sent closer to the previous accepted call than any accepted call was: a token bucket
     /// at its rate. The calls are spaced further.
     Spacing,
-    /// Spaced as far as calls the service accepted: not the rate's doing. Nothing changes.
+    /// Spaced as far as calls the service accepted, or too few accepted yet to tell (under
+    /// [`MIN_GOOD_GAPS`]): not taken for the rate's doing. Nothing changes (it counts toward
+    /// the share that starts a trial).
     Random,
-    /// Nothing to compare with (no accepted spacing yet, or every call throttled): the pacing
-    /// is cut after a few of these in a row.
+    /// Nothing to compare with (no accepted gap within [`KEEP_GAP`], or no call accepted or in
+    /// flight within a second before): the pacing is cut after a few of these in a row.
     Blind,
 }
 
@@ -243,19 +245,17 @@ impl Pacing {
         }
     }
 
-    /// The known-good gap: the smallest of the latest accepted calls' gaps seen within
-    /// [`KEEP_GAP`] of `now` (`None` while fewer than [`MIN_GOOD_GAPS`] are).
-    fn good(&self, now: Duration) -> Option<Duration> {
-        let recent = || {
-            self.good_gaps
-                .iter()
-                .filter(|(_, at)| now.saturating_sub(*at) <= KEEP_GAP)
-                .map(|(g, _)| *g)
-        };
-        if recent().count() < MIN_GOOD_GAPS {
-            return None;
-        }
-        recent().min()
+    /// The accepted gaps seen within [`KEEP_GAP`] of `now`: how many, and the smallest (the
+    /// known-good gap, compared with only once [`MIN_GOOD_GAPS`] are known).
+    fn good(&self, now: Duration) -> (usize, Option<Duration>) {
+        let recent = self
+            .good_gaps
+            .iter()
+            .filter(|(_, at)| now.saturating_sub(*at) <= KEEP_GAP)
+            .map(|(g, _)| *g);
+        recent.fold((0, None), |(n, min), g| {
+            (n + 1, Some(min.map_or(g, |m: Duration| m.min(g))))
+        })
     }
 
     /// How long after the latest call before it that was not throttled (accepted, or not
@@ -338,13 +338,14 @@ impl Pacing {
             return Verdict::Spacing;
         }
         let gap = self.gap(sent).filter(|g| *g <= Duration::from_secs(1));
-        if gap.is_some() && self.good(now).is_none() && !self.good_gaps.is_empty() {
-            // Calls were accepted, too few yet to compare with: taken as random.
-            self.blind = 0;
+        let (known, good) = self.good(now);
+        if gap.is_some() && (1..MIN_GOOD_GAPS).contains(&known) {
+            // A few accepted gaps, too few to compare with: counted as random (in the share
+            // that starts a trial), not as blind.
             self.count(true);
             return Verdict::Random;
         }
-        let (Some(gap), Some(good)) = (gap, self.good(now)) else {
+        let (Some(gap), Some(good)) = (gap, good) else {
             self.blind += 1;
             if self.blind >= BLIND_THROTTLES {
                 self.blind = 0;
@@ -563,6 +564,23 @@ mod tests {
             "{:?} ({ok} accepted, {no} throttled)",
             p.interval()
         );
+    }
+
+    #[test]
+    fn throttling_after_the_accepted_gaps_expired_is_blind_and_cuts() {
+        let mut p = Pacing::new(100 * MS);
+        for i in 0..5u32 {
+            p.accepted(i * 100 * MS, i * 100 * MS + 50 * MS);
+        }
+        // Twenty seconds later: one accepted call, then three throttled 100 ms apart; the
+        // gaps seen before are older than KEEP_GAP and were not replaced.
+        let t0 = Duration::from_secs(20);
+        p.accepted(t0, t0 + 50 * MS);
+        for i in 1..=3u32 {
+            let t = t0 + i * 100 * MS;
+            assert_eq!(p.throttled(t, t + 5 * MS), Verdict::Blind);
+        }
+        assert_eq!(p.interval(), 150 * MS);
     }
 
     /// Runs `p` from `t` for `secs` against `service`, calls at its interval each answered

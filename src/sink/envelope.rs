@@ -14,35 +14,49 @@ use crate::model::ColumnValue;
 /// Errors: only those of `serde_json` on the rarer members (enrichment outcomes, windows),
 /// which cannot fail into a `Vec`.
 pub fn write_record(rec: &ChangeRecord, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    // Every field named: a field added to the record fails to compile here until it is written.
+    let ChangeRecord {
+        op,
+        before,
+        after,
+        source,
+        enrichment,
+        oversize,
+        key_change,
+        truncate,
+        window,
+        key: _,
+        pipeline: _,
+    } = rec;
     out.extend_from_slice(b"{\"op\":");
-    write_str(out, rec.op.code());
+    write_str(out, op.code());
     out.extend_from_slice(b",\"before\":");
-    write_image_or_null(out, rec.before.as_ref());
+    write_image_or_null(out, before.as_ref());
     out.extend_from_slice(b",\"after\":");
-    write_image_or_null(out, rec.after.as_ref());
+    write_image_or_null(out, after.as_ref());
     out.extend_from_slice(b",\"source\":");
-    write_source(out, &rec.source);
+    write_source(out, source);
     out.extend_from_slice(b",\"enrichment\":");
-    match &rec.enrichment {
+    match enrichment {
         Enrichment::None => out.extend_from_slice(b"{}"),
         e => serde_json::to_writer(&mut *out, e)?,
     }
-    if let Some(o) = &rec.oversize {
+    if let Some(o) = oversize {
         out.extend_from_slice(b",\"oversize\":");
         serde_json::to_writer(&mut *out, o)?;
     }
-    if let Some(k) = &rec.key_change {
+    if let Some(k) = key_change {
         out.extend_from_slice(b",\"key_change\":{\"old\":");
         write_image(out, &k.old);
         out.extend_from_slice(b",\"new\":");
         write_image(out, &k.new);
         out.push(b'}');
     }
-    if let Some(t) = &rec.truncate {
+    if let Some(t) = truncate {
         out.extend_from_slice(b",\"truncate\":");
         serde_json::to_writer(&mut *out, t)?;
     }
-    if let Some(w) = &rec.window {
+    if let Some(w) = window {
         out.extend_from_slice(b",\"window\":");
         serde_json::to_writer(&mut *out, w)?;
     }
@@ -72,28 +86,40 @@ fn write_image_or_null(out: &mut Vec<u8>, img: Option<&Image>) {
 }
 
 fn write_source(out: &mut Vec<u8>, s: &SourceInfo) {
+    let SourceInfo {
+        pipeline,
+        server_id,
+        db,
+        table,
+        gtid,
+        file,
+        pos,
+        event,
+        row,
+        ts_ms,
+    } = s;
     out.extend_from_slice(b"{\"pipeline\":");
-    write_str(out, &s.pipeline);
+    write_str(out, pipeline);
     out.extend_from_slice(b",\"server_id\":");
-    write_u64(out, u64::from(s.server_id));
+    write_u64(out, u64::from(*server_id));
     out.extend_from_slice(b",\"db\":");
-    write_str(out, &s.db);
+    write_str(out, db);
     out.extend_from_slice(b",\"table\":");
-    write_str(out, &s.table);
-    if let Some(g) = &s.gtid {
+    write_str(out, table);
+    if let Some(g) = gtid {
         out.extend_from_slice(b",\"gtid\":");
         write_str(out, g);
     }
     out.extend_from_slice(b",\"file\":");
-    write_str(out, &s.file);
+    write_str(out, file);
     out.extend_from_slice(b",\"pos\":");
-    write_u64(out, s.pos);
+    write_u64(out, *pos);
     out.extend_from_slice(b",\"event\":");
-    write_u64(out, s.event);
+    write_u64(out, *event);
     out.extend_from_slice(b",\"row\":");
-    write_u64(out, s.row);
+    write_u64(out, *row);
     out.extend_from_slice(b",\"ts_ms\":");
-    write_u64(out, s.ts_ms);
+    write_u64(out, *ts_ms);
     out.push(b'}');
 }
 

@@ -121,6 +121,9 @@ pub struct KafkaSink {
     value: Vec<u8>,
 }
 
+/// The most of its encoding buffer the sink keeps between records, bytes.
+const KEPT_VALUE_BYTES: usize = 64 * 1024;
+
 /// The producer's `message.max.bytes` (librdkafka's default: 1,000,000).
 pub fn max_message_bytes(cfg: &KafkaConfig) -> usize {
     cfg.properties
@@ -171,7 +174,7 @@ impl KafkaSink {
             metrics,
             stopped: Default::default(),
             partitions: Default::default(),
-            value: Vec::with_capacity(1024),
+            value: Vec::with_capacity(4096),
         })
     }
 
@@ -306,6 +309,8 @@ impl Sink for KafkaSink {
         let mut value = std::mem::take(&mut self.value);
         value.clear();
         let sent = self.send_encoded(rec, seq, &mut value);
+        // An oversize record's buffer is not kept for the life of the process.
+        value.shrink_to(KEPT_VALUE_BYTES);
         self.value = value;
         sent
     }

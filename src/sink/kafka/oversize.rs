@@ -62,7 +62,7 @@ impl KafkaSink {
                     tracing::warn!(pipeline = %rec.source.pipeline, key = %key_text, bytes,
                         limit = self.max_bytes, truncated = ?cut.oversize.as_ref().map(|o| &o.truncated),
                         "record larger than the producer accepts: its largest values were cut (on_oversize: truncate)");
-                    let mut value = Vec::with_capacity(bytes);
+                    let mut value = Vec::with_capacity(self.max_bytes);
                     crate::sink::envelope::write_record(&cut, &mut value)?;
                     self.produce(&route.topic, key.as_deref(), None, Some(&value), seq)?;
                     if super::tombstone_after(route, rec) {
