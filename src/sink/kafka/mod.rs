@@ -243,7 +243,7 @@ impl KafkaSink {
     }
 
     /// Sends `rec`, encoding its value into `value` (empty): `Ok(0)` when the pipeline has
-    /// no route here.
+    /// no route here, or was stopped (its record acknowledged unsent).
     fn send_encoded(
         &mut self,
         rec: &ChangeRecord,
@@ -253,6 +253,10 @@ impl KafkaSink {
         let Some(Some(route)) = self.routes.get(rec.pipeline) else {
             return Ok(0);
         };
+        if self.stopped.contains(&rec.pipeline) {
+            self.ack_unsent(rec, seq, 0);
+            return Ok(0);
+        }
         let key = message_key(rec);
         super::envelope::write_record(rec, value)?;
         let size = key.as_ref().map_or(0, Vec::len) + value.len();
@@ -298,13 +302,6 @@ impl Sink for KafkaSink {
     }
 
     fn send(&mut self, rec: &ChangeRecord, seq: u64) -> Result<u32, SinkError> {
-        if !matches!(self.routes.get(rec.pipeline), Some(Some(_))) {
-            return Ok(0);
-        }
-        if self.stopped.contains(&rec.pipeline) {
-            self.ack_unsent(rec, seq, 0);
-            return Ok(0);
-        }
         // The value is encoded into a buffer kept between records (librdkafka copies it).
         let mut value = std::mem::take(&mut self.value);
         value.clear();
