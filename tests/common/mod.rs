@@ -81,11 +81,30 @@ impl MariaDb {
             child: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
         };
-        m.launch();
+        // Another process may take the free port before the server binds it: a new port then.
+        for attempt in 1.. {
+            m.spawn();
+            match m.wait_ready() {
+                Ok(()) => break,
+                Err(log) if attempt < 5 && log.contains("Address already in use") => {
+                    let _ = std::fs::remove_file(m.dir.path().join("error.log"));
+                    m.port = free_port();
+                }
+                Err(log) => panic!("MariaDB did not start: {log}"),
+            }
+        }
         m
     }
 
+    /// Starts the server on its port and data, and waits until it is ready.
     fn launch(&mut self) {
+        self.spawn();
+        if let Err(log) = self.wait_ready() {
+            panic!("MariaDB did not start: {log}");
+        }
+    }
+
+    fn spawn(&mut self) {
         let d = self.dir.path();
         // mariadb-install-db removes its tmpdir when done.
         std::fs::create_dir_all(d.join("tmp")).unwrap();
@@ -121,34 +140,46 @@ impl MariaDb {
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    /// Waits until the admin user can log in; `Err(error log)` when the server exited first
+    /// (another process took its port between `free_port` and the bind, say: whatever else
+    /// listens there must not be taken for it).
+    fn wait_ready(&mut self) -> Result<(), String> {
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "MariaDB did not start: {}",
-                self.error_log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // The init file runs after the port opens; wait until the admin user works.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(async {
-            loop {
-                if let Ok(c) = mysql_async::Conn::new(self.opts("admin", "adminpw")).await {
-                    let _ = c.disconnect().await;
-                    break;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    return Err(format!("mariadbd exited ({status}):\n{}", self.error_log()));
                 }
-                assert!(
-                    start.elapsed() < Duration::from_secs(60),
-                    "MariaDB admin login: {}",
-                    self.error_log()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        });
+            // The init file runs after the port opens: the admin user working is the signal.
+            // Bounded: a foreign listener on the port may never answer the handshake.
+            let ready = rt.block_on(async {
+                let login = mysql_async::Conn::new(self.opts("admin", "adminpw"));
+                match tokio::time::timeout(Duration::from_secs(2), login).await {
+                    Ok(Ok(c)) => {
+                        let _ = c.disconnect().await;
+                        true
+                    }
+                    _ => false,
+                }
+            });
+            if ready {
+                return Ok(());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "MariaDB admin login: {}",
+                self.error_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn error_log(&self) -> String {
