@@ -481,16 +481,29 @@ fn a_spent_budget_pauses_the_pipeline_and_it_resumes_in_the_next_window() {
     assert!(d
         .log()
         .contains("enrichment budget spent; the pipeline pauses until the next window"));
-    // Never more than 2 calls in one 3-second window (windows aligned to the epoch).
+    // Never more than 2 calls in one 3-second window (windows aligned to the epoch). The
+    // stand-in sees a call when it arrives: one the daemon sent in a window's last moment
+    // may arrive just after the boundary, so a call arriving within 150 ms of a boundary may
+    // count for the window before it — but no window takes more than two.
     let log = aws.log();
     assert_eq!(log.len(), 6);
+    let mut wall: Vec<f64> = log.iter().map(|e| e["wall"].as_f64().unwrap()).collect();
+    wall.sort_by(f64::total_cmp);
     let mut per_window = std::collections::BTreeMap::new();
-    for e in &log {
-        *per_window
-            .entry((e["wall"].as_f64().unwrap() / 3.0).floor() as i64)
-            .or_insert(0) += 1;
+    for w in &wall {
+        let k = (w / 3.0).floor() as i64;
+        let near_boundary = w - 3.0 * (k as f64) < 0.15;
+        let window = if near_boundary && per_window.get(&(k - 1)).copied().unwrap_or(0) < 2 {
+            k - 1
+        } else {
+            k
+        };
+        *per_window.entry(window).or_insert(0) += 1;
     }
-    assert!(per_window.values().all(|n| *n <= 2), "{per_window:?}");
+    assert!(
+        per_window.values().all(|n| *n <= 2),
+        "{wall:?} {per_window:?}"
+    );
     let ids: Vec<i64> = tail
         .records
         .iter()

@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use super::Settings;
 use crate::backend::{Backend, BackendError, ErrorKind, Input, ItemResult};
 use crate::metrics::PipelineMetrics;
+use crate::ratelimit::Sent;
 
 /// A `Retry-After` longer than this (or than the pipeline's `max_retry_after_s`) is logged as
 /// a warning; shorter ones at debug level.
@@ -50,6 +51,27 @@ fn plan_calls(backend: &dyn Backend, inputs: &[Input], todo: &[usize]) -> Vec<Ve
 
 type CallResult = Result<Vec<ItemResult>, BackendError>;
 
+/// Waits for the budget's admission, then for the request quota and the pacing (last: the
+/// pacing learns from when the call really goes out). A call admitted in one budget window
+/// that the quota held into the next is admitted again there, so a window never sends more
+/// than its budget.
+async fn admitted_and_paced(s: &Settings, pm: &PipelineMetrics) -> Sent {
+    loop {
+        let window = match &s.budget {
+            Some(b) => Some(b.admit(&pm.budget_paused).await),
+            None => None,
+        };
+        let sent = s.limiter.acquire().await;
+        match (&s.budget, window) {
+            (Some(b), Some(w)) if b.window_now() != w => {
+                // Not sent: the slot tells the pacing nothing.
+                s.limiter.answered_otherwise(sent);
+            }
+            _ => return sent,
+        }
+    }
+}
+
 /// One call under the pipeline's limits: budget, request quota, tokens per minute. Tokens and
 /// stop reasons of the answers are counted here, where the reservation is settled.
 async fn limited_call(
@@ -58,9 +80,6 @@ async fn limited_call(
     pm: &PipelineMetrics,
     s: &Settings,
 ) -> CallResult {
-    if let Some(b) = &s.budget {
-        b.admit(&pm.budget_paused).await;
-    }
     let reserved: u64 = match &s.tokens {
         Some(t) => {
             let n = batch.iter().filter_map(|i| backend.token_estimate(i)).sum();
@@ -69,8 +88,7 @@ async fn limited_call(
         }
         None => 0,
     };
-    // Last: the pacing learns from when the call really went out.
-    let sent = s.limiter.acquire().await;
+    let sent = admitted_and_paced(s, pm).await;
     pm.actual_requests.fetch_add(1, Ordering::Relaxed);
     if batch.len() == 1 {
         pm.single_requests.fetch_add(1, Ordering::Relaxed);
@@ -362,5 +380,58 @@ fn internal() -> BackendError {
         kind: ErrorKind::Transient,
         message: "no result".into(),
         retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrich::input::InputSpec;
+    use crate::ratelimit::{Budget, Limiter};
+    use std::sync::Arc;
+
+    fn settings(budget: Budget, requests_per_second: f64) -> Settings {
+        Settings {
+            pipeline: 0,
+            name: "p".into(),
+            input: InputSpec::Csv { columns: vec![] },
+            max_batch: 1,
+            max_wait: Duration::ZERO,
+            concurrency: 1,
+            parse_attempts: 1,
+            max_retry_after: Duration::ZERO,
+            limiter: Arc::new(Limiter::new("q".into(), requests_per_second)),
+            tokens: None,
+            budget: Some(budget),
+            cache_entries: 0,
+            applied: None,
+            window: None,
+        }
+    }
+
+    /// Two calls per 1-second window under a quota of 4 per second, started 0.8 s into a
+    /// window: the second call is admitted in the first window but the quota holds it into
+    /// the next, where it must count — else that window sends three.
+    #[tokio::test]
+    async fn a_call_the_quota_holds_into_the_next_window_counts_there() {
+        let s = settings(Budget::new("p".into(), Some(2), None, 1), 4.0);
+        let pm = PipelineMetrics::default();
+        let into_second = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_millis()
+        };
+        let ms = into_second();
+        tokio::time::sleep(Duration::from_millis(u64::from((1800 - ms) % 1000))).await;
+        let mut sent_in = std::collections::BTreeMap::new();
+        for _ in 0..6 {
+            let sent = admitted_and_paced(&s, &pm).await;
+            let w = s.budget.as_ref().map(|b| b.window_now());
+            *sent_in.entry(w).or_insert(0) += 1;
+            s.limiter.answered(sent);
+        }
+        assert!(sent_in.values().all(|n| *n <= 2), "{sent_in:?}");
+        assert_eq!(sent_in.values().sum::<i32>(), 6);
     }
 }

@@ -292,9 +292,16 @@ impl Budget {
             .unwrap_or_default()
     }
 
-    /// Waits until the window has room for one more call and counts it. `paused` is set
-    /// while it waits.
-    pub async fn admit(&self, paused: &std::sync::atomic::AtomicU64) {
+    /// The number of the window `now` falls in (windows of `window_seconds`, aligned to the
+    /// Unix epoch).
+    pub fn window_now(&self) -> u64 {
+        Self::now().as_secs() / self.window
+    }
+
+    /// Waits until the window has room for one more call, counts it and returns the window's
+    /// number (see [`Budget::window_now`]). `paused` is set while it waits. A caller that
+    /// could only send in a later window (it waited for the request quota) asks again.
+    pub async fn admit(&self, paused: &std::sync::atomic::AtomicU64) -> u64 {
         loop {
             let now = Self::now();
             let window = now.as_secs() / self.window;
@@ -308,7 +315,7 @@ impl Budget {
                 if !spent {
                     s.1 += 1;
                     paused.store(0, Ordering::Relaxed);
-                    return;
+                    return window;
                 }
                 let next = Duration::from_secs((window + 1) * self.window);
                 if !s.3 {
