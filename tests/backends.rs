@@ -274,7 +274,13 @@ fn bedrock_json_output_is_checked_and_an_unparseable_answer_is_dead_lettered() {
         "    output: json\n    fields: [summary, words]\n",
     )
     .replace("Summarize {title}", "Answer in JSON about {title}");
-    let mut d = Daemon::new(&db, Some(&kafka), &[("summaries", &p)]);
+    let port = free_port();
+    let mut d = Daemon::with_config(
+        &db,
+        Some(&kafka),
+        &[("summaries", &p)],
+        &format!("metrics:\n  address: 127.0.0.1:{port}\n"),
+    );
     d.env = AwsStandin::env();
     d.spawn();
     let mut tail = kafka.tail("summaries");
@@ -304,8 +310,28 @@ fn bedrock_json_output_is_checked_and_an_unparseable_answer_is_dead_lettered() {
         "{v}"
     );
     // Exactly three calls for the poison row (parse_attempts), one for each other row.
-    let calls = aws.log().len();
-    assert_eq!(calls, 5);
+    let log = aws.log();
+    assert_eq!(log.len(), 5);
+    // The unusable answers' tokens were spent too: /metrics counts every call's.
+    let tokens = |kind: &str, garbage: bool| -> u64 {
+        log.iter()
+            .filter(|e| e["request"].to_string().contains("garbage-json") == garbage)
+            .map(|e| e["usage"][kind].as_u64().unwrap())
+            .sum()
+    };
+    assert!(tokens("input_tokens", true) > 0 && tokens("output_tokens", true) > 0);
+    let (_, body) = http_get(port, "/metrics");
+    for (kind, metric) in [("input_tokens", "input"), ("output_tokens", "output")] {
+        let all = tokens(kind, true) + tokens(kind, false);
+        assert_eq!(
+            sample(
+                &body,
+                &format!("cdc_enricher_ml_{metric}_tokens_total{{pipeline=\"summaries\"}}")
+            ),
+            Some(all.to_string().as_str()),
+            "{kind}: {body}"
+        );
+    }
     assert_eq!(d.terminate(), 0);
 }
 

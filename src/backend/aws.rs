@@ -85,6 +85,7 @@ pub fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
         kind,
         message,
         retry_after: None,
+        usage: None,
     };
     match e {
         SdkError::TimeoutError(_) => err(ErrorKind::Timeout, "the call timed out".into()),

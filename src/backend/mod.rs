@@ -97,6 +97,20 @@ pub struct BackendError {
     pub message: String,
     /// A server's Retry-After, where it gave one.
     pub retry_after: Option<Duration>,
+    /// The tokens a model call used though its answer could not be used (Bedrock: not the
+    /// JSON or the schema asked for): counted in the metrics, the tokens-per-minute quota and
+    /// the budget like an answer's. (Boxed: errors stay small.)
+    pub usage: Option<Box<Usage>>,
+}
+
+impl BackendError {
+    /// The same error, carrying the tokens the call used.
+    pub fn with_usage(self, usage: Usage) -> BackendError {
+        BackendError {
+            usage: Some(Box::new(usage)),
+            ..self
+        }
+    }
 }
 
 /// One input to enrich: a document (Comprehend), a CSV line (SageMaker) or a rendered prompt

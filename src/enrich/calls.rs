@@ -110,13 +110,31 @@ async fn limited_call(
     }
     pm.paced_rate_bits
         .store(s.limiter.current_rate().to_bits(), Ordering::Relaxed);
+    let used = count_usage(&r, pm, s);
+    if let Some(t) = &s.tokens {
+        // A call that failed before the model answered used nothing the service counts;
+        // give the reservation back.
+        t.settle(reserved, used);
+    }
+    r
+}
+
+/// Counts the tokens of a call's answers — and of answers that came but could not be used —
+/// in the metrics and the budget, and their stop reasons; returns the tokens the service's
+/// quota counts (every token processed, cached or not).
+fn count_usage(r: &CallResult, pm: &PipelineMetrics, s: &Settings) -> u64 {
+    let usages: Vec<&crate::backend::Usage> = match r {
+        Ok(items) => items
+            .iter()
+            .filter_map(|i| match i {
+                Ok(a) => a.usage.as_ref(),
+                Err(e) => e.usage.as_deref(),
+            })
+            .collect(),
+        Err(e) => e.usage.as_deref().into_iter().collect(),
+    };
     let mut used = 0u64;
-    for usage in r
-        .iter()
-        .flatten()
-        .flatten()
-        .filter_map(|a| a.usage.as_ref())
-    {
+    for usage in usages {
         pm.input_tokens
             .fetch_add(usage.input_tokens, Ordering::Relaxed);
         pm.output_tokens
@@ -128,7 +146,6 @@ async fn limited_call(
         if let Some(stop) = &usage.stop {
             pm.stop_reasons[stop.class.index()].fetch_add(1, Ordering::Relaxed);
         }
-        // The quota counts every token the model processed, cached or not.
         used += usage.input_tokens
             + usage.output_tokens
             + usage.cache_read_tokens
@@ -141,11 +158,7 @@ async fn limited_call(
             ));
         }
     }
-    if let Some(t) = &s.tokens {
-        // A failed call used nothing the service counts; give the reservation back.
-        t.settle(reserved, used);
-    }
-    r
+    used
 }
 
 /// Where each input of the batch stands.
@@ -369,6 +382,7 @@ fn missing(backend: &dyn Backend) -> BackendError {
         kind: ErrorKind::Transient,
         message: "no result for this input in the answer".into(),
         retry_after: None,
+        usage: None,
     }
 }
 
@@ -380,6 +394,7 @@ fn internal() -> BackendError {
         kind: ErrorKind::Transient,
         message: "no result".into(),
         retry_after: None,
+        usage: None,
     }
 }
 

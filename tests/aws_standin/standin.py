@@ -60,7 +60,7 @@ the address from argv[2]) and prints `PORT <n>` on its first line. The daemon re
   {"model_error": [503, 502]} (the next calls, one status each, answer 424 as a failing model
   container: SageMaker `ModelError` with `OriginalStatusCode`, Bedrock
   `ModelErrorException` with `originalStatusCode`; 0 is a container that did not answer);
-  GET /_log (every request with its target, documents, access key and the SDK's
+  GET /_log (every request with its target, documents, access key, a Bedrock answer's usage and the SDK's
   amz-sdk-request attempt header); POST /_reset.
 """
 
@@ -667,6 +667,8 @@ class Handler(BaseHTTPRequestHandler):
                 entry["status"] = 400
                 return self.error(400, "ValidationException", f"the stand-in knows no InvokeModel body for {model}")
             entry["status"] = 200
+            if isinstance(answer, dict) and "usage" in answer:
+                entry["usage"] = answer["usage"]
             return self.reply(200, answer, "application/json")
 
         if target in BATCH:

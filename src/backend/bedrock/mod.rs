@@ -195,6 +195,7 @@ pub fn error(model: &str, kind: ErrorKind, message: String) -> BackendError {
         kind,
         message,
         retry_after: None,
+        usage: None,
     }
 }
 
@@ -573,10 +574,11 @@ impl Bedrock {
         let json = self.cfg.output == BedrockOutput::Json || self.schema.is_some();
         let result = match (json, &cut) {
             (true, None) => {
-                let v = parse_json_answer(&text, self.cfg.fields.as_deref())
-                    .map_err(|m| self.err(ErrorKind::BadOutput, m))?;
+                // The tokens were spent though the answer is not usable: they go with the error.
+                let unusable = |m| self.err(ErrorKind::BadOutput, m).with_usage(usage.clone());
+                let v = parse_json_answer(&text, self.cfg.fields.as_deref()).map_err(unusable)?;
                 if let Some(s) = &self.schema {
-                    s.check(&v).map_err(|m| self.err(ErrorKind::BadOutput, m))?;
+                    s.check(&v).map_err(unusable)?;
                 }
                 v
             }

@@ -44,6 +44,7 @@ impl Comprehend {
             kind,
             message,
             retry_after: None,
+            usage: None,
         }
     }
 

@@ -197,6 +197,7 @@ impl SageMaker {
             kind,
             message,
             retry_after: None,
+            usage: None,
         }
     }
 
