@@ -108,6 +108,8 @@ ctl _control "{\"delay_ms\": $LAT, \"bucket\": {\"rate\": $REAL, \"burst\": 1}}"
 log "service bucket: the service allows $REAL calls/s, the pipeline is told $RPS"
 bkt=$(run bucket $((2 * ROWS + 1)))
 calls_bkt=$(python3 -c "import json,urllib.request; l=json.load(urllib.request.urlopen('http://127.0.0.1:$SP/_log')); print(len(l), sum(1 for e in l if e['status']==400))")
+# The bucket run's calls (arrival time, status), for a look at where its time went.
+python3 -c "import urllib.request; open('$W/standin-bucket.json', 'wb').write(urllib.request.urlopen('http://127.0.0.1:$SP/_log').read())"
 
 ctl _reset ""
 ctl _control "{\"delay_ms\": $LAT}"
@@ -134,4 +136,15 @@ print("|---|---|---|---|---|---|")
 print(f"| clean | {rows} | {clean:.1f} | {rows/clean:,.0f} | {calls_clean} | {rows/clean/(rps*25):.2f} |")
 print(f"| 30% throttled | {rows} | {thr:.1f} | {rows/thr:,.0f} | {calls_thr} ({throttled} throttled) | {rows/thr/(rps*25):.2f} |")
 print(f"| service allows {rps*0.8:g}/s | {rows} | {bkt:.1f} | {rows/bkt:,.0f} | {calls_bkt} ({throttled_bkt} throttled) | {rows/bkt/(rps*25):.2f} ({rows/bkt/(rps*0.8*25):.2f} of the real quota) |")
+PY
+# Where the limiter settles: the bucket run's accepted calls per second over its second half
+# (the service's own log of arrivals), as a share of what the service allows.
+python3 - "$W/standin-bucket.json" "$REAL" <<'PY'
+import json, sys
+log, real = json.load(open(sys.argv[1])), float(sys.argv[2])
+ok = sorted(e["t"] for e in log if e["status"] == 200)
+half = [t for t in ok if t >= (ok[0] + ok[-1]) / 2]
+rate = (len(half) - 1) / (half[-1] - half[0])
+print(f"\nsettled (the bucket run's second half): {rate:.2f} accepted calls/s = {rate / real:.3f} of the real quota; "
+      f"throttled there: {sum(1 for e in log if e['status'] != 200 and e['t'] >= half[0])}")
 PY

@@ -126,11 +126,21 @@ impl Limiter {
     /// The call sent at `sent` was throttled: a token bucket's throttling slows the pacing,
     /// random throttling does not (see [`pacing`]).
     pub fn throttled(&self, sent: Sent) {
-        let (verdict, interval) = {
+        let (verdict, interval, before, resume) = {
             let mut p = self.pacing();
+            let before = p.interval();
             let v = p.throttled(sent.0, self.created.elapsed());
-            (v, p.interval())
+            (v, p.interval(), before, p.resume_at(sent.0))
         };
+        {
+            // The throttled call used nothing of the service's bucket: the next slot is one
+            // interval after the last call that was not throttled — unless a call already
+            // waits for a later slot (moving the slots then would crowd the waiting calls).
+            let mut next = self.next_slot.lock().unwrap_or_else(|p| p.into_inner());
+            if *next <= sent.0 + before {
+                *next = resume;
+            }
+        }
         let rate = 1.0 / interval.as_secs_f64();
         match verdict {
             Verdict::Spacing => tracing::debug!(quota = %self.key, calls_per_second = rate,
