@@ -417,3 +417,65 @@ fn windows_of_other_groups_delivered_before_a_kill_9_are_not_rebuilt_with_other_
     assert_eq!(replayed, Some(5.0), "chat's 3 to 11, read again\n{metrics}");
     d.terminate();
 }
+
+/// `cdc-enricher COMMAND -c cdc-enricher.yaml ARGS…` in the daemon's folder, which must
+/// succeed: its stdout.
+fn cli_ok(d: &Daemon, command: &str, args: &[&str]) -> String {
+    let mut all = vec![command, "-c", "cdc-enricher.yaml"];
+    all.extend_from_slice(args);
+    let out = d.command(&all).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{all:?}: {stdout}{stderr}");
+    stdout.into_owned()
+}
+
+#[test]
+fn a_dry_run_gathers_the_rows_into_windows_by_group_and_sends_nothing() {
+    let db = messages_db();
+    let aws = AwsStandin::start();
+    let p = format!(
+        "name: digest\ntable: support.messages\n\
+         enrichment:\n  bedrock:\n    model: \"{MODEL}\"\n\
+         \x20   prompt: \"Summarize these {{count}} support messages:\\n{{rows}}\"\n    max_tokens: 50\n\
+         \x20 window:\n    rows: 3\n    group: channel\n    row: \"- {{subject}}: {{body}}\"\n\
+         \x20 endpoint_url: {}\n  prices:\n    per_call: 0.01\n\
+         sink:\n  jsonl:\n    path: out.jsonl\n",
+        aws.url()
+    );
+    let mut d = Daemon::with_config(&db, None, &[("digest", &p)], "");
+    d.env = AwsStandin::env();
+    insert(&db, 1..=7);
+    block_on(db.exec(
+        "INSERT INTO support.messages VALUES (8, 'chat', 's8', 'b8 x y z'), \
+         (9, 'chat', 's9', 'b9 x y z'), (10, 'chat', NULL, NULL)",
+    ));
+    // Windows of three rows per channel: mail [1 2 3] [4 5 6] [7], chat [8 9]; row 10 has
+    // no text and joins none. One call each (Bedrock takes one prompt a call).
+    let prompt = |ids: &[i64]| {
+        let rows: Vec<String> = ids.iter().map(|i| section(*i)).collect();
+        format!(
+            "Summarize these {} support messages:\n{}",
+            ids.len(),
+            rows.join("\n")
+        )
+    };
+    let input: usize = [&[1, 2, 3][..], &[4, 5, 6], &[7], &[8, 9]]
+        .iter()
+        .map(|w| prompt(w).len().div_ceil(4))
+        .sum();
+    assert_eq!(
+        cli_ok(&d, "backfill", &["digest", "--dry-run"]).trim(),
+        format!(
+            "dry run of the backfill of `digest` (nothing was sent): 10 rows read, 10 would be \
+             emitted; 9 would join 4 windows (by group, closed at `rows` or `max_bytes`; \
+             `every` would close more if the backfill outlasts it), 1 have no input; 4 calls; \
+             tokens at most {} ({input} input, estimated at 4 bytes a token; 200 output, at the \
+             max_tokens ceiling); cost at most 0.0400 (enrichment.prices)",
+            input + 200
+        )
+    );
+    assert!(aws.log().is_empty(), "a dry run calls nothing");
+}

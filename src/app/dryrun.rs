@@ -9,10 +9,13 @@ use mysql_async::prelude::Queryable;
 
 use super::AppError;
 use crate::backend::{Backend, Input};
+use crate::config::pipeline::EnrichmentConfig;
 use crate::config::{Config, ConfigError, PipelineConfig};
 use crate::enrich::input::{InputSpec, Prepared};
+use crate::enrich::window::Gatherer;
 use crate::model::filter::Expr;
-use crate::model::record::Image;
+use crate::model::record::{ChangeRecord, Enrichment, Image, SourceInfo};
+use crate::model::Op;
 use crate::source::mysql::schema::{self, TableSchema};
 use crate::source::mysql::sql::quote_ident as q;
 use crate::source::mysql::stream::{self, SourceError};
@@ -24,11 +27,13 @@ pub struct Estimate {
     pub read: u64,
     /// Rows the backfill emits (those matching `--where` and the pipeline's `filter`).
     pub emitted: u64,
-    /// Emitted rows that need a call.
+    /// Emitted rows that need a call (a windowed pipeline: rows that join a window).
     pub to_call: u64,
     /// Inputs needing a call: the distinct ones where the cache is on (it answers repeats,
-    /// within `cache_entries`), else every one.
+    /// within `cache_entries`), else every one (a windowed pipeline: its windows).
     pub distinct: u64,
+    /// The pipeline gathers rows into windows (`enrichment.window`).
+    pub windowed: bool,
     /// Emitted rows with nothing to send (no text): no call.
     pub no_input: u64,
     /// Emitted rows that can never be sent (too long under `on_too_long: dead_letter`).
@@ -60,13 +65,6 @@ pub async fn estimate(
         what: "the dry run's SELECT of the table",
         source,
     };
-    if p.enrichment.as_ref().is_some_and(|e| e.window.is_some()) {
-        return Err(perr(
-            "--dry-run estimates one call per row; a windowed pipeline (enrichment.window) \
-             makes one per window, which it does not estimate"
-                .into(),
-        ));
-    }
     let mut conn = stream::connect(&cfg.source).await?;
     let (db, table) = p.db_table();
     let s = schema::load(&mut conn, &[(db.clone(), table.clone())])
@@ -105,6 +103,22 @@ pub async fn estimate(
         dedupe: enrich.as_ref().is_some_and(|(.., e)| e.cache_entries > 0),
         ..Tally::default()
     };
+    if let Some((_, InputSpec::Window(spec), _)) = &enrich {
+        tally.est.windowed = true;
+        let source = SourceInfo {
+            pipeline: Arc::from(p.name.as_str()),
+            server_id: 0,
+            db: Arc::from(db.as_str()),
+            table: Arc::from(table.as_str()),
+            gtid: None,
+            file: Arc::from(""),
+            pos: 0,
+            event: 0,
+            row: 0,
+            ts_ms: 0,
+        };
+        tally.windows = Some((Gatherer::new(spec.clone(), Default::default()), source));
+    }
     let cols: Vec<String> = s.columns.iter().map(|c| q(&c.name)).collect();
     let sql = format!("SELECT {} FROM {}.{}", cols.join(", "), q(&db), q(&table));
     // The binary protocol, as the backfill reads: values typed as the backfill types them.
@@ -121,24 +135,15 @@ pub async fn estimate(
                 names: names.clone(),
                 values,
             };
-            tally.add(backend.as_ref(), input.prepare_row(&image));
+            tally.row(backend.as_ref(), input, image);
         }
     }
     drop(result);
     let _ = conn.disconnect().await;
-    let mut est = tally.est;
-    if let Some((.., e)) = enrich {
-        est.calls = est.distinct.div_ceil(e.max_batch_size().max(1) as u64);
-        est.tokens = tally.counts_tokens.then_some(tally.tokens);
-        est.cost = e.prices.as_ref().map(|pr| {
-            let (i, o) = est.tokens.unwrap_or((0, 0));
-            est.calls as f64 * pr.per_call
-                + est.distinct as f64 * pr.per_row
-                + i as f64 / 1000.0 * pr.per_1k_input_tokens
-                + o as f64 / 1000.0 * pr.per_1k_output_tokens
-        });
-    }
-    Ok(est)
+    Ok(match enrich {
+        Some((backend, _, e)) => tally.finish(backend.as_ref(), e),
+        None => tally.est,
+    })
 }
 
 /// The running counts, and the distinct inputs seen.
@@ -150,26 +155,93 @@ struct Tally {
     dedupe: bool,
     tokens: (u64, u64),
     counts_tokens: bool,
+    /// A windowed pipeline's open windows, and the source its rows are given.
+    windows: Option<(Gatherer, SourceInfo)>,
 }
 
 impl Tally {
+    /// One emitted row of an enriching pipeline: its input, or its part of a window.
+    fn row(&mut self, backend: &dyn Backend, spec: &InputSpec, image: Image) {
+        let prepared = spec.prepare_row(&image);
+        let Some((windows, source)) = &mut self.windows else {
+            return self.add(backend, prepared);
+        };
+        let Prepared::Call { input, .. } = prepared else {
+            return self.add(backend, prepared);
+        };
+        self.est.to_call += 1;
+        let rec = backfilled(source, image);
+        for closed in windows.push(&rec, self.est.to_call, input.text) {
+            self.add_input(backend, &closed.input);
+        }
+    }
+
+    /// The estimate, once every row was counted: the windows still open close (as at the
+    /// end of a backfill whose windows the stream closes), then calls, tokens and the cost.
+    fn finish(mut self, backend: &dyn Backend, e: &EnrichmentConfig) -> Estimate {
+        if let Some((mut windows, _)) = self.windows.take() {
+            for closed in windows.close_all() {
+                self.add_input(backend, &closed.input);
+            }
+        }
+        let mut est = self.est;
+        est.calls = est.distinct.div_ceil(e.max_batch_size().max(1) as u64);
+        est.tokens = self.counts_tokens.then_some(self.tokens);
+        est.cost = e.prices.as_ref().map(|pr| {
+            let (i, o) = est.tokens.unwrap_or((0, 0));
+            est.calls as f64 * pr.per_call
+                + est.distinct as f64 * pr.per_row
+                + i as f64 / 1000.0 * pr.per_1k_input_tokens
+                + o as f64 / 1000.0 * pr.per_1k_output_tokens
+        });
+        est
+    }
+
+    /// One emitted row, prepared as the stage prepares it.
     fn add(&mut self, backend: &dyn Backend, prepared: Prepared) {
         match prepared {
             Prepared::Skip(_) => self.est.no_input += 1,
             Prepared::Reject(_) => self.est.rejected += 1,
             Prepared::Call { input, .. } => {
                 self.est.to_call += 1;
-                if !self.seen.insert(fingerprint(&input)) && self.dedupe {
-                    return;
-                }
-                self.est.distinct += 1;
-                if let Some((i, o)) = backend.tokens(&input) {
-                    self.counts_tokens = true;
-                    self.tokens.0 += i;
-                    self.tokens.1 += o;
-                }
+                self.add_input(backend, &input);
             }
         }
+    }
+
+    /// One input for the backend: a row's, or a closed window's.
+    fn add_input(&mut self, backend: &dyn Backend, input: &Input) {
+        if !self.seen.insert(fingerprint(input)) && self.dedupe {
+            return;
+        }
+        self.est.distinct += 1;
+        if let Some((i, o)) = backend.tokens(input) {
+            self.counts_tokens = true;
+            self.tokens.0 += i;
+            self.tokens.1 += o;
+        }
+    }
+}
+
+/// A backfilled row as the windowed stage takes it. Every row gets the same commit time (a
+/// backfill's rows carry their chunk's watermark's): `every` closes no window here, so a
+/// backfill that runs longer than `every` makes more, smaller windows than estimated.
+fn backfilled(source: &SourceInfo, after: Image) -> ChangeRecord {
+    ChangeRecord {
+        op: Op::Read,
+        before: None,
+        after: Some(after),
+        source: source.clone(),
+        enrichment: Enrichment::None,
+        oversize: None,
+        key_change: None,
+        truncate: None,
+        window: None,
+        key: Image {
+            names: Arc::from(Vec::new()),
+            values: Vec::new(),
+        },
+        pipeline: 0,
     }
 }
 
@@ -209,11 +281,19 @@ pub fn report(what: &str, e: &Estimate, enriched: bool) -> String {
         out.push_str("; the pipeline enriches nothing: no calls");
         return out;
     }
-    out.push_str(&format!(
-        "; {} need a call ({} distinct inputs), {} have no input, {} would be dead letters; \
-         {} calls",
-        e.to_call, e.distinct, e.no_input, e.rejected, e.calls
-    ));
+    if e.windowed {
+        out.push_str(&format!(
+            "; {} would join {} windows (by group, closed at `rows` or `max_bytes`; `every` \
+             would close more if the backfill outlasts it), {} have no input; {} calls",
+            e.to_call, e.distinct, e.no_input, e.calls
+        ));
+    } else {
+        out.push_str(&format!(
+            "; {} need a call ({} distinct inputs), {} have no input, {} would be dead \
+             letters; {} calls",
+            e.to_call, e.distinct, e.no_input, e.rejected, e.calls
+        ));
+    }
     if let Some((i, o)) = e.tokens {
         out.push_str(&format!(
             "; tokens at most {} ({i} input, estimated at 4 bytes a token; {o} output, at the \
