@@ -51,23 +51,40 @@ fn plan_calls(backend: &dyn Backend, inputs: &[Input], todo: &[usize]) -> Vec<Ve
 
 type CallResult = Result<Vec<ItemResult>, BackendError>;
 
-/// Waits for the budget's admission, then for the request quota and the pacing (last: the
-/// pacing learns from when the call really goes out). A call admitted in one budget window
-/// that the quota held into the next is admitted again there, so a window never sends more
-/// than its budget.
-async fn admitted_and_paced(s: &Settings, pm: &PipelineMetrics) -> Sent {
+/// Waits for the budget's admission, then for the tokens per minute, then for the request
+/// quota and the pacing (last: the pacing learns from when the call really goes out); returns
+/// when the call is sent and the tokens it reserved. A call admitted in one budget window that
+/// the limits held into the next is admitted again there (its slot and tokens given back while
+/// it waits), so a window never sends more than its budget.
+async fn admitted_and_paced(
+    backend: &dyn Backend,
+    batch: &[Input],
+    s: &Settings,
+    pm: &PipelineMetrics,
+) -> (Sent, u64) {
     loop {
         let window = match &s.budget {
             Some(b) => Some(b.admit(&pm.budget_paused).await),
             None => None,
         };
+        let reserved: u64 = match &s.tokens {
+            Some(t) => {
+                let n = batch.iter().filter_map(|i| backend.token_estimate(i)).sum();
+                t.reserve(n).await;
+                n
+            }
+            None => 0,
+        };
         let sent = s.limiter.acquire().await;
         match (&s.budget, window) {
             (Some(b), Some(w)) if b.window_now() != w => {
-                // Not sent: the slot tells the pacing nothing.
+                // Not sent: the slot tells the pacing nothing, the tokens were not used.
                 s.limiter.answered_otherwise(sent);
+                if let Some(t) = &s.tokens {
+                    t.settle(reserved, 0);
+                }
             }
-            _ => return sent,
+            _ => return (sent, reserved),
         }
     }
 }
@@ -80,15 +97,7 @@ async fn limited_call(
     pm: &PipelineMetrics,
     s: &Settings,
 ) -> CallResult {
-    let reserved: u64 = match &s.tokens {
-        Some(t) => {
-            let n = batch.iter().filter_map(|i| backend.token_estimate(i)).sum();
-            t.reserve(n).await;
-            n
-        }
-        None => 0,
-    };
-    let sent = admitted_and_paced(s, pm).await;
+    let (sent, reserved) = admitted_and_paced(backend, &batch, s, pm).await;
     pm.actual_requests.fetch_add(1, Ordering::Relaxed);
     if batch.len() == 1 {
         pm.single_requests.fetch_add(1, Ordering::Relaxed);
@@ -405,6 +414,27 @@ mod tests {
     use crate::ratelimit::{Budget, Limiter};
     use std::sync::Arc;
 
+    /// A backend never called: only the limits are exercised.
+    struct NoCalls;
+
+    impl Backend for NoCalls {
+        fn name(&self) -> &'static str {
+            "none"
+        }
+        fn labels(&self) -> serde_json::Map<String, serde_json::Value> {
+            serde_json::Map::new()
+        }
+        fn cache_scope(&self) -> String {
+            String::new()
+        }
+        fn max_batch(&self) -> usize {
+            1
+        }
+        fn call<'a>(&'a self, _inputs: &'a [Input]) -> crate::backend::BoxFuture<'a, CallResult> {
+            Box::pin(async { Err(internal()) })
+        }
+    }
+
     fn settings(budget: Budget, requests_per_second: f64) -> Settings {
         Settings {
             pipeline: 0,
@@ -441,7 +471,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(u64::from((1800 - ms) % 1000))).await;
         let mut sent_in = std::collections::BTreeMap::new();
         for _ in 0..6 {
-            let sent = admitted_and_paced(&s, &pm).await;
+            let (sent, _) = admitted_and_paced(&NoCalls, &[], &s, &pm).await;
             let w = s.budget.as_ref().map(|b| b.window_now());
             *sent_in.entry(w).or_insert(0) += 1;
             s.limiter.answered(sent);
