@@ -244,8 +244,8 @@ fn sized(kind: &Kind, c: &mut Cursor<'_>, bad_text: &mut usize) -> Result<Column
     })
 }
 
-/// INET4 `10.0.0.1`, INET6 `2001:db8::ff00:42:8329` (RFC 5952, as MariaDB prints it), UUID
-/// `123e4567-e89b-12d3-a456-426655440000`, from their length-prefixed binary form.
+/// INET4 `10.0.0.1`, INET6 `2001:db8::ff00:42:8329` (as MariaDB prints it: [`inet6_text`]),
+/// UUID `123e4567-e89b-12d3-a456-426655440000`, from their length-prefixed binary form.
 fn address(kind: &Kind, c: &mut Cursor<'_>) -> Result<String, ValueError> {
     let len = c.u8()? as usize;
     let b = c.take(len)?;
@@ -258,7 +258,7 @@ fn address(kind: &Kind, c: &mut Cursor<'_>) -> Result<String, ValueError> {
     raw[..len].copy_from_slice(b);
     Ok(match kind {
         Kind::Inet4 => std::net::Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).to_string(),
-        Kind::Inet6 => std::net::Ipv6Addr::from(raw).to_string(),
+        Kind::Inet6 => inet6_text(&raw),
         _ => {
             let h: String = raw.iter().map(|x| format!("{x:02x}")).collect();
             format!(
@@ -271,6 +271,55 @@ fn address(kind: &Kind, c: &mut Cursor<'_>) -> Result<String, ValueError> {
             )
         }
     })
+}
+
+/// An INET6 value as MariaDB prints it (`Inet6::to_string`, the algorithm of MySQL's
+/// `INET6_NTOA`), which is not RFC 5952's: the longest run of zero words is shortened to `::`
+/// even when it is one word long (the first of equal runs), and an address whose longest zero
+/// run is exactly its first six words (IPv4-compatible) or its first five followed by `ffff`
+/// (IPv4-mapped) ends in dotted IPv4: `::0.1.0.2`, `::ffff:10.0.0.1`; `::1` stays `::1` (its
+/// zero run is seven words long).
+fn inet6_text(raw: &[u8; 16]) -> String {
+    let words: Vec<u16> = raw
+        .chunks_exact(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]))
+        .collect();
+    // The longest run of zero words: (start, length); a later run must be longer to win.
+    let (mut gap, mut run) = ((usize::MAX, 0usize), (usize::MAX, 0usize));
+    for (i, w) in words.iter().enumerate() {
+        if *w == 0 {
+            run = if run.1 == 0 {
+                (i, 1)
+            } else {
+                (run.0, run.1 + 1)
+            };
+            if run.1 > gap.1 {
+                gap = run;
+            }
+        } else {
+            run = (usize::MAX, 0);
+        }
+    }
+    let mut out = String::with_capacity(39);
+    let mut i = 0;
+    while i < 8 {
+        if i == gap.0 {
+            out.push_str(if i == 0 { "::" } else { ":" });
+            i += gap.1;
+            continue;
+        }
+        if i == 6 && gap.0 == 0 && (gap.1 == 6 || (gap.1 == 5 && words[5] == 0xffff)) {
+            let v4 = std::net::Ipv4Addr::new(raw[12], raw[13], raw[14], raw[15]);
+            out.push_str(&v4.to_string());
+            return out;
+        }
+        out.push_str(&format!("{:x}", words[i]));
+        if i != 7 {
+            out.push(':');
+        }
+        i += 1;
+    }
+    out
 }
 
 fn decimal(c: &mut Cursor<'_>, precision: u8, scale: u8) -> Result<ColumnValue, ValueError> {
@@ -393,6 +442,45 @@ pub fn uncompress_column(src: &[u8]) -> Result<Vec<u8>, ValueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inet6_is_printed_as_mariadb_prints_it() {
+        // (the value's 16 bytes, `SELECT CAST(… AS INET6)` on MariaDB 10.11)
+        for (hex, text) in [
+            ("00000000000000000000000000010002", "::0.1.0.2"),
+            ("00000000000000000000000000010000", "::0.1.0.0"),
+            ("0000000000000000000000000A000001", "::10.0.0.1"),
+            ("00000000000000000000000001000000", "::1.0.0.0"),
+            ("00000000000000000000000000000001", "::1"),
+            ("00000000000000000000000000000000", "::"),
+            ("0000000000000000000000000000FFFF", "::ffff"),
+            ("000000000000000000000000FFFF0000", "::255.255.0.0"),
+            ("00000000000000000000FFFF0A000001", "::ffff:10.0.0.1"),
+            ("00000000000000000000FFFF00010002", "::ffff:0.1.0.2"),
+            ("00010000000200030004000500060007", "1::2:3:4:5:6:7"),
+            ("00010000000000020000000000030004", "1::2:0:0:3:4"),
+            ("00010000000000020003000000000000", "1:0:0:2:3::"),
+            ("00000000000100000000000000000001", "0:0:1::1"),
+            ("20010DB8000000000000FF0000428329", "2001:db8::ff00:42:8329"),
+            ("FE800000000000000000000000000001", "fe80::1"),
+            ("00000000000000000000000100000000", "::1:0:0"),
+            ("00000000000000000000FFFF00000000", "::ffff:0.0.0.0"),
+            ("00010000000000000000000000000000", "1::"),
+            ("00000001000000000000000000000000", "0:1::"),
+            ("0000000000000000000000000A000000", "::10.0.0.0"),
+            (
+                "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            ),
+            ("00000000000000000001FFFF000A000B", "::1:ffff:a:b"),
+        ] {
+            let mut raw = [0u8; 16];
+            for (i, b) in raw.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+            }
+            assert_eq!(inet6_text(&raw), text, "{hex}");
+        }
+    }
 
     fn one(kind: &Kind, data: &[u8]) -> Result<ColumnValue, String> {
         decode_value(kind, &mut Cursor::new(data), &mut 0)
