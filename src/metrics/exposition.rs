@@ -111,7 +111,7 @@ fn histograms(live: &[&PipelineMetrics], enc: &mut DescriptorEncoder) -> Result<
 const PIPELINE_COUNTERS: &[(&str, &str, Get)] = &[
     ("cdc_enricher_records", "Records handed to the sink, by pipeline.", |p| &p.records),
     ("cdc_enricher_writeback_removed", "Derived results deleted or cleared because their source row (or its input) is gone.", |p| &p.writeback_removed),
-    ("cdc_enricher_truncates", "Truncate records (op t) emitted for TRUNCATE TABLE and ALTER TABLE … TRUNCATE PARTITION.", |p| &p.truncates),
+    ("cdc_enricher_truncates", "Truncate records (op t) emitted for statements that remove rows with no rows event (TRUNCATE, CREATE OR REPLACE TABLE, partitions truncated, dropped, converted or exchanged).", |p| &p.truncates),
     ("cdc_enricher_oversize_records", "Records larger than the Kafka producer accepts (message.max.bytes), handled by the sink's on_oversize.", |p| &p.oversize_records),
     ("cdc_enricher_pipeline_rows_in", "Records routed into the pipeline (before enrichment).", |p| &p.rows_in),
     ("cdc_enricher_snapshot_rows", "Rows read by backfills (snapshots).", |p| &p.snapshot_rows),

@@ -80,7 +80,7 @@ pub struct PipelineMetrics {
     pub stopped: AtomicU64,
     /// Records larger than the Kafka producer accepts (`message.max.bytes`).
     pub oversize_records: AtomicU64,
-    /// Truncate records emitted (`TRUNCATE TABLE`, `ALTER TABLE … TRUNCATE PARTITION`).
+    /// Truncate records emitted (statements that remove rows with no rows event).
     pub truncates: AtomicU64,
     /// Records routed into the pipeline (before enrichment).
     pub rows_in: AtomicU64,

@@ -142,7 +142,9 @@ pub struct Window {
 /// What a `TRUNCATE` removed.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Truncate {
-    /// `ALTER TABLE … TRUNCATE PARTITION`'s partitions (`["ALL"]` for all); `None`: `TRUNCATE TABLE`.
+    /// The partitions whose rows went (`ALTER TABLE … TRUNCATE`, `DROP`, `CONVERT` or
+    /// `EXCHANGE PARTITION`); `None`: the whole table (`TRUNCATE TABLE`, `TRUNCATE PARTITION
+    /// ALL`, `CREATE OR REPLACE TABLE`, the other table of an exchange).
     pub partitions: Option<Vec<String>>,
 }
 

@@ -38,7 +38,8 @@ impl RowChange {
     }
 }
 
-/// A `TRUNCATE TABLE` or `ALTER TABLE … TRUNCATE PARTITION`: rows gone with no rows event.
+/// A statement that removed rows with no rows event (`TRUNCATE TABLE`, `CREATE OR REPLACE
+/// TABLE`, `ALTER TABLE`'s partitions truncated, dropped, converted or exchanged).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableTruncated {
     pub db: String,

@@ -1,7 +1,8 @@
 //! What a statement logged as text does to tables: enough of MySQL's and MariaDB's DDL grammar
-//! to name the tables a statement creates, alters, renames, drops or truncates (and the
-//! partitions of `ALTER TABLE … TRUNCATE PARTITION`). Statements it does not know change no
-//! table it can name; they are left to the caller's log.
+//! to name the tables a statement creates, alters, renames, drops or truncates, and the
+//! statements that remove rows with no rows event (`TRUNCATE`, `CREATE OR REPLACE TABLE`, and
+//! `ALTER TABLE`'s `TRUNCATE`, `DROP`, `CONVERT … TO TABLE` and `EXCHANGE` of partitions).
+//! Statements it does not know change no table it can name; they are left to the caller's log.
 //!
 //! Grammar: <https://mariadb.com/kb/en/data-definition/>, MySQL's `sql_yacc.yy`.
 
@@ -19,8 +20,16 @@ pub enum DdlKind {
     RenameTable,
     /// `TRUNCATE TABLE t`: every row is gone, no rows event says so.
     Truncate,
-    /// `ALTER TABLE t TRUNCATE PARTITION p, q` (`ALL` for every partition).
+    /// `CREATE OR REPLACE TABLE t`: a new definition, and the old table's rows are gone with
+    /// no rows event.
+    ReplaceTable,
+    /// The rows of these partitions are gone with no rows event: `ALTER TABLE t TRUNCATE
+    /// PARTITION p, q` (`ALL` is [`DdlKind::Truncate`]), `DROP PARTITION p, q`, `CONVERT
+    /// PARTITION p TO TABLE x`.
     TruncatePartitions(Vec<String>),
+    /// `ALTER TABLE t EXCHANGE PARTITION p WITH TABLE s` (tables `[t, s]`): the partition's
+    /// rows and the other table's swap places with no rows event.
+    ExchangePartition(String),
     /// `CREATE INDEX … ON t`, `DROP INDEX … ON t` (a long UNIQUE index adds a hidden column).
     Index,
 }
@@ -37,7 +46,7 @@ impl Ddl {
     pub fn changes_columns_of(&self, t: &TableName) -> bool {
         !matches!(
             self.kind,
-            DdlKind::Truncate | DdlKind::TruncatePartitions(_)
+            DdlKind::Truncate | DdlKind::TruncatePartitions(_) | DdlKind::ExchangePartition(_)
         ) && self.tables.contains(t)
     }
 }
@@ -228,13 +237,17 @@ pub fn parse(sql: &str, default_db: &str) -> Option<Ddl> {
     };
     let ddl = |kind, tables| Some(Ddl { kind, tables });
     if p.eat("CREATE") {
-        p.eat_all(&["OR", "REPLACE"]);
+        let replace = p.eat_all(&["OR", "REPLACE"]);
         if p.eat("TEMPORARY") {
             return None;
         }
         if p.eat("TABLE") {
             p.eat_all(&["IF", "NOT", "EXISTS"]);
-            return ddl(DdlKind::CreateTable, vec![p.table()?]);
+            let kind = match replace {
+                true => DdlKind::ReplaceTable,
+                false => DdlKind::CreateTable,
+            };
+            return ddl(kind, vec![p.table()?]);
         }
         if p.skip_until("INDEX") && p.skip_until("ON") {
             return ddl(DdlKind::Index, vec![p.table()?]);
@@ -286,22 +299,18 @@ pub fn parse(sql: &str, default_db: &str) -> Option<Ddl> {
     None
 }
 
-/// After `ALTER TABLE t`: a partition truncate, a rename, or another change.
+/// After `ALTER TABLE t`: partitions whose rows go (truncated, dropped, converted to a table,
+/// exchanged), a rename, or another change.
 fn alter_table(p: &mut Parser<'_>, t: TableName) -> Ddl {
     let start = p.i;
-    if p.skip_until("TRUNCATE") && p.eat("PARTITION") {
-        let mut parts = Vec::new();
-        while let Some(w) = p.word() {
-            parts.push(w);
-            if p.toks.get(p.i) != Some(&Tok::Comma) {
-                break;
-            }
-            p.i += 1;
+    if let Some(kind) = partition_rows_gone(p) {
+        let mut tables = vec![t];
+        if let DdlKind::ExchangePartition(_) = kind {
+            p.eat("WITH");
+            p.eat("TABLE");
+            tables.extend(p.table());
         }
-        return Ddl {
-            kind: DdlKind::TruncatePartitions(parts),
-            tables: vec![t],
-        };
+        return Ddl { kind, tables };
     }
     p.i = start;
     if p.skip_until("RENAME") && !p.kw("COLUMN") && !p.kw("INDEX") && !p.kw("KEY") {
@@ -318,6 +327,35 @@ fn alter_table(p: &mut Parser<'_>, t: TableName) -> Ddl {
         kind: DdlKind::AlterTable,
         tables: vec![t],
     }
+}
+
+/// `TRUNCATE PARTITION p, q | ALL`, `DROP PARTITION p, q`, `CONVERT PARTITION p TO TABLE x`
+/// or `EXCHANGE PARTITION p` anywhere after `ALTER TABLE t` (left after the partition names).
+fn partition_rows_gone(p: &mut Parser<'_>) -> Option<DdlKind> {
+    while p.i < p.toks.len() {
+        for verb in ["TRUNCATE", "DROP", "CONVERT", "EXCHANGE"] {
+            if !p.eat_all(&[verb, "PARTITION"]) {
+                continue;
+            }
+            if verb == "TRUNCATE" && p.eat("ALL") {
+                return Some(DdlKind::Truncate);
+            }
+            let mut parts = Vec::new();
+            while let Some(w) = p.word() {
+                parts.push(w);
+                if p.toks.get(p.i) != Some(&Tok::Comma) {
+                    break;
+                }
+                p.i += 1;
+            }
+            return Some(match verb {
+                "EXCHANGE" => DdlKind::ExchangePartition(parts.into_iter().next()?),
+                _ => DdlKind::TruncatePartitions(parts),
+            });
+        }
+        p.i += 1;
+    }
+    None
 }
 
 /// Follows positions through a pass over the binlog and finds the DDL statements in it
@@ -389,6 +427,50 @@ mod tests {
 
     fn t(db: &str, table: &str) -> TableName {
         (db.into(), table.into())
+    }
+
+    #[test]
+    fn statements_that_remove_rows_without_rows_events() {
+        let p = |s: &str| parse(s, "shop");
+        let gone = |s: &str| p(s).map(|d| (d.kind, d.tables));
+        let parts =
+            |v: &[&str]| DdlKind::TruncatePartitions(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            gone("ALTER TABLE s TRUNCATE PARTITION ALL"),
+            Some((DdlKind::Truncate, vec![t("shop", "s")]))
+        );
+        assert_eq!(
+            gone("alter table s truncate partition `ALL`"),
+            Some((parts(&["ALL"]), vec![t("shop", "s")]))
+        );
+        assert_eq!(
+            gone("ALTER TABLE s DROP PARTITION p2, `p 3`"),
+            Some((parts(&["p2", "p 3"]), vec![t("shop", "s")]))
+        );
+        assert_eq!(
+            gone("ALTER TABLE d.s CONVERT PARTITION p1 TO TABLE out1"),
+            Some((parts(&["p1"]), vec![t("d", "s")]))
+        );
+        assert_eq!(
+            gone("ALTER TABLE s EXCHANGE PARTITION p0 WITH TABLE d2.stage WITHOUT VALIDATION"),
+            Some((
+                DdlKind::ExchangePartition("p0".into()),
+                vec![t("shop", "s"), t("d2", "stage")]
+            ))
+        );
+        assert_eq!(
+            gone("CREATE OR REPLACE TABLE c (id INT) SELECT 1 AS id"),
+            Some((DdlKind::ReplaceTable, vec![t("shop", "c")]))
+        );
+        // No rows go: a column named like a partition verb, partition maintenance.
+        for same in [
+            "ALTER TABLE s DROP COLUMN `partition`",
+            "ALTER TABLE s REORGANIZE PARTITION p0 INTO (PARTITION a VALUES LESS THAN (5))",
+            "ALTER TABLE s ADD PARTITION (PARTITION p9 VALUES LESS THAN (90))",
+            "ALTER TABLE s COMMENT 'drop partition p1'",
+        ] {
+            assert_eq!(gone(same).map(|g| g.0), Some(DdlKind::AlterTable), "{same}");
+        }
     }
 
     #[test]

@@ -505,7 +505,10 @@ impl Decoder {
         Ok(())
     }
 
-    /// A `TRUNCATE` of read tables: their rows went with no rows event.
+    /// A statement that removed rows of read tables with no rows event (`TRUNCATE`, `CREATE
+    /// OR REPLACE TABLE`, partitions truncated, dropped, converted or exchanged): a truncate
+    /// of each, whole or of its partitions. Rows an exchange brought in are not in the binlog
+    /// at all: said loudly (a backfill streams them).
     fn truncated(
         &self,
         d: &ddl::Ddl,
@@ -513,17 +516,35 @@ impl Decoder {
         resume: &BinlogPosition,
         out: &mut Vec<SourceEvent>,
     ) {
-        let partitions = match &d.kind {
-            ddl::DdlKind::Truncate => None,
-            ddl::DdlKind::TruncatePartitions(p) => Some(p.clone()),
+        let gone: Vec<(&TableName, Option<Vec<String>>)> = match &d.kind {
+            ddl::DdlKind::Truncate | ddl::DdlKind::ReplaceTable => {
+                d.tables.iter().map(|t| (t, None)).collect()
+            }
+            ddl::DdlKind::TruncatePartitions(p) => {
+                d.tables.iter().map(|t| (t, Some(p.clone()))).collect()
+            }
+            ddl::DdlKind::ExchangePartition(p) => {
+                let (Some(t), Some(other)) = (d.tables.first(), d.tables.get(1)) else {
+                    return;
+                };
+                for (into, from) in [(t, other), (other, t)] {
+                    if self.reads(into) {
+                        tracing::warn!(table = %format!("{}.{}", into.0, into.1),
+                            from = %format!("{}.{}", from.0, from.1), partition = %p,
+                            position = %format!("{}:{}", self.file, at.start),
+                            "EXCHANGE PARTITION brought rows into a read table with no rows                              event: the rows it took away are a truncate record, the rows it                              brought are not in the stream (backfill the table to stream them)");
+                    }
+                }
+                vec![(t, Some(vec![p.clone()])), (other, None)]
+            }
             _ => return,
         };
         let position = self.position_at(at.start, 0, 0);
-        for t in d.tables.iter().filter(|t| self.reads(t)) {
+        for (t, partitions) in gone.into_iter().filter(|(t, _)| self.reads(t)) {
             out.push(SourceEvent::Truncated(crate::source::TableTruncated {
                 db: t.0.clone(),
                 table: t.1.clone(),
-                partitions: partitions.clone(),
+                partitions,
                 position: position.clone(),
                 resume: resume.clone(),
                 server_id: at.server_id,
