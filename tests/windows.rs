@@ -470,12 +470,25 @@ fn a_dry_run_gathers_the_rows_into_windows_by_group_and_sends_nothing() {
         cli_ok(&d, "backfill", &["digest", "--dry-run"]).trim(),
         format!(
             "dry run of the backfill of `digest` (nothing was sent): 10 rows read, 10 would be \
-             emitted; 9 would join 4 windows (by group, closed at `rows` or `max_bytes`; \
-             `every` would close more if the backfill outlasts it), 1 have no input; 4 calls; \
+             emitted; 9 would join 4 windows (4 distinct; by group, closed at `rows` or \
+             `max_bytes`), 1 have no input; 4 calls; \
              tokens at most {} ({input} input, estimated at 4 bytes a token; 200 output, at the \
              max_tokens ceiling); cost at most 0.0400 (enrichment.prices)",
             input + 200
         )
+    );
+    // With `every` too, the same windows — said to be a floor.
+    let timed = p.replace("    rows: 3\n", "    rows: 3\n    every: 1h\n");
+    let mut d2 = Daemon::with_config(&db, None, &[("digest", &timed)], "");
+    d2.env = AwsStandin::env();
+    let out = cli_ok(&d2, "backfill", &["digest", "--dry-run"]);
+    assert!(
+        out.contains("; 9 would join 4 windows (4 distinct;")
+            && out.trim_end().ends_with(
+                "— for these windows: a backfill that outlasts `every` closes more, each with \
+                 its call, prompt and answer"
+            ),
+        "{out}"
     );
     assert!(aws.log().is_empty(), "a dry run calls nothing");
 }

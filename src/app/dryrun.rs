@@ -32,8 +32,13 @@ pub struct Estimate {
     /// Inputs needing a call: the distinct ones where the cache is on (it answers repeats,
     /// within `cache_entries`), else every one (a windowed pipeline: its windows).
     pub distinct: u64,
-    /// The pipeline gathers rows into windows (`enrichment.window`).
+    /// The pipeline gathers rows into windows (`enrichment.window`): how many close (each
+    /// one input; `distinct` counts them once each where the cache is on).
     pub windowed: bool,
+    pub windows: u64,
+    /// The windows also close by time (`every`): a backfill that outlasts it closes more, so
+    /// the windows, calls, tokens and cost are a floor.
+    pub windows_floor: bool,
     /// Emitted rows with nothing to send (no text): no call.
     pub no_input: u64,
     /// Emitted rows that can never be sent (too long under `on_too_long: dead_letter`).
@@ -103,8 +108,9 @@ pub async fn estimate(
         dedupe: enrich.as_ref().is_some_and(|(.., e)| e.cache_entries > 0),
         ..Tally::default()
     };
-    if let Some((_, InputSpec::Window(spec), _)) = &enrich {
+    if let Some((_, InputSpec::Window(spec), e)) = &enrich {
         tally.est.windowed = true;
+        tally.est.windows_floor = e.window.as_ref().is_some_and(|w| w.every.is_some());
         let source = SourceInfo {
             pipeline: Arc::from(p.name.as_str()),
             server_id: 0,
@@ -172,6 +178,7 @@ impl Tally {
         self.est.to_call += 1;
         let rec = backfilled(source, image);
         for closed in windows.push(&rec, self.est.to_call, input.text) {
+            self.est.windows += 1;
             self.add_input(backend, &closed.input);
         }
     }
@@ -181,6 +188,7 @@ impl Tally {
     fn finish(mut self, backend: &dyn Backend, e: &EnrichmentConfig) -> Estimate {
         if let Some((mut windows, _)) = self.windows.take() {
             for closed in windows.close_all() {
+                self.est.windows += 1;
                 self.add_input(backend, &closed.input);
             }
         }
@@ -283,9 +291,9 @@ pub fn report(what: &str, e: &Estimate, enriched: bool) -> String {
     }
     if e.windowed {
         out.push_str(&format!(
-            "; {} would join {} windows (by group, closed at `rows` or `max_bytes`; `every` \
-             would close more if the backfill outlasts it), {} have no input; {} calls",
-            e.to_call, e.distinct, e.no_input, e.calls
+            "; {} would join {} windows ({} distinct; by group, closed at `rows` or \
+             `max_bytes`), {} have no input; {} calls",
+            e.to_call, e.windows, e.distinct, e.no_input, e.calls
         ));
     } else {
         out.push_str(&format!(
@@ -304,6 +312,12 @@ pub fn report(what: &str, e: &Estimate, enriched: bool) -> String {
     match e.cost {
         Some(c) => out.push_str(&format!("; cost at most {c:.4} (enrichment.prices)")),
         None => out.push_str("; no cost: the pipeline gives no enrichment.prices"),
+    }
+    if e.windows_floor {
+        out.push_str(
+            " — for these windows: a backfill that outlasts `every` closes more, each with its \
+             call, prompt and answer",
+        );
     }
     out
 }

@@ -182,7 +182,8 @@ pub struct PricesConfig {
     /// Per call (a request).
     #[serde(default)]
     pub per_call: f64,
-    /// Per row enriched (a document, a CSV line, a text).
+    /// Per input enriched (a document, a CSV line, a text; a window's prompt for a windowed
+    /// pipeline).
     #[serde(default)]
     pub per_row: f64,
     /// Per 1,000 input tokens (models).

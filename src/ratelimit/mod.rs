@@ -309,37 +309,48 @@ impl Budget {
     }
 
     /// Waits until the window has room for one more call, counts it and returns the window's
-    /// number (see [`Budget::window_now`]). `paused` is set while it waits. A caller that
-    /// could only send in a later window (it waited for the request quota) asks again.
+    /// number (see [`Budget::window_now`]). `paused` is set while it waits.
     pub async fn admit(&self, paused: &std::sync::atomic::AtomicU64) -> u64 {
         loop {
-            let now = Self::now();
-            let window = now.as_secs() / self.window;
-            let wait = {
-                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                if s.0 != window {
-                    *s = (window, 0, 0, false);
-                }
-                let spent = self.requests.is_some_and(|r| s.1 >= r)
-                    || self.tokens.is_some_and(|t| s.2 >= t);
-                if !spent {
-                    s.1 += 1;
-                    paused.store(0, Ordering::Relaxed);
-                    return window;
-                }
-                let next = Duration::from_secs((window + 1) * self.window);
-                if !s.3 {
-                    s.3 = true;
-                    tracing::warn!(pipeline = %self.pipeline, requests_used = s.1, tokens_used = s.2,
-                        requests_budget = ?self.requests, tokens_budget = ?self.tokens,
-                        resumes_in_s = (next - now).as_secs_f64().ceil() as u64,
-                        "enrichment budget spent; the pipeline pauses until the next window (no row is lost)");
-                }
-                paused.store(1, Ordering::Relaxed);
-                next.saturating_sub(now)
-            };
-            tokio::time::sleep(wait + Duration::from_millis(5)).await;
+            match self.take(paused) {
+                Ok(window) => return window,
+                Err(wait) => tokio::time::sleep(wait + Duration::from_millis(5)).await,
+            }
         }
+    }
+
+    /// Counts one more call in the window now if it has room (`Some`: the window's number),
+    /// without waiting.
+    pub fn try_admit(&self, paused: &std::sync::atomic::AtomicU64) -> Option<u64> {
+        self.take(paused).ok()
+    }
+
+    /// One call counted in the window now, or how long until the next window (the window's
+    /// budget is spent: logged once per window, `paused` set).
+    fn take(&self, paused: &std::sync::atomic::AtomicU64) -> Result<u64, Duration> {
+        let now = Self::now();
+        let window = now.as_secs() / self.window;
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0 != window {
+            *s = (window, 0, 0, false);
+        }
+        let spent =
+            self.requests.is_some_and(|r| s.1 >= r) || self.tokens.is_some_and(|t| s.2 >= t);
+        if !spent {
+            s.1 += 1;
+            paused.store(0, Ordering::Relaxed);
+            return Ok(window);
+        }
+        let next = Duration::from_secs((window + 1) * self.window);
+        if !s.3 {
+            s.3 = true;
+            tracing::warn!(pipeline = %self.pipeline, requests_used = s.1, tokens_used = s.2,
+                requests_budget = ?self.requests, tokens_budget = ?self.tokens,
+                resumes_in_s = (next - now).as_secs_f64().ceil() as u64,
+                "enrichment budget spent; the pipeline pauses until the next window (no row is lost)");
+        }
+        paused.store(1, Ordering::Relaxed);
+        Err(next.saturating_sub(now))
     }
 
     /// Counts the tokens a call used.

@@ -157,8 +157,10 @@ pub struct Pacing {
     /// has half a step's accepted calls behind it: a call sent after the step and throttled
     /// meanwhile is the step's doing.
     stepped_from: Option<(Duration, Duration)>,
-    /// The highest the floor may be raised to by throttling that spacing does not explain
-    /// ([`EDGE`] above the interval set on the last that it did explain; zero: none yet).
+    /// The highest the floor may be raised to by throttling that spacing does not explain:
+    /// [`EDGE`] above the interval a throttled gap clearly below the accepted ones set (an
+    /// undone step can lower it, never raise it; forgetting the floor lowers it alike; zero:
+    /// none yet).
     edge_cap: Duration,
 }
 
@@ -286,17 +288,25 @@ impl Pacing {
             .map(|p| sent - p)
     }
 
-    /// The earliest the next call should go out after the call sent at `sent` was throttled:
-    /// one interval after the latest call not throttled (a throttled call took nothing from a
-    /// token bucket), but never closer than the configured interval to the throttled call.
+    /// The earliest the next call should go out after the call sent at `sent` was throttled.
+    /// When the latest call not throttled went out just before it (under two intervals): one
+    /// interval after that call (a throttled call took nothing from a token bucket), but never
+    /// closer than the configured interval to the throttled call. Otherwise — throttled calls
+    /// in a row, nothing accepted lately — one interval after the throttled call, so that a
+    /// slowed pacing holds.
     pub fn resume_at(&self, sent: Duration) -> Duration {
         let last_ok = self
             .accepted_sends
             .last()
             .copied()
             .max(self.in_flight.last().copied());
-        let after_ok = last_ok.map_or(Duration::ZERO, |t| t + self.interval);
-        after_ok.max(sent + self.base)
+        let paced = sent + self.interval;
+        match last_ok {
+            Some(t) if t + self.interval * 2 > sent => {
+                (t + self.interval).max(sent + self.base).min(paced)
+            }
+            _ => paced,
+        }
     }
 
     /// A call goes out at `sent`; its outcome comes to [`accepted`](Pacing::accepted),
@@ -349,6 +359,7 @@ impl Pacing {
             // to find out whether the service allows more now.
             self.successes = 0;
             self.floor = self.floor.mul_f64(1.0 - self.forget);
+            self.edge_cap = self.edge_cap.mul_f64(1.0 - self.forget);
             self.forget = (self.forget * 2.0).min(0.5);
         }
     }
@@ -366,7 +377,12 @@ impl Pacing {
             self.floor = self.floor.max(self.interval);
             self.forget = FORGET;
             self.set_interval(from);
-            self.edge_cap = self.interval.mul_f64(EDGE);
+            // Never raised here: `from` may hold raises of the edge rule (they would compound).
+            let cap = self.interval.mul_f64(EDGE);
+            self.edge_cap = match self.edge_cap.is_zero() {
+                true => cap,
+                false => self.edge_cap.min(cap),
+            };
             return Verdict::Spacing;
         }
         let gap = self.gap(sent).filter(|g| *g <= Duration::from_secs(1));
@@ -576,6 +592,19 @@ mod tests {
             p.throttled(i * 100 * MS, i * 100 * MS + 50 * MS);
         }
         assert_eq!(p.interval(), 1600 * MS, "at most 16 times slower");
+    }
+
+    #[test]
+    fn when_every_call_is_throttled_the_calls_go_out_at_the_slowed_pacing() {
+        // A throttled call is followed one interval after the last accepted call only when
+        // that call went just before: with nothing accepted lately, the 16-times-slower
+        // pacing is what spaces the calls (1.6 s here), not the configured quota.
+        let mut p = Pacing::new(100 * MS);
+        drive(&mut p, 0, 10, |_| true);
+        drive(&mut p, 10, 20, |_| false);
+        let (ok, no) = drive(&mut p, 30, 30, |_| false);
+        assert_eq!((ok, p.interval()), (0, 1600 * MS));
+        assert!(no <= 20, "{no} calls in 30 s with every one throttled");
     }
 
     #[test]
