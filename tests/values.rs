@@ -385,6 +385,59 @@ fn mariadb_inet_and_uuid_as_the_server_prints_them() {
 }
 
 #[test]
+fn rows_logged_with_partial_images_stop_their_pipeline_alone_with_the_reason() {
+    // A session with binlog_row_image=MINIMAL logs an update's before image as the key alone:
+    // the other columns' values are unknown, and a null there would be a value the row never
+    // held. Its pipeline stops at that row, naming the columns and the setting; the other
+    // pipeline goes on.
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE t;
+         CREATE TABLE t.m (id INT PRIMARY KEY, a VARCHAR(10), b INT, bl BLOB);
+         CREATE TABLE t.other (id INT PRIMARY KEY, v INT);",
+    ));
+    let mut d = Daemon::new(
+        &db,
+        Some(&kafka),
+        &[
+            ("m", "name: m\ntable: t.m\nsink:\n  kafka:\n    topic: m\n"),
+            (
+                "other",
+                "name: other\ntable: t.other\nsink:\n  kafka:\n    topic: other\n",
+            ),
+        ],
+    );
+    d.spawn();
+    block_on(db.exec(
+        "INSERT INTO t.m VALUES (1, 'one', 10, 'blob1'), (2, 'two', 20, 'blob2');
+         INSERT INTO t.other VALUES (1, 1);
+         SET SESSION binlog_row_image = MINIMAL;
+         UPDATE t.m SET b = 11 WHERE id = 1;
+         SET SESSION binlog_row_image = FULL;
+         INSERT INTO t.other VALUES (2, 2);
+         UPDATE t.m SET b = 21 WHERE id = 2;",
+    ));
+    let mut other = kafka.tail("other");
+    wait_records(&mut d, &mut other, 2, 60);
+    wait_log(&mut d, "pipeline stopped", 1, 30);
+    let m = kafka.read("m", 3, Duration::from_secs(5));
+    let ids: Vec<Value> = m.iter().map(|r| r.json()["after"]["id"].clone()).collect();
+    assert_eq!(
+        ids,
+        vec![json!(1), json!(2)],
+        "the inserts, nothing from the partial update on"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("the rows event's before image leaves out column(s) a, b, bl")
+            && log.contains("binlog_row_image=MINIMAL or NOBLOB"),
+        "{log}"
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
 fn a_value_that_cannot_be_decoded_stops_its_pipeline_alone() {
     let db = MariaDb::start();
     let kafka = Kafka::start();

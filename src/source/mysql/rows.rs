@@ -125,7 +125,67 @@ pub fn mariadb_uncompress(src: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// Decodes every row of `ev` and hands (row index in the event, before, after) to `f`.
+///
+/// Images must be whole (`binlog_row_image=FULL`): an update's after image may leave out
+/// columns it did not change (MariaDB 11.4's `FULL_NODUP`, or `MINIMAL`), which are then taken
+/// from its before image; any other column left out (a session with `MINIMAL` or `NOBLOB`) is
+/// an error naming the columns — the record cannot be complete, and a `null` there would be a
+/// value the row never held (<https://mariadb.com/kb/en/replication-and-binary-log-system-variables/#binlog_row_image>).
 pub fn decode_rows(
+    plan: &TablePlan,
+    ev: &RowsEvent<'_>,
+    mut f: impl FnMut(u64, Option<Image>, Option<Image>),
+) -> Result<(), DecodeError> {
+    let n = plan.columns.len();
+    let first_missing: Vec<usize> = (0..n).filter(|i| !bit(ev.present_before, *i)).collect();
+    if !first_missing.is_empty() {
+        let image = match ev.kind {
+            RowsKind::Write => "after image",
+            _ => "before image",
+        };
+        return Err(partial(plan, image, &first_missing));
+    }
+    let unchanged: Vec<usize> = match (ev.kind, ev.present_after) {
+        (RowsKind::Update, Some(after)) => (0..n).filter(|i| !bit(after, *i)).collect(),
+        _ => Vec::new(),
+    };
+    decode_rows_as_logged(plan, ev, |row, before, after| {
+        let after = match (after, &before) {
+            (Some(mut a), Some(b)) if !unchanged.is_empty() => {
+                for &i in &unchanged {
+                    if let (Some(slot), Some(v)) = (a.get_mut(i), b.get(i)) {
+                        *slot = v.clone();
+                    }
+                }
+                Some(a)
+            }
+            (a, _) => a,
+        };
+        f(row, before, after)
+    })
+}
+
+/// The error for an image that leaves out `missing` columns.
+fn partial(plan: &TablePlan, image: &str, missing: &[usize]) -> DecodeError {
+    let names: Vec<&str> = missing
+        .iter()
+        .filter_map(|i| plan.columns.get(*i).map(|c| c.name.as_str()))
+        .collect();
+    row_err(
+        plan,
+        None,
+        format!(
+            "the rows event's {image} leaves out column(s) {}: the writing session ran with \
+             binlog_row_image=MINIMAL or NOBLOB, and the record cannot be complete. Set \
+             binlog_row_image=FULL for every session (the server's default), then backfill \
+             the table",
+            names.join(", ")
+        ),
+    )
+}
+
+/// As [`decode_rows`], with the images as logged (a column left out is `Null`).
+fn decode_rows_as_logged(
     plan: &TablePlan,
     ev: &RowsEvent<'_>,
     mut f: impl FnMut(u64, Option<Image>, Option<Image>),
@@ -171,10 +231,10 @@ pub fn decode_rows(
     Ok(())
 }
 
-/// Counts the rows of an event without keeping them.
+/// Counts the rows of an event without keeping them (whole images or not).
 pub fn count_rows(plan: &TablePlan, ev: &RowsEvent<'_>) -> Result<u64, DecodeError> {
     let mut n = 0;
-    decode_rows(plan, ev, |_, _, _| n += 1)?;
+    decode_rows_as_logged(plan, ev, |_, _, _| n += 1)?;
     Ok(n)
 }
 
