@@ -601,7 +601,11 @@ impl MysqlSource {
     }
 
     /// After a DDL: the definitions of the read tables it changed, read now if the stream is
-    /// at the server's end (`live_from` or later), else left unknown (found by the scan).
+    /// at the server's end (`live_from` or later), else left unknown (found by the scan). The
+    /// stream may have fallen behind since it connected: the statements between the DDL and
+    /// the server's end (read after the definitions) are scanned, and a table changed again
+    /// there has its definition unknown from this DDL to the last of those (rows typed from
+    /// the binlog alone, said once), the one read from there on.
     async fn record_ddl(
         &self,
         decoder: &mut Decoder,
@@ -612,19 +616,37 @@ impl MysqlSource {
             .into_iter()
             .filter(|(_, at)| at >= live_from)
             .collect();
-        if changed.is_empty() {
+        let Some(from) = changed.iter().map(|(_, at)| at.clone()).min() else {
             return Ok(());
-        }
+        };
         let tables: Vec<TableName> = changed.iter().map(|(t, _)| t.clone()).collect();
         let mut conn = connect(&self.cfg).await?;
         let now = schema::load(&mut conn, &tables).await;
+        let end = current_position(&mut conn).await;
         let _ = conn.disconnect().await;
         let now = now.map_err(|source| SourceError::Query {
             what: "information_schema",
             source,
         })?;
+        let end = end?;
+        let later = if from < end {
+            self.scan_ddl(&from, &end, decoder).await?
+        } else {
+            Vec::new()
+        };
         for (t, at) in changed {
-            decoder.record_schema(&t, at, now.get(&t).cloned());
+            let again: Vec<BinlogPosition> = later
+                .iter()
+                .filter(|(d, p)| *d == t && *p > at)
+                .map(|(_, p)| p.clone())
+                .collect();
+            let read_at = again.last().cloned().unwrap_or_else(|| at.clone());
+            for p in std::iter::once(at).chain(again) {
+                if p != read_at {
+                    decoder.record_schema(&t, p, None);
+                }
+            }
+            decoder.record_schema(&t, read_at, now.get(&t).cloned());
         }
         self.publish(decoder);
         Ok(())
