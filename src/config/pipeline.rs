@@ -894,6 +894,14 @@ fn validate_mysql_sink(m: &MysqlSinkConfig, p: &PipelineConfig) -> Result<(), St
         }
         _ => {}
     }
+    if m.mode == WriteMode::Upsert && p.key_changes == KeyChanges::Update {
+        return Err(
+            "sink.mysql: `mode: upsert` with `key_changes: update` would keep the old key's side \
+             row (one `u` carries only the new key): use `key_changes: split` (the default), \
+             whose delete of the old key removes it"
+                .into(),
+        );
+    }
     if m.mode == WriteMode::Update && m.key.is_some() {
         return Err(
             "sink.mysql: `key` is for `mode: upsert`; `update` finds the row by the pipeline's key"
