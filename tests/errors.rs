@@ -273,7 +273,7 @@ fn enrichment_config_errors_name_the_setting() {
         (
             "name: a\ntable: shop.items\ncolumns: [id, title]\nkey_changes: update\n\
              enrichment:\n  comprehend: {operation: sentiment, text: title}\n\
-             sink:\n  mysql:\n    mode: upsert\n    table: shop.side\n    columns: {s: /sentiment}\n"
+             sink:\n  mysql:\n    mode: upsert\n    user: w\n    password: p\n    table: shop.side\n    columns: {s: /sentiment}\n"
                 .to_string(),
             "sink.mysql: `mode: upsert` with `key_changes: update` would keep the old key's side row (one `u` carries only the new key): use `key_changes: split` (the default), whose delete of the old key removes it",
         ),

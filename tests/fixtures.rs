@@ -151,17 +151,13 @@ fn binary_json_and_partial_json_updates() {
         u["after"]["@2"],
         json!({"age": 41, "data": "zzzzzzzzzz", "name": "Pete"})
     );
-    // The file ends with a partial update logged with a MINIMAL before image (the key alone,
-    // not the document): that table fails with a clear error naming the columns left out,
-    // the setting and the position.
+    // The file ends with a partial update logged without the before document: that table
+    // fails with a clear error naming the column, its type and the position.
     assert_eq!(
         err.as_deref(),
-        Some(
-            "a row of `mysql`.`t` cannot be decoded: the rows event's before image leaves out \
-              column(s) @2, @3, @4: the writing session ran with binlog_row_image=MINIMAL or \
-              NOBLOB, and the record cannot be complete. Set binlog_row_image=FULL for every \
-              session (the server's default), then backfill the table (at json.binlog.000001:3527)"
-        )
+        Some("a row of `mysql`.`t`, column `@2` (JSON) cannot be decoded: a partial JSON update whose before image lacks the document \
+              (binlog_row_image is not FULL); set binlog_row_image=FULL or binlog_row_value_options='' \
+              (at json.binlog.000001:3527)")
     );
 
     let (rows, err) = decode("json-opaque.binlog");

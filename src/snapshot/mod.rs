@@ -181,6 +181,7 @@ pub fn plan_from_schema(db: &str, table: &str, s: &TableSchema) -> TablePlan {
             .filter_map(|k| s.columns.iter().position(|c| &c.name == k))
             .collect(),
         row_end: None,
+        every_column_logged: true,
     }
 }
 

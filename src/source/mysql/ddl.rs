@@ -332,13 +332,24 @@ fn alter_table(p: &mut Parser<'_>, t: TableName) -> Ddl {
 /// `TRUNCATE PARTITION p, q | ALL`, `DROP PARTITION p, q`, `CONVERT PARTITION p TO TABLE x`
 /// or `EXCHANGE PARTITION p` anywhere after `ALTER TABLE t` (left after the partition names).
 fn partition_rows_gone(p: &mut Parser<'_>) -> Option<DdlKind> {
+    // MariaDB's lock wait options come before the specifications.
+    if p.eat("WAIT") {
+        p.word();
+    }
+    p.eat("NOWAIT");
+    let start = p.i;
     while p.i < p.toks.len() {
+        // An alter specification starts after the table's name or after a comma.
+        let spec_start = p.i == start || p.toks.get(p.i - 1) == Some(&Tok::Comma);
         for verb in ["TRUNCATE", "DROP", "CONVERT", "EXCHANGE"] {
-            if !p.eat_all(&[verb, "PARTITION"]) {
+            if !spec_start || !p.eat_all(&[verb, "PARTITION"]) {
                 continue;
             }
             if verb == "TRUNCATE" && p.eat("ALL") {
                 return Some(DdlKind::Truncate);
+            }
+            if verb == "DROP" {
+                p.eat_all(&["IF", "EXISTS"]);
             }
             let mut parts = Vec::new();
             while let Some(w) = p.word() {
@@ -448,6 +459,14 @@ mod tests {
             Some((parts(&["p2", "p 3"]), vec![t("shop", "s")]))
         );
         assert_eq!(
+            gone("ALTER TABLE s WAIT 5 TRUNCATE PARTITION p1"),
+            Some((parts(&["p1"]), vec![t("shop", "s")]))
+        );
+        assert_eq!(
+            gone("ALTER TABLE s DROP PARTITION IF EXISTS p2"),
+            Some((parts(&["p2"]), vec![t("shop", "s")]))
+        );
+        assert_eq!(
             gone("ALTER TABLE d.s CONVERT PARTITION p1 TO TABLE out1"),
             Some((parts(&["p1"]), vec![t("d", "s")]))
         );
@@ -468,6 +487,8 @@ mod tests {
             "ALTER TABLE s REORGANIZE PARTITION p0 INTO (PARTITION a VALUES LESS THAN (5))",
             "ALTER TABLE s ADD PARTITION (PARTITION p9 VALUES LESS THAN (90))",
             "ALTER TABLE s COMMENT 'drop partition p1'",
+            "ALTER TABLE s DROP COLUMN exchange PARTITION BY HASH(id)",
+            "ALTER TABLE s ADD COLUMN truncate INT, ALGORITHM=INPLACE",
         ] {
             assert_eq!(gone(same).map(|g| g.0), Some(DdlKind::AlterTable), "{same}");
         }

@@ -35,6 +35,10 @@ pub struct TablePlan {
     /// A system-versioned table's row-end column: the binlog's rows are the storage engine's
     /// (history rows inserted, deletes as updates of it), to be read as the user's changes.
     pub row_end: Option<usize>,
+    /// A FULL row image holds every column (MariaDB). MySQL never logs the hidden column of a
+    /// functional index, whatever `binlog_row_image` says, and without names (its default
+    /// MINIMAL metadata) that column cannot be told from a session's MINIMAL image.
+    pub every_column_logged: bool,
 }
 
 impl TablePlan {
@@ -147,6 +151,7 @@ impl TablePlan {
             columns,
             primary_key,
             row_end,
+            every_column_logged: flavor == Flavor::MariaDb,
         })
     }
 }

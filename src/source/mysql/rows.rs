@@ -126,17 +126,21 @@ pub fn mariadb_uncompress(src: &[u8]) -> Result<Vec<u8>, String> {
 
 /// Decodes every row of `ev` and hands (row index in the event, before, after) to `f`.
 ///
-/// Images must be whole (`binlog_row_image=FULL`): an update's after image may leave out
-/// columns it did not change (MariaDB 11.4's `FULL_NODUP`, or `MINIMAL`), which are then taken
+/// MariaDB's images must be whole (`binlog_row_image=FULL`): an update's after image may leave
+/// out columns it did not change (a session's `FULL_NODUP`, MariaDB 11.4), which are then taken
 /// from its before image; any other column left out (a session with `MINIMAL` or `NOBLOB`) is
 /// an error naming the columns — the record cannot be complete, and a `null` there would be a
 /// value the row never held (<https://mariadb.com/kb/en/replication-and-binary-log-system-variables/#binlog_row_image>).
+/// MySQL's are taken as logged (see [`TablePlan::every_column_logged`]).
 pub fn decode_rows(
     plan: &TablePlan,
     ev: &RowsEvent<'_>,
     mut f: impl FnMut(u64, Option<Image>, Option<Image>),
 ) -> Result<(), DecodeError> {
     let n = plan.columns.len();
+    if !plan.every_column_logged {
+        return decode_rows_as_logged(plan, ev, f);
+    }
     let first_missing: Vec<usize> = (0..n).filter(|i| !bit(ev.present_before, *i)).collect();
     if !first_missing.is_empty() {
         let image = match ev.kind {

@@ -525,7 +525,7 @@ impl MysqlSource {
         conn.query_drop("SET @mariadb_slave_capability = 4")
             .await
             .map_err(q("SET @mariadb_slave_capability"))?;
-        let req = BinlogStreamRequest::new(self.cfg.server_id)
+        let req = BinlogStreamRequest::new(helper_server_id(self.cfg.server_id))
             .with_filename(from.file.as_bytes())
             .with_pos(from.pos)
             .with_non_blocking();
@@ -567,7 +567,7 @@ impl MysqlSource {
         conn.query_drop("SET @mariadb_slave_capability = 4")
             .await
             .map_err(q("SET @mariadb_slave_capability"))?;
-        let req = BinlogStreamRequest::new(self.cfg.server_id)
+        let req = BinlogStreamRequest::new(helper_server_id(self.cfg.server_id))
             .with_filename(open.position.file.as_bytes())
             .with_pos(open.position.pos)
             .with_non_blocking();
@@ -651,6 +651,14 @@ impl MysqlSource {
         self.publish(decoder);
         Ok(())
     }
+}
+
+/// The server id of the short binlog reads beside the stream (the DDL scan, a prepared XA
+/// group read again): the stream's own with the top bit flipped. A server ends a dump
+/// connection when another opens with the same id (MariaDB's `kill_zombie_dump_threads`), so
+/// these must not use the stream's.
+fn helper_server_id(server_id: u32) -> u32 {
+    server_id ^ 0x8000_0000
 }
 
 /// Sets the `connected` gauge while alive.
