@@ -532,7 +532,9 @@ impl Decoder {
                         tracing::warn!(table = %format!("{}.{}", into.0, into.1),
                             from = %format!("{}.{}", from.0, from.1), partition = %p,
                             position = %format!("{}:{}", self.file, at.start),
-                            "EXCHANGE PARTITION brought rows into a read table with no rows                              event: the rows it took away are a truncate record, the rows it                              brought are not in the stream (backfill the table to stream them)");
+                            "EXCHANGE PARTITION brought rows into a read table with no rows \
+                             event: the rows it took away are a truncate record, the rows it \
+                             brought are not in the stream (backfill the table to stream them)");
                     }
                 }
                 vec![(t, Some(vec![p.clone()])), (other, None)]
