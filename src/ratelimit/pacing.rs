@@ -480,6 +480,26 @@ mod tests {
         }
     }
 
+    /// A bucket at 8/s whose calls arrive with 0–`jitter_us` µs of jitter (sequence `seed`).
+    fn jittered_bucket(seed: u32, jitter_us: u32) -> impl FnMut(Duration) -> bool {
+        let mut b = bucket(125 * MS);
+        let mut y = seed;
+        move |t| {
+            y = y.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            b(t + Duration::from_micros(u64::from((y >> 8) % (jitter_us + 1))))
+        }
+    }
+
+    /// A service throttling `percent` of the calls at random, whatever their spacing (the
+    /// pseudo-random sequence `seed`): true when it accepts a call.
+    fn throttling_at_random(seed: u32, percent: u32) -> impl FnMut(Duration) -> bool {
+        let mut x = seed;
+        move |_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) % 100 >= percent
+        }
+    }
+
     /// Drives `p` with calls at its interval from `from` for `secs` against `service` (true:
     /// accepted), each answered 50 ms after it is sent, a throttled call followed at
     /// [`Pacing::resume_at`] (as the limiter does); returns (accepted, throttled).
@@ -511,11 +531,7 @@ mod tests {
     fn random_throttling_does_not_slow_the_calls() {
         let mut p = Pacing::new(100 * MS);
         // 30% of calls throttled whatever their spacing (a fixed pseudo-random sequence).
-        let mut x: u32 = 12345;
-        let (ok, no) = drive(&mut p, 0, 60, |_| {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            (x >> 16) % 100 >= 30
-        });
+        let (ok, no) = drive(&mut p, 0, 60, throttling_at_random(12345, 30));
         let sent = ok + no;
         assert!(sent >= 580, "{sent} calls in 60 s at 10/s");
         assert_eq!(p.interval(), 100 * MS);
@@ -527,12 +543,7 @@ mod tests {
         // bucket's interval are throttled or not by chance, and look alike on the sender's
         // clock; the trials find that slowing down stops it.
         let mut p = Pacing::new(100 * MS);
-        let mut b = bucket(125 * MS);
-        let mut x: u32 = 777;
-        let (ok, no) = drive(&mut p, 0, 60, |t| {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            b(t + Duration::from_micros(u64::from((x >> 8) % 2001)))
-        });
+        let (ok, no) = drive(&mut p, 0, 60, jittered_bucket(777, 2000));
         let rate = f64::from(ok) / 60.0;
         assert!(rate >= 0.9 * 8.0, "{rate}/s accepted, {no} throttled");
         assert!(no <= 30, "{no} throttled for {ok} accepted");
@@ -593,17 +604,8 @@ mod tests {
     fn a_bucket_after_random_throttling_is_still_found() {
         // What was learned of a service throttling at random does not hide a bucket later.
         let mut p = Pacing::new(100 * MS);
-        let mut x: u32 = 99;
-        drive(&mut p, 0, 60, |_| {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            (x >> 16) % 100 >= 30
-        });
-        let mut b = bucket(125 * MS);
-        let mut y: u32 = 5;
-        let (ok, no) = drive(&mut p, 60, 60, |t| {
-            y = y.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            b(t + Duration::from_micros(u64::from((y >> 8) % 2001)))
-        });
+        drive(&mut p, 0, 60, throttling_at_random(99, 30));
+        let (ok, no) = drive(&mut p, 60, 60, jittered_bucket(5, 2000));
         let rate = f64::from(ok) / 60.0;
         assert!(rate >= 0.9 * 8.0, "{rate}/s accepted, {no} throttled");
         assert!(no <= 40, "{no} throttled for {ok} accepted");
@@ -638,16 +640,6 @@ mod tests {
         assert!(no <= 20, "{no} calls in 30 s with every one throttled");
     }
 
-    /// A bucket at 8/s whose calls arrive with 0–`jitter_us` µs of jitter (sequence `seed`).
-    fn jittered_bucket(seed: u32, jitter_us: u32) -> impl FnMut(Duration) -> bool {
-        let mut b = bucket(125 * MS);
-        let mut y = seed;
-        move |t| {
-            y = y.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            b(t + Duration::from_micros(u64::from((y >> 8) % (jitter_us + 1))))
-        }
-    }
-
     #[test]
     fn random_throttling_after_a_bucket_does_not_slow_the_calls_for_good() {
         // A bucket found, then the service throttles 3% of calls at random for an hour. The
@@ -657,6 +649,7 @@ mod tests {
         for seed in 1..=2 {
             let mut p = Pacing::new(100 * MS);
             drive(&mut p, 0, 60, jittered_bucket(seed, 2000));
+            // 3.0% in thousandths (a finer draw than `throttling_at_random`'s percent).
             let mut x = seed * 7;
             let (ok, _) = drive(&mut p, 60, 3600, |_| {
                 x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
@@ -805,11 +798,7 @@ mod tests {
             run_from(&mut p, &mut t, 40, |_| true);
             t += 300 * MS;
         }
-        let mut x = seed;
-        let (random, _) = run_from(&mut p, &mut t, 57, |_| {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            (x >> 16) % 100 >= 30
-        });
+        let (random, _) = run_from(&mut p, &mut t, 57, throttling_at_random(seed, 30));
         t += 300 * MS;
         let (at_bucket, throttled) = run_from(&mut p, &mut t, 50, jittered_bucket(seed ^ 5, 2000));
         (

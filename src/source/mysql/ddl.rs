@@ -204,9 +204,10 @@ impl Parser<'_> {
         Some((self.default_db.to_string(), first))
     }
 
-    fn table_list(&mut self) -> Vec<TableName> {
+    /// `item, item, …`: as many as `item` reads, separated by commas.
+    fn comma_list<T>(&mut self, mut item: impl FnMut(&mut Self) -> Option<T>) -> Vec<T> {
         let mut v = Vec::new();
-        while let Some(t) = self.table() {
+        while let Some(t) = item(self) {
             v.push(t);
             if self.toks.get(self.i) != Some(&Tok::Comma) {
                 break;
@@ -214,6 +215,10 @@ impl Parser<'_> {
             self.i += 1;
         }
         v
+    }
+
+    fn table_list(&mut self) -> Vec<TableName> {
+        self.comma_list(Self::table)
     }
 
     fn skip_until(&mut self, k: &str) -> bool {
@@ -351,14 +356,7 @@ fn partition_rows_gone(p: &mut Parser<'_>) -> Option<DdlKind> {
             if verb == "DROP" {
                 p.eat_all(&["IF", "EXISTS"]);
             }
-            let mut parts = Vec::new();
-            while let Some(w) = p.word() {
-                parts.push(w);
-                if p.toks.get(p.i) != Some(&Tok::Comma) {
-                    break;
-                }
-                p.i += 1;
-            }
+            let parts = p.comma_list(Parser::word);
             return Some(match verb {
                 "EXCHANGE" => DdlKind::ExchangePartition(parts.into_iter().next()?),
                 _ => DdlKind::TruncatePartitions(parts),
