@@ -68,7 +68,7 @@ fn config_errors_name_file_line_and_column() {
     assert_eq!(
         err,
         "error: pipelines/a.yaml:3:1: unknown field `colums`, expected one of `name`, `table`, `columns`, `key`, \
-         `operations`, `filter`, `enrichment`, `key_changes`, `snapshot`, `sink`\n"
+         `operations`, `filter`, `on_filter_exit`, `enrichment`, `key_changes`, `snapshot`, `sink`\n"
     );
 
     write(
@@ -276,6 +276,11 @@ fn enrichment_config_errors_name_the_setting() {
              sink:\n  mysql:\n    mode: upsert\n    user: w\n    password: p\n    table: shop.side\n    columns: {s: /sentiment}\n"
                 .to_string(),
             "sink.mysql: `mode: upsert` with `key_changes: update` would keep the old key's side row (one `u` carries only the new key): use `key_changes: split` (the default), whose delete of the old key removes it",
+        ),
+        (
+            "name: a\ntable: shop.items\non_filter_exit: ignore\nsink:\n  jsonl:\n    path: out.jsonl\n"
+                .to_string(),
+            "`on_filter_exit` says what a row leaving the `filter` emits: give a `filter`, or leave it out",
         ),
     ];
     for (body, message) in cases {

@@ -87,9 +87,12 @@ fn rows_removed_by_partition_ddl_or_a_replaced_table_are_truncate_records() {
          ALTER TABLE s.t EXCHANGE PARTITION p0 WITH TABLE s.stage;
          ALTER TABLE s.t CONVERT PARTITION p1 TO TABLE s.out1;
          CREATE OR REPLACE TABLE s.t (id INT PRIMARY KEY, who VARCHAR(20));
-         INSERT INTO s.t VALUES (3, 'h');",
+         INSERT INTO s.t VALUES (3, 'h');
+         DROP TABLE IF EXISTS s.stage, s.t;
+         CREATE TABLE s.t (id INT PRIMARY KEY, who VARCHAR(20));
+         INSERT INTO s.t VALUES (4, 'i');",
     ));
-    wait_records(&mut d, &mut tail, 13, 60);
+    wait_records(&mut d, &mut tail, 15, 60);
     tail.drain(Duration::from_secs(1));
     let summary: Vec<(String, Value)> = tail
         .records
@@ -121,6 +124,27 @@ fn rows_removed_by_partition_ddl_or_a_replaced_table_are_truncate_records() {
             t(json!(["p1"])),
             t(Value::Null),
             c(3),
+            t(Value::Null),
+            c(4),
+        ]
+    );
+    // Only the DROP TABLE's truncate says the table went with its rows.
+    let dropped: Vec<Value> = tail
+        .records
+        .iter()
+        .filter(|r| r.json()["op"] == "t")
+        .map(|r| r.json()["truncate"]["dropped"].clone())
+        .collect();
+    let no = Value::Null;
+    assert_eq!(
+        dropped,
+        [
+            no.clone(),
+            no.clone(),
+            no.clone(),
+            no.clone(),
+            no,
+            json!(true)
         ]
     );
     // The row the exchange brought in (5) is in the table but not in the binlog: said.
@@ -456,5 +480,181 @@ fn in_update_mode_a_withdrawn_input_clears_its_results() {
     let conf: Vec<Option<f64>> =
         block_on(db.query("SELECT confidence FROM shop.support WHERE id = 2"));
     assert_eq!(conf, [None]);
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn a_filter_is_a_view_rows_leave_it_as_deletes_and_the_topic_holds_exactly_its_rows() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE t; CREATE TABLE t.tickets (id INT PRIMARY KEY, status VARCHAR(10), title VARCHAR(20));",
+    ));
+    let open = "name: open\ntable: t.tickets\nfilter: \"status = 'open'\"\n\
+                sink:\n  kafka:\n    topic: open\n    tombstones: true\n";
+    // Without deletes in its operations, a pipeline is not told of rows leaving its filter.
+    let no_deletes = "name: nd\ntable: t.tickets\noperations: [insert, update]\n\
+                      filter: \"status = 'open'\"\nsink:\n  kafka:\n    topic: nd\n";
+    let mut d = Daemon::new(&db, Some(&kafka), &[("open", open), ("nd", no_deletes)]);
+    d.spawn();
+    block_on(db.exec(
+        "INSERT INTO t.tickets VALUES (1, 'open', 'a'), (2, 'closed', 'b'), (3, 'open', 'c'), (4, 'open', 'd');
+         UPDATE t.tickets SET status = 'closed' WHERE id = 1;
+         UPDATE t.tickets SET status = 'open' WHERE id = 2;
+         UPDATE t.tickets SET title = 'cc' WHERE id = 3;
+         UPDATE t.tickets SET title = 'bb' WHERE id = 1;
+         UPDATE t.tickets SET id = 30, status = 'closed' WHERE id = 3;
+         UPDATE t.tickets SET id = 10, status = 'open' WHERE id = 1;
+         UPDATE t.tickets SET status = NULL WHERE id = 4;
+         DELETE FROM t.tickets WHERE id = 30;",
+    ));
+    let mut tail = kafka.tail("open");
+    // c 1, c 3, c 4; 1 left (d, tombstone); 2 entered (u); 3 updated (u); 1's update while
+    // out: nothing; 3 left with a key change (d of 3, tombstone); 1 entered with a key change
+    // (c of 10 only); 4 left for NULL (d, tombstone); the delete of 30, out: nothing.
+    wait_records(&mut d, &mut tail, 12, 30);
+    tail.drain(Duration::from_secs(1));
+    let ops: Vec<(String, Option<String>)> = tail
+        .records
+        .iter()
+        .map(|r| {
+            let op = r.value.as_ref().map_or("tombstone".to_string(), |_| {
+                r.json()["op"].as_str().unwrap().to_string()
+            });
+            (op, r.key.clone())
+        })
+        .collect();
+    let o = |op: &str, k: i64| (op.to_string(), key(k));
+    assert_eq!(
+        ops,
+        [
+            o("c", 1),
+            o("c", 3),
+            o("c", 4),
+            o("d", 1),
+            o("tombstone", 1),
+            o("u", 2),
+            o("u", 3),
+            o("d", 3),
+            o("tombstone", 3),
+            o("c", 10),
+            o("d", 4),
+            o("tombstone", 4)
+        ]
+    );
+    let left = tail.records[3].json();
+    assert_eq!(
+        left["before"],
+        json!({"id": 1, "status": "open", "title": "a"})
+    );
+    assert_eq!(left["after"], Value::Null);
+    assert_eq!(left["filter_change"], json!("left"));
+    assert_eq!(left["key_change"], Value::Null);
+    // A row coming in is marked; an ordinary update is not.
+    let came = tail.records[5].json();
+    assert_eq!(
+        came["before"],
+        json!({"id": 2, "status": "closed", "title": "b"})
+    );
+    assert_eq!(came["filter_change"], json!("entered"));
+    assert_eq!(tail.records[6].json().get("filter_change"), None);
+    let moved = tail.records[7].json();
+    assert_eq!(
+        moved["before"],
+        json!({"id": 3, "status": "open", "title": "cc"})
+    );
+    assert_eq!(moved["filter_change"], json!("left"));
+    let entered = tail.records[9].json();
+    assert_eq!(
+        entered["key_change"],
+        json!({"old": {"id": 1}, "new": {"id": 10}})
+    );
+    assert_eq!(
+        entered["after"],
+        json!({"id": 10, "status": "open", "title": "bb"})
+    );
+    assert_eq!(entered["filter_change"], json!("entered"));
+    // The compacted topic holds exactly the rows the filter selects now.
+    let rows: Vec<(i64, String, String)> = block_on(
+        db.query("SELECT id, status, title FROM t.tickets WHERE status = 'open' ORDER BY id"),
+    );
+    let want: BTreeMap<String, Value> = rows
+        .into_iter()
+        .map(|(id, s, t)| (key(id).unwrap(), json!({"id": id, "status": s, "title": t})))
+        .collect();
+    assert_eq!(compacted(&tail.records), want);
+    // `operations: [insert, update]`: no `d` for leaving; the rest as above.
+    let nd = kafka.read("nd", 7, Duration::from_secs(10));
+    let ops: Vec<(String, Option<String>)> = nd
+        .iter()
+        .map(|r| (r.json()["op"].as_str().unwrap().to_string(), r.key.clone()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            o("c", 1),
+            o("c", 3),
+            o("c", 4),
+            o("u", 2),
+            o("u", 3),
+            o("c", 10)
+        ]
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn a_row_leaving_a_filter_loses_its_side_row_and_gets_it_back_when_it_returns() {
+    let db = MariaDb::start();
+    let aws = AwsStandin::start();
+    block_on(db.exec(
+        "CREATE DATABASE bug;
+         CREATE TABLE bug.reviews (id INT PRIMARY KEY, body TEXT, state VARCHAR(10));
+         CREATE TABLE bug.review_sentiment (review_id INT PRIMARY KEY, sentiment VARCHAR(10), confidence DOUBLE);
+         CREATE USER 'cdc_writer'@'127.0.0.1' IDENTIFIED BY 'writer-pw';
+         GRANT SELECT ON bug.reviews TO 'cdc_writer'@'127.0.0.1';
+         GRANT SELECT, INSERT, UPDATE, DELETE ON bug.review_sentiment TO 'cdc_writer'@'127.0.0.1';
+         GRANT SELECT, INSERT, UPDATE, CREATE ON bug.cdc_enricher_writeback TO 'cdc_writer'@'127.0.0.1';
+         GRANT SELECT, INSERT, UPDATE, CREATE ON bug.cdc_enricher_dead_letters TO 'cdc_writer'@'127.0.0.1';",
+    ));
+    let pipeline = std::fs::read_to_string(
+        fidelity_case("14-writeback-orphans-after-delete").join("pipeline.yaml"),
+    )
+    .unwrap()
+    .replace(
+        "operations: [insert, update, delete]\n",
+        "operations: [insert, update, delete]\nfilter: \"state = 'published'\"\n",
+    );
+    assert!(pipeline.contains("filter:"));
+    let mut d = Daemon::new(&db, None, &[("case", &pipeline)]);
+    d.env = AwsStandin::env();
+    d.env.push(("AWS_ENDPOINT_URL".into(), aws.url()));
+    d.env
+        .push(("CDC_WRITER_PASSWORD".into(), "writer-pw".into()));
+    d.spawn();
+    block_on(db.exec(
+        "INSERT INTO bug.reviews VALUES
+           (1, 'Great product, excellent support, I love it.', 'published'),
+           (2, 'Terrible quality, awful service, I hate it.', 'published'),
+           (3, 'Great value and excellent packaging.', 'draft');",
+    ));
+    wait_side(&mut d, &db, &[(1, "POSITIVE", 0.9), (2, "NEGATIVE", 0.92)]);
+    // Review 2 unpublished: its side row goes, though the review stays.
+    block_on(db.exec("UPDATE bug.reviews SET state = 'hidden' WHERE id = 2;"));
+    wait_side(&mut d, &db, &[(1, "POSITIVE", 0.9)]);
+    d.kill9();
+    // While the daemon is down: 2 published again with new text, 3 published, 1 hidden.
+    block_on(db.exec(
+        "UPDATE bug.reviews SET state = 'published', body = 'Excellent, great, love it now.' WHERE id = 2;
+         UPDATE bug.reviews SET state = 'published' WHERE id = 3;
+         UPDATE bug.reviews SET state = 'hidden' WHERE id = 1;",
+    ));
+    d.spawn();
+    wait_side(&mut d, &db, &[(2, "POSITIVE", 0.9), (3, "POSITIVE", 0.9)]);
+    // The source table dropped: its derived rows go with it.
+    block_on(db.exec("DROP TABLE bug.reviews;"));
+    wait_side(&mut d, &db, &[]);
+    let dead: Vec<i64> = block_on(db.query("SELECT COUNT(*) FROM bug.cdc_enricher_dead_letters"));
+    assert_eq!(dead, [0]);
     assert_eq!(d.terminate(), 0);
 }

@@ -243,6 +243,7 @@ fn backfilled(source: &SourceInfo, after: Image) -> ChangeRecord {
         enrichment: Enrichment::None,
         oversize: None,
         key_change: None,
+        filter_change: None,
         truncate: None,
         window: None,
         key: Image {

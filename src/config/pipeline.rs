@@ -36,6 +36,11 @@ pub struct PipelineConfig {
     /// are tested on the row after the change, deletes on the row before it.
     #[serde(default)]
     pub filter: Option<String>,
+    /// An update after which a row no longer passes `filter`: `delete` (the default) emits a
+    /// `d` of it marked `filter_change: left` (the pipeline streams a view of the table);
+    /// `ignore` emits nothing, as an event filter (Debezium's Filter SMT) does.
+    #[serde(default)]
+    pub on_filter_exit: Option<OnFilterExit>,
     /// Enrichment by one backend: `comprehend: {…}`, `sagemaker: {…}` or `bedrock: {…}`,
     /// with the shared settings beside it. Without it records go out with an empty
     /// `enrichment` object.
@@ -59,6 +64,17 @@ pub struct PipelineConfig {
     /// `filter` parsed when the file is loaded (not a YAML key).
     #[serde(skip)]
     pub filter_expr: Option<Expr>,
+}
+
+/// What an update that takes a row out of the pipeline's `filter` emits.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFilterExit {
+    /// A `d` of the row as it passed, marked `filter_change: left`.
+    #[default]
+    Delete,
+    /// Nothing.
+    Ignore,
 }
 
 /// How an update that changes the row's key is emitted.
@@ -621,6 +637,9 @@ fn validate(p: &mut PipelineConfig, have_kafka: bool) -> Result<(), String> {
     }
     if let Some(f) = &p.filter {
         p.filter_expr = Some(Expr::parse(f).map_err(|e| format!("filter `{f}`: {e}"))?);
+    }
+    if p.on_filter_exit.is_some() && p.filter.is_none() {
+        return Err("`on_filter_exit` says what a row leaving the `filter` emits: give a `filter`, or leave it out".into());
     }
     if let Some(e) = &mut p.enrichment {
         // `endpoint_url: ${AWS_ENDPOINT_URL:-}` left empty means AWS's own endpoint.

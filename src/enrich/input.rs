@@ -105,8 +105,12 @@ impl InputSpec {
     }
 
     /// True when an update left every input column as it was: no call, and no loop when the
-    /// daemon writes its own results back to the row.
+    /// daemon writes its own results back to the row. Not for a row that entered the
+    /// pipeline's filter with the update: the pipeline has no result for it yet.
     pub fn unchanged(&self, rec: &ChangeRecord) -> bool {
+        if rec.filter_change == Some(crate::model::record::FilterChange::Entered) {
+            return false;
+        }
         match (&rec.before, &rec.after) {
             (Some(b), Some(a)) => self.columns().into_iter().all(|c| b.get(c) == a.get(c)),
             _ => false,

@@ -276,6 +276,7 @@ impl Gatherer {
                 enrichment: Enrichment::None,
                 oversize: None,
                 key_change: None,
+                filter_change: None,
                 truncate: None,
                 window: Some(Box::new(window)),
                 key: o.group.unwrap_or_else(|| Image {
@@ -349,6 +350,7 @@ mod tests {
             enrichment: Enrichment::None,
             oversize: None,
             key_change: None,
+            filter_change: None,
             truncate: None,
             window: None,
             key: Image {

@@ -66,6 +66,9 @@ pub struct ChangeRecord {
     /// On the `d` and `c` records of an update that changed the row's key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_change: Option<KeyChange>,
+    /// On the record of an update that took the row into or out of the pipeline's `filter`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter_change: Option<FilterChange>,
     /// On a `t` record: the partitions truncated (`None`: the whole table).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub truncate: Option<Truncate>,
@@ -139,13 +142,38 @@ pub struct Window {
     pub keys: Vec<Image>,
 }
 
+/// How an update moved a row across a pipeline's `filter` (a filtered pipeline streams a view
+/// of its table: rows come into it and leave it).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterChange {
+    /// The row did not pass before the update and does after: a `u` (or, with a key change,
+    /// the new key's `c`) that is the row's first record in the view.
+    Entered,
+    /// The row passed before the update and does not after: a `d` of its image before it.
+    Left,
+}
+
+impl FilterChange {
+    /// The name in the envelope: `entered`, `left`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FilterChange::Entered => "entered",
+            FilterChange::Left => "left",
+        }
+    }
+}
+
 /// What a `TRUNCATE` removed.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Truncate {
     /// The partitions whose rows went (`ALTER TABLE … TRUNCATE`, `DROP`, `CONVERT` or
     /// `EXCHANGE PARTITION`); `None`: the whole table (`TRUNCATE TABLE`, `TRUNCATE PARTITION
-    /// ALL`, `CREATE OR REPLACE TABLE`, the other table of an exchange).
+    /// ALL`, `CREATE OR REPLACE TABLE`, `DROP TABLE`, the other table of an exchange).
     pub partitions: Option<Vec<String>>,
+    /// The table itself went with its rows (`DROP TABLE`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dropped: bool,
 }
 
 /// What the Kafka sink did to a record larger than the producer accepts.

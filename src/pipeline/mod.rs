@@ -8,9 +8,11 @@ pub mod stage;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::pipeline::KeyChanges;
+use crate::config::pipeline::{KeyChanges, OnFilterExit};
 use crate::config::PipelineConfig;
-pub use crate::model::record::{ChangeRecord, Enrichment, Image, KeyChange, SourceInfo, Truncate};
+pub use crate::model::record::{
+    ChangeRecord, Enrichment, FilterChange, Image, KeyChange, SourceInfo, Truncate,
+};
 use crate::model::ColumnValue;
 use crate::model::Op;
 use crate::source::mysql::plan::TablePlan;
@@ -37,6 +39,8 @@ struct Bound {
     key: Vec<usize>,
     key_names: Arc<[String]>,
     filter: Option<Expr>,
+    /// `key_changes: split`: an update that changes the key is a `d` and a `c`.
+    split: bool,
     db: Arc<str>,
     table: Arc<str>,
 }
@@ -150,6 +154,7 @@ impl Router {
             picked,
             key: key_idx,
             filter,
+            split: p.key_changes == KeyChanges::Split,
             db: Arc::from(plan.db.as_str()),
             table: Arc::from(plan.table.as_str()),
         });
@@ -217,8 +222,10 @@ impl Router {
                 enrichment: Enrichment::None,
                 oversize: None,
                 key_change: None,
+                filter_change: None,
                 truncate: Some(Truncate {
                     partitions: t.partitions.clone(),
+                    dropped: t.dropped,
                 }),
                 window: None,
                 key: Image {
@@ -248,10 +255,16 @@ impl Router {
         let plan = row.table.clone();
         let plan = &plan;
         for (n, &idx) in idxs.iter().enumerate() {
-            if only.is_some_and(|o| o != idx) || !self.pipelines[idx].wants(row.op) {
+            if only.is_some_and(|o| o != idx) || self.stopped[idx].is_some() {
                 continue;
             }
-            if self.stopped[idx].is_some() {
+            let p = &self.pipelines[idx];
+            // An update may take a row out of a filtered pipeline's set: a delete to it.
+            let may_leave = row.op == Op::Update
+                && p.filter_expr.is_some()
+                && p.on_filter_exit.unwrap_or_default() == OnFilterExit::Delete
+                && p.wants(Op::Delete);
+            if !p.wants(row.op) && !may_leave {
                 continue;
             }
             let b = match self.bind(idx, plan) {
@@ -266,15 +279,18 @@ impl Router {
                     continue;
                 }
             };
-            let tested = if row.op == Op::Delete {
-                &row.before
-            } else {
-                &row.after
+            let Some(seen) = Seen::of(row, b.filter.as_ref()) else {
+                continue;
             };
-            if let (Some(f), Some(img)) = (&b.filter, tested) {
-                if !f.eval(img) {
-                    continue;
-                }
+            let op = match seen {
+                Seen::Left => Op::Delete,
+                Seen::Passes | Seen::Entered => row.op,
+            };
+            let p = &self.pipelines[idx];
+            if !p.wants(op)
+                || (seen == Seen::Left && p.on_filter_exit == Some(OnFilterExit::Ignore))
+            {
+                continue;
             }
             let source = SourceInfo {
                 pipeline: self.names[idx].clone(),
@@ -288,9 +304,8 @@ impl Router {
                 row: row.position.row,
                 ts_ms: row.ts_ms,
             };
-            let split = self.pipelines[idx].key_changes == KeyChanges::Split;
             let take = n + 1 == idxs.len() && b.picked_distinct;
-            records(row, &b, source, idx, split, take, out);
+            records(row, &b, source, idx, seen, take, out);
         }
         Ok(())
     }
@@ -309,6 +324,50 @@ impl Router {
             .clone();
         self.last = Some((plan.clone(), idxs.clone()));
         Some(idxs)
+    }
+}
+
+/// How a row meets a pipeline's `filter` (inserts and updates are tested after the change,
+/// deletes before it; an image the event does not carry passes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Seen {
+    /// It passes (or there is no filter): the row's own operation.
+    Passes,
+    /// An update before which the row did not pass and after which it does: it entered the
+    /// pipeline's set (a `u`; with a key change, only the `c` of the new key), marked
+    /// `filter_change: entered`.
+    Entered,
+    /// An update before which the row passed and after which it does not: it left the set
+    /// (a `d` of the row before the change, marked `filter_change: left`).
+    Left,
+}
+
+impl Seen {
+    /// What the row's records say of it (`filter_change`).
+    fn change(self) -> Option<FilterChange> {
+        match self {
+            Seen::Passes => None,
+            Seen::Entered => Some(FilterChange::Entered),
+            Seen::Left => Some(FilterChange::Left),
+        }
+    }
+
+    /// `None`: the row is not the pipeline's, before or after.
+    fn of(row: &RowChange, filter: Option<&Expr>) -> Option<Seen> {
+        let Some(f) = filter else {
+            return Some(Seen::Passes);
+        };
+        let passes = |img: &Option<Vec<ColumnValue>>| img.as_ref().is_none_or(|v| f.eval(v));
+        match row.op {
+            Op::Delete => passes(&row.before).then_some(Seen::Passes),
+            Op::Update => match (passes(&row.before), passes(&row.after)) {
+                (true, true) => Some(Seen::Passes),
+                (false, true) => Some(Seen::Entered),
+                (true, false) => Some(Seen::Left),
+                (false, false) => None,
+            },
+            _ => passes(&row.after).then_some(Seen::Passes),
+        }
     }
 }
 
@@ -343,13 +402,16 @@ fn project_take(
 
 /// The records one row makes for one pipeline, pushed to `out`: one, or — an update that
 /// changed the row's key, with `key_changes: split` — a `d` of the old key then a `c` of the
-/// new one, marked. With `take` the picked values are moved out of `row` (its last pipeline).
+/// new one, marked (only the `c` when the row entered the pipeline's set with the change).
+/// A row that left the set makes a `d` of its image before the change; the records of a row
+/// that entered or left it carry `filter_change`.
+/// With `take` the picked values are moved out of `row` (its last pipeline).
 fn records(
     row: &mut RowChange,
     b: &Bound,
     source: SourceInfo,
     pipeline: usize,
-    split: bool,
+    seen: Seen,
     take: bool,
     out: &mut Vec<ChangeRecord>,
 ) {
@@ -371,29 +433,44 @@ fn records(
         enrichment: Enrichment::None,
         oversize: None,
         key_change: None,
+        filter_change: seen.change(),
         truncate: None,
         window: None,
         key,
         pipeline,
     };
-    if row.op == Op::Update && split && !b.key.is_empty() {
+    if seen == Seen::Left {
+        let key = key_of(&row.before);
+        out.push(record(
+            Op::Delete,
+            image(&mut row.before),
+            None,
+            key,
+            source,
+        ));
+        return;
+    }
+    if row.op == Op::Update && b.split && !b.key.is_empty() {
         let (old, new) = (key_of(&row.before), key_of(&row.after));
         if old != new {
             let change = KeyChange {
                 old: old.clone(),
                 new: new.clone(),
             };
-            let mut d = record(
-                Op::Delete,
-                image(&mut row.before),
-                None,
-                old,
-                source.clone(),
-            );
-            d.key_change = Some(change.clone());
+            if seen == Seen::Passes {
+                let mut d = record(
+                    Op::Delete,
+                    image(&mut row.before),
+                    None,
+                    old,
+                    source.clone(),
+                );
+                d.key_change = Some(change.clone());
+                out.push(d);
+            }
             let mut c = record(Op::Insert, None, image(&mut row.after), new, source);
             c.key_change = Some(change);
-            out.extend([d, c]);
+            out.push(c);
             return;
         }
     }

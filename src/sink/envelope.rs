@@ -23,6 +23,7 @@ pub fn write_record(rec: &ChangeRecord, out: &mut Vec<u8>) -> Result<(), serde_j
         enrichment,
         oversize,
         key_change,
+        filter_change,
         truncate,
         window,
         key: _,
@@ -51,6 +52,10 @@ pub fn write_record(rec: &ChangeRecord, out: &mut Vec<u8>) -> Result<(), serde_j
         out.extend_from_slice(b",\"new\":");
         write_image(out, &k.new);
         out.push(b'}');
+    }
+    if let Some(f) = filter_change {
+        out.extend_from_slice(b",\"filter_change\":");
+        write_str(out, f.name());
     }
     if let Some(t) = truncate {
         out.extend_from_slice(b",\"truncate\":");
@@ -221,6 +226,7 @@ mod tests {
             enrichment: Enrichment::None,
             oversize: None,
             key_change: None,
+            filter_change: None,
             truncate: None,
             window: None,
             key: image(&values[..1]),
@@ -285,7 +291,9 @@ mod tests {
             old: image(&[("id", ColumnValue::Int(1))]),
             new: image(&[("id", ColumnValue::Int(2))]),
         });
+        r.filter_change = Some(crate::model::record::FilterChange::Left);
         r.truncate = Some(Truncate {
+            dropped: true,
             partitions: Some(vec!["p0".into()]),
         });
         r.window = Some(Box::new(Window {

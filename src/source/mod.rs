@@ -46,6 +46,8 @@ pub struct TableTruncated {
     pub table: String,
     /// The partitions (`None`: the whole table).
     pub partitions: Option<Vec<String>>,
+    /// The table went too (`DROP TABLE`).
+    pub dropped: bool,
     /// The statement's group (its first event).
     pub position: BinlogPosition,
     /// Where to resume once it is done (after the statement).

@@ -28,7 +28,7 @@ use crate::checkpoint::AckTracker;
 use crate::config::pipeline::{MysqlSinkConfig, OnTooLong, PipelineConfig, WriteMode};
 use crate::config::SourceConfig;
 use crate::metrics::Metrics;
-use crate::model::record::{ChangeRecord, Enrichment, Skip};
+use crate::model::record::{ChangeRecord, Enrichment, FilterChange, Skip};
 use crate::model::Op;
 
 /// The writer's connection options: the source's host, port and TLS, its own account;
@@ -86,8 +86,12 @@ pub struct Plan {
 
 /// The statements that make derived results follow their source: the side row of a deleted
 /// source row (upsert), the results of a row whose input became NULL or empty, everything a
-/// `TRUNCATE` left without a source row (upsert). Each is guarded like the writes: it never
-/// removes the result of a source row that holds an input again.
+/// `TRUNCATE` left without a source row (upsert), the side row of a row that left the
+/// pipeline's `filter` and every side row of a dropped source table (upsert). The first three
+/// are guarded like the writes: they never remove the result of a source row that holds an
+/// input again. The last two are not (the database cannot say whether the row passes the
+/// filter now; a dropped table has no rows to ask): records are written in stream order, so a
+/// row that comes back brings its own result after the removal.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Removals {
     /// Parameters: the key (side table), the key (source).
@@ -96,6 +100,11 @@ pub struct Removals {
     pub input_gone: Option<String>,
     /// No parameters.
     pub truncated: Option<String>,
+    /// Parameters: the key (side table).
+    pub left_filter: Option<String>,
+    /// No parameters: every side row (the source table was dropped; there is nothing to
+    /// guard on, and a table created again under its name brings its rows' results after).
+    pub dropped: Option<String>,
 }
 
 /// Which removal a record asks for.
@@ -104,6 +113,8 @@ enum Removal {
     Deleted,
     InputGone,
     Truncated,
+    LeftFilter,
+    Dropped,
 }
 
 /// Builds the [`Removals`] of a plan (`inputs`: the columns whose emptiness means "no text").
@@ -169,6 +180,8 @@ pub fn removals(
                 }
             });
             Removals {
+                left_filter: Some(format!("DELETE FROM {side_q} WHERE {side_eq}")),
+                dropped: Some(format!("DELETE FROM {side_q}")),
                 deleted: Some(format!(
                     "DELETE FROM {side_q} WHERE {side_eq} AND NOT EXISTS (SELECT 1 FROM {src} WHERE {src_key})"
                 )),
@@ -184,6 +197,8 @@ pub fn removals(
                 format!("UPDATE {src} SET {nulls} WHERE {src_key} AND {g} AND ({filled})")
             }),
             truncated: None,
+            left_filter: None,
+            dropped: None,
         },
     }
 }
@@ -544,6 +559,7 @@ impl Writer {
             .collect();
         let twice = || key.iter().chain(&key).cloned().collect::<Vec<_>>();
         let r = &self.plan.removals;
+        let left = rec.filter_change == Some(FilterChange::Left);
         let skipped = match &rec.enrichment {
             Enrichment::Skipped { reason, .. } => Some(*reason),
             _ => None,
@@ -551,8 +567,16 @@ impl Writer {
         Some(match rec.op {
             // A window is written, never removed.
             Op::Window => return None,
+            Op::Truncate if rec.truncate.as_ref().is_some_and(|t| t.dropped) => match r.dropped {
+                Some(_) => Action::Remove(Removal::Dropped, Vec::new()),
+                None => Action::Nothing,
+            },
             Op::Truncate if r.truncated.is_some() => Action::Remove(Removal::Truncated, Vec::new()),
             Op::Truncate => Action::Nothing,
+            Op::Delete if left && r.left_filter.is_some() => {
+                Action::Remove(Removal::LeftFilter, key.clone())
+            }
+            Op::Delete if left => Action::Nothing,
             Op::Delete if r.deleted.is_some() => Action::Remove(Removal::Deleted, twice()),
             Op::Delete => Action::Nothing,
             _ => match skipped {
@@ -758,6 +782,8 @@ impl Writer {
                     Removal::Deleted => &self.plan.removals.deleted,
                     Removal::InputGone => &self.plan.removals.input_gone,
                     Removal::Truncated => &self.plan.removals.truncated,
+                    Removal::LeftFilter => &self.plan.removals.left_filter,
+                    Removal::Dropped => &self.plan.removals.dropped,
                 };
                 if let Some(sql) = sql {
                     let r = tx.exec_iter(sql.as_str(), params).await?;

@@ -81,6 +81,9 @@ pub struct Decoder {
     pub filter: Option<TableFilter>,
     /// Tables whose values failed to decode (reported once; not decoded again this run).
     failed: HashSet<(String, String)>,
+    /// Read tables a TABLE_MAP named since the stream started (or since their last drop): they
+    /// exist, whatever the schema history could tell.
+    mapped: HashSet<TableName>,
     /// The group whose events are held until its end is read.
     held: Option<groups::HeldGroup>,
     /// A committed group being decoded a slice at a time.
@@ -111,6 +114,7 @@ impl Decoder {
             payload_end: None,
             filter: None,
             failed: HashSet::new(),
+            mapped: HashSet::new(),
             held: None,
             release: None,
             prepared: HashMap::new(),
@@ -479,6 +483,7 @@ impl Decoder {
         let entry = if !self.reads(&key) {
             TableEntry::Unread
         } else {
+            self.mapped.insert(key.clone());
             let here = self.position_at(at.start, 0, 0);
             if let SchemaAt::Unknown { since } = self.history.at(&key.0, &key.1, &here) {
                 let since = since.clone();
@@ -506,20 +511,26 @@ impl Decoder {
     }
 
     /// A statement that removed rows of read tables with no rows event (`TRUNCATE`, `CREATE
-    /// OR REPLACE TABLE`, partitions truncated, dropped, converted or exchanged): a truncate
-    /// of each, whole or of its partitions. Rows an exchange brought in are not in the binlog
+    /// OR REPLACE TABLE`, `DROP TABLE`, partitions truncated, dropped, converted or exchanged):
+    /// a truncate of each, whole or of its partitions. Rows an exchange brought in are not in the binlog
     /// at all: said loudly (a backfill streams them).
     fn truncated(
-        &self,
+        &mut self,
         d: &ddl::Ddl,
         at: &At,
         resume: &BinlogPosition,
         out: &mut Vec<SourceEvent>,
     ) {
         let gone: Vec<(&TableName, Option<Vec<String>>)> = match &d.kind {
-            ddl::DdlKind::Truncate | ddl::DdlKind::ReplaceTable => {
-                d.tables.iter().map(|t| (t, None)).collect()
-            }
+            ddl::DdlKind::Truncate => d.tables.iter().map(|t| (t, None)).collect(),
+            // `IF EXISTS` / `OR REPLACE` are logged whether or not the table was there: only
+            // a table that existed lost rows.
+            ddl::DdlKind::ReplaceTable | ddl::DdlKind::DropTable => d
+                .tables
+                .iter()
+                .filter(|t| self.existed(t, at))
+                .map(|t| (t, None))
+                .collect(),
             ddl::DdlKind::TruncatePartitions(p) => {
                 d.tables.iter().map(|t| (t, Some(p.clone()))).collect()
             }
@@ -542,16 +553,38 @@ impl Decoder {
             _ => return,
         };
         let position = self.position_at(at.start, 0, 0);
-        for (t, partitions) in gone.into_iter().filter(|(t, _)| self.reads(t)) {
+        let gone: Vec<(TableName, Option<Vec<String>>)> = gone
+            .into_iter()
+            .filter(|(t, _)| self.reads(t))
+            .map(|(t, p)| (t.clone(), p))
+            .collect();
+        if d.kind == ddl::DdlKind::DropTable {
+            for (t, _) in &gone {
+                self.mapped.remove(t);
+            }
+        }
+        for (t, partitions) in gone {
             out.push(SourceEvent::Truncated(crate::source::TableTruncated {
                 db: t.0.clone(),
                 table: t.1.clone(),
                 partitions,
+                dropped: d.kind == ddl::DdlKind::DropTable,
                 position: position.clone(),
                 resume: resume.clone(),
                 server_id: at.server_id,
                 ts_ms: at.ts_ms,
             }));
+        }
+    }
+
+    /// Whether `t` existed when the statement at `at` ran: the schema history knows its
+    /// definition there, or (where the history cannot tell) a TABLE_MAP named it since the
+    /// stream started. Without a history (binlog files read offline) it is taken as existing.
+    fn existed(&self, t: &TableName, at: &At) -> bool {
+        let here = self.position_at(at.start, 0, 0);
+        match self.history.at(&t.0, &t.1, &here) {
+            SchemaAt::Known(_) | SchemaAt::NotTracked => true,
+            SchemaAt::Unknown { .. } => self.mapped.contains(t),
         }
     }
 
