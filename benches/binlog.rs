@@ -88,6 +88,7 @@ fn stream(a: &[String]) {
             tables: Default::default(),
             filter: None,
             history: Default::default(),
+            tables_added: Default::default(),
         };
         let t0 = Instant::now();
         let start = cdc_enricher::Start {

@@ -110,3 +110,54 @@ fn a_reload_adds_removes_and_changes_pipelines_without_losing_or_repeating_rows(
     assert!(line.contains("a, b") && line.ends_with("b, c"), "{line}");
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn a_table_a_reload_adds_is_read_with_its_definition_though_its_rows_passed_before() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE shop; CREATE TABLE shop.t1 (id INT PRIMARY KEY, v INT);
+         CREATE TABLE shop.t3 (id INT PRIMARY KEY, u UUID, a INET6, j JSON, n INT);",
+    ));
+    let mut d = Daemon::new(&db, Some(&kafka), &[("a", A)]);
+    d.spawn();
+    // Rows of t3 while no pipeline reads it: its table id is mapped, and left unread.
+    block_on(db.exec(
+        "INSERT INTO shop.t3 VALUES (1, '123e4567-e89b-12d3-a456-426655440000', '2001:db8::1', '{\"k\": [1, 2.50]}', 1);
+         INSERT INTO shop.t1 VALUES (1, 1);",
+    ));
+    assert_eq!(kafka.read("a", 1, Duration::from_secs(30)).len(), 1);
+    let t3 = "name: t3\ntable: shop.t3\nsink:\n  kafka:\n    topic: t3\n";
+    std::fs::write(d.dir.path().join("pipelines").join("t3.yaml"), t3).unwrap();
+    hup(&d);
+    wait_log(&mut d, "pipelines reloaded", 1, 60);
+    // The same table id, its definition from the schema history (not the binlog's bytes).
+    block_on(db.exec(
+        "INSERT INTO shop.t3 VALUES (2, '00000000-0000-0000-0000-00000000000a', '::ffff:10.0.0.1', '{\"x\": null}', 2);
+         UPDATE shop.t3 SET n = 10 WHERE id = 1;
+         INSERT INTO shop.t1 VALUES (2, 2);",
+    ));
+    let got: Vec<serde_json::Value> = kafka
+        .read("t3", 2, Duration::from_secs(30))
+        .iter()
+        .map(|r| {
+            let v = r.json();
+            serde_json::json!([v["op"], v["after"]])
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            serde_json::json!(["c", {"id": 2, "u": "00000000-0000-0000-0000-00000000000a", "a": "::ffff:10.0.0.1", "j": {"x": null}, "n": 2}]),
+            serde_json::json!(["u", {"id": 1, "u": "123e4567-e89b-12d3-a456-426655440000", "a": "2001:db8::1", "j": {"k": [1, 2.50]}, "n": 10}]),
+        ]
+    );
+    // The stream opened again where it was: the other pipeline's rows once each.
+    let a: Vec<i64> = kafka
+        .read("a", 3, Duration::from_secs(5))
+        .iter()
+        .map(|r| r.json()["after"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(a, [1, 2]);
+    assert_eq!(d.terminate(), 0);
+}

@@ -658,3 +658,78 @@ fn a_row_leaving_a_filter_loses_its_side_row_and_gets_it_back_when_it_returns() 
     assert_eq!(dead, [0]);
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn statements_on_a_temporary_table_that_shadows_a_read_table_leave_it_alone() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY, v INT); CREATE TABLE s.u (id INT PRIMARY KEY);",
+    ));
+    let p = "name: p\ntable: s.t\nsink:\n  kafka:\n    topic: st\n";
+    let q = "name: q\ntable: s.u\nsink:\n  kafka:\n    topic: su\n";
+    let mut d = Daemon::new(&db, Some(&kafka), &[("p", p), ("q", q)]);
+    d.spawn();
+    // One session (statements logged as such on its temporary tables): a temporary `t`
+    // truncated and altered, then the real `u` truncated while the temporary table exists.
+    block_on(db.exec(
+        "INSERT INTO s.t VALUES (1, 1), (2, 2); INSERT INTO s.u VALUES (7);
+         SET SESSION binlog_format = MIXED; USE s;
+         CREATE TEMPORARY TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (9, 9);
+         TRUNCATE TABLE t; ALTER TABLE t ADD COLUMN w INT; TRUNCATE TABLE u;
+         DROP TEMPORARY TABLE t; SET SESSION binlog_format = ROW;
+         UPDATE s.t SET v = 20 WHERE id = 2; TRUNCATE TABLE s.t;",
+    ));
+    let t = kafka.read("st", 5, Duration::from_secs(30));
+    let ops: Vec<(Value, Value)> = t
+        .iter()
+        .map(|r| (r.json()["op"].clone(), r.json()["after"].clone()))
+        .collect();
+    // The real `t`: its two rows, the update (with the real columns), its own truncate.
+    assert_eq!(
+        ops,
+        [
+            (json!("c"), json!({"id": 1, "v": 1})),
+            (json!("c"), json!({"id": 2, "v": 2})),
+            (json!("u"), json!({"id": 2, "v": 20})),
+            (json!("t"), Value::Null),
+        ]
+    );
+    let u: Vec<Value> = kafka
+        .read("su", 3, Duration::from_secs(10))
+        .iter()
+        .map(|r| r.json()["op"].clone())
+        .collect();
+    assert_eq!(u, [json!("c"), json!("t")]);
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn a_read_table_changed_by_foreign_key_actions_is_warned_of_at_start() {
+    let db = MariaDb::start();
+    block_on(db.exec(
+        "CREATE DATABASE s; CREATE TABLE s.parent (id INT PRIMARY KEY);
+         CREATE TABLE s.child (id INT PRIMARY KEY, parent INT,
+           CONSTRAINT child_parent FOREIGN KEY (parent) REFERENCES s.parent (id) ON DELETE CASCADE);
+         CREATE TABLE s.plain (id INT PRIMARY KEY, parent INT,
+           CONSTRAINT plain_parent FOREIGN KEY (parent) REFERENCES s.parent (id));",
+    ));
+    let child = "name: child\ntable: s.child\nsink:\n  jsonl:\n    path: child.jsonl\n";
+    let plain = "name: plain\ntable: s.plain\nsink:\n  jsonl:\n    path: plain.jsonl\n";
+    let mut d = Daemon::new(&db, None, &[("child", child), ("plain", plain)]);
+    d.spawn();
+    wait_log(&mut d, "starting", 1, 60);
+    let warned: Vec<String> = d
+        .log()
+        .lines()
+        .filter(|l| l.contains("a foreign key changes this table's rows"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(warned.len(), 1, "{}", d.log());
+    assert!(
+        warned[0].contains("child_parent") && warned[0].contains("CASCADE"),
+        "{}",
+        warned[0]
+    );
+    assert_eq!(d.terminate(), 0);
+}

@@ -233,3 +233,53 @@ fn large_groups_are_held_in_a_spill_file_and_a_rolled_back_one_leaves_nothing() 
     assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn rows_after_a_savepoint_stay_in_their_transaction_also_across_a_kill_9_inside_it() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec("CREATE DATABASE t; CREATE TABLE t.acct (id INT PRIMARY KEY, v INT);"));
+    let mut d = Daemon::new(&db, Some(&kafka), &[("acct", ACCT)]);
+    d.spawn();
+    // The temporary tables make MariaDB log the savepoints and the rollbacks to them.
+    block_on(db.exec(
+        "BEGIN; INSERT INTO t.acct SELECT seq, 0 FROM t.seq_1_to_10; SAVEPOINT a;
+           CREATE TEMPORARY TABLE t.tmp (k INT); INSERT INTO t.acct VALUES (11, 9), (12, 9);
+           ROLLBACK TO SAVEPOINT a; RELEASE SAVEPOINT a;
+           INSERT INTO t.acct SELECT seq, 1 FROM t.seq_100001_to_400000; COMMIT;
+         BEGIN; INSERT INTO t.acct VALUES (500001, 2); SAVEPOINT `é`;
+           CREATE TEMPORARY TABLE t.tmp2 (k INT); INSERT INTO t.acct VALUES (500002, 9);
+           ROLLBACK TO SAVEPOINT `É`; INSERT INTO t.acct VALUES (500003, 2); SAVEPOINT `resume`;
+           INSERT INTO t.acct VALUES (500004, 9); ROLLBACK TO `résumé`; COMMIT;",
+    ));
+    let mut tail = kafka.tail("acct");
+    // Killed while the 300,010-row transaction is on its way.
+    wait_records(&mut d, &mut tail, 20_000, 120);
+    d.kill9();
+    // Every record so far is of one transaction: its GTID, its first event's position.
+    let first = tail.records[0].json()["source"].clone();
+    assert!(first["gtid"].is_string(), "{first}");
+    for r in &tail.records {
+        let s = &r.json()["source"];
+        assert_eq!(
+            (&s["gtid"], &s["pos"]),
+            (&first["gtid"], &first["pos"]),
+            "{s}"
+        );
+    }
+    // The checkpoint a kill can leave inside it resumes (no rows event without its TABLE_MAP).
+    d.spawn();
+    // At least every row once (the records of the kill's checkpoint window come twice).
+    wait_records(&mut d, &mut tail, 10 + 300_000 + 2, 240);
+    tail.drain(Duration::from_secs(3));
+    let seen: std::collections::BTreeSet<i64> =
+        ids(&tail.records).into_iter().map(|(_, id)| id).collect();
+    let expected: std::collections::BTreeSet<i64> = (1..=10)
+        .chain(100_001..=400_000)
+        .chain([500_001, 500_003])
+        .collect();
+    assert_eq!(seen, expected);
+    // Nothing rolled back to a savepoint was emitted, before or after the restart.
+    assert!(ids(&tail.records).iter().all(|(op, _)| op == "c"));
+    assert_eq!(d.terminate(), 0);
+}

@@ -213,7 +213,8 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     read.extend(signal.clone());
     let tables: reload::Tables = Arc::new(RwLock::new(read.into_iter().collect()));
     let (tx, rx) = mpsc::channel::<Vec<SourceEvent>>(16);
-    let source = binlog_source(&cfg, &metrics, &tables, &resume.history);
+    let tables_added = Arc::new(tokio::sync::Notify::new());
+    let source = binlog_source(&cfg, &metrics, &tables, &resume.history, &tables_added);
     let source_task = tokio::spawn(source.run(resume.start, tx.clone(), stop_rx.clone()));
 
     let (swap_tx, swap_rx) = std::sync::mpsc::channel();
@@ -250,6 +251,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         routes,
         tasks: enrich_tasks,
         tables,
+        tables_added,
         signal,
         slots,
         asks,
@@ -289,6 +291,7 @@ fn binlog_source(
     metrics: &Arc<Metrics>,
     tables: &reload::Tables,
     history: &Arc<Mutex<crate::source::mysql::schema_history::SchemaHistory>>,
+    tables_added: &Arc<tokio::sync::Notify>,
 ) -> MysqlSource {
     let filter_tables = tables.clone();
     MysqlSource {
@@ -302,6 +305,7 @@ fn binlog_source(
                 .unwrap_or(true)
         })),
         history: history.clone(),
+        tables_added: tables_added.clone(),
     }
 }
 

@@ -34,6 +34,8 @@ pub struct Reloader {
     pub routes: Vec<Route>,
     pub tasks: Arc<std::sync::Mutex<Vec<super::outputs::StageTask>>>,
     pub tables: Tables,
+    /// Tells the binlog source that `tables` grew (it reads their definitions, then their rows).
+    pub tables_added: Arc<tokio::sync::Notify>,
     /// The backfill signal table, decoded whatever the pipelines.
     pub signal: Option<(String, String)>,
     pub slots: PipelineSlots,
@@ -142,10 +144,15 @@ impl Reloader {
     /// Hands the new router and routes to the pipeline stage and waits (up to 5 minutes) until
     /// it took them, between two batches.
     async fn swap(&self, router: Router, routes: Vec<Route>) -> Result<(), AppError> {
-        {
+        let grew = {
             let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
+            let before = t.len();
             t.extend(router.tables());
             t.extend(self.signal.clone());
+            t.len() > before
+        };
+        if grew {
+            self.tables_added.notify_one();
         }
         let (done_tx, done_rx) = oneshot::channel();
         let swap = Swap {

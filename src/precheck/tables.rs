@@ -111,6 +111,7 @@ pub async fn pipeline(
         quote_ident(&db),
         quote_ident(&t)
     );
+    cascades(conn, p, &db, &t).await;
     if let Err(e) = conn.query_drop(sel).await {
         fail(
             f,
@@ -121,6 +122,87 @@ pub async fn pipeline(
             format!("GRANT SELECT ON `{db}`.`{t}` TO {grantee};"),
         );
     }
+}
+
+/// Warns of the foreign keys whose referential actions change this table's rows: InnoDB applies
+/// `ON DELETE`/`ON UPDATE` `CASCADE`, `SET NULL` and `SET DEFAULT` below the server's binary
+/// log, so those changes are in no rows event (MariaDB, and MySQL before 9.x; see
+/// <https://mariadb.com/kb/en/foreign-keys/>). Not a failure: the rows the table's own
+/// statements change stream as ever. A table the source account cannot read the constraints
+/// of is not warned about.
+async fn cascades(conn: &mut Conn, p: &PipelineConfig, db: &str, t: &str) {
+    // SHOW CREATE TABLE needs only SELECT (information_schema's constraint tables show nothing
+    // to an account with no other privilege on the table).
+    let sql = format!("SHOW CREATE TABLE {}.{}", quote_ident(db), quote_ident(t));
+    let Ok(Some((_, create))) = conn.query_first::<(String, String), _>(sql).await else {
+        return;
+    };
+    for fk in foreign_key_actions(&create) {
+        tracing::warn!(pipeline = %p.name, table = %format!("{db}.{t}"), constraint = %fk.name,
+            parent = %fk.parent, on_delete = %fk.on_delete, on_update = %fk.on_update,
+            "a foreign key changes this table's rows when its parent rows change: the server applies \
+             those changes below the binary log, so they reach no record (a parent's delete \
+             leaves its children's last records). Delete or update the children with statements \
+             of their own (or a trigger) to stream them");
+    }
+}
+
+/// A foreign key with a referential action that changes the child's rows.
+#[derive(Debug, PartialEq)]
+struct ForeignKeyAction {
+    name: String,
+    /// The parent table as `SHOW CREATE TABLE` names it.
+    parent: String,
+    /// `CASCADE`, `SET NULL`, `SET DEFAULT`, or `RESTRICT` when the clause is absent.
+    on_delete: String,
+    on_update: String,
+}
+
+/// The foreign keys of a `SHOW CREATE TABLE` text whose `ON DELETE` or `ON UPDATE` changes rows
+/// (one `CONSTRAINT … FOREIGN KEY … REFERENCES …` line each, as the server prints them).
+fn foreign_key_actions(create: &str) -> Vec<ForeignKeyAction> {
+    let action = |line: &str, on: &str| -> String {
+        let Some(rest) = line.split(on).nth(1) else {
+            return "RESTRICT".into();
+        };
+        [
+            "CASCADE",
+            "SET NULL",
+            "SET DEFAULT",
+            "NO ACTION",
+            "RESTRICT",
+        ]
+        .into_iter()
+        .find(|a| rest.trim_start().starts_with(a))
+        .unwrap_or("RESTRICT")
+        .to_string()
+    };
+    let changes = |a: &str| matches!(a, "CASCADE" | "SET NULL" | "SET DEFAULT");
+    create
+        .lines()
+        .filter(|l| l.contains(" FOREIGN KEY ") && l.contains(" REFERENCES "))
+        .filter_map(|l| {
+            let name = l
+                .split("CONSTRAINT `")
+                .nth(1)
+                .and_then(|r| r.split('`').next())
+                .unwrap_or("")
+                .to_string();
+            let parent = l
+                .split(" REFERENCES ")
+                .nth(1)
+                .and_then(|r| r.split(" (").next())
+                .unwrap_or("")
+                .replace('`', "");
+            let fk = ForeignKeyAction {
+                name,
+                parent,
+                on_delete: action(l, " ON DELETE "),
+                on_update: action(l, " ON UPDATE "),
+            };
+            (changes(&fk.on_delete) || changes(&fk.on_update)).then_some(fk)
+        })
+        .collect()
 }
 
 /// Every column the pipeline names (`columns`, `key`, the enrichment's inputs, the filter)
@@ -177,5 +259,33 @@ pub fn backfill_key(cfg: &Config, p: &PipelineConfig, schemas: &Schemas, f: &mut
                     "use integer, decimal, string, binary or date key columns (`key:` in the pipeline), or `snapshot: never`");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_keys_whose_actions_change_rows_are_found() {
+        let create = "CREATE TABLE `child` (\n  `id` int(11) NOT NULL,\n  `p` int(11) DEFAULT NULL,\n  \
+            `q` int(11) DEFAULT NULL,\n  PRIMARY KEY (`id`),\n  \
+            CONSTRAINT `c_p` FOREIGN KEY (`p`) REFERENCES `parent` (`id`) ON DELETE CASCADE,\n  \
+            CONSTRAINT `c q` FOREIGN KEY (`q`) REFERENCES `other`.`t` (`id`) ON DELETE NO ACTION ON UPDATE SET NULL,\n  \
+            CONSTRAINT `plain` FOREIGN KEY (`q`) REFERENCES `parent` (`id`),\n  \
+            CONSTRAINT `r` FOREIGN KEY (`q`) REFERENCES `parent` (`id`) ON DELETE RESTRICT ON UPDATE NO ACTION\n) ENGINE=InnoDB";
+        let fk = |name: &str, parent: &str, d: &str, u: &str| ForeignKeyAction {
+            name: name.into(),
+            parent: parent.into(),
+            on_delete: d.into(),
+            on_update: u.into(),
+        };
+        assert_eq!(
+            foreign_key_actions(create),
+            [
+                fk("c_p", "parent", "CASCADE", "RESTRICT"),
+                fk("c q", "other.t", "NO ACTION", "SET NULL"),
+            ]
+        );
     }
 }

@@ -42,6 +42,21 @@ pub struct Ddl {
 }
 
 impl Ddl {
+    /// Whether the statement, logged as using temporary tables, can only have been about a
+    /// temporary table that shadows its name: a TRUNCATE, ALTER, index or rename names one table
+    /// and touches no other (a CREATE … SELECT or CREATE OR REPLACE may read a temporary table
+    /// and still make a real one; a DROP of a temporary table is logged as `DROP TEMPORARY`).
+    pub fn temporary_only(&self) -> bool {
+        matches!(
+            self.kind,
+            DdlKind::Truncate
+                | DdlKind::TruncatePartitions(_)
+                | DdlKind::AlterTable
+                | DdlKind::Index
+                | DdlKind::RenameTable
+        )
+    }
+
     /// Whether the statement may change the columns of `t`.
     pub fn changes_columns_of(&self, t: &TableName) -> bool {
         !matches!(

@@ -219,6 +219,10 @@ pub struct MysqlSource {
     pub filter: Option<super::decoder::TableFilter>,
     /// Where the schema history is published for the checkpoint writer after it changes.
     pub history: Arc<std::sync::Mutex<SchemaHistory>>,
+    /// Notified when `tables` grew (a reload added pipelines): the stream is opened again at
+    /// its resume position, so the new tables get their definitions in the schema history
+    /// (read as at any connect) before their rows are decoded.
+    pub tables_added: Arc<tokio::sync::Notify>,
 }
 
 impl MysqlSource {
@@ -260,6 +264,14 @@ impl MysqlSource {
                 .await
             {
                 Ok(StreamEnd::Shutdown) => return Ok(()),
+                Ok(StreamEnd::TablesAdded) => {
+                    let resume = decoder.resume_position();
+                    tracing::info!(position = %resume, tables = ?self.read_tables(),
+                        "tables added by a reload: the binlog is opened again here, with their definitions");
+                    decoder.reset_to(&resume);
+                    first = false;
+                    continue;
+                }
                 Ok(StreamEnd::Disconnected(reason)) => {
                     tracing::warn!(position = %decoder.resume_position(), %reason, backoff_ms = backoff.as_millis() as u64,
                         "binlog stream lost; reconnecting");
@@ -297,6 +309,12 @@ impl MysqlSource {
             let next = tokio::select! {
                 r = tokio::time::timeout(read_timeout, stream.next()) => r,
                 _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
+                _ = self.tables_added.notified() => {
+                    if !out.is_empty() && tx.send(out).await.is_err() {
+                        return Ok(StreamEnd::Shutdown);
+                    }
+                    return Ok(StreamEnd::TablesAdded);
+                }
             };
             let reason = match next {
                 Ok(Some(Ok(ev))) => {
@@ -684,4 +702,6 @@ impl Drop for Connected {
 enum StreamEnd {
     Shutdown,
     Disconnected(String),
+    /// A reload added tables: open the stream again at the resume position.
+    TablesAdded,
 }

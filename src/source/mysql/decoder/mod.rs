@@ -260,6 +260,7 @@ impl Decoder {
             end,
             ts_ms: h.timestamp() as u64 * 1000,
             server_id: h.server_id(),
+            thread_specific: h.flags_raw() & LOG_EVENT_THREAD_SPECIFIC_F != 0,
         };
         match EventType::from_code(code) {
             EventType::Rotate => return self.on_rotate(ev, &at),
@@ -366,6 +367,12 @@ impl Decoder {
             }
         } else if head.starts_with("XA END") {
             // Inside an XA group: its XA_PREPARE event (or XA COMMIT … ONE PHASE) ends it.
+        } else if head.starts_with("SAVEPOINT")
+            || head.starts_with("ROLLBACK TO")
+            || head.starts_with("RELEASE SAVEPOINT")
+        {
+            // Inside the transaction: applied to its rows while the group was held (a rollback
+            // to a savepoint dropped the rows after it); the transaction goes on.
         } else if let Some(o) = super::xa::outcome(trimmed) {
             self.on_xa_outcome(o, at, out);
         } else if head.starts_with("COMMIT") || head.starts_with("ROLLBACK") {
@@ -373,8 +380,11 @@ impl Decoder {
         } else if is_statement_dml(trimmed) {
             // A change logged as a statement (a session with binlog_format=STATEMENT): its rows
             // are not in the binlog. Said loudly; the position moves on.
+            // `temporary_tables`: the server flagged it as using temporary tables; if it
+            // changed only those, nothing is missing.
             tracing::warn!(db = %schema, position = %format!("{}:{}", self.file, at.start),
                 statement = %trimmed.chars().take(200).collect::<String>(),
+                temporary_tables = at.thread_specific,
                 "a change was logged as a statement, not as rows; its rows cannot be emitted \
                  (set binlog_format=ROW for every session)");
             if self.txn.is_none() {
@@ -386,7 +396,8 @@ impl Decoder {
         } else {
             // DDL or another statement logged as text: its own transaction.
             let resume = BinlogPosition::new(self.file.clone(), at.end);
-            let parsed = ddl::parse(trimmed, schema);
+            let parsed =
+                ddl::parse(trimmed, schema).filter(|d| !(at.thread_specific && d.temporary_only()));
             if let Some(d) = &parsed {
                 self.truncated(d, at, &resume, out);
                 let changed: Vec<TableName> = d
@@ -474,12 +485,14 @@ impl Decoder {
     ) -> Result<(), DecodeError> {
         let (id, db, table) =
             TableMap::names(data, tid_len).map_err(|r| self.err(at.code, at.start, r))?;
-        if let Some((raw, _)) = self.tables.get(&id) {
-            if raw.as_slice() == data {
+        let key = (db, table);
+        if let Some((raw, entry)) = self.tables.get(&id) {
+            // A table unread when it was mapped may be read now (a reload added it).
+            let newly_read = matches!(entry, TableEntry::Unread) && self.reads(&key);
+            if raw.as_slice() == data && !newly_read {
                 return Ok(());
             }
         }
-        let key = (db, table);
         let entry = if !self.reads(&key) {
             TableEntry::Unread
         } else {
@@ -828,7 +841,14 @@ struct At {
     end: u64,
     ts_ms: u64,
     server_id: u32,
+    /// The statement used temporary tables (`LOG_EVENT_THREAD_SPECIFIC_F`).
+    thread_specific: bool,
 }
+
+/// A query event's header flag: the statement used the session's temporary tables (a session
+/// with `binlog_format` STATEMENT or MIXED logs statements on them); MariaDB and MySQL, see
+/// <https://mariadb.com/kb/en/event-flags/>.
+const LOG_EVENT_THREAD_SPECIFIC_F: u16 = 0x4;
 
 /// The table-id width of this server's TABLE_MAP and rows events (4 on very old servers).
 fn table_id_len(ev: &Event, code: u8) -> usize {
