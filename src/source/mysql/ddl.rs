@@ -32,6 +32,8 @@ pub enum DdlKind {
     ExchangePartition(String),
     /// `CREATE INDEX … ON t`, `DROP INDEX … ON t` (a long UNIQUE index adds a hidden column).
     Index,
+    /// `DROP DATABASE d` / `DROP SCHEMA d`: every table of `d` is gone (no table named).
+    DropDatabase(String),
 }
 
 /// A statement's effect on tables.
@@ -59,6 +61,9 @@ impl Ddl {
 
     /// Whether the statement may change the columns of `t`.
     pub fn changes_columns_of(&self, t: &TableName) -> bool {
+        if let DdlKind::DropDatabase(db) = &self.kind {
+            return t.0 == *db;
+        }
         !matches!(
             self.kind,
             DdlKind::Truncate | DdlKind::TruncatePartitions(_) | DdlKind::ExchangePartition(_)
@@ -292,6 +297,10 @@ pub fn parse(sql: &str, default_db: &str) -> Option<Ddl> {
             p.eat_all(&["IF", "EXISTS"]);
             return ddl(DdlKind::DropTable, p.table_list());
         }
+        if p.eat("DATABASE") || p.eat("SCHEMA") {
+            p.eat_all(&["IF", "EXISTS"]);
+            return ddl(DdlKind::DropDatabase(p.word()?), Vec::new());
+        }
         if p.eat("INDEX") && p.skip_until("ON") {
             return ddl(DdlKind::Index, vec![p.table()?]);
         }
@@ -494,6 +503,13 @@ mod tests {
             gone("CREATE OR REPLACE TABLE c (id INT) SELECT 1 AS id"),
             Some((DdlKind::ReplaceTable, vec![t("shop", "c")]))
         );
+        for drop in ["DROP DATABASE `d-1`", "drop schema if exists `d-1`"] {
+            assert_eq!(
+                gone(drop),
+                Some((DdlKind::DropDatabase("d-1".into()), Vec::new())),
+                "{drop}"
+            );
+        }
         // No rows go: a column named like a partition verb, partition maintenance.
         for same in [
             "ALTER TABLE s DROP COLUMN `partition`",

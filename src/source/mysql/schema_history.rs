@@ -99,6 +99,18 @@ impl SchemaHistory {
         }
     }
 
+    /// The tables of `db` the history keeps versions of (by their `db.` prefix: a database
+    /// whose name has a dot may also list another's tables as its own, which a caller asking
+    /// only of the tables it reads tells apart).
+    pub fn tables_in(&self, db: &str) -> Vec<String> {
+        let prefix = format!("{db}.");
+        self.tables
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Whether the history keeps versions of this table (tables it was never told of are
     /// typed from the binlog alone, as binlog files read offline are).
     pub fn tracks(&self, db: &str, table: &str) -> bool {

@@ -399,14 +399,17 @@ impl Decoder {
             let parsed =
                 ddl::parse(trimmed, schema).filter(|d| !(at.thread_specific && d.temporary_only()));
             if let Some(d) = &parsed {
-                self.truncated(d, at, &resume, out);
-                let changed: Vec<TableName> = d
-                    .tables
-                    .iter()
+                let gone = self.truncated(d, at, &resume, out);
+                let named = match d.kind {
+                    // The database's tables went with it.
+                    ddl::DdlKind::DropDatabase(_) => gone,
+                    _ => d.tables.clone(),
+                };
+                let changed: Vec<TableName> = named
+                    .into_iter()
                     .filter(|t| {
                         d.changes_columns_of(t) && self.reads(t) && self.history.tracks(&t.0, &t.1)
                     })
-                    .cloned()
                     .collect();
                 for t in changed {
                     // A boundary: the definition from here on is recorded by the caller if
@@ -524,18 +527,34 @@ impl Decoder {
     }
 
     /// A statement that removed rows of read tables with no rows event (`TRUNCATE`, `CREATE
-    /// OR REPLACE TABLE`, `DROP TABLE`, partitions truncated, dropped, converted or exchanged):
+    /// OR REPLACE TABLE`, `DROP TABLE`, `DROP DATABASE`, partitions truncated, dropped, converted
+    /// or exchanged):
     /// a truncate of each, whole or of its partitions. Rows an exchange brought in are not in the binlog
     /// at all: said loudly (a backfill streams them).
+    ///
+    /// Returns the read tables whose rows went.
     fn truncated(
         &mut self,
         d: &ddl::Ddl,
         at: &At,
         resume: &BinlogPosition,
         out: &mut Vec<SourceEvent>,
-    ) {
+    ) -> Vec<TableName> {
+        let in_db: Vec<TableName>;
         let gone: Vec<(&TableName, Option<Vec<String>>)> = match &d.kind {
             ddl::DdlKind::Truncate => d.tables.iter().map(|t| (t, None)).collect(),
+            // Every table of the database: those the history keeps or a TABLE_MAP named.
+            ddl::DdlKind::DropDatabase(db) => {
+                let mut names: std::collections::BTreeSet<TableName> = self
+                    .history
+                    .tables_in(db)
+                    .into_iter()
+                    .map(|t| (db.clone(), t))
+                    .collect();
+                names.extend(self.mapped.iter().filter(|t| t.0 == *db).cloned());
+                in_db = names.into_iter().filter(|t| self.existed(t, at)).collect();
+                in_db.iter().map(|t| (t, None)).collect()
+            }
             // `IF EXISTS` / `OR REPLACE` are logged whether or not the table was there: only
             // a table that existed lost rows.
             ddl::DdlKind::ReplaceTable | ddl::DdlKind::DropTable => d
@@ -549,7 +568,7 @@ impl Decoder {
             }
             ddl::DdlKind::ExchangePartition(p) => {
                 let (Some(t), Some(other)) = (d.tables.first(), d.tables.get(1)) else {
-                    return;
+                    return Vec::new();
                 };
                 for (into, from) in [(t, other), (other, t)] {
                     if self.reads(into) {
@@ -563,7 +582,7 @@ impl Decoder {
                 }
                 vec![(t, Some(vec![p.clone()])), (other, None)]
             }
-            _ => return,
+            _ => return Vec::new(),
         };
         let position = self.position_at(at.start, 0, 0);
         let gone: Vec<(TableName, Option<Vec<String>>)> = gone
@@ -571,23 +590,30 @@ impl Decoder {
             .filter(|(t, _)| self.reads(t))
             .map(|(t, p)| (t.clone(), p))
             .collect();
-        if d.kind == ddl::DdlKind::DropTable {
+        let dropped = matches!(
+            d.kind,
+            ddl::DdlKind::DropTable | ddl::DdlKind::DropDatabase(_)
+        );
+        if dropped {
             for (t, _) in &gone {
                 self.mapped.remove(t);
             }
         }
+        let mut tables = Vec::with_capacity(gone.len());
         for (t, partitions) in gone {
             out.push(SourceEvent::Truncated(crate::source::TableTruncated {
                 db: t.0.clone(),
                 table: t.1.clone(),
                 partitions,
-                dropped: d.kind == ddl::DdlKind::DropTable,
+                dropped,
                 position: position.clone(),
                 resume: resume.clone(),
                 server_id: at.server_id,
                 ts_ms: at.ts_ms,
             }));
+            tables.push(t);
         }
+        tables
     }
 
     /// Whether `t` existed when the statement at `at` ran: the schema history knows its
