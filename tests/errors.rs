@@ -307,6 +307,24 @@ fn enrichment_config_errors_name_the_setting() {
         "{err}"
     );
 
+    // Two upsert pipelines writing one side table.
+    let upsert = |name: &str| {
+        format!(
+            "name: {name}\ntable: shop.items\ncolumns: [id, title]\n\
+             enrichment:\n  comprehend: {{operation: sentiment, text: title}}\n\
+             sink:\n  mysql:\n    mode: upsert\n    user: w\n    password: p\n    table: shop.side\n    columns: {{s: /sentiment}}\n"
+        )
+    };
+    write(&d, "pipelines/a.yaml", &upsert("a"));
+    write(&d, "pipelines/b.yaml", &upsert("b"));
+    let (code, _, err) = d.check();
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "error: pipeline `b` (pipelines/b.yaml): sink.mysql: the side table `shop.side` is also written by pipeline `a` (pipelines/a.yaml); each upsert pipeline needs a side table of its own\n"
+    );
+    std::fs::remove_file(d.dir.path().join("pipelines/b.yaml")).unwrap();
+
     // A prompt's column the table lacks: the preflight names it.
     write(
         &d,

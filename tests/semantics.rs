@@ -679,12 +679,19 @@ fn statements_on_a_temporary_table_that_shadows_a_read_table_leave_it_alone() {
     let mut d = Daemon::new(&db, Some(&kafka), &[("p", p), ("q", q)]);
     d.spawn();
     // One session (statements logged as such on its temporary tables): a temporary `t`
-    // truncated and altered, then the real `u` truncated while the temporary table exists.
+    // truncated and altered, then the real `u` truncated while the temporary table exists; a
+    // transaction making a temporary table then rolled back (its rows, logged as rows for the
+    // UUID(), never happened); a procedure truncating `u` after making a temporary table.
     block_on(db.exec(
         "INSERT INTO s.t VALUES (1, 1), (2, 2); INSERT INTO s.u VALUES (7);
          SET SESSION binlog_format = MIXED; USE s;
          CREATE TEMPORARY TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (9, 9);
          TRUNCATE TABLE t; ALTER TABLE t ADD COLUMN w INT; TRUNCATE TABLE u;
+         BEGIN; INSERT INTO s.u SELECT 3 + LENGTH(UUID()) - 36; CREATE TEMPORARY TABLE tmp3 (k INT);
+           INSERT INTO s.u SELECT 4 + LENGTH(UUID()) - 36; ROLLBACK;
+         CREATE PROCEDURE etl() BEGIN CREATE TEMPORARY TABLE tmp9 (k INT); INSERT INTO tmp9 VALUES (1);
+           TRUNCATE TABLE u; DROP TEMPORARY TABLE tmp9; END;
+         CALL etl();
          DROP TEMPORARY TABLE t; SET SESSION binlog_format = ROW;
          UPDATE s.t SET v = 20 WHERE id = 2; TRUNCATE TABLE s.t;",
     ));
@@ -704,11 +711,11 @@ fn statements_on_a_temporary_table_that_shadows_a_read_table_leave_it_alone() {
         ]
     );
     let u: Vec<Value> = kafka
-        .read("su", 3, Duration::from_secs(10))
+        .read("su", 5, Duration::from_secs(10))
         .iter()
         .map(|r| r.json()["op"].clone())
         .collect();
-    assert_eq!(u, [json!("c"), json!("t")]);
+    assert_eq!(u, [json!("c"), json!("t"), json!("t")]);
     assert_eq!(d.terminate(), 0);
 }
 

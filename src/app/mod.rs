@@ -213,7 +213,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     read.extend(signal.clone());
     let tables: reload::Tables = Arc::new(RwLock::new(read.into_iter().collect()));
     let (tx, rx) = mpsc::channel::<Vec<SourceEvent>>(16);
-    let tables_added = Arc::new(tokio::sync::Notify::new());
+    let tables_added = Arc::new(crate::source::mysql::stream::TablesToAdd::default());
     let source = binlog_source(&cfg, &metrics, &tables, &resume.history, &tables_added);
     let source_task = tokio::spawn(source.run(resume.start, tx.clone(), stop_rx.clone()));
 
@@ -291,7 +291,7 @@ fn binlog_source(
     metrics: &Arc<Metrics>,
     tables: &reload::Tables,
     history: &Arc<Mutex<crate::source::mysql::schema_history::SchemaHistory>>,
-    tables_added: &Arc<tokio::sync::Notify>,
+    tables_added: &Arc<crate::source::mysql::stream::TablesToAdd>,
 ) -> MysqlSource {
     let filter_tables = tables.clone();
     MysqlSource {

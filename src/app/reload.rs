@@ -34,8 +34,9 @@ pub struct Reloader {
     pub routes: Vec<Route>,
     pub tasks: Arc<std::sync::Mutex<Vec<super::outputs::StageTask>>>,
     pub tables: Tables,
-    /// Tells the binlog source that `tables` grew (it reads their definitions, then their rows).
-    pub tables_added: Arc<tokio::sync::Notify>,
+    /// Hands the binlog source the tables of added pipelines (it reads their definitions, then
+    /// their rows, from a point it marks in the stream).
+    pub tables_added: Arc<crate::source::mysql::stream::TablesToAdd>,
     /// The backfill signal table, decoded whatever the pipelines.
     pub signal: Option<(String, String)>,
     pub slots: PipelineSlots,
@@ -144,23 +145,34 @@ impl Reloader {
     /// Hands the new router and routes to the pipeline stage and waits (up to 5 minutes) until
     /// it took them, between two batches.
     async fn swap(&self, router: Router, routes: Vec<Route>) -> Result<(), AppError> {
-        let grew = {
-            let mut t = self.tables.write().unwrap_or_else(|p| p.into_inner());
-            let before = t.len();
-            t.extend(router.tables());
-            t.extend(self.signal.clone());
-            t.len() > before
+        let added: Vec<(String, String)> = {
+            let t = self.tables.read().unwrap_or_else(|p| p.into_inner());
+            let mut new: Vec<_> = router.tables();
+            new.extend(self.signal.clone());
+            new.into_iter().filter(|x| !t.contains(x)).collect()
         };
-        if grew {
-            self.tables_added.notify_one();
-        }
         let (done_tx, done_rx) = oneshot::channel();
         let swap = Swap {
             router,
             routes,
             done: done_tx,
+            at_tables_added: !added.is_empty(),
         };
-        if self.swaps.send(swap).is_err() || self.wake.send(Vec::new()).await.is_err() {
+        if self.swaps.send(swap).is_err() {
+            return Err(AppError::Reload(
+                "the pipeline stage ended before the reload took effect".into(),
+            ));
+        }
+        // New tables: the source marks where it starts reading them, and the swap is there.
+        // Otherwise an empty batch wakes an idle stage to swap now.
+        let woken = match added.is_empty() {
+            false => {
+                self.tables_added.add(added);
+                true
+            }
+            true => self.wake.send(Vec::new()).await.is_ok(),
+        };
+        if !woken {
             return Err(AppError::Reload(
                 "the pipeline stage ended before the reload took effect".into(),
             ));

@@ -603,9 +603,32 @@ pub fn load_dir(dir: &Path, have_kafka: bool) -> Result<Vec<PipelineConfig>, Con
                 message,
             });
         }
+        // A side row follows its pipeline's source row (deleted when it is, or leaves the
+        // filter): a side table shared by two pipelines would lose the other's results.
+        if let Some(side) = side_table(&p) {
+            if let Some(other) = out.iter().find(|o| side_table(o) == Some(side)) {
+                return Err(ConfigError::Pipeline {
+                    pipeline: p.name.clone(),
+                    file: p.file.clone(),
+                    message: format!(
+                        "sink.mysql: the side table `{side}` is also written by pipeline `{}` ({}); \
+                         each upsert pipeline needs a side table of its own",
+                        other.name, other.file
+                    ),
+                });
+            }
+        }
         out.push(p);
     }
     Ok(out)
+}
+
+/// The side table an upsert write-back writes, as configured.
+fn side_table(p: &PipelineConfig) -> Option<&str> {
+    match &p.sink {
+        SinkConfig::Mysql(m) if m.mode == WriteMode::Upsert => m.table.as_deref(),
+        _ => None,
+    }
 }
 
 /// What can be checked of one pipeline without a server (its filter is parsed here).

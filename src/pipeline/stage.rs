@@ -37,6 +37,9 @@ pub struct Swap {
     pub routes: Vec<Route>,
     /// Answered once the stage routes by the new pipelines.
     pub done: oneshot::Sender<()>,
+    /// The reload added tables: it takes effect at the source's [`SourceEvent::TablesAdded`]
+    /// (where those tables' rows start), not at the next batch.
+    pub at_tables_added: bool,
 }
 
 /// Why the stage stopped.
@@ -160,15 +163,24 @@ pub fn run(
     swaps: std::sync::mpsc::Receiver<Swap>,
 ) -> Result<(), StageError> {
     let mut recs = Vec::new();
+    let mut waiting: Option<Swap> = None;
     while let Some(batch) = rx.blocking_recv() {
-        // A reload takes effect here, between two batches: every row before is routed by the
-        // old pipelines, every row after by the new ones.
+        // A reload takes effect here, between two batches (every row before is routed by the
+        // old pipelines, every row after by the new ones) — or, when it adds tables, where the
+        // source starts reading them.
         while let Ok(sw) = swaps.try_recv() {
-            router = sw.router;
-            out.routes = sw.routes;
-            let _ = sw.done.send(());
+            match sw.at_tables_added {
+                true => waiting = Some(sw),
+                false => swap(sw, &mut router, &mut out),
+            }
         }
         for ev in batch {
+            if let SourceEvent::TablesAdded = ev {
+                if let Some(sw) = waiting.take().or_else(|| swaps.try_recv().ok()) {
+                    swap(sw, &mut router, &mut out);
+                }
+                continue;
+            }
             event(ev, &mut router, &out, snap.as_mut(), &mut recs)?;
         }
         for s in lock(&out.sinks).iter_mut() {
@@ -176,6 +188,12 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+fn swap(sw: Swap, router: &mut Router, out: &mut Outputs) {
+    *router = sw.router;
+    out.routes = sw.routes;
+    let _ = sw.done.send(());
 }
 
 fn event(
@@ -220,6 +238,8 @@ fn event(
         }
         SourceEvent::XaPrepared(open) => out.tracker.push_xa(XaChange::Prepared(open)),
         SourceEvent::XaEnded(xid) => out.tracker.push_xa(XaChange::Ended(xid)),
+        // Taken by the stage's loop (a reload's swap point).
+        SourceEvent::TablesAdded => {}
         SourceEvent::TableFailed {
             db,
             table,

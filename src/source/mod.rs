@@ -90,6 +90,9 @@ pub enum SourceEvent {
     XaPrepared(mysql::xa::OpenXa),
     /// An XA transaction's outcome was read (its committed rows, if any, came just before).
     XaEnded(mysql::xa::Xid),
+    /// Tables a reload added are read from here on: the stream was opened again at this point
+    /// with their definitions (a reload that adds tables takes effect here).
+    TablesAdded,
     /// Values of a table some pipeline reads cannot be decoded from `position` on: the
     /// pipelines of that table stop; the stream goes on without it.
     TableFailed {

@@ -205,6 +205,28 @@ pub struct Start {
     pub open_xa: Vec<super::xa::OpenXa>,
 }
 
+/// Tables waiting to be read, handed over by a reload (see [`MysqlSource::tables_added`]).
+#[derive(Default)]
+pub struct TablesToAdd {
+    pending: std::sync::Mutex<Vec<TableName>>,
+    notify: tokio::sync::Notify,
+}
+
+impl TablesToAdd {
+    /// Asks the stream to read `tables` too, from the next event on.
+    pub fn add(&self, tables: Vec<TableName>) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(tables);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Vec<TableName> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// The binlog source: connects as a replica (`COM_BINLOG_DUMP` at a file and position), decodes
 /// the rows of the tables some pipeline reads and hands [`SourceEvent`]s downstream in binlog
 /// order, reconnecting with backoff. Positions: the README's "Delivery guarantees".
@@ -219,10 +241,10 @@ pub struct MysqlSource {
     pub filter: Option<super::decoder::TableFilter>,
     /// Where the schema history is published for the checkpoint writer after it changes.
     pub history: Arc<std::sync::Mutex<SchemaHistory>>,
-    /// Notified when `tables` grew (a reload added pipelines): the stream is opened again at
-    /// its resume position, so the new tables get their definitions in the schema history
-    /// (read as at any connect) before their rows are decoded.
-    pub tables_added: Arc<tokio::sync::Notify>,
+    /// Tables a reload adds: taken into `tables` between two events, where the stream is opened
+    /// again (so their definitions are read into the schema history, as at any connect, before
+    /// any of their rows is decoded), marked by [`SourceEvent::TablesAdded`].
+    pub tables_added: Arc<TablesToAdd>,
 }
 
 impl MysqlSource {
@@ -309,8 +331,18 @@ impl MysqlSource {
             let next = tokio::select! {
                 r = tokio::time::timeout(read_timeout, stream.next()) => r,
                 _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
-                _ = self.tables_added.notified() => {
-                    if !out.is_empty() && tx.send(out).await.is_err() {
+                _ = self.tables_added.notify.notified() => {
+                    let added = self.tables_added.take();
+                    if added.is_empty() {
+                        continue;
+                    }
+                    self.tables
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(added);
+                    // Everything decoded so far without them, then the point they start at.
+                    out.push(SourceEvent::TablesAdded);
+                    if tx.send(out).await.is_err() {
                         return Ok(StreamEnd::Shutdown);
                     }
                     return Ok(StreamEnd::TablesAdded);

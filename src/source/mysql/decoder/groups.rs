@@ -84,6 +84,8 @@ fn savepoint_name(rest: &str) -> String {
         .trim_matches('`')
         .chars()
         .flat_map(char::to_lowercase)
+        // `İ` lowers to `i` and a combining dot: the marks weigh nothing.
+        .filter(|c| !('\u{300}'..='\u{36f}').contains(c))
         .map(general_ci_base)
         .collect()
 }
@@ -95,6 +97,11 @@ fn general_ci_base(c: char) -> char {
     // own weight, or an uppercase letter, lowered before this is asked).
     const FROM_DF: &str = "saaaaaa.ceeeeiiii.nooooo..uuuuy.y.a.a.a.\
         c.c.c.c.d...e.e.e.e.e.g.g.g.g.h...i.i.i.i.....j.k..l.l.l.....n.n.n....o.o.o...r.r.r.s.s.s.s.t.t...u.u.u.u.u.u.w.y..z.z.z.";
+    match c {
+        'ı' => return 'i',
+        'ſ' => return 's',
+        _ => {}
+    }
     let Some(i) = (c as usize).checked_sub(0xDF) else {
         return c;
     };
@@ -272,7 +279,15 @@ impl Decoder {
         if word("COMMIT") || super::super::xa::outcome(t).is_some() {
             return Ok(Some(End::Commit));
         }
-        if word("BEGIN") || word("XA ") || word("RELEASE SAVEPOINT") || super::is_statement_dml(t) {
+        // A session's temporary tables, made or dropped inside its transaction (logged by a
+        // STATEMENT or MIXED session): the transaction goes on.
+        let temporary = super::super::ddl::temporary(t, "").is_some();
+        if word("BEGIN")
+            || word("XA ")
+            || word("RELEASE SAVEPOINT")
+            || temporary
+            || super::is_statement_dml(t)
+        {
             return Ok(None);
         }
         // DDL after a GTID (MySQL logs DDL as GTID + statement): the group is that statement.
@@ -383,5 +398,27 @@ impl Decoder {
         self.prepared
             .insert(open.xid.clone(), PreparedXa { events: held });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::savepoint_name;
+
+    #[test]
+    fn savepoint_names_fold_as_the_server_compares_them() {
+        let same = [
+            ("`é`", "`É`"),
+            ("`resume`", "`résumé`"),
+            ("`Straße`", "`STRASE`"),
+            ("`İi`", "`ii`"),
+            ("`ıſ`", "`is`"),
+            ("`Ǆ`", "`ǆ`"),
+        ];
+        for (a, b) in same {
+            assert_eq!(savepoint_name(a), savepoint_name(b), "{a} {b}");
+        }
+        assert_ne!(savepoint_name("`a`"), savepoint_name("`b`"));
+        assert_ne!(savepoint_name("`ø`"), savepoint_name("`o`"));
     }
 }

@@ -84,6 +84,9 @@ pub struct Decoder {
     /// Read tables a TABLE_MAP named since the stream started (or since their last drop): they
     /// exist, whatever the schema history could tell.
     mapped: HashSet<TableName>,
+    /// Temporary tables sessions made (by the query events' thread id), from their logged
+    /// `CREATE TEMPORARY TABLE` to their `DROP TEMPORARY TABLE`.
+    temporaries: HashSet<(u32, TableName)>,
     /// The group whose events are held until its end is read.
     held: Option<groups::HeldGroup>,
     /// A committed group being decoded a slice at a time.
@@ -115,6 +118,7 @@ impl Decoder {
             filter: None,
             failed: HashSet::new(),
             mapped: HashSet::new(),
+            temporaries: HashSet::new(),
             held: None,
             release: None,
             prepared: HashMap::new(),
@@ -261,6 +265,15 @@ impl Decoder {
             ts_ms: h.timestamp() as u64 * 1000,
             server_id: h.server_id(),
             thread_specific: h.flags_raw() & LOG_EVENT_THREAD_SPECIFIC_F != 0,
+            // A query event's post-header starts with its session's thread id.
+            thread_id: match EventType::from_code(code) {
+                EventType::Query | EventType::QueryCompressed => ev
+                    .data()
+                    .get(0..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u32::from_le_bytes),
+                _ => 0,
+            },
         };
         match EventType::from_code(code) {
             EventType::Rotate => return self.on_rotate(ev, &at),
@@ -369,7 +382,9 @@ impl Decoder {
             // Inside an XA group: its XA_PREPARE event (or XA COMMIT … ONE PHASE) ends it.
         } else if head.starts_with("SAVEPOINT")
             || head.starts_with("ROLLBACK TO")
-            || head.starts_with("RELEASE SAVEPOINT")
+            || trimmed
+                .to_ascii_uppercase()
+                .starts_with("RELEASE SAVEPOINT")
         {
             // Inside the transaction: applied to its rows while the group was held (a rollback
             // to a savepoint dropped the rows after it); the transaction goes on.
@@ -395,9 +410,15 @@ impl Decoder {
             }
         } else {
             // DDL or another statement logged as text: its own transaction.
+            if let Some(tmp) = ddl::temporary(trimmed, schema) {
+                self.track_temporary(tmp, at.thread_id);
+                if self.txn.is_some() {
+                    // Inside the session's transaction, which goes on.
+                    return;
+                }
+            }
             let resume = BinlogPosition::new(self.file.clone(), at.end);
-            let parsed =
-                ddl::parse(trimmed, schema).filter(|d| !(at.thread_specific && d.temporary_only()));
+            let parsed = ddl::parse(trimmed, schema).filter(|d| !self.on_temporary(d, at));
             if let Some(d) = &parsed {
                 let gone = self.truncated(d, at, &resume, out);
                 let named = match d.kind {
@@ -555,9 +576,13 @@ impl Decoder {
                 in_db = names.into_iter().filter(|t| self.existed(t, at)).collect();
                 in_db.iter().map(|t| (t, None)).collect()
             }
+            // A plain DROP succeeded: every table it names was there.
+            ddl::DdlKind::DropTable { if_exists: false } => {
+                d.tables.iter().map(|t| (t, None)).collect()
+            }
             // `IF EXISTS` / `OR REPLACE` are logged whether or not the table was there: only
             // a table that existed lost rows.
-            ddl::DdlKind::ReplaceTable | ddl::DdlKind::DropTable => d
+            ddl::DdlKind::ReplaceTable | ddl::DdlKind::DropTable { if_exists: true } => d
                 .tables
                 .iter()
                 .filter(|t| self.existed(t, at))
@@ -592,7 +617,7 @@ impl Decoder {
             .collect();
         let dropped = matches!(
             d.kind,
-            ddl::DdlKind::DropTable | ddl::DdlKind::DropDatabase(_)
+            ddl::DdlKind::DropTable { .. } | ddl::DdlKind::DropDatabase(_)
         );
         if dropped {
             for (t, _) in &gone {
@@ -614,6 +639,34 @@ impl Decoder {
             tables.push(t);
         }
         tables
+    }
+
+    /// Notes a session's temporary tables made or dropped.
+    fn track_temporary(&mut self, tmp: ddl::Temporary, thread: u32) {
+        match tmp {
+            ddl::Temporary::Created(t) => {
+                // Sessions drop theirs when they end (the server logs it); bounded anyway.
+                if self.temporaries.len() >= 100_000 {
+                    self.temporaries.clear();
+                }
+                self.temporaries.insert((thread, t));
+            }
+            ddl::Temporary::Dropped(ts) => {
+                for t in ts {
+                    self.temporaries.remove(&(thread, t));
+                }
+            }
+        }
+    }
+
+    /// Whether a statement flagged as using temporary tables was about one that shadows a
+    /// real table's name: the session made a temporary table of each name it touches.
+    fn on_temporary(&self, d: &ddl::Ddl, at: &At) -> bool {
+        at.thread_specific
+            && d.temporary_only()
+            && d.tables
+                .iter()
+                .all(|t| self.temporaries.contains(&(at.thread_id, t.clone())))
     }
 
     /// Whether `t` existed when the statement at `at` ran: the schema history knows its
@@ -869,6 +922,8 @@ struct At {
     server_id: u32,
     /// The statement used temporary tables (`LOG_EVENT_THREAD_SPECIFIC_F`).
     thread_specific: bool,
+    /// The session of a query event (0 for other events).
+    thread_id: u32,
 }
 
 /// A query event's header flag: the statement used the session's temporary tables (a session
