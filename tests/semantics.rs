@@ -165,6 +165,18 @@ fn rows_removed_by_partition_ddl_or_a_replaced_table_are_truncate_records() {
     assert_eq!(d.terminate(), 0);
 }
 
+/// Each record's `op` (`tombstone` for a record without a value) and its key.
+fn ops_and_keys(recs: &[Record]) -> Vec<(String, Option<String>)> {
+    recs.iter()
+        .map(|r| {
+            let op = r.value.as_ref().map_or("tombstone".to_string(), |_| {
+                r.json()["op"].as_str().unwrap().to_string()
+            });
+            (op, r.key.clone())
+        })
+        .collect()
+}
+
 /// A compacted topic's view: the last value of each key, tombstones removing it.
 fn compacted(recs: &[Record]) -> BTreeMap<String, Value> {
     let mut m = BTreeMap::new();
@@ -203,16 +215,7 @@ fn a_key_change_is_a_delete_of_the_old_key_then_an_insert_of_the_new_one() {
     // 2 inserts, a key change (d, tombstone, c), an update, two key changes (3 each).
     wait_records(&mut d, &mut tail, 12, 30);
     tail.drain(Duration::from_secs(1));
-    let ops: Vec<(String, Option<String>)> = tail
-        .records
-        .iter()
-        .map(|r| {
-            let op = r.value.as_ref().map_or("tombstone".to_string(), |_| {
-                r.json()["op"].as_str().unwrap().to_string()
-            });
-            (op, r.key.clone())
-        })
-        .collect();
+    let ops = ops_and_keys(&tail.records);
     let o = |op: &str, k: i64| (op.to_string(), key(k));
     assert_eq!(
         ops,
@@ -522,16 +525,7 @@ fn a_filter_is_a_view_rows_leave_it_as_deletes_and_the_topic_holds_exactly_its_r
     // (c of 10 only); 4 left for NULL (d, tombstone); the delete of 30, out: nothing.
     wait_records(&mut d, &mut tail, 12, 30);
     tail.drain(Duration::from_secs(1));
-    let ops: Vec<(String, Option<String>)> = tail
-        .records
-        .iter()
-        .map(|r| {
-            let op = r.value.as_ref().map_or("tombstone".to_string(), |_| {
-                r.json()["op"].as_str().unwrap().to_string()
-            });
-            (op, r.key.clone())
-        })
-        .collect();
+    let ops = ops_and_keys(&tail.records);
     let o = |op: &str, k: i64| (op.to_string(), key(k));
     assert_eq!(
         ops,
