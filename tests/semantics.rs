@@ -742,3 +742,50 @@ fn a_read_table_changed_by_foreign_key_actions_is_warned_of_at_start() {
     );
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn a_table_converted_into_a_partition_leaves_with_its_rows_and_the_rows_brought_are_said() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE s;
+         CREATE TABLE s.t (id INT PRIMARY KEY, who VARCHAR(20))
+           PARTITION BY RANGE (id) (PARTITION p0 VALUES LESS THAN (10));
+         CREATE TABLE s.x (id INT PRIMARY KEY, who VARCHAR(20));",
+    ));
+    let p = "name: p\ntable: s.t\nsink:\n  kafka:\n    topic: st\n";
+    let q = "name: q\ntable: s.x\nsink:\n  kafka:\n    topic: sx\n";
+    let mut d = Daemon::new(&db, Some(&kafka), &[("p", p), ("q", q)]);
+    d.spawn();
+    wait_log(&mut d, "starting", 1, 60);
+    block_on(db.exec(
+        "INSERT INTO s.t VALUES (1, 'a'); INSERT INTO s.x VALUES (15, 'b');
+         ALTER TABLE s.t CONVERT TABLE s.x TO PARTITION p1 VALUES LESS THAN (20);
+         INSERT INTO s.t VALUES (16, 'c');",
+    ));
+    let x: Vec<(Value, Value)> = kafka
+        .read("sx", 3, Duration::from_secs(20))
+        .iter()
+        .map(|r| (r.json()["op"].clone(), r.json()["truncate"].clone()))
+        .collect();
+    assert_eq!(
+        x,
+        [
+            (json!("c"), Value::Null),
+            (json!("t"), json!({"partitions": null, "dropped": true}))
+        ]
+    );
+    let t: Vec<Value> = kafka
+        .read("st", 3, Duration::from_secs(10))
+        .iter()
+        .map(|r| r.json()["after"]["id"].clone())
+        .collect();
+    assert_eq!(t, [json!(1), json!(16)]);
+    assert!(
+        d.log()
+            .contains("CONVERT TABLE … TO PARTITION brought rows"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.terminate(), 0);
+}

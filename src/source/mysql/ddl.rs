@@ -37,6 +37,9 @@ pub enum DdlKind {
     Index,
     /// `DROP DATABASE d` / `DROP SCHEMA d`: every table of `d` is gone (no table named).
     DropDatabase(String),
+    /// `ALTER TABLE t CONVERT TABLE x TO PARTITION p …` (tables `[t, x]`, MariaDB 10.7+): `x`
+    /// becomes a partition of `t`, its rows moving with no rows event.
+    TableToPartition,
 }
 
 /// A statement's effect on tables.
@@ -372,10 +375,14 @@ fn alter_table(p: &mut Parser<'_>, t: TableName) -> Ddl {
     let start = p.i;
     if let Some(kind) = partition_rows_gone(p) {
         let mut tables = vec![t];
-        if let DdlKind::ExchangePartition(_) = kind {
-            p.eat("WITH");
-            p.eat("TABLE");
-            tables.extend(p.table());
+        match kind {
+            DdlKind::ExchangePartition(_) => {
+                p.eat("WITH");
+                p.eat("TABLE");
+                tables.extend(p.table());
+            }
+            DdlKind::TableToPartition => tables.extend(p.table()),
+            _ => {}
         }
         return Ddl { kind, tables };
     }
@@ -408,6 +415,9 @@ fn partition_rows_gone(p: &mut Parser<'_>) -> Option<DdlKind> {
     while p.i < p.toks.len() {
         // An alter specification starts after the table's name or after a comma.
         let spec_start = p.i == start || p.toks.get(p.i - 1) == Some(&Tok::Comma);
+        if spec_start && p.eat_all(&["CONVERT", "TABLE"]) {
+            return Some(DdlKind::TableToPartition);
+        }
         for verb in ["TRUNCATE", "DROP", "CONVERT", "EXCHANGE"] {
             if !spec_start || !p.eat_all(&[verb, "PARTITION"]) {
                 continue;
@@ -557,6 +567,13 @@ mod tests {
         );
         assert_eq!(temporary("CREATE TABLE t (k INT)", "shop"), None);
         assert_eq!(temporary("DROP TABLE t", "shop"), None);
+        assert_eq!(
+            gone("ALTER TABLE s CONVERT TABLE d2.x TO PARTITION p9 VALUES LESS THAN (90)"),
+            Some((
+                DdlKind::TableToPartition,
+                vec![t("shop", "s"), t("d2", "x")]
+            ))
+        );
         for drop in ["DROP DATABASE `d-1`", "drop schema if exists `d-1`"] {
             assert_eq!(
                 gone(drop),

@@ -591,6 +591,21 @@ impl Decoder {
             ddl::DdlKind::TruncatePartitions(p) => {
                 d.tables.iter().map(|t| (t, Some(p.clone()))).collect()
             }
+            // The converted table's rows left it (and it is gone); those it brought into the
+            // partitioned table are in no rows event.
+            ddl::DdlKind::TableToPartition => {
+                let (Some(t), Some(x)) = (d.tables.first(), d.tables.get(1)) else {
+                    return Vec::new();
+                };
+                if self.reads(t) {
+                    tracing::warn!(table = %format!("{}.{}", t.0, t.1),
+                        from = %format!("{}.{}", x.0, x.1),
+                        position = %format!("{}:{}", self.file, at.start),
+                        "CONVERT TABLE … TO PARTITION brought rows into a read table with no rows \
+                         event: they are not in the stream (backfill the table to stream them)");
+                }
+                vec![(x, None)]
+            }
             ddl::DdlKind::ExchangePartition(p) => {
                 let (Some(t), Some(other)) = (d.tables.first(), d.tables.get(1)) else {
                     return Vec::new();
@@ -617,7 +632,9 @@ impl Decoder {
             .collect();
         let dropped = matches!(
             d.kind,
-            ddl::DdlKind::DropTable { .. } | ddl::DdlKind::DropDatabase(_)
+            ddl::DdlKind::DropTable { .. }
+                | ddl::DdlKind::DropDatabase(_)
+                | ddl::DdlKind::TableToPartition
         );
         if dropped {
             for (t, _) in &gone {
