@@ -169,6 +169,9 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         report,
     } = preflight(config).await?;
     let resume = start::resolve(&cfg, saved.as_ref(), report.purged.as_deref()).await?;
+    // From here a SIGTERM stops the daemon through its main loop (before, by the default action:
+    // nothing was read yet).
+    let signals = shutdown::listen_for_shutdown();
     tracing::info!(position = %resume.start.position, from_checkpoint = saved.is_some(), store = %store.describe(),
         pipelines = pipelines.len(), "starting");
 
@@ -242,6 +245,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         enrich_tasks: enrich_tasks.clone(),
         sinks: stages.sinks.clone(),
         tracker,
+        signal: signals,
     };
     let mut reloader = reload::Reloader {
         cfg: cfg.clone(),

@@ -29,6 +29,8 @@ pub struct Running {
     pub enrich_tasks: Arc<Mutex<Vec<StageTask>>>,
     pub sinks: Sinks,
     pub tracker: AckTracker,
+    /// Turns true on SIGTERM / SIGINT, listened to from the daemon's start ([`listen_for_shutdown`]).
+    pub signal: watch::Receiver<bool>,
 }
 
 /// Why the main loop ended: a signal, or a task that ended first (with its result).
@@ -45,7 +47,7 @@ impl Running {
         let mut hangup = reload_signal();
         loop {
             tokio::select! {
-                _ = shutdown_signal() => {
+                _ = self.signal.wait_for(|s| *s) => {
                     tracing::info!("shutdown requested; stopping the binlog reader and flushing");
                     return Ended::Signal;
                 }
@@ -225,21 +227,31 @@ fn reload_signal() -> mpsc::UnboundedReceiver<()> {
     rx
 }
 
-async fn shutdown_signal() {
+/// SIGTERM / SIGINT from now on: the handlers are installed before this returns, so a signal
+/// while the tasks start is kept until the main loop looks (it then stops as on any signal)
+/// rather than ending the process by the default action.
+pub fn listen_for_shutdown() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                let _ = tx.send(true);
+            });
         }
     }
     #[cfg(not(unix))]
-    {
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
-    }
+        let _ = tx.send(true);
+    });
+    rx
 }
