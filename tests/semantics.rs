@@ -248,10 +248,7 @@ fn a_key_change_is_a_delete_of_the_old_key_then_an_insert_of_the_new_one() {
     assert_eq!(compacted(&tail.records), want);
     // `key_changes: update`: one `u`, keyed by the new key.
     let single = kafka.read("single", 6, Duration::from_secs(10));
-    let ops: Vec<(String, Option<String>)> = single
-        .iter()
-        .map(|r| (r.json()["op"].as_str().unwrap().to_string(), r.key.clone()))
-        .collect();
+    let ops = ops_and_keys(&single);
     assert_eq!(
         ops,
         [
@@ -587,10 +584,7 @@ fn a_filter_is_a_view_rows_leave_it_as_deletes_and_the_topic_holds_exactly_its_r
     assert_eq!(compacted(&tail.records), want);
     // `operations: [insert, update]`: no `d` for leaving; the rest as above.
     let nd = kafka.read("nd", 7, Duration::from_secs(10));
-    let ops: Vec<(String, Option<String>)> = nd
-        .iter()
-        .map(|r| (r.json()["op"].as_str().unwrap().to_string(), r.key.clone()))
-        .collect();
+    let ops = ops_and_keys(&nd);
     assert_eq!(
         ops,
         [

@@ -158,21 +158,17 @@ impl Reloader {
             done: done_tx,
             at_tables_added: !added.is_empty(),
         };
-        if self.swaps.send(swap).is_err() {
-            return Err(AppError::Reload(
-                "the pipeline stage ended before the reload took effect".into(),
-            ));
-        }
         // New tables: the source marks where it starts reading them, and the swap is there.
         // Otherwise an empty batch wakes an idle stage to swap now.
-        let woken = match added.is_empty() {
-            false => {
-                self.tables_added.add(added);
-                true
-            }
-            true => self.wake.send(Vec::new()).await.is_ok(),
-        };
-        if !woken {
+        let handed = self.swaps.send(swap).is_ok()
+            && match added.is_empty() {
+                false => {
+                    self.tables_added.add(added);
+                    true
+                }
+                true => self.wake.send(Vec::new()).await.is_ok(),
+            };
+        if !handed {
             return Err(AppError::Reload(
                 "the pipeline stage ended before the reload took effect".into(),
             ));

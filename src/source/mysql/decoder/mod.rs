@@ -371,7 +371,7 @@ impl Decoder {
         let trimmed = q.trim();
         let head: String = trimmed
             .chars()
-            .take(16)
+            .take(24)
             .collect::<String>()
             .to_ascii_uppercase();
         if head.starts_with("BEGIN") || head.starts_with("XA START") {
@@ -382,9 +382,7 @@ impl Decoder {
             // Inside an XA group: its XA_PREPARE event (or XA COMMIT … ONE PHASE) ends it.
         } else if head.starts_with("SAVEPOINT")
             || head.starts_with("ROLLBACK TO")
-            || trimmed
-                .to_ascii_uppercase()
-                .starts_with("RELEASE SAVEPOINT")
+            || head.starts_with("RELEASE SAVEPOINT")
         {
             // Inside the transaction: applied to its rows while the group was held (a rollback
             // to a savepoint dropped the rows after it); the transaction goes on.
@@ -597,13 +595,7 @@ impl Decoder {
                 let (Some(t), Some(x)) = (d.tables.first(), d.tables.get(1)) else {
                     return Vec::new();
                 };
-                if self.reads(t) {
-                    tracing::warn!(table = %format!("{}.{}", t.0, t.1),
-                        from = %format!("{}.{}", x.0, x.1),
-                        position = %format!("{}:{}", self.file, at.start),
-                        "CONVERT TABLE … TO PARTITION brought rows into a read table with no rows \
-                         event: they are not in the stream (backfill the table to stream them)");
-                }
+                self.rows_brought_in(t, x, "CONVERT TABLE … TO PARTITION", None, at);
                 vec![(x, None)]
             }
             ddl::DdlKind::ExchangePartition(p) => {
@@ -611,14 +603,7 @@ impl Decoder {
                     return Vec::new();
                 };
                 for (into, from) in [(t, other), (other, t)] {
-                    if self.reads(into) {
-                        tracing::warn!(table = %format!("{}.{}", into.0, into.1),
-                            from = %format!("{}.{}", from.0, from.1), partition = %p,
-                            position = %format!("{}:{}", self.file, at.start),
-                            "EXCHANGE PARTITION brought rows into a read table with no rows \
-                             event: the rows it took away are a truncate record, the rows it \
-                             brought are not in the stream (backfill the table to stream them)");
-                    }
+                    self.rows_brought_in(into, from, "EXCHANGE PARTITION", Some(p), at);
                 }
                 vec![(t, Some(vec![p.clone()])), (other, None)]
             }
@@ -656,6 +641,27 @@ impl Decoder {
             tables.push(t);
         }
         tables
+    }
+
+    /// Says loudly that `statement` (on `partition`, where it names one) moved rows of `from`
+    /// into the read table `into` with no rows event (the rows it took away are truncate
+    /// records; these are not in the stream).
+    fn rows_brought_in(
+        &self,
+        into: &TableName,
+        from: &TableName,
+        statement: &str,
+        partition: Option<&str>,
+        at: &At,
+    ) {
+        if self.reads(into) {
+            tracing::warn!(table = %format!("{}.{}", into.0, into.1),
+                from = %format!("{}.{}", from.0, from.1), partition = partition.unwrap_or(""),
+                position = %format!("{}:{}", self.file, at.start),
+                "{statement} brought rows into a read table with no rows event: the rows it took \
+                 away are truncate records, the rows it brought are not in the stream (backfill \
+                 the table to stream them)");
+        }
     }
 
     /// Notes a session's temporary tables made or dropped.
