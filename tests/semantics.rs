@@ -347,6 +347,98 @@ fn a_system_versioned_table_emits_the_users_changes_not_its_history_rows() {
     assert_eq!(d.terminate(), 0);
 }
 
+#[test]
+fn dropping_or_truncating_history_partitions_removes_no_row_of_the_stream() {
+    // A table partitioned BY SYSTEM_TIME keeps its current rows in the CURRENT partition:
+    // dropping or truncating a HISTORY partition removes history only, which no record showed
+    // — no truncate record. Truncating the CURRENT partition (its name in any case; with
+    // subpartitions too) removes current rows: a truncate record. A versioned table
+    // partitioned BY RANGE keeps current rows in every partition: dropping one is a truncate.
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE t;
+         CREATE TABLE t.sv (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING
+           PARTITION BY SYSTEM_TIME LIMIT 100 (PARTITION p0 HISTORY, PARTITION p1 HISTORY, PARTITION pn CURRENT);
+         CREATE TABLE t.sub (id INT, v INT) WITH SYSTEM VERSIONING
+           PARTITION BY SYSTEM_TIME SUBPARTITION BY HASH (id) SUBPARTITIONS 2
+           (PARTITION h HISTORY, PARTITION cur CURRENT);
+         CREATE TABLE t.svr (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING
+           PARTITION BY RANGE (id) (PARTITION a VALUES LESS THAN (10), PARTITION b VALUES LESS THAN MAXVALUE);",
+    ));
+    let p = |t: &str| format!("name: {t}\ntable: t.{t}\nsink:\n  kafka:\n    topic: {t}\n");
+    let (sv, sub, svr) = (p("sv"), p("sub"), p("svr"));
+    let mut d = Daemon::new(
+        &db,
+        Some(&kafka),
+        &[("sv", &sv), ("sub", &sub), ("svr", &svr)],
+    );
+    d.spawn();
+    wait_log(&mut d, "starting", 1, 60);
+    block_on(db.exec(
+        "INSERT INTO t.sv VALUES (1, 1), (2, 2); UPDATE t.sv SET v = 10 WHERE id = 1;
+         DELETE FROM t.sv WHERE id = 2;
+         ALTER TABLE t.sv DROP PARTITION p0;
+         ALTER TABLE t.sv TRUNCATE PARTITION p1;
+         ALTER TABLE t.sv TRUNCATE PARTITION PN;
+         INSERT INTO t.sv VALUES (3, 3);
+         INSERT INTO t.sub VALUES (1, 1), (2, 2); UPDATE t.sub SET v = 10 ORDER BY id;
+         ALTER TABLE t.sub TRUNCATE PARTITION h;
+         ALTER TABLE t.sub TRUNCATE PARTITION Cur;
+         INSERT INTO t.sub VALUES (3, 3);
+         INSERT INTO t.svr VALUES (1, 1), (20, 2); UPDATE t.svr SET v = 5 WHERE id = 1;
+         ALTER TABLE t.svr DROP PARTITION a;
+         INSERT INTO t.svr VALUES (21, 3);",
+    ));
+    // `n` messages, tombstones included: a record that should not be there comes before the
+    // last insert and shifts the list.
+    let seen = |topic: &str, n: usize| -> Vec<(Value, Value)> {
+        kafka
+            .read(topic, n, Duration::from_secs(20))
+            .iter()
+            .filter_map(|r| r.value.as_ref().map(|_| r.json()))
+            .map(|v| match v["op"].as_str() {
+                Some("t") => (v["op"].clone(), v["truncate"]["partitions"].clone()),
+                _ => (v["op"].clone(), v["after"]["id"].clone()),
+            })
+            .collect()
+    };
+    let r = |op: &str, v: Value| (json!(op), v);
+    assert_eq!(
+        seen("sv", 7),
+        [
+            r("c", json!(1)),
+            r("c", json!(2)),
+            r("u", json!(1)),
+            r("d", Value::Null),
+            r("t", json!(["PN"])),
+            r("c", json!(3)),
+        ]
+    );
+    assert_eq!(
+        seen("sub", 6),
+        [
+            r("c", json!(1)),
+            r("c", json!(2)),
+            r("u", json!(1)),
+            r("u", json!(2)),
+            r("t", json!(["Cur"])),
+            r("c", json!(3)),
+        ]
+    );
+    assert_eq!(
+        seen("svr", 5),
+        [
+            r("c", json!(1)),
+            r("c", json!(20)),
+            r("u", json!(1)),
+            r("t", json!(["a"])),
+            r("c", json!(21)),
+        ]
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
 /// The side table's rows, `(review_id, sentiment, confidence)`.
 fn side(db: &MariaDb) -> Vec<(i64, Option<String>, Option<f64>)> {
     block_on(db.query_or_empty(

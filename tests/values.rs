@@ -438,6 +438,87 @@ fn rows_logged_with_partial_images_stop_their_pipeline_alone_with_the_reason() {
 }
 
 #[test]
+fn a_partial_image_stops_only_the_pipelines_that_read_a_column_it_leaves_out() {
+    // binlog_row_image=NOBLOB logs no BLOB/TEXT column an update or delete does not need. A
+    // pipeline that reads none of them (its columns, key and filter) takes those rows whole;
+    // one that reads them stops at the first such row, naming the columns; one that reads a
+    // TEXT column only through its filter stops too.
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE t;
+         CREATE TABLE t.p (id INT PRIMARY KEY, name VARCHAR(20), n INT, body TEXT, extra BLOB);",
+    ));
+    let slim = "name: slim\ntable: t.p\ncolumns: [id, name, n]\nfilter: n > 0\n\
+                sink:\n  kafka:\n    topic: slim\n";
+    let full = "name: full\ntable: t.p\nsink:\n  kafka:\n    topic: full\n";
+    let by_body = "name: by_body\ntable: t.p\ncolumns: [id]\nfilter: body LIKE 't%'\n\
+                   sink:\n  kafka:\n    topic: by_body\n";
+    let mut d = Daemon::new(
+        &db,
+        Some(&kafka),
+        &[("slim", slim), ("full", full), ("by_body", by_body)],
+    );
+    d.spawn();
+    block_on(db.exec(
+        "INSERT INTO t.p VALUES (1, 'a', 1, 'text1', 'b1'), (2, 'b', 2, 'text2', 'b2');
+         SET SESSION binlog_row_image = NOBLOB;
+         UPDATE t.p SET name = 'a2', n = 10 WHERE id = 1;
+         DELETE FROM t.p WHERE id = 2;
+         SET SESSION binlog_row_image = FULL;
+         UPDATE t.p SET n = 11 WHERE id = 1;",
+    ));
+    let mut tail = kafka.tail("slim");
+    wait_records(&mut d, &mut tail, 4, 60);
+    wait_log(&mut d, "pipeline stopped", 2, 30);
+    let got: Vec<Value> = kafka
+        .read("slim", 5, Duration::from_secs(3))
+        .iter()
+        .map(|r| {
+            let v = r.json();
+            json!([v["op"], v["before"], v["after"]])
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            json!(["c", null, {"id": 1, "name": "a", "n": 1}]),
+            json!(["c", null, {"id": 2, "name": "b", "n": 2}]),
+            json!(["u", {"id": 1, "name": "a", "n": 1}, {"id": 1, "name": "a2", "n": 10}]),
+            json!(["d", {"id": 2, "name": "b", "n": 2}, null]),
+            json!(["u", {"id": 1, "name": "a2", "n": 10}, {"id": 1, "name": "a2", "n": 11}]),
+        ],
+        "every row whole: the columns left out are none the pipeline reads"
+    );
+    let ops = |topic: &str| -> Vec<Value> {
+        kafka
+            .read(topic, 4, Duration::from_secs(3))
+            .iter()
+            .map(|r| r.json()["op"].clone())
+            .collect()
+    };
+    assert_eq!(
+        ops("full"),
+        vec![json!("c"), json!("c")],
+        "stopped at the update"
+    );
+    assert_eq!(
+        ops("by_body"),
+        vec![json!("c"), json!("c")],
+        "stopped at the update"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("pipeline `full`: table `t.p`: the rows event's before image leaves out column(s) body, extra")
+            && log.contains("pipeline `by_body`: table `t.p`: the rows event's before image leaves out column(s) body:")
+            && log.contains("binlog_row_image=MINIMAL or NOBLOB")
+            && !log.contains("pipeline `slim`:"),
+        "{log}"
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
 fn a_value_that_cannot_be_decoded_stops_its_pipeline_alone() {
     let db = MariaDb::start();
     let kafka = Kafka::start();

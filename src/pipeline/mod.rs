@@ -28,6 +28,13 @@ pub enum RouteError {
         table: String,
         column: String,
     },
+    #[error("pipeline `{pipeline}`: table `{table}`: {reason}")]
+    LeftOut {
+        pipeline: String,
+        table: String,
+        /// What was left out, why, and what to do.
+        reason: String,
+    },
 }
 
 /// A pipeline bound to one version of its table's layout.
@@ -39,6 +46,8 @@ struct Bound {
     key: Vec<usize>,
     key_names: Arc<[String]>,
     filter: Option<Expr>,
+    /// Every column the pipeline reads (picked, key, filter), ascending.
+    reads: Vec<usize>,
     /// `key_changes: split`: an update that changes the key is a `d` and a `c`.
     split: bool,
     db: Arc<str>,
@@ -141,6 +150,18 @@ impl Router {
             Some(e) => Some(e.bind(&|c| plan.column_index(c)).map_err(|c| missing(&c))?),
             None => None,
         };
+        let filtered = match &p.filter_expr {
+            Some(e) => resolve(&e.columns())?,
+            None => Vec::new(),
+        };
+        let mut reads: Vec<usize> = picked
+            .iter()
+            .chain(&key_idx)
+            .chain(&filtered)
+            .copied()
+            .collect();
+        reads.sort_unstable();
+        reads.dedup();
         let names = |ix: &[usize]| -> Arc<[String]> {
             ix.iter().map(|i| plan.columns[*i].name.clone()).collect()
         };
@@ -154,6 +175,7 @@ impl Router {
             picked,
             key: key_idx,
             filter,
+            reads,
             split: p.key_changes == KeyChanges::Split,
             db: Arc::from(plan.db.as_str()),
             table: Arc::from(plan.table.as_str()),
@@ -270,15 +292,18 @@ impl Router {
             let b = match self.bind(idx, plan) {
                 Ok(b) => b,
                 Err(e) => {
-                    // This pipeline cannot go on with the table as it now is; the others do.
-                    tracing::error!(pipeline = %self.pipelines[idx].name, file = %self.pipelines[idx].file,
-                        position = %row.position, error = %e,
-                        "pipeline stopped; the other pipelines go on. Fix the pipeline or the table, restart, and backfill it");
-                    self.stopped[idx] = Some(e.to_string());
-                    self.newly_stopped.push(idx);
+                    self.stop(idx, &e, &row.position);
                     continue;
                 }
             };
+            if let Some(e) = row
+                .left_out
+                .as_deref()
+                .and_then(|lo| self.left_out(idx, &b, plan, lo))
+            {
+                self.stop(idx, &e, &row.position);
+                continue;
+            }
             let Some(seen) = Seen::of(row, b.filter.as_ref()) else {
                 continue;
             };
@@ -308,6 +333,37 @@ impl Router {
             records(row, &b, source, idx, seen, take, out);
         }
         Ok(())
+    }
+
+    /// This pipeline cannot go on with the table as it now is (`e`); the others do.
+    fn stop(&mut self, idx: usize, e: &RouteError, position: &crate::model::BinlogPosition) {
+        let p = &self.pipelines[idx];
+        tracing::error!(pipeline = %p.name, file = %p.file, %position, error = %e,
+            "pipeline stopped; the other pipelines go on. Fix the pipeline or the table, restart, and backfill it");
+        self.stopped[idx] = Some(e.to_string());
+        self.newly_stopped.push(idx);
+    }
+
+    /// The error for a row whose images leave out columns pipeline `idx` reads (`None`: it
+    /// reads none of them, and its record is whole).
+    fn left_out(
+        &self,
+        idx: usize,
+        b: &Bound,
+        plan: &TablePlan,
+        lo: &crate::source::LeftOut,
+    ) -> Option<RouteError> {
+        let names: Vec<&str> = lo
+            .columns
+            .iter()
+            .filter(|c| b.reads.binary_search(c).is_ok())
+            .filter_map(|c| plan.columns.get(*c).map(|c| c.name.as_str()))
+            .collect();
+        (!names.is_empty()).then(|| RouteError::LeftOut {
+            pipeline: self.pipelines[idx].name.clone(),
+            table: format!("{}.{}", plan.db, plan.table),
+            reason: crate::source::mysql::rows::left_out_reason(lo, &names),
+        })
     }
 
     /// The active pipelines of `plan`'s table (`None`: no pipeline reads it).

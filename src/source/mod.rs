@@ -26,6 +26,22 @@ pub struct RowChange {
     pub position: BinlogPosition,
     pub server_id: u32,
     pub ts_ms: u64,
+    /// Columns the rows event left out of the row's images (`None`: none).
+    pub left_out: Option<Arc<LeftOut>>,
+}
+
+/// Columns a rows event left out of its images: the writing session ran with
+/// `binlog_row_image=MINIMAL` or `NOBLOB` (MariaDB logs a FULL image otherwise). Their values are
+/// unknown, so the images hold `Null` there; a pipeline that reads one of them stops (the
+/// record could not be complete), the others take the row
+/// (<https://mariadb.com/kb/en/replication-and-binary-log-system-variables/#binlog_row_image>).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeftOut {
+    /// The image that leaves them out: `"before image"` (updates, deletes) or `"after image"`
+    /// (inserts).
+    pub image: &'static str,
+    /// The columns, as indexes into the table map, ascending.
+    pub columns: Vec<usize>,
 }
 
 impl RowChange {

@@ -156,6 +156,7 @@ impl Windows {
                 position: at.position.clone(),
                 server_id: at.server_id,
                 ts_ms: at.ts_ms,
+                left_out: None,
             })
             .collect();
         Some((chunk, rows))

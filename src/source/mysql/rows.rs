@@ -11,7 +11,7 @@ use super::plan::TablePlan;
 use super::values::{decode_value, Kind};
 use crate::model::json::JsonNode;
 use crate::model::{ColumnValue, JsonText};
-use crate::source::DecodeError;
+use crate::source::{DecodeError, LeftOut};
 
 /// One decoded row image: a value per column of the table map (absent columns are `Null`).
 pub type Image = Vec<ColumnValue>;
@@ -124,14 +124,58 @@ pub fn mariadb_uncompress(src: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// The columns `ev` leaves out of its images (`None`: it logs whole rows). MariaDB's images are
+/// whole under `binlog_row_image=FULL`; a session with `MINIMAL` or `NOBLOB` leaves columns
+/// out of the before image (updates, deletes) or the after image (inserts), and their values
+/// are unknown: see [`LeftOut`]. An update's after image leaving out only columns it did not
+/// change (a session's `FULL_NODUP`, MariaDB 11.4) is whole once they are taken from the before
+/// image, as [`decode_rows`] does. MySQL's images are taken as logged (see
+/// [`TablePlan::every_column_logged`]): `None`.
+pub fn left_out(plan: &TablePlan, ev: &RowsEvent<'_>) -> Option<LeftOut> {
+    if !plan.every_column_logged {
+        return None;
+    }
+    let columns: Vec<usize> = (0..plan.columns.len())
+        .filter(|i| !bit(ev.present_before, *i))
+        .collect();
+    let image = match ev.kind {
+        RowsKind::Write => "after image",
+        _ => "before image",
+    };
+    (!columns.is_empty()).then_some(LeftOut { image, columns })
+}
+
+/// The error for rows whose images leave out columns that must be read (`lo`).
+pub fn left_out_error(plan: &TablePlan, lo: &LeftOut) -> DecodeError {
+    row_err(
+        plan,
+        None,
+        left_out_reason(lo, &plan_names(plan, &lo.columns)),
+    )
+}
+
+/// Why a record cannot be complete when `lo` leaves out `names`, and what to do.
+pub fn left_out_reason(lo: &LeftOut, names: &[&str]) -> String {
+    format!(
+        "the rows event's {} leaves out column(s) {}: the writing session ran with \
+         binlog_row_image=MINIMAL or NOBLOB, and the record cannot be complete. Set \
+         binlog_row_image=FULL for every session (the server's default), then backfill the table",
+        lo.image,
+        names.join(", ")
+    )
+}
+
+fn plan_names<'a>(plan: &'a TablePlan, ix: &[usize]) -> Vec<&'a str> {
+    ix.iter()
+        .filter_map(|i| plan.columns.get(*i).map(|c| c.name.as_str()))
+        .collect()
+}
+
 /// Decodes every row of `ev` and hands (row index in the event, before, after) to `f`.
 ///
-/// MariaDB's images must be whole (`binlog_row_image=FULL`): an update's after image may leave
-/// out columns it did not change (a session's `FULL_NODUP`, MariaDB 11.4), which are then taken
-/// from its before image; any other column left out (a session with `MINIMAL` or `NOBLOB`) is
-/// an error naming the columns — the record cannot be complete, and a `null` there would be a
-/// value the row never held (<https://mariadb.com/kb/en/replication-and-binary-log-system-variables/#binlog_row_image>).
-/// MySQL's are taken as logged (see [`TablePlan::every_column_logged`]).
+/// An update's after image that leaves out columns (a session's `FULL_NODUP`, or `NOBLOB`)
+/// takes them from its before image, on MariaDB; columns left out of the first image are
+/// `Null` (see [`left_out`]). MySQL's images are taken as logged.
 pub fn decode_rows(
     plan: &TablePlan,
     ev: &RowsEvent<'_>,
@@ -141,16 +185,10 @@ pub fn decode_rows(
     if !plan.every_column_logged {
         return decode_rows_as_logged(plan, ev, f);
     }
-    let first_missing: Vec<usize> = (0..n).filter(|i| !bit(ev.present_before, *i)).collect();
-    if !first_missing.is_empty() {
-        let image = match ev.kind {
-            RowsKind::Write => "after image",
-            _ => "before image",
-        };
-        return Err(partial(plan, image, &first_missing));
-    }
     let unchanged: Vec<usize> = match (ev.kind, ev.present_after) {
-        (RowsKind::Update, Some(after)) => (0..n).filter(|i| !bit(after, *i)).collect(),
+        (RowsKind::Update, Some(after)) => (0..n)
+            .filter(|i| !bit(after, *i) && bit(ev.present_before, *i))
+            .collect(),
         _ => Vec::new(),
     };
     decode_rows_as_logged(plan, ev, |row, before, after| {
@@ -167,25 +205,6 @@ pub fn decode_rows(
         };
         f(row, before, after)
     })
-}
-
-/// The error for an image that leaves out `missing` columns.
-fn partial(plan: &TablePlan, image: &str, missing: &[usize]) -> DecodeError {
-    let names: Vec<&str> = missing
-        .iter()
-        .filter_map(|i| plan.columns.get(*i).map(|c| c.name.as_str()))
-        .collect();
-    row_err(
-        plan,
-        None,
-        format!(
-            "the rows event's {image} leaves out column(s) {}: the writing session ran with \
-             binlog_row_image=MINIMAL or NOBLOB, and the record cannot be complete. Set \
-             binlog_row_image=FULL for every session (the server's default), then backfill \
-             the table",
-            names.join(", ")
-        ),
-    )
 }
 
 /// As [`decode_rows`], with the images as logged (a column left out is `Null`).

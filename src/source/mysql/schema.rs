@@ -35,6 +35,11 @@ pub struct TableSchema {
     /// implicit, hidden from `SELECT *`).
     #[serde(default)]
     pub row_end: Option<String>,
+    /// Partitioned `BY SYSTEM_TIME` (MariaDB): the `CURRENT` partition's name. Every other
+    /// partition holds history rows only, which no record shows, so dropping or truncating one
+    /// removes no row of the stream. `None`: not partitioned so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_partition: Option<String>,
 }
 
 impl SchemaColumn {
@@ -167,12 +172,17 @@ pub async fn load(
             })
             .collect();
         let row_end = system_versioning(conn, db, table).await?;
+        let current_partition = match row_end {
+            Some(_) => current_partition(conn, db, table).await?,
+            None => None,
+        };
         out.insert(
             (db.clone(), table.clone()),
             TableSchema {
                 columns,
                 primary_key: pk,
                 row_end,
+                current_partition,
             },
         );
     }
@@ -207,6 +217,23 @@ async fn system_versioning(
         Some(end.replace("``", "`"))
     });
     Ok(Some(explicit.unwrap_or_else(|| "row_end".to_string())))
+}
+
+/// A table partitioned `BY SYSTEM_TIME`: its `CURRENT` partition, from
+/// `information_schema.PARTITIONS` (one row per subpartition, if any;
+/// <https://mariadb.com/kb/en/system-versioned-tables/#storing-the-history-separately>).
+async fn current_partition(
+    conn: &mut mysql_async::Conn,
+    db: &str,
+    table: &str,
+) -> Result<Option<String>, mysql_async::Error> {
+    conn.exec_first(
+        "SELECT PARTITION_NAME FROM information_schema.PARTITIONS \
+         WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND PARTITION_METHOD = 'SYSTEM_TIME' \
+         AND PARTITION_DESCRIPTION = 'CURRENT'",
+        (db, table),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -156,6 +156,7 @@ mod tests {
             }],
             primary_key: vec![],
             row_end: None,
+            current_partition: None,
         }
     }
 

@@ -586,9 +586,11 @@ impl Decoder {
                 .filter(|t| self.existed(t, at))
                 .map(|t| (t, None))
                 .collect(),
-            ddl::DdlKind::TruncatePartitions(p) => {
-                d.tables.iter().map(|t| (t, Some(p.clone()))).collect()
-            }
+            ddl::DdlKind::TruncatePartitions(p) => d
+                .tables
+                .iter()
+                .filter_map(|t| Some((t, Some(self.partitions_with_rows(t, p, at)?))))
+                .collect(),
             // The converted table's rows left it (and it is gone); those it brought into the
             // partitioned table are in no rows event.
             ddl::DdlKind::TableToPartition => {
@@ -690,6 +692,32 @@ impl Decoder {
             && d.tables
                 .iter()
                 .all(|t| self.temporaries.contains(&(at.thread_id, t.clone())))
+    }
+
+    /// Of `partitions` of `t`, those that may hold rows the stream showed (`None`: none). A
+    /// table partitioned `BY SYSTEM_TIME` keeps its current rows in its `CURRENT` partition;
+    /// the others hold history only (partition names are case-insensitive). Where the history cannot tell,
+    /// every partition named may.
+    fn partitions_with_rows(
+        &self,
+        t: &TableName,
+        partitions: &[String],
+        at: &At,
+    ) -> Option<Vec<String>> {
+        let here = self.position_at(at.start, 0, 0);
+        let SchemaAt::Known(TableSchema {
+            current_partition: Some(current),
+            ..
+        }) = self.history.at(&t.0, &t.1, &here)
+        else {
+            return Some(partitions.to_vec());
+        };
+        let kept: Vec<String> = partitions
+            .iter()
+            .filter(|p| p.to_lowercase() == current.to_lowercase())
+            .cloned()
+            .collect();
+        (!kept.is_empty()).then_some(kept)
     }
 
     /// Whether `t` existed when the statement at `at` ran: the schema history knows its
@@ -848,6 +876,15 @@ impl Decoder {
         };
         let ev = rows::parse_rows_event(r.t, data, r.tid_len)
             .map_err(|reason| self.err(at.code, at.start, reason))?;
+        let left_out = rows::left_out(plan, &ev);
+        if let Some(lo) = left_out.as_ref().filter(|lo| {
+            plan.row_end
+                .is_some_and(|e| lo.columns.binary_search(&e).is_ok())
+        }) {
+            // Without the row end, a system-versioned table's rows cannot be told apart.
+            return Ok(Some((rows::left_out_error(plan, lo), 0)));
+        }
+        let left_out = left_out.map(Arc::new);
         let mut next_row = 0;
         let decoded = rows::decode_rows(plan, &ev, |row, before, after| {
             next_row = row + 1;
@@ -870,6 +907,7 @@ impl Decoder {
                 },
                 server_id: at.server_id,
                 ts_ms: txn.ts_ms,
+                left_out: left_out.clone(),
             }));
         });
         Ok(decoded.err().map(|e| (e, next_row)))
