@@ -104,3 +104,71 @@ fn compressed_events_mysql_checkpoint_and_jsonl_sink() {
     assert_eq!(p["row"], 0);
     assert!(p["pos"].as_u64().unwrap() > lines[4]["source"]["pos"].as_u64().unwrap());
 }
+
+#[test]
+fn an_encrypted_binlog_and_an_event_over_the_servers_max_allowed_packet_stream_on() {
+    // `encrypt_binlog=ON`: a replica connection receives a START_ENCRYPTION event, then the
+    // events decrypted. A row of an unread table logged as an ~18 MB event, over the server's
+    // `max_allowed_packet` (16 MiB): the stream reads it as a replica does (up to 1 GiB) and
+    // the read table's rows after it come out.
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("keys.txt");
+    std::fs::write(
+        &key_file,
+        "1;b0fa7d318539e337e6689652ba760baf5dc17e4dbc1733ffdd4cd122e0e2df90\n",
+    )
+    .unwrap();
+    let key_arg = format!("--file-key-management-filename={}", key_file.display());
+    let db = MariaDb::start_with(&[
+        "--plugin-load-add=file_key_management",
+        &key_arg,
+        "--encrypt-binlog=ON",
+        "--max-allowed-packet=16M",
+    ]);
+    block_on(db.exec(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.notes (id INT PRIMARY KEY, body TEXT);
+         CREATE TABLE shop.blobs (id INT PRIMARY KEY, a LONGBLOB, b LONGBLOB);",
+    ));
+    let mut d = Daemon::with_config(
+        &db,
+        None,
+        &[(
+            "notes",
+            "name: notes\ntable: shop.notes\nsink:\n  jsonl:\n    path: notes.jsonl\n",
+        )],
+        "",
+    );
+    d.spawn();
+    block_on(db.exec(
+        "INSERT INTO shop.notes VALUES (1, 'before');
+         INSERT INTO shop.blobs VALUES (1, REPEAT('a', 9000000), REPEAT('b', 9000000));
+         INSERT INTO shop.notes VALUES (2, 'after');",
+    ));
+    let out = d.dir.path().join("notes.jsonl");
+    let start = Instant::now();
+    let lines = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 2 {
+            break lines;
+        }
+        d.assert_running();
+        assert!(start.elapsed() < Duration::from_secs(60), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let proj: Vec<_> = lines.iter().map(|l| json!([l["op"], l["after"]])).collect();
+    assert_eq!(
+        proj,
+        [
+            json!(["c", {"id": 1, "body": "before"}]),
+            json!(["c", {"id": 2, "body": "after"}]),
+        ]
+    );
+    let log = d.log();
+    assert!(!log.contains("reconnecting"), "{log}");
+    assert_eq!(d.terminate(), 0);
+}

@@ -215,6 +215,43 @@ fn a_stalled_connection_times_out_and_reconnects() {
 }
 
 #[test]
+fn an_event_longer_to_read_than_the_read_timeout_on_a_slow_link_gets_through() {
+    // The server sends no heartbeat while it sends an event: a 24 MB row of an unread table
+    // through a 6 MB/s link takes ~4 s, four times the read timeout (heartbeat 500 ms). Each
+    // silent reconnect at the same position waits twice as long; the event gets through and
+    // the read table's next row comes out.
+    let (db, kafka) = setup();
+    block_on(db.exec("CREATE TABLE t.blobs (id INT PRIMARY KEY, b LONGBLOB);"));
+    let proxy = StallingProxy::throttled(db.port, 6_000_000);
+    let mut d = Daemon::new(&db, Some(&kafka), &[("rows", ROWS)]);
+    let cfg = std::fs::read_to_string(d.config()).unwrap().replace(
+        &format!("port: {}", db.port),
+        &format!("port: {}", proxy.port),
+    );
+    std::fs::write(d.config(), cfg).unwrap();
+    d.spawn();
+    let mut tail = kafka.tail("rows");
+    insert_batches(&db, 0..1, "a");
+    wait_for("100 records", Duration::from_secs(60), || {
+        d.assert_running();
+        tail.poll(Duration::from_millis(200)) >= 100
+    });
+    block_on(db.exec("INSERT INTO t.blobs VALUES (1, REPEAT('x', 24000000));"));
+    insert_batches(&db, 1..2, "b");
+    wait_for("200 records", Duration::from_secs(120), || {
+        d.assert_running();
+        tail.poll(Duration::from_millis(200)) >= 200
+    });
+    tail.drain(Duration::from_secs(1));
+    let seen = ids(&tail.records);
+    assert!((1..=200).all(|i| seen.get(&i) == Some(&1)), "{seen:?}");
+    assert_eq!(tail.records.len(), 200);
+    let log = d.log();
+    assert!(log.contains("the next wait is longer"), "{log}");
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
 fn kill_9_inside_a_transaction_mixing_read_and_unread_tables() {
     let (db, kafka) = setup();
     // `t.unread` has columns the decoder never needs to read (no pipeline reads it).

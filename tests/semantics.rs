@@ -800,6 +800,173 @@ fn statements_on_a_temporary_table_that_shadows_a_read_table_leave_it_alone() {
 }
 
 #[test]
+fn a_temporary_table_altered_while_the_daemon_was_down_leaves_the_real_tables_definition_known() {
+    // The backlog read at start for DDL knows a session's temporary tables as the stream does:
+    // an ALTER of a temporary table shadowing the read table, logged while the daemon was
+    // down, is not taken for a change of the real table (whose rows before it would then be
+    // typed from the binlog alone: MariaDB JSON as text, with a warning).
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec("CREATE DATABASE s; CREATE TABLE s.docs (id INT PRIMARY KEY, doc JSON);"));
+    let p = "name: p\ntable: s.docs\nsink:\n  kafka:\n    topic: docs\n";
+    let mut d = Daemon::new(&db, Some(&kafka), &[("p", p)]);
+    d.spawn();
+    block_on(db.exec("INSERT INTO s.docs VALUES (1, '{\"a\": 1}');"));
+    let mut tail = kafka.tail("docs");
+    wait_records(&mut d, &mut tail, 1, 60);
+    assert_eq!(d.terminate(), 0);
+    block_on(db.exec(
+        "INSERT INTO s.docs VALUES (2, '{\"b\": [2, 3]}');
+         SET SESSION binlog_format = MIXED; USE s;
+         CREATE TEMPORARY TABLE docs (id INT PRIMARY KEY, doc TEXT);
+         ALTER TABLE docs ADD COLUMN w INT; TRUNCATE TABLE docs;
+         DROP TEMPORARY TABLE docs; SET SESSION binlog_format = ROW;
+         INSERT INTO s.docs VALUES (3, '{\"c\": null}');",
+    ));
+    d.spawn();
+    wait_records(&mut d, &mut tail, 3, 60);
+    let docs: Vec<(Value, Value)> = tail
+        .records
+        .iter()
+        .map(|r| (r.json()["op"].clone(), r.json()["after"]["doc"].clone()))
+        .collect();
+    assert_eq!(
+        docs,
+        [
+            (json!("c"), json!({"a": 1})),
+            (json!("c"), json!({"b": [2, 3]})),
+            (json!("c"), json!({"c": null})),
+        ]
+    );
+    let log = d.log();
+    assert!(
+        !log.contains("cannot tell this table's definition"),
+        "{log}"
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn statements_as_sessions_write_them_ansi_quotes_set_statement_comments_and_lenient_json() {
+    // What the binlog holds as sessions wrote it: names in double quotes under ANSI_QUOTES (and
+    // the server's own `DROP TABLE "t"` in an ANSI session), `SET STATEMENT … FOR` prefixes, a
+    // change logged as a statement behind a comment inside a rolled-back transaction, JSON
+    // documents MariaDB's json_valid accepts beyond RFC 8259, a JSON column named with a
+    // backtick. Each is read as the server ran it.
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE s;
+         CREATE TABLE s.t5 (id INT PRIMARY KEY); CREATE TABLE s.d1 (id INT PRIMARY KEY);
+         CREATE TABLE s.d5 (id INT PRIMARY KEY); CREATE TABLE s.t6 (id INT PRIMARY KEY);
+         CREATE TABLE s.t19 (id INT PRIMARY KEY, doc LONGTEXT);
+         CREATE TABLE s.t21 (id INT PRIMARY KEY, doc JSON);
+         CREATE TABLE s.jx (id INT PRIMARY KEY, doc JSON);
+         CREATE TABLE s.bq (id INT PRIMARY KEY, `j``k` JSON);
+         CREATE TABLE s.r (id INT PRIMARY KEY, v VARCHAR(40));
+         CREATE TABLE s.un (id INT PRIMARY KEY, v VARCHAR(40));",
+    ));
+    let names = ["t5", "d1", "d5", "t6", "t19", "t21", "jx", "bq", "r"];
+    let files: Vec<(String, String)> = names
+        .iter()
+        .map(|t| {
+            let yaml = format!("name: {t}\ntable: s.{t}\nsink:\n  kafka:\n    topic: {t}\n");
+            (t.to_string(), yaml)
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, y)| (n.as_str(), y.as_str()))
+        .collect();
+    let mut d = Daemon::new(&db, Some(&kafka), &files);
+    d.spawn();
+    wait_log(&mut d, "starting", 1, 60);
+    block_on(db.exec(
+        r#"INSERT INTO s.t5 VALUES (1); INSERT INTO s.d1 VALUES (1); INSERT INTO s.d5 VALUES (1);
+         INSERT INTO s.t6 VALUES (1); INSERT INTO s.t19 VALUES (1, '{"x": 0}');
+         INSERT INTO s.t21 VALUES (1, '{"b": 1}');"#,
+    ));
+    // The stream is live (the definitions it read are those before the DDL below).
+    let mut t21 = kafka.tail("t21");
+    wait_records(&mut d, &mut t21, 1, 60);
+    block_on(db.exec(
+        r#"USE s; SET sql_mode = 'ANSI_QUOTES';
+         TRUNCATE TABLE "t5"; DROP TABLE "s"."d1"; ALTER TABLE "s"."t19" MODIFY doc JSON;
+         SET sql_mode = 'ANSI'; DROP TABLE d5; SET sql_mode = DEFAULT;
+         INSERT INTO s.t19 VALUES (2, '{"a": 1}');
+         SET STATEMENT max_statement_time = 100 FOR TRUNCATE TABLE s.t6;
+         SET STATEMENT lock_wait_timeout = 100 FOR ALTER TABLE s.t21 MODIFY doc LONGTEXT;
+         INSERT INTO s.t21 VALUES (2, 'not json');
+         INSERT INTO s.jx VALUES (1, '{"k": "\\x41", "p": 10., "e": 1.e5, "q": "\\\'"}');
+         INSERT INTO s.bq VALUES (1, '[1]');
+         SET SESSION binlog_format = MIXED;
+         BEGIN; /* app */ INSERT INTO s.un VALUES (1, 'stmt'); INSERT INTO s.r VALUES (1, UUID());
+           CREATE TEMPORARY TABLE tt (k INT); ROLLBACK;
+         SET SESSION binlog_format = STATEMENT;
+         SET STATEMENT sql_mode = '' FOR INSERT INTO s.r VALUES (3, 'as a statement');
+         SET SESSION binlog_format = ROW;
+         INSERT INTO s.r VALUES (2, 'real');"#,
+    ));
+    let seen = |topic: &str, n: usize| -> Vec<(Value, Value)> {
+        kafka
+            .read(topic, n, Duration::from_secs(20))
+            .iter()
+            .filter_map(|r| r.value.as_ref().map(|_| r.json()))
+            .map(|v| match v["op"].as_str() {
+                Some("t") => (v["op"].clone(), v["truncate"].clone()),
+                _ => (v["op"].clone(), v["after"].clone()),
+            })
+            .collect()
+    };
+    let c = |after: Value| (json!("c"), after);
+    let t = |dropped: bool| match dropped {
+        true => (json!("t"), json!({"partitions": null, "dropped": true})),
+        false => (json!("t"), json!({"partitions": null})),
+    };
+    assert_eq!(seen("t5", 2), [c(json!({"id": 1})), t(false)]);
+    assert_eq!(seen("d1", 2), [c(json!({"id": 1})), t(true)]);
+    assert_eq!(seen("d5", 2), [c(json!({"id": 1})), t(true)]);
+    assert_eq!(seen("t6", 2), [c(json!({"id": 1})), t(false)]);
+    assert_eq!(
+        seen("t19", 2),
+        [
+            c(json!({"id": 1, "doc": "{\"x\": 0}"})),
+            c(json!({"id": 2, "doc": {"a": 1}}))
+        ]
+    );
+    assert_eq!(
+        seen("t21", 2),
+        [
+            c(json!({"id": 1, "doc": {"b": 1}})),
+            c(json!({"id": 2, "doc": "not json"}))
+        ]
+    );
+    let raw = |topic: &str| -> String {
+        let recs = kafka.read(topic, 1, Duration::from_secs(20));
+        recs.first()
+            .and_then(|r| r.value.clone())
+            .unwrap_or_default()
+    };
+    let jx = raw("jx");
+    assert!(
+        jx.contains(r#""after":{"id":1,"doc":{"k":"x41","p":10.0,"e":1.0e5,"q":"'"}}"#),
+        "{jx}"
+    );
+    let bq = raw("bq");
+    assert!(bq.contains(r#""after":{"id":1,"j`k":[1]}"#), "{bq}");
+    // The rolled-back transaction left nothing; the change logged as a statement is said.
+    let r = seen("r", 1);
+    assert_eq!(r, [c(json!({"id": 2, "v": "real"}))]);
+    let log = d.log();
+    assert!(
+        log.contains("a change was logged as a statement")
+            && log.contains("FOR INSERT INTO s.r VALUES (3, 'as a statement')"),
+        "{log}"
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
 fn a_read_table_changed_by_foreign_key_actions_is_warned_of_at_start() {
     let db = MariaDb::start();
     block_on(db.exec(

@@ -169,6 +169,60 @@ fn a_prepared_xa_survives_kill_9_and_comes_once_at_its_commit_and_never_after_a_
 }
 
 #[test]
+fn a_prepared_xa_read_again_after_kill_9_keeps_its_rollback_to_savepoint() {
+    // A write to a MyISAM table makes the server log the XA's SAVEPOINT and ROLLBACK TO: the
+    // rows after the savepoint never happened. Read live, they are dropped; read again from the
+    // binlog after a restart (the XA committed while the daemon was down), the same.
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE t; CREATE TABLE t.acct (id INT PRIMARY KEY, v VARCHAR(20));
+         CREATE TABLE t.audit (msg VARCHAR(20)) ENGINE=MyISAM;",
+    ));
+    let mut d = Daemon::new(&db, Some(&kafka), &[("acct", ACCT)]);
+    d.spawn();
+    let body = "INSERT INTO t.acct VALUES (1, 'keep-1'); SAVEPOINT s1;
+                INSERT INTO t.acct VALUES (2, 'phantom'); UPDATE t.acct SET v = 'phantom-upd' WHERE id = 1;
+                INSERT INTO t.audit VALUES ('attempt'); ROLLBACK TO SAVEPOINT s1;
+                INSERT INTO t.acct VALUES (3, 'keep-3')";
+    prepare_xa(&db, "x-sp", body);
+    block_on(db.exec("INSERT INTO t.acct VALUES (10, 'plain')"));
+    let mut tail = kafka.tail("acct");
+    wait_records(&mut d, &mut tail, 1, 30);
+    let start = std::time::Instant::now();
+    while d.checkpoint().unwrap_or_default()["open_xa"]
+        .as_array()
+        .is_none_or(|a| a.is_empty())
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.kill9();
+    block_on(db.exec("XA COMMIT 'x-sp'; INSERT INTO t.acct VALUES (11, 'after');"));
+    d.spawn();
+    wait_records(&mut d, &mut tail, 4, 30);
+    tail.drain(Duration::from_secs(1));
+    let got: Vec<Value> = tail
+        .records
+        .iter()
+        .filter_map(|r| r.value.as_ref().map(|_| r.json()))
+        .map(|v| json!([v["op"], v["after"]]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            json!(["c", {"id": 10, "v": "plain"}]),
+            json!(["c", {"id": 1, "v": "keep-1"}]),
+            json!(["c", {"id": 3, "v": "keep-3"}]),
+            json!(["c", {"id": 11, "v": "after"}]),
+        ],
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
 fn large_groups_are_held_in_a_spill_file_and_a_rolled_back_one_leaves_nothing() {
     let db = MariaDb::start();
     let kafka = Kafka::start();

@@ -3,7 +3,8 @@
 //! for the few places that must edit a document (MySQL partial JSON updates), and a compact
 //! renderer. `serde_json::Value` would round such numbers through `f64`.
 //!
-//! Grammar: RFC 8259 (<https://www.rfc-editor.org/rfc/rfc8259>).
+//! Grammar: RFC 8259 (<https://www.rfc-editor.org/rfc/rfc8259>); MariaDB's JSON columns hold
+//! what its `json_valid` accepts, a little more (see [`JsonNode::parse_mariadb`]).
 
 use std::fmt::Write as _;
 
@@ -26,9 +27,23 @@ pub enum JsonNode {
 impl JsonNode {
     /// Parses a whole document (surrounding whitespace allowed). Errors give the byte offset.
     pub fn parse(text: &str) -> Result<JsonNode, String> {
+        Self::parse_as(text, false)
+    }
+
+    /// As [`JsonNode::parse`], accepting what MariaDB's `json_valid` accepts beyond RFC 8259
+    /// (its `strings/json_lib.c`), read as MariaDB reads it: a number without the digits after
+    /// its `-`, `.` or exponent (`10.`, `1.e5`, `-0.`) gets them as `0` (`10.0`, `1.0e5`,
+    /// `-0.0`: the same value, valid JSON); an unknown escape in a string is the escaped
+    /// character (`"\x41"` is `x41`, `"\'"` is `'`, as `JSON_VALUE` gives them).
+    pub fn parse_mariadb(text: &str) -> Result<JsonNode, String> {
+        Self::parse_as(text, true)
+    }
+
+    fn parse_as(text: &str, mariadb: bool) -> Result<JsonNode, String> {
         let mut p = Parser {
             b: text.as_bytes(),
             i: 0,
+            mariadb,
         };
         p.ws();
         let v = p.value(0)?;
@@ -104,9 +119,16 @@ pub fn compact(text: &str) -> Result<String, String> {
     Ok(JsonNode::parse(text)?.render())
 }
 
+/// As [`compact`], for a MariaDB JSON column's text ([`JsonNode::parse_mariadb`]).
+pub fn compact_mariadb(text: &str) -> Result<String, String> {
+    Ok(JsonNode::parse_mariadb(text)?.render())
+}
+
 struct Parser<'a> {
     b: &'a [u8],
     i: usize,
+    /// MariaDB's grammar (see [`JsonNode::parse_mariadb`]).
+    mariadb: bool,
 }
 
 impl Parser<'_> {
@@ -215,28 +237,66 @@ impl Parser<'_> {
 
     fn number(&mut self) -> Result<JsonNode, String> {
         let start = self.i;
+        // Where MariaDB's grammar left out digits: a `0` is written there.
+        let mut zeros: Vec<usize> = Vec::new();
         self.eat(b'-');
         match self.b.get(self.i) {
             Some(b'0') => self.i += 1,
             Some(b'1'..=b'9') => {
                 self.digits();
             }
+            _ if self.mariadb && self.i > start => zeros.push(self.i),
             _ => return Err(self.err("a number needs digits")),
         }
         if self.eat(b'.') && self.digits() == 0 {
-            return Err(self.err("a fraction needs digits"));
+            self.missing_digits(&mut zeros, "a fraction needs digits")?;
         }
         if self.eat(b'e') || self.eat(b'E') {
             if !self.eat(b'+') {
                 self.eat(b'-');
             }
             if self.digits() == 0 {
-                return Err(self.err("an exponent needs digits"));
+                self.missing_digits(&mut zeros, "an exponent needs digits")?;
             }
         }
-        // Only ASCII was consumed: the slice is valid UTF-8.
-        let text = std::str::from_utf8(&self.b[start..self.i]).unwrap_or_default();
-        Ok(JsonNode::Number(text.to_string()))
+        // Only ASCII was consumed: the slices are valid UTF-8.
+        let mut text = String::with_capacity(self.i - start + zeros.len());
+        let mut from = start;
+        for at in zeros {
+            text.push_str(std::str::from_utf8(&self.b[from..at]).unwrap_or_default());
+            text.push('0');
+            from = at;
+        }
+        text.push_str(std::str::from_utf8(&self.b[from..self.i]).unwrap_or_default());
+        Ok(JsonNode::Number(text))
+    }
+
+    /// No digits where RFC 8259 needs some: an error, or (MariaDB) a `0` noted for here.
+    fn missing_digits(&self, zeros: &mut Vec<usize>, what: &str) -> Result<(), String> {
+        match self.mariadb {
+            true => {
+                zeros.push(self.i);
+                Ok(())
+            }
+            false => Err(self.err(what)),
+        }
+    }
+
+    /// MariaDB: an unknown escape is the character escaped (a whole UTF-8 sequence), whose
+    /// first byte `self.i` has just passed.
+    fn escaped_itself(&mut self, first: u8) -> Result<&str, String> {
+        let from = self.i - 1;
+        let len = match first {
+            0xF0.. => 4,
+            0xE0.. => 3,
+            0xC0.. => 2,
+            _ => 1,
+        };
+        self.i = from + len;
+        self.b
+            .get(from..from + len)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .ok_or_else(|| format!("invalid JSON at byte {from}: bad escape"))
     }
 
     fn hex4(&mut self) -> Result<u32, String> {
@@ -282,6 +342,7 @@ impl Parser<'_> {
                         b'r' => out.push('\r'),
                         b't' => out.push('\t'),
                         b'u' => out.push(self.unicode_escape()?),
+                        c if self.mariadb && c >= 0x20 => out.push_str(self.escaped_itself(c)?),
                         _ => return Err(self.err("bad escape")),
                     }
                 }
@@ -330,6 +391,32 @@ mod tests {
             compact(r#" "a \u00e9 \ud83d\ude00 \"q\" \n\/" "#).unwrap(),
             "\"a é 😀 \\\"q\\\" \\n/\""
         );
+    }
+
+    #[test]
+    fn mariadb_documents_read_as_mariadb_reads_them() {
+        // Each accepted by MariaDB 10.11's JSON_VALID (checked on the server).
+        for (src, want) in [
+            (r#"{"price": 10.}"#, r#"{"price":10.0}"#),
+            (
+                "[1., -0., 1.e5, 1.E+5, 2.5e-3]",
+                "[1.0,-0.0,1.0e5,1.0E+5,2.5e-3]",
+            ),
+            ("[-]", "[-0]"),
+            ("[1.e]", "[1.0e0]"),
+            (
+                r#"["\x41", "\q", "\'", "\a", "\U00e9", "\é!", "\u00e9"]"#,
+                r#"["x41","q","'","a","U00e9","é!","é"]"#,
+            ),
+        ] {
+            assert_eq!(compact_mariadb(src).unwrap(), want, "{src}");
+            assert!(compact(src).is_err(), "strict: {src}");
+            // What comes out is RFC 8259 JSON, numbers as written.
+            assert_eq!(compact(want).unwrap(), want);
+        }
+        for bad in ["01", ".5", "+1", "1.5.", r#""\u12""#, "[1,]", "0x10"] {
+            assert!(compact_mariadb(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

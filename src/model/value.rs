@@ -160,6 +160,12 @@ impl JsonText {
         Self::from_compact(super::json::compact(text)?)
     }
 
+    /// As [`JsonText::parse`], for a MariaDB JSON column's text: what its `json_valid` accepts
+    /// beyond RFC 8259, read as MariaDB reads it ([`super::json::JsonNode::parse_mariadb`]).
+    pub fn parse_mariadb(text: &str) -> Result<JsonText, String> {
+        Self::from_compact(super::json::compact_mariadb(text)?)
+    }
+
     /// The compact text of a tree.
     pub fn from_node(node: &super::json::JsonNode) -> Result<JsonText, String> {
         Self::from_compact(node.render())

@@ -145,7 +145,8 @@ fn bytes_value(c: &SchemaColumn, b: &[u8]) -> Result<ColumnValue, String> {
     let b64 = |b: &[u8]| ColumnValue::Text(base64::engine::general_purpose::STANDARD.encode(b));
     Ok(if c.is_json || t == "json" {
         let text = std::str::from_utf8(b).map_err(|e| format!("JSON that is not UTF-8: {e}"))?;
-        ColumnValue::Json(JsonText::parse(text)?)
+        // MariaDB returns the column's text as stored (MySQL a valid document either way).
+        ColumnValue::Json(JsonText::parse_mariadb(text)?)
     } else if t == "bit" {
         ColumnValue::UInt(b.iter().fold(0u64, |a, x| (a << 8) | *x as u64))
     } else if c.is_spatial() {

@@ -604,6 +604,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// A TCP proxy to a local port that can stall the connections it carries (they stay open but
 /// no byte moves), as a dead network path does. Connections made after a stall pass normally.
+/// A throttled one moves at most so many bytes per second each way, as a slow link does.
 pub struct StallingProxy {
     pub port: u16,
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -611,6 +612,15 @@ pub struct StallingProxy {
 
 impl StallingProxy {
     pub fn start(upstream: u16) -> StallingProxy {
+        Self::with_rate(upstream, None)
+    }
+
+    /// A proxy moving at most `bytes_per_sec` each way on each connection.
+    pub fn throttled(upstream: u16, bytes_per_sec: u64) -> StallingProxy {
+        Self::with_rate(upstream, Some(bytes_per_sec))
+    }
+
+    fn with_rate(upstream: u16, bytes_per_sec: Option<u64>) -> StallingProxy {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicU64, Ordering};
         use std::sync::Arc;
@@ -646,6 +656,11 @@ impl StallingProxy {
                                 Ok(n) => {
                                     if to.write_all(&buf[..n]).is_err() {
                                         return;
+                                    }
+                                    if let Some(rate) = bytes_per_sec {
+                                        std::thread::sleep(Duration::from_secs_f64(
+                                            n as f64 / rate as f64,
+                                        ));
                                     }
                                 }
                                 Err(e)

@@ -90,7 +90,9 @@ enum Tok {
 
 /// Splits SQL into tokens: comments dropped (MariaDB/MySQL executable comments `/*! … */`
 /// kept as code), strings and symbols as `Other`.
-fn lex(sql: &str) -> Vec<Tok> {
+/// With `ansi_quotes` (the session's `sql_mode` had `ANSI_QUOTES`, as `ANSI` and `ORACLE` do)
+/// `"…"` quotes an identifier, as a backtick does; else a string.
+fn lex(sql: &str, ansi_quotes: bool) -> Vec<Tok> {
     let b = sql.as_bytes();
     let mut i = 0;
     let mut out = Vec::new();
@@ -121,8 +123,13 @@ fn lex(sql: &str) -> Vec<Tok> {
                 out.push(Tok::Word(w, true));
                 i += n;
             }
+            b'"' if ansi_quotes => {
+                let (w, n) = quoted(&sql[i..], '"');
+                out.push(Tok::Word(w, true));
+                i += n;
+            }
             b'\'' | b'"' => {
-                let (_, n) = quoted(&sql[i..], c as char);
+                let (_, n) = quoted_as(&sql[i..], c as char, true);
                 out.push(Tok::Other);
                 i += n;
             }
@@ -160,7 +167,12 @@ fn skip_line(b: &[u8], mut i: usize) -> usize {
 }
 
 /// A quoted run starting at `s[0]`: its content (doubled quotes unescaped) and byte length.
+/// A backslash escapes the next character in strings (`'`, and `"` without `ANSI_QUOTES`).
 fn quoted(s: &str, q: char) -> (String, usize) {
+    quoted_as(s, q, q == '\'')
+}
+
+fn quoted_as(s: &str, q: char, backslash: bool) -> (String, usize) {
     let mut out = String::new();
     let mut it = s.char_indices().skip(1).peekable();
     while let Some((i, c)) = it.next() {
@@ -172,7 +184,7 @@ fn quoted(s: &str, q: char) -> (String, usize) {
             }
             return (out, i + c.len_utf8());
         }
-        if c == '\\' && q != '`' {
+        if c == '\\' && backslash {
             if let Some((_, n)) = it.next() {
                 out.push(n);
             }
@@ -187,6 +199,46 @@ struct Parser<'a> {
     toks: Vec<Tok>,
     i: usize,
     default_db: &'a str,
+}
+
+/// At most this much of a statement is read for its first words (a `SET STATEMENT … FOR`
+/// prefix and comments included), bytes.
+const HEAD_BYTES: usize = 4096;
+
+impl<'a> Parser<'a> {
+    /// A parser at the statement's first word: comments and a `SET STATEMENT var = value, …
+    /// FOR` prefix (MariaDB, logged as written) skipped.
+    fn new(sql: &str, default_db: &'a str, ansi_quotes: bool) -> Self {
+        let mut p = Parser {
+            toks: lex(sql, ansi_quotes),
+            i: 0,
+            default_db,
+        };
+        if p.eat_all(&["SET", "STATEMENT"]) && !p.skip_until("FOR") {
+            p.i = p.toks.len();
+        }
+        p
+    }
+}
+
+/// The first words of a statement as logged (at most three, upper-cased, one space apart),
+/// after comments and a `SET STATEMENT … FOR` prefix: what decides whether it is a
+/// transaction's `BEGIN`/`COMMIT`, a change logged as a statement, or DDL.
+pub fn head(sql: &str, ansi_quotes: bool) -> String {
+    let mut end = sql.len().min(HEAD_BYTES);
+    while !sql.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut p = Parser::new(&sql[..end], "", ansi_quotes);
+    let mut words: Vec<String> = Vec::with_capacity(3);
+    while words.len() < 3 {
+        match p.toks.get(p.i) {
+            Some(Tok::Word(w, false)) => words.push(w.to_ascii_uppercase()),
+            _ => break,
+        }
+        p.i += 1;
+    }
+    words.join(" ")
 }
 
 impl Parser<'_> {
@@ -271,13 +323,50 @@ pub enum Temporary {
     Dropped(Vec<TableName>),
 }
 
+/// The sessions' temporary tables, by session (the query event's thread id): whether a
+/// statement flagged as using temporary tables was about one that shadows a real table's name.
+/// Kept by the decoder and by the scan of the backlog for DDL alike.
+#[derive(Debug, Default, Clone)]
+pub struct Temporaries(std::collections::HashSet<(u32, TableName)>);
+
+impl Temporaries {
+    /// Notes the temporary tables `sql` (run by session `thread`, default database `db`;
+    /// `ansi_quotes` as for [`parse`]) makes or drops; `true` when it is such a statement.
+    pub fn track(&mut self, sql: &str, db: &str, ansi_quotes: bool, thread: u32) -> bool {
+        match temporary(sql, db, ansi_quotes) {
+            Some(Temporary::Created(t)) => {
+                // Sessions drop theirs when they end (the server logs it); bounded anyway.
+                if self.0.len() >= 100_000 {
+                    self.0.clear();
+                }
+                self.0.insert((thread, t));
+                true
+            }
+            Some(Temporary::Dropped(ts)) => {
+                for t in ts {
+                    self.0.remove(&(thread, t));
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `d`, run by session `thread` and flagged by the server as using temporary tables
+    /// (`thread_specific`, `LOG_EVENT_THREAD_SPECIFIC_F`), was about temporary tables only: the
+    /// session made one of each name it touches (see [`Ddl::temporary_only`]).
+    pub fn shadows(&self, d: &Ddl, thread_specific: bool, thread: u32) -> bool {
+        thread_specific
+            && d.temporary_only()
+            && d.tables
+                .iter()
+                .all(|t| self.0.contains(&(thread, t.clone())))
+    }
+}
+
 /// The temporary tables `sql` makes or drops; `None` for any other statement.
-pub fn temporary(sql: &str, default_db: &str) -> Option<Temporary> {
-    let mut p = Parser {
-        toks: lex(sql),
-        i: 0,
-        default_db,
-    };
+pub fn temporary(sql: &str, default_db: &str, ansi_quotes: bool) -> Option<Temporary> {
+    let mut p = Parser::new(sql, default_db, ansi_quotes);
     if p.eat("CREATE") {
         p.eat_all(&["OR", "REPLACE"]);
         if p.eat("TEMPORARY") && p.eat("TABLE") {
@@ -295,12 +384,8 @@ pub fn temporary(sql: &str, default_db: &str) -> Option<Temporary> {
 
 /// What `sql` (run with default database `default_db`) does to tables; `None` for anything
 /// that is not a table DDL statement this grammar knows.
-pub fn parse(sql: &str, default_db: &str) -> Option<Ddl> {
-    let mut p = Parser {
-        toks: lex(sql),
-        i: 0,
-        default_db,
-    };
+pub fn parse(sql: &str, default_db: &str, ansi_quotes: bool) -> Option<Ddl> {
+    let mut p = Parser::new(sql, default_db, ansi_quotes);
     let ddl = |kind, tables| Some(Ddl { kind, tables });
     if p.eat("CREATE") {
         let replace = p.eat_all(&["OR", "REPLACE"]);
@@ -444,11 +529,17 @@ fn partition_rows_gone(p: &mut Parser<'_>) -> Option<DdlKind> {
 pub struct Scan {
     file: std::sync::Arc<str>,
     pos: u64,
+    /// Statements on a session's temporary table that shadows a read table are not DDL on it.
+    temporaries: Temporaries,
 }
 
 impl Scan {
     pub fn new(file: std::sync::Arc<str>) -> Self {
-        Scan { file, pos: 4 }
+        Scan {
+            file,
+            pos: 4,
+            temporaries: Temporaries::default(),
+        }
     }
 
     /// The end of the last event seen.
@@ -479,18 +570,29 @@ impl Scan {
             self.pos = h.log_pos() as u64;
         }
         let statement = match code {
-            2 => ev
-                .read_event::<QueryEvent<'_>>()
-                .ok()
-                .map(|q| (q.schema().into_owned(), q.query().into_owned())),
+            2 => ev.read_event::<QueryEvent<'_>>().ok().map(|q| {
+                let ansi = super::query::ansi_quotes(q.status_vars_raw());
+                (q.schema().into_owned(), q.query().into_owned(), ansi)
+            }),
             165 => super::query::maria_compressed_query(ev.data()).ok(),
             _ => None,
         };
-        let Some((db, q)) = statement else {
+        let Some((db, q, ansi)) = statement else {
             return Vec::new();
         };
+        // A query event's post-header starts with its session's thread id.
+        let thread = ev
+            .data()
+            .get(0..4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes);
+        if self.temporaries.track(&q, &db, ansi, thread) {
+            return Vec::new();
+        }
+        let flagged = h.flags_raw() & super::event_type::LOG_EVENT_THREAD_SPECIFIC_F != 0;
         let at = self.position();
-        parse(&q, &db)
+        parse(&q, &db, ansi)
+            .filter(|d| !self.temporaries.shadows(d, flagged, thread))
             .map(|d| {
                 d.tables
                     .iter()
@@ -511,8 +613,66 @@ mod tests {
     }
 
     #[test]
+    fn double_quoted_names_under_ansi_quotes_and_set_statement_prefixes() {
+        let ansi = |s: &str| parse(s, "shop", true).map(|d| (d.kind, d.tables));
+        assert_eq!(
+            ansi("TRUNCATE TABLE \"t5\""),
+            Some((DdlKind::Truncate, vec![t("shop", "t5")]))
+        );
+        assert_eq!(
+            ansi("TRUNCATE \"p2\".\"t\"\"11\""),
+            Some((DdlKind::Truncate, vec![t("p2", "t\"11")]))
+        );
+        assert_eq!(
+            ansi("DROP TABLE \"d5\" /* generated by server */"),
+            Some((
+                DdlKind::DropTable { if_exists: false },
+                vec![t("shop", "d5")]
+            ))
+        );
+        assert_eq!(
+            ansi("ALTER TABLE \"t\\\" MODIFY doc JSON DEFAULT 'x\\' y'"),
+            Some((DdlKind::AlterTable, vec![t("shop", "t\\")]))
+        );
+        // Without ANSI_QUOTES a double-quoted run is a string: no table name there.
+        assert_eq!(parse("TRUNCATE TABLE \"t5\"", "shop", false), None);
+        let plain = |s: &str| parse(s, "shop", false).map(|d| (d.kind, d.tables));
+        assert_eq!(
+            plain("SET STATEMENT max_statement_time=100, sql_mode='a,b' FOR TRUNCATE TABLE t6"),
+            Some((DdlKind::Truncate, vec![t("shop", "t6")]))
+        );
+        assert_eq!(
+            plain("set statement lock_wait_timeout = 5 for /* c */ CREATE OR REPLACE TABLE x.r (id INT)"),
+            Some((DdlKind::ReplaceTable, vec![t("x", "r")]))
+        );
+        assert_eq!(plain("SET STATEMENT x=1"), None);
+        assert_eq!(
+            head("/* app */ insert INTO un VALUES (1)", false),
+            "INSERT INTO UN"
+        );
+        assert_eq!(
+            head(
+                "SET STATEMENT sql_mode='' FOR -- c\n REPLACE r SELECT 1",
+                false
+            ),
+            "REPLACE R SELECT"
+        );
+        assert_eq!(
+            head("/*!40000 ALTER TABLE t DISABLE KEYS */", false),
+            "ALTER TABLE T"
+        );
+        assert_eq!(head("  # c\nCOMMIT", false), "COMMIT");
+        assert_eq!(head("XA COMMIT X'31',X'',1", false), "XA COMMIT X");
+        assert_eq!(head("ROLLBACK TO `s1`", false), "ROLLBACK TO");
+        assert_eq!(
+            head(&format!("/* {} */ BEGIN", "é".repeat(3000)), false),
+            ""
+        );
+    }
+
+    #[test]
     fn statements_that_remove_rows_without_rows_events() {
-        let p = |s: &str| parse(s, "shop");
+        let p = |s: &str| parse(s, "shop", false);
         let gone = |s: &str| p(s).map(|d| (d.kind, d.tables));
         let parts =
             |v: &[&str]| DdlKind::TruncatePartitions(v.iter().map(|s| s.to_string()).collect());
@@ -554,19 +714,21 @@ mod tests {
         assert_eq!(
             temporary(
                 "CREATE OR REPLACE TEMPORARY TABLE IF NOT EXISTS x.t (k INT)",
-                "shop"
+                "shop",
+                false
             ),
             Some(Temporary::Created(t("x", "t")))
         );
         assert_eq!(
             temporary(
                 "DROP /*!40005 TEMPORARY */ TABLE IF EXISTS `t`, d.u",
-                "shop"
+                "shop",
+                false
             ),
             Some(Temporary::Dropped(vec![t("shop", "t"), t("d", "u")]))
         );
-        assert_eq!(temporary("CREATE TABLE t (k INT)", "shop"), None);
-        assert_eq!(temporary("DROP TABLE t", "shop"), None);
+        assert_eq!(temporary("CREATE TABLE t (k INT)", "shop", false), None);
+        assert_eq!(temporary("DROP TABLE t", "shop", false), None);
         assert_eq!(
             gone("ALTER TABLE s CONVERT TABLE d2.x TO PARTITION p9 VALUES LESS THAN (90)"),
             Some((
@@ -596,7 +758,7 @@ mod tests {
 
     #[test]
     fn names_the_tables() {
-        let p = |s: &str| parse(s, "shop");
+        let p = |s: &str| parse(s, "shop", false);
         assert_eq!(
             p("CREATE TABLE IF NOT EXISTS `a``b`.c (x int)"),
             Some(Ddl {

@@ -101,3 +101,8 @@ impl EventType {
         }
     }
 }
+
+/// A query event's header flag: the statement used the session's temporary tables (a session
+/// with `binlog_format` STATEMENT or MIXED logs statements on them); MariaDB and MySQL, see
+/// <https://mariadb.com/kb/en/event-flags/>.
+pub const LOG_EVENT_THREAD_SPECIFIC_F: u16 = 0x4;

@@ -123,6 +123,13 @@ pub fn decode_bytes(
             .read(&buf[off..off + size])
             .map_err(|e| corrupt(e.to_string()))?
             .ok_or_else(|| corrupt("empty event".into()))?;
+        if EventType::from_code(ev.header().event_type_raw()) == EventType::MariaStartEncryption {
+            return Err(corrupt(
+                "the binlog is encrypted from here on (START_ENCRYPTION, encrypt_binlog=ON): a \
+                 replica connection receives it decrypted, so read it from the server"
+                    .into(),
+            ));
+        }
         let inner = if EventType::from_code(ev.header().event_type_raw())
             == EventType::TransactionPayload
         {

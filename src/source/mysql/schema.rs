@@ -151,7 +151,8 @@ pub async fn load(
         let columns = rows
             .into_iter()
             .map(|(name, data_type, column_type, charset, precision)| {
-                let json_check = format!("json_valid(`{name}`)");
+                // The server prints the clause with the name quoted, backticks doubled.
+                let json_check = format!("json_valid(`{}`)", name.replace('`', "``"));
                 let is_json = data_type == "json"
                     || checks.iter().any(|c| c.eq_ignore_ascii_case(&json_check));
                 let labels: Arc<[String]> = if data_type == "enum" || data_type == "set" {

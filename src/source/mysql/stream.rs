@@ -74,6 +74,11 @@ impl From<crate::source::DecodeError> for SourceError {
     }
 }
 
+/// The largest binlog event read, bytes: 1 GiB, the protocol's largest packet and MariaDB's
+/// `slave_max_allowed_packet` maximum
+/// (<https://mariadb.com/kb/en/replication-and-binary-log-system-variables/#slave_max_allowed_packet>).
+pub const MAX_EVENT_BYTES: usize = 1 << 30;
+
 /// Builds connection options from the source config.
 pub fn opts(cfg: &SourceConfig) -> Opts {
     let mut b = OptsBuilder::default()
@@ -82,7 +87,12 @@ pub fn opts(cfg: &SourceConfig) -> Opts {
         .user(Some(cfg.user.clone()))
         .pass(cfg.password.clone())
         .prefer_socket(false)
-        .stmt_cache_size(0);
+        .stmt_cache_size(0)
+        // A binlog event is one packet, as large as the statement that made it (MariaDB's
+        // replicas read up to 1 GiB, `slave_max_allowed_packet`'s maximum): the client's limit
+        // must not be the server's `max_allowed_packet` (16 MiB by default), or one large row
+        // in any table, read or not, stops the stream for good.
+        .max_allowed_packet(Some(MAX_EVENT_BYTES));
     match cfg.tls.mode {
         TlsMode::Disabled => {}
         TlsMode::Required | TlsMode::VerifyCa | TlsMode::VerifyIdentity => {
@@ -276,15 +286,22 @@ impl MysqlSource {
         let heartbeat = Duration::from_millis(self.cfg.heartbeat_ms.max(100));
         let mut backoff = Duration::from_millis(100);
         let mut first = true;
+        let mut read_timeout = ReadTimeout::new(heartbeat);
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
             let resume = decoder.resume_position();
-            match self
-                .stream_once(&mut decoder, &resume, heartbeat, &tx, &mut shutdown, first)
-                .await
-            {
+            let link = Link {
+                heartbeat,
+                read_timeout: read_timeout.now(),
+                first,
+            };
+            let end = self
+                .stream_once(&mut decoder, &resume, link, &tx, &mut shutdown)
+                .await;
+            read_timeout.after(&end, decoder.resume_position() != resume);
+            match end {
                 Ok(StreamEnd::Shutdown) => return Ok(()),
                 Ok(StreamEnd::TablesAdded) => {
                     let resume = decoder.resume_position();
@@ -297,6 +314,11 @@ impl MysqlSource {
                 Ok(StreamEnd::Disconnected(reason)) => {
                     tracing::warn!(position = %decoder.resume_position(), %reason, backoff_ms = backoff.as_millis() as u64,
                         "binlog stream lost; reconnecting");
+                }
+                Ok(StreamEnd::Silent(ms)) => {
+                    tracing::warn!(position = %decoder.resume_position(), reason = %format!("no event nor heartbeat for {ms} ms"),
+                        next_read_timeout_ms = read_timeout.now().as_millis() as u64, backoff_ms = backoff.as_millis() as u64,
+                        "binlog stream lost; reconnecting (a large event on a slow link: the next wait is longer)");
                 }
                 Err(SourceError::Connect { addr, source }) if !first => {
                     tracing::warn!(%addr, error = %source, backoff_ms = backoff.as_millis() as u64, "reconnect failed; retrying");
@@ -318,14 +340,15 @@ impl MysqlSource {
         &self,
         decoder: &mut Decoder,
         resume: &BinlogPosition,
-        heartbeat: Duration,
+        link: Link,
         tx: &mpsc::Sender<Vec<SourceEvent>>,
         shutdown: &mut watch::Receiver<bool>,
-        first: bool,
     ) -> Result<StreamEnd, SourceError> {
-        let (mut stream, live_from) = self.open(decoder, resume, heartbeat, first).await?;
+        let (mut stream, live_from) = self
+            .open(decoder, resume, link.heartbeat, link.first)
+            .await?;
         let mut out: Vec<SourceEvent> = Vec::with_capacity(512);
-        let read_timeout = heartbeat * 2;
+        let read_timeout = link.read_timeout;
         let _connected = Connected::new(self.metrics.clone());
         loop {
             let next = tokio::select! {
@@ -358,15 +381,17 @@ impl MysqlSource {
                     }
                     continue;
                 }
-                Err(_) => format!("no event nor heartbeat for {} ms", read_timeout.as_millis()),
-                Ok(None) => "the server closed the stream".to_string(),
-                Ok(Some(Err(e))) => self.read_error(e, decoder.resume_position()).await?,
+                Err(_) => StreamEnd::Silent(read_timeout.as_millis() as u64),
+                Ok(None) => StreamEnd::Disconnected("the server closed the stream".to_string()),
+                Ok(Some(Err(e))) => {
+                    StreamEnd::Disconnected(self.read_error(e, decoder.resume_position()).await?)
+                }
             };
             // What was decoded is sent before reconnecting: the decoder resumes after it.
             if !out.is_empty() && tx.send(out).await.is_err() {
                 return Ok(StreamEnd::Shutdown);
             }
-            return Ok(StreamEnd::Disconnected(reason));
+            return Ok(reason);
         }
     }
 
@@ -731,9 +756,54 @@ impl Drop for Connected {
     }
 }
 
+/// How one connection of the stream is made and watched.
+#[derive(Clone, Copy)]
+struct Link {
+    /// The server's heartbeat period, asked for when idle.
+    heartbeat: Duration,
+    /// How long without any event before the link is taken for lost.
+    read_timeout: Duration,
+    /// The stream's first connection (not a reconnect).
+    first: bool,
+}
+
+/// The read timeout: twice the heartbeat, doubled (up to [`ReadTimeout::MAX`]) each time the
+/// link went silent with no progress since the last connect — a server sends no heartbeat
+/// while it sends one event, and an event of hundreds of MB on a slow link takes longer than
+/// any heartbeat; back to twice the heartbeat once events flow again.
+struct ReadTimeout {
+    base: Duration,
+    now: Duration,
+}
+
+impl ReadTimeout {
+    const MAX: Duration = Duration::from_secs(600);
+
+    fn new(heartbeat: Duration) -> Self {
+        ReadTimeout {
+            base: heartbeat * 2,
+            now: heartbeat * 2,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// After a connection ended with `end`, having moved the resume position or not.
+    fn after(&mut self, end: &Result<StreamEnd, SourceError>, progressed: bool) {
+        self.now = match end {
+            Ok(StreamEnd::Silent(_)) if !progressed => (self.now * 2).min(Self::MAX),
+            _ => self.base,
+        };
+    }
+}
+
 enum StreamEnd {
     Shutdown,
     Disconnected(String),
+    /// No event nor heartbeat came for the read timeout (ms).
+    Silent(u64),
     /// A reload added tables: open the stream again at the resume position.
     TablesAdded,
 }

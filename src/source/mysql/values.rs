@@ -387,9 +387,9 @@ fn text_or_json(
     if bad {
         return Err("a JSON document with bytes invalid in its charset".into());
     }
-    Ok(ColumnValue::Json(JsonText::parse(&s).map_err(|e| {
-        format!("the column is JSON but its value is not a JSON document ({e})")
-    })?))
+    Ok(ColumnValue::Json(JsonText::parse_mariadb(&s).map_err(
+        |e| format!("the column is JSON but its value is not a JSON document ({e})"),
+    )?))
 }
 
 /// A MariaDB compressed column value: header 0 then the bytes as they are, or header

@@ -68,7 +68,7 @@ fn query_text(ev: &Event) -> Option<String> {
             .read_event::<QueryEvent<'_>>()
             .ok()
             .map(|q| q.query().into_owned()),
-        EventType::QueryCompressed => maria_compressed_query(ev.data()).ok().map(|(_, q)| q),
+        EventType::QueryCompressed => maria_compressed_query(ev.data()).ok().map(|(_, q, _)| q),
         _ => None,
     }
 }
@@ -240,18 +240,28 @@ impl Decoder {
         let q = match event_type(ev) {
             EventType::Query => ev
                 .read_event::<QueryEvent<'_>>()
-                .map(|q| q.query().into_owned())
+                .map(|q| {
+                    let ansi = super::super::query::ansi_quotes(q.status_vars_raw());
+                    (q.query().into_owned(), ansi)
+                })
                 .map_err(|e| e.to_string()),
-            _ => maria_compressed_query(ev.data()).map(|(_, q)| q),
+            _ => maria_compressed_query(ev.data()).map(|(_, q, ansi)| (q, ansi)),
         };
         let at = self.held.as_ref().map_or(self.next_pos, |g| g.next);
-        let q = q.map_err(|r| self.err(code, at, r))?;
+        let (q, ansi) = q.map_err(|r| self.err(code, at, r))?;
         let t = q.trim();
-        let upper = t.to_ascii_uppercase();
-        let word = |w: &str| upper.starts_with(w);
-        if upper.trim_end_matches(';').trim() == "ROLLBACK" {
+        // Comments and a `SET STATEMENT … FOR` prefix skipped: a change logged as a statement
+        // with either is still inside the transaction.
+        let head = super::super::ddl::head(t, ansi);
+        let word = |w: &str| head.starts_with(w);
+        if head == "ROLLBACK" {
             return Ok(Some(End::Rollback));
         }
+        // The server writes these two itself: the keyword, then the quoted name.
+        let upper = match word("ROLLBACK TO") || word("SAVEPOINT") {
+            true => t.to_ascii_uppercase(),
+            false => String::new(),
+        };
         if let Some(rest) = upper.strip_prefix("ROLLBACK TO ") {
             let rest = rest.trim_start().strip_prefix("SAVEPOINT ").unwrap_or(rest);
             let name = savepoint_name(rest);
@@ -281,12 +291,12 @@ impl Decoder {
         }
         // A session's temporary tables, made or dropped inside its transaction (logged by a
         // STATEMENT or MIXED session): the transaction goes on.
-        let temporary = super::super::ddl::temporary(t, "").is_some();
+        let temporary = super::super::ddl::temporary(t, "", ansi).is_some();
         if word("BEGIN")
             || word("XA ")
             || word("RELEASE SAVEPOINT")
             || temporary
-            || super::is_statement_dml(t)
+            || super::is_statement_dml(&head)
         {
             return Ok(None);
         }
@@ -390,13 +400,31 @@ impl Decoder {
     }
 
     /// A prepared XA transaction read again after a restart (its outcome not yet read).
+    /// Its savepoints are applied as when it was read live (a `ROLLBACK TO` drops the rows
+    /// after its savepoint).
     pub fn restore_xa(&mut self, open: OpenXa, events: Vec<Event>) -> Result<(), DecodeError> {
-        let mut held = Held::new(self.hold_limit, &self.spill_dir);
+        let outer = self.held.replace(HeldGroup {
+            events: Held::new(self.hold_limit, &self.spill_dir),
+            next: open.position.pos,
+            savepoints: Vec::new(),
+        });
+        let mut r = Ok(());
         for e in events {
-            held.push(e).map_err(|e| self.spill_err(e))?;
+            let step = match event_type(&e) {
+                EventType::Query | EventType::QueryCompressed => self.held_statement(&e).map(drop),
+                _ => Ok(()),
+            };
+            r = step.and_then(|()| self.push_held(e));
+            if r.is_err() {
+                break;
+            }
         }
-        self.prepared
-            .insert(open.xid.clone(), PreparedXa { events: held });
+        let group = std::mem::replace(&mut self.held, outer);
+        r?;
+        if let Some(g) = group {
+            self.prepared
+                .insert(open.xid.clone(), PreparedXa { events: g.events });
+        }
         Ok(())
     }
 }

@@ -86,7 +86,7 @@ pub struct Decoder {
     mapped: HashSet<TableName>,
     /// Temporary tables sessions made (by the query events' thread id), from their logged
     /// `CREATE TEMPORARY TABLE` to their `DROP TEMPORARY TABLE`.
-    temporaries: HashSet<(u32, TableName)>,
+    temporaries: ddl::Temporaries,
     /// The group whose events are held until its end is read.
     held: Option<groups::HeldGroup>,
     /// A committed group being decoded a slice at a time.
@@ -118,7 +118,7 @@ impl Decoder {
             filter: None,
             failed: HashSet::new(),
             mapped: HashSet::new(),
-            temporaries: HashSet::new(),
+            temporaries: ddl::Temporaries::default(),
             held: None,
             release: None,
             prepared: HashMap::new(),
@@ -264,7 +264,7 @@ impl Decoder {
             end,
             ts_ms: h.timestamp() as u64 * 1000,
             server_id: h.server_id(),
-            thread_specific: h.flags_raw() & LOG_EVENT_THREAD_SPECIFIC_F != 0,
+            thread_specific: h.flags_raw() & super::event_type::LOG_EVENT_THREAD_SPECIFIC_F != 0,
             // A query event's post-header starts with its session's thread id.
             thread_id: match EventType::from_code(code) {
                 EventType::Query | EventType::QueryCompressed => ev
@@ -279,6 +279,9 @@ impl Decoder {
             EventType::Rotate => return self.on_rotate(ev, &at),
             EventType::FormatDescription => self.on_format_description(ev),
             EventType::FileMarker | EventType::NoData => {}
+            // `encrypt_binlog=ON`: a replica connection receives the events after it decrypted
+            // (a file read offline is refused before it gets here, see `file::decode`).
+            EventType::MariaStartEncryption => {}
             EventType::Heartbeat => {
                 if self.txn.is_none() && log_pos != 0 {
                     // The reader is at the end of the binlog with nothing new.
@@ -293,12 +296,13 @@ impl Decoder {
                 let q: QueryEvent<'_> = ev
                     .read_event()
                     .map_err(|e| self.err(code, start, e.to_string()))?;
-                self.on_query(&q.schema(), &q.query(), &at, out);
+                let ansi = super::query::ansi_quotes(q.status_vars_raw());
+                self.on_query(&q.schema(), &q.query(), ansi, &at, out);
             }
             EventType::QueryCompressed => {
-                let (db, q) =
+                let (db, q, ansi) =
                     maria_compressed_query(ev.data()).map_err(|r| self.err(code, start, r))?;
-                self.on_query(&db, &q, &at, out);
+                self.on_query(&db, &q, ansi, &at, out);
             }
             EventType::Xid => {
                 // The xid value itself is not needed (and 5.1 betas wrote it differently).
@@ -330,10 +334,9 @@ impl Decoder {
                 tracing::warn!(position = %format!("{}:{start}", self.file), event_type = code,
                     "a LOAD DATA logged as a statement; its rows are not in the binlog and cannot be emitted");
             }
-            refused @ (EventType::Incident
-            | EventType::MariaStartEncryption
-            | EventType::PreGaRows
-            | EventType::Unknown(_)) => return Err(self.err(code, start, refusal(refused))),
+            refused @ (EventType::Incident | EventType::PreGaRows | EventType::Unknown(_)) => {
+                return Err(self.err(code, start, refusal(refused)))
+            }
         }
         self.advance(end, in_payload);
         Ok(())
@@ -367,13 +370,17 @@ impl Decoder {
         }
     }
 
-    fn on_query(&mut self, schema: &str, q: &str, at: &At, out: &mut Vec<SourceEvent>) {
+    /// A statement logged as text (`ansi_quotes`: its session's `sql_mode` had `ANSI_QUOTES`).
+    fn on_query(
+        &mut self,
+        schema: &str,
+        q: &str,
+        ansi_quotes: bool,
+        at: &At,
+        out: &mut Vec<SourceEvent>,
+    ) {
         let trimmed = q.trim();
-        let head: String = trimmed
-            .chars()
-            .take(24)
-            .collect::<String>()
-            .to_ascii_uppercase();
+        let head = ddl::head(trimmed, ansi_quotes);
         if head.starts_with("BEGIN") || head.starts_with("XA START") {
             if self.txn.is_none() {
                 self.begin(None, at.ts_ms, false, at.start);
@@ -390,7 +397,7 @@ impl Decoder {
             self.on_xa_outcome(o, at, out);
         } else if head.starts_with("COMMIT") || head.starts_with("ROLLBACK") {
             self.end_txn(out, at);
-        } else if is_statement_dml(trimmed) {
+        } else if is_statement_dml(&head) {
             // A change logged as a statement (a session with binlog_format=STATEMENT): its rows
             // are not in the binlog. Said loudly; the position moves on.
             // `temporary_tables`: the server flagged it as using temporary tables; if it
@@ -408,15 +415,19 @@ impl Decoder {
             }
         } else {
             // DDL or another statement logged as text: its own transaction.
-            if let Some(tmp) = ddl::temporary(trimmed, schema) {
-                self.track_temporary(tmp, at.thread_id);
-                if self.txn.is_some() {
-                    // Inside the session's transaction, which goes on.
-                    return;
-                }
+            let temporary = self
+                .temporaries
+                .track(trimmed, schema, ansi_quotes, at.thread_id);
+            if temporary && self.txn.is_some() {
+                // Inside the session's transaction, which goes on.
+                return;
             }
             let resume = BinlogPosition::new(self.file.clone(), at.end);
-            let parsed = ddl::parse(trimmed, schema).filter(|d| !self.on_temporary(d, at));
+            let parsed = ddl::parse(trimmed, schema, ansi_quotes).filter(|d| {
+                !self
+                    .temporaries
+                    .shadows(d, at.thread_specific, at.thread_id)
+            });
             if let Some(d) = &parsed {
                 let gone = self.truncated(d, at, &resume, out);
                 let named = match d.kind {
@@ -664,34 +675,6 @@ impl Decoder {
                  away are truncate records, the rows it brought are not in the stream (backfill \
                  the table to stream them)");
         }
-    }
-
-    /// Notes a session's temporary tables made or dropped.
-    fn track_temporary(&mut self, tmp: ddl::Temporary, thread: u32) {
-        match tmp {
-            ddl::Temporary::Created(t) => {
-                // Sessions drop theirs when they end (the server logs it); bounded anyway.
-                if self.temporaries.len() >= 100_000 {
-                    self.temporaries.clear();
-                }
-                self.temporaries.insert((thread, t));
-            }
-            ddl::Temporary::Dropped(ts) => {
-                for t in ts {
-                    self.temporaries.remove(&(thread, t));
-                }
-            }
-        }
-    }
-
-    /// Whether a statement flagged as using temporary tables was about one that shadows a
-    /// real table's name: the session made a temporary table of each name it touches.
-    fn on_temporary(&self, d: &ddl::Ddl, at: &At) -> bool {
-        at.thread_specific
-            && d.temporary_only()
-            && d.tables
-                .iter()
-                .all(|t| self.temporaries.contains(&(at.thread_id, t.clone())))
     }
 
     /// Of `partitions` of `t`, those that may hold rows the stream showed (`None`: none). A
@@ -987,11 +970,6 @@ struct At {
     thread_id: u32,
 }
 
-/// A query event's header flag: the statement used the session's temporary tables (a session
-/// with `binlog_format` STATEMENT or MIXED logs statements on them); MariaDB and MySQL, see
-/// <https://mariadb.com/kb/en/event-flags/>.
-const LOG_EVENT_THREAD_SPECIFIC_F: u16 = 0x4;
-
 /// The table-id width of this server's TABLE_MAP and rows events (4 on very old servers).
 fn table_id_len(ev: &Event, code: u8) -> usize {
     use mysql_common::binlog::consts::EventType as T;
@@ -1023,15 +1001,12 @@ fn rotate_name(ev: &Event, raw: &[u8]) -> String {
 }
 
 /// Whether a statement logged as text changes rows (statement-based logging).
-fn is_statement_dml(q: &str) -> bool {
-    let w: String = q
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_uppercase();
+/// Whether a statement whose first words are `head` (see [`ddl::head`]) changes rows: a change
+/// logged as a statement, not as rows.
+fn is_statement_dml(head: &str) -> bool {
     matches!(
-        w.as_str(),
-        "INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD"
+        head.split(' ').next(),
+        Some("INSERT" | "UPDATE" | "DELETE" | "REPLACE" | "LOAD")
     )
 }
 
@@ -1045,10 +1020,6 @@ fn refusal(t: EventType) -> &'static str {
         EventType::Incident => {
             "INCIDENT event: the server reports lost changes; \
              re-snapshot the tables, then restart from a position after this event"
-        }
-        EventType::MariaStartEncryption => {
-            "the binlog is encrypted; a replica connection \
-             receives it decrypted, so read it over the network rather than from a file"
         }
         EventType::PreGaRows => "pre-GA rows events of MySQL 5.1.0–5.1.15 are not supported",
         _ => "unknown event type; refusing to skip it",
