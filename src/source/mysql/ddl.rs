@@ -79,84 +79,136 @@ impl Ddl {
     }
 }
 
+/// How a session's `sql_mode` changes the reading of its statements: from the query event's
+/// `Q_SQL_MODE_CODE` (<https://mariadb.com/kb/en/sql-mode/>); the default is the server's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dialect {
+    /// `ANSI_QUOTES` (set by `ANSI` and `ORACLE` too): `"…"` quotes a name, as a backtick does.
+    pub ansi_quotes: bool,
+    /// `NO_BACKSLASH_ESCAPES`: a backslash in a string is a character, not an escape.
+    pub no_backslash_escapes: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     /// A bare word (upper-cased for keywords is left to the parser) or a quoted identifier.
     Word(String, bool),
     Dot,
     Comma,
+    Open,
+    Close,
     Other,
 }
 
-/// Splits SQL into tokens: comments dropped (MariaDB/MySQL executable comments `/*! … */`
-/// kept as code), strings and symbols as `Other`.
-/// With `ansi_quotes` (the session's `sql_mode` had `ANSI_QUOTES`, as `ANSI` and `ORACLE` do)
-/// `"…"` quotes an identifier, as a backtick does; else a string.
-fn lex(sql: &str, ansi_quotes: bool) -> Vec<Tok> {
-    let b = sql.as_bytes();
-    let mut i = 0;
-    let mut out = Vec::new();
-    while i < b.len() {
-        let c = b[i];
-        match c {
-            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
-            b'#' => i = skip_line(b, i),
+/// Splits SQL into tokens, lazily: comments dropped (MariaDB/MySQL executable comments
+/// `/*! … */` kept as code), strings and other symbols as `Other`, read in `dialect`.
+struct Lexer<'a> {
+    sql: &'a str,
+    i: usize,
+    dialect: Dialect,
+}
+
+impl<'a> Lexer<'a> {
+    fn new(sql: &'a str, dialect: Dialect) -> Self {
+        Lexer { sql, i: 0, dialect }
+    }
+
+    /// Skips a comment or a run of whitespace at `i`; `false` if there is none.
+    fn skip_comment(&mut self) -> bool {
+        let b = self.sql.as_bytes();
+        let i = self.i;
+        match b[i] {
+            b' ' | b'\t' | b'\n' | b'\r' => self.i += 1,
+            b'#' => self.i = skip_line(b, i),
             b'-' if b.get(i + 1) == Some(&b'-')
                 && b.get(i + 2).is_none_or(|c| c.is_ascii_whitespace()) =>
             {
-                i = skip_line(b, i)
+                self.i = skip_line(b, i)
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
                 if b.get(i + 2) == Some(&b'!') || b[i + 2..].starts_with(b"M!") {
                     // Executable comment: skip the marker and version digits, keep the code.
-                    i += if b.get(i + 2) == Some(&b'!') { 3 } else { 4 };
-                    while b.get(i).is_some_and(u8::is_ascii_digit) {
-                        i += 1;
+                    self.i += if b.get(i + 2) == Some(&b'!') { 3 } else { 4 };
+                    while b.get(self.i).is_some_and(u8::is_ascii_digit) {
+                        self.i += 1;
                     }
                 } else {
-                    i = sql[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+                    self.i = self.sql[i + 2..]
+                        .find("*/")
+                        .map_or(b.len(), |e| i + 2 + e + 2);
                 }
             }
-            b'*' if b.get(i + 1) == Some(&b'/') => i += 2,
+            b'*' if b.get(i + 1) == Some(&b'/') => self.i += 2,
+            _ => return false,
+        }
+        true
+    }
+}
+
+impl Iterator for Lexer<'_> {
+    type Item = Tok;
+
+    fn next(&mut self) -> Option<Tok> {
+        let b = self.sql.as_bytes();
+        while self.i < b.len() && self.skip_comment() {}
+        let i = self.i;
+        let c = *b.get(i)?;
+        let (tok, n) = match c {
             b'`' => {
-                let (w, n) = quoted(&sql[i..], '`');
-                out.push(Tok::Word(w, true));
-                i += n;
+                let (w, n) = quoted(&self.sql[i..], '`', false);
+                (Tok::Word(w, true), n)
             }
-            b'"' if ansi_quotes => {
-                let (w, n) = quoted(&sql[i..], '"');
-                out.push(Tok::Word(w, true));
-                i += n;
+            b'"' if self.dialect.ansi_quotes => {
+                let (w, n) = quoted(&self.sql[i..], '"', false);
+                (Tok::Word(w, true), n)
             }
             b'\'' | b'"' => {
-                let (_, n) = quoted_as(&sql[i..], c as char, true);
-                out.push(Tok::Other);
-                i += n;
+                let escapes = !self.dialect.no_backslash_escapes;
+                (Tok::Other, quoted(&self.sql[i..], c as char, escapes).1)
             }
-            b'.' => {
-                out.push(Tok::Dot);
-                i += 1;
-            }
-            b',' => {
-                out.push(Tok::Comma);
-                i += 1;
-            }
+            b'.' => (Tok::Dot, 1),
+            b',' => (Tok::Comma, 1),
+            b'(' => (Tok::Open, 1),
+            b')' => (Tok::Close, 1),
             c if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 => {
-                let start = i;
-                while b.get(i).is_some_and(|c| {
-                    c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$' || *c >= 0x80
-                }) {
-                    i += 1;
-                }
-                out.push(Tok::Word(sql[start..i].to_string(), false));
+                let n = b[i..]
+                    .iter()
+                    .position(|c| {
+                        !(c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$' || *c >= 0x80)
+                    })
+                    .unwrap_or(b.len() - i);
+                (Tok::Word(self.sql[i..i + n].to_string(), false), n)
             }
-            _ => {
-                out.push(Tok::Other);
-                i += 1;
-            }
-        }
+            _ => (Tok::Other, 1),
+        };
+        self.i += n;
+        Some(tok)
     }
-    out
+}
+
+/// The tokens after a `SET STATEMENT var = value, … FOR` prefix (MariaDB, logged as written;
+/// its `FOR` is the first at parenthesis depth 0: `SUBSTRING(x FROM 1 FOR 5)` is a value), or
+/// all of them. A prefix without its `FOR` leaves none.
+fn after_set_statement(mut toks: impl Iterator<Item = Tok>) -> impl Iterator<Item = Tok> {
+    let first: Vec<Tok> = toks.by_ref().take(2).collect();
+    let word = |t: &Tok, k: &str| matches!(t, Tok::Word(w, false) if w.eq_ignore_ascii_case(k));
+    let prefix = matches!(first.as_slice(), [a, b] if word(a, "SET") && word(b, "STATEMENT"));
+    let kept = match prefix {
+        true => {
+            let mut depth = 0i64;
+            for t in toks.by_ref() {
+                match t {
+                    Tok::Open => depth += 1,
+                    Tok::Close => depth -= 1,
+                    ref w if depth == 0 && word(w, "FOR") => break,
+                    _ => {}
+                }
+            }
+            Vec::new()
+        }
+        false => first,
+    };
+    kept.into_iter().chain(toks)
 }
 
 fn skip_line(b: &[u8], mut i: usize) -> usize {
@@ -166,13 +218,9 @@ fn skip_line(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// A quoted run starting at `s[0]`: its content (doubled quotes unescaped) and byte length.
-/// A backslash escapes the next character in strings (`'`, and `"` without `ANSI_QUOTES`).
-fn quoted(s: &str, q: char) -> (String, usize) {
-    quoted_as(s, q, q == '\'')
-}
-
-fn quoted_as(s: &str, q: char, backslash: bool) -> (String, usize) {
+/// A quoted run starting at `s[0]`: its content (doubled quotes unescaped; with `backslash`, a
+/// backslash escapes the next character) and byte length.
+fn quoted(s: &str, q: char, backslash: bool) -> (String, usize) {
     let mut out = String::new();
     let mut it = s.char_indices().skip(1).peekable();
     while let Some((i, c)) = it.next() {
@@ -201,43 +249,30 @@ struct Parser<'a> {
     default_db: &'a str,
 }
 
-/// At most this much of a statement is read for its first words (a `SET STATEMENT … FOR`
-/// prefix and comments included), bytes.
-const HEAD_BYTES: usize = 4096;
-
 impl<'a> Parser<'a> {
     /// A parser at the statement's first word: comments and a `SET STATEMENT var = value, …
-    /// FOR` prefix (MariaDB, logged as written) skipped.
-    fn new(sql: &str, default_db: &'a str, ansi_quotes: bool) -> Self {
-        let mut p = Parser {
-            toks: lex(sql, ansi_quotes),
+    /// FOR` prefix skipped.
+    fn new(sql: &str, default_db: &'a str, dialect: Dialect) -> Self {
+        Parser {
+            toks: after_set_statement(Lexer::new(sql, dialect)).collect(),
             i: 0,
             default_db,
-        };
-        if p.eat_all(&["SET", "STATEMENT"]) && !p.skip_until("FOR") {
-            p.i = p.toks.len();
         }
-        p
     }
 }
 
 /// The first words of a statement as logged (at most three, upper-cased, one space apart),
 /// after comments and a `SET STATEMENT … FOR` prefix: what decides whether it is a
-/// transaction's `BEGIN`/`COMMIT`, a change logged as a statement, or DDL.
-pub fn head(sql: &str, ansi_quotes: bool) -> String {
-    let mut end = sql.len().min(HEAD_BYTES);
-    while !sql.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut p = Parser::new(&sql[..end], "", ansi_quotes);
-    let mut words: Vec<String> = Vec::with_capacity(3);
-    while words.len() < 3 {
-        match p.toks.get(p.i) {
-            Some(Tok::Word(w, false)) => words.push(w.to_ascii_uppercase()),
-            _ => break,
-        }
-        p.i += 1;
-    }
+/// transaction's `BEGIN`/`COMMIT`, a change logged as a statement, or DDL. Reads no further
+/// into the statement than those words.
+pub fn head(sql: &str, dialect: Dialect) -> String {
+    let words: Vec<String> = after_set_statement(Lexer::new(sql, dialect))
+        .map_while(|t| match t {
+            Tok::Word(w, false) => Some(w.to_ascii_uppercase()),
+            _ => None,
+        })
+        .take(3)
+        .collect();
     words.join(" ")
 }
 
@@ -330,10 +365,10 @@ pub enum Temporary {
 pub struct Temporaries(std::collections::HashSet<(u32, TableName)>);
 
 impl Temporaries {
-    /// Notes the temporary tables `sql` (run by session `thread`, default database `db`;
-    /// `ansi_quotes` as for [`parse`]) makes or drops; `true` when it is such a statement.
-    pub fn track(&mut self, sql: &str, db: &str, ansi_quotes: bool, thread: u32) -> bool {
-        match temporary(sql, db, ansi_quotes) {
+    /// Notes the temporary tables `sql` (run by session `thread`, default database `db`, in
+    /// `dialect`) makes or drops; `true` when it is such a statement.
+    pub fn track(&mut self, sql: &str, db: &str, dialect: Dialect, thread: u32) -> bool {
+        match temporary(sql, db, dialect) {
             Some(Temporary::Created(t)) => {
                 // Sessions drop theirs when they end (the server logs it); bounded anyway.
                 if self.0.len() >= 100_000 {
@@ -365,8 +400,8 @@ impl Temporaries {
 }
 
 /// The temporary tables `sql` makes or drops; `None` for any other statement.
-pub fn temporary(sql: &str, default_db: &str, ansi_quotes: bool) -> Option<Temporary> {
-    let mut p = Parser::new(sql, default_db, ansi_quotes);
+pub fn temporary(sql: &str, default_db: &str, dialect: Dialect) -> Option<Temporary> {
+    let mut p = Parser::new(sql, default_db, dialect);
     if p.eat("CREATE") {
         p.eat_all(&["OR", "REPLACE"]);
         if p.eat("TEMPORARY") && p.eat("TABLE") {
@@ -384,8 +419,8 @@ pub fn temporary(sql: &str, default_db: &str, ansi_quotes: bool) -> Option<Tempo
 
 /// What `sql` (run with default database `default_db`) does to tables; `None` for anything
 /// that is not a table DDL statement this grammar knows.
-pub fn parse(sql: &str, default_db: &str, ansi_quotes: bool) -> Option<Ddl> {
-    let mut p = Parser::new(sql, default_db, ansi_quotes);
+pub fn parse(sql: &str, default_db: &str, dialect: Dialect) -> Option<Ddl> {
+    let mut p = Parser::new(sql, default_db, dialect);
     let ddl = |kind, tables| Some(Ddl { kind, tables });
     if p.eat("CREATE") {
         let replace = p.eat_all(&["OR", "REPLACE"]);
@@ -534,11 +569,13 @@ pub struct Scan {
 }
 
 impl Scan {
-    pub fn new(file: std::sync::Arc<str>) -> Self {
+    /// A scan from the start of `file`, knowing the sessions' temporary tables `temporaries`
+    /// (the stream's, where it has read up to the scan's start).
+    pub fn new(file: std::sync::Arc<str>, temporaries: Temporaries) -> Self {
         Scan {
             file,
             pos: 4,
-            temporaries: Temporaries::default(),
+            temporaries,
         }
     }
 
@@ -571,13 +608,13 @@ impl Scan {
         }
         let statement = match code {
             2 => ev.read_event::<QueryEvent<'_>>().ok().map(|q| {
-                let ansi = super::query::ansi_quotes(q.status_vars_raw());
-                (q.schema().into_owned(), q.query().into_owned(), ansi)
+                let dialect = super::query::dialect(q.status_vars_raw());
+                (q.schema().into_owned(), q.query().into_owned(), dialect)
             }),
             165 => super::query::maria_compressed_query(ev.data()).ok(),
             _ => None,
         };
-        let Some((db, q, ansi)) = statement else {
+        let Some((db, q, dialect)) = statement else {
             return Vec::new();
         };
         // A query event's post-header starts with its session's thread id.
@@ -586,12 +623,12 @@ impl Scan {
             .get(0..4)
             .and_then(|b| b.try_into().ok())
             .map_or(0, u32::from_le_bytes);
-        if self.temporaries.track(&q, &db, ansi, thread) {
+        if self.temporaries.track(&q, &db, dialect, thread) {
             return Vec::new();
         }
         let flagged = h.flags_raw() & super::event_type::LOG_EVENT_THREAD_SPECIFIC_F != 0;
         let at = self.position();
-        parse(&q, &db, ansi)
+        parse(&q, &db, dialect)
             .filter(|d| !self.temporaries.shadows(d, flagged, thread))
             .map(|d| {
                 d.tables
@@ -614,7 +651,11 @@ mod tests {
 
     #[test]
     fn double_quoted_names_under_ansi_quotes_and_set_statement_prefixes() {
-        let ansi = |s: &str| parse(s, "shop", true).map(|d| (d.kind, d.tables));
+        let quotes = Dialect {
+            ansi_quotes: true,
+            ..Dialect::default()
+        };
+        let ansi = |s: &str| parse(s, "shop", quotes).map(|d| (d.kind, d.tables));
         assert_eq!(
             ansi("TRUNCATE TABLE \"t5\""),
             Some((DdlKind::Truncate, vec![t("shop", "t5")]))
@@ -635,8 +676,11 @@ mod tests {
             Some((DdlKind::AlterTable, vec![t("shop", "t\\")]))
         );
         // Without ANSI_QUOTES a double-quoted run is a string: no table name there.
-        assert_eq!(parse("TRUNCATE TABLE \"t5\"", "shop", false), None);
-        let plain = |s: &str| parse(s, "shop", false).map(|d| (d.kind, d.tables));
+        assert_eq!(
+            parse("TRUNCATE TABLE \"t5\"", "shop", Dialect::default()),
+            None
+        );
+        let plain = |s: &str| parse(s, "shop", Dialect::default()).map(|d| (d.kind, d.tables));
         assert_eq!(
             plain("SET STATEMENT max_statement_time=100, sql_mode='a,b' FOR TRUNCATE TABLE t6"),
             Some((DdlKind::Truncate, vec![t("shop", "t6")]))
@@ -647,32 +691,55 @@ mod tests {
         );
         assert_eq!(plain("SET STATEMENT x=1"), None);
         assert_eq!(
-            head("/* app */ insert INTO un VALUES (1)", false),
+            head("/* app */ insert INTO un VALUES (1)", Dialect::default()),
             "INSERT INTO UN"
         );
         assert_eq!(
             head(
                 "SET STATEMENT sql_mode='' FOR -- c\n REPLACE r SELECT 1",
-                false
+                Dialect::default()
             ),
             "REPLACE R SELECT"
         );
         assert_eq!(
-            head("/*!40000 ALTER TABLE t DISABLE KEYS */", false),
+            head("/*!40000 ALTER TABLE t DISABLE KEYS */", Dialect::default()),
             "ALTER TABLE T"
         );
-        assert_eq!(head("  # c\nCOMMIT", false), "COMMIT");
-        assert_eq!(head("XA COMMIT X'31',X'',1", false), "XA COMMIT X");
-        assert_eq!(head("ROLLBACK TO `s1`", false), "ROLLBACK TO");
+        assert_eq!(head("  # c\nCOMMIT", Dialect::default()), "COMMIT");
         assert_eq!(
-            head(&format!("/* {} */ BEGIN", "é".repeat(3000)), false),
-            ""
+            head("XA COMMIT X'31',X'',1", Dialect::default()),
+            "XA COMMIT X"
+        );
+        assert_eq!(head("ROLLBACK TO `s1`", Dialect::default()), "ROLLBACK TO");
+        // Comments of any length before the statement (a trace context, say).
+        let long = format!("/* {} */ INSERT INTO s.un VALUES (1)", "é".repeat(30_000));
+        assert_eq!(head(&long, Dialect::default()), "INSERT INTO S");
+        // The prefix ends at the first FOR outside parentheses.
+        assert_eq!(
+            plain("SET STATEMENT sql_mode = SUBSTRING(@@sql_mode FROM 1 FOR 50) FOR TRUNCATE TABLE s.t"),
+            Some((DdlKind::Truncate, vec![t("s", "t")]))
+        );
+        assert_eq!(
+            head(
+                "SET STATEMENT x = f((1), 'FOR') FOR insert INTO t VALUES (1)",
+                Dialect::default()
+            ),
+            "INSERT INTO T"
+        );
+        // NO_BACKSLASH_ESCAPES: a backslash ends nothing; the rename after the string is seen.
+        let raw = Dialect {
+            no_backslash_escapes: true,
+            ..Dialect::default()
+        };
+        assert_eq!(
+            parse("ALTER TABLE s.a COMMENT 'C:\\', RENAME TO s.b", "shop", raw).map(|d| d.kind),
+            Some(DdlKind::RenameTable)
         );
     }
 
     #[test]
     fn statements_that_remove_rows_without_rows_events() {
-        let p = |s: &str| parse(s, "shop", false);
+        let p = |s: &str| parse(s, "shop", Dialect::default());
         let gone = |s: &str| p(s).map(|d| (d.kind, d.tables));
         let parts =
             |v: &[&str]| DdlKind::TruncatePartitions(v.iter().map(|s| s.to_string()).collect());
@@ -715,7 +782,7 @@ mod tests {
             temporary(
                 "CREATE OR REPLACE TEMPORARY TABLE IF NOT EXISTS x.t (k INT)",
                 "shop",
-                false
+                Dialect::default()
             ),
             Some(Temporary::Created(t("x", "t")))
         );
@@ -723,12 +790,15 @@ mod tests {
             temporary(
                 "DROP /*!40005 TEMPORARY */ TABLE IF EXISTS `t`, d.u",
                 "shop",
-                false
+                Dialect::default()
             ),
             Some(Temporary::Dropped(vec![t("shop", "t"), t("d", "u")]))
         );
-        assert_eq!(temporary("CREATE TABLE t (k INT)", "shop", false), None);
-        assert_eq!(temporary("DROP TABLE t", "shop", false), None);
+        assert_eq!(
+            temporary("CREATE TABLE t (k INT)", "shop", Dialect::default()),
+            None
+        );
+        assert_eq!(temporary("DROP TABLE t", "shop", Dialect::default()), None);
         assert_eq!(
             gone("ALTER TABLE s CONVERT TABLE d2.x TO PARTITION p9 VALUES LESS THAN (90)"),
             Some((
@@ -758,7 +828,7 @@ mod tests {
 
     #[test]
     fn names_the_tables() {
-        let p = |s: &str| parse(s, "shop", false);
+        let p = |s: &str| parse(s, "shop", Dialect::default());
         assert_eq!(
             p("CREATE TABLE IF NOT EXISTS `a``b`.c (x int)"),
             Some(Ddl {

@@ -2,24 +2,34 @@
 //! <https://mariadb.com/kb/en/query_event/> with the text compressed as in
 //! <https://mariadb.com/kb/en/compressed-binary-log/>).
 
+use super::ddl::Dialect;
 use super::rows;
 
-/// Whether a query event's status variables (`Q_SQL_MODE_CODE`) say the statement ran with
-/// `ANSI_QUOTES` in its `sql_mode` (`MODE_ANSI_QUOTES`, bit 2; set by `ANSI` and `ORACLE` too):
-/// then its `"…"` are identifiers (<https://mariadb.com/kb/en/query_event/>).
-pub fn ansi_quotes(status_vars: &[u8]) -> bool {
+/// How the statement of a query event is read: its `sql_mode` from the event's status
+/// variables (`Q_SQL_MODE_CODE`; <https://mariadb.com/kb/en/query_event/>): `ANSI_QUOTES` (bit
+/// 2; set by `ANSI` and `ORACLE` too) and `NO_BACKSLASH_ESCAPES` (bit 20).
+pub fn dialect(status_vars: &[u8]) -> Dialect {
     use mysql_common::binlog::events::{StatusVarVal, StatusVarsIterator};
-    StatusVarsIterator::new(status_vars).any(
-        |v| matches!(v.get_value(), Ok(StatusVarVal::SqlMode(m)) if m.0 & MODE_ANSI_QUOTES != 0),
-    )
+    let mode = StatusVarsIterator::new(status_vars)
+        .find_map(|v| match v.get_value() {
+            Ok(StatusVarVal::SqlMode(m)) => Some(m.0),
+            _ => None,
+        })
+        .unwrap_or(0);
+    Dialect {
+        ansi_quotes: mode & MODE_ANSI_QUOTES != 0,
+        no_backslash_escapes: mode & MODE_NO_BACKSLASH_ESCAPES != 0,
+    }
 }
 
 /// `sql_mode`'s `ANSI_QUOTES` bit.
 const MODE_ANSI_QUOTES: u64 = 0x4;
+/// `sql_mode`'s `NO_BACKSLASH_ESCAPES` bit.
+const MODE_NO_BACKSLASH_ESCAPES: u64 = 0x10_0000;
 
-/// A MariaDB QUERY_COMPRESSED event's default database, statement and [`ansi_quotes`]: the
+/// A MariaDB QUERY_COMPRESSED event's default database, statement and [`dialect`]: the
 /// QUERY post-header and status vars as usual, the query text compressed.
-pub fn maria_compressed_query(data: &[u8]) -> Result<(String, String, bool), String> {
+pub fn maria_compressed_query(data: &[u8]) -> Result<(String, String, Dialect), String> {
     // post-header: thread_id 4, exec_time 4, db_len 1, error_code 2, status_vars_len 2
     if data.len() < 13 {
         return Err("short QUERY_COMPRESSED event".into());
@@ -33,6 +43,6 @@ pub fn maria_compressed_query(data: &[u8]) -> Result<(String, String, bool), Str
     }
     let db = String::from_utf8_lossy(&data[db_start..db_start + db_len]).into_owned();
     let q = rows::mariadb_uncompress(&data[q_start..])?;
-    let ansi = ansi_quotes(&data[13..db_start]);
-    Ok((db, String::from_utf8_lossy(&q).into_owned(), ansi))
+    let dialect = dialect(&data[13..db_start]);
+    Ok((db, String::from_utf8_lossy(&q).into_owned(), dialect))
 }

@@ -292,15 +292,18 @@ impl MysqlSource {
                 return Ok(());
             }
             let resume = decoder.resume_position();
+            let (timeout, to_pass) = read_timeout.at(&resume);
             let link = Link {
                 heartbeat,
-                read_timeout: read_timeout.now(),
+                read_timeout: timeout,
+                base_timeout: read_timeout.base,
+                to_pass,
                 first,
             };
             let end = self
                 .stream_once(&mut decoder, &resume, link, &tx, &mut shutdown)
                 .await;
-            read_timeout.after(&end, decoder.resume_position() != resume);
+            read_timeout.after(&resume, &end);
             match end {
                 Ok(StreamEnd::Shutdown) => return Ok(()),
                 Ok(StreamEnd::TablesAdded) => {
@@ -315,7 +318,7 @@ impl MysqlSource {
                     tracing::warn!(position = %decoder.resume_position(), %reason, backoff_ms = backoff.as_millis() as u64,
                         "binlog stream lost; reconnecting");
                 }
-                Ok(StreamEnd::Silent(ms)) => {
+                Ok(StreamEnd::Silent { ms, .. }) => {
                     tracing::warn!(position = %decoder.resume_position(), reason = %format!("no event nor heartbeat for {ms} ms"),
                         next_read_timeout_ms = read_timeout.now().as_millis() as u64, backoff_ms = backoff.as_millis() as u64,
                         "binlog stream lost; reconnecting (a large event on a slow link: the next wait is longer)");
@@ -348,7 +351,8 @@ impl MysqlSource {
             .open(decoder, resume, link.heartbeat, link.first)
             .await?;
         let mut out: Vec<SourceEvent> = Vec::with_capacity(512);
-        let read_timeout = link.read_timeout;
+        let mut read_timeout = link.read_timeout;
+        let mut received = 0u64;
         let _connected = Connected::new(self.metrics.clone());
         loop {
             let next = tokio::select! {
@@ -373,6 +377,15 @@ impl MysqlSource {
             };
             let reason = match next {
                 Ok(Some(Ok(ev))) => {
+                    received += 1;
+                    // Past where the last silent connection from here got, or a heartbeat (the
+                    // server is idle, the link sound): the usual timeout again.
+                    if received > link.to_pass
+                        || EventType::from_code(ev.header().event_type_raw())
+                            == EventType::Heartbeat
+                    {
+                        read_timeout = link.base_timeout;
+                    }
                     if !self
                         .decode(ev, decoder, &live_from, &mut out, tx, shutdown)
                         .await?
@@ -381,7 +394,10 @@ impl MysqlSource {
                     }
                     continue;
                 }
-                Err(_) => StreamEnd::Silent(read_timeout.as_millis() as u64),
+                Err(_) => StreamEnd::Silent {
+                    ms: read_timeout.as_millis() as u64,
+                    received,
+                },
                 Ok(None) => StreamEnd::Disconnected("the server closed the stream".to_string()),
                 Ok(Some(Err(e))) => {
                     StreamEnd::Disconnected(self.read_error(e, decoder.resume_position()).await?)
@@ -609,7 +625,7 @@ impl MysqlSource {
             .await
             .map_err(q("COM_BINLOG_DUMP"))?;
         let mut found = Vec::new();
-        let mut scan = super::ddl::Scan::new(from.file.clone());
+        let mut scan = super::ddl::Scan::new(from.file.clone(), decoder.temporaries().clone());
         while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(60), stream.next()).await
         {
             let ev = ev.map_err(q("reading the binlog backlog"))?;
@@ -763,17 +779,25 @@ struct Link {
     heartbeat: Duration,
     /// How long without any event before the link is taken for lost.
     read_timeout: Duration,
+    /// Twice the heartbeat: the read timeout once the connection is past `to_pass` events.
+    base_timeout: Duration,
+    /// Events the last silent connection from the same position received (0: none was).
+    to_pass: u64,
     /// The stream's first connection (not a reconnect).
     first: bool,
 }
 
-/// The read timeout: twice the heartbeat, doubled (up to [`ReadTimeout::MAX`]) each time the
-/// link went silent with no progress since the last connect — a server sends no heartbeat
-/// while it sends one event, and an event of hundreds of MB on a slow link takes longer than
-/// any heartbeat; back to twice the heartbeat once events flow again.
+/// The read timeout: twice the heartbeat; doubled (up to [`ReadTimeout::MAX`]) each time a
+/// connection from the same resume position went silent no further than the one before — a
+/// server sends no heartbeat while it sends one event, and an event of hundreds of MB on a slow
+/// link takes longer than any heartbeat. A connection is back at twice the heartbeat as soon
+/// as it gets past that point or a heartbeat comes (so a raised timeout never outlives the
+/// large event: a link dying later is found as quickly as ever).
 struct ReadTimeout {
     base: Duration,
     now: Duration,
+    /// The last silent connection: its resume position and the events it received.
+    last_silent: Option<(BinlogPosition, u64)>,
 }
 
 impl ReadTimeout {
@@ -783,27 +807,87 @@ impl ReadTimeout {
         ReadTimeout {
             base: heartbeat * 2,
             now: heartbeat * 2,
+            last_silent: None,
         }
     }
 
-    fn now(&self) -> Duration {
-        self.now
+    /// The timeout for a connection from `resume`, and the events it must get past before
+    /// the usual timeout applies again.
+    fn at(&self, resume: &BinlogPosition) -> (Duration, u64) {
+        match &self.last_silent {
+            Some((r, n)) if r == resume => (self.now, *n),
+            _ => (self.base, 0),
+        }
     }
 
-    /// After a connection ended with `end`, having moved the resume position or not.
-    fn after(&mut self, end: &Result<StreamEnd, SourceError>, progressed: bool) {
-        self.now = match end {
-            Ok(StreamEnd::Silent(_)) if !progressed => (self.now * 2).min(Self::MAX),
-            _ => self.base,
+    /// After a connection from `resume` ended with `end`.
+    fn after(&mut self, resume: &BinlogPosition, end: &Result<StreamEnd, SourceError>) {
+        let Ok(StreamEnd::Silent { received, .. }) = end else {
+            self.now = self.base;
+            self.last_silent = None;
+            return;
         };
+        let stuck = matches!(&self.last_silent, Some((r, n)) if r == resume && received <= n);
+        self.now = match stuck {
+            true => (self.now * 2).min(Self::MAX.max(self.base)),
+            false => self.base,
+        };
+        if !stuck {
+            self.last_silent = Some((resume.clone(), *received));
+        }
+    }
+
+    /// What the next connection from the same position waits.
+    fn now(&self) -> Duration {
+        self.now
     }
 }
 
 enum StreamEnd {
     Shutdown,
     Disconnected(String),
-    /// No event nor heartbeat came for the read timeout (ms).
-    Silent(u64),
+    /// No event nor heartbeat came for the read timeout (`ms`), after `received` events.
+    Silent {
+        ms: u64,
+        received: u64,
+    },
     /// A reload added tables: open the stream again at the resume position.
     TablesAdded,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_timeout_grows_only_while_stuck_at_one_place() {
+        let s = Duration::from_secs;
+        let mut t = ReadTimeout::new(s(1));
+        let p = BinlogPosition::new(Arc::from("b.000001"), 100);
+        let q = BinlogPosition::new(Arc::from("b.000001"), 900);
+        let silent = |received| Ok(StreamEnd::Silent { ms: 0, received });
+        // A first silence anywhere may be a dead link: the usual wait again.
+        t.after(&p, &silent(3));
+        assert_eq!(t.at(&p), (s(2), 3));
+        // No further from the same place: twice as long, then twice again.
+        t.after(&p, &silent(3));
+        assert_eq!(t.at(&p), (s(4), 3));
+        t.after(&p, &silent(2));
+        assert_eq!(t.at(&p), (s(8), 3));
+        // Another place: the usual wait, whatever was learnt.
+        assert_eq!(t.at(&q), (s(2), 0));
+        // Further than before: the usual wait.
+        t.after(&p, &silent(4));
+        assert_eq!(t.at(&p), (s(2), 4));
+        // Anything but a silence forgets it.
+        t.after(&p, &silent(4));
+        t.after(&p, &Ok(StreamEnd::Disconnected("closed".into())));
+        assert_eq!(t.at(&p), (s(2), 0));
+        // The cap is never below the usual wait.
+        let mut slow = ReadTimeout::new(s(400));
+        for _ in 0..4 {
+            slow.after(&p, &silent(1));
+        }
+        assert_eq!(slow.at(&p).0, s(800));
+    }
 }

@@ -241,18 +241,18 @@ impl Decoder {
             EventType::Query => ev
                 .read_event::<QueryEvent<'_>>()
                 .map(|q| {
-                    let ansi = super::super::query::ansi_quotes(q.status_vars_raw());
-                    (q.query().into_owned(), ansi)
+                    let dialect = super::super::query::dialect(q.status_vars_raw());
+                    (q.query().into_owned(), dialect)
                 })
                 .map_err(|e| e.to_string()),
-            _ => maria_compressed_query(ev.data()).map(|(_, q, ansi)| (q, ansi)),
+            _ => maria_compressed_query(ev.data()).map(|(_, q, dialect)| (q, dialect)),
         };
         let at = self.held.as_ref().map_or(self.next_pos, |g| g.next);
-        let (q, ansi) = q.map_err(|r| self.err(code, at, r))?;
+        let (q, dialect) = q.map_err(|r| self.err(code, at, r))?;
         let t = q.trim();
         // Comments and a `SET STATEMENT … FOR` prefix skipped: a change logged as a statement
         // with either is still inside the transaction.
-        let head = super::super::ddl::head(t, ansi);
+        let head = super::super::ddl::head(t, dialect);
         let word = |w: &str| head.starts_with(w);
         if head == "ROLLBACK" {
             return Ok(Some(End::Rollback));
@@ -291,7 +291,7 @@ impl Decoder {
         }
         // A session's temporary tables, made or dropped inside its transaction (logged by a
         // STATEMENT or MIXED session): the transaction goes on.
-        let temporary = super::super::ddl::temporary(t, "", ansi).is_some();
+        let temporary = super::super::ddl::temporary(t, "", dialect).is_some();
         if word("BEGIN")
             || word("XA ")
             || word("RELEASE SAVEPOINT")

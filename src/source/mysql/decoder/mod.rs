@@ -169,6 +169,11 @@ impl Decoder {
         std::mem::take(&mut self.ddl_changed)
     }
 
+    /// The sessions' temporary tables as the stream has read them so far.
+    pub fn temporaries(&self) -> &ddl::Temporaries {
+        &self.temporaries
+    }
+
     /// Whether a pipeline reads `t` (and it has not failed).
     pub fn reads(&self, t: &TableName) -> bool {
         !self.failed.contains(t) && self.filter.as_ref().is_none_or(|f| f(&t.0, &t.1))
@@ -296,13 +301,13 @@ impl Decoder {
                 let q: QueryEvent<'_> = ev
                     .read_event()
                     .map_err(|e| self.err(code, start, e.to_string()))?;
-                let ansi = super::query::ansi_quotes(q.status_vars_raw());
-                self.on_query(&q.schema(), &q.query(), ansi, &at, out);
+                let dialect = super::query::dialect(q.status_vars_raw());
+                self.on_query(&q.schema(), &q.query(), dialect, &at, out);
             }
             EventType::QueryCompressed => {
-                let (db, q, ansi) =
+                let (db, q, dialect) =
                     maria_compressed_query(ev.data()).map_err(|r| self.err(code, start, r))?;
-                self.on_query(&db, &q, ansi, &at, out);
+                self.on_query(&db, &q, dialect, &at, out);
             }
             EventType::Xid => {
                 // The xid value itself is not needed (and 5.1 betas wrote it differently).
@@ -370,17 +375,17 @@ impl Decoder {
         }
     }
 
-    /// A statement logged as text (`ansi_quotes`: its session's `sql_mode` had `ANSI_QUOTES`).
+    /// A statement logged as text, read in its session's `dialect`.
     fn on_query(
         &mut self,
         schema: &str,
         q: &str,
-        ansi_quotes: bool,
+        dialect: ddl::Dialect,
         at: &At,
         out: &mut Vec<SourceEvent>,
     ) {
         let trimmed = q.trim();
-        let head = ddl::head(trimmed, ansi_quotes);
+        let head = ddl::head(trimmed, dialect);
         if head.starts_with("BEGIN") || head.starts_with("XA START") {
             if self.txn.is_none() {
                 self.begin(None, at.ts_ms, false, at.start);
@@ -417,13 +422,13 @@ impl Decoder {
             // DDL or another statement logged as text: its own transaction.
             let temporary = self
                 .temporaries
-                .track(trimmed, schema, ansi_quotes, at.thread_id);
+                .track(trimmed, schema, dialect, at.thread_id);
             if temporary && self.txn.is_some() {
                 // Inside the session's transaction, which goes on.
                 return;
             }
             let resume = BinlogPosition::new(self.file.clone(), at.end);
-            let parsed = ddl::parse(trimmed, schema, ansi_quotes).filter(|d| {
+            let parsed = ddl::parse(trimmed, schema, dialect).filter(|d| {
                 !self
                     .temporaries
                     .shadows(d, at.thread_specific, at.thread_id)
