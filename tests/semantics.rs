@@ -967,6 +967,67 @@ fn statements_as_sessions_write_them_ansi_quotes_set_statement_comments_and_leni
 }
 
 #[test]
+fn create_or_replace_select_is_one_transaction_a_truncate_then_its_rows() {
+    // MariaDB logs `CREATE OR REPLACE TABLE … SELECT` as one group: a GTID without
+    // FL_STANDALONE, the statement, then its rows, then XID. The rows belong to that
+    // transaction (its GTID and position, after the truncate) and are typed by the new
+    // definition (a JSON column as JSON).
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        r#"CREATE DATABASE s;
+         CREATE TABLE s.src (id INT PRIMARY KEY, doc JSON);
+         INSERT INTO s.src VALUES (1, '{"a": 1}'), (2, '[2]');
+         CREATE TABLE s.c (id INT PRIMARY KEY, doc LONGTEXT);"#,
+    ));
+    let p = "name: c\ntable: s.c\nsink:\n  kafka:\n    topic: c\n";
+    let mut d = Daemon::new(&db, Some(&kafka), &[("c", p)]);
+    d.spawn();
+    block_on(db.exec(r#"INSERT INTO s.c VALUES (9, '{"old": true}');"#));
+    let mut tail = kafka.tail("c");
+    wait_records(&mut d, &mut tail, 1, 60);
+    block_on(db.exec(
+        r#"CREATE OR REPLACE TABLE s.c (id INT PRIMARY KEY, doc JSON) SELECT id, doc FROM s.src;
+         INSERT INTO s.c VALUES (3, '{"after": 1}');"#,
+    ));
+    wait_records(&mut d, &mut tail, 5, 60);
+    let recs: Vec<Value> = tail.records.iter().map(|r| r.json()).collect();
+    let ops: Vec<(Value, Value)> = recs
+        .iter()
+        .map(|v| (v["op"].clone(), v["after"]["doc"].clone()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            (json!("c"), json!("{\"old\": true}")),
+            (json!("t"), Value::Null),
+            (json!("c"), json!({"a": 1})),
+            (json!("c"), json!([2])),
+            (json!("c"), json!({"after": 1})),
+        ]
+    );
+    let (gtid, pos) = (&recs[1]["source"]["gtid"], &recs[1]["source"]["pos"]);
+    assert!(gtid.is_string(), "{}", recs[1]);
+    for r in &recs[2..4] {
+        assert_eq!(
+            (&r["source"]["gtid"], &r["source"]["pos"]),
+            (gtid, pos),
+            "{r}"
+        );
+    }
+    assert_ne!(&recs[4]["source"]["gtid"], gtid);
+    // A restart reads nothing again.
+    d.kill9();
+    d.spawn();
+    block_on(db.exec("INSERT INTO s.c VALUES (4, NULL);"));
+    wait_records(&mut d, &mut tail, 6, 60);
+    tail.drain(Duration::from_secs(1));
+    assert_eq!(tail.records.len(), 6, "{}", d.log());
+    assert_eq!(tail.records[5].json()["after"]["id"], 4);
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
 fn a_read_table_changed_by_foreign_key_actions_is_warned_of_at_start() {
     let db = MariaDb::start();
     block_on(db.exec(

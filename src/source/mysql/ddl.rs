@@ -559,6 +559,19 @@ fn partition_rows_gone(p: &mut Parser<'_>) -> Option<DdlKind> {
     None
 }
 
+/// Whether a DDL statement inside a transaction's group is part of it rather than its end:
+/// MariaDB logs `CREATE [OR REPLACE] TABLE … SELECT` in a group with a GTID without
+/// FL_STANDALONE (`maria_transactional`), then its rows, then XID or COMMIT; MySQL 8.0.21+
+/// logs it as `CREATE TABLE … START TRANSACTION`, then its rows, then XID
+/// (<https://dev.mysql.com/worklog/task/?id=13355>). Any other DDL is its own group.
+pub fn ddl_inside_group(maria_transactional: bool, statement: &str) -> bool {
+    let t = statement.trim_end().trim_end_matches(';').trim_end();
+    maria_transactional
+        || t.len() >= 17
+            && t.is_char_boundary(t.len() - 17)
+            && t[t.len() - 17..].eq_ignore_ascii_case("START TRANSACTION")
+}
+
 /// Follows positions through a pass over the binlog and finds the DDL statements in it
 /// (used to learn where each table's definition changed before the stream reads there).
 pub struct Scan {
@@ -566,6 +579,9 @@ pub struct Scan {
     pos: u64,
     /// Statements on a session's temporary table that shadows a read table are not DDL on it.
     temporaries: Temporaries,
+    /// The transaction in progress: where its GTID event starts, and whether it is a MariaDB
+    /// one without FL_STANDALONE (see [`ddl_inside_group`]).
+    group: Option<(u64, bool)>,
 }
 
 impl Scan {
@@ -576,6 +592,7 @@ impl Scan {
             file,
             pos: 4,
             temporaries,
+            group: None,
         }
     }
 
@@ -603,8 +620,26 @@ impl Scan {
             }
             return Vec::new();
         }
+        let start = self.pos;
         if h.log_pos() != 0 {
             self.pos = h.log_pos() as u64;
+        }
+        use super::event_type::EventType as E;
+        match E::from_code(code) {
+            E::MariaGtid => {
+                let standalone = ev.data().get(12).is_some_and(|f| f & 1 != 0);
+                self.group = (!standalone).then_some((start, true));
+                return Vec::new();
+            }
+            E::MysqlGtid { .. } => {
+                self.group = Some((start, false));
+                return Vec::new();
+            }
+            E::Xid => {
+                self.group = None;
+                return Vec::new();
+            }
+            _ => {}
         }
         let statement = match code {
             2 => ev.read_event::<QueryEvent<'_>>().ok().map(|q| {
@@ -627,7 +662,17 @@ impl Scan {
             return Vec::new();
         }
         let flagged = h.flags_raw() & super::event_type::LOG_EVENT_THREAD_SPECIFIC_F != 0;
-        let at = self.position();
+        // A `CREATE … SELECT` inside its transaction: at the transaction's start, where the
+        // stream puts it (before the rows that follow in the same group).
+        let at = match self.group {
+            Some((g, maria)) if ddl_inside_group(maria, &q) => {
+                crate::model::BinlogPosition::new(self.file.clone(), g)
+            }
+            _ => self.position(),
+        };
+        if head(&q, dialect).starts_with("COMMIT") {
+            self.group = None;
+        }
         parse(&q, &db, dialect)
             .filter(|d| !self.temporaries.shadows(d, flagged, thread))
             .map(|d| {

@@ -22,6 +22,9 @@ pub(super) struct HeldGroup {
     next: u64,
     /// `SAVEPOINT name` marks: how many events were held then.
     savepoints: Vec<(String, usize)>,
+    /// The group began with a MariaDB GTID without FL_STANDALONE: it ends at its XID or
+    /// COMMIT, and a DDL statement in it (`CREATE [OR REPLACE] TABLE … SELECT`) is inside it.
+    maria_transactional: bool,
 }
 
 /// Records decoded from a committed group per slice (the stream sends each slice before the
@@ -129,6 +132,7 @@ impl Decoder {
                 events: Held::new(self.hold_limit, &self.spill_dir),
                 next: self.next_pos,
                 savepoints: Vec::new(),
+                maria_transactional: event_type(&ev) == EventType::MariaGtid,
             });
             return self.hold(ev, out);
         }
@@ -199,6 +203,11 @@ impl Decoder {
                 Some(e) => {
                     let e = e.map_err(|e| self.spill_err(e))?;
                     self.process(&e, out)?;
+                    // A DDL inside the group (`CREATE … SELECT`): the caller records the
+                    // table's new definition before the rows that follow are decoded.
+                    if matches!(out.last(), Some(SourceEvent::Ddl { .. })) {
+                        break;
+                    }
                 }
                 None => return self.process(&r.end, out),
             }
@@ -298,6 +307,11 @@ impl Decoder {
             || temporary
             || super::is_statement_dml(&head)
         {
+            return Ok(None);
+        }
+        // `CREATE … SELECT` logs its rows after the statement, in the same group.
+        let transactional = self.held.as_ref().is_some_and(|g| g.maria_transactional);
+        if super::super::ddl::ddl_inside_group(transactional, t) {
             return Ok(None);
         }
         // DDL after a GTID (MySQL logs DDL as GTID + statement): the group is that statement.
@@ -407,6 +421,7 @@ impl Decoder {
             events: Held::new(self.hold_limit, &self.spill_dir),
             next: open.position.pos,
             savepoints: Vec::new(),
+            maria_transactional: true,
         });
         let mut r = Ok(());
         for e in events {

@@ -427,14 +427,34 @@ impl Decoder {
                 // Inside the session's transaction, which goes on.
                 return;
             }
-            let resume = BinlogPosition::new(self.file.clone(), at.end);
+            // `CREATE … SELECT`: its rows follow in the same transaction, which goes on; the
+            // statement's point is inside it (where a restart resumes, where the table's new
+            // definition starts: before the rows that follow).
+            let inside = self.txn.as_ref().is_some_and(|t| {
+                let maria = self.flavor == Flavor::MariaDb && !t.standalone && t.gtid.is_some();
+                ddl::ddl_inside_group(maria, trimmed)
+            });
+            let resume = match inside {
+                true => self.resume_position(),
+                false => BinlogPosition::new(self.file.clone(), at.end),
+            };
+            // Resumed after it (a checkpoint inside that transaction): it was emitted.
+            let replayed = inside
+                && self.txn.as_ref().is_some_and(|t| {
+                    self.skip.as_ref().is_some_and(|s| {
+                        s.pos == t.pos && *s.file == *t.file && s.event >= t.rows_events
+                    })
+                });
             let parsed = ddl::parse(trimmed, schema, dialect).filter(|d| {
                 !self
                     .temporaries
                     .shadows(d, at.thread_specific, at.thread_id)
             });
             if let Some(d) = &parsed {
-                let gone = self.truncated(d, at, &resume, out);
+                let gone = match replayed {
+                    true => Vec::new(),
+                    false => self.truncated(d, at, &resume, out),
+                };
                 let named = match d.kind {
                     // The database's tables went with it.
                     ddl::DdlKind::DropDatabase(_) => gone,
@@ -454,9 +474,11 @@ impl Decoder {
                 }
                 self.tables.clear();
             }
-            self.txn = None;
-            self.skip = None;
-            self.legacy = None;
+            if !inside {
+                self.txn = None;
+                self.skip = None;
+                self.legacy = None;
+            }
             out.push(SourceEvent::Ddl {
                 db: schema.to_string(),
                 query: q.to_string(),
