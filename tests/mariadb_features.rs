@@ -9,6 +9,25 @@ use common::*;
 use mysql_async::prelude::Queryable;
 use serde_json::json;
 
+/// The records of the daemon's JSON-lines sink `file` once there are `n` (within `secs`).
+fn jsonl_lines(d: &mut Daemon, file: &str, n: usize, secs: u64) -> Vec<serde_json::Value> {
+    let out = d.dir.path().join(file);
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        d.assert_running();
+        assert!(start.elapsed() < Duration::from_secs(secs), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn compressed_events_mysql_checkpoint_and_jsonl_sink() {
     let db = MariaDb::start_with(&["--log-bin-compress=ON", "--log-bin-compress-min-len=10"]);
@@ -38,21 +57,7 @@ fn compressed_events_mysql_checkpoint_and_jsonl_sink() {
          UPDATE shop.notes SET n = n + 10;
          DELETE FROM shop.notes WHERE id = 2;"
     )));
-    let out = d.dir.path().join("notes.jsonl");
-    let start = Instant::now();
-    let lines = loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if lines.len() >= 5 {
-            break lines;
-        }
-        d.assert_running();
-        assert!(start.elapsed() < Duration::from_secs(30), "{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let lines = jsonl_lines(&mut d, "notes.jsonl", 5, 30);
     let proj: Vec<_> = lines
         .iter()
         .map(|l| json!([l["op"], l["before"], l["after"]]))
@@ -145,21 +150,7 @@ fn an_encrypted_binlog_and_an_event_over_the_servers_max_allowed_packet_stream_o
          INSERT INTO shop.blobs VALUES (1, REPEAT('a', 9000000), REPEAT('b', 9000000));
          INSERT INTO shop.notes VALUES (2, 'after');",
     ));
-    let out = d.dir.path().join("notes.jsonl");
-    let start = Instant::now();
-    let lines = loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if lines.len() >= 2 {
-            break lines;
-        }
-        d.assert_running();
-        assert!(start.elapsed() < Duration::from_secs(60), "{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let lines = jsonl_lines(&mut d, "notes.jsonl", 2, 60);
     let proj: Vec<_> = lines.iter().map(|l| json!([l["op"], l["after"]])).collect();
     assert_eq!(
         proj,

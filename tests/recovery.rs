@@ -177,17 +177,22 @@ fn sigterm_then_restart_delivers_the_rest_exactly_once() {
     assert_eq!(d.terminate(), 0);
 }
 
+/// The daemon connects to the server through `proxy`.
+fn through(d: &Daemon, db: &MariaDb, proxy: &StallingProxy) {
+    let cfg = std::fs::read_to_string(d.config()).unwrap().replace(
+        &format!("port: {}", db.port),
+        &format!("port: {}", proxy.port),
+    );
+    std::fs::write(d.config(), cfg).unwrap();
+}
+
 #[test]
 fn a_stalled_connection_times_out_and_reconnects() {
     let (db, kafka) = setup();
     let proxy = StallingProxy::start(db.port);
     let mut d = Daemon::new(&db, Some(&kafka), &[("rows", ROWS)]);
     // Connect through the proxy (heartbeat 500 ms: a read waits at most 1 s).
-    let cfg = std::fs::read_to_string(d.config()).unwrap().replace(
-        &format!("port: {}", db.port),
-        &format!("port: {}", proxy.port),
-    );
-    std::fs::write(d.config(), cfg).unwrap();
+    through(&d, &db, &proxy);
     d.spawn();
     let mut tail = kafka.tail("rows");
     insert_batches(&db, 0..2, "a");
@@ -224,11 +229,7 @@ fn an_event_longer_to_read_than_the_read_timeout_on_a_slow_link_gets_through() {
     block_on(db.exec("CREATE TABLE t.blobs (id INT PRIMARY KEY, b LONGBLOB);"));
     let proxy = StallingProxy::throttled(db.port, 6_000_000);
     let mut d = Daemon::new(&db, Some(&kafka), &[("rows", ROWS)]);
-    let cfg = std::fs::read_to_string(d.config()).unwrap().replace(
-        &format!("port: {}", db.port),
-        &format!("port: {}", proxy.port),
-    );
-    std::fs::write(d.config(), cfg).unwrap();
+    through(&d, &db, &proxy);
     d.spawn();
     let mut tail = kafka.tail("rows");
     insert_batches(&db, 0..1, "a");

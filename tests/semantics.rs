@@ -177,6 +177,29 @@ fn ops_and_keys(recs: &[Record]) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// The first `n` messages of `topic` (tombstones counted, not listed): each record's op with
+/// the part of it at JSON pointer `truncate` (a truncate) or `other` (any other op).
+fn ops_with(
+    kafka: &Kafka,
+    topic: &str,
+    n: usize,
+    truncate: &str,
+    other: &str,
+) -> Vec<(Value, Value)> {
+    kafka
+        .read(topic, n, Duration::from_secs(20))
+        .iter()
+        .filter_map(|r| r.value.as_ref().map(|_| r.json()))
+        .map(|v| {
+            let at = if v["op"] == "t" { truncate } else { other };
+            (
+                v["op"].clone(),
+                v.pointer(at).cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect()
+}
+
 /// A compacted topic's view: the last value of each key, tombstones removing it.
 fn compacted(recs: &[Record]) -> BTreeMap<String, Value> {
     let mut m = BTreeMap::new();
@@ -392,17 +415,8 @@ fn dropping_or_truncating_history_partitions_removes_no_row_of_the_stream() {
     ));
     // `n` messages, tombstones included: a record that should not be there comes before the
     // last insert and shifts the list.
-    let seen = |topic: &str, n: usize| -> Vec<(Value, Value)> {
-        kafka
-            .read(topic, n, Duration::from_secs(20))
-            .iter()
-            .filter_map(|r| r.value.as_ref().map(|_| r.json()))
-            .map(|v| match v["op"].as_str() {
-                Some("t") => (v["op"].clone(), v["truncate"]["partitions"].clone()),
-                _ => (v["op"].clone(), v["after"]["id"].clone()),
-            })
-            .collect()
-    };
+    let seen =
+        |topic: &str, n: usize| ops_with(&kafka, topic, n, "/truncate/partitions", "/after/id");
     let r = |op: &str, v: Value| (json!(op), v);
     assert_eq!(
         seen("sv", 7),
@@ -907,17 +921,7 @@ fn statements_as_sessions_write_them_ansi_quotes_set_statement_comments_and_leni
          SET SESSION binlog_format = ROW;
          INSERT INTO s.r VALUES (2, 'real');"#,
     ));
-    let seen = |topic: &str, n: usize| -> Vec<(Value, Value)> {
-        kafka
-            .read(topic, n, Duration::from_secs(20))
-            .iter()
-            .filter_map(|r| r.value.as_ref().map(|_| r.json()))
-            .map(|v| match v["op"].as_str() {
-                Some("t") => (v["op"].clone(), v["truncate"].clone()),
-                _ => (v["op"].clone(), v["after"].clone()),
-            })
-            .collect()
-    };
+    let seen = |topic: &str, n: usize| ops_with(&kafka, topic, n, "/truncate", "/after");
     let c = |after: Value| (json!("c"), after);
     let t = |dropped: bool| match dropped {
         true => (json!("t"), json!({"partitions": null, "dropped": true})),
