@@ -168,7 +168,7 @@ impl Parser<'_> {
             None => Err(self.err("unexpected end")),
             Some(b'{') => self.object(depth),
             Some(b'[') => self.array(depth),
-            Some(b'"') => Ok(JsonNode::String(self.string()?)),
+            Some(b'"') => Ok(JsonNode::String(self.string(false)?)),
             Some(b't') => self.literal("true", JsonNode::Bool(true)),
             Some(b'f') => self.literal("false", JsonNode::Bool(false)),
             Some(b'n') => self.literal("null", JsonNode::Null),
@@ -189,7 +189,7 @@ impl Parser<'_> {
             if self.b.get(self.i) != Some(&b'"') {
                 return Err(self.err("expected a member name"));
             }
-            let k = self.string()?;
+            let k = self.string(true)?;
             self.ws();
             if !self.eat(b':') {
                 return Err(self.err("expected `:`"));
@@ -310,7 +310,9 @@ impl Parser<'_> {
         Ok(h)
     }
 
-    fn string(&mut self) -> Result<String, String> {
+    /// A string (`member_name`: an object's member name, whose unknown escapes MariaDB keeps
+    /// as written: `JSON_KEYS('{"\\q":1}')` is `["\\q"]`, and `$.q` does not find it).
+    fn string(&mut self, member_name: bool) -> Result<String, String> {
         self.i += 1;
         let mut out = String::new();
         loop {
@@ -342,7 +344,12 @@ impl Parser<'_> {
                         b'r' => out.push('\r'),
                         b't' => out.push('\t'),
                         b'u' => out.push(self.unicode_escape()?),
-                        c if self.mariadb && c >= 0x20 => out.push_str(self.escaped_itself(c)?),
+                        c if self.mariadb && c >= 0x20 => {
+                            if member_name {
+                                out.push('\\');
+                            }
+                            out.push_str(self.escaped_itself(c)?);
+                        }
                         _ => return Err(self.err("bad escape")),
                     }
                 }
@@ -407,6 +414,11 @@ mod tests {
             (
                 r#"["\x41", "\q", "\'", "\a", "\U00e9", "\é!", "\u00e9"]"#,
                 r#"["x41","q","'","a","U00e9","é!","é"]"#,
+            ),
+            // Member names keep an unknown escape as written (MariaDB's keys are their text).
+            (
+                r#"{"\q": 1, "q": 2, "\u0071": 3}"#,
+                r#"{"\\q":1,"q":2,"q":3}"#,
             ),
         ] {
             assert_eq!(compact_mariadb(src).unwrap(), want, "{src}");
