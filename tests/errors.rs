@@ -196,7 +196,7 @@ fn server_settings_grants_and_purged_checkpoint() {
          (delete the checkpoint to start at the current end) or re-snapshot the tables\n    \
          fix: restore the purged binlog files; or set `source.on_purged: resnapshot` to start at the current end and backfill every pipeline; \
          or move the checkpoint away to start at the current end (rows changed in between are then not emitted)\n\
-         error: preflight check failed (1 problems, listed above)\n"
+         error: preflight check failed (1 problem, listed above)\n"
     );
 }
 
@@ -337,6 +337,6 @@ fn enrichment_config_errors_name_the_setting() {
         err,
         "error: pipeline `a` (pipelines/a.yaml): enrichment.bedrock.prompt names column `summary`, which `shop`.`items` does not have\n    \
          fix: use one of: id, title, qty\n\
-         error: preflight check failed (1 problems, listed above)\n"
+         error: preflight check failed (1 problem, listed above)\n"
     );
 }

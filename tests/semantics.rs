@@ -371,6 +371,33 @@ fn a_system_versioned_table_emits_the_users_changes_not_its_history_rows() {
 }
 
 #[test]
+fn a_table_with_transaction_precise_history_is_refused_at_start() {
+    // MariaDB logs every change of a table versioned by transaction ids as a statement, even
+    // under binlog_format=ROW: a pipeline on it would never see a row. `check` (and `run`)
+    // say so; a table versioned by time is fine.
+    let db = MariaDb::start();
+    block_on(db.exec(
+        "CREATE DATABASE s;
+         CREATE TABLE s.tp (id INT PRIMARY KEY, v INT,
+           s BIGINT UNSIGNED GENERATED ALWAYS AS ROW START INVISIBLE,
+           e BIGINT UNSIGNED GENERATED ALWAYS AS ROW END INVISIBLE,
+           PERIOD FOR SYSTEM_TIME (s, e)) WITH SYSTEM VERSIONING;
+         CREATE TABLE s.ts (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING;",
+    ));
+    let tp = "name: tp\ntable: s.tp\nsink:\n  jsonl:\n    path: tp.jsonl\n";
+    let ts = "name: ts\ntable: s.ts\nsink:\n  jsonl:\n    path: ts.jsonl\n";
+    let d = Daemon::new(&db, None, &[("tp", tp), ("ts", ts)]);
+    let (code, _, err) = d.check();
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        err,
+        "error: pipeline `tp` (pipelines/tp.yaml): `s`.`tp` is system-versioned with transaction-precise history (its row end `e` is a transaction id): MariaDB logs its changes as statements, never as rows, so none would reach the stream\n    \
+         fix: version `s`.`tp` by time (TIMESTAMP(6) … AS ROW START / ROW END columns), or read another table\n\
+         error: preflight check failed (1 problem, listed above)\n"
+    );
+}
+
+#[test]
 fn dropping_or_truncating_history_partitions_removes_no_row_of_the_stream() {
     // A table partitioned BY SYSTEM_TIME keeps its current rows in the CURRENT partition:
     // dropping or truncating a HISTORY partition removes history only, which no record showed

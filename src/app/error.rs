@@ -11,7 +11,7 @@ use crate::source::mysql::stream::SourceError;
 pub enum AppError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("preflight check failed ({0} problems, listed above)")]
+    #[error("preflight check failed ({}, listed above)", problems(*.0))]
     Preflight(usize),
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -108,5 +108,13 @@ impl AppError {
             Domain::Configuration => 2,
             _ => 1,
         }
+    }
+}
+
+/// `n` problems, in words ("1 problem", "3 problems").
+fn problems(n: usize) -> String {
+    match n {
+        1 => "1 problem".to_string(),
+        n => format!("{n} problems"),
     }
 }

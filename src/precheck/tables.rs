@@ -87,6 +87,7 @@ pub async fn pipeline(
         return;
     };
     named_columns(p, s, f);
+    transaction_precise(p, s, &db, &t, f);
     for c in &s.columns {
         if let Some(why) = undecodable(c) {
             fail(f, format!("pipeline `{}` ({}): column `{}` of `{db}`.`{t}` ({}) {why}", p.name, p.file, c.name, c.column_type),
@@ -121,6 +122,30 @@ pub async fn pipeline(
             ),
             format!("GRANT SELECT ON `{db}`.`{t}` TO {grantee};"),
         );
+    }
+}
+
+/// A system-versioned table with transaction-precise history (its row start and end are
+/// `BIGINT UNSIGNED` transaction ids): MariaDB logs every change of it as a statement, whatever
+/// `binlog_format` says, so no rows event would ever carry them
+/// (<https://mariadb.com/kb/en/system-versioned-tables/#transaction-precise-history-in-innodb>;
+/// checked on 10.11).
+fn transaction_precise(
+    p: &PipelineConfig,
+    s: &TableSchema,
+    db: &str,
+    t: &str,
+    f: &mut Vec<Failure>,
+) {
+    let Some(end) = s.row_end.as_deref() else {
+        return;
+    };
+    if s.columns
+        .iter()
+        .any(|c| c.name == end && c.data_type == "bigint")
+    {
+        fail(f, format!("pipeline `{}` ({}): `{db}`.`{t}` is system-versioned with transaction-precise history (its row end `{end}` is a transaction id): MariaDB logs its changes as statements, never as rows, so none would reach the stream", p.name, p.file),
+            format!("version `{db}`.`{t}` by time (TIMESTAMP(6) … AS ROW START / ROW END columns), or read another table"));
     }
 }
 
