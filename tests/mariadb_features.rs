@@ -9,6 +9,9 @@ use common::*;
 use mysql_async::prelude::Queryable;
 use serde_json::json;
 
+/// A pipeline of `shop.notes` into `notes.jsonl`.
+const NOTES: &str = "name: notes\ntable: shop.notes\nsink:\n  jsonl:\n    path: notes.jsonl\n";
+
 /// The records of the daemon's JSON-lines sink `file` once there are `n` (within `secs`).
 fn jsonl_lines(d: &mut Daemon, file: &str, n: usize, secs: u64) -> Vec<serde_json::Value> {
     let out = d.dir.path().join(file);
@@ -36,15 +39,7 @@ fn compressed_events_mysql_checkpoint_and_jsonl_sink() {
          CREATE TABLE shop.notes (id INT PRIMARY KEY, body TEXT, n INT);
          GRANT CREATE, INSERT, UPDATE, SELECT ON cdc_state.* TO 'cdc'@'127.0.0.1';",
     ));
-    let mut d = Daemon::with_config(
-        &db,
-        None,
-        &[(
-            "notes",
-            "name: notes\ntable: shop.notes\nsink:\n  jsonl:\n    path: notes.jsonl\n",
-        )],
-        "",
-    );
+    let mut d = Daemon::with_config(&db, None, &[("notes", NOTES)], "");
     let cfg = std::fs::read_to_string(d.config()).unwrap().replace(
         "  store:\n    file:\n      path: state/checkpoint.json\n",
         "  store:\n    mysql:\n      table: cdc_state.checkpoints\n      name: notes-daemon\n",
@@ -135,15 +130,7 @@ fn an_encrypted_binlog_and_an_event_over_the_servers_max_allowed_packet_stream_o
          CREATE TABLE shop.notes (id INT PRIMARY KEY, body TEXT);
          CREATE TABLE shop.blobs (id INT PRIMARY KEY, a LONGBLOB, b LONGBLOB);",
     ));
-    let mut d = Daemon::with_config(
-        &db,
-        None,
-        &[(
-            "notes",
-            "name: notes\ntable: shop.notes\nsink:\n  jsonl:\n    path: notes.jsonl\n",
-        )],
-        "",
-    );
+    let mut d = Daemon::with_config(&db, None, &[("notes", NOTES)], "");
     d.spawn();
     block_on(db.exec(
         "INSERT INTO shop.notes VALUES (1, 'before');

@@ -606,7 +606,7 @@ impl Scan {
         &mut self,
         ev: &mysql_common::binlog::events::Event,
     ) -> Vec<(TableName, crate::model::BinlogPosition)> {
-        use mysql_common::binlog::events::{QueryEvent, RotateEvent};
+        use mysql_common::binlog::events::RotateEvent;
         let h = ev.header();
         let code = h.event_type_raw();
         if super::event_type::EventType::from_code(code) == super::event_type::EventType::Rotate {
@@ -627,7 +627,7 @@ impl Scan {
         use super::event_type::EventType as E;
         match E::from_code(code) {
             E::MariaGtid => {
-                let standalone = ev.data().get(12).is_some_and(|f| f & 1 != 0);
+                let standalone = super::query::maria_gtid_standalone(ev);
                 self.group = (!standalone).then_some((start, true));
                 return Vec::new();
             }
@@ -641,23 +641,15 @@ impl Scan {
             }
             _ => {}
         }
-        let statement = match code {
-            2 => ev.read_event::<QueryEvent<'_>>().ok().map(|q| {
-                let dialect = super::query::dialect(q.status_vars_raw());
-                (q.schema().into_owned(), q.query().into_owned(), dialect)
-            }),
-            165 => super::query::maria_compressed_query(ev.data()).ok(),
-            _ => None,
-        };
-        let Some((db, q, dialect)) = statement else {
+        let Some(Ok(super::query::Statement {
+            db,
+            sql: q,
+            dialect,
+        })) = super::query::statement(ev)
+        else {
             return Vec::new();
         };
-        // A query event's post-header starts with its session's thread id.
-        let thread = ev
-            .data()
-            .get(0..4)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u32::from_le_bytes);
+        let thread = super::query::thread_id(ev);
         if self.temporaries.track(&q, &db, dialect, thread) {
             return Vec::new();
         }

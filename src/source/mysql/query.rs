@@ -1,14 +1,64 @@
-//! QUERY events in MariaDB's compressed form (QUERY_COMPRESSED_EVENT, type 165:
+//! Statements logged as text, read one way for the decoder, its held groups and the DDL scan:
+//! QUERY events and MariaDB's compressed form (QUERY_COMPRESSED_EVENT, type 165:
 //! <https://mariadb.com/kb/en/query_event/> with the text compressed as in
-//! <https://mariadb.com/kb/en/compressed-binary-log/>).
+//! <https://mariadb.com/kb/en/compressed-binary-log/>), with their session's `sql_mode`.
+
+use mysql_common::binlog::events::{Event, QueryEvent};
 
 use super::ddl::Dialect;
+use super::event_type::EventType;
 use super::rows;
+
+/// A statement logged as text: a QUERY event (type 2) or MariaDB's QUERY_COMPRESSED (165).
+pub struct Statement {
+    /// The session's default database (`USE db`), empty if none.
+    pub db: String,
+    /// The statement, as logged.
+    pub sql: String,
+    /// How its session's `sql_mode` reads it.
+    pub dialect: Dialect,
+}
+
+/// The statement of a query event; `None` for any other event, `Err` for a corrupt one.
+pub fn statement(ev: &Event) -> Option<Result<Statement, String>> {
+    let s = match EventType::from_code(ev.header().event_type_raw()) {
+        EventType::Query => ev
+            .read_event::<QueryEvent<'_>>()
+            .map(|q| Statement {
+                db: q.schema().into_owned(),
+                sql: q.query().into_owned(),
+                dialect: dialect(q.status_vars_raw()),
+            })
+            .map_err(|e| e.to_string()),
+        EventType::QueryCompressed => maria_compressed_query(ev.data())
+            .map(|(db, sql, dialect)| Statement { db, sql, dialect }),
+        _ => return None,
+    };
+    Some(s)
+}
+
+/// The session (thread id) of a query event: its post-header's first 4 bytes (0 for a
+/// truncated one; the caller asks only of query events).
+pub fn thread_id(ev: &Event) -> u32 {
+    ev.data()
+        .get(0..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
+}
+
+/// A MariaDB GTID event's FL_STANDALONE flag: a statement of its own (DDL), no COMMIT follows
+/// (<https://mariadb.com/kb/en/gtid_event/>).
+pub fn maria_gtid_standalone(ev: &Event) -> bool {
+    ev.data().get(12).is_some_and(|f| f & FL_STANDALONE != 0)
+}
+
+/// MariaDB GTID flags (`flags2` of GTID_EVENT): a standalone event group.
+pub const FL_STANDALONE: u8 = 1;
 
 /// How the statement of a query event is read: its `sql_mode` from the event's status
 /// variables (`Q_SQL_MODE_CODE`; <https://mariadb.com/kb/en/query_event/>): `ANSI_QUOTES` (bit
 /// 2; set by `ANSI` and `ORACLE` too) and `NO_BACKSLASH_ESCAPES` (bit 20).
-pub fn dialect(status_vars: &[u8]) -> Dialect {
+fn dialect(status_vars: &[u8]) -> Dialect {
     use mysql_common::binlog::events::{StatusVarVal, StatusVarsIterator};
     let mode = StatusVarsIterator::new(status_vars)
         .find_map(|v| match v.get_value() {
@@ -29,7 +79,7 @@ const MODE_NO_BACKSLASH_ESCAPES: u64 = 0x10_0000;
 
 /// A MariaDB QUERY_COMPRESSED event's default database, statement and [`dialect`]: the
 /// QUERY post-header and status vars as usual, the query text compressed.
-pub fn maria_compressed_query(data: &[u8]) -> Result<(String, String, Dialect), String> {
+fn maria_compressed_query(data: &[u8]) -> Result<(String, String, Dialect), String> {
     // post-header: thread_id 4, exec_time 4, db_len 1, error_code 2, status_vars_len 2
     if data.len() < 13 {
         return Err("short QUERY_COMPRESSED event".into());

@@ -2,18 +2,15 @@
 //! then decoded (COMMIT, XID), dropped (ROLLBACK; rolled back to a savepoint), or kept until
 //! its outcome arrives (XA PREPARE). See [`super::super::held`] for why every group is held.
 
-use mysql_common::binlog::events::{Event, QueryEvent};
+use mysql_common::binlog::events::Event;
 
 use super::super::event_type::EventType;
 use super::super::held::Held;
-use super::super::query::maria_compressed_query;
+use super::super::query::{maria_gtid_standalone, statement, Statement};
 use super::super::xa::{OpenXa, XaOutcome, Xid};
 use super::{At, Decoder};
 use crate::model::BinlogPosition;
 use crate::source::{DecodeError, SourceEvent};
-
-/// MariaDB GTID flag: a single statement, no BEGIN/COMMIT (<https://mariadb.com/kb/en/gtid_event/>).
-const FL_STANDALONE: u8 = 1;
 
 /// The group being held.
 pub(super) struct HeldGroup {
@@ -66,14 +63,7 @@ fn event_type(ev: &Event) -> EventType {
 }
 
 fn query_text(ev: &Event) -> Option<String> {
-    match event_type(ev) {
-        EventType::Query => ev
-            .read_event::<QueryEvent<'_>>()
-            .ok()
-            .map(|q| q.query().into_owned()),
-        EventType::QueryCompressed => maria_compressed_query(ev.data()).ok().map(|(_, q, _)| q),
-        _ => None,
-    }
+    statement(ev).and_then(Result::ok).map(|s| s.sql)
 }
 
 /// The word after a statement's first word(s), unquoted (`SAVEPOINT \`a\`` → `a`), folded
@@ -143,7 +133,7 @@ impl Decoder {
     fn starts_group(&self, ev: &Event) -> bool {
         match event_type(ev) {
             EventType::MysqlGtid { .. } => true,
-            EventType::MariaGtid => ev.data().get(12).is_some_and(|f| f & FL_STANDALONE == 0),
+            EventType::MariaGtid => !maria_gtid_standalone(ev),
             EventType::Query | EventType::QueryCompressed => {
                 self.txn.is_none()
                     && query_text(ev).is_some_and(|q| q.trim().eq_ignore_ascii_case("BEGIN"))
@@ -246,18 +236,13 @@ impl Decoder {
     /// here; the statement itself is held or dropped accordingly).
     fn held_statement(&mut self, ev: &Event) -> Result<Option<End>, DecodeError> {
         let code = ev.header().event_type_raw();
-        let q = match event_type(ev) {
-            EventType::Query => ev
-                .read_event::<QueryEvent<'_>>()
-                .map(|q| {
-                    let dialect = super::super::query::dialect(q.status_vars_raw());
-                    (q.query().into_owned(), dialect)
-                })
-                .map_err(|e| e.to_string()),
-            _ => maria_compressed_query(ev.data()).map(|(_, q, dialect)| (q, dialect)),
-        };
         let at = self.held.as_ref().map_or(self.next_pos, |g| g.next);
-        let (q, dialect) = q.map_err(|r| self.err(code, at, r))?;
+        let Some(s) = statement(ev) else {
+            return Ok(None);
+        };
+        let Statement {
+            sql: q, dialect, ..
+        } = s.map_err(|r| self.err(code, at, r))?;
         let t = q.trim();
         // Comments and a `SET STATEMENT … FOR` prefix skipped: a change logged as a statement
         // with either is still inside the transaction.

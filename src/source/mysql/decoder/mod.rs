@@ -13,14 +13,13 @@ mod groups;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use mysql_common::binlog::events::{Event, GtidEvent, QueryEvent, RotateEvent};
+use mysql_common::binlog::events::{Event, GtidEvent, RotateEvent};
 
 pub use groups::GroupStats;
 
 use super::ddl::{self, TableName};
 use super::event_type::EventType;
 use super::plan::TablePlan;
-use super::query::maria_compressed_query;
 use super::rows::{self, RowsKind, RowsType};
 use super::schema::TableSchema;
 use super::schema_history::{SchemaAt, SchemaHistory};
@@ -270,13 +269,8 @@ impl Decoder {
             ts_ms: h.timestamp() as u64 * 1000,
             server_id: h.server_id(),
             thread_specific: h.flags_raw() & super::event_type::LOG_EVENT_THREAD_SPECIFIC_F != 0,
-            // A query event's post-header starts with its session's thread id.
             thread_id: match EventType::from_code(code) {
-                EventType::Query | EventType::QueryCompressed => ev
-                    .data()
-                    .get(0..4)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, u32::from_le_bytes),
+                EventType::Query | EventType::QueryCompressed => super::query::thread_id(ev),
                 _ => 0,
             },
         };
@@ -297,17 +291,11 @@ impl Decoder {
                 }
                 return Ok(());
             }
-            EventType::Query => {
-                let q: QueryEvent<'_> = ev
-                    .read_event()
-                    .map_err(|e| self.err(code, start, e.to_string()))?;
-                let dialect = super::query::dialect(q.status_vars_raw());
-                self.on_query(&q.schema(), &q.query(), dialect, &at, out);
-            }
-            EventType::QueryCompressed => {
-                let (db, q, dialect) =
-                    maria_compressed_query(ev.data()).map_err(|r| self.err(code, start, r))?;
-                self.on_query(&db, &q, dialect, &at, out);
+            EventType::Query | EventType::QueryCompressed => {
+                if let Some(s) = super::query::statement(ev) {
+                    let s = s.map_err(|r| self.err(code, start, r))?;
+                    self.on_query(&s.db, &s.sql, s.dialect, &at, out);
+                }
             }
             EventType::Xid => {
                 // The xid value itself is not needed (and 5.1 betas wrote it differently).
@@ -532,7 +520,8 @@ impl Decoder {
             ));
         };
         let gtid = format!("{domain}-{}-{seq}", at.server_id);
-        self.begin(Some(Arc::from(gtid)), at.ts_ms, flags & 1 != 0, at.start);
+        let standalone = flags & super::query::FL_STANDALONE != 0;
+        self.begin(Some(Arc::from(gtid)), at.ts_ms, standalone, at.start);
         Ok(())
     }
 
@@ -706,8 +695,8 @@ impl Decoder {
 
     /// Of `partitions` of `t`, those that may hold rows the stream showed (`None`: none). A
     /// table partitioned `BY SYSTEM_TIME` keeps its current rows in its `CURRENT` partition;
-    /// the others hold history only (partition names are case-insensitive). Where the history cannot tell,
-    /// every partition named may.
+    /// the others hold history only (partition names are case-insensitive). Where the history
+    /// cannot tell, every partition named may.
     fn partitions_with_rows(
         &self,
         t: &TableName,
