@@ -2,8 +2,7 @@
 //! one model, prompt and parameters from those of another, and `reenrich` can find the rows
 //! whose stored answer came from something else.
 
-use sha2::{Digest, Sha256};
-
+use super::hash::short_hash;
 use super::input::InputSpec;
 use crate::backend::Backend;
 
@@ -15,18 +14,4 @@ use crate::backend::Backend;
 /// changes it. Limits, batching, retries and the sink do not enter it.
 pub fn of(backend: &dyn Backend, input: &InputSpec) -> String {
     short_hash(&[backend.name(), &backend.cache_scope(), &input.describe()])
-}
-
-/// 16 hex digits (64 bits) of the SHA-256 of `parts`, each length-prefixed: no two different
-/// lists of parts hash the same bytes. (Lineages and window ids.)
-pub fn short_hash(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for part in parts {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
-    }
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

@@ -306,7 +306,7 @@ fn window_id(pipeline: &str, first: &Member, last: &Member) -> String {
             serde_json::to_string(&m.key).unwrap_or_default(),
         )
     });
-    super::lineage::short_hash(&[pipeline, &fp, &fk, &lp, &lk])
+    super::hash::short_hash(&[pipeline, &fp, &fk, &lp, &lk])
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //!
 //! Grammar: <https://mariadb.com/kb/en/data-definition/>, MySQL's `sql_yacc.yy`.
 
+use super::query::Dialect;
+
 /// A table a statement names: (database, table), the database from the statement's default
 /// when it is not qualified.
 pub type TableName = (String, String);
@@ -77,16 +79,6 @@ impl Ddl {
             DdlKind::Truncate | DdlKind::TruncatePartitions(_) | DdlKind::ExchangePartition(_)
         ) && self.tables.contains(t)
     }
-}
-
-/// How a session's `sql_mode` changes the reading of its statements: from the query event's
-/// `Q_SQL_MODE_CODE` (<https://mariadb.com/kb/en/sql-mode/>); the default is the server's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Dialect {
-    /// `ANSI_QUOTES` (set by `ANSI` and `ORACLE` too): `"…"` quotes a name, as a backtick does.
-    pub ansi_quotes: bool,
-    /// `NO_BACKSLASH_ESCAPES`: a backslash in a string is a character, not an escape.
-    pub no_backslash_escapes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -5,9 +5,18 @@
 
 use mysql_common::binlog::events::{Event, QueryEvent};
 
-use super::ddl::Dialect;
 use super::event_type::EventType;
 use super::rows;
+
+/// How a session's `sql_mode` changes the reading of its statements: from the query event's
+/// `Q_SQL_MODE_CODE` (<https://mariadb.com/kb/en/sql-mode/>); the default is the server's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dialect {
+    /// `ANSI_QUOTES` (set by `ANSI` and `ORACLE` too): `"…"` quotes a name, as a backtick does.
+    pub ansi_quotes: bool,
+    /// `NO_BACKSLASH_ESCAPES`: a backslash in a string is a character, not an escape.
+    pub no_backslash_escapes: bool,
+}
 
 /// A statement logged as text: a QUERY event (type 2) or MariaDB's QUERY_COMPRESSED (165).
 pub struct Statement {

@@ -368,7 +368,7 @@ impl Decoder {
         &mut self,
         schema: &str,
         q: &str,
-        dialect: ddl::Dialect,
+        dialect: super::query::Dialect,
         at: &At,
         out: &mut Vec<SourceEvent>,
     ) {
