@@ -4,7 +4,9 @@
 # (E C E C E C), on the same 1M-row binlog (t6: 6 columns, transactions of 10,000 rows).
 # Every measurement starts on a fresh, empty broker (tansu's memory storage keeps every
 # record: a broker holding the earlier runs' millions would slow the later runs).
-# Prints rows/s and e2e / ceiling (median of the pairs). With OTHER=path/to/cdc-enricher a
+# Prints rows/s and e2e / ceiling (median of the pairs), for the daemon's whole run and since
+# its "reading the binlog" log line (its start done, as the ceiling's clock starts after its
+# producer and topic are made). With OTHER=path/to/cdc-enricher a
 # second daemon build runs in the same rotation (E O C ...) and the two are compared; with
 # OTHER_PROPS='"queue.buffering.max.messages": "100000"' (YAML map entries) the second daemon
 # (OTHER, or this build) runs with those producer properties added.
@@ -77,14 +79,35 @@ while True:
     except (OSError, ValueError, KeyError):
         pass
     time.sleep(0.02)
-print(time.time() - start)
+print(time.time() - start, time.time())
 PY
   # CPU seconds of the run: daemon, broker, MariaDB (the cores they share).
   echo "$(cpu "$DAEMON") $(minus "$(cpu "$(cat "$W/kafka/tansu.pid")")" "$k0") $(minus "$(cpu "$MARIADB_PID")" "$m0")" > "$d/cpu"
   for t in /proc/"$DAEMON"/task/*; do
-    printf '%s %s\n' "$(cpu "$DAEMON/task/${t##*/}")" "$(cat "$t/comm")"
+    printf '%s %s (%s waits)\n' "$(cpu "$DAEMON/task/${t##*/}")" "$(cat "$t/comm")" \
+      "$(awk '/^voluntary_ctxt_switches/ { print $2 }' "$t/status")"
   done | sort -rn > "$d/threads"
   kill -TERM "$DAEMON"; wait "$DAEMON" || true; DAEMON=
+}
+# since_open LOG END: seconds from the daemon's "reading the binlog" line (its start done:
+# preflight, producer, topics, the replica connection) to END (epoch seconds).
+since_open() {
+  python3 - "$1" "$2" <<'PY'
+import datetime, re, sys
+for line in open(sys.argv[1], errors="replace"):
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    if "reading the binlog" in line:
+        t = datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+        print(f"{float(sys.argv[2]) - t:.4f}")
+        break
+else:
+    sys.exit("no 'reading the binlog' line in " + sys.argv[1])
+PY
+}
+# e2e_run BINARY N [PROPS]: "whole-run-seconds seconds-since-the-binlog-opened".
+e2e_run() {
+  local out; out=$(e2e "$@")
+  echo "${out% *} $(since_open "$W/e2e-$2/daemon.log" "${out#* }")"
 }
 ceiling() {
   fresh_broker
@@ -94,11 +117,15 @@ ceiling() {
 }
 
 [ -n "${OTHER_PROPS:-}" ] && OTHER=${OTHER:-$BIN}
-E=(); O=(); C=()
+E=(); ES=(); O=(); OS=(); C=()
 for i in 1 2 3; do
   log "round $i"
-  E+=("$(e2e "$BIN" "$i")")
-  [ -n "${OTHER:-}" ] && O+=("$(e2e "$OTHER" "$((i + 10))" "${OTHER_PROPS:-}")")
+  read -r whole open < <(e2e_run "$BIN" "$i")
+  E+=("$whole"); ES+=("$open")
+  if [ -n "${OTHER:-}" ]; then
+    read -r whole open < <(e2e_run "$OTHER" "$((i + 10))" "${OTHER_PROPS:-}")
+    O+=("$whole"); OS+=("$open")
+  fi
   C+=("$(ceiling "$i")")
 done
 if [ -n "${PERF:-}" ]; then
@@ -107,26 +134,33 @@ if [ -n "${PERF:-}" ]; then
   perf report -i "$W/perf.data" --no-children --sort dso,sym --stdio > "$W/perf.txt" 2>/dev/null || true
   log "profile: $W/perf.txt"
 fi
-log "seconds: e2e ${E[*]}; other ${O[*]:-none}; ceiling ${C[*]}"
+log "seconds: e2e ${E[*]} (since the binlog opened: ${ES[*]}); other ${O[*]:-none} (${OS[*]:-}); ceiling ${C[*]}"
 echo "CPU seconds of the last round (daemon, broker, MariaDB), e2e: $(cat "$W/e2e-3/cpu");" \
   "ceiling's broker: $(cat "$W/ceiling-3.cpu") (the producer's own CPU is not counted: it reads the binlog first)"
-echo "the daemon's threads, CPU seconds (last round): $(head -6 "$W/e2e-3/threads" | tr '\n' ';')"
-python3 - "$ROWS" "${E[*]}" "${O[*]:-}" "${C[*]}" <<'PY'
+echo "the daemon's threads, CPU seconds and voluntary context switches (last round): $(head -6 "$W/e2e-3/threads" | tr '\n' ';')"
+python3 - "$ROWS" "${E[*]}" "${ES[*]}" "${O[*]:-}" "${OS[*]:-}" "${C[*]}" <<'PY'
 import statistics, sys
 rows = int(sys.argv[1])
-e = [float(x) for x in sys.argv[2].split()]
-o = [float(x) for x in sys.argv[3].split()] if sys.argv[3].strip() else []
-c = [float(x) for x in sys.argv[4].split()]
+num = lambda a: [float(x) for x in a.split()]
+e, es, o, os_, c = (num(a) for a in sys.argv[2:7])
 med = statistics.median
+# The ceiling's clock starts once its producer exists and its topic is made; "since the binlog
+# opened" starts the daemon's clock at the same point of its own run (preflight, producer,
+# topics and replica connection done). The whole run is the process from its start.
 print("| run | seconds (median of 3) | rows/s |")
 print("|---|---|---|")
-print(f"| binlog -> daemon -> Kafka (this build) | {med(e):.3f} | {rows/med(e):,.0f} |")
+print(f"| binlog -> daemon -> Kafka (this build), whole run | {med(e):.3f} | {rows/med(e):,.0f} |")
+print(f"| the same, since the binlog opened | {med(es):.3f} | {rows/med(es):,.0f} |")
 if o:
-    print(f"| binlog -> daemon -> Kafka (OTHER) | {med(o):.3f} | {rows/med(o):,.0f} |")
+    print(f"| binlog -> daemon -> Kafka (OTHER), whole run | {med(o):.3f} | {rows/med(o):,.0f} |")
+    print(f"| the same, since the binlog opened | {med(os_):.3f} | {rows/med(os_):,.0f} |")
 print(f"| rdkafka producer alone, same records (ceiling) | {med(c):.3f} | {rows/med(c):,.0f} |")
-pairs = sorted(y / x for x, y in zip(e, c))
-print(f"| e2e / ceiling (median of the pairs) | {med(pairs):.2f} (pairs: {pairs[0]:.2f}–{pairs[-1]:.2f}) | |")
+def ratio(label, a, b):
+    pairs = sorted(y / x for x, y in zip(a, b))
+    print(f"| {label} (median of the pairs) | {med(pairs):.2f} (pairs: {pairs[0]:.2f}–{pairs[-1]:.2f}) | |")
+ratio("e2e / ceiling, whole run", e, c)
+ratio("e2e / ceiling, since the binlog opened", es, c)
 if o:
-    pairs = sorted(y / x for x, y in zip(e, o))
-    print(f"| this ÷ OTHER, speed (median of the pairs) | {med(pairs):.2f} (pairs: {pairs[0]:.2f}–{pairs[-1]:.2f}) | |")
+    ratio("this ÷ OTHER, speed, whole run", e, o)
+    ratio("this ÷ OTHER, speed, since the binlog opened", es, os_)
 PY

@@ -447,6 +447,9 @@ impl MysqlSource {
             .get_binlog_stream(req)
             .await
             .map_err(q("COM_BINLOG_DUMP"))?;
+        if first {
+            tracing::info!(position = %resume, "reading the binlog");
+        }
         Ok((stream, live_from))
     }
 
