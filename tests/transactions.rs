@@ -223,6 +223,58 @@ fn a_prepared_xa_read_again_after_kill_9_keeps_its_rollback_to_savepoint() {
 }
 
 #[test]
+fn a_large_xa_comes_at_its_commit_a_slice_at_a_time_each_row_once_with_its_own_table_maps() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE t; CREATE TABLE t.acct (id INT PRIMARY KEY, v INT);
+         CREATE TABLE t.other (id INT PRIMARY KEY, w VARCHAR(8));",
+    ));
+    let mut d = Daemon::new(&db, Some(&kafka), &[("acct", ACCT)]);
+    d.spawn();
+    block_on(db.exec("INSERT INTO t.acct VALUES (1, 1)"));
+    let mut tail = kafka.tail("acct");
+    wait_records(&mut d, &mut tail, 1, 30);
+    // Several slices of rows (1,024 records each), rows events of two tables interleaved,
+    // and another transaction (with table maps of its own ids) between prepare and commit.
+    prepare_xa(
+        &db,
+        "big",
+        "INSERT INTO t.acct SELECT seq, 7 FROM t.seq_10_to_2509;
+         INSERT INTO t.other SELECT seq, 'x' FROM t.seq_1_to_2000;
+         INSERT INTO t.acct SELECT seq, 8 FROM t.seq_3000_to_4999;
+         UPDATE t.acct SET v = 9 WHERE id BETWEEN 10 AND 19",
+    );
+    block_on(db.exec(
+        "CREATE TABLE t.third (id INT PRIMARY KEY); INSERT INTO t.third VALUES (1);
+         INSERT INTO t.acct VALUES (2, 2); XA COMMIT 'big'; INSERT INTO t.acct VALUES (6000, 3);",
+    ));
+    let expected = 2 + 2_500 + 2_000 + 10 + 1;
+    wait_records(&mut d, &mut tail, expected, 60);
+    tail.drain(Duration::from_secs(1));
+    let got = ids(&tail.records);
+    let mut want = vec![("c".to_string(), 1), ("c".into(), 2)];
+    want.extend((10..=2509).map(|id| ("c".to_string(), id)));
+    want.extend((3000..=4999).map(|id| ("c".to_string(), id)));
+    want.extend((10..=19).map(|id| ("u".to_string(), id)));
+    want.push(("c".into(), 6000));
+    assert_eq!(got, want, "{}", d.log());
+    // The XA's rows carry its commit's position, the values of their own rows events.
+    let xa = tail.records[2].json();
+    assert_eq!(xa["after"], json!({"id": 10, "v": 7}));
+    let commit_pos = &xa["source"]["pos"];
+    assert!(tail.records[2..expected - 1]
+        .iter()
+        .all(|r| &r.json()["source"]["pos"] == commit_pos));
+    assert_eq!(
+        tail.records[expected - 2].json()["after"],
+        json!({"id": 19, "v": 9})
+    );
+    assert_eq!(d.terminate(), 0);
+    assert_eq!(d.checkpoint().unwrap().get("open_xa"), None);
+}
+
+#[test]
 fn large_groups_are_held_in_a_spill_file_and_a_rolled_back_one_leaves_nothing() {
     let db = MariaDb::start();
     let kafka = Kafka::start();

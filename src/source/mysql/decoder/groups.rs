@@ -2,13 +2,15 @@
 //! then decoded (COMMIT, XID), dropped (ROLLBACK; rolled back to a savepoint), or kept until
 //! its outcome arrives (XA PREPARE). See [`super::super::held`] for why every group is held.
 
+use std::collections::HashMap;
+
 use mysql_common::binlog::events::Event;
 
 use super::super::event_type::EventType;
 use super::super::held::Held;
 use super::super::query::{maria_gtid_standalone, statement, Statement};
 use super::super::xa::{OpenXa, XaOutcome, Xid};
-use super::{At, Decoder};
+use super::{At, Decoder, TableEntry};
 use crate::model::BinlogPosition;
 use crate::source::{DecodeError, SourceEvent};
 
@@ -33,6 +35,17 @@ pub(super) struct Release {
     events: Box<dyn Iterator<Item = std::io::Result<Event>> + Send + Sync>,
     /// The group's last event (COMMIT, XID), decoded after the others.
     end: Event,
+}
+
+/// A committed XA transaction's prepared rows being decoded a slice at a time, at its commit's
+/// position (a 1M-row XA transaction never sits in memory as records).
+pub(super) struct XaRelease {
+    events: Box<dyn Iterator<Item = std::io::Result<Event>> + Send + Sync>,
+    /// The prepare group's own table maps (its table ids are its own), kept between slices.
+    tables: HashMap<u64, (Vec<u8>, TableEntry)>,
+    xid: Xid,
+    /// The `XA COMMIT` that ended it: the transaction ends there once its rows are out.
+    at: At,
 }
 
 /// A prepared XA transaction: its prepare group's events, replayed at `XA COMMIT`.
@@ -111,7 +124,7 @@ impl Decoder {
     /// call [`Self::release_more`] (each call appends up to about 1,024 records) before the next
     /// event; an event handed over meanwhile first releases the rest at once.
     pub fn handle(&mut self, ev: Event, out: &mut Vec<SourceEvent>) -> Result<(), DecodeError> {
-        while self.release.is_some() {
+        while self.releasing() {
             self.release_more(out)?;
         }
         if self.held.is_some() {
@@ -179,11 +192,14 @@ impl Decoder {
 
     /// Whether a committed group still has records to release.
     pub fn releasing(&self) -> bool {
-        self.release.is_some()
+        self.release.is_some() || self.xa_release.is_some()
     }
 
     /// Decodes the next slice of the committed group being released (its end event last).
     pub fn release_more(&mut self, out: &mut Vec<SourceEvent>) -> Result<(), DecodeError> {
+        if self.xa_release.is_some() {
+            return self.release_xa_more(out);
+        }
         let Some(mut r) = self.release.take() else {
             return Ok(());
         };
@@ -331,18 +347,21 @@ impl Decoder {
 
     /// `XA COMMIT`: the prepared rows are decoded now, at the commit group's position (so they
     /// come in commit order); `XA ROLLBACK`: they are dropped. Either way the XA is done.
-    pub(super) fn on_xa_outcome(&mut self, o: XaOutcome, at: &At, out: &mut Vec<SourceEvent>) {
+    /// An error reading the prepared rows back stops the stream (they are read again from the
+    /// binlog after a restart), never drops them.
+    pub(super) fn on_xa_outcome(
+        &mut self,
+        o: XaOutcome,
+        at: &At,
+        out: &mut Vec<SourceEvent>,
+    ) -> Result<(), DecodeError> {
         let (xid, commit) = match o {
             XaOutcome::Commit(x) => (x, true),
             XaOutcome::Rollback(x) => (x, false),
         };
         match (self.prepared.remove(&xid), commit) {
-            (Some(p), true) => {
-                if let Err(e) = self.replay_prepared(p, at, out) {
-                    tracing::error!(xid = %xid.describe(), error = %e,
-                        "the rows of a committed XA transaction could not be read again");
-                }
-            }
+            // Its end (XaEnded, the transaction's end) follows its last slice.
+            (Some(p), true) => return self.replay_prepared(p, xid, at),
             (Some(_), false) => {
                 tracing::debug!(xid = %xid.describe(), "XA transaction rolled back: its rows are dropped");
             }
@@ -355,26 +374,44 @@ impl Decoder {
         }
         out.push(SourceEvent::XaEnded(xid));
         self.end_txn(out, at);
+        Ok(())
     }
 
-    fn replay_prepared(
-        &mut self,
-        p: PreparedXa,
-        at: &At,
-        out: &mut Vec<SourceEvent>,
-    ) -> Result<(), DecodeError> {
+    /// Starts the release of a committed XA transaction's prepared rows: decoded a slice at a
+    /// time by [`Self::release_more`], at the commit group's position.
+    fn replay_prepared(&mut self, p: PreparedXa, xid: Xid, at: &At) -> Result<(), DecodeError> {
         if self.txn.is_none() {
             self.begin(None, at.ts_ms, false, at.start);
         }
+        let events = p.events.into_events().map_err(|e| self.spill_err(e))?;
+        self.xa_release = Some(XaRelease {
+            events,
+            tables: HashMap::new(),
+            xid,
+            at: *at,
+        });
+        Ok(())
+    }
+
+    /// Decodes the next slice of the XA transaction being released; after its last, the
+    /// transaction ends at its `XA COMMIT`.
+    fn release_xa_more(&mut self, out: &mut Vec<SourceEvent>) -> Result<(), DecodeError> {
+        let Some(mut r) = self.xa_release.take() else {
+            return Ok(());
+        };
         // The prepare group's table ids are its own: decode it with its own table maps.
-        let tables = std::mem::take(&mut self.tables);
+        let outer = std::mem::replace(&mut self.tables, std::mem::take(&mut r.tables));
         self.replaying = true;
-        let mut r = Ok(());
-        for e in p.events.into_events().map_err(|e| self.spill_err(e))? {
-            let e = match e {
-                Ok(e) => e,
-                Err(e) => {
-                    r = Err(self.spill_err(e));
+        let (start, mut done, mut result) = (out.len(), false, Ok(()));
+        while out.len() - start < RELEASE_SLICE {
+            let e = match r.events.next() {
+                None => {
+                    done = true;
+                    break;
+                }
+                Some(Ok(e)) => e,
+                Some(Err(e)) => {
+                    result = Err(self.spill_err(e));
                     break;
                 }
             };
@@ -389,13 +426,20 @@ impl Decoder {
                 continue;
             }
             if let Err(e) = self.process(&e, out) {
-                r = Err(e);
+                result = Err(e);
                 break;
             }
         }
         self.replaying = false;
-        self.tables = tables;
-        r
+        r.tables = std::mem::replace(&mut self.tables, outer);
+        result?;
+        if !done {
+            self.xa_release = Some(r);
+            return Ok(());
+        }
+        out.push(SourceEvent::XaEnded(r.xid));
+        self.end_txn(out, &r.at);
+        Ok(())
     }
 
     /// A prepared XA transaction read again after a restart (its outcome not yet read).

@@ -90,6 +90,8 @@ pub struct Decoder {
     held: Option<groups::HeldGroup>,
     /// A committed group being decoded a slice at a time.
     release: Option<groups::Release>,
+    /// A committed XA transaction's prepared rows being decoded a slice at a time.
+    xa_release: Option<groups::XaRelease>,
     /// Prepared XA transactions whose outcome has not been read, with their events.
     prepared: HashMap<super::xa::Xid, groups::PreparedXa>,
     /// Replaying a prepared XA transaction's events at its commit: positions do not move.
@@ -120,6 +122,7 @@ impl Decoder {
             temporaries: ddl::Temporaries::default(),
             held: None,
             release: None,
+            xa_release: None,
             prepared: HashMap::new(),
             replaying: false,
             hold_limit: 32 << 20,
@@ -294,7 +297,7 @@ impl Decoder {
             EventType::Query | EventType::QueryCompressed => {
                 if let Some(s) = super::query::statement(ev) {
                     let s = s.map_err(|r| self.err(code, start, r))?;
-                    self.on_query(&s.db, &s.sql, s.dialect, &at, out);
+                    self.on_query(&s.db, &s.sql, s.dialect, &at, out)?;
                 }
             }
             EventType::Xid => {
@@ -371,7 +374,7 @@ impl Decoder {
         dialect: super::query::Dialect,
         at: &At,
         out: &mut Vec<SourceEvent>,
-    ) {
+    ) -> Result<(), DecodeError> {
         let trimmed = q.trim();
         let head = ddl::head(trimmed, dialect);
         if head.starts_with("BEGIN") || head.starts_with("XA START") {
@@ -387,7 +390,7 @@ impl Decoder {
             // Inside the transaction: applied to its rows while the group was held (a rollback
             // to a savepoint dropped the rows after it); the transaction goes on.
         } else if let Some(o) = super::xa::outcome(trimmed) {
-            self.on_xa_outcome(o, at, out);
+            self.on_xa_outcome(o, at, out)?;
         } else if head.starts_with("COMMIT") || head.starts_with("ROLLBACK") {
             self.end_txn(out, at);
         } else if is_statement_dml(&head) {
@@ -413,7 +416,7 @@ impl Decoder {
                 .track(trimmed, schema, dialect, at.thread_id);
             if temporary && self.txn.is_some() {
                 // Inside the session's transaction, which goes on.
-                return;
+                return Ok(());
             }
             // `CREATE … SELECT`: its rows follow in the same transaction, which goes on; the
             // statement's point is inside it (where a restart resumes, where the table's new
@@ -474,6 +477,7 @@ impl Decoder {
                 parsed,
             });
         }
+        Ok(())
     }
 
     fn on_mysql_gtid(&mut self, ev: &Event, anonymous: bool, at: &At) -> Result<(), DecodeError> {
