@@ -47,7 +47,6 @@ trap cleanup EXIT
 P=$(free_port); KP=$(free_port)
 start_mariadb "$W/db" "$P"
 start_tansu "$W/kafka" "$KP"
-q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; }
 
 q "CREATE DATABASE bench;
    CREATE TABLE bench.t6 (id INT PRIMARY KEY, a INT, b BIGINT, c VARCHAR(32), d DOUBLE, e DATETIME(6));

@@ -35,7 +35,6 @@ python3 tests/aws_standin/standin.py 0 > "$W/standin.port" & STANDIN=$!
 until grep -q PORT "$W/standin.port" 2>/dev/null; do sleep 0.1; done
 SP=$(cut -d' ' -f2 "$W/standin.port")
 ctl() { python3 -c "import urllib.request; urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:$SP/$1', data=b'$2'))" >/dev/null; }
-q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; }
 q "CREATE DATABASE shop; CREATE TABLE shop.support (id INT PRIMARY KEY, message TEXT);
    CREATE TABLE shop.products_a (id INT PRIMARY KEY, description TEXT);
    CREATE TABLE shop.products_b (id INT PRIMARY KEY, description TEXT);"

@@ -13,22 +13,8 @@ cd "$(dirname "$0")/.."
 OTHER=${1:-}
 need_mariadb
 need_tansu_release
-log "building (release)"
-cargo build --release --locked -q
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/cdc-enricher
-
-W=$PWD/.bench-unread
-rm -rf "$W"; mkdir -p "$W"
-DAEMON=
-cleanup() {
-  [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null
-  stop_pidfile "$W/db/server.pid"; stop_pidfile "$W/kafka/tansu.pid"
-}
-trap cleanup EXIT
-P=$(free_port); KP=$(free_port)
-start_mariadb "$W/db" "$P"
-start_tansu "$W/kafka" "$KP"
-q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; }
+BENCH_BIN= bench_binary
+bench_servers "$PWD/.bench-unread"
 
 wide="i1 INT, i2 INT UNSIGNED, i3 BIGINT, d1 DECIMAL(12,2), f1 DOUBLE, s1 VARCHAR(32), s2 VARCHAR(64),
   t1 TEXT, b1 VARBINARY(16), j1 JSON, dt1 DATETIME(6), e1 ENUM('new','paid','shipped'), z INT"

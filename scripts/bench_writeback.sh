@@ -23,7 +23,6 @@ trap cleanup EXIT
 P=$(free_port)
 start_mariadb "$W/db" "$P"
 start_standin "$W"
-q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; }
 q "CREATE DATABASE shop; CREATE TABLE shop.support (id INT PRIMARY KEY, message TEXT, sentiment VARCHAR(20), confidence DOUBLE);
    CREATE USER 'writer'@'127.0.0.1' IDENTIFIED BY 'writer-secret';
    GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON shop.* TO 'writer'@'127.0.0.1';"

@@ -11,24 +11,8 @@ cd "$(dirname "$0")/.."
 ROWS=${1:-1000000}
 need_mariadb
 need_tansu_release
-if [ -n "${BENCH_BIN:-}" ]; then
-  BIN=$BENCH_BIN
-else
-  cargo build --release --locked -q
-  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/cdc-enricher
-fi
-W=$PWD/.bench-xa
-rm -rf "$W"; mkdir -p "$W"
-DAEMON=
-cleanup() {
-  [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null
-  stop_pidfile "$W/db/server.pid"; stop_pidfile "$W/kafka/tansu.pid"
-}
-trap cleanup EXIT
-P=$(free_port); KP=$(free_port)
-start_mariadb "$W/db" "$P"
-start_tansu "$W/kafka" "$KP"
-q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; }
+bench_binary
+bench_servers "$PWD/.bench-xa"
 q "CREATE DATABASE bench;
    CREATE TABLE bench.xa (id INT PRIMARY KEY, a INT, b BIGINT, c VARCHAR(32), d DOUBLE, e DATETIME(6));"
 

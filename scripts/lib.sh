@@ -148,3 +148,29 @@ start_standin() {
   export AWS_ACCESS_KEY_ID=AKIDSTANDIN AWS_SECRET_ACCESS_KEY=standin-secret AWS_REGION=us-east-1
   export AWS_CONFIG_FILE=/nonexistent AWS_SHARED_CREDENTIALS_FILE=/nonexistent AWS_EC2_METADATA_DISABLED=true
 }
+
+# bench_binary: the daemon a benchmark runs, in BIN: BENCH_BIN (a build made before; say which
+# commit it is when recording figures), or a release build of this checkout.
+bench_binary() {
+  if [ -n "${BENCH_BIN:-}" ]; then
+    BIN=$BENCH_BIN
+  else
+    log "building (release)"
+    cargo build --release --locked -q
+    BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/cdc-enricher
+  fi
+}
+
+# bench_servers DIR: a fresh DIR holding a MariaDB (port P) and a tansu broker (port KP), both
+# stopped on exit with the daemon whose pid is in DAEMON (when set); `q SQL` runs SQL there.
+bench_servers() {
+  W=$1
+  rm -rf "$W"; mkdir -p "$W"
+  DAEMON=
+  trap '[ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null; stop_pidfile "$W/db/server.pid"; stop_pidfile "$W/kafka/tansu.pid"' EXIT
+  P=$(free_port); KP=$(free_port)
+  start_mariadb "$W/db" "$P"
+  start_tansu "$W/kafka" "$KP"
+}
+# q SQL: runs SQL on the benchmark server at port P.
+q() { mariadb --no-defaults -N -B -h127.0.0.1 -P"$P" -uadmin -padminpw -e "$1"; }
