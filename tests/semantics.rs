@@ -1134,3 +1134,79 @@ fn a_table_converted_into_a_partition_leaves_with_its_rows_and_the_rows_brought_
     );
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn ddl_as_mariadb_writes_it_rename_if_exists_and_lock_waits_client_charsets_and_sequences() {
+    // MariaDB's `RENAME TABLE IF EXISTS` and lock waits (`NOWAIT`, `WAIT n`) after a name, a
+    // statement logged in its session's client charset (latin1 here: the bytes of `é` in
+    // UTF-8 name the table `cafÃ©`), a table replaced by a sequence. Each is read as the
+    // server ran it: the table that takes a read name is typed by its own definition, the
+    // truncate and the replace are records.
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    let swap = "(id INT PRIMARY KEY, x UUID, j JSON)";
+    let other = "(id INT PRIMARY KEY, x BINARY(16), j LONGTEXT)";
+    block_on(db.exec(&format!(
+        "CREATE DATABASE s;
+         CREATE TABLE s.ctl {swap}; CREATE TABLE s.ctl_new {other};
+         CREATE TABLE s.u {swap}; CREATE TABLE s.u_new {other};
+         CREATE TABLE s.w {swap}; CREATE TABLE s.w_new {other};
+         CREATE TABLE s.`cafÃ©` (id INT PRIMARY KEY); CREATE TABLE s.sq (id INT PRIMARY KEY);"
+    )));
+    let names = [
+        ("ctl", "ctl"),
+        ("u", "u"),
+        ("w", "w"),
+        ("cafe", "cafÃ©"),
+        ("sq", "sq"),
+    ];
+    let files: Vec<(String, String)> = names
+        .iter()
+        .map(|(n, t)| {
+            let yaml = format!("name: {n}\ntable: s.{t}\nsink:\n  kafka:\n    topic: {n}\n");
+            (n.to_string(), yaml)
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, y)| (n.as_str(), y.as_str()))
+        .collect();
+    let mut d = Daemon::new(&db, Some(&kafka), &files);
+    d.spawn();
+    wait_log(&mut d, "starting", 1, 60);
+    let uuid = "'00010203-0405-0607-0809-0a0b0c0d0e0f', '{\"a\": 1}'";
+    block_on(db.exec(&format!(
+        "INSERT INTO s.ctl VALUES (1, {uuid}); INSERT INTO s.u VALUES (1, {uuid});
+         INSERT INTO s.w VALUES (1, {uuid}); INSERT INTO s.`cafÃ©` VALUES (1);
+         INSERT INTO s.sq VALUES (1);"
+    )));
+    let mut sq = kafka.tail("sq");
+    wait_records(&mut d, &mut sq, 1, 60);
+    let row2 = "(2, X'000102030405060708090A0B0C0D0E0F', 'not json {')";
+    block_on(db.exec(&format!(
+        "RENAME TABLE s.ctl TO s.ctl_old, s.ctl_new TO s.ctl; INSERT INTO s.ctl VALUES {row2};
+         RENAME TABLE IF EXISTS s.u TO s.u_old, s.u_new TO s.u; INSERT INTO s.u VALUES {row2};
+         RENAME TABLE s.w NOWAIT TO s.w_old, s.w_new WAIT 5 TO s.w; INSERT INTO s.w VALUES {row2};
+         SET NAMES latin1; TRUNCATE TABLE s.`café`; SET NAMES utf8mb4;
+         INSERT INTO s.`cafÃ©` VALUES (3);
+         CREATE OR REPLACE SEQUENCE s.sq;"
+    )));
+    let seen = |topic: &str, n: usize| ops_with(&kafka, topic, n, "/truncate", "/after");
+    let c = |after: Value| (json!("c"), after);
+    let truncate = (json!("t"), json!({"partitions": null}));
+    // The table that took the name is typed by its own definition: BINARY(16) as base64,
+    // LONGTEXT as text (as UUID and JSON it was rendered as a UUID, or stopped the pipeline).
+    let swapped = [
+        c(json!({"id": 1, "x": "00010203-0405-0607-0809-0a0b0c0d0e0f", "j": {"a": 1}})),
+        c(json!({"id": 2, "x": "AAECAwQFBgcICQoLDA0ODw==", "j": "not json {"})),
+    ];
+    for topic in ["ctl", "u", "w"] {
+        assert_eq!(seen(topic, 2), swapped, "{topic}: {}", d.log());
+    }
+    assert_eq!(
+        seen("cafe", 3),
+        [c(json!({"id": 1})), truncate.clone(), c(json!({"id": 3}))]
+    );
+    assert_eq!(seen("sq", 2), [c(json!({"id": 1})), truncate]);
+    assert_eq!(d.terminate(), 0);
+}

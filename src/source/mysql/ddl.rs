@@ -324,6 +324,15 @@ impl Parser<'_> {
         v
     }
 
+    /// MariaDB's lock wait option after a table's name (`WAIT n`, `NOWAIT`), if there.
+    fn lock_wait(&mut self) {
+        if self.eat("WAIT") {
+            self.word();
+        } else {
+            self.eat("NOWAIT");
+        }
+    }
+
     fn table_list(&mut self) -> Vec<TableName> {
         self.comma_list(Self::table)
     }
@@ -419,7 +428,9 @@ pub fn parse(sql: &str, default_db: &str, dialect: Dialect) -> Option<Ddl> {
         if p.eat("TEMPORARY") {
             return None;
         }
-        if p.eat("TABLE") {
+        // A sequence is a table of one row (MariaDB 10.3+): `CREATE OR REPLACE SEQUENCE s`
+        // replaces a table named `s` as `CREATE OR REPLACE TABLE` does, its rows gone.
+        if p.eat("TABLE") || p.eat("SEQUENCE") {
             p.eat_all(&["IF", "NOT", "EXISTS"]);
             let kind = match replace {
                 true => DdlKind::ReplaceTable,
@@ -435,6 +446,10 @@ pub fn parse(sql: &str, default_db: &str, dialect: Dialect) -> Option<Ddl> {
     if p.eat("ALTER") {
         p.eat("ONLINE");
         p.eat("IGNORE");
+        if p.eat("SEQUENCE") {
+            p.eat_all(&["IF", "EXISTS"]);
+            return ddl(DdlKind::AlterTable, vec![p.table()?]);
+        }
         if !p.eat("TABLE") {
             return None;
         }
@@ -446,7 +461,7 @@ pub fn parse(sql: &str, default_db: &str, dialect: Dialect) -> Option<Ddl> {
         if p.eat("TEMPORARY") {
             return None;
         }
-        if p.eat("TABLE") || p.eat("TABLES") {
+        if p.eat("TABLE") || p.eat("TABLES") || p.eat("SEQUENCE") {
             let if_exists = p.eat_all(&["IF", "EXISTS"]);
             return ddl(DdlKind::DropTable { if_exists }, p.table_list());
         }
@@ -459,9 +474,12 @@ pub fn parse(sql: &str, default_db: &str, dialect: Dialect) -> Option<Ddl> {
         }
         return None;
     }
+    // `RENAME TABLE [IF EXISTS] a [WAIT n | NOWAIT] TO b [, c [WAIT n | NOWAIT] TO d] …`
     if p.eat("RENAME") && (p.eat("TABLE") || p.eat("TABLES")) {
+        p.eat_all(&["IF", "EXISTS"]);
         let mut tables = Vec::new();
         while let Some(a) = p.table() {
+            p.lock_wait();
             if !p.eat("TO") {
                 break;
             }
@@ -519,10 +537,7 @@ fn alter_table(p: &mut Parser<'_>, t: TableName) -> Ddl {
 /// or `EXCHANGE PARTITION p` anywhere after `ALTER TABLE t` (left after the partition names).
 fn partition_rows_gone(p: &mut Parser<'_>) -> Option<DdlKind> {
     // MariaDB's lock wait options come before the specifications.
-    if p.eat("WAIT") {
-        p.word();
-    }
-    p.eat("NOWAIT");
+    p.lock_wait();
     let start = p.i;
     while p.i < p.toks.len() {
         // An alter specification starts after the table's name or after a comma.
@@ -920,5 +935,56 @@ mod tests {
                 .tables,
             vec![t("shop", "t")]
         );
+    }
+
+    #[test]
+    fn mariadb_if_exists_lock_waits_and_sequences() {
+        let p = |s: &str| parse(s, "shop", Dialect::default());
+        // MariaDB's IF EXISTS and lock waits (WAIT n, NOWAIT) around the names.
+        for rename in [
+            "RENAME TABLE IF EXISTS a TO b, c TO d2.e",
+            "RENAME TABLE a NOWAIT TO b, c WAIT 5 TO d2.e",
+            "RENAME TABLES IF EXISTS a WAIT 1 TO b, c NOWAIT TO d2.e",
+        ] {
+            assert_eq!(
+                p(rename).unwrap().tables,
+                vec![t("shop", "a"), t("shop", "b"), t("shop", "c"), t("d2", "e")],
+                "{rename}"
+            );
+        }
+        assert_eq!(
+            p("ALTER TABLE a NOWAIT RENAME TO b").unwrap(),
+            Ddl {
+                kind: DdlKind::RenameTable,
+                tables: vec![t("shop", "a"), t("shop", "b")]
+            }
+        );
+        assert_eq!(
+            p("TRUNCATE TABLE a WAIT 3").unwrap(),
+            Ddl {
+                kind: DdlKind::Truncate,
+                tables: vec![t("shop", "a")]
+            }
+        );
+        // A sequence is a table: replacing one by a sequence takes its rows.
+        let seq = |s: &str| p(s).map(|d| (d.kind, d.tables));
+        let sq = vec![t("shop", "sq")];
+        assert_eq!(
+            seq("CREATE OR REPLACE SEQUENCE sq START WITH 5"),
+            Some((DdlKind::ReplaceTable, sq.clone()))
+        );
+        assert_eq!(
+            seq("CREATE SEQUENCE IF NOT EXISTS sq"),
+            Some((DdlKind::CreateTable, sq.clone()))
+        );
+        assert_eq!(
+            seq("DROP SEQUENCE IF EXISTS sq"),
+            Some((DdlKind::DropTable { if_exists: true }, sq.clone()))
+        );
+        assert_eq!(
+            seq("ALTER SEQUENCE IF EXISTS sq RESTART 1"),
+            Some((DdlKind::AlterTable, sq))
+        );
+        assert_eq!(p("CREATE TEMPORARY SEQUENCE sq"), None);
     }
 }
