@@ -197,6 +197,64 @@ fn kill_9_mid_batch_then_restart_writes_every_result_exactly_once() {
 }
 
 #[test]
+fn a_key_change_writes_the_new_key_once_even_when_its_delete_committed_alone() {
+    // A key-changing update is a `d` of the old key then a `c` of the new one, at one binlog
+    // position. With one record per write-back transaction the `d` commits alone first: the
+    // `c` must still be written (it was taken for a replay of what the `d` applied).
+    let (db, aws) = setup(&format!(
+        "{SUPPORT} CREATE TABLE shop.sent (id INT PRIMARY KEY, sentiment VARCHAR(20));"
+    ));
+    let side = format!(
+        "name: side\ntable: shop.support\ncolumns: [id, message]\n\
+         enrichment:\n  comprehend: {{operation: sentiment, text: message}}\n  endpoint_url: {}\n  max_wait_ms: 50\n\
+         sink:\n  mysql:\n    mode: upsert\n    table: shop.sent\n    user: writer\n    password: writer-secret\n\
+         \x20   batch_size: 1\n    columns: {{sentiment: /sentiment}}\n",
+        aws.url()
+    );
+    let in_place = sentiment_pipeline(&aws, "    batch_size: 1\n");
+    let mut d = start(&db, &[("s", &in_place), ("side", &side)]);
+    block_on(db.exec(
+        "INSERT INTO shop.support (id, message) VALUES (1, 'good 1'), (2, 'good 2'), (3, 'good 3')",
+    ));
+    wait_count(&mut d, &db, "SELECT COUNT(*) FROM shop.sent", 3, 60);
+    wait_count(
+        &mut d,
+        &db,
+        "SELECT COUNT(*) FROM shop.support WHERE writes > 0",
+        3,
+        60,
+    );
+    block_on(db.exec(
+        "UPDATE shop.support SET id = id + 10, message = CONCAT('terrible ', id) ORDER BY id DESC",
+    ));
+    wait_count(
+        &mut d,
+        &db,
+        "SELECT COUNT(*) FROM shop.sent WHERE id > 10 AND sentiment = 'NEGATIVE'",
+        3,
+        60,
+    );
+    wait_count(
+        &mut d,
+        &db,
+        "SELECT COUNT(*) FROM shop.support WHERE sentiment = 'NEGATIVE'",
+        3,
+        60,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let side_rows: Vec<(i64, String)> =
+        block_on(db.query("SELECT id, sentiment FROM shop.sent ORDER BY id"));
+    let n = |id: i64| (id, "NEGATIVE".to_string());
+    assert_eq!(side_rows, vec![n(11), n(12), n(13)]);
+    let rows: Vec<(i64, String, String, i64)> =
+        block_on(db.query("SELECT id, message, sentiment, writes FROM shop.support ORDER BY id"));
+    // MariaDB's SET reads columns left to right: the message has the new id.
+    let r = |id: i64| (id, format!("terrible {id}"), "NEGATIVE".to_string(), 2);
+    assert_eq!(rows, vec![r(11), r(12), r(13)], "{}", d.log());
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
 fn bedrock_summaries_upsert_a_side_table_and_sagemaker_scores_fill_a_column() {
     let (db, aws) = setup(
         "CREATE TABLE shop.articles (id INT PRIMARY KEY, title VARCHAR(100), body TEXT);

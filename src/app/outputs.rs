@@ -229,7 +229,7 @@ impl Stages {
         p: &PipelineConfig,
         e: &crate::config::pipeline::EnrichmentConfig,
         route: usize,
-        applied: Option<crate::model::BinlogPosition>,
+        applied: Option<crate::model::record::AppliedPoint>,
     ) -> Result<
         (
             mpsc::Sender<enrich::Pending>,

@@ -73,7 +73,7 @@ pub struct Settings {
     /// The position the pipeline's write-back had applied at start: records at or before it
     /// were written before a restart and are passed on without a call (the sink acknowledges
     /// them without writing).
-    pub applied: Option<crate::model::BinlogPosition>,
+    pub applied: Option<crate::model::record::AppliedPoint>,
     /// Set for a windowed pipeline (`enrichment.window`).
     pub window: Option<WindowLink>,
 }

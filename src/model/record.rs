@@ -92,23 +92,63 @@ impl ChangeRecord {
         }
     }
 
+    /// The record's place among the records one row (or statement) makes for one pipeline at
+    /// one position, in the order they are emitted: a truncate (0), the `d` of a split key
+    /// change (1), any other record (2: the `c` of the split, a row). A write-back that
+    /// committed the `d` of a key change has not written its `c`, though both share a position.
+    pub fn part(&self) -> u8 {
+        match self.op {
+            Op::Truncate => 0,
+            Op::Delete if self.key_change.is_some() => 1,
+            _ => 2,
+        }
+    }
+
+    /// Where a write-back stands once it has applied this record.
+    pub fn applied_point(&self) -> AppliedPoint {
+        AppliedPoint {
+            position: self.position(),
+            part: self.part(),
+        }
+    }
+
     /// Whether the record comes after `applied` (what a write-back had applied): a change
-    /// after it in stream order — or a backfill row (`op: r`) at it, or any window (`op: w`). Every row of a backfill
-    /// chunk carries its high watermark's position, so rows of one chunk written in separate
+    /// after it in stream order (its position, then its [`ChangeRecord::part`]) — or a
+    /// backfill row (`op: r`) at it, or any window (`op: w`). Every row of a backfill chunk
+    /// carries its high watermark's position, so rows of one chunk written in separate
     /// transactions share `applied`; they are never replays, since a chunk is emitted once
     /// (after a restart its watermark in the binlog finds no open chunk, and the chunk is read
     /// again under a new watermark).
-    pub fn after_applied(&self, applied: &BinlogPosition) -> bool {
+    pub fn after_applied(&self, applied: &AppliedPoint) -> bool {
         // A window is written by its id (an upsert: a repeat writes the same row), and
         // windows close out of position order: never taken for a replay by position.
         if self.op == Op::Window {
             return true;
         }
-        match self.position().cmp(applied) {
+        let order = self
+            .position()
+            .cmp(&applied.position)
+            .then(self.part().cmp(&applied.part));
+        match order {
             std::cmp::Ordering::Greater => true,
             std::cmp::Ordering::Equal => self.op == Op::Read,
             std::cmp::Ordering::Less => false,
         }
+    }
+}
+
+/// What a write-back has applied: the position of the last record it wrote and that record's
+/// [`ChangeRecord::part`] (a progress row written before parts were kept reads as part 2:
+/// everything at its position).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedPoint {
+    pub position: BinlogPosition,
+    pub part: u8,
+}
+
+impl std::fmt::Display for AppliedPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (part {})", self.position, self.part)
     }
 }
 

@@ -28,7 +28,7 @@ use crate::checkpoint::AckTracker;
 use crate::config::pipeline::{MysqlSinkConfig, OnTooLong, PipelineConfig, WriteMode};
 use crate::config::SourceConfig;
 use crate::metrics::Metrics;
-use crate::model::record::{ChangeRecord, Enrichment, FilterChange, Skip};
+use crate::model::record::{AppliedPoint, ChangeRecord, Enrichment, FilterChange, Skip};
 use crate::model::Op;
 
 /// The writer's connection options: the source's host, port and TLS, its own account;
@@ -224,8 +224,8 @@ pub struct MysqlSink {
     /// Set when the writer stopped for good.
     failed: Arc<Mutex<Option<String>>>,
     cap: usize,
-    /// The applied position read at start.
-    applied: Option<BinlogPosition>,
+    /// The applied point read at start.
+    applied: Option<AppliedPoint>,
 }
 
 impl MysqlSink {
@@ -293,7 +293,7 @@ impl MysqlSink {
 
     /// The position this pipeline's write-back had applied when it started: records at or
     /// before it were written before a restart, and need no enrichment call again.
-    pub fn applied(&self) -> Option<BinlogPosition> {
+    pub fn applied(&self) -> Option<AppliedPoint> {
         self.applied.clone()
     }
 
@@ -377,37 +377,48 @@ fn value_refused(e: &mysql_async::Error) -> bool {
 async fn applied_position(
     conn: &mut Conn,
     plan: &Plan,
-) -> Result<Option<BinlogPosition>, mysql_async::Error> {
+) -> Result<Option<AppliedPoint>, mysql_async::Error> {
     let table = qualified(&plan.progress_table);
     conn.query_drop(format!(
         "CREATE TABLE IF NOT EXISTS {table} (pipeline VARCHAR(191) NOT NULL PRIMARY KEY, \
          file VARCHAR(255) NOT NULL, pos BIGINT UNSIGNED NOT NULL, event_index BIGINT UNSIGNED NULL, \
-         row_index BIGINT UNSIGNED NOT NULL, \
+         row_index BIGINT UNSIGNED NOT NULL, part TINYINT UNSIGNED NOT NULL DEFAULT 2, \
          updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6))"
     ))
     .await?;
     let (db, name) = crate::config::pipeline::split_table(&plan.progress_table).unwrap_or_default();
-    let has_event: Option<u8> = conn
-        .exec_first(
-            "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
-             AND COLUMN_NAME = 'event_index'",
-            (db, name),
-        )
-        .await?;
-    if has_event.is_none() {
-        // A table made by a version before positions counted rows events (needs ALTER once).
-        conn.query_drop(format!(
-            "ALTER TABLE {table} ADD COLUMN event_index BIGINT UNSIGNED NULL AFTER pos"
-        ))
-        .await?;
+    for (column, definition) in [
+        // A table made by a version before positions counted rows events.
+        ("event_index", "BIGINT UNSIGNED NULL AFTER pos"),
+        // A table made by a version before parts were kept: its position counts as whole.
+        (
+            "part",
+            "TINYINT UNSIGNED NOT NULL DEFAULT 2 AFTER row_index",
+        ),
+    ] {
+        let has: Option<u8> = conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+                 AND COLUMN_NAME = ?",
+                (&db, &name, column),
+            )
+            .await?;
+        if has.is_none() {
+            conn.query_drop(format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))
+            .await?;
+        }
     }
-    let row: Option<(String, u64, Option<u64>, u64)> = conn
+    let row: Option<(String, u64, Option<u64>, u64, u8)> = conn
         .exec_first(
-            format!("SELECT file, pos, event_index, row_index FROM {table} WHERE pipeline = ?"),
+            format!(
+                "SELECT file, pos, event_index, row_index, part FROM {table} WHERE pipeline = ?"
+            ),
             (plan.pipeline.as_str(),),
         )
         .await?;
-    let Some((file, pos, event, row)) = row else {
+    let Some((file, pos, event, row, part)) = row else {
         return Ok(None);
     };
     let applied = match event {
@@ -424,6 +435,10 @@ async fn applied_position(
                  tables); the write-back replays from the start of that transaction");
             BinlogPosition::new(file, pos)
         }
+    };
+    let applied = AppliedPoint {
+        position: applied,
+        part,
     };
     tracing::info!(pipeline = %plan.pipeline, position = %applied,
         "write-back resumes after its applied position");
@@ -465,7 +480,7 @@ struct Writer {
     plan: Plan,
     opts: Opts,
     conn: Option<Conn>,
-    applied: Option<Pos>,
+    applied: Option<AppliedPoint>,
     batch_size: usize,
     max_wait: Duration,
     tracker: AckTracker,
@@ -718,7 +733,7 @@ impl Writer {
         };
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
         let mut tally = Tally::default();
-        let mut last: Option<Pos> = None;
+        let mut last: Option<AppliedPoint> = None;
         for (it, action) in batch.iter().zip(actions) {
             let pos = pos_of(&it.rec);
             if self
@@ -733,17 +748,26 @@ impl Writer {
                 tally.dead += 1;
                 self.dead_letter(&mut tx, it, &pos, why).await?;
             }
-            last = Some(pos);
+            last = Some(it.rec.applied_point());
         }
-        if let Some(p) = &last {
+        if let Some(AppliedPoint { position: p, part }) = &last {
             tx.exec_drop(
                 format!(
-                    "INSERT INTO {} (pipeline, file, pos, event_index, row_index) VALUES (?, ?, ?, ?, ?) \
+                    "INSERT INTO {} (pipeline, file, pos, event_index, row_index, part) \
+                     VALUES (?, ?, ?, ?, ?, ?) \
                      ON DUPLICATE KEY UPDATE file = VALUES(file), pos = VALUES(pos), \
-                     event_index = VALUES(event_index), row_index = VALUES(row_index)",
+                     event_index = VALUES(event_index), row_index = VALUES(row_index), \
+                     part = VALUES(part)",
                     qualified(&self.plan.progress_table)
                 ),
-                (self.plan.pipeline.as_str(), &*p.file, p.pos, p.event, p.row),
+                (
+                    self.plan.pipeline.as_str(),
+                    &*p.file,
+                    p.pos,
+                    p.event,
+                    p.row,
+                    *part,
+                ),
             )
             .await?;
         }
