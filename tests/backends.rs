@@ -266,6 +266,47 @@ fn bedrock_claude_titan_and_converse_answers_with_token_usage() {
 }
 
 #[test]
+fn an_answer_in_several_text_blocks_beside_a_reasoning_block_is_whole() {
+    // Claude (InvokeModel) and Converse may answer with a reasoning block and several text
+    // blocks: the result is all of the text, in order, never its first block alone.
+    let (db, kafka, aws) = setup(ARTICLES);
+    let files: Vec<(String, String)> = [
+        ("claude", "anthropic.claude-3-haiku-20240307-v1:0"),
+        ("llama", "meta.llama3-8b-instruct-v1:0"),
+    ]
+    .iter()
+    .map(|(name, model)| {
+        let yaml = bedrock(&aws, model, "")
+            .replace("name: summaries", &format!("name: {name}"))
+            .replace("topic: summaries\n", &format!("topic: {name}\n"))
+            .replace("summaries.dead", &format!("{name}.dead"));
+        (name.to_string(), yaml)
+    })
+    .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_str()))
+        .collect();
+    let mut d = Daemon::new(&db, Some(&kafka), &refs);
+    d.env = AwsStandin::env();
+    d.spawn();
+    block_on(db.exec(
+        "INSERT INTO shop.articles VALUES (1, 'T1', '[[blocks]] the quick brown fox jumps over')",
+    ));
+    for name in ["claude", "llama"] {
+        let recs = kafka.read(name, 1, Duration::from_secs(60));
+        assert_eq!(recs.len(), 1, "{name}: {}", d.log());
+        let e = &recs[0].json()["enrichment"];
+        assert_eq!(
+            e["result"], "summary: [[blocks]] the quick brown fox",
+            "{name}: {e}"
+        );
+        assert_eq!(e["usage"]["stop_reason"], "end_turn", "{name}: {e}");
+    }
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
 fn bedrock_json_output_is_checked_and_an_unparseable_answer_is_dead_lettered() {
     let (db, kafka, aws) = setup(ARTICLES);
     let p = bedrock(

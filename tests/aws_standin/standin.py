@@ -29,6 +29,8 @@ the address from argv[2]) and prints `PORT <n>` on its first line. The daemon re
   naming it) the answer is the tool's input, filled from the schema by `schema_answer()`
   (stop reason `tool_use`); `[[schema-violation]]` in the prompt makes an answer that breaks
   the schema (a tool input without its properties; JSON text whose `words` is "many").
+  `[[blocks]]` in the prompt: the answer comes as a reasoning block (Anthropic `thinking`,
+  Converse `reasoningContent`) and then two text blocks, its two halves.
   Prompt caching: the blocks marked `cache_control` (Anthropic) or before a `cachePoint`
   (Converse) are a cached prefix: the first call with it reports its words as cache-write
   tokens, every later one as cache-read tokens, and input tokens count only the rest.
@@ -336,8 +338,14 @@ def bedrock_invoke(model, req):
         usage = {"input_tokens": words(prompt, system) - words(cached), "output_tokens": words(answer)}
         if cached:
             usage.update(cache_read_input_tokens=read, cache_creation_input_tokens=write)
+        content = [{"type": "text", "text": answer}]
+        if "[[blocks]]" in prompt:
+            # Extended thinking, then the answer in two text blocks, as Claude may answer.
+            half = len(answer) // 2
+            content = [{"type": "thinking", "thinking": "Let me think.", "signature": "standin"},
+                       {"type": "text", "text": answer[:half]}, {"type": "text", "text": answer[half:]}]
         return {"id": "msg_standin", "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": answer}],
+                "content": content,
                 "stop_reason": "max_tokens" if cut else "end_turn", "stop_sequence": None,
                 "usage": usage}
     if "amazon.titan-text" in model:
@@ -373,7 +381,12 @@ def bedrock_converse(model, req):
     usage = {"inputTokens": i, "outputTokens": o, "totalTokens": i + o + read + write}
     if cached:
         usage.update(cacheReadInputTokens=read, cacheWriteInputTokens=write)
-    return {"output": {"message": {"role": "assistant", "content": [{"text": answer}]}},
+    content = [{"text": answer}]
+    if "[[blocks]]" in prompt:
+        half = len(answer) // 2
+        content = [{"reasoningContent": {"reasoningText": {"text": "Let me think.", "signature": "standin"}}},
+                   {"text": answer[:half]}, {"text": answer[half:]}]
+    return {"output": {"message": {"role": "assistant", "content": content}},
             "stopReason": "max_tokens" if cut else "end_turn", "usage": usage,
             "metrics": {"latencyMs": 1}}
 

@@ -32,7 +32,8 @@ pub struct BedrockConfig {
     #[serde(default)]
     pub temperature: Option<f32>,
     /// A JSON pointer to the answer's text in the model's JSON answer (InvokeModel only).
-    /// Default: `/content/0/text` (Anthropic), `/results/0/outputText` (Titan).
+    /// Default: every text block of `content`, joined (Anthropic), `/results/0/outputText`
+    /// (Titan).
     #[serde(default)]
     pub result_pointer: Option<String>,
     /// `text` (default) or `json`: the model's text is parsed as JSON (a ``` fence is

@@ -57,6 +57,8 @@ impl Family {
         }
     }
 
+    /// Where the text is in an InvokeModel answer (Anthropic's: every text block, see
+    /// [`anthropic_text`]; the pointer is its first).
     fn default_pointer(self) -> &'static str {
         match self {
             Family::Anthropic => "/content/0/text",
@@ -64,6 +66,20 @@ impl Family {
             Family::Converse => "",
         }
     }
+}
+
+/// The text of a Claude Messages answer: its `text` content blocks joined in order (other
+/// blocks — `thinking`, `tool_use` — left out); `None` when it has none
+/// (<https://docs.aws.amazon.com/bedrock/latest/userguide/model-parameters-anthropic-claude-messages.html>).
+fn anthropic_text(answer: &Value) -> Option<String> {
+    let mut blocks = answer["content"]
+        .as_array()?
+        .iter()
+        .filter(|b| b["type"] == "text")
+        .filter_map(|b| b["text"].as_str())
+        .peekable();
+    blocks.peek()?;
+    Some(blocks.collect())
 }
 
 /// What can be checked of `enrichment.bedrock` without calling the model.
@@ -388,16 +404,25 @@ impl Bedrock {
                 .find(|b| b["type"] == "tool_use" && b["name"] == ANSWER_TOOL)
                 .map(|b| b["input"].to_string())
         });
-        let text = match answer.pointer(pointer) {
-            _ if tool_input.is_some() => tool_input.unwrap_or_default(),
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => other.to_string(),
+        let found = match (tool_input, &c.result_pointer, self.family) {
+            (Some(input), _, _) => Some(input),
+            // Claude may answer in several text blocks (beside `thinking` or `tool_use` ones):
+            // the answer is all of its text, as Converse gives it.
+            (None, None, Family::Anthropic) => anthropic_text(&answer),
+            (None, _, _) => answer.pointer(pointer).map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+        };
+        let text = match found {
+            Some(t) => t,
             None if cut => String::new(),
             None => {
-                return Err(self.err(
-                    ErrorKind::BadOutput,
-                    format!("no value at {pointer} in the model's answer"),
-                ))
+                let place = match (&c.result_pointer, self.family) {
+                    (None, Family::Anthropic) => "no text block in the model's answer".to_string(),
+                    _ => format!("no value at {pointer} in the model's answer"),
+                };
+                return Err(self.err(ErrorKind::BadOutput, place));
             }
         };
         let n = |p: &str| answer.pointer(p).and_then(Value::as_u64).unwrap_or(0);
