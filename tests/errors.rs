@@ -340,3 +340,42 @@ fn enrichment_config_errors_name_the_setting() {
          error: preflight check failed (1 problem, listed above)\n"
     );
 }
+
+#[test]
+fn write_backs_that_feed_each_other_are_refused_naming_the_loop() {
+    // One pipeline writes a column another reads, which writes back what the first reads:
+    // each answer would call the models again for ever.
+    let db = server();
+    let sink = |column: &str| {
+        format!("sink:\n  mysql:\n    mode: update\n    user: w\n    password: p\n    columns: {{{column}: /result}}\n")
+    };
+    let a = format!(
+        "name: a\ntable: shop.items\nenrichment:\n  bedrock: {{model: \"anthropic.claude-3-haiku-20240307-v1:0\", prompt: \"Tag {{title}}\", max_tokens: 50}}\n{}",
+        sink("Note")
+    );
+    let b = format!(
+        "name: b\ntable: shop.items\nenrichment:\n  bedrock: {{model: \"anthropic.claude-3-haiku-20240307-v1:0\", prompt: \"Reply to {{note}}\", max_tokens: 50}}\n{}",
+        sink("title")
+    );
+    let d = Daemon::new(&db, None, &[("a", &a), ("b", &b)]);
+    let (code, _, err) = d.check();
+    assert_eq!(code, 2);
+    assert_eq!(
+        err,
+        "error: pipeline `a` (pipelines/a.yaml): sink.mysql: the write-backs form a loop (`a` writes \
+         shop.items.note, an input of `b`; `b` writes shop.items.title, an input of `a`): each answer \
+         would call the models again for ever. Write to columns no pipeline in the loop reads\n"
+    );
+    // A chain is not a loop: `b` writing a column nobody reads passes the config checks (the
+    // server's then say `shop.items` has neither column).
+    write(
+        &d,
+        "pipelines/b.yaml",
+        &b.replace("{title: /result}", "{reply: /result}"),
+    );
+    let (_, _, err) = d.check();
+    assert!(
+        !err.contains("loop") && err.contains("which `shop`.`items` does not have"),
+        "{err}"
+    );
+}

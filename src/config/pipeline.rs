@@ -620,7 +620,101 @@ pub fn load_dir(dir: &Path, have_kafka: bool) -> Result<Vec<PipelineConfig>, Con
         }
         out.push(p);
     }
+    refuse_write_back_loops(&out)?;
     Ok(out)
+}
+
+/// The columns a write-back pipeline writes, as `db.table.column` (column lower-cased: the
+/// server compares column names without case).
+fn written_columns(p: &PipelineConfig) -> Vec<String> {
+    let SinkConfig::Mysql(m) = &p.sink else {
+        return Vec::new();
+    };
+    let table = m.table.as_deref().unwrap_or(&p.table);
+    m.columns
+        .keys()
+        .map(|c| format!("{table}.{}", c.to_lowercase()))
+        .collect()
+}
+
+/// The columns a pipeline's enrichment reads, as [`written_columns`] names them.
+fn input_columns(p: &PipelineConfig) -> Vec<String> {
+    p.enrichment.as_ref().map_or_else(Vec::new, |e| {
+        e.input_columns()
+            .into_iter()
+            .map(|(_, c)| format!("{}.{}", p.table, c.to_lowercase()))
+            .collect()
+    })
+}
+
+/// Write-backs that feed each other: a column one pipeline writes is an input of another's
+/// enrichment, and so on back to the first — each answer would call the models again for
+/// ever (and a write that clears its output when its input is gone would erase the other's
+/// input). Refused, naming the loop. (One pipeline writing its own input is refused by its
+/// own checks.)
+fn refuse_write_back_loops(ps: &[PipelineConfig]) -> Result<(), ConfigError> {
+    // feeds[i]: (j, column) where pipeline i writes a column pipeline j reads.
+    let feeds: Vec<Vec<(usize, String)>> = ps
+        .iter()
+        .map(|a| {
+            let written = written_columns(a);
+            ps.iter()
+                .enumerate()
+                .filter(|(_, b)| b.name != a.name)
+                .flat_map(|(j, b)| {
+                    let read = input_columns(b);
+                    written
+                        .iter()
+                        .filter(move |c| read.contains(c))
+                        .map(move |c| (j, c.clone()))
+                })
+                .collect()
+        })
+        .collect();
+    for start in 0..ps.len() {
+        if let Some(path) = loop_from(start, &feeds) {
+            let steps: Vec<String> = path
+                .iter()
+                .map(|(i, j, c)| {
+                    format!(
+                        "`{}` writes {c}, an input of `{}`",
+                        ps[*i].name, ps[*j].name
+                    )
+                })
+                .collect();
+            return Err(ConfigError::Pipeline {
+                pipeline: ps[start].name.clone(),
+                file: ps[start].file.clone(),
+                message: format!(
+                    "sink.mysql: the write-backs form a loop ({}): each answer would call the \
+                     models again for ever. Write to columns no pipeline in the loop reads",
+                    steps.join("; ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A path of `feeds` edges `(from, to, column)` from `start` back to it, if there is one.
+fn loop_from(start: usize, feeds: &[Vec<(usize, String)>]) -> Option<Vec<(usize, usize, String)>> {
+    let mut seen = vec![false; feeds.len()];
+    // Depth-first, each stack entry the path taken to reach its pipeline.
+    let mut stack = vec![(start, Vec::new())];
+    while let Some((at, path)) = stack.pop() {
+        for (next, column) in &feeds[at] {
+            let mut p: Vec<(usize, usize, String)> = path.clone();
+            p.push((at, *next, column.clone()));
+            if *next == start {
+                return Some(p);
+            }
+            if !seen[*next] {
+                seen[*next] = true;
+                stack.push((*next, p));
+            }
+        }
+    }
+    None
 }
 
 /// The side table an upsert write-back writes, as configured.
