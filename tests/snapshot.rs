@@ -406,3 +406,59 @@ fn a_purged_checkpoint_fails_or_resnapshots() {
     );
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn a_backfill_pages_by_the_primary_key_or_a_unique_not_null_key_and_refuses_others() {
+    // `key:` may name columns that are not unique (records keyed by a group) or may be NULL:
+    // paging by them with `(key) > (last)` would skip rows. The backfill pages by the primary
+    // key; in a table without one, by `key:` only when it is a unique index of NOT NULL columns.
+    let db = MariaDb::start();
+    block_on(db.exec(&format!(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.nu (id INT PRIMARY KEY, grp VARCHAR(10));
+         INSERT INTO shop.nu SELECT seq, IF(seq <= 80, 'a', 'b') FROM shop.seq_1_to_100;
+         CREATE TABLE shop.uk (u INT NOT NULL, v INT, UNIQUE KEY (u));
+         INSERT INTO shop.uk SELECT seq, seq FROM shop.seq_1_to_30;
+         CREATE TABLE shop.nk (u INT NULL, v INT, UNIQUE KEY (u));
+         INSERT INTO shop.nk SELECT NULL, seq FROM shop.seq_1_to_10;
+         CREATE TABLE shop.nx (u INT NOT NULL, v INT);
+         {SIGNAL_GRANT}"
+    )));
+    let kafka = Kafka::start();
+    let pipeline = |name: &str, key: &str| {
+        format!("name: {name}\ntable: shop.{name}\nkey: [{key}]\nsnapshot: initial\nsink:\n  kafka:\n    topic: {name}\n")
+    };
+    let (nk, nx) = (pipeline("nk", "u"), pipeline("nx", "u"));
+    let refused = daemon(&db, &kafka, &[("nk", &nk), ("nx", &nx)], 7);
+    let (code, _, err) = refused.check();
+    assert_eq!(code, 2);
+    for (name, why) in [
+        ("nk", "snapshot: key column `u` may be NULL: a backfill paging by `key:` would skip the rows after a NULL"),
+        ("nx", "snapshot: `key:` (u) holds no unique index of `shop`.`nx`: a backfill paging by it would skip the rows that share a value across a chunk's end"),
+    ] {
+        assert!(
+            err.contains(&format!("error: pipeline `{name}` (pipelines/{name}.yaml): {why}\n")),
+            "{err}"
+        );
+    }
+    let (nu, uk) = (pipeline("nu", "grp"), pipeline("uk", "u"));
+    let mut d = daemon(&db, &kafka, &[("nu", &nu), ("uk", &uk)], 7);
+    d.spawn();
+    wait_log(&mut d, "backfill done", 2, 60);
+    let ids = |topic: &str, column: &str, n: usize| -> Vec<i64> {
+        let mut v: Vec<i64> = kafka
+            .read(topic, n, Duration::from_secs(20))
+            .iter()
+            .map(|r| {
+                let j = r.json();
+                assert_eq!(j["op"], "r", "{j}");
+                j["after"][column].as_i64().unwrap()
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(ids("nu", "id", 100), (1..=100).collect::<Vec<_>>());
+    assert_eq!(ids("uk", "u", 30), (1..=30).collect::<Vec<_>>());
+    assert_eq!(d.terminate(), 0);
+}

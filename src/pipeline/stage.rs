@@ -274,7 +274,7 @@ fn signal_row(
     match signal {
         Signal::Low(nonce, pipeline) => {
             if let Some(p) = router.pipelines.iter().find(|p| p.name == pipeline) {
-                l.windows.low(nonce, p.db_table());
+                l.windows.low(nonce, p.db_table(), p.key.clone());
             }
         }
         Signal::High(nonce) => {

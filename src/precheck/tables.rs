@@ -107,6 +107,12 @@ pub async fn pipeline(
         fail(f, format!("pipeline `{}` ({}): `{db}`.`{t}` has no primary key, and the pipeline sets no `key:`; {why}", p.name, p.file),
             format!("add `key: [column, …]` (columns that identify a row) to {} or ALTER TABLE `{db}`.`{t}` ADD PRIMARY KEY (…);", p.file));
     }
+    if let (true, Some(k), true) = (backfills(cfg, p), &p.key, s.primary_key.is_empty()) {
+        if let Ok(Some(why)) = crate::snapshot::unusable_paging_key(conn, &db, &t, k).await {
+            fail(f, format!("pipeline `{}` ({}): snapshot: {why}", p.name, p.file),
+                format!("set `key:` in {} to the columns of a unique index whose columns are NOT NULL, or ALTER TABLE `{db}`.`{t}` ADD PRIMARY KEY (…);", p.file));
+        }
+    }
     let sel = format!(
         "SELECT 1 FROM {}.{} LIMIT 0",
         quote_ident(&db),

@@ -96,6 +96,52 @@ pub fn orderable_key(c: &SchemaColumn) -> bool {
     ) && !c.is_json
 }
 
+/// Why the pipeline's `key` cannot page a backfill through `db`.`table` (a table without a
+/// primary key); `None` when it can: every column of it NOT NULL, and it holds every column
+/// of a unique index. A backfill pages with `(key) > (last)`: a NULL in the key is never
+/// passed (the rows after it are skipped), nor is a value shared across a chunk's end.
+pub async fn unusable_paging_key(
+    conn: &mut Conn,
+    db: &str,
+    table: &str,
+    key: &[String],
+) -> Result<Option<String>, mysql_async::Error> {
+    let has = |c: &String| key.iter().any(|k| k.eq_ignore_ascii_case(c));
+    let nullable: Vec<String> = conn
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND IS_NULLABLE = 'YES'",
+            (db, table),
+        )
+        .await?;
+    if let Some(c) = nullable.iter().find(|c| has(c)) {
+        return Ok(Some(format!(
+            "key column `{c}` may be NULL: a backfill paging by `key:` would skip the rows after a NULL"
+        )));
+    }
+    let unique: Vec<(String, String)> = conn
+        .exec(
+            "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+             WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0",
+            (db, table),
+        )
+        .await?;
+    let covers = |index: &str| {
+        unique
+            .iter()
+            .filter(|(i, _)| i == index)
+            .all(|(_, c)| has(c))
+    };
+    if unique.iter().any(|(i, _)| covers(i)) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "`key:` ({}) holds no unique index of `{db}`.`{table}`: a backfill paging by it would skip \
+         the rows that share a value across a chunk's end",
+        key.join(", ")
+    )))
+}
+
 /// Fractional digits of a temporal column type (`datetime(6)` → 6).
 fn fsp(c: &SchemaColumn) -> u8 {
     c.column_type
@@ -489,12 +535,26 @@ impl Coordinator {
         let Some(s) = schemas.remove(&(db.clone(), table.clone())) else {
             return Err(perr(format!("table `{db}`.`{table}` does not exist")));
         };
-        let key: Vec<String> = p.key.clone().unwrap_or_else(|| s.primary_key.clone());
-        if key.is_empty() {
-            return Err(perr(format!(
-                "`{db}`.`{table}` has no primary key and the pipeline sets no `key:`; a backfill pages through the table in key order"
-            )));
-        }
+        // The rows are paged, and told from the stream's changes in the chunk's window, by the
+        // primary key; by `key:` only in a table without one, and only when it is unique and
+        // NOT NULL.
+        let key: Vec<String> = match (s.primary_key.is_empty(), &p.key) {
+            (false, _) => s.primary_key.clone(),
+            (true, None) => {
+                return Err(perr(format!(
+                    "`{db}`.`{table}` has no primary key and the pipeline sets no `key:`; a backfill pages through the table in key order"
+                )))
+            }
+            (true, Some(k)) => {
+                if let Some(why) = unusable_paging_key(conn, &db, &table, k)
+                    .await
+                    .map_err(serr)?
+                {
+                    return Err(perr(why));
+                }
+                k.clone()
+            }
+        };
         let mut key_cols = Vec::new();
         for k in &key {
             match s.column(k) {

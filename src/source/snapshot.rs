@@ -97,25 +97,38 @@ impl Signal {
 /// The pipeline stage's side: open windows and the chunks handed over.
 #[derive(Default)]
 pub struct Windows {
-    /// Keys changed since the low watermark, by nonce, with the table they watch.
-    open: HashMap<u64, ((String, String), HashSet<String>)>,
+    /// Keys changed since the low watermark, by nonce, with the window's table and key.
+    open: HashMap<u64, (Watched, HashSet<String>)>,
     /// Chunks received and not yet emitted, by nonce.
     chunks: HashMap<u64, Chunk>,
 }
 
-/// A row's key as a string (the values of its primary-key columns).
-fn key_of(plan: &TablePlan, img: &[Value]) -> String {
-    let k: Vec<&Value> = plan
-        .primary_key
+/// What a window watches: its table, and the pipeline's `key:` — what the backfill pages by
+/// in a table without a primary key (with one, it pages by that).
+struct Watched {
+    table: (String, String),
+    key: Option<Vec<String>>,
+}
+
+/// A row's key as a string (the values of the columns at `key`).
+fn key_at(key: &[usize], img: &[Value]) -> String {
+    let k: Vec<&Value> = key
         .iter()
         .map(|i| img.get(*i).unwrap_or(&Value::Null))
         .collect();
     serde_json::to_string(&k).unwrap_or_default()
 }
 
+/// A chunk row's key: its plan's primary key is what the backfill paged by.
+fn key_of(plan: &TablePlan, img: &[Value]) -> String {
+    key_at(&plan.primary_key, img)
+}
+
 impl Windows {
-    pub fn low(&mut self, nonce: u64, table: (String, String)) {
-        self.open.insert(nonce, (table, HashSet::new()));
+    /// A window opens on `table` of a pipeline whose `key:` is `key`.
+    pub fn low(&mut self, nonce: u64, table: (String, String), key: Option<Vec<String>>) {
+        self.open
+            .insert(nonce, (Watched { table, key }, HashSet::new()));
     }
 
     /// Notes the keys a streamed row changed, for every window open on its table.
@@ -123,11 +136,20 @@ impl Windows {
         if self.open.is_empty() {
             return;
         }
-        for ((db, t), keys) in self.open.values_mut() {
-            if *db == row.table.db && *t == row.table.table {
-                for img in [&row.before, &row.after].into_iter().flatten() {
-                    keys.insert(key_of(&row.table, img));
-                }
+        for (w, keys) in self.open.values_mut() {
+            if w.table.0 != row.table.db || w.table.1 != row.table.table {
+                continue;
+            }
+            // The key the backfill pages by: the primary key, else the pipeline's.
+            let key: Vec<usize> = match (&row.table.primary_key[..], &w.key) {
+                ([], Some(names)) => names
+                    .iter()
+                    .filter_map(|n| row.table.column_index(n))
+                    .collect(),
+                (pk, _) => pk.to_vec(),
+            };
+            for img in [&row.before, &row.after].into_iter().flatten() {
+                keys.insert(key_at(&key, img));
             }
         }
     }
