@@ -53,6 +53,20 @@ pub enum SourceError {
 /// ER_NO_BINARY_LOGGING (<https://mariadb.com/kb/en/mariadb-error-code-reference/>).
 const ER_NO_BINARY_LOGGING: u16 = 1381;
 
+/// Reads of the read tables' definitions at a (re)start before a DDL logged during each of
+/// them is left unknown (see `seed_history`).
+const SEED_TRIES: u32 = 3;
+
+/// What [`MysqlSource::definitions`] read.
+struct Definitions {
+    /// The tables' definitions, read after `before` and before `end`.
+    now: schema::Schemas,
+    before: BinlogPosition,
+    end: BinlogPosition,
+    /// The DDLs on read tables from the scan's start to `end`, with their end positions.
+    ddls: Vec<(TableName, BinlogPosition)>,
+}
+
 /// Whether the server writes a binlog (`@@GLOBAL.log_bin`).
 pub async fn binlog_on(conn: &mut Conn) -> Result<bool, SourceError> {
     let v: Option<String> = conn
@@ -577,30 +591,71 @@ impl MysqlSource {
         decoder: &mut Decoder,
         resume: &BinlogPosition,
     ) -> Result<BinlogPosition, SourceError> {
-        let end = current_position(conn).await?;
         let tables = self.read_tables();
-        let now = schema::load(conn, &tables)
-            .await
-            .map_err(|source| SourceError::Query {
-                what: "information_schema",
-                source,
-            })?;
         let start = BinlogPosition::new(resume.file.clone(), resume.pos);
-        let ddls = if start < end {
-            self.scan_ddl(&start, &end, decoder).await?
-        } else {
-            Vec::new()
-        };
+        let Definitions {
+            now,
+            before,
+            end,
+            ddls,
+        } = self.definitions(conn, &tables, &start, decoder).await?;
         for t in &tables {
             let mut last = None;
             for (_, at) in ddls.iter().filter(|(d, _)| d == t) {
                 decoder.record_schema(t, at.clone(), None);
                 last = Some(at.clone());
             }
-            decoder.record_schema(t, last.unwrap_or(start.clone()), now.get(t).cloned());
+            // A DDL that raced every read leaves its definition unknown (its rows typed from
+            // the binlog alone, with the usual warning), never one it may not be.
+            if last.as_ref().is_none_or(|at| *at <= before) {
+                decoder.record_schema(t, last.unwrap_or(start.clone()), now.get(t).cloned());
+            }
         }
         self.publish(decoder);
         Ok(end)
+    }
+
+    /// The definitions of `tables` now, and the DDLs on read tables from `from` to the
+    /// server's end. The definitions are read between two reads of the end (`before`, `end`):
+    /// a DDL is logged before its table's definition can be read again (it holds the table's
+    /// metadata lock until then), so one logged by `before` is in them, one logged after `end`
+    /// is not, and one logged between may be either — then they are read again, up to
+    /// [`SEED_TRIES`] times.
+    async fn definitions(
+        &self,
+        conn: &mut Conn,
+        tables: &[TableName],
+        from: &BinlogPosition,
+        decoder: &Decoder,
+    ) -> Result<Definitions, SourceError> {
+        let (mut ddls, mut scanned) = (Vec::new(), from.clone());
+        let mut tries = 0;
+        loop {
+            let before = current_position(conn).await?;
+            let now = schema::load(conn, tables)
+                .await
+                .map_err(|source| SourceError::Query {
+                    what: "information_schema",
+                    source,
+                })?;
+            let end = current_position(conn).await?;
+            if scanned < end {
+                ddls.extend(self.scan_ddl(&scanned, &end, decoder).await?);
+                scanned = end.clone();
+            }
+            let raced = ddls
+                .iter()
+                .any(|(t, at)| tables.contains(t) && *at > before);
+            tries += 1;
+            if !raced || tries == SEED_TRIES {
+                return Ok(Definitions {
+                    now,
+                    before,
+                    end,
+                    ddls,
+                });
+            }
+        }
     }
 
     /// The DDLs on read tables between `from` and `to`, with their end positions: a pass over
@@ -715,19 +770,14 @@ impl MysqlSource {
         };
         let tables: Vec<TableName> = changed.iter().map(|(t, _)| t.clone()).collect();
         let mut conn = connect(&self.cfg).await?;
-        let now = schema::load(&mut conn, &tables).await;
-        let end = current_position(&mut conn).await;
+        let read = self.definitions(&mut conn, &tables, &from, decoder).await;
         let _ = conn.disconnect().await;
-        let now = now.map_err(|source| SourceError::Query {
-            what: "information_schema",
-            source,
-        })?;
-        let end = end?;
-        let later = if from < end {
-            self.scan_ddl(&from, &end, decoder).await?
-        } else {
-            Vec::new()
-        };
+        let Definitions {
+            now,
+            before,
+            ddls: later,
+            ..
+        } = read?;
         for (t, at) in changed {
             let again: Vec<BinlogPosition> = later
                 .iter()
@@ -740,7 +790,12 @@ impl MysqlSource {
                     decoder.record_schema(&t, p, None);
                 }
             }
-            decoder.record_schema(&t, read_at, now.get(&t).cloned());
+            // A DDL that raced every read leaves its definition unknown, never a wrong one.
+            let known = match read_at <= before {
+                true => now.get(&t).cloned(),
+                false => None,
+            };
+            decoder.record_schema(&t, read_at, known);
         }
         self.publish(decoder);
         Ok(())
