@@ -20,6 +20,18 @@ impl JsonlSink {
         let out: Box<dyn Write + Send> = if path == "-" {
             Box::new(std::io::stdout())
         } else {
+            let cut = cut_torn_tail(path).map_err(|source| SinkError::Io {
+                path: path.into(),
+                source,
+            })?;
+            if let Some(bytes) = cut {
+                tracing::warn!(
+                    path,
+                    bytes,
+                    "the file's last line was cut by a crash mid-write \
+                    (never acknowledged: its record comes again); the cut line is removed"
+                );
+            }
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -37,6 +49,44 @@ impl JsonlSink {
             unflushed: Vec::new(),
         })
     }
+}
+
+/// A crash mid-write (`kill -9`) can leave the file's last line cut. That record was never
+/// acknowledged, so it comes again after the restart: the cut line is removed rather than
+/// have the next record appended to it. Returns the bytes removed, if any.
+fn cut_torn_tail(path: &str) -> std::io::Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = len;
+    // Backwards, a block at a time, to the last newline (the start of the file if none).
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(buf.len() as u64);
+        let block = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(block)?;
+        if let Some(i) = block.iter().rposition(|b| *b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    if keep == len {
+        return Ok(None);
+    }
+    f.set_len(keep)?;
+    Ok(Some(len - keep))
 }
 
 impl Sink for JsonlSink {
@@ -69,5 +119,41 @@ impl Sink for JsonlSink {
 
     fn flush(&mut self, _timeout: Duration) -> Result<(), SinkError> {
         self.poll()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_torn_tail;
+
+    #[test]
+    fn a_line_cut_by_a_crash_is_removed_whole_lines_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let p = path.to_str().unwrap();
+        let long = "x".repeat(100_000);
+        for (before, after, cut) in [
+            (
+                "{\"a\":1}\n{\"b\":2}\n{\"c\"".to_string(),
+                "{\"a\":1}\n{\"b\":2}\n".to_string(),
+                Some(4),
+            ),
+            ("{\"a\":1}\n".to_string(), "{\"a\":1}\n".to_string(), None),
+            (
+                format!("{{\"a\":1}}\n{long}"),
+                "{\"a\":1}\n".to_string(),
+                Some(100_000),
+            ),
+            (long.clone(), String::new(), Some(100_000)),
+            (String::new(), String::new(), None),
+        ] {
+            std::fs::write(&path, &before).unwrap();
+            assert_eq!(cut_torn_tail(p).unwrap(), cut);
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), after);
+        }
+        assert_eq!(
+            cut_torn_tail(dir.path().join("none").to_str().unwrap()).unwrap(),
+            None
+        );
     }
 }
