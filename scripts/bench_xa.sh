@@ -28,7 +28,10 @@ checkpoint: {store: {file: {path: cp.json}}, interval_ms: 50}
 YAML
   printf 'name: xa\ntable: bench.xa\nsink: {kafka: {topic: xa-%s}}\n' "$n" > "$d/pipelines/xa.yaml"
   ( cd "$d" && exec "$bin" run -c cdc-enricher.yaml 2>daemon.log ) & DAEMON=$!
-  until grep -q "reading the binlog" "$d/daemon.log" 2>/dev/null; do sleep 0.1; done
+  until grep -q "reading the binlog" "$d/daemon.log" 2>/dev/null; do
+    kill -0 "$DAEMON" 2>/dev/null || { cat "$d/daemon.log" >&2; exit 1; }
+    sleep 0.1
+  done
   q "XA START 'big'; INSERT INTO bench.xa SELECT seq, seq*7, seq*1000003, CONCAT('row-', seq), seq/3,
        '2024-01-01 00:00:00.123456' + INTERVAL seq SECOND FROM bench.seq_1_to_$ROWS;
      XA END 'big'; XA PREPARE 'big';"

@@ -229,6 +229,7 @@ impl Reloader {
                 request: None,
                 filter,
                 after: None,
+                after_key: None,
                 rows_done: 0,
             }));
         }
@@ -266,6 +267,7 @@ impl Reloader {
                     request: None,
                     filter: None,
                     after: None,
+                    after_key: None,
                     rows_done: 0,
                 }));
             }

@@ -274,7 +274,8 @@ fn backfills(cfg: &Config, p: &PipelineConfig) -> bool {
     p.snapshot == SnapshotMode::Initial || cfg.source.on_purged == OnPurged::Resnapshot
 }
 
-/// Backfills page through a table in key order: the key must be orderable.
+/// Backfills page through a table in key order (its primary key, else the pipeline's `key:`):
+/// the key must be orderable.
 pub fn backfill_key(cfg: &Config, p: &PipelineConfig, schemas: &Schemas, f: &mut Vec<Failure>) {
     let Some(s) = schemas.get(&p.db_table()) else {
         return;
@@ -282,12 +283,16 @@ pub fn backfill_key(cfg: &Config, p: &PipelineConfig, schemas: &Schemas, f: &mut
     if !backfills(cfg, p) {
         return;
     }
-    let key = p.key.clone().unwrap_or_else(|| s.primary_key.clone());
+    // What the backfill pages by: the primary key, else `key:`.
+    let key = match s.primary_key.is_empty() {
+        false => s.primary_key.clone(),
+        true => p.key.clone().unwrap_or_default(),
+    };
     for k in &key {
         if let Some(c) = s.column(k) {
             if !crate::snapshot::orderable_key(c) {
                 fail(f, format!("pipeline `{}` ({}): snapshot: key column `{k}` is {}, which a backfill cannot page through", p.name, p.file, c.column_type),
-                    "use integer, decimal, string, binary or date key columns (`key:` in the pipeline), or `snapshot: never`");
+                    "use integer, decimal, string, binary or date key columns (the primary key, else `key:` in the pipeline), or `snapshot: never`");
             }
         }
     }

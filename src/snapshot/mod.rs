@@ -319,6 +319,7 @@ impl Coordinator {
                     after: saved
                         .after
                         .map(|a| a.iter().map(ColumnValue::from_json_value).collect()),
+                    after_key: saved.key,
                     rows_done: saved.rows,
                 });
             }
@@ -335,6 +336,7 @@ impl Coordinator {
                     request: None,
                     filter: None,
                     after: None,
+                    after_key: None,
                     rows_done: 0,
                 });
             }
@@ -404,6 +406,7 @@ impl Coordinator {
             request: Some(r.id),
             filter: r.filter,
             after: None,
+            after_key: None,
             rows_done: 0,
         });
     }
@@ -422,6 +425,7 @@ impl Coordinator {
                 .after
                 .as_ref()
                 .map(|a| a.iter().map(|v| json!(v)).collect()),
+            key: job.after_key.clone(),
             rows: job.rows_done,
             done,
         });
@@ -484,6 +488,21 @@ impl Coordinator {
             .await
             .map_err(serr)?;
         let paging = self.paging(&mut conn, &p, job).await?;
+        let key: Vec<String> = paging.key_cols.iter().map(|c| c.name.clone()).collect();
+        // A saved key of other columns (saved before backfills paged by the primary key, or
+        // the table's key changed since) cannot resume: the backfill starts over (rows come
+        // twice, none is skipped).
+        let same = match &job.after_key {
+            Some(k) => *k == key,
+            None => p.key.as_ref().is_none_or(|k| *k == key),
+        };
+        if job.after.is_some() && !same {
+            tracing::warn!(pipeline = %p.name, key = ?key, saved = ?job.after_key,
+                "the saved backfill progress is by other key columns; the backfill starts over");
+            job.after = None;
+            job.rows_done = 0;
+        }
+        job.after_key = Some(key);
         let pm = self.metrics.pipelines.get(job.pipeline);
         if let Some(pm) = pm {
             pm.snapshot_estimate
@@ -752,6 +771,9 @@ struct SavedProgress {
     request: Option<String>,
     filter: Option<String>,
     after: Option<Vec<Value>>,
+    /// The columns of `after` (absent in rows written before they were saved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<Vec<String>>,
     #[serde(default)]
     rows: u64,
     done: bool,

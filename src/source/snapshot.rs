@@ -48,6 +48,8 @@ pub struct Job {
     pub filter: Option<String>,
     /// Resume after this key, from a saved progress row.
     pub after: Option<Vec<ColumnValue>>,
+    /// The columns of `after`, as saved (`None`: a progress row written before they were).
+    pub after_key: Option<Vec<String>>,
     pub rows_done: u64,
 }
 

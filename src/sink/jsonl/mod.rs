@@ -20,17 +20,17 @@ impl JsonlSink {
         let out: Box<dyn Write + Send> = if path == "-" {
             Box::new(std::io::stdout())
         } else {
-            let cut = cut_torn_tail(path).map_err(|source| SinkError::Io {
-                path: path.into(),
-                source,
-            })?;
-            if let Some(bytes) = cut {
-                tracing::warn!(
+            match cut_torn_tail(path) {
+                Ok(None) => {}
+                Ok(Some(bytes)) => tracing::warn!(
                     path,
                     bytes,
-                    "the file's last line was cut by a crash mid-write \
-                    (never acknowledged: its record comes again); the cut line is removed"
-                );
+                    "the file's last line was cut by a crash mid-write (never acknowledged: \
+                     its record comes again); the cut line is removed"
+                ),
+                // A file the daemon may append to but not read: appended to as it is.
+                Err(error) => tracing::warn!(path, %error,
+                    "cannot read the file's last line; records are appended after it"),
             }
             let f = std::fs::OpenOptions::new()
                 .create(true)

@@ -461,7 +461,12 @@ pub fn parse(sql: &str, default_db: &str, dialect: Dialect) -> Option<Ddl> {
         if p.eat("TEMPORARY") {
             return None;
         }
-        if p.eat("TABLE") || p.eat("TABLES") || p.eat("SEQUENCE") {
+        // `DROP SEQUENCE` drops sequences only (a table of that name stays, with a note), so
+        // it is never a truncate; a table made later under the name has its own CREATE.
+        if p.eat("SEQUENCE") {
+            return None;
+        }
+        if p.eat("TABLE") || p.eat("TABLES") {
             let if_exists = p.eat_all(&["IF", "EXISTS"]);
             return ddl(DdlKind::DropTable { if_exists }, p.table_list());
         }
@@ -977,10 +982,8 @@ mod tests {
             seq("CREATE SEQUENCE IF NOT EXISTS sq"),
             Some((DdlKind::CreateTable, sq.clone()))
         );
-        assert_eq!(
-            seq("DROP SEQUENCE IF EXISTS sq"),
-            Some((DdlKind::DropTable { if_exists: true }, sq.clone()))
-        );
+        // DROP SEQUENCE never drops a table (MariaDB notes "is not a SEQUENCE").
+        assert_eq!(seq("DROP SEQUENCE IF EXISTS sq"), None);
         assert_eq!(
             seq("ALTER SEQUENCE IF EXISTS sq RESTART 1"),
             Some((DdlKind::AlterTable, sq))

@@ -210,6 +210,8 @@ impl Decoder {
         // A group being held (or released in part) is read again from its start.
         self.held = None;
         self.release = None;
+        self.xa_release = None;
+        self.replaying = false;
         self.file = p.file.clone();
         self.next_pos = p.pos;
         self.txn = None;
