@@ -283,12 +283,7 @@ pub fn backfill_key(cfg: &Config, p: &PipelineConfig, schemas: &Schemas, f: &mut
     if !backfills(cfg, p) {
         return;
     }
-    // What the backfill pages by: the primary key, else `key:`.
-    let key = match s.primary_key.is_empty() {
-        false => s.primary_key.clone(),
-        true => p.key.clone().unwrap_or_default(),
-    };
-    for k in &key {
+    for k in &crate::snapshot::paging_columns(s, p.key.as_deref()) {
         if let Some(c) = s.column(k) {
             if !crate::snapshot::orderable_key(c) {
                 fail(f, format!("pipeline `{}` ({}): snapshot: key column `{k}` is {}, which a backfill cannot page through", p.name, p.file, c.column_type),

@@ -96,6 +96,16 @@ pub fn orderable_key(c: &SchemaColumn) -> bool {
     ) && !c.is_json
 }
 
+/// The columns a backfill pages by (and tells a chunk's rows from the stream's changes by):
+/// the table's primary key, else the pipeline's `key:` (empty: neither). `key:` may group rows
+/// of a table with a primary key; paging by a value many rows share would skip some.
+pub fn paging_columns(s: &TableSchema, key: Option<&[String]>) -> Vec<String> {
+    match (s.primary_key.is_empty(), key) {
+        (false, _) => s.primary_key.clone(),
+        (true, k) => k.map(<[String]>::to_vec).unwrap_or_default(),
+    }
+}
+
 /// Why the pipeline's `key` cannot page a backfill through `db`.`table` (a table without a
 /// primary key); `None` when it can: every column of it NOT NULL, and it holds every column
 /// of a unique index. A backfill pages with `(key) > (last)`: a NULL in the key is never
@@ -557,23 +567,20 @@ impl Coordinator {
         // The rows are paged, and told from the stream's changes in the chunk's window, by the
         // primary key; by `key:` only in a table without one, and only when it is unique and
         // NOT NULL.
-        let key: Vec<String> = match (s.primary_key.is_empty(), &p.key) {
-            (false, _) => s.primary_key.clone(),
-            (true, None) => {
-                return Err(perr(format!(
-                    "`{db}`.`{table}` has no primary key and the pipeline sets no `key:`; a backfill pages through the table in key order"
-                )))
+        let key = paging_columns(&s, p.key.as_deref());
+        if key.is_empty() {
+            return Err(perr(format!(
+                "`{db}`.`{table}` has no primary key and the pipeline sets no `key:`; a backfill pages through the table in key order"
+            )));
+        }
+        if s.primary_key.is_empty() {
+            if let Some(why) = unusable_paging_key(conn, &db, &table, &key)
+                .await
+                .map_err(serr)?
+            {
+                return Err(perr(why));
             }
-            (true, Some(k)) => {
-                if let Some(why) = unusable_paging_key(conn, &db, &table, k)
-                    .await
-                    .map_err(serr)?
-                {
-                    return Err(perr(why));
-                }
-                k.clone()
-            }
-        };
+        }
         let mut key_cols = Vec::new();
         for k in &key {
             match s.column(k) {

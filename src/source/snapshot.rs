@@ -143,15 +143,19 @@ impl Windows {
                 continue;
             }
             // The key the backfill pages by: the primary key, else the pipeline's.
-            let key: Vec<usize> = match (&row.table.primary_key[..], &w.key) {
-                ([], Some(names)) => names
-                    .iter()
-                    .filter_map(|n| row.table.column_index(n))
-                    .collect(),
-                (pk, _) => pk.to_vec(),
+            let by_name: Vec<usize>;
+            let key: &[usize] = match (&row.table.primary_key[..], &w.key) {
+                ([], Some(names)) => {
+                    by_name = names
+                        .iter()
+                        .filter_map(|n| row.table.column_index(n))
+                        .collect();
+                    &by_name
+                }
+                (pk, _) => pk,
             };
             for img in [&row.before, &row.after].into_iter().flatten() {
-                keys.insert(key_at(&key, img));
+                keys.insert(key_at(key, img));
             }
         }
     }
