@@ -147,6 +147,14 @@ fn bedrock(aws: &AwsStandin, model: &str, extra: &str) -> String {
     )
 }
 
+/// [`bedrock`] as pipeline `name`, to topic `name` and dead letters to `name.dead`.
+fn named_bedrock(aws: &AwsStandin, name: &str, model: &str) -> String {
+    bedrock(aws, model, "")
+        .replace("name: summaries", &format!("name: {name}"))
+        .replace("topic: summaries\n", &format!("topic: {name}\n"))
+        .replace("summaries.dead", &format!("{name}.dead"))
+}
+
 #[test]
 fn bedrock_claude_titan_and_converse_answers_with_token_usage() {
     let (db, kafka, aws) = setup(ARTICLES);
@@ -166,20 +174,9 @@ fn bedrock_claude_titan_and_converse_answers_with_token_usage() {
     ];
     let files: Vec<(String, String)> = models
         .iter()
-        .map(|(name, model, _)| {
-            (
-                name.to_string(),
-                bedrock(&aws, model, "")
-                    .replace("name: summaries", &format!("name: {name}"))
-                    .replace("topic: summaries\n", &format!("topic: {name}\n"))
-                    .replace("summaries.dead", &format!("{name}.dead")),
-            )
-        })
+        .map(|(name, model, _)| (name.to_string(), named_bedrock(&aws, name, model)))
         .collect();
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.as_str()))
-        .collect();
+    let refs = pipeline_refs(&files);
     let mut d = Daemon::with_config(
         &db,
         Some(&kafka),
@@ -275,18 +272,9 @@ fn an_answer_in_several_text_blocks_beside_a_reasoning_block_is_whole() {
         ("llama", "meta.llama3-8b-instruct-v1:0"),
     ]
     .iter()
-    .map(|(name, model)| {
-        let yaml = bedrock(&aws, model, "")
-            .replace("name: summaries", &format!("name: {name}"))
-            .replace("topic: summaries\n", &format!("topic: {name}\n"))
-            .replace("summaries.dead", &format!("{name}.dead"));
-        (name.to_string(), yaml)
-    })
+    .map(|(name, model)| (name.to_string(), named_bedrock(&aws, name, model)))
     .collect();
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.as_str()))
-        .collect();
+    let refs = pipeline_refs(&files);
     let mut d = Daemon::new(&db, Some(&kafka), &refs);
     d.env = AwsStandin::env();
     d.spawn();

@@ -39,10 +39,7 @@ fn cached_prompt_prefixes_are_marked_and_their_tokens_counted() {
         .iter()
         .map(|(n, m)| (n.to_string(), pipeline(&aws, n, m)))
         .collect();
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.as_str()))
-        .collect();
+    let refs = pipeline_refs(&files);
     let port = free_port();
     let mut d = Daemon::with_config(
         &db,

@@ -200,6 +200,17 @@ fn ops_with(
         .collect()
 }
 
+/// A pipeline per `(name, table)` of database `s`, each to the Kafka topic of its name.
+fn kafka_pipelines(names: &[(&str, &str)]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .map(|(n, t)| {
+            let yaml = format!("name: {n}\ntable: s.{t}\nsink:\n  kafka:\n    topic: {n}\n");
+            (n.to_string(), yaml)
+        })
+        .collect()
+}
+
 /// A compacted topic's view: the last value of each key, tombstones removing it.
 fn compacted(recs: &[Record]) -> BTreeMap<String, Value> {
     let mut m = BTreeMap::new();
@@ -908,18 +919,8 @@ fn statements_as_sessions_write_them_ansi_quotes_set_statement_comments_and_leni
          CREATE TABLE s.un (id INT PRIMARY KEY, v VARCHAR(40));",
     ));
     let names = ["t5", "d1", "d5", "t6", "t19", "t21", "jx", "bq", "r"];
-    let files: Vec<(String, String)> = names
-        .iter()
-        .map(|t| {
-            let yaml = format!("name: {t}\ntable: s.{t}\nsink:\n  kafka:\n    topic: {t}\n");
-            (t.to_string(), yaml)
-        })
-        .collect();
-    let files: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, y)| (n.as_str(), y.as_str()))
-        .collect();
-    let mut d = Daemon::new(&db, Some(&kafka), &files);
+    let files = kafka_pipelines(&names.map(|t| (t, t)));
+    let mut d = Daemon::new(&db, Some(&kafka), &pipeline_refs(&files));
     d.spawn();
     wait_log(&mut d, "starting", 1, 60);
     block_on(db.exec(
@@ -1160,18 +1161,8 @@ fn ddl_as_mariadb_writes_it_rename_if_exists_and_lock_waits_client_charsets_and_
         ("cafe", "cafÃ©"),
         ("sq", "sq"),
     ];
-    let files: Vec<(String, String)> = names
-        .iter()
-        .map(|(n, t)| {
-            let yaml = format!("name: {n}\ntable: s.{t}\nsink:\n  kafka:\n    topic: {n}\n");
-            (n.to_string(), yaml)
-        })
-        .collect();
-    let files: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, y)| (n.as_str(), y.as_str()))
-        .collect();
-    let mut d = Daemon::new(&db, Some(&kafka), &files);
+    let files = kafka_pipelines(&names);
+    let mut d = Daemon::new(&db, Some(&kafka), &pipeline_refs(&files));
     d.spawn();
     wait_log(&mut d, "starting", 1, 60);
     let uuid = "'00010203-0405-0607-0809-0a0b0c0d0e0f', '{\"a\": 1}'";

@@ -39,10 +39,7 @@ fn answers_are_held_to_the_schema_through_tools_or_validation() {
         .iter()
         .map(|(n, m)| (n.to_string(), pipeline(&aws, n, m)))
         .collect();
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(n, b)| (n.as_str(), b.as_str()))
-        .collect();
+    let refs = pipeline_refs(&files);
     let mut d = Daemon::new(&db, Some(&kafka), &refs);
     d.env = AwsStandin::env();
     d.spawn();

@@ -424,6 +424,14 @@ impl Record {
     }
 }
 
+/// Pipeline files made at run time, `(name, yaml)`, as [`Daemon::new`] takes them.
+pub fn pipeline_refs(files: &[(String, String)]) -> Vec<(&str, &str)> {
+    files
+        .iter()
+        .map(|(n, y)| (n.as_str(), y.as_str()))
+        .collect()
+}
+
 /// A daemon config and pipelines in a temporary folder.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
