@@ -22,6 +22,23 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    All,
+    Source,
+    Worker,
+}
+
+impl From<RoleArg> for crate::app::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::All => crate::app::Role::All,
+            RoleArg::Source => crate::app::Role::Source,
+            RoleArg::Worker => crate::app::Role::Worker,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Human,
     Json,
@@ -33,6 +50,11 @@ enum Cmd {
     Run {
         #[arg(long, short, default_value = "cdc-enricher.yaml")]
         config: PathBuf,
+        /// `all`: everything in this process; `source`: read the binlog and publish each read
+        /// table's changes to its change topic; `worker`: run the pipelines on the change
+        /// topics, in the config's consumer group.
+        #[arg(long, value_enum, default_value_t = RoleArg::All)]
+        role: RoleArg,
     },
     /// Verify the server settings, grants, tables, columns and checkpoint; exit 2 on a problem.
     Check {
@@ -116,7 +138,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.cmd {
-        Cmd::Run { config } => finish(rt.block_on(crate::app::run(&config))),
+        Cmd::Run { config, role } => finish(rt.block_on(crate::app::run(&config, role.into()))),
         Cmd::Check { config } => finish(rt.block_on(crate::app::check(&config))),
         Cmd::Backfill {
             config,

@@ -246,6 +246,7 @@ fn backfilled(source: &SourceInfo, after: Image) -> ChangeRecord {
         filter_change: None,
         truncate: None,
         window: None,
+        schema: None,
         key: Image {
             names: Arc::from(Vec::new()),
             values: Vec::new(),

@@ -30,6 +30,9 @@ pub enum AppError {
     Enrichment { pipeline: String, reason: String },
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// The worker role's consumer of the change topics.
+    #[error(transparent)]
+    ChangeTopic(Box<crate::source::kafka::ChangeTopicError>),
     #[error("reload: {0}")]
     Reload(String),
     #[error("cannot serve metrics on {address}: {source}; change `metrics.address`")]
@@ -83,7 +86,10 @@ impl AppError {
             AppError::Config(_) | AppError::Preflight(_) | AppError::Metrics { .. } => {
                 Domain::Configuration
             }
-            AppError::Source(_) | AppError::Route(_) | AppError::Snapshot(_) => Domain::Source,
+            AppError::Source(_)
+            | AppError::Route(_)
+            | AppError::Snapshot(_)
+            | AppError::ChangeTopic(_) => Domain::Source,
             AppError::Sink(_) | AppError::Checkpoint(_) | AppError::ShutdownTimeout { .. } => {
                 Domain::Sink
             }

@@ -9,6 +9,7 @@ pub mod reenrich;
 pub mod reload;
 mod shutdown;
 mod start;
+mod worker;
 
 pub use error::AppError;
 pub use reenrich::reenrich;
@@ -38,10 +39,43 @@ struct Checked {
     report: precheck::Report,
 }
 
-/// Loads the config, the pipelines and the checkpoint, then runs every preflight check.
-async fn preflight(config: &Path) -> Result<Checked, AppError> {
+/// What `run` runs: everything in one process, or one of the two roles of a scale-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Binlog, pipelines, enrichment and sinks in this process.
+    All,
+    /// Reads the binlog and publishes every read table's rows to its change topic.
+    Source,
+    /// Consumes the change topics in the workers' consumer group and runs the pipelines.
+    Worker,
+}
+
+/// Loads the config, the pipelines (for the source role, its change streams) and the
+/// checkpoint, then runs every preflight check.
+async fn preflight(config: &Path, role: Role) -> Result<Checked, AppError> {
     let cfg = Config::load(config)?;
-    let pipelines = cfg.load_pipelines()?;
+    let mut pipelines = cfg.load_pipelines()?;
+    if role == Role::Source {
+        if cfg.kafka.is_none() {
+            return Err(ConfigError::File {
+                file: config.display().to_string(),
+                message: "`run --role source` publishes to Kafka: add a `kafka:` section".into(),
+            }
+            .into());
+        }
+        if let Some(p) = pipelines
+            .iter()
+            .find(|p| p.snapshot == crate::config::pipeline::SnapshotMode::Initial)
+        {
+            return Err(ConfigError::Pipeline {
+                pipeline: p.name.clone(),
+                file: p.file.clone(),
+                message: "`snapshot: initial` does not run with `--role source` yet; run this pipeline with `--role all`".into(),
+            }
+            .into());
+        }
+        pipelines = crate::pipeline::change_stream::source_pipelines(&cfg.scale_out, &pipelines);
+    }
     let mut store = Store::from_config(&cfg);
     let saved = store.load().await?;
     let report = precheck::run(&cfg, &pipelines, saved.as_ref().map(|c| &c.position)).await?;
@@ -63,7 +97,7 @@ pub async fn check(config: &Path) -> Result<(), AppError> {
         saved: cp,
         report,
         ..
-    } = preflight(config).await?;
+    } = preflight(config, Role::All).await?;
     println!(
         "ok: {} ({}), {} pipelines, checkpoint {}",
         stream::addr(&cfg.source),
@@ -159,15 +193,24 @@ fn report_failures(f: &[precheck::Failure]) -> Result<(), AppError> {
 /// Runs the daemon until SIGTERM / SIGINT (exit 0 after a flush and a checkpoint) or an error.
 /// The order: config and preflight, start position, metrics, sinks and enrichment stages,
 /// backfills, the binlog source, the pipeline stage, the checkpoint writer; then the main loop
-/// ([`shutdown::Running::wait`]) and the orderly stop.
-pub async fn run(config: &Path) -> Result<(), AppError> {
+/// ([`shutdown::Running::wait`]) and the orderly stop. The source role runs the same with its
+/// change streams for pipelines; the worker role is [`worker::run`].
+pub async fn run(config: &Path, role: Role) -> Result<(), AppError> {
+    match role {
+        Role::Worker => worker::run(config).await,
+        Role::All | Role::Source => run_binlog(config, role).await,
+    }
+}
+
+/// `run` of the roles that read the binlog (`all`, `source`).
+async fn run_binlog(config: &Path, role: Role) -> Result<(), AppError> {
     let Checked {
         cfg,
         pipelines,
         store,
         saved,
         report,
-    } = preflight(config).await?;
+    } = preflight(config, role).await?;
     let resume = start::resolve(&cfg, saved.as_ref(), report.purged.as_deref()).await?;
     // From here a SIGTERM stops the daemon through its main loop (before, by the default action:
     // nothing was read yet).

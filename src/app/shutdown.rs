@@ -135,7 +135,7 @@ impl Running {
 /// `timeout`: a backend that stays unreachable is retried forever by design and must not hold
 /// the daemon. Rows abandoned then are not acknowledged, so the checkpoint stays before them
 /// and they are sent again after a restart.
-async fn drain(
+pub(super) async fn drain(
     stage: JoinHandle<Result<(), StageError>>,
     stage_done: Option<Result<Result<(), StageError>, JoinError>>,
     enrich_tasks: &Mutex<Vec<StageTask>>,
@@ -190,7 +190,7 @@ async fn drain(
 
 /// Delivers what was sent, whatever stopped the stages, so the checkpoint gets as far as it
 /// can; returns the first sink's error.
-async fn flush(sinks: &Sinks) -> Option<SinkError> {
+pub(super) async fn flush(sinks: &Sinks) -> Option<SinkError> {
     let sinks = sinks.clone();
     tokio::task::spawn_blocking(move || {
         let mut first_err = None;

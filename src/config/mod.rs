@@ -60,9 +60,52 @@ pub struct Config {
     /// Backfills (snapshots of existing rows), interleaved with the stream by watermarks.
     #[serde(default)]
     pub snapshot: Option<SnapshotConfig>,
+    /// The change topics and the workers' consumer group of `run --role source|worker`.
+    #[serde(default)]
+    pub scale_out: ScaleOutConfig,
     /// Set by the loader: the file this config came from.
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// `scale_out:` — how the source role (`run --role source`) and the workers (`run --role
+/// worker`) meet: a change topic per table, consumed by one Kafka consumer group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleOutConfig {
+    /// The change topic of each table the pipelines read; `{db}` and `{table}` are replaced.
+    /// Default: `cdc-changes.{db}.{table}`.
+    #[serde(default = "default_change_topic")]
+    pub change_topic: String,
+    /// The workers' Kafka consumer group (`group.id`). Default: `cdc-enricher-workers`.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+}
+
+impl Default for ScaleOutConfig {
+    fn default() -> Self {
+        ScaleOutConfig {
+            change_topic: default_change_topic(),
+            group_id: default_group_id(),
+        }
+    }
+}
+
+impl ScaleOutConfig {
+    /// The change topic of `db`.`table`.
+    pub fn topic(&self, db: &str, table: &str) -> String {
+        self.change_topic
+            .replace("{db}", db)
+            .replace("{table}", table)
+    }
+}
+
+fn default_change_topic() -> String {
+    "cdc-changes.{db}.{table}".into()
+}
+
+fn default_group_id() -> String {
+    "cdc-enricher-workers".into()
 }
 
 fn default_shutdown_timeout() -> u64 {

@@ -64,6 +64,10 @@ pub struct PipelineConfig {
     /// `filter` parsed when the file is loaded (not a YAML key).
     #[serde(skip)]
     pub filter_expr: Option<Expr>,
+    /// A change stream of the source role (`run --role source`), made by the daemon, not read
+    /// from a file: its records carry the table's `schema` (not a YAML key).
+    #[serde(skip)]
+    pub change_stream: bool,
 }
 
 /// What an update that takes a row out of the pipeline's `filter` emits.

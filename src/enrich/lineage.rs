@@ -2,9 +2,9 @@
 //! one model, prompt and parameters from those of another, and `reenrich` can find the rows
 //! whose stored answer came from something else.
 
-use super::hash::short_hash;
 use super::input::InputSpec;
 use crate::backend::Backend;
+use crate::model::hash::short_hash;
 
 /// A pipeline's lineage: 16 hex digits (64 bits) of the SHA-256 of the backend's name, its
 /// scope — the operation, endpoint or model and every parameter that shapes the answer

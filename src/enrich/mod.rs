@@ -7,7 +7,6 @@
 //! Kafka consumer-group worker without a rewrite.
 
 mod calls;
-mod hash;
 pub mod input;
 pub mod lineage;
 pub mod window;

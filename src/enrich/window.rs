@@ -279,6 +279,7 @@ impl Gatherer {
                 filter_change: None,
                 truncate: None,
                 window: Some(Box::new(window)),
+                schema: None,
                 key: o.group.unwrap_or_else(|| Image {
                     names: Arc::from(Vec::new()),
                     values: Vec::new(),
@@ -306,7 +307,7 @@ fn window_id(pipeline: &str, first: &Member, last: &Member) -> String {
             serde_json::to_string(&m.key).unwrap_or_default(),
         )
     });
-    super::hash::short_hash(&[pipeline, &fp, &fk, &lp, &lk])
+    crate::model::hash::short_hash(&[pipeline, &fp, &fk, &lp, &lk])
 }
 
 #[cfg(test)]
@@ -353,6 +354,7 @@ mod tests {
             filter_change: None,
             truncate: None,
             window: None,
+            schema: None,
             key: Image {
                 names: Arc::from(vec!["id".to_string()]),
                 values: vec![ColumnValue::Int(id)],

@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod filter;
+pub mod hash;
 pub mod json;
 pub mod op;
 pub mod position;

@@ -75,6 +75,10 @@ pub struct ChangeRecord {
     /// On a `w` record: the window's rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<Box<Window>>,
+    /// On a change-topic record (`run --role source`): the table's layout, so that a worker
+    /// can read the images back into typed values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Arc<ChangeSchema>>,
     #[serde(skip)]
     pub key: Image,
     /// Index of the pipeline in the router's list.
@@ -200,6 +204,65 @@ impl FilterChange {
         match self {
             FilterChange::Entered => "entered",
             FilterChange::Left => "left",
+        }
+    }
+}
+
+/// The layout of a table as a change-topic record carries it (`schema`): every column the
+/// records show, in table order, with how its values are written in `before` / `after`, and
+/// the primary key. Workers (`run --role worker`) read the images back with it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeSchema {
+    /// 16 hex digits of a hash of `columns` and `primary_key`: it changes when the table's
+    /// layout does (an `ALTER TABLE`), and only then.
+    pub version: String,
+    pub columns: Vec<ChangeColumn>,
+    /// The primary key's columns (empty: the table has none).
+    pub primary_key: Vec<String>,
+}
+
+/// One column of a [`ChangeSchema`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeColumn {
+    pub name: String,
+    /// The SQL type as the binlog gives it (`INT`, `VARCHAR`, `TIME(3)`, `JSON`, `TEXT/BLOB`).
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// How the images write its values.
+    pub encoding: ValueEncoding,
+}
+
+/// How a change-topic image writes a column's values (the README's type table gives each
+/// SQL type's form; SQL NULL is always `null`).
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueEncoding {
+    /// The column's JSON document itself (JSON columns, VECTOR as an array).
+    Json,
+    /// A number that is a double (FLOAT, DOUBLE), in its shortest round-trip form.
+    Float,
+    /// A string or an integer, as the README's type table says.
+    Plain,
+}
+
+impl ChangeSchema {
+    /// The schema of `columns` (name, type, encoding) and `primary_key`, with its version.
+    pub fn new(columns: Vec<ChangeColumn>, primary_key: Vec<String>) -> ChangeSchema {
+        let mut parts: Vec<String> = Vec::with_capacity(3 * columns.len() + primary_key.len() + 1);
+        for c in &columns {
+            parts.push(c.name.clone());
+            parts.push(c.type_name.clone());
+            parts.push(format!("{:?}", c.encoding));
+        }
+        parts.push(String::new());
+        parts.extend(primary_key.iter().cloned());
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        ChangeSchema {
+            version: super::hash::short_hash(&refs),
+            columns,
+            primary_key,
         }
     }
 }

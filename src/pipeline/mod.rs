@@ -3,6 +3,7 @@
 //! [`ChangeRecord`]s. It knows nothing of where rows come from or go.
 
 pub use crate::model::filter;
+pub mod change_stream;
 pub mod stage;
 
 use std::collections::HashMap;
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use crate::config::pipeline::{KeyChanges, OnFilterExit};
 use crate::config::PipelineConfig;
 pub use crate::model::record::{
-    ChangeRecord, Enrichment, FilterChange, Image, KeyChange, SourceInfo, Truncate,
+    ChangeColumn, ChangeRecord, ChangeSchema, Enrichment, FilterChange, Image, KeyChange,
+    SourceInfo, Truncate,
 };
 use crate::model::ColumnValue;
 use crate::model::Op;
@@ -52,6 +54,8 @@ struct Bound {
     split: bool,
     db: Arc<str>,
     table: Arc<str>,
+    /// A change stream's records carry the table's layout.
+    schema: Option<Arc<ChangeSchema>>,
 }
 
 pub struct Router {
@@ -179,6 +183,7 @@ impl Router {
             split: p.key_changes == KeyChanges::Split,
             db: Arc::from(plan.db.as_str()),
             table: Arc::from(plan.table.as_str()),
+            schema: p.change_stream.then(|| Arc::new(change_schema(plan))),
         });
         // Drop bindings of plans no longer in use (a table map replaced after DDL or rotate).
         if self.bound.len() > 4 * self.pipelines.len() + 64 {
@@ -250,6 +255,7 @@ impl Router {
                     dropped: t.dropped,
                 }),
                 window: None,
+                schema: None,
                 key: Image {
                     names: Arc::from(Vec::new()),
                     values: Vec::new(),
@@ -330,7 +336,10 @@ impl Router {
                 ts_ms: row.ts_ms,
             };
             let take = n + 1 == idxs.len() && b.picked_distinct;
-            records(row, &b, source, idx, seen, take, out);
+            match row.key_side {
+                None => records(row, &b, source, idx, seen, take, out),
+                Some(side) => one_side(row, &b, source, idx, seen, side, out),
+            }
         }
         Ok(())
     }
@@ -381,6 +390,28 @@ impl Router {
         self.last = Some((plan.clone(), idxs.clone()));
         Some(idxs)
     }
+}
+
+/// The layout a change stream's records carry: the columns records show (the server's own
+/// hidden columns left out), their types and encodings, and the primary key.
+fn change_schema(plan: &TablePlan) -> ChangeSchema {
+    let columns = plan
+        .visible()
+        .map(|i| {
+            let c = &plan.columns[i];
+            ChangeColumn {
+                name: c.name.clone(),
+                type_name: c.type_name.clone(),
+                encoding: c.kind.encoding(),
+            }
+        })
+        .collect();
+    let primary_key = plan
+        .primary_key
+        .iter()
+        .filter_map(|i| plan.columns.get(*i).map(|c| c.name.clone()))
+        .collect();
+    ChangeSchema::new(columns, primary_key)
 }
 
 /// How a row meets a pipeline's `filter` (inserts and updates are tested after the change,
@@ -456,6 +487,33 @@ fn project_take(
     })
 }
 
+/// As [`records`], for one copy of a key-changing update read from a change topic: only the
+/// records of that copy's side — from the old key's copy those keyed by the old key (when the
+/// pipeline's key changed), from the new key's copy the others — so that together the two
+/// copies make each record once, each in its key's order.
+fn one_side(
+    row: &mut RowChange,
+    b: &Bound,
+    source: SourceInfo,
+    pipeline: usize,
+    seen: Seen,
+    side: crate::source::KeySide,
+    out: &mut Vec<ChangeRecord>,
+) {
+    let old = project(&row.before, &b.key, &b.key_names);
+    let changed = old != project(&row.after, &b.key, &b.key_names);
+    let start = out.len();
+    records(row, b, source, pipeline, seen, false, out);
+    let mine: Vec<ChangeRecord> = out
+        .drain(start..)
+        .filter(|r| {
+            let old_side = changed && Some(&r.key) == old.as_ref();
+            old_side == (side == crate::source::KeySide::Old)
+        })
+        .collect();
+    out.extend(mine);
+}
+
 /// The records one row makes for one pipeline, pushed to `out`: one, or — an update that
 /// changed the row's key, with `key_changes: split` — a `d` of the old key then a `c` of the
 /// new one, marked (only the `c` when the row entered the pipeline's set with the change).
@@ -492,6 +550,7 @@ fn records(
         filter_change: seen.change(),
         truncate: None,
         window: None,
+        schema: b.schema.clone(),
         key,
         pipeline,
     };
@@ -527,6 +586,29 @@ fn records(
             let mut c = record(Op::Insert, None, image(&mut row.after), new, source);
             c.key_change = Some(change);
             out.push(c);
+            return;
+        }
+    }
+    if row.op == Op::Update && b.schema.is_some() && !b.key.is_empty() {
+        let (old, new) = (key_of(&row.before), key_of(&row.after));
+        if old != new {
+            // A change stream sends a key change to both keys' partitions (see `one_side`).
+            let change = KeyChange {
+                old: old.clone(),
+                new: new.clone(),
+            };
+            let (before, after) = (image(&mut row.before), image(&mut row.after));
+            for key in [old, new] {
+                let mut u = record(
+                    Op::Update,
+                    before.clone(),
+                    after.clone(),
+                    key,
+                    source.clone(),
+                );
+                u.key_change = Some(change.clone());
+                out.push(u);
+            }
             return;
         }
     }

@@ -26,6 +26,7 @@ pub fn write_record(rec: &ChangeRecord, out: &mut Vec<u8>) -> Result<(), serde_j
         filter_change,
         truncate,
         window,
+        schema,
         key: _,
         pipeline: _,
     } = rec;
@@ -64,6 +65,10 @@ pub fn write_record(rec: &ChangeRecord, out: &mut Vec<u8>) -> Result<(), serde_j
     if let Some(w) = window {
         out.extend_from_slice(b",\"window\":");
         serde_json::to_writer(&mut *out, w)?;
+    }
+    if let Some(s) = schema {
+        out.extend_from_slice(b",\"schema\":");
+        serde_json::to_writer(&mut *out, &**s)?;
     }
     out.push(b'}');
     Ok(())
@@ -229,6 +234,17 @@ mod tests {
             filter_change: None,
             truncate: None,
             window: None,
+            // A change-topic record's layout (on updates here, so both forms are compared).
+            schema: (op == Op::Update).then(|| {
+                Arc::new(crate::model::record::ChangeSchema::new(
+                    vec![crate::model::record::ChangeColumn {
+                        name: "n\"".into(),
+                        type_name: "DECIMAL(65,30)".into(),
+                        encoding: crate::model::record::ValueEncoding::Float,
+                    }],
+                    vec!["n\"".into()],
+                ))
+            }),
             key: image(&values[..1]),
             pipeline: 0,
         }

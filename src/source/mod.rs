@@ -4,6 +4,7 @@
 //! so it can later run in another process (publishing to Kafka) without a rewrite.
 
 pub mod error;
+pub mod kafka;
 pub mod mysql;
 pub mod snapshot;
 
@@ -28,6 +29,20 @@ pub struct RowChange {
     pub ts_ms: u64,
     /// Columns the rows event left out of the row's images (`None`: none).
     pub left_out: Option<Arc<LeftOut>>,
+    /// An update that changed the key, read from a change topic: which of its two copies this
+    /// is (`None` for every row read from the binlog).
+    pub key_side: Option<KeySide>,
+}
+
+/// A change topic carries an update that changes the row's key twice, once in each key's
+/// partition, so that each key's changes stay in order: a worker takes from each copy only
+/// the records of that copy's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySide {
+    /// The copy in the old key's partition: its records keyed by the old key.
+    Old,
+    /// The copy in the new key's partition: every other record of the update.
+    New,
 }
 
 /// Columns a rows event left out of its images: the writing session ran with

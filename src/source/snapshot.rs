@@ -185,6 +185,7 @@ impl Windows {
                 server_id: at.server_id,
                 ts_ms: at.ts_ms,
                 left_out: None,
+                key_side: None,
             })
             .collect();
         Some((chunk, rows))

@@ -351,6 +351,18 @@ impl Kafka {
         }
     }
 
+    /// A consumer of every partition of `topic` (`partitions` of them) from its start.
+    pub fn tail_all(&self, topic: &str, partitions: i32) -> Tail {
+        let t = self.tail(topic);
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        t.c.assign(&tpl).unwrap();
+        t
+    }
+
     /// Reads `topic` (partition 0) from the start until `n` records or `timeout`.
     pub fn read(&self, topic: &str, n: usize, timeout: Duration) -> Vec<Record> {
         let mut t = self.tail(topic);
@@ -519,13 +531,20 @@ impl Daemon {
     }
 
     pub fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    /// `run` with more arguments (`--role worker`).
+    pub fn spawn_with(&mut self, more: &[&str]) {
+        let mut args = vec!["run", "-c", "cdc-enricher.yaml"];
+        args.extend_from_slice(more);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .unwrap();
         let child = self
-            .command(&["run", "-c", "cdc-enricher.yaml"])
+            .command(&args)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

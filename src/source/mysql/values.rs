@@ -104,6 +104,21 @@ pub enum Kind {
     Null,
 }
 
+impl Kind {
+    /// How records write this kind's values (a change topic's `schema` says it per column).
+    pub fn encoding(&self) -> crate::model::record::ValueEncoding {
+        use crate::model::record::ValueEncoding;
+        match self {
+            Kind::Json { .. }
+            | Kind::Vector { .. }
+            | Kind::Blob { json: true, .. }
+            | Kind::Compressed { json: true, .. } => ValueEncoding::Json,
+            Kind::Float | Kind::Double => ValueEncoding::Float,
+            _ => ValueEncoding::Plain,
+        }
+    }
+}
+
 /// A value that could not be decoded: why, and whether the rest of the row can still be read
 /// (its width was known).
 pub type ValueError = String;

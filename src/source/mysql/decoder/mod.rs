@@ -913,6 +913,7 @@ impl Decoder {
                 server_id: at.server_id,
                 ts_ms: txn.ts_ms,
                 left_out: left_out.clone(),
+                key_side: None,
             }));
         });
         Ok(decoded.err().map(|e| (e, next_row)))

@@ -1,9 +1,9 @@
-//! Short content hashes: lineages and window ids.
+//! Short content hashes: lineages, window ids and change-topic schema versions.
 
 use sha2::{Digest, Sha256};
 
 /// 16 hex digits (64 bits) of the SHA-256 of `parts`, each length-prefixed: no two different
-/// lists of parts hash the same bytes. (Lineages and window ids.)
+/// lists of parts hash the same bytes. (Lineages, window ids, schema versions.)
 pub fn short_hash(parts: &[&str]) -> String {
     let mut h = Sha256::new();
     for part in parts {

@@ -1,0 +1,147 @@
+//! The worker role (`run --role worker`): the pipelines, their enrichment and sinks, fed by
+//! the change topics of the source role in the workers' consumer group instead of by the
+//! binlog. Offsets are committed as the sinks acknowledge (see [`crate::source::kafka`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::{outputs, serve_metrics, shutdown, spawn_stage, AppError};
+use crate::checkpoint::AckTracker;
+use crate::config::pipeline::SnapshotMode;
+use crate::config::{Config, ConfigError, PipelineConfig, SinkConfig};
+use crate::metrics::Metrics;
+use crate::pipeline::{stage, Router};
+use crate::source::kafka::{ChangeTopicError, Worker};
+use crate::source::SourceEvent;
+
+/// Runs a worker until SIGTERM / SIGINT (exit 0 once what it took is delivered and its
+/// offsets committed) or an error.
+pub async fn run(config: &Path) -> Result<(), AppError> {
+    let cfg = Config::load(config)?;
+    let pipelines = cfg.load_pipelines()?;
+    let kafka = worker_checks(config, &cfg, &pipelines)?;
+    let signals = shutdown::listen_for_shutdown();
+    let tracker = AckTracker::with_open_xa(None, Vec::new());
+    let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
+    let metrics = Metrics::new(&names, Some(Arc::new(tracker.clone())));
+    let _metrics_server = serve_metrics(&cfg, &metrics).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let clock = Arc::new(crate::model::clock::StreamClock::default());
+    let stages = outputs::Stages {
+        cfg: cfg.clone(),
+        tracker: tracker.clone(),
+        metrics: metrics.clone(),
+        sinks: Arc::new(Mutex::new(Vec::new())),
+        limiters: Arc::new(crate::ratelimit::Registry::default()),
+        clock: clock.clone(),
+        stopping: stop_rx.clone(),
+    };
+    let indexed: Vec<(usize, &PipelineConfig)> = pipelines.iter().enumerate().collect();
+    let (routes, tasks) = stages
+        .build(&indexed, &HashMap::new())
+        .await?
+        .into_routes(pipelines.len());
+    let enrich_tasks = Arc::new(Mutex::new(tasks));
+    let topics: BTreeSet<String> = pipelines
+        .iter()
+        .map(|p| {
+            let (db, table) = p.db_table();
+            cfg.scale_out.topic(&db, &table)
+        })
+        .collect();
+    let worker = Worker {
+        kafka,
+        group_id: cfg.scale_out.group_id.clone(),
+        topics: topics.into_iter().collect(),
+        tracker: tracker.clone(),
+        commit_interval: Duration::from_millis(cfg.checkpoint.interval_ms.max(10)),
+    };
+    let (tx, rx) = mpsc::channel::<Vec<SourceEvent>>(64);
+    let (finish_tx, finish_rx) = watch::channel(false);
+    let source_stop = stop_rx.clone();
+    let mut source = tokio::task::spawn_blocking(move || worker.run(tx, source_stop, finish_rx));
+    let outputs = stage::Outputs {
+        sinks: stages.sinks.clone(),
+        routes,
+        tracker: tracker.clone(),
+        metrics: metrics.clone(),
+        clock,
+    };
+    // No reload yet in a worker: the swap channel stays empty.
+    let (_swaps, swap_rx) = std::sync::mpsc::channel();
+    let mut stage = spawn_stage(rx, Router::new(pipelines), outputs, None, swap_rx);
+    tracing::info!(group = %cfg.scale_out.group_id, pipelines = names.len(), "worker started");
+    let mut signal = signals;
+    let (mut source_done, mut stage_done) = (None, None);
+    tokio::select! {
+        _ = signal.wait_for(|s| *s) => tracing::info!("shutdown requested; stopping the consumer and flushing"),
+        r = &mut source => source_done = Some(r),
+        r = &mut stage => stage_done = Some(r),
+    }
+    let _ = stop_tx.send(true);
+    let timeout = Duration::from_millis(cfg.shutdown_timeout_ms);
+    let mut result = shutdown::drain(stage, stage_done, &enrich_tasks, timeout, &tracker).await;
+    if let (Some(e), Ok(())) = (shutdown::flush(&stages.sinks).await, &result) {
+        result = Err(e.into());
+    }
+    let _ = finish_tx.send(true);
+    let source_result = match source_done {
+        Some(r) => r,
+        None => source.await,
+    };
+    tracing::info!("offsets committed; stopped");
+    match source_result {
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(AppError::task("change topic consumer", e)),
+        Ok(Ok(())) => result,
+    }
+}
+
+/// What a worker cannot run yet, refused before anything is consumed: the Kafka section it
+/// consumes with.
+fn worker_checks(
+    config: &Path,
+    cfg: &Config,
+    pipelines: &[PipelineConfig],
+) -> Result<crate::config::KafkaConfig, AppError> {
+    let Some(kafka) = cfg.kafka.clone() else {
+        return Err(ConfigError::File {
+            file: config.display().to_string(),
+            message:
+                "`run --role worker` consumes the change topics from Kafka: add a `kafka:` section"
+                    .into(),
+        }
+        .into());
+    };
+    for p in pipelines {
+        let not_yet = match () {
+            _ if matches!(p.sink, SinkConfig::Mysql(_)) => Some("a write-back (`sink: mysql`)"),
+            _ if p.enrichment.as_ref().is_some_and(|e| e.window.is_some()) => {
+                Some("a window (`enrichment.window`)")
+            }
+            _ if p.snapshot == SnapshotMode::Initial => Some("`snapshot: initial`"),
+            _ => None,
+        };
+        if let Some(what) = not_yet {
+            return Err(ConfigError::Pipeline {
+                pipeline: p.name.clone(),
+                file: p.file.clone(),
+                message: format!(
+                    "{what} does not run in a worker yet; run this pipeline with `--role all`"
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(kafka)
+}
+
+impl From<ChangeTopicError> for AppError {
+    fn from(e: ChangeTopicError) -> AppError {
+        AppError::ChangeTopic(Box::new(e))
+    }
+}

@@ -1,0 +1,224 @@
+//! Scale-out on Kafka: `run --role source` publishes every read table's rows to its change
+//! topic; `run --role worker` processes, in one consumer group, run the pipelines on them.
+//! Against a spawned MariaDB, two tansu brokers, the AWS stand-in and the real binary.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+const PARTITIONS: i32 = 3;
+
+fn pipelines(standin: &AwsStandin) -> Vec<(String, String)> {
+    vec![
+        ("reviews_all".into(), "name: reviews_all\ntable: shop.reviews\nsink:\n  kafka:\n    topic: \"{pipeline}\"\n    tombstones: true\n".into()),
+        ("reviews_good".into(), "name: reviews_good\ntable: shop.reviews\ncolumns: [id, body, price]\nfilter: \"stars >= 4\"\nsink:\n  kafka:\n    topic: \"{pipeline}\"\n".into()),
+        ("customers".into(), "name: customers\ntable: shop.customers\nkey: [email]\nsink:\n  kafka:\n    topic: \"{pipeline}\"\n".into()),
+        ("reviews_mood".into(), format!("name: reviews_mood\ntable: shop.reviews\ncolumns: [id, body]\nenrichment:\n  comprehend:\n    operation: sentiment\n    text: body\n  endpoint_url: {}\n  max_wait_ms: 20\nsink:\n  kafka:\n    topic: \"{{pipeline}}\"\n", standin.url())),
+    ]
+}
+
+const OUTPUTS: [&str; 4] = ["reviews_all", "reviews_good", "customers", "reviews_mood"];
+
+/// A daemon of `role` on `kafka`, topics of [`PARTITIONS`] partitions.
+fn daemon(db: &MariaDb, kafka: &Kafka, files: &[(String, String)], role: &str) -> Daemon {
+    let cfg = format!(
+        "kafka:\n  brokers: {}\n  topic_partitions: {PARTITIONS}\n  properties:\n    linger.ms: \"2\"\nscale_out:\n  group_id: shop-workers\n",
+        kafka.brokers()
+    );
+    let mut d = Daemon::with_config(db, None, &pipeline_refs(files), &cfg);
+    d.env = AwsStandin::env();
+    d.spawn_with(&["--role", role]);
+    d
+}
+
+/// Every record of `topic` (all partitions) once `n` are there and nothing more comes for 2 s.
+fn read_all(kafka: &Kafka, topic: &str, n: usize, secs: u64) -> Vec<Record> {
+    let mut t = kafka.tail_all(topic, PARTITIONS);
+    let start = Instant::now();
+    while t.records.len() < n && start.elapsed() < Duration::from_secs(secs) {
+        t.poll(Duration::from_millis(200));
+    }
+    t.drain(Duration::from_secs(2));
+    t.records
+}
+
+/// Per Kafka key, the values in the order they came (a key's records share a partition).
+fn by_key(records: &[Record]) -> BTreeMap<String, Vec<Option<String>>> {
+    let mut m: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
+    for r in records {
+        m.entry(r.key.clone().unwrap_or_default())
+            .or_default()
+            .push(r.value.clone());
+    }
+    m
+}
+
+/// Inserts, updates (into and out of a filter), key changes of the primary key and of a
+/// pipeline's own key, deletes: every kind of row change a worker must reproduce.
+async fn workload(db: &MariaDb) {
+    db.exec(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.reviews (id INT PRIMARY KEY, stars TINYINT, body TEXT, doc JSON,
+           price DECIMAL(10,2), score DOUBLE, tag ENUM('a','b'), seen DATETIME(3), raw VARBINARY(8));
+         CREATE TABLE shop.customers (id INT PRIMARY KEY, email VARCHAR(60) NOT NULL UNIQUE, name VARCHAR(40))",
+    )
+    .await;
+    db.exec(
+        "INSERT INTO shop.reviews SELECT seq, seq % 6, CONCAT(IF(seq % 3 = 0, 'bad ', 'good '), 'review ', seq),
+           CONCAT('{\"n\": ', seq, ', \"p\": 1.50, \"big\": 12345678901234567890, \"s\": \"\\\\u00e9\"}'),
+           seq * 1.25, seq / 7, IF(seq % 2, 'a', 'b'), '2026-12-02 10:00:00.125', UNHEX('00FF10')
+         FROM shop.seq_1_to_240;
+         INSERT INTO shop.customers SELECT seq, CONCAT('c', seq, '@example.com'), CONCAT('Name ', seq) FROM shop.seq_1_to_60;
+         UPDATE shop.reviews SET stars = (stars + 3) % 6, score = -score WHERE id % 3 = 1;
+         UPDATE shop.reviews SET id = id + 1000 WHERE id % 40 = 0;
+         UPDATE shop.customers SET email = CONCAT('new.', email) WHERE id % 7 = 0;
+         UPDATE shop.customers SET name = NULL WHERE id % 5 = 0;
+         DELETE FROM shop.reviews WHERE id % 11 = 0;
+         DELETE FROM shop.customers WHERE id % 13 = 0",
+    )
+    .await;
+}
+
+#[test]
+fn one_source_and_three_workers_give_each_key_the_records_of_one_process() {
+    let db = MariaDb::start();
+    let (k_all, k_out) = (Kafka::start(), Kafka::start());
+    let standin = AwsStandin::start();
+    block_on(workload(&db));
+    let files = pipelines(&standin);
+
+    let mut all = daemon(&db, &k_all, &files, "all");
+    let expected: Vec<Vec<Record>> = OUTPUTS.iter().map(|t| read_all(&k_all, t, 1, 60)).collect();
+    all.assert_running();
+
+    let mut source = daemon(&db, &k_out, &files, "source");
+    let mut workers: Vec<Daemon> = (0..3)
+        .map(|_| daemon(&db, &k_out, &files, "worker"))
+        .collect();
+    for (topic, want) in OUTPUTS.iter().zip(&expected) {
+        assert!(want.len() > 50, "{topic}: {} records", want.len());
+        let got = read_all(&k_out, topic, want.len(), 90);
+        assert_eq!(got.len(), want.len(), "{topic}: records");
+        assert_eq!(by_key(&got), by_key(want), "{topic}: records per key");
+    }
+    source.assert_running();
+    for (i, w) in workers.iter_mut().enumerate() {
+        w.assert_running();
+        assert!(
+            w.log().contains("partitions assigned"),
+            "worker {i}:\n{}",
+            w.log()
+        );
+    }
+    // The three workers shared the six partitions of the two change topics.
+    let owned: usize = workers
+        .iter()
+        .map(|w| w.log().matches("cdc-changes.shop.").count())
+        .filter(|n| *n > 0)
+        .count();
+    assert_eq!(owned, 3, "every worker took partitions");
+    for w in &mut workers {
+        assert_eq!(w.terminate(), 0, "{}", w.log());
+    }
+    assert_eq!(source.terminate(), 0, "{}", source.log());
+}
+
+#[test]
+fn a_change_topic_record_carries_full_images_its_position_and_the_tables_schema() {
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    let standin = AwsStandin::start();
+    block_on(db.exec(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.customers (id INT PRIMARY KEY, email VARCHAR(60) NOT NULL UNIQUE, name VARCHAR(40));
+         CREATE TABLE shop.reviews (id INT PRIMARY KEY, stars TINYINT, body TEXT, doc JSON,
+           price DECIMAL(10,2), score DOUBLE, tag ENUM('a','b'), seen DATETIME(3), raw VARBINARY(8))",
+    ));
+    let mut source = daemon(&db, &kafka, &pipelines(&standin), "source");
+    block_on(db.exec(
+        "INSERT INTO shop.reviews VALUES (7, 5, 'fine', '{\"p\": 1.50}', 8.75, 0.5, 'b', '2026-12-02 10:00:00.125', UNHEX('00FF'));
+         UPDATE shop.reviews SET id = 8, stars = 1 WHERE id = 7;
+         TRUNCATE shop.reviews",
+    ));
+    let recs = read_all(
+        &kafka,
+        "cdc-changes.shop.reviews",
+        3 + PARTITIONS as usize,
+        60,
+    );
+    let rows: Vec<&Record> = recs.iter().filter(|r| r.key.is_some()).collect();
+    assert_eq!(rows.len(), 3, "{recs:#?}");
+    let schema = json!({
+        "columns": [
+            {"name": "id", "type": "INT", "encoding": "plain"},
+            {"name": "stars", "type": "TINYINT", "encoding": "plain"},
+            {"name": "body", "type": "TEXT/BLOB", "encoding": "plain"},
+            {"name": "doc", "type": "JSON", "encoding": "json"},
+            {"name": "price", "type": "DECIMAL(10,2)", "encoding": "plain"},
+            {"name": "score", "type": "DOUBLE", "encoding": "float"},
+            {"name": "tag", "type": "ENUM", "encoding": "plain"},
+            {"name": "seen", "type": "DATETIME(3)", "encoding": "plain"},
+            {"name": "raw", "type": "VARCHAR", "encoding": "plain"}
+        ],
+        "primary_key": ["id"]
+    });
+    let row7 = json!({"id": 7, "stars": 5, "body": "fine", "doc": {"p": 1.50}, "price": "8.75",
+        "score": 0.5, "tag": "b", "seen": "2026-12-02T10:00:00.125", "raw": "AP8="});
+    let row8 = json!({"id": 8, "stars": 1, "body": "fine", "doc": {"p": 1.50}, "price": "8.75",
+        "score": 0.5, "tag": "b", "seen": "2026-12-02T10:00:00.125", "raw": "AP8="});
+    let keyed = |k: &str, op: &str| {
+        let r: Vec<serde_json::Value> = rows
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(k))
+            .map(|r| r.json())
+            .filter(|v| v["op"] == op)
+            .collect();
+        assert_eq!(r.len(), 1, "{k} {op}: {recs:#?}");
+        r[0].clone()
+    };
+    let c = keyed("{\"id\":7}", "c");
+    assert_eq!((&c["before"], &c["after"]), (&json!(null), &row7));
+    // The key change goes to both keys' partitions, as one `u` each (a worker takes from
+    // each copy the records of its key).
+    let change = json!({"old": {"id": 7}, "new": {"id": 8}});
+    let (u7, u8) = (keyed("{\"id\":7}", "u"), keyed("{\"id\":8}", "u"));
+    for u in [&u7, &u8] {
+        assert_eq!(
+            (&u["before"], &u["after"], &u["key_change"]),
+            (&row7, &row8, &change)
+        );
+    }
+    assert_eq!(u7["source"], u8["source"]);
+    assert_ne!(u7["source"]["pos"], c["source"]["pos"]);
+    let u = u8;
+    // The JSON column's number as written (1.50), not as a double.
+    assert!(rows
+        .iter()
+        .all(|r| r.value.as_deref().unwrap().contains("\"doc\":{\"p\":1.50}")));
+    for r in [&c, &u] {
+        let mut s = r["schema"].clone();
+        let version = s.as_object_mut().unwrap().remove("version").unwrap();
+        assert_eq!(s, schema);
+        assert_eq!(version.as_str().map(str::len), Some(16));
+        assert_eq!(r["source"]["pipeline"], "changes.shop.reviews");
+        assert_eq!(r["source"]["db"], "shop");
+        assert!(r["source"]["file"].as_str().unwrap().starts_with("binlog."));
+        assert!(r["source"]["gtid"].as_str().unwrap().starts_with("0-1-"));
+    }
+    assert_eq!(c["schema"]["version"], u["schema"]["version"]);
+    // The truncate reaches every partition, in order with that partition's rows.
+    let truncates: Vec<serde_json::Value> = recs
+        .iter()
+        .filter(|r| r.key.is_none())
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(truncates.len(), PARTITIONS as usize, "{recs:#?}");
+    assert!(truncates
+        .iter()
+        .all(|t| t["op"] == "t" && t["schema"].is_null()));
+    assert_eq!(source.terminate(), 0, "{}", source.log());
+}
