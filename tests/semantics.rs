@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
+use mysql_async::prelude::Queryable;
 use serde_json::{json, Value};
 
 fn key(id: i64) -> Option<String> {
@@ -1199,5 +1200,102 @@ fn ddl_as_mariadb_writes_it_rename_if_exists_and_lock_waits_client_charsets_and_
         [c(json!({"id": 1})), truncate.clone(), c(json!({"id": 3}))]
     );
     assert_eq!(seen("sq", 2), [c(json!({"id": 1})), truncate]);
+    assert_eq!(d.terminate(), 0);
+}
+
+#[test]
+fn renamed_temporary_tables_failed_replaces_and_routine_bodies_do_what_the_server_did() {
+    // A temporary table renamed onto a read table's name shadows it (its TRUNCATE is not the
+    // real table's); a failed `CREATE OR REPLACE TABLE … SELECT` is logged as a generated
+    // `DROP TABLE` in a group that ends in ROLLBACK, and the old table is gone all the same
+    // (InnoDB and MyISAM); a procedure whose body reads `… INDEX … ON t` is no index DDL on
+    // `t` (read from the backlog, it made the rows before the next real DDL untyped).
+    let db = MariaDb::start();
+    let kafka = Kafka::start();
+    block_on(db.exec(
+        "CREATE DATABASE s; CREATE TABLE s.t (id INT PRIMARY KEY, v VARCHAR(20));
+         INSERT INTO s.t VALUES (1, 'stays'), (2, 'stays');
+         CREATE TABLE s.cs (id INT PRIMARY KEY, v VARCHAR(20)); INSERT INTO s.cs VALUES (1, 'orig');
+         CREATE TABLE s.cm (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE=MyISAM; INSERT INTO s.cm VALUES (1, 'orig');
+         CREATE TABLE s.jt (id INT PRIMARY KEY, doc JSON); CREATE TABLE s.other (id INT PRIMARY KEY);",
+    ));
+    let files = kafka_pipelines(&[("t", "t"), ("cs", "cs"), ("cm", "cm"), ("jt", "jt")]);
+    let mut d = Daemon::new(&db, Some(&kafka), &pipeline_refs(&files));
+    d.spawn();
+    wait_log(&mut d, "reading the binlog", 1, 60);
+    block_on(db.exec(
+        "SET SESSION binlog_format = MIXED; USE s;
+         CREATE TEMPORARY TABLE scratch (id INT); ALTER TABLE scratch RENAME TO t;
+         TRUNCATE TABLE t; DROP TEMPORARY TABLE t;
+         CREATE TEMPORARY TABLE scratch2 (id INT); RENAME TABLE scratch2 TO t;
+         TRUNCATE TABLE t; DROP TEMPORARY TABLE t; SET SESSION binlog_format = ROW;
+         UPDATE s.t SET v = 'still here' WHERE id = 1;",
+    ));
+    block_on(async {
+        let mut c = db.conn().await;
+        for t in ["cs", "cm"] {
+            let engine = if t == "cm" { "ENGINE=MyISAM" } else { "" };
+            let sql = format!("CREATE OR REPLACE TABLE s.{t} (id INT PRIMARY KEY, v VARCHAR(20)) {engine} SELECT 5 AS id, 'a' AS v UNION ALL SELECT 5, 'dup'");
+            let failed = c.query_drop(&sql).await;
+            assert!(failed.is_err(), "{sql} must fail on the duplicate key");
+        }
+        c.disconnect().await.unwrap();
+    });
+    block_on(db.exec("INSERT INTO s.jt VALUES (1, '{\"a\": 1}');"));
+    let t = kafka.read("t", 4, Duration::from_secs(30));
+    let ops: Vec<(Value, Value)> = t
+        .iter()
+        .map(|r| (r.json()["op"].clone(), r.json()["after"].clone()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            (json!("c"), json!({"id": 1, "v": "stays"})),
+            (json!("c"), json!({"id": 2, "v": "stays"})),
+            (json!("u"), json!({"id": 1, "v": "still here"})),
+        ],
+        "{}",
+        d.log()
+    );
+    for topic in ["cs", "cm"] {
+        let recs: Vec<(Value, Value)> = kafka
+            .read(topic, 3, Duration::from_secs(10))
+            .iter()
+            .map(|r| (r.json()["op"].clone(), r.json()["truncate"].clone()))
+            .collect();
+        assert_eq!(
+            recs,
+            [
+                (json!("c"), Value::Null),
+                (json!("t"), json!({"partitions": null, "dropped": true})),
+            ],
+            "{topic}"
+        );
+    }
+    let mut jt = kafka.tail("jt");
+    wait_records(&mut d, &mut jt, 1, 30);
+    assert_eq!(d.terminate(), 0);
+    // The tables of `cs` and `cm` are gone: their pipelines go (`check` would refuse them).
+    for p in ["cs", "cm"] {
+        std::fs::remove_file(d.dir.path().join(format!("pipelines/{p}.yaml"))).unwrap();
+    }
+    block_on(db.exec(
+        "CREATE PROCEDURE s.py() SELECT o.id FROM s.other o FORCE INDEX (PRIMARY) JOIN s.jt ON s.jt.id = o.id;
+         INSERT INTO s.jt VALUES (4, '{\"a\": 4}'); ALTER TABLE s.jt ADD COLUMN z INT;
+         INSERT INTO s.jt VALUES (5, '{\"a\": 5}', 5);",
+    ));
+    d.spawn();
+    wait_records(&mut d, &mut jt, 3, 60);
+    let docs: Vec<Value> = jt
+        .records
+        .iter()
+        .map(|r| r.json()["after"]["doc"].clone())
+        .collect();
+    assert_eq!(docs, [json!({"a": 1}), json!({"a": 4}), json!({"a": 5})]);
+    assert!(
+        !d.log().contains("cannot tell this table's definition"),
+        "{}",
+        d.log()
+    );
     assert_eq!(d.terminate(), 0);
 }

@@ -384,8 +384,28 @@ impl Temporaries {
                 }
                 true
             }
-            None => false,
+            None => self.renamed(sql, db, dialect, thread),
         }
+    }
+
+    /// `RENAME TABLE a TO b` or `ALTER TABLE a RENAME TO b` of the session's temporary tables:
+    /// each keeps being the session's under its new name (a temporary table renamed onto a real
+    /// table's name shadows it as one created so). `true` when every table renamed was one of
+    /// them (the statement touched no real table).
+    fn renamed(&mut self, sql: &str, db: &str, dialect: Dialect, thread: u32) -> bool {
+        let Some(d) = parse(sql, db, dialect).filter(|d| d.kind == DdlKind::RenameTable) else {
+            return false;
+        };
+        let mut all = d.tables.len() >= 2;
+        for pair in d.tables.chunks(2) {
+            match pair {
+                [from, to] if self.0.remove(&(thread, from.clone())) => {
+                    self.0.insert((thread, to.clone()));
+                }
+                _ => all = false,
+            }
+        }
+        all
     }
 
     /// Whether `d`, run by session `thread` and flagged by the server as using temporary tables
@@ -438,7 +458,11 @@ pub fn parse(sql: &str, default_db: &str, dialect: Dialect) -> Option<Ddl> {
             };
             return ddl(kind, vec![p.table()?]);
         }
-        if p.skip_until("INDEX") && p.skip_until("ON") {
+        // `CREATE [ONLINE|OFFLINE] [UNIQUE|FULLTEXT|SPATIAL] INDEX … ON t`, and nothing else: a
+        // routine's, trigger's or event's body may hold `… INDEX … ON t` too.
+        let _ = p.eat("ONLINE") || p.eat("OFFLINE");
+        let _ = p.eat("UNIQUE") || p.eat("FULLTEXT") || p.eat("SPATIAL");
+        if p.eat("INDEX") && p.skip_until("ON") {
             return ddl(DdlKind::Index, vec![p.table()?]);
         }
         return None;
@@ -989,5 +1013,51 @@ mod tests {
             Some((DdlKind::AlterTable, sq))
         );
         assert_eq!(p("CREATE TEMPORARY SEQUENCE sq"), None);
+    }
+
+    #[test]
+    fn only_create_index_is_index_ddl_not_a_routine_body_that_says_index_on() {
+        let p = |s: &str| parse(s, "shop", Dialect::default());
+        let t = |n: &str| vec![("shop".to_string(), n.to_string())];
+        for body in [
+            "CREATE PROCEDURE py() SELECT o.id FROM o FORCE INDEX (PRIMARY) JOIN t ON t.id = o.id",
+            "CREATE DEFINER=`a`@`%` FUNCTION f() RETURNS INT RETURN (SELECT 1 FROM o USE INDEX (k) JOIN t ON 1)",
+            "CREATE EVENT e ON SCHEDULE EVERY 1 DAY DO CREATE INDEX i ON t (a)",
+        ] {
+            assert_eq!(p(body), None, "{body}");
+        }
+        for (sql, table) in [
+            ("CREATE INDEX i ON t (a)", "t"),
+            ("CREATE UNIQUE INDEX i USING BTREE ON u (a)", "u"),
+            (
+                "CREATE OR REPLACE FULLTEXT INDEX IF NOT EXISTS i ON v (a)",
+                "v",
+            ),
+            ("CREATE ONLINE SPATIAL INDEX i ON w (g)", "w"),
+        ] {
+            let d = p(sql).unwrap();
+            assert_eq!((d.kind, d.tables), (DdlKind::Index, t(table)), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_temporary_table_renamed_keeps_shadowing_under_its_new_name() {
+        let d = Dialect::default();
+        let mut tmp = Temporaries::default();
+        assert!(tmp.track("CREATE TEMPORARY TABLE scratch (id INT)", "s", d, 7));
+        // Renamed onto the real `t`'s name (both forms): the session's, not a DDL of `t`.
+        assert!(tmp.track("ALTER TABLE scratch RENAME TO t", "s", d, 7));
+        let truncate = parse("TRUNCATE TABLE t", "s", d).unwrap();
+        assert!(tmp.shadows(&truncate, true, 7));
+        assert!(
+            !tmp.shadows(&truncate, true, 8),
+            "another session's `t` is the real one"
+        );
+        assert!(tmp.track("RENAME TABLE t TO t2, t2 TO t3", "s", d, 7));
+        assert!(!tmp.shadows(&truncate, true, 7));
+        // A real table renamed (no temporary of that name): a DDL like any other.
+        assert!(!tmp.track("RENAME TABLE t TO old_t", "s", d, 7));
+        assert!(tmp.track("DROP TEMPORARY TABLE t3", "s", d, 7));
+        assert!(!tmp.track("ALTER TABLE t3 RENAME TO t", "s", d, 7));
     }
 }

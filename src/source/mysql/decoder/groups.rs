@@ -24,6 +24,9 @@ pub(super) struct HeldGroup {
     /// The group began with a MariaDB GTID without FL_STANDALONE: it ends at its XID or
     /// COMMIT, and a DDL statement in it (`CREATE [OR REPLACE] TABLE … SELECT`) is inside it.
     maria_transactional: bool,
+    /// It holds a DDL statement (`CREATE … SELECT`, or the `DROP TABLE` a failed `CREATE OR
+    /// REPLACE … SELECT` is logged as).
+    ddl: bool,
 }
 
 /// Records decoded from a committed group per slice (the stream sends each slice before the
@@ -136,6 +139,7 @@ impl Decoder {
                 next: self.next_pos,
                 savepoints: Vec::new(),
                 maria_transactional: event_type(&ev) == EventType::MariaGtid,
+                ddl: false,
             });
             return self.hold(ev, out);
         }
@@ -184,10 +188,34 @@ impl Decoder {
                 tracing::debug!(position = %format!("{}:{}", self.file, self.next_pos),
                     events = group.events.len(),
                     "a group ending in ROLLBACK: its rows never happened and are not emitted");
+                if group.ddl {
+                    self.dropped_anyway(group, out)?;
+                }
                 self.process(&ev, out)
             }
             End::XaPrepare => self.prepared_xa(group, &ev, out),
         }
+    }
+
+    /// A group ending in ROLLBACK that holds DDL: a `DROP TABLE` in it happened all the same
+    /// (a failed `CREATE OR REPLACE TABLE … SELECT` is logged as its generated `DROP TABLE IF
+    /// EXISTS` in a group that ends in ROLLBACK: the old table is gone); its rows did not.
+    fn dropped_anyway(
+        &mut self,
+        group: HeldGroup,
+        out: &mut Vec<SourceEvent>,
+    ) -> Result<(), DecodeError> {
+        for e in group.events.into_events().map_err(|e| self.spill_err(e))? {
+            let e = e.map_err(|e| self.spill_err(e))?;
+            let drop = match statement(&e) {
+                Some(Ok(s)) => super::super::ddl::head(s.sql.trim(), s.dialect).starts_with("DROP"),
+                _ => false,
+            };
+            if drop {
+                self.process(&e, out)?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether a committed group still has records to release.
@@ -313,6 +341,9 @@ impl Decoder {
         // `CREATE … SELECT` logs its rows after the statement, in the same group.
         let transactional = self.held.as_ref().is_some_and(|g| g.maria_transactional);
         if super::super::ddl::ddl_inside_group(transactional, t) {
+            if let Some(g) = self.held.as_mut() {
+                g.ddl = true;
+            }
             return Ok(None);
         }
         // DDL after a GTID (MySQL logs DDL as GTID + statement): the group is that statement.
@@ -451,6 +482,7 @@ impl Decoder {
             next: open.position.pos,
             savepoints: Vec::new(),
             maria_transactional: true,
+            ddl: false,
         });
         let mut r = Ok(());
         for e in events {

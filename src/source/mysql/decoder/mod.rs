@@ -438,7 +438,9 @@ impl Decoder {
                         s.pos == t.pos && *s.file == *t.file && s.event >= t.rows_events
                     })
                 });
-            let parsed = ddl::parse(trimmed, schema, dialect).filter(|d| {
+            // A statement about the session's temporary tables only is no DDL of a table.
+            let parsed = (!temporary).then(|| ddl::parse(trimmed, schema, dialect));
+            let parsed = parsed.flatten().filter(|d| {
                 !self
                     .temporaries
                     .shadows(d, at.thread_specific, at.thread_id)
