@@ -246,3 +246,106 @@ fn a_ddl_racing_a_restart_never_types_a_row_by_a_definition_it_was_not_written_u
     assert_eq!(seen.len() as i64, rows[0], "every row");
     assert_eq!(d.terminate(), 0);
 }
+
+/// Without column metadata in the binlog (MariaDB's default `NO_LOG`, and `MINIMAL`), rows
+/// read as with FULL: the columns the server adds for itself (a long UNIQUE key's hash, a
+/// system-versioned table's implicit period), which information_schema does not list, are
+/// told by their place and type; binary, INET and UUID columns by the schema's lack of a
+/// character set; ENUM and SET labels keep their case.
+#[test]
+fn without_column_metadata_hidden_columns_binary_values_and_labels_read_as_with_full() {
+    for metadata in [
+        "--binlog-row-metadata=NO_LOG",
+        "--binlog-row-metadata=MINIMAL",
+    ] {
+        let db = MariaDb::start_with(&[metadata]);
+        let kafka = Kafka::start();
+        block_on(db.exec(
+            "CREATE DATABASE r;
+             CREATE TABLE r.lu (id INT PRIMARY KEY, t TEXT, UNIQUE(t));
+             CREATE TABLE r.sv (id INT PRIMARY KEY, v VARCHAR(10)) WITH SYSTEM VERSIONING;
+             CREATE TABLE r.both (id INT PRIMARY KEY, t TEXT, inv INT INVISIBLE, UNIQUE(t)) WITH SYSTEM VERSIONING;
+             CREATE TABLE r.bin (id INT PRIMARY KEY, bn BINARY(4), vb VARBINARY(10), bl BLOB,
+               cb VARBINARY(300) COMPRESSED, i4 INET4, i6 INET6, u UUID);
+             CREATE TABLE r.lab (id INT PRIMARY KEY, e ENUM('Yes','No'), s SET('Red','GREEN'));",
+        ));
+        let tables = ["lu", "sv", "both", "bin", "lab"];
+        let files: Vec<(String, String)> = tables
+            .iter()
+            .map(|t| {
+                let yaml = format!("name: {t}\ntable: r.{t}\nsink:\n  kafka:\n    topic: {t}\n");
+                (t.to_string(), yaml)
+            })
+            .collect();
+        let mut d = Daemon::new(&db, Some(&kafka), &pipeline_refs(&files));
+        d.spawn();
+        wait_log(&mut d, "reading the binlog", 1, 60);
+        block_on(db.exec(
+            "INSERT INTO r.lu VALUES (1, 'x'); UPDATE r.lu SET t = 'y';
+             INSERT INTO r.sv VALUES (1, 'a'); UPDATE r.sv SET v = 'b'; DELETE FROM r.sv;
+             INSERT INTO r.both (id, t, inv) VALUES (1, 'z', 5);
+             INSERT INTO r.bin VALUES (1, 'ab', X'00FF', X'DEADBEEF', X'0102', '10.0.0.1',
+               '::ffff:1.2.3.1', '123e4567-e89b-12d3-a456-426655440001');
+             INSERT INTO r.lab VALUES (2, 'Yes', 'Red,GREEN');",
+        ));
+        let read = |t: &str, n: usize| -> Vec<(serde_json::Value, serde_json::Value)> {
+            kafka
+                .read(t, n, Duration::from_secs(30))
+                .iter()
+                .map(|r| {
+                    let v = r.json();
+                    let img = if v["op"] == "d" {
+                        v["before"].clone()
+                    } else {
+                        v["after"].clone()
+                    };
+                    (v["op"].clone(), img)
+                })
+                .collect()
+        };
+        let why = || format!("{metadata}:\n{}", d.log());
+        assert_eq!(
+            read("lu", 2),
+            [
+                (json!("c"), json!({"id": 1, "t": "x"})),
+                (json!("u"), json!({"id": 1, "t": "y"}))
+            ],
+            "{}",
+            why()
+        );
+        assert_eq!(
+            read("sv", 3),
+            [
+                (json!("c"), json!({"id": 1, "v": "a"})),
+                (json!("u"), json!({"id": 1, "v": "b"})),
+                (json!("d"), json!({"id": 1, "v": "b"})),
+            ],
+            "{}",
+            why()
+        );
+        assert_eq!(
+            read("both", 1),
+            [(json!("c"), json!({"id": 1, "t": "z", "inv": 5}))],
+            "{}",
+            why()
+        );
+        assert_eq!(
+            read("bin", 1),
+            [(
+                json!("c"),
+                json!({"id": 1, "bn": "YWIAAA==", "vb": "AP8=", "bl": "3q2+7w==", "cb": "AQI=",
+                    "i4": "10.0.0.1", "i6": "::ffff:1.2.3.1", "u": "123e4567-e89b-12d3-a456-426655440001"})
+            )],
+            "{}",
+            why()
+        );
+        assert_eq!(
+            read("lab", 1),
+            [(json!("c"), json!({"id": 2, "e": "Yes", "s": "Red,GREEN"}))],
+            "{}",
+            why()
+        );
+        assert!(!d.log().contains("replaced by U+FFFD"), "{}", why());
+        assert_eq!(d.terminate(), 0);
+    }
+}

@@ -177,7 +177,7 @@ fn column_names(tm: &TableMap, at: SchemaAt<'_>) -> Result<Vec<String>, DecodeEr
         return Err(table_err(
             tm,
             format!(
-                "the binlog carries no column names (binlog_row_metadata=MINIMAL) and the schema \
+                "the binlog carries no column names (binlog_row_metadata is MINIMAL or NO_LOG) and the schema \
                  history cannot tell the table's definition here (a DDL at {since} changed it); \
                  set binlog_row_metadata=FULL so that every event names its columns"
             ),
@@ -192,10 +192,10 @@ fn column_names(tm: &TableMap, at: SchemaAt<'_>) -> Result<Vec<String>, DecodeEr
         (None, Some(s)) if s.columns.len() == n => {
             Ok(s.columns.iter().map(|c| c.name.clone()).collect())
         }
-        (None, Some(s)) => Err(table_err(
+        (None, Some(s)) => with_hidden_tail(tm, s).ok_or_else(|| table_err(
             tm,
             format!(
-                "the binlog carries no column names (binlog_row_metadata=MINIMAL) and the table's \
+                "the binlog carries no column names (binlog_row_metadata is MINIMAL or NO_LOG) and the table's \
                  definition at this position has {} columns where this event has {n}. Set \
                  binlog_row_metadata=FULL so that every event names its columns",
                 s.columns.len()
@@ -204,6 +204,34 @@ fn column_names(tm: &TableMap, at: SchemaAt<'_>) -> Result<Vec<String>, DecodeEr
         // Like mysqlbinlog: positional names when nothing better is known.
         (None, None) => Ok((1..=n).map(|i| format!("@{i}")).collect()),
     }
+}
+
+/// The column names of a table map without names whose event has more columns than the
+/// table's definition: the columns MariaDB adds for itself, which `information_schema` does not
+/// list, come after the user's — a system-versioned table's implicit `row_start` and `row_end`
+/// (TIMESTAMP(6)) and a long UNIQUE key's `DB_ROW_HASH_n` (BIGINT) — named so by their types
+/// (mariadb.com: System-Versioned Tables; CREATE TABLE, "UNIQUE … long"). `None` when the extra
+/// columns are not of those kinds.
+fn with_hidden_tail(tm: &TableMap, s: &TableSchema) -> Option<Vec<String>> {
+    let tail = tm.columns.get(s.columns.len()..)?;
+    let implicit_period = s.row_end.as_deref() == Some("row_end") && s.column("row_end").is_none();
+    let mut names: Vec<String> = s.columns.iter().map(|c| c.name.clone()).collect();
+    let (mut period, mut hashes) = (0, 0);
+    for c in tail {
+        let name = match c.type_code {
+            types::TIMESTAMP2 if implicit_period && period < 2 => {
+                period += 1;
+                ["row_start", "row_end"][period - 1].to_string()
+            }
+            types::LONGLONG => {
+                hashes += 1;
+                format!("DB_ROW_HASH_{hashes}")
+            }
+            _ => return None,
+        };
+        names.push(name);
+    }
+    (period == 0 || period == 2).then_some(names)
 }
 
 /// The user's key: the binlog's primary key without the server's own columns (a
@@ -302,7 +330,11 @@ impl ColumnCtx<'_> {
         }
         match id {
             Some(id) => Err(self.err(type_name, format!("unknown collation id {id}"))),
-            // No charset information at all (MINIMAL metadata, no schema): UTF-8.
+            // The schema knows the column and gives it no character set: a binary column
+            // (BINARY, VARBINARY, BLOB; INET4/INET6/UUID), as the binlog would have said with
+            // FULL metadata (`binlog_row_metadata=NO_LOG` logs no charset at all).
+            None if self.schema.is_some() => Ok(Charset::Binary),
+            // No charset information at all (no metadata, no schema): UTF-8.
             None => Ok(Charset::Utf8),
         }
     }

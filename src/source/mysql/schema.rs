@@ -109,8 +109,9 @@ pub fn parse_labels(column_type: &str) -> Vec<String> {
     labels
 }
 
-/// COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, DATETIME_PRECISION.
-type ColumnRow = (String, String, String, Option<String>, Option<u8>);
+/// COLUMN_NAME, DATA_TYPE, COLUMN_TYPE (lower case), CHARACTER_SET_NAME, DATETIME_PRECISION,
+/// COLUMN_TYPE as the server prints it (ENUM and SET labels keep their case).
+type ColumnRow = (String, String, String, Option<String>, Option<u8>, String);
 
 /// Loads the schema of each of `tables` (that exists) in one round of queries.
 pub async fn load(
@@ -122,7 +123,7 @@ pub async fn load(
         let rows: Vec<ColumnRow> = conn
             .exec(
                 "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), CHARACTER_SET_NAME, \
-                 DATETIME_PRECISION FROM information_schema.COLUMNS \
+                 DATETIME_PRECISION, COLUMN_TYPE FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (db, table),
             )
@@ -150,27 +151,29 @@ pub async fn load(
             .unwrap_or_default();
         let columns = rows
             .into_iter()
-            .map(|(name, data_type, column_type, charset, precision)| {
-                // The server prints the clause with the name quoted, backticks doubled.
-                let json_check = format!("json_valid(`{}`)", name.replace('`', "``"));
-                let is_json = data_type == "json"
-                    || checks.iter().any(|c| c.eq_ignore_ascii_case(&json_check));
-                let labels: Arc<[String]> = if data_type == "enum" || data_type == "set" {
-                    parse_labels(&column_type).into()
-                } else {
-                    Arc::from(Vec::new())
-                };
-                SchemaColumn {
-                    unsigned: column_type.contains("unsigned"),
-                    name,
-                    data_type,
-                    column_type,
-                    charset,
-                    is_json,
-                    precision,
-                    labels,
-                }
-            })
+            .map(
+                |(name, data_type, column_type, charset, precision, as_printed)| {
+                    // The server prints the clause with the name quoted, backticks doubled.
+                    let json_check = format!("json_valid(`{}`)", name.replace('`', "``"));
+                    let is_json = data_type == "json"
+                        || checks.iter().any(|c| c.eq_ignore_ascii_case(&json_check));
+                    let labels: Arc<[String]> = if data_type == "enum" || data_type == "set" {
+                        parse_labels(&as_printed).into()
+                    } else {
+                        Arc::from(Vec::new())
+                    };
+                    SchemaColumn {
+                        unsigned: column_type.contains("unsigned"),
+                        name,
+                        data_type,
+                        column_type,
+                        charset,
+                        is_json,
+                        precision,
+                        labels,
+                    }
+                },
+            )
             .collect();
         let row_end = system_versioning(conn, db, table).await?;
         let current_partition = match row_end {
