@@ -28,7 +28,10 @@ pub enum Charset {
     SingleByte(&'static [u16; 256]),
     /// A multi-byte charset: its WHATWG decoder, the server's own mapping where they differ.
     MultiByte(MultiByte),
-    /// UTF-16 big endian (ucs2, utf16).
+    /// UCS-2 (ucs2): one character per 2 bytes, big endian; a surrogate is no character
+    /// (the server counts each as one and has no mapping for it).
+    Ucs2,
+    /// UTF-16 big endian (utf16).
     Utf16Be,
     /// UTF-16 little endian (utf16le).
     Utf16Le,
@@ -81,7 +84,8 @@ impl Charset {
         match name.as_str() {
             "utf8mb4" | "utf8mb3" | "utf8" => Some(Charset::Utf8),
             "binary" => Some(Charset::Binary),
-            "ucs2" | "utf16" => Some(Charset::Utf16Be),
+            "ucs2" => Some(Charset::Ucs2),
+            "utf16" => Some(Charset::Utf16Be),
             "utf16le" => Some(Charset::Utf16Le),
             "utf32" => Some(Charset::Utf32),
             "sjis" => multi(encoding_rs::SHIFT_JIS, Shape::ShiftJis, mb::SJIS),
@@ -121,6 +125,21 @@ impl Charset {
                 (s, bad)
             }
             Charset::MultiByte(m) => m.decode(bytes),
+            Charset::Ucs2 => {
+                let mut bad = !bytes.len().is_multiple_of(2);
+                let s: String = bytes
+                    .chunks_exact(2)
+                    .map(|c| {
+                        char::from_u32(u32::from(u16::from_be_bytes([c[0], c[1]]))).unwrap_or_else(
+                            || {
+                                bad = true;
+                                char::REPLACEMENT_CHARACTER
+                            },
+                        )
+                    })
+                    .collect();
+                (s, bad)
+            }
             Charset::Utf16Be | Charset::Utf16Le => {
                 let le = self == Charset::Utf16Le;
                 let units = bytes.chunks_exact(2).map(|c| {
@@ -329,5 +348,24 @@ mod tests {
                 println!("UNMAPPABLE {cs} {hex}");
             }
         }
+    }
+
+    #[test]
+    fn ucs2_is_one_character_per_two_bytes_and_a_surrogate_is_none() {
+        let ucs2 = Charset::from_name("ucs2").unwrap();
+        // A surrogate pair is two characters the server has no mapping for, not U+10000.
+        assert_eq!(
+            ucs2.decode(&[0xD8, 0x00, 0xDC, 0x00]),
+            ("\u{fffd}\u{fffd}".into(), true)
+        );
+        assert_eq!(
+            ucs2.decode(&[0x00, b'a', 0x20, 0x20]),
+            ("a\u{2020}".into(), false)
+        );
+        let utf16 = Charset::from_name("utf16").unwrap();
+        assert_eq!(
+            utf16.decode(&[0xD8, 0x00, 0xDC, 0x00]),
+            ("\u{10000}".into(), false)
+        );
     }
 }
