@@ -30,9 +30,27 @@ fn daemon(db: &MariaDb, kafka: &Kafka, files: &[(String, String)], role: &str) -
         kafka.brokers()
     );
     let mut d = Daemon::with_config(db, None, &pipeline_refs(files), &cfg);
+    if role == "source" {
+        // The source role keeps its checkpoint in the database (a standby finds it there).
+        let cfg = std::fs::read_to_string(d.config()).unwrap().replace(
+            "  store:\n    file:\n      path: state/checkpoint.json\n",
+            "  store:\n    mysql:\n      table: cdc_state.checkpoints\n      name: shop\n",
+        );
+        std::fs::write(d.config(), cfg).unwrap();
+    }
     d.env = AwsStandin::env();
     d.spawn_with(&["--role", role]);
     d
+}
+
+/// A server with the database the source role's checkpoint table goes in.
+fn server() -> MariaDb {
+    let db = MariaDb::start();
+    block_on(db.exec(
+        "CREATE DATABASE cdc_state;
+         GRANT CREATE, INSERT, UPDATE, SELECT ON cdc_state.* TO 'cdc'@'127.0.0.1';",
+    ));
+    db
 }
 
 /// Every record of `topic` (all partitions) once `n` are there and nothing more comes for 2 s.
@@ -85,7 +103,7 @@ async fn workload(db: &MariaDb) {
 
 #[test]
 fn one_source_and_three_workers_give_each_key_the_records_of_one_process() {
-    let db = MariaDb::start();
+    let db = server();
     let (k_all, k_out) = (Kafka::start(), Kafka::start());
     let standin = AwsStandin::start();
     block_on(workload(&db));
@@ -129,7 +147,7 @@ fn one_source_and_three_workers_give_each_key_the_records_of_one_process() {
 
 #[test]
 fn a_change_topic_record_carries_full_images_its_position_and_the_tables_schema() {
-    let db = MariaDb::start();
+    let db = server();
     let kafka = Kafka::start();
     let standin = AwsStandin::start();
     block_on(db.exec(
@@ -221,4 +239,66 @@ fn a_change_topic_record_carries_full_images_its_position_and_the_tables_schema(
         .iter()
         .all(|t| t["op"] == "t" && t["schema"].is_null()));
     assert_eq!(source.terminate(), 0, "{}", source.log());
+}
+
+/// The ids of the `c` records of `shop.customers` in its change topic.
+fn inserted_ids(kafka: &Kafka, n: usize, secs: u64) -> (Vec<i64>, usize) {
+    let recs = read_all(kafka, "cdc-changes.shop.customers", n, secs);
+    let mut ids: Vec<i64> = recs
+        .iter()
+        .map(|r| r.json())
+        .filter(|v| v["op"] == "c")
+        .map(|v| v["after"]["id"].as_i64().unwrap())
+        .collect();
+    let all = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    (ids, all)
+}
+
+#[test]
+fn a_standby_source_reads_on_when_the_reader_dies_or_loses_its_lock_connection() {
+    let db = server();
+    let kafka = Kafka::start();
+    let standin = AwsStandin::start();
+    block_on(db.exec(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.customers (id INT PRIMARY KEY, email VARCHAR(60) NOT NULL UNIQUE, name VARCHAR(40));
+         CREATE TABLE shop.reviews (id INT PRIMARY KEY, stars TINYINT, body TEXT, doc JSON,
+           price DECIMAL(10,2), score DOUBLE, tag ENUM('a','b'), seen DATETIME(3), raw VARBINARY(8))",
+    ));
+    let files = pipelines(&standin);
+    let mut a = daemon(&db, &kafka, &files, "source");
+    wait_log(&mut a, "reading the binlog", 1, 60);
+    let mut b = daemon(&db, &kafka, &files, "source");
+    wait_log(&mut b, "standing by", 1, 60);
+    let writer = BackgroundWriter::start(&db, Duration::from_millis(20), |i| {
+        format!("INSERT INTO shop.customers VALUES ({i}, 'c{i}@example.com', 'n{i}')")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // The reader dies: the standby reads within 10 s.
+    a.kill9();
+    let died = Instant::now();
+    wait_log(&mut b, "reading the binlog", 1, 30);
+    let took = died.elapsed();
+    assert!(took < Duration::from_secs(10), "took over after {took:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    // The reader's lock connection is killed: it stops producing at once (exit 1), and the
+    // first process, started again, takes over.
+    let mut a = daemon(&db, &kafka, &files, "source");
+    wait_log(&mut a, "standing by", 1, 60);
+    let holder: Vec<i64> =
+        block_on(db.query("SELECT IS_USED_LOCK('cdc-enricher.source.cdc_state.checkpoints.shop')"));
+    block_on(db.exec(&format!("KILL {}", holder[0])));
+    assert_eq!(b.wait_exit(10), 1, "{}", b.log());
+    assert!(b.log().contains("stopping at once"), "{}", b.log());
+    wait_log(&mut a, "reading the binlog", 1, 30);
+    std::thread::sleep(Duration::from_secs(2));
+    let written = writer.stop();
+    assert!(written > 20, "{written} rows written");
+    // Every row written is in the change topic (duplicates only from the unacknowledged window).
+    let (ids, all) = inserted_ids(&kafka, written as usize, 60);
+    assert_eq!(ids, (1..=written as i64).collect::<Vec<_>>(), "{}", a.log());
+    assert!(all - ids.len() < 200, "{} duplicates", all - ids.len());
+    assert_eq!(a.terminate(), 0, "{}", a.log());
 }

@@ -4,6 +4,7 @@
 mod backfills;
 mod dryrun;
 mod error;
+mod leader;
 pub mod outputs;
 pub mod reenrich;
 pub mod reload;
@@ -198,7 +199,12 @@ fn report_failures(f: &[precheck::Failure]) -> Result<(), AppError> {
 pub async fn run(config: &Path, role: Role) -> Result<(), AppError> {
     match role {
         Role::Worker => worker::run(config).await,
-        Role::All | Role::Source => run_binlog(config, role).await,
+        Role::All => run_binlog(config, role).await,
+        // One source process of a server reads; the others wait for its lock.
+        Role::Source => {
+            let _leading = leader::acquire(config).await?.watch();
+            run_binlog(config, role).await
+        }
     }
 }
 
