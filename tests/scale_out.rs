@@ -302,3 +302,148 @@ fn a_standby_source_reads_on_when_the_reader_dies_or_loses_its_lock_connection()
     assert!(all - ids.len() < 200, "{} duplicates", all - ids.len());
     assert_eq!(a.terminate(), 0, "{}", a.log());
 }
+
+/// The partitions a worker owns, from its log's last assignment.
+fn owned(w: &Daemon) -> Vec<String> {
+    let log = w.log();
+    let Some(line) = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("partitions assigned"))
+    else {
+        return Vec::new();
+    };
+    line.split('"')
+        .filter(|p| p.starts_with("cdc-changes."))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until `workers` own every partition of the two change topics between them, once.
+fn settled(workers: &mut [Daemon], secs: u64) {
+    let start = Instant::now();
+    loop {
+        let mut all: Vec<String> = workers.iter().flat_map(owned).collect();
+        all.sort();
+        if all.len() == 2 * PARTITIONS as usize && {
+            all.dedup();
+            all.len() == 2 * PARTITIONS as usize
+        } {
+            return;
+        }
+        for w in workers.iter_mut() {
+            w.assert_running();
+        }
+        if start.elapsed() > Duration::from_secs(secs) {
+            let logs: Vec<String> = workers
+                .iter()
+                .map(|w| {
+                    w.log()
+                        .lines()
+                        .filter(|l| {
+                            l.contains("partitions") || l.contains("WARN") || l.contains("ERROR")
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .collect();
+            panic!(
+                "the group did not settle: {all:?}\n{}",
+                logs.join("\n---\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_worker_leaving_under_a_writer_loses_nothing_and_a_worker_that_joins_takes_partitions() {
+    let db = server();
+    let kafka = Kafka::start();
+    let standin = AwsStandin::start();
+    block_on(db.exec(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.customers (id INT PRIMARY KEY, email VARCHAR(60) NOT NULL UNIQUE, name VARCHAR(40));
+         CREATE TABLE shop.reviews (id INT PRIMARY KEY, stars TINYINT, body TEXT, doc JSON,
+           price DECIMAL(10,2), score DOUBLE, tag ENUM('a','b'), seen DATETIME(3), raw VARBINARY(8))",
+    ));
+    let files = pipelines(&standin);
+    let mut source = daemon(&db, &kafka, &files, "source");
+    let mut workers: Vec<Daemon> = (0..3)
+        .map(|_| daemon(&db, &kafka, &files, "worker"))
+        .collect();
+    for w in &mut workers {
+        wait_log(w, "partitions assigned", 1, 60);
+    }
+    let writer = BackgroundWriter::start(&db, Duration::from_millis(10), |i| {
+        format!("INSERT INTO shop.customers VALUES ({i}, 'c{i}@example.com', 'n{i}')")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    // A worker stops (SIGTERM): it delivers what it took, commits, and leaves the group; the
+    // others take its partitions. (A worker `kill -9`'d is noticed by the session timeout;
+    // tansu 0.6's coordinator then leaves its partitions unassigned — see the README.)
+    assert_eq!(workers[0].terminate(), 0, "{}", workers[0].log());
+    settled(&mut workers[1..], 60);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut fourth = daemon(&db, &kafka, &files, "worker");
+    wait_log(&mut fourth, "partitions assigned", 1, 60);
+    workers.push(fourth);
+    settled(&mut workers[1..], 60);
+    let mut fourth = workers.pop().unwrap();
+    assert!(
+        !owned(&fourth).is_empty(),
+        "the fourth worker took partitions"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let written = writer.stop() as i64;
+    // Every row's record in the output topic, once or more (duplicates only from what a
+    // worker had taken and not committed when its partitions moved).
+    let recs = read_all(&kafka, "customers", written as usize, 120);
+    let mut ids: Vec<i64> = recs
+        .iter()
+        .map(|r| r.json()["after"]["id"].as_i64().unwrap())
+        .collect();
+    let all = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    let missing: Vec<i64> = (1..=written)
+        .filter(|i| ids.binary_search(i).is_err())
+        .collect();
+    let moves: Vec<String> = workers
+        .iter()
+        .chain(std::iter::once(&fourth))
+        .map(|w| {
+            w.log()
+                .lines()
+                .filter(|l| l.contains("partitions "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {written} missing: {missing:?}\n{}",
+        missing.len(),
+        moves.join("\n---\n")
+    );
+    let duplicates = all - ids.len();
+    assert!(
+        duplicates < 1000,
+        "{duplicates} duplicates of {written} rows"
+    );
+    // Each record of a key once and in order: the records of one key share a partition.
+    assert!(
+        fourth.log().contains("cdc-changes.shop.customers/"),
+        "{}",
+        fourth.log()
+    );
+    for w in workers
+        .iter_mut()
+        .skip(1)
+        .chain(std::iter::once(&mut fourth))
+    {
+        assert_eq!(w.terminate(), 0, "{}", w.log());
+    }
+    assert_eq!(source.terminate(), 0, "{}", source.log());
+    eprintln!("{written} rows, {duplicates} duplicates");
+}

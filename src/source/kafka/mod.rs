@@ -200,7 +200,11 @@ impl Worker {
         c.set("bootstrap.servers", &self.kafka.brokers)
             .set("group.id", &self.group_id)
             .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // A worker that dies is noticed in 10 s (librdkafka's default: 45 s), and its
+            // partitions move to the others.
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
         for (k, v) in &self.kafka.properties {
             // The producer's own properties are not the consumer's.
             if !matches!(k.as_str(), "linger.ms" | "enable.idempotence" | "acks")
