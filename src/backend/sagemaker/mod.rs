@@ -81,9 +81,11 @@ impl Returns {
     }
 }
 
-/// Whether a validation message is about the endpoint itself ("Endpoint NAME of account N
-/// not found.", "Endpoint NAME not found."), not about the request's rows. Endpoint names
-/// are case-insensitive.
+/// Whether a validation message is about the endpoint itself, not about the request's rows:
+/// it begins with "Endpoint NAME" — missing ("Endpoint NAME of account N not found.") or not
+/// serving in its state (being created, updated or rolled back: "Endpoint NAME is in Updating
+/// state…", "… is not in service") — which waiting for the operator cures and no row causes.
+/// Endpoint names are case-insensitive.
 fn names_endpoint(message: &str, endpoint: &str) -> bool {
     let Some(rest) = message.strip_prefix("Endpoint ") else {
         return false;
@@ -92,7 +94,7 @@ fn names_endpoint(message: &str, endpoint: &str) -> bool {
         .get(..endpoint.len())
         .is_some_and(|n| n.eq_ignore_ascii_case(endpoint));
     let after = rest.get(endpoint.len()..).unwrap_or("");
-    named && after.starts_with(' ') && after.trim_end_matches('.').ends_with("not found")
+    named && (after.is_empty() || after.starts_with([' ', '.', ':', ',']))
 }
 
 fn v_text(v: &Value) -> String {
@@ -410,6 +412,14 @@ mod tests {
             "anomaly"
         ));
         assert!(names_endpoint("Endpoint anomaly not found.", "anomaly"));
+        // Not serving while it is created, updated or rolled back: the operator's, not a row's.
+        for state in [
+            "Endpoint anomaly is in Updating state and cannot be invoked.",
+            "Endpoint ANOMALY is not in service.",
+            "Endpoint anomaly: status Creating",
+        ] {
+            assert!(names_endpoint(state, "anomaly"), "{state}");
+        }
         assert!(!names_endpoint(
             "Endpoint anomaly-v2 of account 1 not found.",
             "anomaly"
