@@ -379,3 +379,32 @@ fn write_backs_that_feed_each_other_are_refused_naming_the_loop() {
         "{err}"
     );
 }
+
+#[test]
+fn a_binary_column_given_to_an_enrichment_is_refused_naming_it() {
+    // Bytes travel in records as base64: sent to a service as text, the answer would be about
+    // the base64 text (a silent wrong result). A text column of the same table passes.
+    let db = server();
+    block_on(db.exec(
+        "CREATE TABLE shop.docs (id INT PRIMARY KEY, raw VARBINARY(200), body TEXT, shape POINT);",
+    ));
+    let enrich = |name: &str, text: &str| {
+        format!("name: {name}\ntable: shop.docs\nenrichment:\n  comprehend:\n    operation: sentiment\n    text: {text}\n  endpoint_url: http://127.0.0.1:9\nsink:\n  jsonl:\n    path: out.jsonl\n")
+    };
+    let (a, b, c) = (
+        enrich("a", "raw"),
+        enrich("b", "body"),
+        enrich("c", "shape"),
+    );
+    let d = Daemon::new(&db, None, &[("a", &a), ("b", &b), ("c", &c)]);
+    let (code, _, err) = d.check();
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        err,
+        "error: pipeline `a` (pipelines/a.yaml): enrichment.comprehend.text names column `raw` of `shop`.`docs`, a VARBINARY column: its values are bytes, which records carry as base64, and the service would read the base64 text\n    \
+         fix: give the enrichment a text column (a generated column `CONVERT(raw USING utf8mb4)` will do)\n\
+         error: pipeline `c` (pipelines/c.yaml): enrichment.comprehend.text names column `shape` of `shop`.`docs`, a POINT column: its values are bytes, which records carry as base64, and the service would read the base64 text\n    \
+         fix: give the enrichment a text column (a generated column `CONVERT(shape USING utf8mb4)` will do)\n\
+         error: preflight check failed (2 problems, listed above)\n"
+    );
+}

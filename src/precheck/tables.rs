@@ -260,12 +260,45 @@ fn named_columns(p: &PipelineConfig, s: &TableSchema, f: &mut Vec<Failure>) {
         named.extend(e.columns().into_iter().map(|c| ("filter".to_string(), c)));
     }
     for (what, c) in named {
-        if s.column(&c).is_none() {
-            let have: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
-            fail(f, format!("pipeline `{}` ({}): {what} names column `{c}`, which `{db}`.`{t}` does not have", p.name, p.file),
-                format!("use one of: {}", have.join(", ")));
+        match s.column(&c) {
+            None => {
+                let have: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
+                fail(f, format!("pipeline `{}` ({}): {what} names column `{c}`, which `{db}`.`{t}` does not have", p.name, p.file),
+                    format!("use one of: {}", have.join(", ")));
+            }
+            Some(col)
+                if what.starts_with("enrichment.")
+                    && !what.ends_with(".group")
+                    && bytes_only(col) =>
+            {
+                fail(f, format!("pipeline `{}` ({}): {what} names column `{c}` of `{db}`.`{t}`, a {} column: its values are bytes, which records carry as base64, and the service would read the base64 text",
+                    p.name, p.file, col.data_type.to_ascii_uppercase()),
+                    format!("give the enrichment a text column (a generated column `CONVERT({c} USING utf8mb4)` will do)"));
+            }
+            Some(_) => {}
         }
     }
+}
+
+/// A column whose values are bytes, not text (records show them as base64).
+fn bytes_only(c: &SchemaColumn) -> bool {
+    matches!(
+        c.data_type.as_str(),
+        "binary"
+            | "varbinary"
+            | "tinyblob"
+            | "blob"
+            | "mediumblob"
+            | "longblob"
+            | "geometry"
+            | "point"
+            | "linestring"
+            | "polygon"
+            | "multipoint"
+            | "multilinestring"
+            | "multipolygon"
+            | "geometrycollection"
+    )
 }
 
 /// Whether the pipeline may be backfilled (`snapshot: initial`, or every pipeline after a
