@@ -447,3 +447,53 @@ fn a_worker_leaving_under_a_writer_loses_nothing_and_a_worker_that_joins_takes_p
     assert_eq!(source.terminate(), 0, "{}", source.log());
     eprintln!("{written} rows, {duplicates} duplicates");
 }
+
+#[test]
+fn a_request_quota_shared_by_three_workers_is_never_passed_in_any_second() {
+    let db = server();
+    let kafka = Kafka::start();
+    let standin = AwsStandin::start();
+    block_on(db.exec(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.reviews (id INT PRIMARY KEY, stars TINYINT, body TEXT, doc JSON,
+           price DECIMAL(10,2), score DOUBLE, tag ENUM('a','b'), seen DATETIME(3), raw VARBINARY(8));
+         INSERT INTO shop.reviews (id, body) SELECT seq, CONCAT('a good review ', seq) FROM shop.seq_1_to_150;",
+    ));
+    // One document a call, 10 calls a second for the whole group.
+    let files = vec![(
+        "mood".to_string(),
+        format!("name: mood\ntable: shop.reviews\ncolumns: [id, body]\nenrichment:\n  comprehend:\n    operation: sentiment\n    text: body\n  endpoint_url: {}\n  max_batch_size: 1\n  max_wait_ms: 1\n  requests_per_second: 10\nsink:\n  kafka:\n    topic: mood\n", standin.url()),
+    )];
+    let mut source = daemon(&db, &kafka, &files, "source");
+    let mut workers: Vec<Daemon> = (0..3)
+        .map(|_| daemon(&db, &kafka, &files, "worker"))
+        .collect();
+    let recs = read_all(&kafka, "mood", 150, 120);
+    assert_eq!(recs.len(), 150);
+    let calls: Vec<f64> = standin
+        .log()
+        .iter()
+        .filter(|e| {
+            e["target"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("BatchDetectSentiment"))
+        })
+        .map(|e| e["t"].as_f64().unwrap())
+        .collect();
+    assert_eq!(calls.len(), 150, "one call a row");
+    // In any second (a window starting at any call), at most 10 calls.
+    let most = calls
+        .iter()
+        .map(|t| calls.iter().filter(|u| **u >= *t && **u < *t + 1.0).count())
+        .max()
+        .unwrap();
+    assert!(most <= 10, "{most} calls in one second");
+    let span = calls.iter().cloned().fold(f64::MIN, f64::max)
+        - calls.iter().cloned().fold(f64::MAX, f64::min);
+    eprintln!("150 calls over {span:.1} s, at most {most} in a second");
+    for w in &mut workers {
+        assert!(w.log().contains("share of each quota"), "{}", w.log());
+        assert_eq!(w.terminate(), 0, "{}", w.log());
+    }
+    assert_eq!(source.terminate(), 0, "{}", source.log());
+}

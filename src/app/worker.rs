@@ -59,6 +59,10 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         topics: topics.into_iter().collect(),
         tracker: tracker.clone(),
         commit_interval: Duration::from_millis(cfg.checkpoint.interval_ms.max(10)),
+        on_share: {
+            let limiters = stages.limiters.clone();
+            Arc::new(move |share| limiters.set_share(share))
+        },
     };
     let (tx, rx) = mpsc::channel::<Vec<SourceEvent>>(64);
     let (finish_tx, finish_rx) = watch::channel(false);

@@ -31,6 +31,9 @@ pub struct Limiter {
     created: Instant,
     /// Milliseconds after `created` before which no call may be made (a Retry-After).
     paused_until_ms: AtomicU64,
+    /// The least spacing of this process's calls when it has a share of the quota only (a
+    /// worker of a consumer group, see [`Registry::set_share`]); zero: the whole quota.
+    share_interval: Mutex<Duration>,
 }
 
 /// When a call was sent (time after its limiter was made): reported back with its outcome.
@@ -52,7 +55,27 @@ impl Limiter {
             next_slot: Mutex::new(Duration::ZERO),
             created: Instant::now(),
             paused_until_ms: AtomicU64::new(0),
+            share_interval: Mutex::new(Duration::ZERO),
         }
+    }
+
+    /// This process may make `share` (0–1) of the quota's calls: its calls are spaced so that
+    /// no second holds more than its whole part of them — `floor(rate × share)` calls a second
+    /// (one per `1 / (rate × share)` seconds below one a second) — so that the processes'
+    /// shares together never pass the quota in any second. `share` ≥ 1: the whole quota.
+    pub fn set_share(&self, share: f64) {
+        let per_second = self.requests_per_second * share;
+        let interval = match per_second {
+            _ if share >= 1.0 => Duration::ZERO,
+            p if p >= 1.0 => Duration::from_secs_f64(1.0 / p.floor()) + Duration::from_millis(1),
+            p if p > 0.0 => Duration::from_secs_f64(1.0 / p),
+            // No partition: no calls to make; the slowest spacing all the same.
+            _ => Duration::from_secs(60),
+        };
+        *self
+            .share_interval
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = interval;
     }
 
     fn pacing(&self) -> std::sync::MutexGuard<'_, Pacing> {
@@ -95,7 +118,11 @@ impl Limiter {
     pub async fn acquire(&self) -> Sent {
         self.wait_pause().await;
         self.quota.until_ready().await;
-        let interval = self.pacing().interval();
+        let share = *self
+            .share_interval
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let interval = self.pacing().interval().max(share);
         if interval > self.base {
             let slot = {
                 let mut next = self.next_slot.lock().unwrap_or_else(|p| p.into_inner());
@@ -163,16 +190,37 @@ impl Limiter {
 pub struct Registry {
     limiters: Mutex<HashMap<String, Arc<Limiter>>>,
     buckets: Mutex<HashMap<String, Arc<TokenBucket>>>,
+    /// This process's share of every quota (`None`: all of it).
+    share: Mutex<Option<f64>>,
 }
 
 impl Registry {
+    /// This process makes `share` (0–1) of each quota's calls from now on (a worker's share
+    /// of the consumer group's partitions): every limiter, and those made later.
+    pub fn set_share(&self, share: f64) {
+        *self.share.lock().unwrap_or_else(|p| p.into_inner()) = Some(share);
+        for l in self
+            .limiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            l.set_share(share);
+        }
+    }
+
     /// The limiter for `key`; the first pipeline to name a key sets its rate, and a different
     /// rate named later for the same quota is reported (the first one stays).
     pub fn get(&self, key: &str, requests_per_second: f64) -> Arc<Limiter> {
         let mut m = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
-        let l = m
-            .entry(key.to_string())
-            .or_insert_with(|| Arc::new(Limiter::new(key.to_string(), requests_per_second)));
+        let share = *self.share.lock().unwrap_or_else(|p| p.into_inner());
+        let l = m.entry(key.to_string()).or_insert_with(|| {
+            let l = Limiter::new(key.to_string(), requests_per_second);
+            if let Some(s) = share {
+                l.set_share(s);
+            }
+            Arc::new(l)
+        });
         if (l.requests_per_second - requests_per_second).abs() > f64::EPSILON {
             tracing::warn!(
                 quota = key,

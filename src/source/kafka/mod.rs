@@ -100,10 +100,34 @@ impl Offsets {
     }
 }
 
-/// The consumer's context: commits what is done of the partitions a rebalance takes away.
+/// Told this worker's share (0–1) of the group's partitions after each rebalance.
+pub type OnShare = Arc<dyn Fn(f64) + Send + Sync>;
+
+/// The consumer's context: commits what is done of the partitions a rebalance takes away,
+/// and tells the worker's share of the partitions after one.
 struct Ctx {
     offsets: Arc<Mutex<Offsets>>,
     tracker: AckTracker,
+    topics: Vec<String>,
+    on_share: OnShare,
+}
+
+impl Ctx {
+    /// The partitions of the subscribed topics, from the broker's metadata.
+    fn partitions(&self, consumer: &BaseConsumer<Self>) -> Option<usize> {
+        let mut n = 0;
+        for t in &self.topics {
+            let md = consumer
+                .fetch_metadata(Some(t), Duration::from_secs(5))
+                .ok()?;
+            n += md
+                .topics()
+                .iter()
+                .map(|t| t.partitions().len())
+                .sum::<usize>();
+        }
+        Some(n)
+    }
 }
 
 impl ClientContext for Ctx {}
@@ -133,19 +157,28 @@ impl ConsumerContext for Ctx {
         o.assigned.retain(|tp| !lost.contains(tp));
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Assign(tpl) = rebalance else {
             return;
         };
-        let mut o = lock(&self.offsets);
-        for e in tpl.elements() {
-            let tp: Tp = (Arc::from(e.topic()), e.partition());
-            // Another worker may have owned it since: what this one knew of it is stale.
-            o.done.remove(&tp);
-            o.committed.remove(&tp);
-            o.assigned.insert(tp);
-        }
+        let owned = {
+            let mut o = lock(&self.offsets);
+            for e in tpl.elements() {
+                let tp: Tp = (Arc::from(e.topic()), e.partition());
+                // Another worker may have owned it since: what this one knew of it is stale.
+                o.done.remove(&tp);
+                o.committed.remove(&tp);
+                o.assigned.insert(tp);
+            }
+            o.assigned.len()
+        };
         tracing::info!(partitions = ?tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>(), "partitions assigned");
+        // The quotas are shared by the group in proportion to the partitions each owns.
+        if let Some(total) = self.partitions(consumer).filter(|n| *n > 0) {
+            let share = owned as f64 / total as f64;
+            tracing::info!(share, owned, total, "this worker's share of each quota");
+            (self.on_share)(share);
+        }
     }
 }
 
@@ -162,6 +195,8 @@ pub struct Worker {
     pub tracker: AckTracker,
     /// How often done offsets are committed, ms.
     pub commit_interval: Duration,
+    /// Told the worker's share of the partitions after each rebalance (the quotas' share).
+    pub on_share: OnShare,
 }
 
 impl Worker {
@@ -218,6 +253,8 @@ impl Worker {
         let ctx = Ctx {
             offsets: offsets.clone(),
             tracker: self.tracker.clone(),
+            topics: self.topics.clone(),
+            on_share: self.on_share.clone(),
         };
         let consumer: BaseConsumer<Ctx> = c.create_with_context(ctx).map_err(failed)?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
