@@ -1,6 +1,9 @@
 -- The replication user cdc-enricher connects as (docker-compose.yml mounts this file).
 CREATE USER IF NOT EXISTS 'cdc'@'%' IDENTIFIED BY 'cdc-secret';
 GRANT REPLICATION SLAVE, REPLICATION CLIENT, SELECT ON *.* TO 'cdc'@'%';
+-- The source role's checkpoint (docker compose --profile scale-out): a table it creates here.
+CREATE DATABASE IF NOT EXISTS cdc_state;
+GRANT CREATE, INSERT, UPDATE, SELECT ON cdc_state.* TO 'cdc'@'%';
 CREATE DATABASE IF NOT EXISTS shop;
 CREATE TABLE IF NOT EXISTS shop.support (id INT PRIMARY KEY AUTO_INCREMENT, customer VARCHAR(50),
   message TEXT, created_at DATETIME(6) DEFAULT CURRENT_TIMESTAMP(6),

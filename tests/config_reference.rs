@@ -59,7 +59,14 @@ fn every_config_field_has_a_readme_row_and_every_row_a_field() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
 
     // The daemon file: nested sections as dotted keys.
-    let nested = ["source", "kafka", "checkpoint", "metrics", "snapshot", "scale_out"];
+    let nested = [
+        "source",
+        "kafka",
+        "checkpoint",
+        "metrics",
+        "snapshot",
+        "scale_out",
+    ];
     let mut want: BTreeSet<String> = fields::<Config>("zz_unknown: 1\n")
         .into_iter()
         .filter(|f| !nested.contains(&f.as_str()))

@@ -45,3 +45,39 @@ fn shipped_config_and_pipelines_validate() {
         Some("ml.article_summaries")
     );
 }
+
+#[test]
+fn the_scale_out_config_validates_and_keeps_its_checkpoint_in_the_database() {
+    std::env::set_var("CDC_PASSWORD", "x");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = Config::load(&root.join("deploy/scale-out/cdc-enricher.yaml")).unwrap();
+    assert_eq!(cfg.scale_out.group_id, "cdc-enricher-workers");
+    assert_eq!(
+        cfg.scale_out.topic("shop", "orders"),
+        "cdc-changes.shop.orders"
+    );
+    let store = format!("{:?}", cfg.checkpoint.store);
+    assert!(store.starts_with("Mysql"), "{store}");
+    // The pipelines docker-compose.yml mounts for the workers are ones a worker runs.
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    for p in [
+        "orders",
+        "order_anomaly",
+        "article_summaries",
+        "support_feedback",
+    ] {
+        assert!(
+            compose.contains(&format!(
+                "./pipelines/{p}.yaml:/etc/cdc-enricher/pipelines-scale-out/{p}.yaml:ro"
+            )),
+            "{p}"
+        );
+        let text = std::fs::read_to_string(root.join(format!("pipelines/{p}.yaml"))).unwrap();
+        assert!(
+            !text.contains("mysql:")
+                && !text.contains("window:")
+                && !text.contains("snapshot: initial"),
+            "{p}"
+        );
+    }
+}
