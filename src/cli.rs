@@ -283,7 +283,7 @@ fn tail(brokers: &str, topic: &str, count: Option<usize>, idle: Duration) -> Exi
                 };
                 println!(
                     "{}",
-                    serde_json::json!({"partition": m.partition(), "offset": m.offset(), "key": as_json(m.key()), "value": as_json(m.payload())})
+                    serde_json::json!({"partition": m.partition(), "offset": m.offset(), "timestamp_ms": m.timestamp().to_millis(), "key": as_json(m.key()), "value": as_json(m.payload())})
                 );
             }
         }

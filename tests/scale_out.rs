@@ -120,7 +120,25 @@ fn one_source_and_three_workers_give_each_key_the_records_of_one_process() {
     for (topic, want) in OUTPUTS.iter().zip(&expected) {
         assert!(want.len() > 50, "{topic}: {} records", want.len());
         let got = read_all(&k_out, topic, want.len(), 90);
-        assert_eq!(got.len(), want.len(), "{topic}: records");
+        if got.len() != want.len() {
+            let logs: Vec<String> = workers
+                .iter()
+                .map(|w| {
+                    w.log()
+                        .lines()
+                        .filter(|l| !l.contains("aws_runtime") && !l.contains(" DDL "))
+                        .map(|l| l.chars().take(300).collect::<String>())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .collect();
+            panic!(
+                "{topic}: {} records of {}\n{}",
+                got.len(),
+                want.len(),
+                logs.join("\n---\n")
+            );
+        }
         assert_eq!(by_key(&got), by_key(want), "{topic}: records per key");
     }
     source.assert_running();
@@ -132,13 +150,13 @@ fn one_source_and_three_workers_give_each_key_the_records_of_one_process() {
             w.log()
         );
     }
-    // The three workers shared the six partitions of the two change topics.
-    let owned: usize = workers
-        .iter()
-        .map(|w| w.log().matches("cdc-changes.shop.").count())
-        .filter(|n| *n > 0)
-        .count();
-    assert_eq!(owned, 3, "every worker took partitions");
+    // The three workers shared the six partitions of the two change topics: each owned some
+    // at the end, every partition once.
+    let mut all: Vec<String> = workers.iter().flat_map(owned).collect();
+    assert!(workers.iter().all(|w| !owned(w).is_empty()), "{all:?}");
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 2 * PARTITIONS as usize, "{all:?}");
     for w in &mut workers {
         assert_eq!(w.terminate(), 0, "{}", w.log());
     }
@@ -426,16 +444,13 @@ fn a_worker_leaving_under_a_writer_loses_nothing_and_a_worker_that_joins_takes_p
         missing.len(),
         moves.join("\n---\n")
     );
+    // Duplicates only from what a worker had taken and not committed when its partitions
+    // moved: at most a commit interval's worth (100 ms of a 100 rows/s writer) and what was in
+    // flight, at each of the two moves.
     let duplicates = all - ids.len();
     assert!(
-        duplicates < 1000,
+        duplicates < 200,
         "{duplicates} duplicates of {written} rows"
-    );
-    // Each record of a key once and in order: the records of one key share a partition.
-    assert!(
-        fourth.log().contains("cdc-changes.shop.customers/"),
-        "{}",
-        fourth.log()
     );
     for w in workers
         .iter_mut()
@@ -457,7 +472,7 @@ fn a_request_quota_shared_by_three_workers_is_never_passed_in_any_second() {
         "CREATE DATABASE shop;
          CREATE TABLE shop.reviews (id INT PRIMARY KEY, stars TINYINT, body TEXT, doc JSON,
            price DECIMAL(10,2), score DOUBLE, tag ENUM('a','b'), seen DATETIME(3), raw VARBINARY(8));
-         INSERT INTO shop.reviews (id, body) SELECT seq, CONCAT('a good review ', seq) FROM shop.seq_1_to_150;",
+",
     ));
     // One document a call, 10 calls a second for the whole group.
     let files = vec![(
@@ -468,6 +483,27 @@ fn a_request_quota_shared_by_three_workers_is_never_passed_in_any_second() {
     let mut workers: Vec<Daemon> = (0..3)
         .map(|_| daemon(&db, &kafka, &files, "worker"))
         .collect();
+    // Once the group has settled (while it rebalances, old and new shares overlap a moment).
+    wait_log(&mut source, "reading the binlog", 1, 60);
+    let start = Instant::now();
+    let settled = |w: &Daemon| {
+        let log = w.log();
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("share of each quota"));
+        last.is_some_and(|l| l.contains("0.3333"))
+    };
+    while workers.iter().filter(|w| settled(w)).count() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the group did not settle"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    block_on(db.exec(
+        "INSERT INTO shop.reviews (id, body) SELECT seq, CONCAT('a good review ', seq) FROM shop.seq_1_to_150",
+    ));
     let recs = read_all(&kafka, "mood", 150, 120);
     assert_eq!(recs.len(), 150);
     let calls: Vec<f64> = standin

@@ -53,6 +53,13 @@ pub(super) async fn acquire(config: &Path) -> Result<Leadership, AppError> {
         .into());
     };
     let name = lock_name(table, name);
+    // A standby lives through SIGHUP (the default action would end it).
+    let mut hangups = super::shutdown::reload_signal();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::warn!("SIGHUP ignored: a source process does not reload");
+        }
+    });
     let mut conn = stream::connect(&cfg.source).await?;
     let mut said = false;
     loop {

@@ -57,30 +57,17 @@ async fn preflight(config: &Path, role: Role) -> Result<Checked, AppError> {
     let cfg = Config::load(config)?;
     let mut pipelines = cfg.load_pipelines()?;
     if role == Role::Source {
-        if cfg.kafka.is_none() {
-            return Err(ConfigError::File {
-                file: config.display().to_string(),
-                message: "`run --role source` publishes to Kafka: add a `kafka:` section".into(),
-            }
-            .into());
-        }
-        if let Some(p) = pipelines
-            .iter()
-            .find(|p| p.snapshot == crate::config::pipeline::SnapshotMode::Initial)
-        {
-            return Err(ConfigError::Pipeline {
-                pipeline: p.name.clone(),
-                file: p.file.clone(),
-                message: "`snapshot: initial` does not run with `--role source` yet; run this pipeline with `--role all`".into(),
-            }
-            .into());
-        }
-        pipelines = crate::pipeline::change_stream::source_pipelines(&cfg.scale_out, &pipelines);
+        worker::scale_out_checks(config, &cfg, &pipelines, "source")?;
     }
     let mut store = Store::from_config(&cfg);
     let saved = store.load().await?;
+    // The user's pipelines are checked (tables, columns, inputs) in every role: in a scale-out
+    // the workers run them on what the source role publishes.
     let report = precheck::run(&cfg, &pipelines, saved.as_ref().map(|c| &c.position)).await?;
     report_failures(&report.failures)?;
+    if role == Role::Source {
+        pipelines = crate::pipeline::change_stream::source_pipelines(&cfg.scale_out, &pipelines);
+    }
     Ok(Checked {
         cfg,
         pipelines,
@@ -218,12 +205,10 @@ async fn run_binlog(config: &Path, role: Role) -> Result<(), AppError> {
         report,
     } = preflight(config, role).await?;
     let resume = start::resolve(&cfg, saved.as_ref(), report.purged.as_deref()).await?;
-    // From here a SIGTERM stops the daemon through its main loop (before, by the default action:
-    // nothing was read yet).
+    // From here a SIGTERM stops the daemon by its main loop (nothing was read before).
     let signals = shutdown::listen_for_shutdown();
     tracing::info!(position = %resume.start.position, from_checkpoint = saved.is_some(), store = %store.describe(),
         pipelines = pipelines.len(), "starting");
-
     let tracker = AckTracker::with_open_xa(resume.checkpoint.clone(), resume.start.open_xa.clone());
     // Only with the checkpoint the stream resumes from (not one set aside as purged).
     if let (Some(c), Some(_)) = (&saved, &resume.checkpoint) {
@@ -248,16 +233,8 @@ async fn run_binlog(config: &Path, role: Role) -> Result<(), AppError> {
     let (routes, tasks) = built.into_routes(pipelines.len());
     let enrich_tasks = Arc::new(Mutex::new(tasks));
     let slots: PipelineSlots = Arc::new(RwLock::new(pipelines.iter().cloned().map(Some).collect()));
-    let fresh = saved.is_none();
-    let backfills = backfills::start(
-        &cfg,
-        &slots,
-        &tracker,
-        &metrics,
-        fresh,
-        report.purged.is_some(),
-    )
-    .await?;
+    let (fresh, purged) = (saved.is_none(), report.purged.is_some());
+    let backfills = backfills::start(&cfg, &slots, &tracker, &metrics, fresh, purged).await?;
     let signal = backfills.as_ref().map(|b| b.link.signal.clone());
 
     // The tables decoded: shared with the reloader, which adds those of new pipelines.
@@ -295,6 +272,7 @@ async fn run_binlog(config: &Path, role: Role) -> Result<(), AppError> {
         sinks: stages.sinks.clone(),
         tracker,
         signal: signals,
+        reloads: role == Role::All,
     };
     let mut reloader = reload::Reloader {
         cfg: cfg.clone(),

@@ -31,6 +31,9 @@ pub struct Running {
     pub tracker: AckTracker,
     /// Turns true on SIGTERM / SIGINT, listened to from the daemon's start ([`listen_for_shutdown`]).
     pub signal: watch::Receiver<bool>,
+    /// SIGHUP reloads the pipelines (`--role all`); the source role's change streams follow
+    /// the pipelines' tables as they were at its start: it says so and goes on.
+    pub reloads: bool,
 }
 
 /// Why the main loop ended: a signal, or a task that ended first (with its result).
@@ -54,6 +57,10 @@ impl Running {
                 r = &mut self.source => return Ended::Source(r),
                 r = &mut self.stage => return Ended::Stage(r),
                 Some(()) = hangup.recv() => {
+                    if !self.reloads {
+                        tracing::warn!("SIGHUP ignored: `--role source` does not reload its change streams; restart it to read other tables");
+                        continue;
+                    }
                     tracing::info!("SIGHUP: reloading the pipelines");
                     if let Err(e) = reloader.reload().await {
                         tracing::error!(error = %e, "reload refused; the pipelines run as they were");
@@ -206,8 +213,9 @@ pub(super) async fn flush(sinks: &Sinks) -> Option<SinkError> {
     .unwrap_or(None)
 }
 
-/// SIGHUP, as a stream (never fires where there are no Unix signals).
-fn reload_signal() -> mpsc::UnboundedReceiver<()> {
+/// SIGHUP, as a stream (never fires where there are no Unix signals); from the call on, a
+/// SIGHUP no longer ends the process (its default action).
+pub(super) fn reload_signal() -> mpsc::UnboundedReceiver<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     #[cfg(unix)]
     {

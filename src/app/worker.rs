@@ -23,7 +23,10 @@ use crate::source::SourceEvent;
 pub async fn run(config: &Path) -> Result<(), AppError> {
     let cfg = Config::load(config)?;
     let pipelines = cfg.load_pipelines()?;
-    let kafka = worker_checks(config, &cfg, &pipelines)?;
+    let kafka = scale_out_checks(config, &cfg, &pipelines, "worker")?;
+    // The tables, columns and inputs the pipelines name, as in one process.
+    let report = crate::precheck::run(&cfg, &pipelines, None).await?;
+    super::report_failures(&report.failures)?;
     let signals = shutdown::listen_for_shutdown();
     let tracker = AckTracker::with_open_xa(None, Vec::new());
     let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
@@ -80,11 +83,19 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let mut stage = spawn_stage(rx, Router::new(pipelines), outputs, None, swap_rx);
     tracing::info!(group = %cfg.scale_out.group_id, pipelines = names.len(), "worker started");
     let mut signal = signals;
+    let mut hangup = shutdown::reload_signal();
     let (mut source_done, mut stage_done) = (None, None);
-    tokio::select! {
-        _ = signal.wait_for(|s| *s) => tracing::info!("shutdown requested; stopping the consumer and flushing"),
-        r = &mut source => source_done = Some(r),
-        r = &mut stage => stage_done = Some(r),
+    loop {
+        tokio::select! {
+            _ = signal.wait_for(|s| *s) => {
+                tracing::info!("shutdown requested; stopping the consumer and flushing");
+                break;
+            }
+            r = &mut source => { source_done = Some(r); break; }
+            r = &mut stage => { stage_done = Some(r); break; }
+            Some(()) = hangup.recv() => tracing::warn!(
+                "SIGHUP ignored: a worker does not reload its pipelines; restart it (its partitions move to the others meanwhile)"),
+        }
     }
     let _ = stop_tx.send(true);
     let timeout = Duration::from_millis(cfg.shutdown_timeout_ms);
@@ -105,19 +116,20 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     }
 }
 
-/// What a worker cannot run yet, refused before anything is consumed: the Kafka section it
-/// consumes with.
-fn worker_checks(
+/// What the two roles of a scale-out (`role`: `source` or `worker`) cannot run yet, refused
+/// before anything is read: the Kafka section they publish to and consume from.
+pub(super) fn scale_out_checks(
     config: &Path,
     cfg: &Config,
     pipelines: &[PipelineConfig],
+    role: &str,
 ) -> Result<crate::config::KafkaConfig, AppError> {
     let Some(kafka) = cfg.kafka.clone() else {
         return Err(ConfigError::File {
             file: config.display().to_string(),
-            message:
-                "`run --role worker` consumes the change topics from Kafka: add a `kafka:` section"
-                    .into(),
+            message: format!(
+                "`run --role {role}` works through Kafka's change topics: add a `kafka:` section"
+            ),
         }
         .into());
     };
@@ -135,7 +147,7 @@ fn worker_checks(
                 pipeline: p.name.clone(),
                 file: p.file.clone(),
                 message: format!(
-                    "{what} does not run in a worker yet; run this pipeline with `--role all`"
+                    "{what} does not run in a scale-out (`--role {role}`) yet; run this pipeline in a `--role all` process"
                 ),
             }
             .into());

@@ -60,9 +60,12 @@ impl Limiter {
     }
 
     /// This process may make `share` (0–1) of the quota's calls: its calls are spaced so that
-    /// no second holds more than its whole part of them — `floor(rate × share)` calls a second
-    /// (one per `1 / (rate × share)` seconds below one a second) — so that the processes'
-    /// shares together never pass the quota in any second. `share` ≥ 1: the whole quota.
+    /// no second holds more than its whole part of them, `floor(rate × share)` calls, so that
+    /// the processes' shares together never pass the quota in any second. Below one call a
+    /// second (`rate × share` < 1) it makes one call every `1 / (rate × share)` seconds: the
+    /// quota then holds on average, and two processes' calls may fall in one second.
+    /// `share` ≥ 1: the whole quota. While a group rebalances, the old and new shares overlap
+    /// a moment; a slot reserved under an old, slower share is kept.
     pub fn set_share(&self, share: f64) {
         let per_second = self.requests_per_second * share;
         let interval = match per_second {

@@ -126,8 +126,9 @@ impl Charset {
             }
             Charset::MultiByte(m) => m.decode(bytes),
             Charset::Ucs2 => {
-                let mut bad = !bytes.len().is_multiple_of(2);
-                let s: String = bytes
+                let odd = !bytes.len().is_multiple_of(2);
+                let mut bad = odd;
+                let mut s: String = bytes
                     .chunks_exact(2)
                     .map(|c| {
                         char::from_u32(u32::from(u16::from_be_bytes([c[0], c[1]]))).unwrap_or_else(
@@ -138,6 +139,9 @@ impl Charset {
                         )
                     })
                     .collect();
+                if odd {
+                    s.push(char::REPLACEMENT_CHARACTER);
+                }
                 (s, bad)
             }
             Charset::Utf16Be | Charset::Utf16Le => {

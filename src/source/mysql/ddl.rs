@@ -367,7 +367,7 @@ pub struct Temporaries(std::collections::HashSet<(u32, TableName)>);
 
 impl Temporaries {
     /// Notes the temporary tables `sql` (run by session `thread`, default database `db`, in
-    /// `dialect`) makes or drops; `true` when it is such a statement.
+    /// `dialect`) makes, drops or renames; `true` when it is such a statement.
     pub fn track(&mut self, sql: &str, db: &str, dialect: Dialect, thread: u32) -> bool {
         match temporary(sql, db, dialect) {
             Some(Temporary::Created(t)) => {
@@ -384,6 +384,8 @@ impl Temporaries {
                 }
                 true
             }
+            // A rename is not always flagged as using temporary tables (`ALTER TABLE tmp RENAME
+            // TO t` is not): the session's own temporary names decide.
             None => self.renamed(sql, db, dialect, thread),
         }
     }
@@ -686,10 +688,10 @@ impl Scan {
             return Vec::new();
         };
         let thread = super::query::thread_id(ev);
+        let flagged = h.flags_raw() & super::event_type::LOG_EVENT_THREAD_SPECIFIC_F != 0;
         if self.temporaries.track(&q, &db, dialect, thread) {
             return Vec::new();
         }
-        let flagged = h.flags_raw() & super::event_type::LOG_EVENT_THREAD_SPECIFIC_F != 0;
         // A `CREATE … SELECT` inside its transaction: at the transaction's start, where the
         // stream puts it (before the rows that follow in the same group).
         let at = match self.group {

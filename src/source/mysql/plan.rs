@@ -96,7 +96,7 @@ impl TablePlan {
         flavor: Flavor,
     ) -> Result<TablePlan, DecodeError> {
         let schema = at.schema();
-        let names = column_names(tm, at)?;
+        let names = column_names(tm, at, flavor)?;
         // Schema columns by name where the binlog names its columns (one extra column of the
         // server's must not shift the others), else by position.
         let positional = tm.meta.names.is_none();
@@ -171,7 +171,11 @@ fn is_implicit_period(name: &str) -> bool {
     name == "row_start" || name == "row_end"
 }
 
-fn column_names(tm: &TableMap, at: SchemaAt<'_>) -> Result<Vec<String>, DecodeError> {
+fn column_names(
+    tm: &TableMap,
+    at: SchemaAt<'_>,
+    flavor: Flavor,
+) -> Result<Vec<String>, DecodeError> {
     let n = tm.columns.len();
     if let (None, SchemaAt::Unknown { since }) = (&tm.meta.names, at) {
         return Err(table_err(
@@ -192,7 +196,11 @@ fn column_names(tm: &TableMap, at: SchemaAt<'_>) -> Result<Vec<String>, DecodeEr
         (None, Some(s)) if s.columns.len() == n => {
             Ok(s.columns.iter().map(|c| c.name.clone()).collect())
         }
-        (None, Some(s)) => with_hidden_tail(tm, s).ok_or_else(|| table_err(
+        // The server's own columns are MariaDB's (MySQL's hidden ones are not of these kinds).
+        (None, Some(s)) => (flavor == Flavor::MariaDb)
+            .then(|| with_hidden_tail(tm, s))
+            .flatten()
+            .ok_or_else(|| table_err(
             tm,
             format!(
                 "the binlog carries no column names (binlog_row_metadata is MINIMAL or NO_LOG) and the table's \
@@ -231,7 +239,7 @@ fn with_hidden_tail(tm: &TableMap, s: &TableSchema) -> Option<Vec<String>> {
         };
         names.push(name);
     }
-    (period == 0 || period == 2).then_some(names)
+    (period == if implicit_period { 2 } else { 0 }).then_some(names)
 }
 
 /// The user's key: the binlog's primary key without the server's own columns (a

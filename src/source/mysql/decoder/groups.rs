@@ -208,7 +208,10 @@ impl Decoder {
         for e in group.events.into_events().map_err(|e| self.spill_err(e))? {
             let e = e.map_err(|e| self.spill_err(e))?;
             let drop = match statement(&e) {
-                Some(Ok(s)) => super::super::ddl::head(s.sql.trim(), s.dialect).starts_with("DROP"),
+                Some(Ok(s)) => super::super::ddl::parse(s.sql.trim(), &s.db, s.dialect)
+                    .is_some_and(|d| {
+                        matches!(d.kind, super::super::ddl::DdlKind::DropTable { .. })
+                    }),
                 _ => false,
             };
             if drop {
