@@ -25,8 +25,19 @@ const OUTPUTS: [&str; 4] = ["reviews_all", "reviews_good", "customers", "reviews
 
 /// A daemon of `role` on `kafka`, topics of [`PARTITIONS`] partitions.
 fn daemon(db: &MariaDb, kafka: &Kafka, files: &[(String, String)], role: &str) -> Daemon {
+    daemon_with(db, kafka, files, role, "")
+}
+
+/// As [`daemon`], with more of the daemon file (`metrics:`).
+fn daemon_with(
+    db: &MariaDb,
+    kafka: &Kafka,
+    files: &[(String, String)],
+    role: &str,
+    extra: &str,
+) -> Daemon {
     let cfg = format!(
-        "kafka:\n  brokers: {}\n  topic_partitions: {PARTITIONS}\n  properties:\n    linger.ms: \"2\"\nscale_out:\n  group_id: shop-workers\n",
+        "kafka:\n  brokers: {}\n  topic_partitions: {PARTITIONS}\n  properties:\n    linger.ms: \"2\"\nscale_out:\n  group_id: shop-workers\n{extra}",
         kafka.brokers()
     );
     let mut d = Daemon::with_config(db, None, &pipeline_refs(files), &cfg);
@@ -480,8 +491,18 @@ fn a_request_quota_shared_by_three_workers_is_never_passed_in_any_second() {
         format!("name: mood\ntable: shop.reviews\ncolumns: [id, body]\nenrichment:\n  comprehend:\n    operation: sentiment\n    text: body\n  endpoint_url: {}\n  max_batch_size: 1\n  max_wait_ms: 1\n  requests_per_second: 10\nsink:\n  kafka:\n    topic: mood\n", standin.url()),
     )];
     let mut source = daemon(&db, &kafka, &files, "source");
+    let port = free_port();
     let mut workers: Vec<Daemon> = (0..3)
-        .map(|_| daemon(&db, &kafka, &files, "worker"))
+        .map(|i| match i {
+            0 => daemon_with(
+                &db,
+                &kafka,
+                &files,
+                "worker",
+                &format!("metrics:\n  address: 127.0.0.1:{port}\n"),
+            ),
+            _ => daemon(&db, &kafka, &files, "worker"),
+        })
         .collect();
     // Once the group has settled (while it rebalances, old and new shares overlap a moment).
     wait_log(&mut source, "reading the binlog", 1, 60);
@@ -527,6 +548,33 @@ fn a_request_quota_shared_by_three_workers_is_never_passed_in_any_second() {
     let span = calls.iter().cloned().fold(f64::MIN, f64::max)
         - calls.iter().cloned().fold(f64::MAX, f64::min);
     eprintln!("150 calls over {span:.1} s, at most {most} in a second");
+    // The first worker's `/metrics`: its role, and each partition it owns with its lag (none
+    // left once every record is out) and its committed offset, within LAG_EVERY (5 s).
+    let start = Instant::now();
+    let (role, lags) = loop {
+        let (_, body) = http_get(port, "/metrics");
+        let lags: Vec<String> = body
+            .lines()
+            .filter(|l| l.starts_with("cdc_enricher_worker_partition_lag{"))
+            .map(str::to_string)
+            .collect();
+        let caught_up = !lags.is_empty() && lags.iter().all(|l| l.ends_with(" 0"));
+        if caught_up || start.elapsed() > Duration::from_secs(20) {
+            break (body.contains("cdc_enricher_role{role=\"worker\"} 1"), lags);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(role, "the role on /metrics");
+    assert_eq!(
+        lags.len(),
+        1,
+        "its partition (one of the topic's three): {lags:?}"
+    );
+    assert!(
+        lags.iter()
+            .all(|l| l.contains("topic=\"cdc-changes.shop.reviews\"") && l.ends_with(" 0")),
+        "{lags:?}"
+    );
     for w in &mut workers {
         assert!(w.log().contains("share of each quota"), "{}", w.log());
         assert_eq!(w.terminate(), 0, "{}", w.log());

@@ -216,6 +216,11 @@ async fn run_binlog(config: &Path, role: Role) -> Result<(), AppError> {
     }
     let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
     let metrics = Metrics::new(&names, Some(Arc::new(tracker.clone())));
+    let _ = metrics.role.set(if role == Role::Source {
+        "source"
+    } else {
+        "all"
+    });
     let _metrics_server = serve_metrics(&cfg, &metrics).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let clock = Arc::new(crate::model::clock::StreamClock::default());

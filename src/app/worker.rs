@@ -31,6 +31,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let tracker = AckTracker::with_open_xa(None, Vec::new());
     let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
     let metrics = Metrics::new(&names, Some(Arc::new(tracker.clone())));
+    let _ = metrics.role.set("worker");
     let _metrics_server = serve_metrics(&cfg, &metrics).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let clock = Arc::new(crate::model::clock::StreamClock::default());
@@ -66,6 +67,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
             let limiters = stages.limiters.clone();
             Arc::new(move |share| limiters.set_share(share))
         },
+        metrics: metrics.clone(),
     };
     let (tx, rx) = mpsc::channel::<Vec<SourceEvent>>(64);
     let (finish_tx, finish_rx) = watch::channel(false);

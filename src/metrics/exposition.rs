@@ -45,6 +45,7 @@ impl Collector for Scrape {
         histograms(&live, &mut enc)?;
         pipeline_families(m, &live, &mut enc)?;
         source_families(m, &mut enc)?;
+        worker_families(m, &mut enc)?;
         tracker_families(m, &mut enc)
     }
 }
@@ -207,6 +208,46 @@ fn pipeline_families(
                 .collect()
         },
     )
+}
+
+/// The process's role, and a worker's partitions (lag and committed offset per partition).
+fn worker_families(m: &Metrics, enc: &mut DescriptorEncoder) -> Result<(), Error> {
+    let role = m.role.get().copied().unwrap_or("all");
+    let mut family = enc.encode_descriptor(
+        "cdc_enricher_role",
+        "1 for what this process runs: all, source or worker (run --role).",
+        None,
+        MetricType::Gauge,
+    )?;
+    ConstGauge::new(1i64).encode(family.encode_family(&[("role", role)])?)?;
+    if role != "worker" {
+        return Ok(());
+    }
+    let parts = m
+        .partitions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for (name, help, get) in [
+        (
+            "cdc_enricher_worker_partition_lag",
+            "Change-topic records between this worker's position and the partition's end, by partition it owns.",
+            (|p: &super::PartitionLag| p.lag) as fn(&super::PartitionLag) -> i64,
+        ),
+        (
+            "cdc_enricher_worker_committed_offset",
+            "The offset this worker last committed, by partition it owns (every record before it delivered; -1 before one).",
+            |p| p.committed,
+        ),
+    ] {
+        let mut family = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for p in &parts {
+            let partition = p.partition.to_string();
+            let labels = [("topic", p.topic.as_str()), ("partition", partition.as_str())];
+            ConstGauge::new(get(p)).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
 }
 
 fn source_families(m: &Metrics, enc: &mut DescriptorEncoder) -> Result<(), Error> {

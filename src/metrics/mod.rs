@@ -215,6 +215,22 @@ pub struct Metrics {
     /// Groups that ended in ROLLBACK (their rows dropped), and groups held in a spill file.
     pub rolled_back_groups: AtomicU64,
     pub spilled_groups: AtomicU64,
+    /// What this process runs: `all`, `source` or `worker` (`run --role`); unset: `all`.
+    pub role: std::sync::OnceLock<&'static str>,
+    /// A worker's partitions of the change topics, as last measured.
+    pub partitions: std::sync::Mutex<Vec<PartitionLag>>,
+}
+
+/// One change-topic partition a worker owns: where its consumer stands and how far behind the
+/// partition's end it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    /// Records between the worker's position and the partition's end (its high watermark).
+    pub lag: i64,
+    /// The offset last committed for it (every record before it delivered); -1 before one.
+    pub committed: i64,
 }
 
 impl Metrics {

@@ -197,7 +197,12 @@ pub struct Worker {
     pub commit_interval: Duration,
     /// Told the worker's share of the partitions after each rebalance (the quotas' share).
     pub on_share: OnShare,
+    /// Where the partitions' lag and committed offsets are shown (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
+
+/// How often a worker measures its partitions' lag (a metadata request per partition).
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 impl Worker {
     /// Consumes until `stop`, handing each record's event to the stage on `tx`; then drops
@@ -274,10 +279,15 @@ impl Worker {
         let mut plans = decode::Plans::default();
         let mut mark = 0u64;
         let mut last_commit = Instant::now();
+        let mut last_lag = Instant::now();
         while !*stop.borrow() {
             if last_commit.elapsed() >= self.commit_interval {
                 self.commit(consumer, offsets, CommitMode::Async);
                 last_commit = Instant::now();
+            }
+            if last_lag.elapsed() >= LAG_EVERY {
+                self.measure_lag(consumer, offsets);
+                last_lag = Instant::now();
             }
             let m = match consumer.poll(Duration::from_millis(100)) {
                 None => continue,
@@ -316,6 +326,44 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Each owned partition's lag (its end less this consumer's position) and committed offset,
+    /// for `/metrics`. A partition whose end cannot be read now keeps out of this measure.
+    fn measure_lag(&self, consumer: &BaseConsumer<Ctx>, offsets: &Mutex<Offsets>) {
+        let (owned, committed): (Vec<Tp>, HashMap<Tp, i64>) = {
+            let o = lock(offsets);
+            (o.assigned.iter().cloned().collect(), o.committed.clone())
+        };
+        let positions = consumer.position().ok();
+        let mut parts = Vec::with_capacity(owned.len());
+        for tp in owned {
+            let Ok((_, high)) = consumer.fetch_watermarks(&tp.0, tp.1, Duration::from_secs(1))
+            else {
+                continue;
+            };
+            let committed = committed.get(&tp).copied().unwrap_or(-1);
+            let position = positions
+                .as_ref()
+                .and_then(|p| p.find_partition(&tp.0, tp.1))
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(committed.max(0));
+            parts.push(crate::metrics::PartitionLag {
+                topic: tp.0.to_string(),
+                partition: tp.1,
+                lag: (high - position).max(0),
+                committed,
+            });
+        }
+        parts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        *self
+            .metrics
+            .partitions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = parts;
     }
 
     fn commit(&self, consumer: &BaseConsumer<Ctx>, offsets: &Mutex<Offsets>, mode: CommitMode) {
