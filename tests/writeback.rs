@@ -457,3 +457,55 @@ fn a_revoked_grant_or_a_dropped_column_stops_the_write_back_with_the_fix_and_los
     );
     assert_eq!(d.terminate(), 0);
 }
+
+#[test]
+fn a_row_whose_new_input_fails_for_good_loses_the_older_inputs_result() {
+    // The result in the row was its older message's; the new message goes to the dead
+    // letters: the row keeps no result that does not match it (cleared in the same
+    // transaction as the dead-letter row; a row that never had one is not touched).
+    let (db, aws) = setup(SUPPORT);
+    let mut d = start(&db, &[("s", &sentiment_pipeline(&aws, ""))]);
+    block_on(db.exec(
+        "INSERT INTO shop.support (id, message) VALUES (1, 'love it'), (2, 'so [[reject]] it')",
+    ));
+    wait_count(
+        &mut d,
+        &db,
+        "SELECT COUNT(*) FROM shop.support WHERE sentiment = 'POSITIVE'",
+        1,
+        60,
+    );
+    wait_count(
+        &mut d,
+        &db,
+        "SELECT COUNT(*) FROM shop.cdc_enricher_dead_letters",
+        1,
+        60,
+    );
+    block_on(db.exec("UPDATE shop.support SET message = 'this [[reject]] now' WHERE id = 1"));
+    wait_count(
+        &mut d,
+        &db,
+        "SELECT COUNT(*) FROM shop.cdc_enricher_dead_letters",
+        2,
+        60,
+    );
+    type Row = (i64, String, Option<String>, Option<f64>, i64);
+    let rows: Vec<Row> = block_on(
+        db.query("SELECT id, message, sentiment, confidence, writes FROM shop.support ORDER BY id"),
+    );
+    assert_eq!(
+        rows,
+        vec![
+            (1, "this [[reject]] now".to_string(), None, None, 2),
+            (2, "so [[reject]] it".to_string(), None, None, 0),
+        ]
+    );
+    let dead: Vec<String> =
+        block_on(db.query("SELECT record_key FROM shop.cdc_enricher_dead_letters ORDER BY id"));
+    assert_eq!(
+        dead,
+        vec![r#"{"id":2}"#.to_string(), r#"{"id":1}"#.to_string()]
+    );
+    assert_eq!(d.terminate(), 0);
+}

@@ -275,6 +275,14 @@ pub async fn plan(
     }
     let side = Some((target.name.as_str(), side_key.as_slice()));
     let statement = statement(m.mode, &source_table, side, &outputs, &key, &guard);
+    let clear_failed = Some(crate::sink::mysql::clear_failed(
+        m.mode,
+        &source_table,
+        side,
+        &outputs,
+        &key,
+        &guard,
+    ));
     let removals = removals(
         m.mode,
         &source_table,
@@ -295,6 +303,7 @@ pub async fn plan(
         dead_letter_table: dead_letter_table(m, &target),
         progress_table: progress_table(m, &target),
         removals,
+        clear_failed,
     })
 }
 
@@ -370,6 +379,7 @@ fn window_plan(
         dead_letter_table: dead_letter_table(m, target),
         progress_table: progress_table(m, target),
         removals: Removals::default(),
+        clear_failed: None,
     }
 }
 

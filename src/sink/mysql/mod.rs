@@ -82,6 +82,10 @@ pub struct Plan {
     pub progress_table: String,
     /// What removes derived results when their source is gone.
     pub removals: Removals,
+    /// Clears the results of a row whose input now in the row went to the dead letters (they
+    /// were an older input's); parameters: the key (side table), the key and the guard (source)
+    /// — upsert; the key and the guard — update. `None` for windows.
+    pub clear_failed: Option<String>,
 }
 
 /// The statements that make derived results follow their source: the side row of a deleted
@@ -474,6 +478,9 @@ enum Action {
     Remove(Removal, Vec<SqlValue>),
     /// Recorded in the dead-letter table with this reason.
     Dead(String),
+    /// As `Dead`, the row's results cleared first (they were an older input's), with these
+    /// parameters.
+    DeadClearing(String, Vec<SqlValue>),
 }
 
 struct Writer {
@@ -622,7 +629,7 @@ impl Writer {
                 }
                 _ => ": (attempts: )".to_string(),
             };
-            return Action::Dead(why);
+            return self.dead(rec, why);
         }
         if let Some(a) = self.removal(rec) {
             return a;
@@ -659,7 +666,7 @@ impl Writer {
             let v = match (v, o.max_chars) {
                 (Value::String(s), Some(max)) if s.chars().count() > max => {
                     if self.plan.on_too_long == OnTooLong::DeadLetter {
-                        return Action::Dead(format!(
+                        return self.dead(rec, format!(
                             "{} characters do not fit `{}` ({max} at most; on_too_long: dead_letter)",
                             s.chars().count(),
                             o.column
@@ -703,6 +710,31 @@ impl Writer {
                 .collect(),
         };
         Action::Write(params)
+    }
+
+    /// A dead letter; a row's results computed from an older input are cleared with it.
+    fn dead(&self, rec: &ChangeRecord, why: String) -> Action {
+        if rec.window.is_some() || rec.after.is_none() || self.plan.clear_failed.is_none() {
+            return Action::Dead(why);
+        }
+        let after = rec.after.as_ref();
+        let get = |c: &str| after.and_then(|a| a.get(c)).unwrap_or(&ColumnValue::Null);
+        let key: Vec<SqlValue> = self
+            .plan
+            .key
+            .iter()
+            .map(|(c, b)| column_sql_value(rec.key.get(c).unwrap_or(&ColumnValue::Null), *b))
+            .collect();
+        let guard = self
+            .plan
+            .guard
+            .iter()
+            .map(|(c, b)| column_sql_value(get(c), *b));
+        let params = match self.plan.mode {
+            WriteMode::Update => key.into_iter().chain(guard).collect(),
+            WriteMode::Upsert => key.clone().into_iter().chain(key).chain(guard).collect(),
+        };
+        Action::DeadClearing(why, params)
     }
 
     async fn write(&mut self, batch: &[Item]) -> Result<(), mysql_async::Error> {
@@ -801,6 +833,14 @@ impl Writer {
         Ok(match action {
             Action::Nothing => None,
             Action::Dead(why) => Some(why),
+            Action::DeadClearing(why, params) => {
+                if let Some(sql) = &self.plan.clear_failed {
+                    let r = tx.exec_iter(sql.as_str(), params).await?;
+                    tally.removed += r.affected_rows();
+                    r.drop_result().await?;
+                }
+                Some(why)
+            }
             Action::Remove(kind, params) => {
                 let sql = match kind {
                     Removal::Deleted => &self.plan.removals.deleted,
@@ -897,6 +937,53 @@ fn update_outputs(outputs: &[Output]) -> String {
         .map(|o| format!("{0} = VALUES({0})", q(&o.column)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The statement clearing the results of a row whose current input failed for good (see
+/// [`Plan::clear_failed`]): only where the row still holds that input and a result (no write,
+/// no binlog event, for the others).
+pub fn clear_failed(
+    mode: WriteMode,
+    source_table: &str,
+    side: Option<(&str, &[String])>,
+    outputs: &[Output],
+    key: &[(String, Bind)],
+    guard: &[(String, Bind)],
+) -> String {
+    let cond: Vec<String> = key
+        .iter()
+        .chain(guard)
+        .map(|(c, _)| format!("{} <=> ?", q(c)))
+        .collect();
+    let nulls: Vec<String> = outputs
+        .iter()
+        .map(|o| format!("{} = NULL", q(&o.column)))
+        .collect();
+    let filled: Vec<String> = outputs
+        .iter()
+        .map(|o| format!("{} IS NOT NULL", q(&o.column)))
+        .collect();
+    match (mode, side) {
+        (WriteMode::Upsert, Some((table, side_key))) => {
+            let side_eq: Vec<String> = side_key.iter().map(|c| format!("{} <=> ?", q(c))).collect();
+            format!(
+                "UPDATE {} SET {} WHERE {} AND ({}) AND EXISTS (SELECT 1 FROM {} WHERE {})",
+                qualified(table),
+                nulls.join(", "),
+                side_eq.join(" AND "),
+                filled.join(" OR "),
+                qualified(source_table),
+                cond.join(" AND ")
+            )
+        }
+        _ => format!(
+            "UPDATE {} SET {} WHERE {} AND ({})",
+            qualified(source_table),
+            nulls.join(", "),
+            cond.join(" AND "),
+            filled.join(" OR ")
+        ),
+    }
 }
 
 /// The statement for a plan: parameters are outputs, key, guard (update) or key, outputs,
