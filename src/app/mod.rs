@@ -224,15 +224,7 @@ async fn run_binlog(config: &Path, role: Role) -> Result<(), AppError> {
     let _metrics_server = serve_metrics(&cfg, &metrics).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let clock = Arc::new(crate::model::clock::StreamClock::default());
-    let stages = outputs::Stages {
-        cfg: cfg.clone(),
-        tracker: tracker.clone(),
-        metrics: metrics.clone(),
-        sinks: Arc::new(Mutex::new(Vec::new())),
-        limiters: Arc::new(crate::ratelimit::Registry::default()),
-        clock: clock.clone(),
-        stopping: stop_rx.clone(),
-    };
+    let stages = outputs::Stages::new(&cfg, &tracker, &metrics, &clock, &stop_rx);
     let indexed: Vec<(usize, &PipelineConfig)> = pipelines.iter().enumerate().collect();
     let built = stages.build(&indexed, &report.writeback).await?;
     let (routes, tasks) = built.into_routes(pipelines.len());

@@ -74,6 +74,26 @@ impl Built {
 }
 
 impl Stages {
+    /// Stages with no sinks yet: the config, the tracker the sinks acknowledge to, the
+    /// metrics, the stream's clock and the stop flag they share.
+    pub fn new(
+        cfg: &Config,
+        tracker: &AckTracker,
+        metrics: &Arc<Metrics>,
+        clock: &Arc<crate::model::clock::StreamClock>,
+        stopping: &tokio::sync::watch::Receiver<bool>,
+    ) -> Stages {
+        Stages {
+            cfg: cfg.clone(),
+            tracker: tracker.clone(),
+            metrics: metrics.clone(),
+            sinks: Arc::new(std::sync::Mutex::new(Vec::new())),
+            limiters: Arc::new(crate::ratelimit::Registry::default()),
+            clock: clock.clone(),
+            stopping: stopping.clone(),
+        }
+    }
+
     /// A thread that hands an enrichment stage's batches to its sink (sinks may block: the
     /// stage stays async, and no runtime worker is taken per record).
     fn delivery_thread(&self, pipeline: &str, route: usize) -> Result<enrich::Deliver, AppError> {

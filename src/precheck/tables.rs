@@ -282,23 +282,7 @@ fn named_columns(p: &PipelineConfig, s: &TableSchema, f: &mut Vec<Failure>) {
 
 /// A column whose values are bytes, not text (records show them as base64).
 fn bytes_only(c: &SchemaColumn) -> bool {
-    matches!(
-        c.data_type.as_str(),
-        "binary"
-            | "varbinary"
-            | "tinyblob"
-            | "blob"
-            | "mediumblob"
-            | "longblob"
-            | "geometry"
-            | "point"
-            | "linestring"
-            | "polygon"
-            | "multipoint"
-            | "multilinestring"
-            | "multipolygon"
-            | "geometrycollection"
-    )
+    c.is_binary() || c.is_spatial()
 }
 
 /// Whether the pipeline may be backfilled (`snapshot: initial`, or every pipeline after a
