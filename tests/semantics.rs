@@ -1242,13 +1242,8 @@ fn renamed_temporary_tables_failed_replaces_and_routine_bodies_do_what_the_serve
         c.disconnect().await.unwrap();
     });
     block_on(db.exec("INSERT INTO s.jt VALUES (1, '{\"a\": 1}');"));
-    let t = kafka.read("t", 4, Duration::from_secs(30));
-    let ops: Vec<(Value, Value)> = t
-        .iter()
-        .map(|r| (r.json()["op"].clone(), r.json()["after"].clone()))
-        .collect();
     assert_eq!(
-        ops,
+        ops_with(&kafka, "t", 4, "/after", "/after"),
         [
             (json!("c"), json!({"id": 1, "v": "stays"})),
             (json!("c"), json!({"id": 2, "v": "stays"})),
@@ -1258,13 +1253,8 @@ fn renamed_temporary_tables_failed_replaces_and_routine_bodies_do_what_the_serve
         d.log()
     );
     for topic in ["cs", "cm"] {
-        let recs: Vec<(Value, Value)> = kafka
-            .read(topic, 3, Duration::from_secs(10))
-            .iter()
-            .map(|r| (r.json()["op"].clone(), r.json()["truncate"].clone()))
-            .collect();
         assert_eq!(
-            recs,
+            ops_with(&kafka, topic, 3, "/truncate", "/truncate"),
             [
                 (json!("c"), Value::Null),
                 (json!("t"), json!({"partitions": null, "dropped": true})),

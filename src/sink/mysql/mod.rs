@@ -121,6 +121,32 @@ enum Removal {
     Dropped,
 }
 
+/// `a <=> ? AND b <=> ?` over `cols` (NULL-safe equality, one parameter each).
+fn eq_all<'a>(cols: impl Iterator<Item = &'a String>) -> String {
+    cols.map(|c| format!("{} <=> ?", q(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// `o1 = NULL, o2 = NULL` over the outputs.
+fn set_null(outputs: &[Output]) -> String {
+    outputs
+        .iter()
+        .map(|o| format!("{} = NULL", q(&o.column)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `o1 IS NOT NULL OR o2 IS NOT NULL`: the row holds a result (only such rows are touched: no
+/// write, no binlog event, for the others).
+fn any_filled(outputs: &[Output]) -> String {
+    outputs
+        .iter()
+        .map(|o| format!("{} IS NOT NULL", q(&o.column)))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
 /// Builds the [`Removals`] of a plan (`inputs`: the columns whose emptiness means "no text").
 pub fn removals(
     mode: WriteMode,
@@ -131,12 +157,7 @@ pub fn removals(
     inputs: &[String],
     on_input_gone: crate::config::pipeline::OnInputGone,
 ) -> Removals {
-    let eq = |cols: &mut dyn Iterator<Item = &String>| {
-        cols.map(|c| format!("{} <=> ?", q(c)))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
-    let src_key = eq(&mut key.iter().map(|(c, _)| c));
+    let src_key = eq_all(key.iter().map(|(c, _)| c));
     let gone = if inputs.is_empty() {
         None
     } else {
@@ -148,22 +169,12 @@ pub fn removals(
                 .join(" AND "),
         )
     };
-    let nulls = outputs
-        .iter()
-        .map(|o| format!("{} = NULL", q(&o.column)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    // Only rows that hold a result are touched (no write, no binlog event, for the others).
-    let filled = outputs
-        .iter()
-        .map(|o| format!("{} IS NOT NULL", q(&o.column)))
-        .collect::<Vec<_>>()
-        .join(" OR ");
+    let (nulls, filled) = (set_null(outputs), any_filled(outputs));
     let src = qualified(source_table);
     match (mode, side) {
         (WriteMode::Upsert, Some((table, side_key))) => {
             let side_q = qualified(table);
-            let side_eq = eq(&mut side_key.iter());
+            let side_eq = eq_all(side_key.iter());
             let correlated = key
                 .iter()
                 .zip(side_key)
@@ -683,20 +694,7 @@ impl Writer {
             let id = SqlValue::Bytes(w.id.clone().into_bytes());
             return Action::Write(std::iter::once(id).chain(outs).collect());
         }
-        let after = rec.after.as_ref();
-        let get = |c: &str| after.and_then(|a| a.get(c)).unwrap_or(&ColumnValue::Null);
-        let key: Vec<SqlValue> = self
-            .plan
-            .key
-            .iter()
-            .map(|(c, b)| column_sql_value(rec.key.get(c).unwrap_or(&ColumnValue::Null), *b))
-            .collect();
-        let guard: Vec<SqlValue> = self
-            .plan
-            .guard
-            .iter()
-            .map(|(c, b)| column_sql_value(get(c), *b))
-            .collect();
+        let (key, guard) = self.key_and_guard(rec);
         let params = match self.plan.mode {
             // UPDATE t SET outputs… WHERE key… AND guard…
             WriteMode::Update => outs.into_iter().chain(key).chain(guard).collect(),
@@ -712,24 +710,30 @@ impl Writer {
         Action::Write(params)
     }
 
-    /// A dead letter; a row's results computed from an older input are cleared with it.
-    fn dead(&self, rec: &ChangeRecord, why: String) -> Action {
-        if rec.window.is_some() || rec.after.is_none() || self.plan.clear_failed.is_none() {
-            return Action::Dead(why);
-        }
+    /// The record's key values (the plan's key columns) and its input values after the change
+    /// (the guard's columns), bound as the statements take them.
+    fn key_and_guard(&self, rec: &ChangeRecord) -> (Vec<SqlValue>, Vec<SqlValue>) {
         let after = rec.after.as_ref();
         let get = |c: &str| after.and_then(|a| a.get(c)).unwrap_or(&ColumnValue::Null);
-        let key: Vec<SqlValue> = self
+        let key = self
             .plan
             .key
             .iter()
-            .map(|(c, b)| column_sql_value(rec.key.get(c).unwrap_or(&ColumnValue::Null), *b))
-            .collect();
+            .map(|(c, b)| column_sql_value(rec.key.get(c).unwrap_or(&ColumnValue::Null), *b));
         let guard = self
             .plan
             .guard
             .iter()
             .map(|(c, b)| column_sql_value(get(c), *b));
+        (key.collect(), guard.collect())
+    }
+
+    /// A dead letter; a row's results computed from an older input are cleared with it.
+    fn dead(&self, rec: &ChangeRecord, why: String) -> Action {
+        if rec.window.is_some() || rec.after.is_none() || self.plan.clear_failed.is_none() {
+            return Action::Dead(why);
+        }
+        let (key, guard) = self.key_and_guard(rec);
         let params = match self.plan.mode {
             WriteMode::Update => key.into_iter().chain(guard).collect(),
             WriteMode::Upsert => key.clone().into_iter().chain(key).chain(guard).collect(),
@@ -950,38 +954,18 @@ pub fn clear_failed(
     key: &[(String, Bind)],
     guard: &[(String, Bind)],
 ) -> String {
-    let cond: Vec<String> = key
-        .iter()
-        .chain(guard)
-        .map(|(c, _)| format!("{} <=> ?", q(c)))
-        .collect();
-    let nulls: Vec<String> = outputs
-        .iter()
-        .map(|o| format!("{} = NULL", q(&o.column)))
-        .collect();
-    let filled: Vec<String> = outputs
-        .iter()
-        .map(|o| format!("{} IS NOT NULL", q(&o.column)))
-        .collect();
+    let cond = eq_all(key.iter().chain(guard).map(|(c, _)| c));
+    let (nulls, filled) = (set_null(outputs), any_filled(outputs));
     match (mode, side) {
-        (WriteMode::Upsert, Some((table, side_key))) => {
-            let side_eq: Vec<String> = side_key.iter().map(|c| format!("{} <=> ?", q(c))).collect();
-            format!(
-                "UPDATE {} SET {} WHERE {} AND ({}) AND EXISTS (SELECT 1 FROM {} WHERE {})",
-                qualified(table),
-                nulls.join(", "),
-                side_eq.join(" AND "),
-                filled.join(" OR "),
-                qualified(source_table),
-                cond.join(" AND ")
-            )
-        }
-        _ => format!(
-            "UPDATE {} SET {} WHERE {} AND ({})",
+        (WriteMode::Upsert, Some((table, side_key))) => format!(
+            "UPDATE {} SET {nulls} WHERE {} AND ({filled}) AND EXISTS (SELECT 1 FROM {} WHERE {cond})",
+            qualified(table),
+            eq_all(side_key.iter()),
             qualified(source_table),
-            nulls.join(", "),
-            cond.join(" AND "),
-            filled.join(" OR ")
+        ),
+        _ => format!(
+            "UPDATE {} SET {nulls} WHERE {cond} AND ({filled})",
+            qualified(source_table),
         ),
     }
 }
@@ -996,11 +980,7 @@ pub fn statement(
     key: &[(String, Bind)],
     guard: &[(String, Bind)],
 ) -> String {
-    let cond: Vec<String> = key
-        .iter()
-        .chain(guard)
-        .map(|(c, _)| format!("{} <=> ?", q(c)))
-        .collect();
+    let cond = eq_all(key.iter().chain(guard).map(|(c, _)| c));
     match (mode, side) {
         (WriteMode::Upsert, Some((table, side_key))) => {
             let cols: Vec<String> = side_key
@@ -1014,7 +994,7 @@ pub fn statement(
                 qualified(table),
                 cols.join(", "),
                 qualified(source_table),
-                cond.join(" AND "),
+                cond,
                 update_outputs(outputs)
             )
         }
@@ -1027,7 +1007,7 @@ pub fn statement(
                 "UPDATE {} SET {} WHERE {}",
                 qualified(source_table),
                 set.join(", "),
-                cond.join(" AND ")
+                cond
             )
         }
     }
