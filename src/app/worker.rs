@@ -53,7 +53,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
         kafka,
         group_id: cfg.scale_out.group_id.clone(),
         topics: topics.into_iter().collect(),
-        tracker: tracker.clone(),
+        tracker: Arc::new(tracker.clone()),
         commit_interval: Duration::from_millis(cfg.checkpoint.interval_ms.max(10)),
         on_share: {
             let limiters = stages.limiters.clone();

@@ -21,8 +21,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
-use crate::checkpoint::AckTracker;
 use crate::config::KafkaConfig;
+use crate::metrics::AckView;
 use crate::model::BinlogPosition;
 use crate::source::SourceEvent;
 
@@ -107,7 +107,7 @@ pub type OnShare = Arc<dyn Fn(f64) + Send + Sync>;
 /// and tells the worker's share of the partitions after one.
 struct Ctx {
     offsets: Arc<Mutex<Offsets>>,
-    tracker: AckTracker,
+    tracker: Arc<dyn AckView>,
     topics: Vec<String>,
     on_share: OnShare,
 }
@@ -192,7 +192,8 @@ pub struct Worker {
     pub kafka: KafkaConfig,
     pub group_id: String,
     pub topics: Vec<String>,
-    pub tracker: AckTracker,
+    /// The acknowledgements (the checkpoint's tracker): where delivery stands.
+    pub tracker: Arc<dyn AckView>,
     /// How often done offsets are committed, ms.
     pub commit_interval: Duration,
     /// Told the worker's share of the partitions after each rebalance (the quotas' share).
