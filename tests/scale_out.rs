@@ -29,7 +29,11 @@ fn pipelines(standin: &AwsStandin) -> Vec<(String, String)> {
 
 const OUTPUTS: [&str; 4] = ["reviews_all", "reviews_good", "customers", "reviews_mood"];
 
-/// A daemon of `role` on `kafka`, topics of [`PARTITIONS`] partitions.
+/// A daemon of `role` on `kafka`, topics of [`PARTITIONS`] partitions. The producers send one
+/// record a batch: tansu 0.6 answers a fetch from inside a record batch with the batches
+/// after it (`offsets.split_off(&offset)` in its storage's `fetch`; Kafka returns the batch
+/// holding the offset), so a worker resuming from a committed offset inside a batch would
+/// skip the rest of it — the test broker's fault, not the worker's.
 fn daemon(db: &MariaDb, kafka: &Kafka, files: &[(String, String)], role: &str) -> Daemon {
     daemon_with(db, kafka, files, role, "")
 }
@@ -43,7 +47,7 @@ fn daemon_with(
     extra: &str,
 ) -> Daemon {
     let cfg = format!(
-        "kafka:\n  brokers: {}\n  topic_partitions: {PARTITIONS}\n  properties:\n    linger.ms: \"2\"\nscale_out:\n  group_id: shop-workers\n{extra}",
+        "kafka:\n  brokers: {}\n  topic_partitions: {PARTITIONS}\n  properties:\n    linger.ms: \"2\"\n    batch.num.messages: \"1\"\nscale_out:\n  group_id: shop-workers\n{extra}",
         kafka.brokers()
     );
     let mut d = Daemon::with_config(db, None, &pipeline_refs(files), &cfg);
@@ -351,15 +355,16 @@ fn owned(w: &Daemon) -> Vec<String> {
         .collect()
 }
 
-/// Waits until `workers` own every partition of the two change topics between them, once.
-fn settled(workers: &mut [Daemon], secs: u64) {
+/// Waits until `workers` own every partition of the `topics` change topics between them, once.
+fn settled_on(workers: &mut [Daemon], topics: usize, secs: u64) {
     let start = Instant::now();
     loop {
         let mut all: Vec<String> = workers.iter().flat_map(owned).collect();
         all.sort();
-        if all.len() == 2 * PARTITIONS as usize && {
+        let n = topics * PARTITIONS as usize;
+        if all.len() == n && {
             all.dedup();
-            all.len() == 2 * PARTITIONS as usize
+            all.len() == n
         } {
             return;
         }
@@ -410,12 +415,12 @@ fn a_worker_leaving_under_a_writer_loses_nothing_and_a_worker_that_joins_takes_p
     // others take its partitions. (A worker `kill -9`'d is noticed by the session timeout;
     // tansu 0.6's coordinator then leaves its partitions unassigned — see the README.)
     assert_eq!(workers[0].terminate(), 0, "{}", workers[0].log());
-    settled(&mut workers[1..], 60);
+    settled_on(&mut workers[1..], 2, 60);
     std::thread::sleep(Duration::from_secs(2));
     let mut fourth = daemon(&db, &kafka, &files, "worker");
     wait_log(&mut fourth, "partitions assigned", 1, 60);
     workers.push(fourth);
-    settled(&mut workers[1..], 60);
+    settled_on(&mut workers[1..], 2, 60);
     let mut fourth = workers.pop().unwrap();
     assert!(
         !owned(&fourth).is_empty(),
@@ -578,4 +583,114 @@ fn a_request_quota_shared_by_three_workers_is_never_passed_in_any_second() {
         assert_eq!(w.terminate(), 0, "{}", w.log());
     }
     assert_eq!(source.terminate(), 0, "{}", source.log());
+}
+
+/// `shop.support` with a trigger counting the daemon's writes (an UPDATE that leaves the
+/// message as it was), and the write-back's account.
+const SUPPORT: &str = "CREATE DATABASE shop;
+    CREATE USER 'writer'@'127.0.0.1' IDENTIFIED BY 'writer-secret';
+    GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON shop.* TO 'writer'@'127.0.0.1';
+    CREATE TABLE shop.support (id INT PRIMARY KEY, message TEXT, sentiment VARCHAR(20),
+      confidence DOUBLE, writes INT NOT NULL DEFAULT 0);
+    CREATE TRIGGER shop.count_writes BEFORE UPDATE ON shop.support FOR EACH ROW
+      SET NEW.writes = OLD.writes + (NEW.message <=> OLD.message);";
+
+/// Waits until `sql` (one number) is `n`, the processes running.
+fn wait_for(db: &MariaDb, daemons: &mut [&mut Daemon], sql: &str, n: i64, secs: u64) {
+    let start = Instant::now();
+    loop {
+        let v: Vec<i64> = block_on(db.query_or_empty(sql));
+        if v.first() == Some(&n) {
+            return;
+        }
+        for d in daemons.iter_mut() {
+            d.assert_running();
+        }
+        let logs: Vec<String> = daemons.iter().map(|d| d.log()).collect();
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{sql}: {v:?}, waiting for {n}\n{}",
+            logs.join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_write_back_through_workers_writes_each_row_once_through_rebalances_and_kill_9() {
+    let db = server();
+    let kafka = Kafka::start();
+    let standin = AwsStandin::start();
+    block_on(db.exec(SUPPORT));
+    let files = vec![(
+        "support_sentiment".to_string(),
+        format!(
+            "name: support_sentiment\ntable: shop.support\ncolumns: [id, message]\n\
+             enrichment:\n  comprehend: {{operation: sentiment, text: message}}\n  endpoint_url: {}\n  max_wait_ms: 50\n\
+             sink:\n  mysql:\n    mode: update\n    user: writer\n    password: writer-secret\n    batch_size: 20\n\
+             \x20   columns: {{sentiment: /sentiment, confidence: /confidence}}\n",
+            standin.url()
+        ),
+    )];
+    let mut source = daemon(&db, &kafka, &files, "source");
+    let mut workers = vec![daemon(&db, &kafka, &files, "worker")];
+    wait_log(&mut workers[0], "partitions assigned", 1, 60);
+    standin.control(r#"{"delay_ms": 20}"#);
+    block_on(db.exec(
+        "INSERT INTO shop.support (id, message) SELECT seq, CONCAT('good ', seq) FROM shop.seq_1_to_3000",
+    ));
+    let written = "SELECT COUNT(*) FROM shop.support WHERE writes > 0";
+    let count = || block_on(db.query::<i64>(written))[0];
+    let until = |n: i64, workers: &mut Vec<Daemon>| {
+        let start = Instant::now();
+        while count() < n {
+            workers.iter_mut().for_each(Daemon::assert_running);
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "{}",
+                workers[0].log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Two more workers join mid-stream: partitions move with records in flight, and for a
+    // moment two workers may hold one partition (its progress row makes them take turns).
+    until(300, &mut workers);
+    workers.extend((0..2).map(|_| daemon(&db, &kafka, &files, "worker")));
+    settled_on(&mut workers, 1, 60);
+    // Every worker killed mid-batch; a new group starts once their sessions expired (10 s;
+    // the tansu of the tests leaves a lone dead member's partitions unassigned, see README).
+    until(1200, &mut workers);
+    workers.iter_mut().for_each(Daemon::kill9);
+    let at_kill = count();
+    assert!(at_kill < 3000, "killed mid-way: {at_kill}");
+    std::thread::sleep(Duration::from_secs(11));
+    let mut workers: Vec<Daemon> = (0..3)
+        .map(|_| daemon(&db, &kafka, &files, "worker"))
+        .collect();
+    {
+        let mut all: Vec<&mut Daemon> = workers.iter_mut().collect();
+        all.push(&mut source);
+        wait_for(&db, &mut all, written, 3000, 180);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let w: Vec<(i64, i64, i64)> =
+        block_on(db.query("SELECT MIN(writes), MAX(writes), COUNT(*) FROM shop.support"));
+    assert_eq!(
+        w,
+        vec![(1, 1, 3000)],
+        "every row's result written exactly once"
+    );
+    // The applied position is kept per change-topic partition.
+    let keys: Vec<String> =
+        block_on(db.query("SELECT pipeline FROM shop.cdc_enricher_writeback ORDER BY pipeline"));
+    let wanted: Vec<String> = (0..PARTITIONS)
+        .map(|p| format!("support_sentiment@cdc-changes.shop.support[{p}]"))
+        .collect();
+    assert_eq!(keys, wanted);
+    for w in &mut workers {
+        assert_eq!(w.terminate(), 0, "{}", w.log());
+    }
+    assert_eq!(source.terminate(), 0, "{}", source.log());
+    eprintln!("{at_kill} of 3000 rows written when the workers were killed");
 }

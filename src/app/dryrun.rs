@@ -122,6 +122,7 @@ pub async fn estimate(
             event: 0,
             row: 0,
             ts_ms: 0,
+            origin: None,
         };
         tally.windows = Some((Gatherer::new(spec.clone(), Default::default()), source));
     }

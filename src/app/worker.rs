@@ -2,7 +2,7 @@
 //! the change topics of the source role in the workers' consumer group instead of by the
 //! binlog. Offsets are committed as the sinks acknowledge (see [`crate::source::kafka`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use super::{outputs, serve_metrics, shutdown, spawn_stage, AppError};
 use crate::checkpoint::AckTracker;
 use crate::config::pipeline::SnapshotMode;
-use crate::config::{Config, ConfigError, PipelineConfig, SinkConfig};
+use crate::config::{Config, ConfigError, PipelineConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::{stage, Router};
 use crate::source::kafka::{ChangeTopicError, Worker};
@@ -25,8 +25,13 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let pipelines = cfg.load_pipelines()?;
     let kafka = scale_out_checks(config, &cfg, &pipelines, "worker")?;
     // The tables, columns and inputs the pipelines name, as in one process.
-    let report = crate::precheck::run(&cfg, &pipelines, None).await?;
+    let mut report = crate::precheck::run(&cfg, &pipelines, None).await?;
     super::report_failures(&report.failures)?;
+    // Write-backs keep their applied position per change-topic partition (shared by the
+    // group's workers, read under a lock in each transaction).
+    for plan in report.writeback.values_mut() {
+        plan.by_partition = true;
+    }
     let signals = shutdown::listen_for_shutdown();
     let tracker = AckTracker::with_open_xa(None, Vec::new());
     let names: Vec<String> = pipelines.iter().map(|p| p.name.clone()).collect();
@@ -38,7 +43,7 @@ pub async fn run(config: &Path) -> Result<(), AppError> {
     let stages = outputs::Stages::new(&cfg, &tracker, &metrics, &clock, &stop_rx);
     let indexed: Vec<(usize, &PipelineConfig)> = pipelines.iter().enumerate().collect();
     let (routes, tasks) = stages
-        .build(&indexed, &HashMap::new())
+        .build(&indexed, &report.writeback)
         .await?
         .into_routes(pipelines.len());
     let enrich_tasks = Arc::new(Mutex::new(tasks));
@@ -129,7 +134,6 @@ pub(super) fn scale_out_checks(
     };
     for p in pipelines {
         let not_yet = match () {
-            _ if matches!(p.sink, SinkConfig::Mysql(_)) => Some("a write-back (`sink: mysql`)"),
             _ if p.enrichment.as_ref().is_some_and(|e| e.window.is_some()) => {
                 Some("a window (`enrichment.window`)")
             }

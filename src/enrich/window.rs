@@ -347,6 +347,7 @@ mod tests {
                 event: 0,
                 row: 0,
                 ts_ms,
+                origin: None,
             },
             enrichment: Enrichment::None,
             oversize: None,

@@ -50,6 +50,12 @@ pub struct SourceInfo {
     /// The row's index in its rows event.
     pub row: u64,
     pub ts_ms: u64,
+    /// The change-topic partition a worker read the change from (`topic[partition]`): a
+    /// write-back keeps its applied position per such partition, since each partition holds
+    /// its keys' changes in binlog order. `None` for changes read from the binlog. Not in
+    /// the envelope.
+    #[serde(skip)]
+    pub origin: Option<Arc<str>>,
 }
 
 /// The change record a pipeline emits: the JSON envelope, plus its key and routing.

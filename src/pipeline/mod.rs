@@ -245,6 +245,7 @@ impl Router {
                     event: 0,
                     row: 0,
                     ts_ms: t.ts_ms,
+                    origin: t.origin.clone(),
                 },
                 enrichment: Enrichment::None,
                 oversize: None,
@@ -334,6 +335,7 @@ impl Router {
                 event: row.position.event,
                 row: row.position.row,
                 ts_ms: row.ts_ms,
+                origin: row.origin.clone(),
             };
             let take = n + 1 == idxs.len() && b.picked_distinct;
             match row.key_side {

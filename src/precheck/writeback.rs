@@ -304,6 +304,7 @@ pub async fn plan(
         progress_table: progress_table(m, &target),
         removals,
         clear_failed,
+        by_partition: false,
     })
 }
 
@@ -380,6 +381,7 @@ fn window_plan(
         progress_table: progress_table(m, target),
         removals: Removals::default(),
         clear_failed: None,
+        by_partition: false,
     }
 }
 

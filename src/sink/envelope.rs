@@ -107,6 +107,7 @@ fn write_source(out: &mut Vec<u8>, s: &SourceInfo) {
         event,
         row,
         ts_ms,
+        origin: _, // not in the envelope
     } = s;
     out.extend_from_slice(b"{\"pipeline\":");
     write_str(out, pipeline);
@@ -227,6 +228,7 @@ mod tests {
                 event: 3,
                 row: 0,
                 ts_ms: 1_700_000_000_123,
+                origin: Some(Arc::from("cdc-changes.db.t[2]")),
             },
             enrichment: Enrichment::None,
             oversize: None,

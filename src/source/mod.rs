@@ -32,6 +32,9 @@ pub struct RowChange {
     /// An update that changed the key, read from a change topic: which of its two copies this
     /// is (`None` for every row read from the binlog).
     pub key_side: Option<KeySide>,
+    /// The change-topic partition a worker read the row from (`topic[partition]`, see
+    /// [`crate::model::record::SourceInfo::origin`]); `None` for a row read from the binlog.
+    pub origin: Option<Arc<str>>,
 }
 
 /// A change topic carries an update that changes the row's key twice, once in each key's
@@ -85,6 +88,8 @@ pub struct TableTruncated {
     pub resume: BinlogPosition,
     pub server_id: u32,
     pub ts_ms: u64,
+    /// As [`RowChange::origin`].
+    pub origin: Option<Arc<str>>,
 }
 
 /// What the source hands downstream.

@@ -186,6 +186,7 @@ impl Windows {
                 ts_ms: at.ts_ms,
                 left_out: None,
                 key_side: None,
+                origin: None,
             })
             .collect();
         Some((chunk, rows))

@@ -10,6 +10,7 @@
 //! the result was computed from (`… AND input <=> ?`); 0 matched rows means the row moved on,
 //! and its newer change brings its own result.
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -86,6 +87,11 @@ pub struct Plan {
     /// were an older input's); parameters: the key (side table), the key and the guard (source)
     /// — upsert; the key and the guard — update. `None` for windows.
     pub clear_failed: Option<String>,
+    /// The applied position is kept per change-topic partition a record came from (its
+    /// [`SourceInfo::origin`](crate::model::record::SourceInfo::origin)) and read under a
+    /// lock in each transaction: set by the worker role (`run --role worker`), where the
+    /// group's workers share the progress table and a partition moves between them.
+    pub by_partition: bool,
 }
 
 /// The statements that make derived results follow their source: the side row of a deleted
@@ -270,6 +276,9 @@ impl MysqlSink {
         .await
         .map_err(err)?;
         let applied = applied_position(&mut conn, &plan).await.map_err(err)?;
+        // A worker reads each partition's applied position in its transactions: the
+        // binlog's (left by a `--role all` process) is not where these records stand.
+        let applied = applied.filter(|_| !plan.by_partition);
         let resumed = applied.clone();
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
@@ -279,6 +288,7 @@ impl MysqlSink {
             opts,
             conn: Some(conn),
             applied,
+            known: HashSet::new(),
             batch_size: m.batch_size,
             max_wait: Duration::from_millis(m.max_wait_ms),
             tracker,
@@ -425,18 +435,36 @@ async fn applied_position(
             .await?;
         }
     }
-    let row: Option<(String, u64, Option<u64>, u64, u8)> = conn
+    let applied = read_point(conn, &table, &plan.pipeline, false).await?;
+    if let Some(applied) = &applied {
+        tracing::info!(pipeline = %plan.pipeline, position = %applied,
+            "write-back resumes after its applied position");
+    }
+    Ok(applied)
+}
+
+/// The progress row `key` of `table` (already quoted) as an applied point: `None` for no
+/// row, or for a partition's row that nothing was applied under yet (an empty `file`).
+/// `lock`: read under a row lock (`FOR UPDATE`, in a transaction).
+async fn read_point(
+    q: &mut impl Queryable,
+    table: &str,
+    key: &str,
+    lock: bool,
+) -> Result<Option<AppliedPoint>, mysql_async::Error> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    let row: Option<(String, u64, Option<u64>, u64, u8)> = q
         .exec_first(
             format!(
-                "SELECT file, pos, event_index, row_index, part FROM {table} WHERE pipeline = ?"
+                "SELECT file, pos, event_index, row_index, part FROM {table} WHERE pipeline = ?{lock}"
             ),
-            (plan.pipeline.as_str(),),
+            (key,),
         )
         .await?;
-    let Some((file, pos, event, row, part)) = row else {
+    let Some((file, pos, event, row, part)) = row.filter(|r| !r.0.is_empty()) else {
         return Ok(None);
     };
-    let applied = match event {
+    let position = match event {
         Some(event) => BinlogPosition {
             event,
             row,
@@ -445,19 +473,26 @@ async fn applied_position(
         None => {
             // Written by a version whose row index counted every table's rows: the safe
             // conversion is the transaction's start (its writes are replayed, guarded).
-            tracing::warn!(pipeline = %plan.pipeline, file = %file, pos, row,
+            tracing::warn!(progress = %key, file = %file, pos, row,
                 "the applied position was written by an older version (rows counted across \
                  tables); the write-back replays from the start of that transaction");
             BinlogPosition::new(file, pos)
         }
     };
-    let applied = AppliedPoint {
-        position: applied,
-        part,
-    };
-    tracing::info!(pipeline = %plan.pipeline, position = %applied,
-        "write-back resumes after its applied position");
-    Ok(Some(applied))
+    Ok(Some(AppliedPoint { position, part }))
+}
+
+/// The progress table's key for a pipeline's records from `origin` (a change-topic
+/// partition, `topic[partition]`): `pipeline@origin`, or with the origin's short hash where
+/// that passes the key column's 191 characters. `None`: the pipeline's own row (the binlog).
+pub fn progress_key(pipeline: &str, origin: Option<&str>) -> String {
+    match origin {
+        None => pipeline.to_string(),
+        Some(o) if pipeline.chars().count() + 1 + o.chars().count() <= 191 => {
+            format!("{pipeline}@{o}")
+        }
+        Some(o) => format!("{pipeline}@{}", crate::model::hash::short_hash(&[o])),
+    }
 }
 
 /// A value of the enrichment (JSON) as a statement parameter.
@@ -498,7 +533,10 @@ struct Writer {
     plan: Plan,
     opts: Opts,
     conn: Option<Conn>,
+    /// What the write-back had applied of the binlog (records with no origin).
     applied: Option<AppliedPoint>,
+    /// Change-topic partitions whose progress row this writer knows exists.
+    known: HashSet<Arc<str>>,
     batch_size: usize,
     max_wait: Duration,
     tracker: AckTracker,
@@ -745,11 +783,14 @@ impl Writer {
         let actions: Vec<Action> = batch.iter().map(|it| self.action(it)).collect();
         // A batch with nothing to write (skips: deletes, no text, the daemon's own updates
         // echoed back by the binlog) needs no transaction: replaying it after a crash writes
-        // nothing either. Not recording its position keeps the database quiet.
+        // nothing either. Not recording its position keeps the database quiet. (A record from
+        // a change topic is taken for fresh: its partition's point is read in the transaction.)
         let fresh = |it: &Item| {
-            self.applied
-                .as_ref()
-                .is_none_or(|a| it.rec.after_applied(a))
+            it.rec.source.origin.is_some()
+                || self
+                    .applied
+                    .as_ref()
+                    .is_none_or(|a| it.rec.after_applied(a))
         };
         if !batch
             .iter()
@@ -767,51 +808,122 @@ impl Writer {
             Some(c) => c,
             None => Conn::new(self.opts.clone()).await?,
         };
+        self.create_progress_rows(&mut conn, batch).await?;
         let mut tx = conn.start_transaction(TxOpts::default()).await?;
+        let mut points = self.locked_points(&mut tx, batch).await?;
         let mut tally = Tally::default();
-        let mut last: Option<AppliedPoint> = None;
+        let mut last: BTreeMap<Option<Arc<str>>, AppliedPoint> = BTreeMap::new();
         for (it, action) in batch.iter().zip(actions) {
-            let pos = pos_of(&it.rec);
-            if self
-                .applied
-                .as_ref()
-                .is_some_and(|a| !it.rec.after_applied(a))
-            {
+            let origin = &it.rec.source.origin;
+            let applied = points.get(origin).and_then(Option::as_ref);
+            if applied.is_some_and(|a| !it.rec.after_applied(a)) {
                 tally.replayed += 1;
                 continue;
             }
             if let Some(why) = self.apply(&mut tx, it, action, &mut tally).await? {
                 tally.dead += 1;
-                self.dead_letter(&mut tx, it, &pos, why).await?;
+                self.dead_letter(&mut tx, it, &pos_of(&it.rec), why).await?;
             }
-            last = Some(it.rec.applied_point());
+            // A partition may repeat records (a source that took over re-sends what its
+            // predecessor had sent): the point moves with each record.
+            points.insert(origin.clone(), Some(it.rec.applied_point()));
+            last.insert(origin.clone(), it.rec.applied_point());
         }
-        if let Some(AppliedPoint { position: p, part }) = &last {
-            tx.exec_drop(
-                format!(
-                    "INSERT INTO {} (pipeline, file, pos, event_index, row_index, part) \
-                     VALUES (?, ?, ?, ?, ?, ?) \
-                     ON DUPLICATE KEY UPDATE file = VALUES(file), pos = VALUES(pos), \
-                     event_index = VALUES(event_index), row_index = VALUES(row_index), \
-                     part = VALUES(part)",
-                    qualified(&self.plan.progress_table)
-                ),
-                (
-                    self.plan.pipeline.as_str(),
-                    &*p.file,
-                    p.pos,
-                    p.event,
-                    p.row,
-                    *part,
-                ),
-            )
-            .await?;
+        for (origin, point) in &last {
+            self.save_point(&mut tx, origin.as_deref(), point).await?;
         }
         tx.commit().await?;
         self.conn = Some(conn);
-        if last.is_some() {
-            self.applied = last;
+        if let Some(p) = last.remove(&None) {
+            self.applied = Some(p);
         }
+        self.count(&tally);
+        Ok(())
+    }
+
+    /// Adds the progress row of each change-topic partition of `batch` this writer has not
+    /// seen before (empty: nothing applied under it yet), outside any transaction: the
+    /// transaction then locks an existing row, so two workers that both hold a partition for
+    /// a moment during a rebalance take turns instead of both writing.
+    async fn create_progress_rows(
+        &mut self,
+        conn: &mut Conn,
+        batch: &[Item],
+    ) -> Result<(), mysql_async::Error> {
+        let new: BTreeSet<Arc<str>> = batch
+            .iter()
+            .filter_map(|it| it.rec.source.origin.clone())
+            .filter(|o| !self.known.contains(o))
+            .collect();
+        for origin in new {
+            conn.exec_drop(
+                format!(
+                    "INSERT IGNORE INTO {} (pipeline, file, pos, event_index, row_index, part) \
+                     VALUES (?, '', 0, 0, 0, 0)",
+                    qualified(&self.plan.progress_table)
+                ),
+                (progress_key(&self.plan.pipeline, Some(&origin)),),
+            )
+            .await?;
+            self.known.insert(origin);
+        }
+        Ok(())
+    }
+
+    /// The applied point of each origin of `batch`: the binlog's as this writer last
+    /// committed it, each change-topic partition's read from its progress row under a lock
+    /// (in key order: two writers never wait for each other in a circle).
+    async fn locked_points(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        batch: &[Item],
+    ) -> Result<BTreeMap<Option<Arc<str>>, Option<AppliedPoint>>, mysql_async::Error> {
+        let mut points = BTreeMap::new();
+        points.insert(None, self.applied.clone());
+        let origins: BTreeSet<&Arc<str>> = batch
+            .iter()
+            .filter_map(|it| it.rec.source.origin.as_ref())
+            .collect();
+        let table = qualified(&self.plan.progress_table);
+        for origin in origins {
+            let key = progress_key(&self.plan.pipeline, Some(origin));
+            let point = read_point(&mut *tx, &table, &key, true).await?;
+            points.insert(Some(origin.clone()), point);
+        }
+        Ok(points)
+    }
+
+    /// Records in `tx` that the write-back applied everything of `origin` up to `point`.
+    async fn save_point(
+        &self,
+        tx: &mut mysql_async::Transaction<'_>,
+        origin: Option<&str>,
+        point: &AppliedPoint,
+    ) -> Result<(), mysql_async::Error> {
+        let p = &point.position;
+        tx.exec_drop(
+            format!(
+                "INSERT INTO {} (pipeline, file, pos, event_index, row_index, part) \
+                 VALUES (?, ?, ?, ?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE file = VALUES(file), pos = VALUES(pos), \
+                 event_index = VALUES(event_index), row_index = VALUES(row_index), \
+                 part = VALUES(part)",
+                qualified(&self.plan.progress_table)
+            ),
+            (
+                progress_key(&self.plan.pipeline, origin),
+                &*p.file,
+                p.pos,
+                p.event,
+                p.row,
+                point.part,
+            ),
+        )
+        .await
+    }
+
+    /// Adds a committed transaction's tally to the pipeline's metrics.
+    fn count(&self, tally: &Tally) {
         if let Some(pm) = self.index.and_then(|i| self.metrics.pipelines.get(i)) {
             pm.writeback_written
                 .fetch_add(tally.written, Ordering::Relaxed);
@@ -823,7 +935,6 @@ impl Writer {
             pm.writeback_removed
                 .fetch_add(tally.removed, Ordering::Relaxed);
         }
-        Ok(())
     }
 
     /// Runs one record's action in `tx`; `Some(why)`: it is a dead letter.

@@ -124,6 +124,11 @@ pub struct At<'a> {
 }
 
 impl At<'_> {
+    /// The partition as a record's origin: `topic[partition]`.
+    pub fn origin(&self) -> Arc<str> {
+        Arc::from(format!("{}[{}]", self.topic, self.partition))
+    }
+
     fn bad(&self, reason: impl Into<String>) -> BadChange {
         BadChange {
             topic: self.topic.to_string(),
@@ -157,7 +162,7 @@ pub fn event(
         "u" => Op::Update,
         "d" => Op::Delete,
         "r" => Op::Read,
-        "t" => return Ok(take_truncate.then(|| truncated(m, position))),
+        "t" => return Ok(take_truncate.then(|| truncated(m, position, at.origin()))),
         other => return Err(at.bad(format!("op `{other}`"))),
     };
     let schema = m.schema.as_ref().ok_or_else(|| at.bad("no `schema`"))?;
@@ -179,10 +184,11 @@ pub fn event(
             Some(key) if key == k.old.get().as_bytes() => KeySide::Old,
             _ => KeySide::New,
         }),
+        origin: Some(at.origin()),
     })))
 }
 
-fn truncated(m: Message, position: BinlogPosition) -> SourceEvent {
+fn truncated(m: Message, position: BinlogPosition, origin: Arc<str>) -> SourceEvent {
     let t = m.truncate.unwrap_or(TruncateMember {
         partitions: None,
         dropped: false,
@@ -196,6 +202,7 @@ fn truncated(m: Message, position: BinlogPosition) -> SourceEvent {
         position,
         server_id: m.source.server_id,
         ts_ms: m.source.ts_ms,
+        origin: Some(origin),
     })
 }
 

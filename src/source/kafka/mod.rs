@@ -252,6 +252,7 @@ impl Worker {
                 && !k.starts_with("queue.buffering")
                 && !k.starts_with("message.timeout")
                 && !k.starts_with("compression")
+                && !k.starts_with("batch.")
             {
                 c.set(k, v);
             }

@@ -674,6 +674,7 @@ impl Decoder {
                 resume: resume.clone(),
                 server_id: at.server_id,
                 ts_ms: at.ts_ms,
+                origin: None,
             }));
             tables.push(t);
         }
@@ -916,6 +917,7 @@ impl Decoder {
                 ts_ms: txn.ts_ms,
                 left_out: left_out.clone(),
                 key_side: None,
+                origin: None,
             }));
         });
         Ok(decoded.err().map(|e| (e, next_row)))
