@@ -777,3 +777,33 @@ fn every_worker_killed_under_a_writer_loses_no_row_and_a_new_group_reads_on() {
         "{written} rows, {duplicates} duplicates, {at_settle} written before the new group settled"
     );
 }
+
+#[test]
+fn a_write_back_into_a_side_table_is_refused_by_the_scale_out_roles() {
+    let db = server();
+    let kafka = Kafka::start();
+    let standin = AwsStandin::start();
+    block_on(db.exec(SUPPORT));
+    let files = vec![(
+        "support_side".to_string(),
+        format!(
+            "name: support_side\ntable: shop.support\ncolumns: [id, message]\n\
+             enrichment:\n  comprehend: {{operation: sentiment, text: message}}\n  endpoint_url: {}\n\
+             sink:\n  mysql:\n    mode: upsert\n    table: shop.support_mood\n    user: writer\n    password: writer-secret\n\
+             \x20   columns: {{sentiment: /sentiment}}\n",
+            standin.url()
+        ),
+    )];
+    block_on(db.exec("CREATE TABLE shop.support_mood (id INT PRIMARY KEY, sentiment VARCHAR(20))"));
+    for role in ["worker", "source"] {
+        let mut d = daemon(&db, &kafka, &files, role);
+        assert_eq!(d.wait_exit(60), 2, "{}", d.log());
+        assert!(
+            d.log().contains(&format!(
+                "a write-back into a side table (`sink.mysql.mode: upsert`) does not run in a scale-out (`--role {role}`) yet"
+            )),
+            "{}",
+            d.log()
+        );
+    }
+}

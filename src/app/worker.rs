@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::{outputs, serve_metrics, shutdown, spawn_stage, AppError};
 use crate::checkpoint::AckTracker;
-use crate::config::pipeline::SnapshotMode;
-use crate::config::{Config, ConfigError, PipelineConfig};
+use crate::config::pipeline::{SnapshotMode, WriteMode};
+use crate::config::{Config, ConfigError, PipelineConfig, SinkConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::{stage, Router};
 use crate::source::kafka::{ChangeTopicError, Worker};
@@ -134,6 +134,12 @@ pub(super) fn scale_out_checks(
     };
     for p in pipelines {
         let not_yet = match () {
+            // A side table's unguarded removals (every side row of a dropped table, the side
+            // row of a row that left the filter) would run out of order with other partitions'
+            // writes, removing newer results.
+            _ if matches!(&p.sink, SinkConfig::Mysql(m) if m.mode == WriteMode::Upsert) => {
+                Some("a write-back into a side table (`sink.mysql.mode: upsert`)")
+            }
             _ if p.enrichment.as_ref().is_some_and(|e| e.window.is_some()) => {
                 Some("a window (`enrichment.window`)")
             }

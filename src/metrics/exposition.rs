@@ -119,7 +119,7 @@ const PIPELINE_COUNTERS: &[(&str, &str, Get)] = &[
     ("cdc_enricher_writeback_rows", "Rows whose enrichment was written back into the database.", |p| &p.writeback_written),
     ("cdc_enricher_writeback_stale", "Results not written because the row's input changed since (a newer result follows).", |p| &p.writeback_stale),
     ("cdc_enricher_writeback_dead_letters", "Rows written to the dead-letter table (refused by the database or not enriched).", |p| &p.writeback_dead_letters),
-    ("cdc_enricher_writeback_replayed", "Records at or before the applied position after a restart, acknowledged without writing.", |p| &p.writeback_replayed),
+    ("cdc_enricher_writeback_replayed", "Records at or before the applied position (after a restart; in workers also a partition's records read again after a rebalance or sent again by a source that took over), acknowledged without writing.", |p| &p.writeback_replayed),
     ("cdc_enricher_writeback_retries", "Write-back transactions rolled back and retried (lost connections, deadlocks).", |p| &p.writeback_retries),
     ("cdc_enricher_ml_input_tokens", "Input tokens the model reported (Bedrock).", |p| &p.input_tokens),
     ("cdc_enricher_ml_output_tokens", "Output tokens the model reported (Bedrock).", |p| &p.output_tokens),

@@ -483,15 +483,16 @@ async fn read_point(
 }
 
 /// The progress table's key for a pipeline's records from `origin` (a change-topic
-/// partition, `topic[partition]`): `pipeline@origin`, or with the origin's short hash where
+/// partition, `topic[partition]`): `pipeline@origin`, or `@` and the short hash of both where
 /// that passes the key column's 191 characters. `None`: the pipeline's own row (the binlog).
 pub fn progress_key(pipeline: &str, origin: Option<&str>) -> String {
-    match origin {
-        None => pipeline.to_string(),
-        Some(o) if pipeline.chars().count() + 1 + o.chars().count() <= 191 => {
-            format!("{pipeline}@{o}")
-        }
-        Some(o) => format!("{pipeline}@{}", crate::model::hash::short_hash(&[o])),
+    let Some(o) = origin else {
+        return pipeline.to_string();
+    };
+    let key = format!("{pipeline}@{o}");
+    match key.chars().count() <= 191 {
+        true => key,
+        false => format!("@{}", crate::model::hash::short_hash(&[pipeline, o])),
     }
 }
 
@@ -1127,6 +1128,26 @@ pub fn statement(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_progress_key_fits_the_key_column_and_keeps_partitions_apart() {
+        assert_eq!(progress_key("p", None), "p");
+        assert_eq!(
+            progress_key("p", Some("cdc-changes.s.t[2]")),
+            "p@cdc-changes.s.t[2]"
+        );
+        let long = "x".repeat(200);
+        let (a, b) = (
+            progress_key(&long, Some("t[0]")),
+            progress_key(&long, Some("t[1]")),
+        );
+        assert!(a.chars().count() <= 191 && b.chars().count() <= 191, "{a}");
+        assert_ne!(a, b);
+        assert_ne!(
+            progress_key(&long, Some("t[0]")),
+            progress_key("y", Some(&long))
+        );
+    }
 
     #[test]
     fn statements_quote_identifiers_and_guard_on_the_input() {
