@@ -458,14 +458,12 @@ fn a_worker_leaving_under_a_writer_loses_nothing_and_a_worker_that_joins_takes_p
         missing.len(),
         moves.join("\n---\n")
     );
-    // Duplicates only from what a worker had taken and not committed when its partitions
-    // moved: at most a commit interval's worth (100 ms of a 100 rows/s writer) and what was in
-    // flight, at each of the two moves.
+    // No duplicates: at each move the worker losing partitions delivers what it took from
+    // them and commits before handing them over (0 in runs; a few only if its 10 s wait ran
+    // out on a loaded machine). Before it did, up to a commit interval's worth and what was in
+    // flight came twice at each move.
     let duplicates = all - ids.len();
-    assert!(
-        duplicates < 200,
-        "{duplicates} duplicates of {written} rows"
-    );
+    assert!(duplicates < 20, "{duplicates} duplicates of {written} rows");
     for w in workers
         .iter_mut()
         .skip(1)
@@ -729,8 +727,8 @@ fn every_worker_killed_under_a_writer_loses_no_row_and_a_new_group_reads_on() {
         std::thread::sleep(Duration::from_millis(200));
     }
     settled_on(&mut workers, 2, 60);
-    // Rows written so far may come twice (consumed by the killed workers and not committed,
-    // or by the new group's first member before its partitions moved); the later ones once.
+    // Rows written so far may come twice (consumed by the killed workers and not committed);
+    // the later ones once.
     let at_settle: Vec<Option<i64>> = block_on(db.query("SELECT MAX(id) FROM shop.customers"));
     let at_settle = at_settle[0].unwrap_or(0);
     std::thread::sleep(Duration::from_secs(3));
@@ -765,8 +763,12 @@ fn every_worker_killed_under_a_writer_loses_no_row_and_a_new_group_reads_on() {
         late.len(),
         "rows written after the group settled (ids over {at_settle}) came more than once"
     );
+    // Duplicates only from what the killed workers had taken and not committed (a commit
+    // interval of a 100 rows/s writer, and what was in flight): the new group's first member
+    // delivers what it read of the backlog before its partitions move (before it did, 593 to
+    // 1,131 of ~1,700 rows came twice).
     assert!(
-        (duplicates as i64) <= 2 * at_settle,
+        duplicates < 200,
         "{duplicates} duplicates of {written} rows, {at_settle} before the group settled"
     );
     for w in &mut workers {

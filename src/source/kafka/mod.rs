@@ -130,6 +130,44 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Waits (up to [`FINISH_WAIT`]) until every record taken from the partitions `lost` was
+    /// delivered, so that their offsets are committed past them and the new owner starts
+    /// after them instead of reading them again. The stage keeps delivering meanwhile (only
+    /// this consumer's thread waits); a stage that cannot (a backend down) runs out the wait,
+    /// and what was delivered by then is committed.
+    fn finish(&self, lost: &HashSet<Tp>) {
+        let last = lock(&self.offsets)
+            .consumed
+            .iter()
+            .filter(|c| lost.contains(&c.1))
+            .map(|c| c.0)
+            .max();
+        let Some(last) = last else {
+            return;
+        };
+        let delivered = || {
+            self.tracker
+                .committed()
+                .is_some_and(|p| &*p.file == MARK && p.pos >= last)
+        };
+        let start = Instant::now();
+        while !delivered() && start.elapsed() < FINISH_WAIT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let waited_ms = start.elapsed().as_millis() as u64;
+        match delivered() {
+            true => tracing::info!(waited_ms, "delivered what was taken from the revoked partitions"),
+            false => tracing::warn!(waited_ms,
+                "records taken from the revoked partitions are still in flight; their new owner reads them again"),
+        }
+    }
+}
+
+/// The longest a rebalance waits for the records a worker took from the partitions it loses
+/// (the group waits for this worker meanwhile; under `max.poll.interval.ms`).
+const FINISH_WAIT: Duration = Duration::from_secs(10);
+
 impl ClientContext for Ctx {}
 
 impl ConsumerContext for Ctx {
@@ -142,6 +180,7 @@ impl ConsumerContext for Ctx {
             .iter()
             .map(|e| (Arc::from(e.topic()), e.partition()))
             .collect();
+        self.finish(&lost);
         let mut o = lock(&self.offsets);
         o.advance(self.tracker.committed());
         let commit = o.to_commit(Some(&lost));
