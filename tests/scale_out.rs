@@ -583,16 +583,6 @@ fn a_request_quota_shared_by_three_workers_is_never_passed_in_any_second() {
     assert_eq!(source.terminate(), 0, "{}", source.log());
 }
 
-/// `shop.support` with a trigger counting the daemon's writes (an UPDATE that leaves the
-/// message as it was), and the write-back's account.
-const SUPPORT: &str = "CREATE DATABASE shop;
-    CREATE USER 'writer'@'127.0.0.1' IDENTIFIED BY 'writer-secret';
-    GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON shop.* TO 'writer'@'127.0.0.1';
-    CREATE TABLE shop.support (id INT PRIMARY KEY, message TEXT, sentiment VARCHAR(20),
-      confidence DOUBLE, writes INT NOT NULL DEFAULT 0);
-    CREATE TRIGGER shop.count_writes BEFORE UPDATE ON shop.support FOR EACH ROW
-      SET NEW.writes = OLD.writes + (NEW.message <=> OLD.message);";
-
 /// Waits until `sql` (one number) is `n`, the processes running.
 fn wait_for(db: &MariaDb, daemons: &mut [&mut Daemon], sql: &str, n: i64, secs: u64) {
     let start = Instant::now();
@@ -619,7 +609,7 @@ fn a_write_back_through_workers_writes_each_row_once_through_rebalances_and_kill
     let db = server();
     let kafka = Kafka::start();
     let standin = AwsStandin::start();
-    block_on(db.exec(SUPPORT));
+    block_on(db.exec(&format!("CREATE DATABASE shop; {WRITER} {SUPPORT}")));
     let files = vec![(
         "support_sentiment".to_string(),
         format!(
@@ -785,7 +775,7 @@ fn a_write_back_into_a_side_table_is_refused_by_the_scale_out_roles() {
     let db = server();
     let kafka = Kafka::start();
     let standin = AwsStandin::start();
-    block_on(db.exec(SUPPORT));
+    block_on(db.exec(&format!("CREATE DATABASE shop; {WRITER} {SUPPORT}")));
     let files = vec![(
         "support_side".to_string(),
         format!(

@@ -999,3 +999,16 @@ pub fn sans_lineage(mut e: serde_json::Value) -> serde_json::Value {
     );
     e
 }
+
+/// The writer's account: it may read and write `shop` (and create the progress and
+/// dead-letter tables there).
+pub const WRITER: &str = "CREATE USER 'writer'@'127.0.0.1' IDENTIFIED BY 'writer-secret';
+    GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON shop.* TO 'writer'@'127.0.0.1';";
+
+/// `support` with a trigger counting the daemon's writes: every UPDATE that leaves the message
+/// as it was is one of them.
+pub const SUPPORT: &str =
+    "CREATE TABLE shop.support (id INT PRIMARY KEY, message TEXT, sentiment VARCHAR(20),
+      confidence DOUBLE, writes INT NOT NULL DEFAULT 0);
+    CREATE TRIGGER shop.count_writes BEFORE UPDATE ON shop.support FOR EACH ROW
+      SET NEW.writes = OLD.writes + (NEW.message <=> OLD.message);";
